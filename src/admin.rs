@@ -1,0 +1,221 @@
+//! The admin API on its own listener: `GET /healthz`, `GET /metrics` (Prometheus text) and
+//! `POST /purge` (by url, prefix or `Surrogate-Key` tag).
+//!
+//! Mutations need `Authorization: Bearer TOKEN` with the token from the node file's
+//! `admin.token_file`; without it the answer is 401 and nothing changes. Reads the edge's store
+//! and counters; never touches the request path's locks.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cache::key;
+use crate::http::handler::EdgeState;
+use crate::load::LoadCounters;
+use crate::telemetry::prometheus;
+
+/// Largest admin request body.
+const MAX_BODY: usize = 64 << 10;
+
+/// What the admin API reads and changes.
+pub(crate) struct AdminState {
+    pub(crate) token: Option<String>,
+    pub(crate) edge: Option<Arc<EdgeState>>,
+    pub(crate) draining: AtomicBool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    url: Option<String>,
+    prefix: Option<String>,
+    tag: Option<String>,
+}
+
+type AdminResponse = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> AdminResponse {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> AdminResponse {
+    reply(status, "application/json", format!("{value}\n"))
+}
+
+fn error(status: StatusCode, message: &str) -> AdminResponse {
+    json(status, serde_json::json!({ "error": message }))
+}
+
+/// Compares in time independent of where the first difference is.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorized(state: &AdminState, req: &Request<Incoming>) -> bool {
+    let Some(token) = &state.token else {
+        return false;
+    };
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| same_secret(given.trim().as_bytes(), token.as_bytes()))
+}
+
+async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> AdminResponse {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => {
+            if state.draining.load(Ordering::Relaxed) {
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
+            } else {
+                reply(StatusCode::OK, "text/plain", "ok\n")
+            }
+        }
+        (&Method::GET, "/metrics") => {
+            if let Some(edge) = &state.edge {
+                let (bytes, objects) = edge.store.usage().await;
+                edge.metrics.stored_bytes.set(bytes as f64);
+                edge.metrics.stored_objects.set(objects as f64);
+                edge.metrics
+                    .bytes_in
+                    .absolute(LoadCounters::get(&edge.load.bytes_in));
+                edge.metrics
+                    .bytes_out
+                    .absolute(LoadCounters::get(&edge.load.bytes_out));
+            }
+            reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                prometheus().render(),
+            )
+        }
+        (&Method::POST, "/purge") => {
+            if !authorized(&state, &req) {
+                return error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+            }
+            let Some(edge) = state.edge.clone() else {
+                return error(StatusCode::NOT_FOUND, "this node runs no edge");
+            };
+            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
+            };
+            let purge: PurgeRequest = match serde_json::from_slice(&body) {
+                Ok(p) => p,
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("expected {{\"url\"|\"prefix\"|\"tag\": \"...\"}}: {e}"),
+                    )
+                }
+            };
+            match purge_objects(&edge, purge).await {
+                Ok(n) => {
+                    edge.metrics.purged.increment(n as u64);
+                    json(StatusCode::OK, serde_json::json!({ "purged": n }))
+                }
+                Err(message) => error(StatusCode::BAD_REQUEST, &message),
+            }
+        }
+        (_, "/healthz" | "/metrics" | "/purge") => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
+    }
+}
+
+async fn purge_objects(edge: &EdgeState, purge: PurgeRequest) -> Result<usize, String> {
+    let site_and_uri = |text: &str| -> Result<(Arc<crate::http::handler::Site>, Uri), String> {
+        let uri: Uri = text
+            .parse()
+            .map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("{text:?} must be an absolute URL (http://host/path)"))?;
+        let site = edge
+            .sites
+            .lookup(host)
+            .cloned()
+            .ok_or_else(|| format!("no site serves host {host:?}"))?;
+        Ok((site, uri))
+    };
+    match (purge.url, purge.prefix, purge.tag) {
+        (Some(url), None, None) => {
+            let (site, uri) = site_and_uri(&url)?;
+            Ok(usize::from(edge.store.invalidate(&site.key(&uri)).await))
+        }
+        (None, Some(prefix), None) => {
+            let (site, uri) = site_and_uri(&prefix)?;
+            let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            Ok(edge
+                .store
+                .invalidate_prefix(&key::prefix(&site.name, path))
+                .await)
+        }
+        (None, None, Some(tag)) if !tag.trim().is_empty() => {
+            Ok(edge.store.invalidate_tag(tag.trim()).await)
+        }
+        _ => Err("give exactly one of \"url\", \"prefix\" or \"tag\"".into()),
+    }
+}
+
+/// Serves the admin API on `listener` until `shutdown` fires.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let (stream, peer): (_, SocketAddr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let state = state.clone();
+        let builder = builder.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(state, req).await) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(client = %peer, error = %e, "admin connection error");
+                    }
+                }
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+}

@@ -1,0 +1,195 @@
+//! A stored response: status, client-facing headers, the whole body, and its freshness facts.
+//!
+//! Built by the handler from an origin response that `policy::storability` accepted; read by the
+//! handler to answer hits. Entries are immutable and shared as `Arc<Entry>`: a revalidation makes
+//! a new entry (RFC 9111 §4.3.4) rather than mutating one that readers may hold.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use tokio::time::Instant;
+
+use super::policy::Freshness;
+
+/// Extra time an entry with validators is kept past its stale windows, so that a later request
+/// can revalidate it with a cheap 304 instead of a full fetch.
+const REVALIDATION_KEEP: Duration = Duration::from_secs(3600);
+
+/// Headers a 304 must not overwrite in a stored response (RFC 9111 §3.2: they describe the
+/// stored body, not the validation).
+const KEEP_ON_304: [HeaderName; 3] = [
+    header::CONTENT_LENGTH,
+    header::CONTENT_ENCODING,
+    header::CONTENT_RANGE,
+];
+
+/// One stored variant of a response.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) status: StatusCode,
+    /// Headers as sent to clients: hop-by-hop, `Surrogate-*` and `Age` already removed,
+    /// `Content-Length` set to the stored body's length.
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+    pub(crate) freshness: Freshness,
+    /// When the response head arrived; age grows from here.
+    pub(crate) stored_at: Instant,
+    /// Request header names that select this variant: the response's Vary plus the site's key
+    /// headers, lower-case.
+    pub(crate) vary: Vec<HeaderName>,
+    /// The values those request headers had when this variant was fetched.
+    pub(crate) vary_values: Vec<Option<String>>,
+    /// Purge tags from `Surrogate-Key`.
+    pub(crate) tags: Vec<String>,
+}
+
+/// The selecting value of request header `name`: all field lines joined, whitespace around
+/// commas removed, so `gzip,br` and `gzip, br` select the same variant (RFC 9111 §4.1).
+pub(crate) fn normalized(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut out = String::new();
+    let mut any = false;
+    for v in headers.get_all(name) {
+        any = true;
+        let Ok(s) = v.to_str() else { continue };
+        for part in s.split(',') {
+            let part = part.trim();
+            if part.is_empty() {
+                continue;
+            }
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(part);
+        }
+    }
+    any.then_some(out)
+}
+
+/// Header names listed by `Vary` (lower-case, deduplicated) followed by the site's key headers.
+pub(crate) fn vary_names(resp: &HeaderMap, key_headers: &[String]) -> Vec<HeaderName> {
+    let mut names: Vec<HeaderName> = Vec::new();
+    let listed = resp
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .chain(key_headers.iter().map(String::as_str));
+    for name in listed {
+        if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+    }
+    names
+}
+
+impl Entry {
+    /// Current age (RFC 9111 §4.2.3): corrected initial age plus resident time.
+    pub(crate) fn age(&self, now: Instant) -> Duration {
+        self.freshness.initial_age + now.saturating_duration_since(self.stored_at)
+    }
+
+    /// Remaining freshness in whole seconds; negative once stale (RFC 9211 `ttl`).
+    pub(crate) fn ttl(&self, age: Duration) -> i64 {
+        self.freshness.lifetime.as_secs() as i64 - age.as_secs() as i64
+    }
+
+    /// Whether this variant was stored for request headers equal to `req`'s (RFC 9111 §4.1).
+    pub(crate) fn matches(&self, req: &HeaderMap) -> bool {
+        self.vary
+            .iter()
+            .zip(&self.vary_values)
+            .all(|(name, value)| normalized(req, name).as_ref() == value.as_ref())
+    }
+
+    /// Whether this entry and `other` are the same variant (so one replaces the other).
+    pub(crate) fn same_variant(&self, other: &Entry) -> bool {
+        self.vary == other.vary && self.vary_values == other.vary_values
+    }
+
+    /// Bytes this entry occupies, for the store's weigher.
+    pub(crate) fn weight(&self) -> u64 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 32)
+            .sum();
+        (self.body.len() + headers + 256) as u64
+    }
+
+    pub(crate) fn etag(&self) -> Option<&HeaderValue> {
+        self.headers.get(header::ETAG)
+    }
+
+    pub(crate) fn last_modified(&self) -> Option<&HeaderValue> {
+        self.headers.get(header::LAST_MODIFIED)
+    }
+
+    /// How long the store keeps this entry from now: its remaining freshness, its stale windows,
+    /// and, when it has validators, time to be revalidated.
+    pub(crate) fn keep_for(&self) -> Duration {
+        let f = &self.freshness;
+        let remaining = f.lifetime.saturating_sub(f.initial_age);
+        let stale = f.stale_while_revalidate.max(f.stale_if_error);
+        let validators = self.etag().is_some() || self.last_modified().is_some();
+        remaining
+            + stale.max(if validators {
+                REVALIDATION_KEEP
+            } else {
+                Duration::ZERO
+            })
+    }
+
+    /// A new entry from this one and a 304's headers (RFC 9111 §4.3.4): the 304's fields replace
+    /// the stored ones, except those that describe the stored body.
+    pub(crate) fn refreshed_headers(&self, not_modified: &HeaderMap) -> HeaderMap {
+        let mut headers = self.headers.clone();
+        let mut replaced: Vec<&HeaderName> = Vec::new();
+        for (name, value) in not_modified {
+            if KEEP_ON_304.contains(name) {
+                continue;
+            }
+            if !replaced.contains(&name) {
+                headers.remove(name);
+                replaced.push(name);
+            }
+            headers.append(name.clone(), value.clone());
+        }
+        headers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (n, v) in pairs {
+            m.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn vary_selection_normalises_whitespace() {
+        let names = vary_names(
+            &h(&[("vary", "Accept-Encoding, accept-language")]),
+            &["x-device".into()],
+        );
+        assert_eq!(names, ["accept-encoding", "accept-language", "x-device"]);
+        let req = h(&[("accept-encoding", "gzip,  br")]);
+        let values: Vec<_> = names.iter().map(|n| normalized(&req, n)).collect();
+        assert_eq!(values, [Some("gzip,br".to_string()), None, None]);
+        assert_eq!(
+            normalized(&h(&[("a", "x"), ("a", "y")]), &HeaderName::from_static("a")),
+            Some("x,y".into())
+        );
+    }
+}

@@ -1,0 +1,166 @@
+//! The in-memory store: the only place that knows about moka.
+//!
+//! Maps a primary key to an [`Object`], the set of stored variants of one URL, bounded by the
+//! bytes of the variants it holds (`cache_memory`). Each object expires when its longest-kept
+//! variant may no longer be used (see `Entry::keep_for`); until then eviction is moka's
+//! TinyLFU by weight. Also keeps short-lived "hit-for-pass" markers for URLs whose responses
+//! proved uncacheable, so that requests for them are not queued behind one another.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant as StdInstant};
+
+use moka::future::Cache;
+use moka::Expiry;
+
+use super::entry::Entry;
+
+/// Variants of one URL kept at most; the oldest goes first.
+const MAX_VARIANTS: usize = 32;
+/// How long a URL whose response was uncacheable skips request collapsing.
+const PASS_TTL: Duration = Duration::from_secs(30);
+
+/// The stored variants of one URL.
+#[derive(Debug, Default)]
+pub(crate) struct Object {
+    pub(crate) variants: Vec<Arc<Entry>>,
+}
+
+impl Object {
+    /// The variant stored for request headers like these, if any (RFC 9111 §4.1).
+    pub(crate) fn select(&self, req: &http::HeaderMap) -> Option<&Arc<Entry>> {
+        // Newest first: a refreshed variant is pushed last.
+        self.variants.iter().rev().find(|e| e.matches(req))
+    }
+
+    fn weight(&self) -> u64 {
+        self.variants.iter().map(|e| e.weight()).sum()
+    }
+}
+
+struct KeepFor;
+
+impl Expiry<String, Arc<Object>> for KeepFor {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        value: &Arc<Object>,
+        _: StdInstant,
+    ) -> Option<Duration> {
+        value.variants.iter().map(|e| e.keep_for()).max()
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        value: &Arc<Object>,
+        _: StdInstant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        value.variants.iter().map(|e| e.keep_for()).max()
+    }
+}
+
+/// The byte-bounded object store.
+pub(crate) struct Store {
+    objects: Cache<String, Arc<Object>>,
+    passes: Cache<String, ()>,
+}
+
+impl Store {
+    /// A store holding at most `capacity` bytes of stored responses.
+    pub(crate) fn new(capacity: u64) -> Store {
+        let objects = Cache::builder()
+            .max_capacity(capacity)
+            .weigher(|key: &String, value: &Arc<Object>| {
+                u32::try_from(key.len() as u64 + value.weight()).unwrap_or(u32::MAX)
+            })
+            .expire_after(KeepFor)
+            .build();
+        let passes = Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(PASS_TTL)
+            .build();
+        Store { objects, passes }
+    }
+
+    pub(crate) async fn get(&self, key: &str) -> Option<Arc<Object>> {
+        self.objects.get(key).await
+    }
+
+    /// Stores `entry` as a variant of `key`, replacing the same variant if present.
+    pub(crate) async fn insert(&self, key: String, entry: Arc<Entry>) {
+        self.passes.invalidate(&key).await;
+        self.objects
+            .entry(key)
+            .and_upsert_with(|existing| {
+                let mut variants: Vec<Arc<Entry>> = existing
+                    .map(|e| {
+                        e.into_value()
+                            .variants
+                            .iter()
+                            .filter(|v| !v.same_variant(&entry))
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if variants.len() >= MAX_VARIANTS {
+                    variants.remove(0);
+                }
+                variants.push(entry);
+                std::future::ready(Arc::new(Object { variants }))
+            })
+            .await;
+    }
+
+    /// Removes every variant of `key`. Returns whether anything was stored.
+    pub(crate) async fn invalidate(&self, key: &str) -> bool {
+        self.objects.remove(key).await.is_some()
+    }
+
+    /// Removes every object whose key starts with `prefix`; returns how many.
+    pub(crate) async fn invalidate_prefix(&self, prefix: &str) -> usize {
+        let keys: Vec<Arc<String>> = self
+            .objects
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k)
+            .collect();
+        self.remove_all(keys).await
+    }
+
+    /// Removes every object with a variant tagged `tag` (from `Surrogate-Key`); returns how many.
+    pub(crate) async fn invalidate_tag(&self, tag: &str) -> usize {
+        let keys: Vec<Arc<String>> = self
+            .objects
+            .iter()
+            .filter(|(_, o)| o.variants.iter().any(|e| e.tags.iter().any(|t| t == tag)))
+            .map(|(k, _)| k)
+            .collect();
+        self.remove_all(keys).await
+    }
+
+    async fn remove_all(&self, keys: Vec<Arc<String>>) -> usize {
+        let mut n = 0;
+        for k in keys {
+            if self.objects.remove(k.as_str()).await.is_some() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Marks `key` as uncacheable for a while: requests for it skip collapsing.
+    pub(crate) async fn mark_pass(&self, key: String) {
+        self.passes.insert(key, ()).await;
+    }
+
+    pub(crate) async fn is_pass(&self, key: &str) -> bool {
+        self.passes.contains_key(key)
+    }
+
+    /// Stored (bytes, objects), after applying pending bookkeeping.
+    pub(crate) async fn usage(&self) -> (u64, u64) {
+        self.objects.run_pending_tasks().await;
+        (self.objects.weighted_size(), self.objects.entry_count())
+    }
+}

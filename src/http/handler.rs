@@ -1,0 +1,866 @@
+//! The one orchestrator of the edge: request in, response out.
+//!
+//! Receives each request from `server` with the client's address; checks framing, picks the site
+//! by Host (unknown: 421, never an open proxy), then either forwards it (unsafe and other
+//! uncacheable methods, invalidating on success) or walks the cache: key → store lookup → fresh
+//! hit | stale-while-revalidate | revalidation | miss → one collapsed origin fetch per key →
+//! `policy::storability` → store → respond. Uses `cache` for every decision and the store,
+//! `origin` for upstream I/O, and `response` to shape what the client sees.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::request::Parts;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use super::body::Body;
+use super::headers::{add_forwarding, is_loop, strip_cache_only, strip_hop_by_hop, surrogate_keys};
+use super::response::{self, CacheStatus, Fwd, Label, Refusal};
+use crate::cache::collapse::{Collapser, Join, Leader};
+use crate::cache::entry::{normalized, vary_names, Entry};
+use crate::cache::key;
+use crate::cache::policy::{self, Exchange, RequestDirectives, Reuse, SitePolicy};
+use crate::cache::store::Store;
+use crate::config::{EdgeConfig, QueryKey, SiteConfig};
+use crate::load::LoadCounters;
+use crate::origin::{collect, Collected, OriginError, Origins};
+use crate::telemetry::EdgeMetrics;
+
+/// A site of the origin map, ready to serve.
+pub(crate) struct Site {
+    pub(crate) name: String,
+    query_key: QueryKey,
+    key_headers: Vec<String>,
+    policy: SitePolicy,
+    origins: Origins,
+}
+
+impl Site {
+    pub(crate) fn new(cfg: &SiteConfig) -> Result<Site, String> {
+        Ok(Site {
+            name: cfg.name.clone(),
+            query_key: cfg.query_key,
+            key_headers: cfg.key_headers.clone(),
+            policy: SitePolicy {
+                default_ttl: cfg.default_ttl,
+                heuristic_freshness: cfg.heuristic_freshness,
+            },
+            origins: Origins::new(cfg).map_err(|e| format!("site {:?}: {e}", cfg.name))?,
+        })
+    }
+
+    pub(crate) fn key(&self, uri: &Uri) -> String {
+        key::primary(&self.name, uri.path(), uri.query(), self.query_key)
+    }
+}
+
+/// Sites by host name.
+pub(crate) struct Sites {
+    by_host: HashMap<String, Arc<Site>>,
+    any: Option<Arc<Site>>,
+}
+
+impl Sites {
+    pub(crate) fn new(configs: &[SiteConfig]) -> Result<Sites, String> {
+        let mut by_host = HashMap::new();
+        let mut any = None;
+        for cfg in configs {
+            let site = Arc::new(Site::new(cfg)?);
+            for h in &cfg.hosts {
+                if h == "*" {
+                    any = Some(site.clone());
+                } else {
+                    by_host.insert(h.clone(), site.clone());
+                }
+            }
+        }
+        Ok(Sites { by_host, any })
+    }
+
+    /// The site for a host (any case, port ignored, trailing dot ignored).
+    pub(crate) fn lookup(&self, host: &str) -> Option<&Arc<Site>> {
+        let host = strip_port(host).trim_end_matches('.');
+        let found = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.by_host.get(&host.to_ascii_lowercase())
+        } else {
+            self.by_host.get(host)
+        };
+        found.or(self.any.as_ref())
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// What a fetch hands to followers.
+#[derive(Clone)]
+pub(crate) enum Outcome {
+    /// A stored (or just revalidated) response: serve it if the variant matches.
+    Fresh { entry: Arc<Entry>, fwd_status: u16 },
+    /// The response was not storable: fetch on your own.
+    Pass,
+    /// The origin answered with an error status: serve stale if allowed, else fetch on your own.
+    OriginStatus(u16),
+    /// The origin could not be reached: serve stale if allowed, else this error.
+    Failed(OriginError),
+}
+
+/// What a fetch hands to its leader.
+enum Fetched {
+    Entry {
+        entry: Arc<Entry>,
+        fwd_status: u16,
+        stored: bool,
+    },
+    Response {
+        resp: Response<Body>,
+        reason: Option<&'static str>,
+    },
+    Failed(OriginError),
+}
+
+/// Everything the edge's request path shares.
+pub(crate) struct EdgeState {
+    pub(crate) via: HeaderValue,
+    pub(crate) sites: Arc<Sites>,
+    pub(crate) store: Store,
+    pub(crate) collapser: Arc<Collapser<Outcome>>,
+    pub(crate) max_object_size: u64,
+    pub(crate) tasks: TaskTracker,
+    pub(crate) metrics: EdgeMetrics,
+    pub(crate) load: LoadCounters,
+    pub(crate) access_log: bool,
+}
+
+impl EdgeState {
+    pub(crate) fn new(
+        node_id: &str,
+        edge: &EdgeConfig,
+        sites: Sites,
+        access_log: bool,
+        tasks: TaskTracker,
+    ) -> EdgeState {
+        EdgeState {
+            // cannot fail for ids validated by config; fall back to a generic token otherwise.
+            via: HeaderValue::from_str(&format!("1.1 {node_id}"))
+                .unwrap_or(HeaderValue::from_static("1.1 meridian")),
+            sites: Arc::new(sites),
+            store: Store::new(edge.cache_memory),
+            collapser: Collapser::new(),
+            max_object_size: edge.max_object_size,
+            tasks,
+            metrics: EdgeMetrics::new(node_id),
+            load: LoadCounters::default(),
+            access_log,
+        }
+    }
+}
+
+/// Answers one request; never fails (errors become responses).
+pub(crate) async fn handle(
+    state: Arc<EdgeState>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let host = req.headers().get(header::HOST).cloned();
+    let (resp, status) = route(&state, req, peer).await;
+    let label = status.label();
+    let code = resp.status().as_u16();
+    let elapsed = start.elapsed();
+    state.metrics.request(label, code, elapsed.as_secs_f64());
+    LoadCounters::add(&state.load.requests, 1);
+    if matches!(label, Label::Hit | Label::Stale | Label::Revalidated) {
+        LoadCounters::add(&state.load.hits, 1);
+    }
+    if state.access_log {
+        let bytes = http_body::Body::size_hint(resp.body()).exact();
+        tracing::info!(
+            target: "meridian::access",
+            client = %peer.ip(),
+            method = %method,
+            host = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-"),
+            uri = %uri,
+            status = code,
+            cache = label.as_str(),
+            bytes = bytes.unwrap_or(0),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+        );
+    }
+    Ok(resp)
+}
+
+/// Rejects messages whose length is ambiguous (request smuggling, RFC 9112 §6.3).
+fn check_framing(headers: &HeaderMap) -> Result<(), &'static str> {
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    if let Some(first) = lengths.next() {
+        if headers.contains_key(header::TRANSFER_ENCODING) {
+            return Err("both Content-Length and Transfer-Encoding");
+        }
+        if lengths.any(|other| other != first) {
+            return Err("conflicting Content-Length values");
+        }
+    }
+    Ok(())
+}
+
+/// The host a request targets: the authority of an absolute-form (or HTTP/2) target, else Host.
+fn target_host(req: &Request<Incoming>) -> Option<&str> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.host());
+    }
+    req.headers().get(header::HOST)?.to_str().ok()
+}
+
+async fn route(
+    state: &Arc<EdgeState>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> (Response<Body>, CacheStatus) {
+    let refused = |r: Refusal| {
+        let s = CacheStatus::default().detail(match r {
+            Refusal::Misdirected => "misdirected",
+            Refusal::Loop => "loop",
+            _ => "bad-request",
+        });
+        (r.response(s), s)
+    };
+    if let Err(why) = check_framing(req.headers()) {
+        return refused(Refusal::BadFraming(why));
+    }
+    let sites = &state.sites;
+    let Some(site) = target_host(&req).and_then(|h| sites.lookup(h)).cloned() else {
+        return refused(Refusal::Misdirected);
+    };
+    if is_loop(req.headers(), &state.via) {
+        return refused(Refusal::Loop);
+    }
+    if *req.method() == Method::GET || *req.method() == Method::HEAD {
+        cache_path(state, &site, req, peer).await
+    } else {
+        let invalidate = policy::invalidates(req.method());
+        forward(
+            state,
+            &site,
+            req,
+            peer,
+            CacheStatus::forward(Fwd::Method),
+            invalidate,
+        )
+        .await
+    }
+}
+
+/// Prepares a request for an origin: origin-form target, hop-by-hop removed, proxy headers added.
+fn to_origin(parts: &mut Parts, peer: SocketAddr, via: &HeaderValue) {
+    strip_hop_by_hop(&mut parts.headers);
+    let host = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
+    if let Some(h) = &host {
+        if let Ok(v) = HeaderValue::from_str(h) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    add_forwarding(&mut parts.headers, peer.ip(), host.as_deref(), via);
+    if let Some(pq) = parts.uri.path_and_query() {
+        if let Ok(u) = Uri::builder().path_and_query(pq.clone()).build() {
+            parts.uri = u;
+        }
+    }
+}
+
+/// Sends a request to the origin as it is and streams the answer back; never stores.
+/// `invalidate`: on a 2xx/3xx answer, drop stored responses for the target URI and for a
+/// same-site `Location` / `Content-Location` (RFC 9111 §4.4).
+async fn forward(
+    state: &Arc<EdgeState>,
+    site: &Arc<Site>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    mut status: CacheStatus,
+    invalidate: bool,
+) -> (Response<Body>, CacheStatus) {
+    let (mut parts, body) = req.into_parts();
+    let method = parts.method.clone();
+    let key = site.key(&parts.uri);
+    let no_body = http_body::Body::is_end_stream(&body);
+    to_origin(&mut parts, peer, &state.via);
+    // A body can be sent once only; an empty one can go to the next origin.
+    let replayable = no_body && (method.is_idempotent() || invalidate);
+    state.metrics.origin_fetches.increment(1);
+    let t = Instant::now();
+    let sent = site
+        .origins
+        .send(
+            Request::from_parts(
+                parts,
+                if no_body {
+                    Body::empty()
+                } else {
+                    Body::stream(body)
+                },
+            ),
+            replayable,
+        )
+        .await;
+    state
+        .metrics
+        .origin_seconds
+        .record(t.elapsed().as_secs_f64());
+    match sent {
+        Ok((resp, _)) => {
+            let code = resp.status();
+            status.fwd_status = Some(code.as_u16());
+            if invalidate && (code.is_success() || code.is_redirection()) {
+                let sites = &state.sites;
+                state.store.invalidate(&key).await;
+                for name in [header::LOCATION, header::CONTENT_LOCATION] {
+                    if let Some(k) = resp
+                        .headers()
+                        .get(name)
+                        .and_then(|v| same_site_key(v, site, sites))
+                    {
+                        state.store.invalidate(&k).await;
+                    }
+                }
+            }
+            (
+                response::from_origin(resp.map(Body::stream), &method, &state.via, status),
+                status,
+            )
+        }
+        Err(e) => {
+            state.metrics.origin_error(e.kind());
+            (Refusal::Origin(e).response(status), status)
+        }
+    }
+}
+
+/// The cache key of a `Location`-like URI if it names the same site (relative, or absolute with
+/// a host of the same site). Other sites' objects are not ours to invalidate (RFC 9111 §4.4).
+fn same_site_key(value: &HeaderValue, site: &Arc<Site>, sites: &Sites) -> Option<String> {
+    let uri: Uri = value.to_str().ok()?.parse().ok()?;
+    if let Some(a) = uri.authority() {
+        let other = sites.lookup(a.host())?;
+        if !Arc::ptr_eq(other, site) {
+            return None;
+        }
+    }
+    if !uri.path().starts_with('/') {
+        return None;
+    }
+    Some(site.key(&uri))
+}
+
+async fn cache_path(
+    state: &Arc<EdgeState>,
+    site: &Arc<Site>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> (Response<Body>, CacheStatus) {
+    let directives = policy::request_directives(req.headers());
+    if directives.no_store {
+        let s = CacheStatus::forward(Fwd::Request).detail("no-store");
+        return forward(state, site, req, peer, s, false).await;
+    }
+    let key = site.key(req.uri());
+    let now = Instant::now();
+    let mut fwd = Fwd::Miss;
+    let mut stale = None;
+    if let Some(object) = state.store.get(&key).await {
+        match object.select(req.headers()) {
+            None => fwd = Fwd::VaryMiss,
+            Some(entry) => {
+                let age = entry.age(now);
+                match policy::reuse(&entry.freshness, age, &directives) {
+                    Reuse::Hit => {
+                        let s = CacheStatus::hit(entry.ttl(age));
+                        return (
+                            response::from_entry(entry, req.method(), req.headers(), s, age),
+                            s,
+                        );
+                    }
+                    Reuse::StaleWhileRevalidate => {
+                        refresh_in_background(state, site, &req, peer, &key, entry.clone());
+                        let s = CacheStatus::hit(entry.ttl(age)).detail("stale-while-revalidate");
+                        return (
+                            response::from_entry(entry, req.method(), req.headers(), s, age),
+                            s,
+                        );
+                    }
+                    Reuse::RevalidateRequested => fwd = Fwd::Request,
+                    Reuse::Revalidate => fwd = Fwd::Stale,
+                }
+                stale = Some(entry.clone());
+            }
+        }
+    }
+    if directives.only_if_cached {
+        let s = CacheStatus::default().detail("only-if-cached");
+        return (Refusal::NotCached.response(s), s);
+    }
+    if stale.is_none() && state.store.is_pass(&key).await {
+        let s = CacheStatus::forward(Fwd::UriMiss).detail("uncacheable");
+        return forward(state, site, req, peer, s, false).await;
+    }
+    fill(state, site, req, peer, key, stale, fwd, &directives).await
+}
+
+/// Starts a background refresh of `key` unless one is already in flight (RFC 5861 §3: once per
+/// object). The client is answered from the stale entry meanwhile.
+fn refresh_in_background(
+    state: &Arc<EdgeState>,
+    site: &Arc<Site>,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+    key: &str,
+    stale: Arc<Entry>,
+) {
+    if let Join::Leader(leader) = state.collapser.join(key) {
+        let parts = origin_parts(req, peer, &state.via);
+        let client_headers = req.headers().clone();
+        state.tasks.spawn(fetch(
+            state.clone(),
+            site.clone(),
+            parts,
+            client_headers,
+            key.to_string(),
+            Some(stale),
+            leader,
+            None,
+        ));
+    }
+}
+
+/// The request sent to fill the cache: a GET for the whole object (ranges and the client's
+/// conditionals removed; the cache answers those itself from what it stores).
+fn origin_parts(req: &Request<Incoming>, peer: SocketAddr, via: &HeaderValue) -> Parts {
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = Method::GET;
+    parts.uri = req.uri().clone();
+    parts.headers = req.headers().clone();
+    for name in [
+        header::RANGE,
+        header::IF_RANGE,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_MATCH,
+        header::IF_UNMODIFIED_SINCE,
+    ] {
+        parts.headers.remove(name);
+    }
+    to_origin(&mut parts, peer, via);
+    parts
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn fill(
+    state: &Arc<EdgeState>,
+    site: &Arc<Site>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    key: String,
+    stale: Option<Arc<Entry>>,
+    fwd: Fwd,
+    directives: &RequestDirectives,
+) -> (Response<Body>, CacheStatus) {
+    let mut status = CacheStatus::forward(fwd);
+    match state.collapser.join(&key) {
+        Join::Leader(leader) => {
+            // Double-check: a fetch that finished between our lookup and our join stored it.
+            if stale.is_none() {
+                if let Some(entry) = state
+                    .store
+                    .get(&key)
+                    .await
+                    .and_then(|o| o.select(req.headers()).cloned())
+                {
+                    let age = entry.age(Instant::now());
+                    if policy::reuse(&entry.freshness, age, directives) == Reuse::Hit {
+                        leader.finish(Outcome::Fresh {
+                            entry: entry.clone(),
+                            fwd_status: 200,
+                        });
+                        let s = CacheStatus::hit(entry.ttl(age));
+                        return (
+                            response::from_entry(&entry, req.method(), req.headers(), s, age),
+                            s,
+                        );
+                    }
+                }
+            }
+            let (tx, rx) = oneshot::channel();
+            let parts = origin_parts(&req, peer, &state.via);
+            // The fetch runs as its own task: a client that disconnects does not cancel it.
+            state.tasks.spawn(fetch(
+                state.clone(),
+                site.clone(),
+                parts,
+                req.headers().clone(),
+                key,
+                stale.clone(),
+                leader,
+                Some(tx),
+            ));
+            let fetched = rx.await.unwrap_or_else(|_| {
+                Fetched::Failed(OriginError::Protocol {
+                    origin: site.name.clone(),
+                    reason: "fetch task ended without an answer".into(),
+                })
+            });
+            match fetched {
+                Fetched::Entry {
+                    entry,
+                    fwd_status,
+                    stored,
+                } => {
+                    let age = entry.age(Instant::now());
+                    status.fwd_status = Some(fwd_status);
+                    status.stored = stored;
+                    status.ttl = Some(entry.ttl(age));
+                    (
+                        response::from_entry(&entry, req.method(), req.headers(), status, age),
+                        status,
+                    )
+                }
+                Fetched::Response { resp, reason } => {
+                    status.fwd_status = Some(resp.status().as_u16());
+                    if policy::is_error_status(resp.status()) {
+                        if let Some(r) = serve_stale_on_error(&stale, &req, directives, status) {
+                            return r;
+                        }
+                    }
+                    status.detail = reason;
+                    (
+                        response::from_origin(resp, req.method(), &state.via, status),
+                        status,
+                    )
+                }
+                Fetched::Failed(e) => {
+                    match serve_stale_on_error(&stale, &req, directives, status) {
+                        Some(r) => r,
+                        None => (Refusal::Origin(e).response(status), status),
+                    }
+                }
+            }
+        }
+        Join::Follower(follower) => {
+            status.collapsed = true;
+            match follower.wait().await {
+                Some(Outcome::Fresh { entry, fwd_status }) if entry.matches(req.headers()) => {
+                    let age = entry.age(Instant::now());
+                    status.fwd_status = Some(fwd_status);
+                    status.ttl = Some(entry.ttl(age));
+                    (
+                        response::from_entry(&entry, req.method(), req.headers(), status, age),
+                        status,
+                    )
+                }
+                Some(Outcome::Failed(e)) => {
+                    match serve_stale_on_error(&stale, &req, directives, status) {
+                        Some(r) => r,
+                        None => (Refusal::Origin(e).response(status), status),
+                    }
+                }
+                Some(Outcome::OriginStatus(code)) => {
+                    status.fwd_status = Some(code);
+                    match serve_stale_on_error(&stale, &req, directives, status) {
+                        Some(r) => r,
+                        None => forward(state, site, req, peer, status, false).await,
+                    }
+                }
+                // Uncacheable, another variant, or the leader vanished: go on our own, at once.
+                _ => forward(state, site, req, peer, status, false).await,
+            }
+        }
+    }
+}
+
+/// Answers from the stale entry if stale-if-error allows it (RFC 5861 §4).
+fn serve_stale_on_error(
+    stale: &Option<Arc<Entry>>,
+    req: &Request<Incoming>,
+    directives: &RequestDirectives,
+    mut status: CacheStatus,
+) -> Option<(Response<Body>, CacheStatus)> {
+    let entry = stale.as_ref()?;
+    let age = entry.age(Instant::now());
+    if !policy::stale_if_error(&entry.freshness, age, directives) {
+        return None;
+    }
+    status.fwd = Some(Fwd::Stale);
+    status.ttl = Some(entry.ttl(age));
+    status.detail = Some("stale-if-error");
+    Some((
+        response::from_entry(entry, req.method(), req.headers(), status, age),
+        status,
+    ))
+}
+
+/// Builds the stored form of an origin response: client-facing headers, tags, variant key.
+#[allow(clippy::too_many_arguments)]
+fn new_entry(
+    site: &Site,
+    status: StatusCode,
+    raw: &HeaderMap,
+    client_headers: &HeaderMap,
+    body: bytes::Bytes,
+    freshness: policy::Freshness,
+    stored_at: Instant,
+    via: &HeaderValue,
+) -> Entry {
+    let mut headers = raw.clone();
+    strip_hop_by_hop(&mut headers);
+    let tags = surrogate_keys(&headers);
+    strip_cache_only(&mut headers);
+    headers.remove(header::AGE);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    headers.append(header::VIA, via.clone());
+    let vary = vary_names(raw, &site.key_headers);
+    let vary_values = vary.iter().map(|n| normalized(client_headers, n)).collect();
+    Entry {
+        status,
+        headers,
+        body,
+        freshness,
+        stored_at,
+        vary,
+        vary_values,
+        tags,
+    }
+}
+
+/// The shared fetch: one per key at a time, run as its own task. Publishes an [`Outcome`] to
+/// followers through `leader` and a [`Fetched`] to the leading request through `reply` (absent
+/// for background refreshes).
+#[allow(clippy::too_many_arguments)]
+async fn fetch(
+    state: Arc<EdgeState>,
+    site: Arc<Site>,
+    mut parts: Parts,
+    client_headers: HeaderMap,
+    key: String,
+    stale: Option<Arc<Entry>>,
+    leader: Leader<Outcome>,
+    reply: Option<oneshot::Sender<Fetched>>,
+) {
+    let answer = |f: Fetched| {
+        if let Some(tx) = reply {
+            let _ = tx.send(f);
+        }
+    };
+    if let Some(s) = &stale {
+        if let Some(etag) = s.etag() {
+            parts.headers.insert(header::IF_NONE_MATCH, etag.clone());
+        }
+        if let Some(lm) = s.last_modified() {
+            parts.headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
+        }
+    }
+    let request_time = SystemTime::now();
+    let t = Instant::now();
+    state.metrics.origin_fetches.increment(1);
+    let sent = site
+        .origins
+        .send(Request::from_parts(parts, Body::empty()), true)
+        .await;
+    state
+        .metrics
+        .origin_seconds
+        .record(t.elapsed().as_secs_f64());
+    let exchange = Exchange {
+        request_time,
+        response_time: SystemTime::now(),
+    };
+    let stored_at = Instant::now();
+    let (resp, origin) = match sent {
+        Ok((resp, origin)) => (resp, origin.to_string()),
+        Err(e) => {
+            state.metrics.origin_error(e.kind());
+            leader.finish(Outcome::Failed(e.clone()));
+            return answer(Fetched::Failed(e));
+        }
+    };
+    let code = resp.status();
+
+    if code == StatusCode::NOT_MODIFIED {
+        if let Some(old) = &stale {
+            let mut fresh_headers = resp.headers().clone();
+            strip_hop_by_hop(&mut fresh_headers);
+            let mut merged = old.refreshed_headers(&fresh_headers);
+            // Surrogate fields were stripped from the stored copy; the 304's own count.
+            for name in [
+                super::headers::SURROGATE_CONTROL,
+                super::headers::SURROGATE_KEY,
+            ] {
+                for v in fresh_headers.get_all(&name) {
+                    merged.append(name.clone(), v.clone());
+                }
+            }
+            let tags = if fresh_headers.contains_key(super::headers::SURROGATE_KEY) {
+                surrogate_keys(&fresh_headers)
+            } else {
+                old.tags.clone()
+            };
+            let refreshed = policy::storability(
+                &Method::GET,
+                &client_headers,
+                old.status,
+                &merged,
+                exchange,
+                site.policy,
+            );
+            strip_cache_only(&mut merged);
+            merged.remove(header::AGE);
+            let freshness = refreshed.unwrap_or(old.freshness);
+            let entry = Arc::new(Entry {
+                status: old.status,
+                headers: merged,
+                body: old.body.clone(),
+                freshness,
+                stored_at,
+                vary: old.vary.clone(),
+                vary_values: old.vary_values.clone(),
+                tags,
+            });
+            let stored = refreshed.is_ok();
+            if stored {
+                state.store.insert(key, entry.clone()).await;
+            } else {
+                state.store.invalidate(&key).await;
+            }
+            leader.finish(Outcome::Fresh {
+                entry: entry.clone(),
+                fwd_status: 304,
+            });
+            return answer(Fetched::Entry {
+                entry,
+                fwd_status: 304,
+                stored,
+            });
+        }
+    }
+
+    if policy::is_error_status(code) {
+        // Not a verdict on the object: keep any stale copy for stale-if-error, and do not mark
+        // the URL uncacheable (that would stop collapsing while the origin struggles).
+        let reason = policy::storability(
+            &Method::GET,
+            &client_headers,
+            code,
+            resp.headers(),
+            exchange,
+            site.policy,
+        )
+        .err();
+        if reason.is_some() || stale.is_some() {
+            leader.finish(Outcome::OriginStatus(code.as_u16()));
+            return answer(Fetched::Response {
+                resp: resp.map(Body::stream),
+                reason: reason.map(|r| r.detail()),
+            });
+        }
+    }
+
+    let freshness = match policy::storability(
+        &Method::GET,
+        &client_headers,
+        code,
+        resp.headers(),
+        exchange,
+        site.policy,
+    ) {
+        Ok(f) => f,
+        Err(reason) => {
+            if stale.is_some() {
+                state.store.invalidate(&key).await;
+            }
+            if !policy::is_error_status(code) {
+                state.store.mark_pass(key).await;
+            }
+            leader.finish(Outcome::Pass);
+            return answer(Fetched::Response {
+                resp: resp.map(Body::stream),
+                reason: Some(reason.detail()),
+            });
+        }
+    };
+
+    let declared = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > state.max_object_size) {
+        state.store.mark_pass(key).await;
+        leader.finish(Outcome::Pass);
+        return answer(Fetched::Response {
+            resp: resp.map(Body::stream),
+            reason: Some("too-large"),
+        });
+    }
+    let (head, body) = resp.into_parts();
+    match collect(body, state.max_object_size, &origin).await {
+        Ok(Collected::Complete(bytes)) => {
+            let entry = Arc::new(new_entry(
+                &site,
+                code,
+                &head.headers,
+                &client_headers,
+                bytes,
+                freshness,
+                stored_at,
+                &state.via,
+            ));
+            state.store.insert(key, entry.clone()).await;
+            leader.finish(Outcome::Fresh {
+                entry: entry.clone(),
+                fwd_status: code.as_u16(),
+            });
+            answer(Fetched::Entry {
+                entry,
+                fwd_status: code.as_u16(),
+                stored: true,
+            });
+        }
+        Ok(Collected::TooLarge(prefix, rest)) => {
+            state.store.mark_pass(key).await;
+            leader.finish(Outcome::Pass);
+            answer(Fetched::Response {
+                resp: Response::from_parts(head, Body::prefixed(prefix, rest)),
+                reason: Some("too-large"),
+            });
+        }
+        Err(e) => {
+            // A body cut off mid-way is never stored.
+            state.metrics.origin_error(e.kind());
+            leader.finish(Outcome::Failed(e.clone()));
+            answer(Fetched::Failed(e));
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Header rules of a proxy: hop-by-hop removal (RFC 9110 §7.6.1), the proxy's own request
+//! headers (`Via`, `X-Forwarded-For`, `Forwarded`), and fields for this cache's eyes only.
+
+use std::net::IpAddr;
+
+use http::{header, HeaderMap, HeaderName, HeaderValue};
+
+/// Fields that describe one connection, never forwarded either way.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Fields from the origin meant for this cache only (RFC 9213 aside, `Surrogate-Control` is
+/// consumed here; `Surrogate-Key` carries purge tags).
+pub(crate) const SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
+pub(crate) const SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
+pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Removes hop-by-hop fields, including those the `Connection` field names.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::PROXY_AUTHENTICATE);
+}
+
+/// Removes the fields that must not reach clients.
+pub(crate) fn strip_cache_only(headers: &mut HeaderMap) {
+    headers.remove(SURROGATE_CONTROL);
+    headers.remove(SURROGATE_KEY);
+}
+
+/// Purge tags from `Surrogate-Key` (space-separated).
+pub(crate) fn surrogate_keys(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(SURROGATE_KEY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(str::split_ascii_whitespace)
+        .map(str::to_string)
+        .collect()
+}
+
+/// Adds this proxy's hop to a request bound for an origin: `Via`, `X-Forwarded-For` (appended
+/// to any the client sent) and `Forwarded` (RFC 7239).
+pub(crate) fn add_forwarding(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    host: Option<&str>,
+    via: &HeaderValue,
+) {
+    headers.append(header::VIA, via.clone());
+    let ip = client.to_string();
+    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip.clone(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    let node = match client {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(_) => format!("\"[{ip}]\""),
+    };
+    let mut fwd = format!("for={node};proto=http");
+    if let Some(h) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
+        fwd.push_str(";host=\"");
+        fwd.push_str(h);
+        fwd.push('"');
+    }
+    if let Ok(v) = HeaderValue::from_str(&fwd) {
+        headers.append(FORWARDED, v);
+    }
+}
+
+/// Whether `via` (this node's Via value) already appears in the request: a forwarding loop.
+pub(crate) fn is_loop(headers: &HeaderMap, via: &HeaderValue) -> bool {
+    let ours = via.as_bytes();
+    headers.get_all(header::VIA).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|hop| hop.trim_ascii() == ours)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_named_fields_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarding_appends() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, "10.0.0.1".parse().unwrap());
+        let via = HeaderValue::from_static("1.1 edge-a");
+        add_forwarding(&mut h, "2001:db8::1".parse().unwrap(), Some("a.test"), &via);
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 2001:db8::1");
+        assert_eq!(
+            h[FORWARDED],
+            "for=\"[2001:db8::1]\";proto=http;host=\"a.test\""
+        );
+        assert!(is_loop(&h, &via));
+        assert!(!is_loop(&h, &HeaderValue::from_static("1.1 edge-b")));
+    }
+}

@@ -1,0 +1,10 @@
+//! The edge's HTTP side: `server` accepts connections and runs hyper on them, `handler` answers
+//! each request, `response`, `range` and `headers` shape what goes back, `body` is the one body
+//! type.
+
+pub(crate) mod body;
+pub(crate) mod handler;
+pub(crate) mod headers;
+pub(crate) mod range;
+pub(crate) mod response;
+pub(crate) mod server;

@@ -1,0 +1,392 @@
+//! Responses to clients: from a stored entry (with `Age`, conditionals, ranges, HEAD), from an
+//! origin (streamed through), and from errors, each with its RFC 9211 `Cache-Status`.
+//!
+//! This is the one place where an error becomes an HTTP status ([`Refusal::status`]).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
+
+use super::body::Body;
+use super::headers::{strip_cache_only, strip_hop_by_hop, CACHE_STATUS};
+use super::range::{self, Ranges};
+use crate::cache::entry::Entry;
+use crate::origin::OriginError;
+
+/// Why the request went forward (RFC 9211 §2.2 `fwd`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fwd {
+    /// Nothing stored for the URL.
+    Miss,
+    /// The URL was recently found uncacheable, so the request went straight to the origin.
+    UriMiss,
+    /// Responses are stored for the URL but none for these request headers.
+    VaryMiss,
+    /// The stored response was stale (validated or refetched).
+    Stale,
+    /// The request's own directives sent it forward.
+    Request,
+    /// The method is not served from cache.
+    Method,
+}
+
+impl Fwd {
+    fn as_str(self) -> &'static str {
+        match self {
+            Fwd::Miss => "miss",
+            Fwd::UriMiss => "uri-miss",
+            Fwd::VaryMiss => "vary-miss",
+            Fwd::Stale => "stale",
+            Fwd::Request => "request",
+            Fwd::Method => "method",
+        }
+    }
+}
+
+/// One `Cache-Status` entry (RFC 9211).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CacheStatus {
+    pub(crate) hit: bool,
+    pub(crate) fwd: Option<Fwd>,
+    pub(crate) fwd_status: Option<u16>,
+    pub(crate) stored: bool,
+    pub(crate) collapsed: bool,
+    pub(crate) ttl: Option<i64>,
+    pub(crate) detail: Option<&'static str>,
+}
+
+/// What kind of answer a request got, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Label {
+    Hit,
+    Stale,
+    Revalidated,
+    Miss,
+    Pass,
+    Refused,
+}
+
+impl Label {
+    pub(crate) const ALL: [Label; 6] = [
+        Label::Hit,
+        Label::Stale,
+        Label::Revalidated,
+        Label::Miss,
+        Label::Pass,
+        Label::Refused,
+    ];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Label::Hit => "hit",
+            Label::Stale => "stale",
+            Label::Revalidated => "revalidated",
+            Label::Miss => "miss",
+            Label::Pass => "pass",
+            Label::Refused => "refused",
+        }
+    }
+}
+
+impl CacheStatus {
+    pub(crate) fn hit(ttl: i64) -> CacheStatus {
+        CacheStatus {
+            hit: true,
+            ttl: Some(ttl),
+            ..CacheStatus::default()
+        }
+    }
+
+    pub(crate) fn forward(fwd: Fwd) -> CacheStatus {
+        CacheStatus {
+            fwd: Some(fwd),
+            ..CacheStatus::default()
+        }
+    }
+
+    pub(crate) fn detail(mut self, detail: &'static str) -> CacheStatus {
+        self.detail = Some(detail);
+        self
+    }
+
+    pub(crate) fn label(&self) -> Label {
+        match (self.hit, self.fwd) {
+            (true, _) if self.ttl.is_some_and(|t| t < 0) => Label::Stale,
+            (true, _) => Label::Hit,
+            (false, Some(Fwd::Stale | Fwd::Request)) if self.fwd_status == Some(304) => {
+                Label::Revalidated
+            }
+            (false, Some(_)) if self.detail == Some("stale-if-error") => Label::Stale,
+            (false, Some(_)) if self.stored || self.collapsed => Label::Miss,
+            (false, Some(Fwd::Miss | Fwd::VaryMiss | Fwd::Stale)) => Label::Miss,
+            (false, Some(_)) => Label::Pass,
+            (false, None) => Label::Refused,
+        }
+    }
+
+    pub(crate) fn value(&self) -> HeaderValue {
+        let mut s = String::with_capacity(64);
+        s.push_str("meridian");
+        if self.hit {
+            s.push_str("; hit");
+        }
+        if let Some(f) = self.fwd {
+            s.push_str("; fwd=");
+            s.push_str(f.as_str());
+        }
+        if let Some(code) = self.fwd_status {
+            let _ = write!(s, "; fwd-status={code}");
+        }
+        if self.stored {
+            s.push_str("; stored");
+        }
+        if self.collapsed {
+            s.push_str("; collapsed");
+        }
+        if let Some(ttl) = self.ttl {
+            let _ = write!(s, "; ttl={ttl}");
+        }
+        if let Some(d) = self.detail {
+            s.push_str("; detail=");
+            s.push_str(d);
+        }
+        // cannot fail: only ASCII tokens, digits and punctuation are written.
+        HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("meridian"))
+    }
+}
+
+/// Why the edge answers a request itself with an error.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// Message framing that could smuggle a second request (RFC 9112 §6.3).
+    BadFraming(&'static str),
+    /// Host not served here, or an absolute-form target for another host.
+    Misdirected,
+    /// The request already passed through this node.
+    Loop,
+    /// `only-if-cached` and nothing usable is stored.
+    NotCached,
+    /// The origin could not be reached or failed.
+    Origin(OriginError),
+}
+
+impl Refusal {
+    /// The one mapping from error to status.
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            Refusal::BadFraming(_) => StatusCode::BAD_REQUEST,
+            Refusal::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            Refusal::Loop => StatusCode::LOOP_DETECTED,
+            Refusal::NotCached => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::Origin(OriginError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::Origin(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Refusal::BadFraming(why) => format!("bad request: {why}\n"),
+            Refusal::Misdirected => "this server does not serve that host\n".into(),
+            Refusal::Loop => "forwarding loop detected\n".into(),
+            Refusal::NotCached => "not in cache (only-if-cached)\n".into(),
+            // The origin's address stays out of the body: clients need not learn it.
+            Refusal::Origin(OriginError::Timeout { .. }) => "origin timed out\n".into(),
+            Refusal::Origin(_) => "origin unavailable\n".into(),
+        }
+    }
+
+    pub(crate) fn response(&self, status: CacheStatus) -> Response<Body> {
+        let mut resp = Response::new(Body::full(self.message()));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(CACHE_STATUS, status.value());
+        resp
+    }
+}
+
+fn age_value(age: Duration) -> HeaderValue {
+    HeaderValue::from(age.as_secs())
+}
+
+/// Weak comparison of an `If-None-Match` list against an entity tag (RFC 9110 §13.1.2).
+fn none_match(cond: &HeaderMap, etag: Option<&HeaderValue>) -> Option<bool> {
+    let mut values = cond.get_all(header::IF_NONE_MATCH).iter().peekable();
+    values.peek()?;
+    let Some(etag) = etag else { return Some(false) };
+    let opaque = |t: &[u8]| -> Vec<u8> { t.strip_prefix(b"W/").unwrap_or(t).to_vec() };
+    let ours = opaque(etag.as_bytes());
+    Some(values.any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .map(|t| t.trim_ascii())
+            .any(|t| t == b"*" || opaque(t) == ours)
+    }))
+}
+
+/// Whether a client's conditional request is satisfied by a stored 200 (RFC 9110 §13.2.2):
+/// If-None-Match first, If-Modified-Since only without it.
+fn not_modified(req: &HeaderMap, stored: &HeaderMap) -> bool {
+    if let Some(m) = none_match(req, stored.get(header::ETAG)) {
+        return m;
+    }
+    let ims = req
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| httpdate::parse_http_date(s).ok());
+    let lm = stored
+        .get(header::LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| httpdate::parse_http_date(s).ok());
+    matches!((ims, lm), (Some(ims), Some(lm)) if lm <= ims)
+}
+
+/// Fields a 304 carries from the stored response (RFC 9110 §15.4.5).
+const NOT_MODIFIED_FIELDS: [header::HeaderName; 7] = [
+    header::CACHE_CONTROL,
+    header::CONTENT_LOCATION,
+    header::DATE,
+    header::ETAG,
+    header::EXPIRES,
+    header::VARY,
+    header::LAST_MODIFIED,
+];
+
+/// Answers a request from a stored entry: a 304 for a satisfied conditional, a 206/416 for a
+/// range, otherwise the whole response (headers only for HEAD).
+pub(crate) fn from_entry(
+    entry: &Entry,
+    method: &Method,
+    req: &HeaderMap,
+    status: CacheStatus,
+    age: Duration,
+) -> Response<Body> {
+    let full = entry.status == StatusCode::OK;
+    if full && not_modified(req, &entry.headers) {
+        let mut resp = Response::new(Body::empty());
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        let h = resp.headers_mut();
+        for name in NOT_MODIFIED_FIELDS {
+            for v in entry.headers.get_all(&name) {
+                h.append(name.clone(), v.clone());
+            }
+        }
+        h.insert(header::AGE, age_value(age));
+        h.insert(CACHE_STATUS, status.value());
+        return resp;
+    }
+
+    let mut headers = entry.headers.clone();
+    headers.insert(header::AGE, age_value(age));
+    headers.insert(CACHE_STATUS, status.value());
+    let mut code = entry.status;
+    let mut body = entry.body.clone();
+
+    if full && *method == Method::GET {
+        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        if let Some(r) = req.get(header::RANGE) {
+            if range::if_range_holds(req, &entry.headers) {
+                let len = body.len() as u64;
+                match range::parse(r, len) {
+                    Ranges::Ignore => {}
+                    Ranges::Unsatisfiable => {
+                        code = StatusCode::RANGE_NOT_SATISFIABLE;
+                        headers.insert(
+                            header::CONTENT_RANGE,
+                            HeaderValue::from_str(&format!("bytes */{len}"))
+                                .unwrap_or(HeaderValue::from_static("bytes */0")),
+                        );
+                        headers.remove(header::CONTENT_TYPE);
+                        body = bytes::Bytes::new();
+                    }
+                    Ranges::Satisfiable(ranges) if ranges.len() == 1 => {
+                        let (first, last) = ranges[0];
+                        code = StatusCode::PARTIAL_CONTENT;
+                        headers.insert(
+                            header::CONTENT_RANGE,
+                            range::content_range(first, last, len),
+                        );
+                        body = body.slice(first as usize..=last as usize);
+                    }
+                    Ranges::Satisfiable(ranges) => {
+                        code = StatusCode::PARTIAL_CONTENT;
+                        let (ct, multi) = range::multipart(
+                            &body,
+                            &ranges,
+                            entry.headers.get(header::CONTENT_TYPE),
+                        );
+                        headers.insert(header::CONTENT_TYPE, ct);
+                        body = multi;
+                    }
+                }
+            }
+        }
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    let mut resp = Response::new(if *method == Method::HEAD {
+        Body::empty()
+    } else {
+        Body::full(body)
+    });
+    *resp.status_mut() = code;
+    *resp.headers_mut() = headers;
+    resp
+}
+
+/// Passes an origin response through to the client: hop-by-hop and cache-only fields removed,
+/// `Via` and `Cache-Status` added; the body streams (dropped for HEAD).
+pub(crate) fn from_origin(
+    mut resp: Response<Body>,
+    method: &Method,
+    via: &HeaderValue,
+    status: CacheStatus,
+) -> Response<Body> {
+    let h = resp.headers_mut();
+    strip_hop_by_hop(h);
+    strip_cache_only(h);
+    h.append(header::VIA, via.clone());
+    h.insert(CACHE_STATUS, status.value());
+    if *method == Method::HEAD {
+        *resp.body_mut() = Body::empty();
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_status_values() {
+        assert_eq!(CacheStatus::hit(42).value(), "meridian; hit; ttl=42");
+        let s = CacheStatus {
+            fwd: Some(Fwd::Miss),
+            fwd_status: Some(200),
+            stored: true,
+            ttl: Some(60),
+            ..CacheStatus::default()
+        };
+        assert_eq!(
+            s.value(),
+            "meridian; fwd=miss; fwd-status=200; stored; ttl=60"
+        );
+        assert_eq!(s.label(), Label::Miss);
+        assert_eq!(CacheStatus::forward(Fwd::Method).label(), Label::Pass);
+    }
+
+    #[test]
+    fn conditionals() {
+        let mut stored = HeaderMap::new();
+        stored.insert(header::ETAG, "\"v1\"".parse().unwrap());
+        let mut req = HeaderMap::new();
+        req.insert(header::IF_NONE_MATCH, "\"v0\", W/\"v1\"".parse().unwrap());
+        assert!(not_modified(&req, &stored));
+        req.insert(header::IF_NONE_MATCH, "\"v2\"".parse().unwrap());
+        assert!(!not_modified(&req, &stored));
+    }
+}

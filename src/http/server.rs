@@ -1,0 +1,253 @@
+//! Accepting client connections and running HTTP/1.1 (and cleartext HTTP/2 with prior
+//! knowledge) on them.
+//!
+//! `serve(listener, state, limits, shutdown)` takes a bound listener and a shutdown signal. It
+//! enforces the connection limit (at the limit it stops accepting until a connection closes),
+//! the header read timeout and head size (hyper answers 431 past it), and an idle timeout; it
+//! counts bytes each way for `load`. On shutdown it stops accepting and lets every connection
+//! finish its in-flight requests (hyper's graceful shutdown); `app` bounds the wait.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::handler::{handle, EdgeState};
+use crate::config::EdgeConfig;
+use crate::load::LoadCounters;
+
+/// Connection limits of a listener.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_header_size: usize,
+    pub(crate) max_connections: usize,
+}
+
+impl From<&EdgeConfig> for Limits {
+    fn from(e: &EdgeConfig) -> Limits {
+        Limits {
+            header_read_timeout: e.header_read_timeout,
+            idle_timeout: e.idle_timeout,
+            max_header_size: e.max_header_size,
+            max_connections: e.max_connections,
+        }
+    }
+}
+
+/// Activity of one connection: when bytes last moved and how many requests are open.
+struct Activity {
+    base: Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms
+            .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A TCP stream that records activity and counts bytes.
+    struct Tracked {
+        #[pin]
+        inner: TcpStream,
+        activity: Arc<Activity>,
+        state: Arc<EdgeState>,
+    }
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let r = this.inner.poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            this.activity.touch();
+            LoadCounters::add(&this.state.load.bytes_in, n as u64);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let r = this.inner.poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            this.activity.touch();
+            LoadCounters::add(&this.state.load.bytes_out, *n as u64);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let r = this.inner.poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &r {
+            this.activity.touch();
+            LoadCounters::add(&this.state.load.bytes_out, *n as u64);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_size)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
+    b
+}
+
+/// Serves HTTP on `listener` until `shutdown` fires, then drains gracefully.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: Arc<EdgeState>,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let builder = builder(&limits);
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.cancelled() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let state2 = state.clone();
+        let builder = builder.clone();
+        let shutdown = shutdown.clone();
+        let idle = limits.idle_timeout;
+        state.tasks.spawn(async move {
+            let _permit = permit;
+            LoadCounters::add(&state2.load.connections, 1);
+            connection(stream, peer, state2.clone(), builder, idle, shutdown).await;
+            state2.load.connections.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    state: Arc<EdgeState>,
+    builder: auto::Builder<TokioExecutor>,
+    idle_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let activity = Arc::new(Activity {
+        base: Instant::now(),
+        last_ms: AtomicU64::new(0),
+        in_flight: AtomicUsize::new(0),
+    });
+    let io = Tracked {
+        inner: stream,
+        activity: activity.clone(),
+        state: state.clone(),
+    };
+    let svc_activity = activity.clone();
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        let activity = svc_activity.clone();
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        async move {
+            let r = handle(state, req, peer).await;
+            activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+            activity.touch();
+            r
+        }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    let mut next_check = Instant::now() + idle_timeout;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = shutdown.cancelled(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = tokio::time::sleep_until(next_check), if !closing => {
+                let idle = activity.in_flight.load(Ordering::Relaxed) == 0
+                    && activity.last().elapsed() >= idle_timeout;
+                if idle {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                } else {
+                    // Busy or recently active: look again when it could next be idle.
+                    next_check = (activity.last() + idle_timeout)
+                        .max(Instant::now() + Duration::from_millis(100));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! Meridian: a geo-aware edge CDN node.
+//!
+//! # Layout
+//! One binary plays two roles that a deployment mixes per machine. This build carries the
+//! **edge** role: an RFC 9111 caching reverse proxy.
+//!
+//! ```text
+//! main.rs        CLI → config::load → telemetry::init_logging → app::run
+//! app.rs         composition root: bind, build shared state, spawn roles, ordered shutdown
+//! config.rs      serde structs, load(), validation listing every problem with file and key
+//! units.rs       "4GiB", "30s"
+//! telemetry.rs   tracing subscriber, Prometheus recorder, the edge's metric handles
+//! load.rs        counters the HTTP path feeds (requests, hits, connections, bytes)
+//! http/          server.rs (accept, limits, hyper conn), handler.rs (the one orchestrator),
+//!                response.rs (Cache-Status, conditionals, error → status), range.rs, headers.rs,
+//!                body.rs
+//! cache/         key.rs, policy.rs (pure RFC 9111/5861/9213 decisions), entry.rs,
+//!                store.rs (the only moka import), collapse.rs
+//! origin.rs      upstream client: pools, TLS, timeouts, failover; knows nothing of caching
+//! admin.rs       /healthz /metrics /purge
+//! ```
+//!
+//! # HTTP data flow
+//! accept → site by Host (unknown: 421) → cache key → store lookup → fresh hit |
+//! stale (stale-while-revalidate, or conditional revalidation) | miss → one collapsed origin
+//! fetch per key → storability decision → store → respond with `Age` and `Cache-Status`.
+//!
+//! Decisions are pure functions (`cache::policy`, `cache::key`); I/O sits around them.
+
+#![warn(unreachable_pub, missing_docs, unused_qualifications)]
+
+pub mod app;
+pub mod config;
+pub mod telemetry;
+
+pub(crate) mod admin;
+pub(crate) mod cache;
+pub(crate) mod http;
+pub(crate) mod load;
+pub(crate) mod origin;
+pub(crate) mod units;

@@ -1,0 +1,79 @@
+//! The `meridian` command: parse the CLI, load the configuration, start the roles.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "meridian", version, about = "A geo-aware edge CDN node")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the roles that NODE.toml configures.
+    Run {
+        /// The node file.
+        #[arg(short, long, value_name = "NODE.toml")]
+        config: PathBuf,
+    },
+    /// Validate the node file and every map it names; list every problem; exit 1 on any.
+    Check {
+        /// The node file.
+        #[arg(short, long, value_name = "NODE.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match meridian::config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: ok (node {}, region {}, {} site{})",
+                    config.display(),
+                    c.node.id,
+                    c.node.region,
+                    c.sites.len(),
+                    if c.sites.len() == 1 { "" } else { "s" }
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => {
+            let cfg = match meridian::config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprint!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            meridian::telemetry::init_logging(&cfg.node.log);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(meridian::app::run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("meridian: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

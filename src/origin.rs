@@ -1,0 +1,262 @@
+//! The upstream client: a pooled keep-alive client per site, HTTP and HTTPS origins, connect and
+//! first-byte timeouts, and failover across a site's origins in order.
+//!
+//! Receives requests already prepared by the handler (proxy headers set, hop-by-hop removed) with
+//! an origin-relative target; hands back the origin's response head with a streaming body.
+//! Knows nothing of caching.
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::{PathAndQuery, Uri};
+use http::{header, HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::CertificateDer;
+use rustls::RootCertStore;
+
+use crate::config::SiteConfig;
+use crate::http::body::Body;
+
+/// Why an origin exchange failed. Strings rather than sources so that one failure can be handed
+/// to every collapsed request.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum OriginError {
+    #[error("cannot connect to origin {origin}: {reason}")]
+    Connect { origin: String, reason: String },
+    #[error("origin {origin} sent no response head within {timeout:?}")]
+    Timeout { origin: String, timeout: Duration },
+    #[error("origin {origin} failed: {reason}")]
+    Protocol { origin: String, reason: String },
+    #[error("origin {origin} response body failed: {reason}")]
+    Body { origin: String, reason: String },
+}
+
+impl OriginError {
+    /// Short label for metrics.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            OriginError::Connect { .. } => "connect",
+            OriginError::Timeout { .. } => "timeout",
+            OriginError::Protocol { .. } => "protocol",
+            OriginError::Body { .. } => "body",
+        }
+    }
+}
+
+/// The origins of one site and the client that reaches them.
+pub(crate) struct Origins {
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    targets: Vec<Uri>,
+    labels: Vec<String>,
+    first_byte_timeout: Duration,
+    host_header: Option<HeaderValue>,
+}
+
+/// Reads a PEM bundle of CA certificates; the error names the file.
+pub(crate) fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut data.as_slice()).collect();
+    let certs = certs.map_err(|e| format!("{} is not a PEM file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no certificates", path.display()));
+    }
+    Ok(certs)
+}
+
+fn system_roots() -> &'static Vec<CertificateDer<'static>> {
+    static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let loaded = rustls_native_certs::load_native_certs();
+        for e in &loaded.errors {
+            tracing::warn!(error = %e, "while loading system CA certificates");
+        }
+        loaded.certs
+    })
+}
+
+fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = RootCertStore::empty();
+    let certs = match ca_file {
+        Some(path) => read_ca_file(path)?,
+        None => system_roots().clone(),
+    };
+    let (added, _ignored) = roots.add_parsable_certificates(certs);
+    if added == 0 && ca_file.is_some() {
+        return Err("no usable CA certificate".into());
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+impl Origins {
+    pub(crate) fn new(site: &SiteConfig) -> Result<Origins, String> {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(site.connect_timeout));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(site.ca_file.as_deref())?)
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        let host_header = site
+            .host_header
+            .as_deref()
+            .map(HeaderValue::from_str)
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        Ok(Origins {
+            client,
+            labels: site.origins.iter().map(|u| u.to_string()).collect(),
+            targets: site.origins.clone(),
+            first_byte_timeout: site.first_byte_timeout,
+            host_header,
+        })
+    }
+
+    /// Sends `req` (origin-form target) to the site's origins in order until one answers.
+    ///
+    /// A request that is `replayable` (no body: GET, HEAD and the like) moves on to the next
+    /// origin after a connect failure or a first-byte timeout; any other request is sent once,
+    /// because its body cannot be sent again. Returns the response and the origin's label.
+    pub(crate) async fn send(
+        &self,
+        req: Request<Body>,
+        replayable: bool,
+    ) -> Result<(Response<Incoming>, &str), OriginError> {
+        let (mut parts, body) = req.into_parts();
+        if let Some(host) = &self.host_header {
+            parts.headers.insert(header::HOST, host.clone());
+        }
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut body = Some(body);
+        let mut last_error = None;
+        for (target, label) in self.targets.iter().zip(&self.labels) {
+            let Some(this_body) = body.take() else { break };
+            if replayable {
+                body = Some(Body::empty());
+            }
+            let mut uri = Uri::builder().path_and_query(path.clone());
+            if let Some(s) = target.scheme() {
+                uri = uri.scheme(s.clone());
+            }
+            if let Some(a) = target.authority() {
+                uri = uri.authority(a.clone());
+            }
+            let mut req = Request::from_parts(parts.clone(), this_body);
+            *req.uri_mut() = match uri.build() {
+                Ok(u) => u,
+                Err(e) => {
+                    return Err(OriginError::Protocol {
+                        origin: label.clone(),
+                        reason: e.to_string(),
+                    })
+                }
+            };
+            match tokio::time::timeout(self.first_byte_timeout, self.client.request(req)).await {
+                Ok(Ok(resp)) => return Ok((resp, label)),
+                Ok(Err(e)) if e.is_connect() => {
+                    tracing::warn!(origin = %label, error = %error_chain(&e), "origin connect failed");
+                    last_error = Some(OriginError::Connect {
+                        origin: label.clone(),
+                        reason: error_chain(&e),
+                    });
+                }
+                Ok(Err(e)) => {
+                    return Err(OriginError::Protocol {
+                        origin: label.clone(),
+                        reason: error_chain(&e),
+                    })
+                }
+                Err(_) => {
+                    tracing::warn!(origin = %label, timeout = ?self.first_byte_timeout, "origin first-byte timeout");
+                    last_error = Some(OriginError::Timeout {
+                        origin: label.clone(),
+                        timeout: self.first_byte_timeout,
+                    });
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| OriginError::Connect {
+            origin: self.labels.join(", "),
+            reason: "no origin could be tried".into(),
+        }))
+    }
+}
+
+/// An error and its sources on one line.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// Reads a response body whole, up to `limit` bytes.
+pub(crate) enum Collected {
+    /// The complete body.
+    Complete(Bytes),
+    /// The body passed `limit`: what was read so far and the rest, still streaming.
+    TooLarge(Vec<Bytes>, Incoming),
+}
+
+/// Collects `body` up to `limit` bytes. A body cut off mid-way is an error, never a short body.
+pub(crate) async fn collect(
+    mut body: Incoming,
+    limit: u64,
+    origin: &str,
+) -> Result<Collected, OriginError> {
+    use http_body_util::BodyExt;
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| OriginError::Body {
+            origin: origin.to_string(),
+            reason: error_chain(&e),
+        })?;
+        if let Ok(data) = frame.into_data() {
+            total += data.len() as u64;
+            chunks.push(data);
+            if total > limit {
+                return Ok(Collected::TooLarge(chunks, body));
+            }
+        }
+    }
+    Ok(Collected::Complete(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => {
+            let mut buf = bytes::BytesMut::with_capacity(total as usize);
+            for c in chunks {
+                buf.extend_from_slice(&c);
+            }
+            buf.freeze()
+        }
+    }))
+}
