@@ -15,6 +15,9 @@ use super::policy::Freshness;
 /// Extra time an entry with validators is kept past its stale windows, so that a later request
 /// can revalidate it with a cheap 304 instead of a full fetch.
 const REVALIDATION_KEEP: Duration = Duration::from_secs(3600);
+/// Time an entry without validators is kept past its stale windows, for clients that accept
+/// stale responses (`max-stale`).
+const STALE_KEEP: Duration = Duration::from_secs(120);
 
 /// Headers a 304 must not overwrite in a stored response (RFC 9111 §3.2: they describe the
 /// stored body, not the validation).
@@ -93,8 +96,15 @@ impl Entry {
     }
 
     /// Remaining freshness in whole seconds; negative once stale (RFC 9211 `ttl`).
+    /// Rounded away from zero, so that a just-stored `max-age=60` reads 60 and a response half a
+    /// second past its lifetime reads -1, never 0.
     pub(crate) fn ttl(&self, age: Duration) -> i64 {
-        self.freshness.lifetime.as_secs() as i64 - age.as_secs() as i64
+        let lifetime = self.freshness.lifetime;
+        if age < lifetime {
+            (lifetime - age).as_secs_f64().ceil() as i64
+        } else {
+            -((age - lifetime).as_secs_f64().ceil() as i64)
+        }
     }
 
     /// Whether this variant was stored for request headers equal to `req`'s (RFC 9111 §4.1).
@@ -139,7 +149,7 @@ impl Entry {
             + stale.max(if validators {
                 REVALIDATION_KEEP
             } else {
-                Duration::ZERO
+                STALE_KEEP
             })
     }
 

@@ -363,10 +363,15 @@ pub(crate) fn storability(
         .and_then(|s| s.trim().parse::<u64>().ok())
         .map(|s| Duration::from_secs(s.min(MAX_DELTA)))
         .unwrap_or(Duration::ZERO);
-    let apparent_age = exchange
-        .response_time
-        .duration_since(date)
-        .unwrap_or(Duration::ZERO);
+    // Date has whole-second resolution: compare whole seconds, or every response would look
+    // up to a second old the moment it arrives.
+    let whole = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    };
+    let apparent_age =
+        Duration::from_secs(whole(exchange.response_time).saturating_sub(whole(date)));
     let response_delay = exchange
         .response_time
         .duration_since(exchange.request_time)

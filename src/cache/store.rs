@@ -164,3 +164,40 @@ impl Store {
         (self.objects.weighted_size(), self.objects.entry_count())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::policy::Freshness;
+
+    fn entry(lifetime: u64) -> Arc<Entry> {
+        Arc::new(Entry {
+            status: http::StatusCode::OK,
+            headers: http::HeaderMap::new(),
+            body: bytes::Bytes::from_static(b"x"),
+            freshness: Freshness {
+                lifetime: Duration::from_secs(lifetime),
+                initial_age: Duration::ZERO,
+                stale_while_revalidate: Duration::ZERO,
+                stale_if_error: Duration::ZERO,
+                revalidate_strict: false,
+                no_stale: false,
+                no_cache: false,
+            },
+            stored_at: tokio::time::Instant::now(),
+            vary: vec![],
+            vary_values: vec![],
+            tags: vec!["t".into()],
+        })
+    }
+
+    #[tokio::test]
+    async fn stale_entries_are_kept_for_a_while() {
+        let store = Store::new(1 << 20);
+        store.insert("k".into(), entry(1)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(store.get("k").await.is_some());
+        assert_eq!(store.invalidate_tag("t").await, 1);
+        assert!(store.get("k").await.is_none());
+    }
+}

@@ -175,12 +175,13 @@ pub(crate) async fn handle(
     state: Arc<EdgeState>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    framing: Option<&'static str>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let start = Instant::now();
     let method = req.method().clone();
     let uri = req.uri().clone();
     let host = req.headers().get(header::HOST).cloned();
-    let (resp, status) = route(&state, req, peer).await;
+    let (resp, status) = route(&state, req, peer, framing).await;
     let label = status.label();
     let code = resp.status().as_u16();
     let elapsed = start.elapsed();
@@ -232,6 +233,7 @@ async fn route(
     state: &Arc<EdgeState>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    framing: Option<&'static str>,
 ) -> (Response<Body>, CacheStatus) {
     let refused = |r: Refusal| {
         let s = CacheStatus::default().detail(match r {
@@ -241,7 +243,7 @@ async fn route(
         });
         (r.response(s), s)
     };
-    if let Err(why) = check_framing(req.headers()) {
+    if let Err(why) = framing.map_or_else(|| check_framing(req.headers()), Err) {
         return refused(Refusal::BadFraming(why));
     }
     let sites = &state.sites;

@@ -3,6 +3,7 @@
 //! type.
 
 pub(crate) mod body;
+pub(crate) mod framing;
 pub(crate) mod handler;
 pub(crate) mod headers;
 pub(crate) mod range;

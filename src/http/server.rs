@@ -24,6 +24,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::framing::{Conflict, FramingGuard};
 use super::handler::{handle, EdgeState};
 use crate::config::EdgeConfig;
 use crate::load::LoadCounters;
@@ -53,6 +54,11 @@ struct Activity {
     base: Instant,
     last_ms: AtomicU64,
     in_flight: AtomicUsize,
+    /// Requests handed to the service so far (HTTP/1: in connection order).
+    requests: AtomicU64,
+    /// Index of the first request head with ambiguous framing, `u64::MAX` if none.
+    bad_head: AtomicU64,
+    bad_reason: std::sync::Mutex<Option<Conflict>>,
 }
 
 impl Activity {
@@ -73,6 +79,7 @@ pin_project_lite::pin_project! {
         inner: TcpStream,
         activity: Arc<Activity>,
         state: Arc<EdgeState>,
+        guard: FramingGuard,
     }
 }
 
@@ -89,6 +96,13 @@ impl AsyncRead for Tracked {
         if n > 0 {
             this.activity.touch();
             LoadCounters::add(&this.state.load.bytes_in, n as u64);
+            if let Some((index, conflict)) = this.guard.feed(&buf.filled()[before..]) {
+                let a = &this.activity;
+                if a.bad_head.load(Ordering::Relaxed) == u64::MAX {
+                    *a.bad_reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(conflict);
+                    a.bad_head.store(index, Ordering::Release);
+                }
+            }
         }
         r
     }
@@ -181,10 +195,20 @@ pub(crate) async fn serve(
         let builder = builder.clone();
         let shutdown = shutdown.clone();
         let idle = limits.idle_timeout;
+        let max_header = limits.max_header_size;
         state.tasks.spawn(async move {
             let _permit = permit;
             LoadCounters::add(&state2.load.connections, 1);
-            connection(stream, peer, state2.clone(), builder, idle, shutdown).await;
+            connection(
+                stream,
+                peer,
+                state2.clone(),
+                builder,
+                idle,
+                max_header,
+                shutdown,
+            )
+            .await;
             state2.load.connections.fetch_sub(1, Ordering::Relaxed);
         });
     }
@@ -196,25 +220,41 @@ async fn connection(
     state: Arc<EdgeState>,
     builder: auto::Builder<TokioExecutor>,
     idle_timeout: Duration,
+    max_header_size: usize,
     shutdown: CancellationToken,
 ) {
     let activity = Arc::new(Activity {
         base: Instant::now(),
         last_ms: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
+        requests: AtomicU64::new(0),
+        bad_head: AtomicU64::new(u64::MAX),
+        bad_reason: std::sync::Mutex::new(None),
     });
     let io = Tracked {
         inner: stream,
         activity: activity.clone(),
         state: state.clone(),
+        guard: FramingGuard::new(max_header_size),
     };
     let svc_activity = activity.clone();
     let service = service_fn(move |req| {
         let state = state.clone();
         let activity = svc_activity.clone();
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        let index = activity.requests.fetch_add(1, Ordering::Relaxed);
+        // hyper parsed this head after the guard saw its bytes, so the mark is already set.
+        let framing = if activity.bad_head.load(Ordering::Acquire) == index {
+            activity
+                .bad_reason
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .map(Conflict::reason)
+        } else {
+            None
+        };
         async move {
-            let r = handle(state, req, peer).await;
+            let r = handle(state, req, peer, framing).await;
             activity.in_flight.fetch_sub(1, Ordering::Relaxed);
             activity.touch();
             r

@@ -1,0 +1,482 @@
+//! Shared test helpers: a scripted origin on `127.0.0.1:0` that counts requests, an edge started
+//! in-process from real config files, and a plain HTTP/1.1 client.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+/// What the origin answers.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    /// Wait this long before sending the head.
+    pub delay: Duration,
+    /// Send the body chunked (no Content-Length).
+    pub chunked: bool,
+    /// Send only this many body bytes, then drop the connection (with the full Content-Length).
+    pub cut_after: Option<usize>,
+}
+
+impl Reply {
+    pub fn ok(body: &str) -> Reply {
+        Reply {
+            status: 200,
+            headers: vec![],
+            body: Bytes::copy_from_slice(body.as_bytes()),
+            delay: Duration::ZERO,
+            chunked: false,
+            cut_after: None,
+        }
+    }
+
+    pub fn status(mut self, s: u16) -> Reply {
+        self.status = s;
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn delay(mut self, d: Duration) -> Reply {
+        self.delay = d;
+        self
+    }
+
+    pub fn chunked(mut self) -> Reply {
+        self.chunked = true;
+        self
+    }
+
+    pub fn body_bytes(mut self, b: Vec<u8>) -> Reply {
+        self.body = Bytes::from(b);
+        self
+    }
+
+    pub fn cut_after(mut self, n: usize) -> Reply {
+        self.cut_after = Some(n);
+        self
+    }
+}
+
+/// A request as the origin saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+type Script = Arc<dyn Fn(&Seen, usize) -> Reply + Send + Sync>;
+
+/// A scripted origin server.
+#[derive(Clone)]
+pub struct Origin {
+    pub addr: SocketAddr,
+    scripts: Arc<Mutex<HashMap<String, Script>>>,
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    total: Arc<AtomicUsize>,
+}
+
+impl Origin {
+    pub async fn start() -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Origin::serve(listener)
+    }
+
+    pub fn serve(listener: TcpListener) -> Origin {
+        let origin = Origin {
+            addr: listener.local_addr().unwrap(),
+            scripts: Default::default(),
+            counts: Default::default(),
+            seen: Default::default(),
+            total: Default::default(),
+        };
+        let o = origin.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    break;
+                };
+                let o = o.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let o = o.clone();
+                        async move { Ok::<_, Infallible>(o.answer(req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        origin
+    }
+
+    /// Answers `path` (with query) with `f(request, nth request to this path starting at 1)`.
+    pub fn script(&self, path: &str, f: impl Fn(&Seen, usize) -> Reply + Send + Sync + 'static) {
+        self.scripts
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), Arc::new(f));
+    }
+
+    /// Answers `path` with the same reply every time.
+    pub fn always(&self, path: &str, reply: Reply) {
+        self.script(path, move |_, _| reply.clone());
+    }
+
+    pub fn count(&self, path: &str) -> usize {
+        self.counts.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::SeqCst)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self, path: &str) -> Seen {
+        self.seen()
+            .into_iter()
+            .rev()
+            .find(|s| s.path == path)
+            .expect("origin saw no such request")
+    }
+
+    async fn answer(
+        &self,
+        req: Request<Incoming>,
+    ) -> Response<http_body_util::combinators::BoxBody<Bytes, Infallible>> {
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default();
+        let method = req.method().to_string();
+        let headers = req.headers().clone();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let seen = Seen {
+            method,
+            path: path.clone(),
+            headers,
+            body,
+        };
+        let n = {
+            let mut c = self.counts.lock().unwrap();
+            let e = c.entry(path.clone()).or_insert(0);
+            *e += 1;
+            *e
+        };
+        self.total.fetch_add(1, Ordering::SeqCst);
+        self.seen.lock().unwrap().push(seen.clone());
+        let script = self.scripts.lock().unwrap().get(&path).cloned();
+        let reply = match script {
+            Some(f) => f(&seen, n),
+            None => Reply::ok("not scripted").status(404),
+        };
+        if !reply.delay.is_zero() {
+            tokio::time::sleep(reply.delay).await;
+        }
+        let mut builder = Response::builder().status(reply.status);
+        for (k, v) in &reply.headers {
+            builder = builder.header(k, v);
+        }
+        let body: http_body_util::combinators::BoxBody<Bytes, Infallible> =
+            if let Some(n) = reply.cut_after {
+                // Declare the full length, send part, then fail the body: hyper drops the connection.
+                builder = builder.header("content-length", reply.body.len().to_string());
+                let part = reply.body.slice(..n);
+                let stream = futures_stream(part);
+                BodyExt::boxed(StreamBody::new(stream))
+            } else if reply.chunked {
+                let chunks: Vec<Result<Frame<Bytes>, Infallible>> = reply
+                    .body
+                    .chunks(4096)
+                    .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+                    .collect();
+                BodyExt::boxed(StreamBody::new(tokio_stream_iter(chunks)))
+            } else {
+                BodyExt::boxed(Full::new(reply.body.clone()))
+            };
+        builder.body(body).unwrap()
+    }
+}
+
+/// A stream of the given frames (no extra crate needed).
+fn tokio_stream_iter(
+    frames: Vec<Result<Frame<Bytes>, Infallible>>,
+) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send + Sync + 'static {
+    IterStream(frames.into_iter())
+}
+
+struct IterStream<I>(I);
+
+impl<I: Iterator + Unpin> futures_core::Stream for IterStream<I> {
+    type Item = I::Item;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<I::Item>> {
+        std::task::Poll::Ready(self.0.next())
+    }
+}
+
+/// Sends `part`, then never ends until the handler drops it; hyper then closes the connection
+/// short of the declared length.
+fn futures_stream(
+    part: Bytes,
+) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send + Sync + 'static {
+    CutStream { part: Some(part) }
+}
+
+struct CutStream {
+    part: Option<Bytes>,
+}
+
+impl futures_core::Stream for CutStream {
+    type Item = Result<Frame<Bytes>, Infallible>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        // Ending the stream early makes hyper close the connection (body shorter than declared).
+        std::task::Poll::Ready(self.part.take().map(|p| Ok(Frame::data(p))))
+    }
+}
+
+/// A running edge and the files it was started from.
+pub struct Edge {
+    pub id: String,
+    pub node: Option<meridian::app::Node>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+pub const TOKEN: &str = "test-admin-token";
+
+impl Edge {
+    /// Starts an edge on 127.0.0.1:0 whose origin map is `sites` (TOML `[[site]]` tables) and
+    /// whose `[edge]` section gets `extra` lines.
+    pub async fn start(sites: &str, extra: &str) -> Edge {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let id = format!("edge-test-{}", NEXT.fetch_add(1, Ordering::SeqCst));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("origins.toml"), sites).unwrap();
+        std::fs::write(dir.path().join("admin.token"), format!("{TOKEN}\n")).unwrap();
+        let node = format!(
+            r#"
+id = "{id}"
+region = "test"
+roles = ["edge"]
+origin_map = "origins.toml"
+[log]
+access_log = false
+[edge]
+listen = ["127.0.0.1:0"]
+{extra}
+[admin]
+listen = "127.0.0.1:0"
+token_file = "admin.token"
+"#
+        );
+        std::fs::write(dir.path().join("node.toml"), node).unwrap();
+        let config =
+            meridian::config::load(&dir.path().join("node.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let node = meridian::app::Node::start(config).await.unwrap();
+        Edge {
+            id,
+            addr: node.http_addrs()[0],
+            admin: node.admin_addr().unwrap(),
+            node: Some(node),
+            dir,
+        }
+    }
+
+    /// An edge with one site `demo` for host `demo.test` in front of `origin`.
+    pub async fn for_origin(origin: &Origin) -> Edge {
+        Edge::start(
+            &site("demo", "demo.test", &format!("http://{}", origin.addr), ""),
+            "",
+        )
+        .await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn get(&self, path: &str) -> Got {
+        get(self.addr, "demo.test", path, &[]).await
+    }
+
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Got {
+        get(self.addr, "demo.test", path, headers).await
+    }
+
+    pub async fn admin_post(&self, path: &str, token: Option<&str>, body: &str) -> Got {
+        let mut req = Request::post(format!("http://{}{}", self.admin, path))
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        send(
+            req.body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Got {
+        send(
+            Request::get(format!("http://{}{}", self.admin, path))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+    }
+}
+
+/// A `[[site]]` table.
+pub fn site(name: &str, host: &str, origins: &str, extra: &str) -> String {
+    let origins: Vec<String> = origins
+        .split(',')
+        .map(|o| format!("{:?}", o.trim()))
+        .collect();
+    format!(
+        "[[site]]\nname = \"{name}\"\nhosts = [\"{host}\"]\norigins = [{}]\n{extra}\n",
+        origins.join(", ")
+    )
+}
+
+/// A response as the client saw it.
+#[derive(Debug)]
+pub struct Got {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Got {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
+    }
+
+    pub fn cache_status(&self) -> &str {
+        self.header("cache-status")
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn is_hit(&self) -> bool {
+        self.cache_status().starts_with("meridian; hit")
+    }
+}
+
+async fn send<B>(req: Request<B>) -> Got
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let client = Client::builder(TokioExecutor::new()).build_http::<B>();
+    let resp = tokio::time::timeout(Duration::from_secs(20), client.request(req))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body failed").to_bytes();
+    Got {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// GET `path` from `addr` with Host `host` and extra headers.
+pub async fn get(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> Got {
+    request("GET", addr, host, path, headers).await
+}
+
+pub async fn request(
+    method: &str,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Got {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(req.body(Empty::<Bytes>::new()).unwrap()).await
+}
+
+pub async fn request_body(
+    method: &str,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    body: &str,
+) -> Got {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("host", host)
+        .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+        .unwrap();
+    send(req).await
+}
+
+/// Sends raw bytes on a new connection and returns what comes back until the server closes or
+/// `wait` passes.
+pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Extracts `key=value` from a Cache-Status.
+pub fn param<'a>(cache_status: &'a str, key: &str) -> Option<&'a str> {
+    cache_status
+        .split(';')
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix(key)?.strip_prefix('='))
+}

@@ -1,0 +1,16 @@
+//! Integration tests of the edge role against a real origin on 127.0.0.1:0, through a real
+//! HTTP client. One module per area of the edge's contract.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod admin;
+mod collapse;
+mod freshness;
+mod limits;
+mod origins;
+mod ranges;
+mod routing;
+mod stale;
+mod store;
+mod targeted;

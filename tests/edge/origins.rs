@@ -1,0 +1,223 @@
+//! 2. Origins: failover in order, timeouts, proxy headers, hop-by-hop removal, HTTPS origins.
+
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+#[tokio::test]
+async fn failover_to_the_next_origin_on_connect_failure() {
+    // A port with nothing listening: bind, note it, close.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let live = Origin::start().await;
+    live.always("/", Reply::ok("live").header("cache-control", "max-age=60"));
+    let edge = Edge::start(
+        &site(
+            "s",
+            "demo.test",
+            &format!("http://{dead}, http://{}", live.addr),
+            "",
+        ),
+        "",
+    )
+    .await;
+    let r = edge.get("/").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "live");
+}
+
+#[tokio::test]
+async fn failover_on_first_byte_timeout_then_504_when_all_time_out() {
+    let slow = Origin::start().await;
+    slow.always("/", Reply::ok("slow").delay(Duration::from_secs(5)));
+    let fast = Origin::start().await;
+    fast.always("/", Reply::ok("fast"));
+    let edge = Edge::start(
+        &site(
+            "s",
+            "demo.test",
+            &format!("http://{}, http://{}", slow.addr, fast.addr),
+            "first_byte_timeout = \"300ms\"",
+        ),
+        "",
+    )
+    .await;
+    let t = Instant::now();
+    let r = edge.get("/").await;
+    assert_eq!(r.text(), "fast");
+    assert!(t.elapsed() < Duration::from_secs(3));
+
+    let edge = Edge::start(
+        &site(
+            "s",
+            "demo.test",
+            &format!("http://{}", slow.addr),
+            "first_byte_timeout = \"300ms\"",
+        ),
+        "",
+    )
+    .await;
+    let r = edge.get("/").await;
+    assert_eq!(r.status, 504);
+    assert!(
+        !r.text().contains("127.0.0.1"),
+        "the origin address must not leak: {}",
+        r.text()
+    );
+}
+
+#[tokio::test]
+async fn all_origins_down_is_502() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let edge = Edge::start(&site("s", "demo.test", &format!("http://{dead}"), ""), "").await;
+    let r = edge.get("/").await;
+    assert_eq!(r.status, 502);
+    assert!(
+        r.cache_status().contains("fwd=miss"),
+        "{}",
+        r.cache_status()
+    );
+}
+
+#[tokio::test]
+async fn proxy_headers_added_and_hop_by_hop_removed_both_ways() {
+    let o = Origin::start().await;
+    o.always(
+        "/h",
+        Reply::ok("x")
+            .header("connection", "x-origin-secret")
+            .header("x-origin-secret", "1")
+            .header("keep-alive", "timeout=5")
+            .header("x-kept", "yes"),
+    );
+    let edge = Edge::for_origin(&o).await;
+    let r = edge
+        .get_with(
+            "/h",
+            &[
+                ("connection", "x-client-secret"),
+                ("x-client-secret", "1"),
+                ("x-forwarded-for", "192.0.2.1"),
+                ("proxy-authorization", "Basic abc"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-kept"), "yes");
+    assert_eq!(r.header("x-origin-secret"), "");
+    assert_eq!(r.header("keep-alive"), "");
+    assert_eq!(r.header("via"), format!("1.1 {}", edge.id));
+    let seen = o.last("/h");
+    assert!(seen.headers.get("x-client-secret").is_none());
+    assert!(seen.headers.get("proxy-authorization").is_none());
+    assert_eq!(seen.headers["x-forwarded-for"], "192.0.2.1, 127.0.0.1");
+    assert_eq!(
+        seen.headers["forwarded"],
+        "for=127.0.0.1;proto=http;host=\"demo.test\""
+    );
+    assert_eq!(seen.headers["via"], format!("1.1 {}", edge.id).as_str());
+    assert_eq!(seen.headers["host"], "demo.test");
+}
+
+#[tokio::test]
+async fn host_header_override_is_sent_to_the_origin() {
+    let o = Origin::start().await;
+    o.always("/", Reply::ok("x"));
+    let edge = Edge::start(
+        &site(
+            "s",
+            "demo.test",
+            &format!("http://{}", o.addr),
+            "host_header = \"origin.internal\"",
+        ),
+        "",
+    )
+    .await;
+    edge.get("/").await;
+    assert_eq!(o.last("/").headers["host"], "origin.internal");
+}
+
+#[tokio::test]
+async fn a_request_that_loops_back_is_refused() {
+    let o = Origin::start().await;
+    let edge = Edge::for_origin(&o).await;
+    let via = format!("1.1 other, 1.1 {}", edge.id);
+    let r = edge.get_with("/", &[("via", &via)]).await;
+    assert_eq!(r.status, 508);
+    assert_eq!(o.total(), 0);
+}
+
+#[tokio::test]
+async fn https_origin_with_a_ca_file() {
+    use std::sync::Arc;
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let server_config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                break;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"over tls")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let edge = Edge::start(
+        &site(
+            "s",
+            "demo.test",
+            &format!("https://localhost:{port}"),
+            &format!("ca_file = {:?}", ca_path.display().to_string()),
+        ),
+        "",
+    )
+    .await;
+    let r = edge.get("/").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "over tls");
+
+    // Without the CA, the origin's certificate is not trusted: 502, not a silent plaintext fallback.
+    let edge = Edge::start(
+        &site("s", "demo.test", &format!("https://localhost:{port}"), ""),
+        "",
+    )
+    .await;
+    assert_eq!(edge.get("/").await.status, 502);
+}
