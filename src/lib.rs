@@ -18,6 +18,7 @@
 //!                store.rs (the only moka import), collapse.rs
 //! origin.rs      upstream client: pools, TLS, timeouts, failover; knows nothing of caching
 //! admin.rs       /healthz /metrics /purge
+//! demo.rs        `meridian demo`: sample origin + the edges of config/local/, embedded
 //! ```
 //!
 //! # HTTP data flow
@@ -31,6 +32,7 @@
 
 pub mod app;
 pub mod config;
+pub mod demo;
 pub mod telemetry;
 
 pub(crate) mod admin;

@@ -14,6 +14,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the embedded default: a sample origin and the edges of config/local/ on loopback.
+    Demo,
     /// Run the roles that NODE.toml configures.
     Run {
         /// The node file.
@@ -31,6 +33,30 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Demo => {
+            meridian::telemetry::init_logging(&meridian::config::LogConfig {
+                json: false,
+                level: "warn".into(),
+                access_log: false,
+            });
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(meridian::demo::run()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("meridian demo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Check { config } => match meridian::config::load(&config) {
             Ok(c) => {
                 println!(

@@ -1,0 +1,272 @@
+//! `meridian demo`: the topology of `config/local/` in one process, on its embedded files.
+//!
+//! Starts a sample origin on `127.0.0.1:8000` (an index page and a handful of objects with varied
+//! cache headers), then the edges of `config/local/` in front of it, prints lines to try, and
+//! runs until Ctrl-C. The config files are compiled in and written to a private temporary
+//! directory, then loaded through the same `config::load` as any node file: the demo needs no
+//! file outside the binary and no network beyond loopback.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{terminated, Node, StartError};
+use crate::config;
+
+/// Address of the sample origin.
+pub const ORIGIN: &str = "127.0.0.1:8000";
+
+/// The files of `config/local/`, compiled in.
+const FILES: [(&str, &str); 5] = [
+    ("edge-a.toml", include_str!("../config/local/edge-a.toml")),
+    ("edge-b.toml", include_str!("../config/local/edge-b.toml")),
+    ("edge-c.toml", include_str!("../config/local/edge-c.toml")),
+    ("origins.toml", include_str!("../config/local/origins.toml")),
+    ("admin.token", include_str!("../config/local/admin.token")),
+];
+
+/// The edges the demo runs.
+const EDGES: [&str; 3] = ["edge-a.toml", "edge-b.toml", "edge-c.toml"];
+
+/// Size of the sample large object (for ranges).
+const LARGE: usize = 8 << 20;
+
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// Writing the embedded files failed.
+    #[error("cannot write the demo's config files to {path}: {source}")]
+    Files {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The embedded config did not validate (a bug in the repository's files).
+    #[error("{0}")]
+    Config(#[from] config::ConfigError),
+    /// A node could not start (typically: an address is in use).
+    #[error("{0}")]
+    Start(#[from] StartError),
+    /// The sample origin could not listen.
+    #[error("cannot listen on {ORIGIN} for the sample origin: {0} (is another demo running?)")]
+    Origin(std::io::Error),
+}
+
+/// Writes the embedded files to a fresh private directory.
+fn write_files() -> Result<PathBuf, DemoError> {
+    let dir = std::env::temp_dir().join(format!("meridian-demo-{}", std::process::id()));
+    let err = |source| DemoError::Files {
+        path: dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(err)?;
+    for (name, text) in FILES {
+        std::fs::write(dir.join(name), text).map_err(err)?;
+    }
+    Ok(dir)
+}
+
+/// Runs the demo until Ctrl-C.
+pub async fn run() -> Result<(), DemoError> {
+    let dir = write_files()?;
+    let listener = TcpListener::bind(ORIGIN).await.map_err(DemoError::Origin)?;
+    let stop = CancellationToken::new();
+    let origin = tokio::spawn(serve_origin(listener, stop.clone()));
+
+    let mut nodes = Vec::new();
+    for name in EDGES {
+        let mut cfg = config::load(&dir.join(name))?;
+        // One access log line per request from three edges would drown the instructions.
+        cfg.node.log.access_log = false;
+        let node = Node::start(cfg).await?;
+        nodes.push((name.trim_end_matches(".toml").to_string(), node));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!(
+        "\nMeridian demo: a sample origin on http://{ORIGIN} and three edges in front of it.\n"
+    );
+    for (name, node) in &nodes {
+        if let (Some(http), Some(admin)) = (node.http_addrs().first(), node.admin_addr()) {
+            println!("  {name}: http://{http}  (admin http://{admin})");
+        }
+    }
+    if let Some((_, node)) = nodes.first() {
+        if let Some(a) = node.http_addrs().first() {
+            print_tries(*a, node.admin_addr());
+        }
+    }
+    println!("\nCtrl-C stops the demo.");
+
+    terminated().await;
+    println!("\nstopping…");
+    for (_, node) in nodes {
+        node.shutdown().await;
+    }
+    stop.cancel();
+    let _ = origin.await;
+    Ok(())
+}
+
+fn print_tries(edge: SocketAddr, admin: Option<SocketAddr>) {
+    let h = "-H 'Host: demo.meridian.test'";
+    println!("\nTry (run each twice: Cache-Status goes from fwd=miss to hit):\n");
+    println!("  curl -si {h} http://{edge}/ | grep -i -e '^HTTP' -e cache-status -e '^age'");
+    println!(
+        "  curl -si {h} http://{edge}/news | grep -i cache-status        # stale-while-revalidate"
+    );
+    println!("  curl -si {h} -H 'Accept-Language: fr' http://{edge}/hello   # Vary");
+    println!("  curl -si {h} -r 0-99 http://{edge}/large.bin | head -12     # ranges from cache");
+    if let Some(admin) = admin {
+        println!(
+            "  curl -s -X POST -H \"Authorization: Bearer $(cat config/local/admin.token)\" \\\n       -d '{{\"tag\":\"products\"}}' http://{admin}/purge          # purge by Surrogate-Key"
+        );
+        println!("  curl -s http://{admin}/metrics | grep meridian_http_requests_total");
+    }
+}
+
+async fn serve_origin(listener: TcpListener, stop: CancellationToken) {
+    let large = Bytes::from((0..LARGE).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r { Ok(a) => a, Err(_) => continue },
+            _ = stop.cancelled() => break,
+        };
+        let large = large.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let large = large.clone();
+                async move { Ok::<_, Infallible>(sample(req, &large).await) }
+            });
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+const INDEX: &str = "<!doctype html>
+<title>Meridian demo origin</title>
+<h1>Meridian demo origin</h1>
+<ul>
+<li><a href=\"/static/logo.svg\">/static/logo.svg</a>: long-lived (max-age=31536000, immutable)</li>
+<li><a href=\"/news\">/news</a>: short-lived (max-age=5, stale-while-revalidate=30)</li>
+<li><a href=\"/hello\">/hello</a>: Vary: Accept-Language (en, fr, de)</li>
+<li><a href=\"/products/1\">/products/1</a>, <a href=\"/products/2\">/products/2</a>: Surrogate-Key tags</li>
+<li><a href=\"/large.bin\">/large.bin</a>: 8 MiB, for ranges</li>
+<li><a href=\"/account\">/account</a>: private, never cached by the edge</li>
+</ul>
+";
+
+const LOGO: &str = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"64\" height=\"64\"><circle cx=\"32\" cy=\"32\" r=\"30\" fill=\"#1a73e8\"/><path d=\"M2 32h60M32 2v60\" stroke=\"#fff\"/></svg>\n";
+
+async fn sample(req: Request<Incoming>, large: &Bytes) -> Response<Full<Bytes>> {
+    let now = httpdate::fmt_http_date(SystemTime::now());
+    let (status, ctype, cc, body, extra): (StatusCode, &str, &str, Bytes, Vec<(&str, String)>) =
+        match req.uri().path() {
+            "/" => (
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                "max-age=60",
+                Bytes::from_static(INDEX.as_bytes()),
+                vec![],
+            ),
+            "/static/logo.svg" => (
+                StatusCode::OK,
+                "image/svg+xml",
+                "public, max-age=31536000, immutable",
+                Bytes::from_static(LOGO.as_bytes()),
+                vec![("etag", "\"logo-1\"".into())],
+            ),
+            "/news" => {
+                // Slow to generate: the point of stale-while-revalidate.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                (
+                    StatusCode::OK,
+                    "text/plain",
+                    "max-age=5, stale-while-revalidate=30, stale-if-error=300",
+                    Bytes::from(format!("news generated at {now}\n")),
+                    vec![],
+                )
+            }
+            "/hello" => {
+                let lang = req
+                    .headers()
+                    .get(header::ACCEPT_LANGUAGE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("en");
+                let text = if lang.starts_with("fr") {
+                    "bonjour\n"
+                } else if lang.starts_with("de") {
+                    "hallo\n"
+                } else {
+                    "hello\n"
+                };
+                (
+                    StatusCode::OK,
+                    "text/plain",
+                    "max-age=300",
+                    Bytes::from_static(text.as_bytes()),
+                    vec![("vary", "Accept-Language".into())],
+                )
+            }
+            p @ ("/products/1" | "/products/2") => {
+                let id = &p[10..];
+                (
+                    StatusCode::OK,
+                    "application/json",
+                    "max-age=3600",
+                    Bytes::from(format!("{{\"id\":{id},\"generated\":\"{now}\"}}\n")),
+                    vec![("surrogate-key", format!("products product-{id}"))],
+                )
+            }
+            "/large.bin" => (
+                StatusCode::OK,
+                "application/octet-stream",
+                "max-age=3600",
+                large.clone(),
+                vec![("etag", "\"large-1\"".into())],
+            ),
+            "/account" => (
+                StatusCode::OK,
+                "text/plain",
+                "private, max-age=60",
+                Bytes::from_static(b"your account\n"),
+                vec![],
+            ),
+            _ => (
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "max-age=10",
+                Bytes::from_static(b"not found\n"),
+                vec![],
+            ),
+        };
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cc));
+    h.insert(
+        header::LAST_MODIFIED,
+        HeaderValue::from_static("Wed, 21 Oct 2026 07:28:00 GMT"),
+    );
+    for (name, value) in extra {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    }
+    resp
+}

@@ -1,0 +1,170 @@
+//! The `meridian` binary itself: `check` lists every problem with file and key; `run` logs JSON
+//! access lines when configured and drains in-flight requests on SIGTERM, exiting 0.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn meridian() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_meridian"))
+}
+
+#[test]
+fn check_accepts_the_local_cluster() {
+    for f in ["edge-a", "edge-b", "edge-c"] {
+        let out = meridian()
+            .args(["check", "-c", &format!("config/local/{f}.toml")])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+    }
+}
+
+#[test]
+fn check_lists_every_problem_with_file_and_key_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("node.toml"),
+        r#"
+id = "e"
+region = "r"
+roles = ["edge", "teapot"]
+origin_map = "origins.toml"
+[log]
+format = "xml"
+[edge]
+listen = ["not-an-address"]
+cache_memory = "4XB"
+idle_timeout = "soon"
+[admin]
+listen = "127.0.0.1:0"
+token_file = "missing.token"
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("origins.toml"),
+        "[[site]]\nname = \"s\"\nhosts = [\"a.test\"]\norigins = [\"gopher://x\"]\n",
+    )
+    .unwrap();
+    let out = meridian()
+        .args(["check", "-c"])
+        .arg(dir.path().join("node.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "node.toml: roles[1]: unknown role \"teapot\"",
+        "node.toml: log.format: unknown format \"xml\"",
+        "node.toml: edge.listen[0]: \"not-an-address\" is not a socket address",
+        "node.toml: edge.cache_memory: \"4XB\" has an unknown size unit",
+        "node.toml: edge.idle_timeout: \"soon\" has an unknown duration unit",
+        "node.toml: admin.token_file: cannot read",
+        "origins.toml: site[0].origins[0]: \"gopher://x\" must start with http:// or https://",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    assert!(err.starts_with("7 configuration problems"), "{err}");
+}
+
+#[test]
+fn check_names_a_missing_file() {
+    let out = meridian()
+        .args(["check", "-c", "/nonexistent/node.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/node.toml: cannot read"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_logs_json_and_drains_on_sigterm() {
+    let origin = Origin::start().await;
+    origin.always(
+        "/slow",
+        Reply::ok("drained")
+            .header("cache-control", "max-age=60")
+            .delay(Duration::from_millis(800)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("origins.toml"),
+        site("s", "demo.test", &format!("http://{}", origin.addr), ""),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("node.toml"),
+        "id = \"cli-edge\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[log]\nformat = \"json\"\n[edge]\nlisten = [\"127.0.0.1:0\"]\nshutdown_grace = \"5s\"\n",
+    )
+    .unwrap();
+    let mut child = meridian()
+        .args(["run", "-c"])
+        .arg(dir.path().join("node.toml"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next_json = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>| {
+        let line = rx.blocking_recv().expect("meridian exited early");
+        serde_json::from_str::<serde_json::Value>(&line)
+            .unwrap_or_else(|e| panic!("not JSON: {line}: {e}"))
+    };
+    let started = tokio::task::block_in_place(|| next_json(&mut rx));
+    assert_eq!(started["message"], "node started");
+    let http = started["http"]
+        .as_str()
+        .unwrap()
+        .trim_matches(|c| c == '[' || c == ']')
+        .to_string();
+    let addr: std::net::SocketAddr = http.parse().unwrap();
+
+    let inflight = tokio::spawn(async move { get(addr, "demo.test", "/slow", &[]).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let r = inflight.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.text(),
+        "drained",
+        "the in-flight request finished after SIGTERM"
+    );
+    let status = tokio::task::block_in_place(|| child.wait()).unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+
+    let lines: Vec<serde_json::Value> = tokio::task::block_in_place(|| {
+        std::iter::from_fn(|| rx.blocking_recv())
+            .filter_map(|l| serde_json::from_str(&l).ok())
+            .collect()
+    });
+    let access = lines
+        .iter()
+        .find(|l| l["target"] == "meridian::access")
+        .unwrap_or_else(|| panic!("no access line in {lines:?}"));
+    assert_eq!(access["status"], 200);
+    assert_eq!(access["cache"], "miss");
+    assert_eq!(access["uri"], "/slow");
+    assert_eq!(access["bytes"], 7);
+    assert!(access["duration_ms"].as_f64().unwrap() >= 700.0);
+}
