@@ -1,1 +1,94 @@
-fn main() {}
+//! The edge's cache-hit path.
+//!
+//! - `hit_path/lookup/SIZE`: key, store lookup, reuse decision and response headers, in process.
+//! - `hit_path/loopback/SIZE`: one whole HTTP/1.1 request over a kept-alive loopback connection to
+//!   a running edge, answered from cache (client and server on this machine).
+//!
+//! Run: `cargo bench --bench hit_path`.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+fn lookup(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut g = c.benchmark_group("hit_path/lookup");
+    for size in [1024usize, 100 * 1024] {
+        let hp = rt.block_on(meridian::bench::HitPath::new(size));
+        assert_eq!(rt.block_on(hp.hit()), size);
+        g.throughput(Throughput::Elements(1));
+        g.bench_with_input(BenchmarkId::from_parameter(size), &size, |b, _| {
+            b.to_async(&rt).iter(|| hp.hit());
+        });
+    }
+    g.finish();
+}
+
+async fn origin(body: Bytes) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else { break };
+            let body = body.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    let body = body.clone();
+                    async move {
+                        let mut r = http::Response::new(Full::new(body));
+                        r.headers_mut().insert("cache-control", http::HeaderValue::from_static("max-age=3600"));
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+            });
+        }
+    });
+    addr
+}
+
+fn loopback(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut g = c.benchmark_group("hit_path/loopback");
+    g.measurement_time(Duration::from_secs(5));
+    for size in [1024usize, 100 * 1024] {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, client, uri) = rt.block_on(async {
+            let o = origin(Bytes::from(vec![b'x'; size])).await;
+            std::fs::write(
+                dir.path().join("origins.toml"),
+                format!("[[site]]\nname = \"b\"\nhosts = [\"*\"]\norigins = [\"http://{o}\"]\n"),
+            )
+            .unwrap();
+            std::fs::write(
+                dir.path().join("node.toml"),
+                "id = \"bench\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[log]\naccess_log = false\nlevel = \"warn\"\n[edge]\nlisten = [\"127.0.0.1:0\"]\n",
+            )
+            .unwrap();
+            let cfg = meridian::config::load(&dir.path().join("node.toml")).unwrap();
+            let node = meridian::app::Node::start(cfg).await.unwrap();
+            let uri: http::Uri = format!("http://{}/object", node.http_addrs()[0]).parse().unwrap();
+            let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+            (node, client, uri)
+        });
+        let fetch = || async {
+            let resp = client.get(uri.clone()).await.unwrap();
+            resp.into_body().collect().await.unwrap().to_bytes().len()
+        };
+        assert_eq!(rt.block_on(fetch()), size);
+        g.throughput(Throughput::Elements(1));
+        g.bench_with_input(BenchmarkId::from_parameter(size), &size, |b, _| {
+            b.to_async(&rt).iter(fetch);
+        });
+        rt.block_on(node.shutdown());
+    }
+    g.finish();
+}
+
+criterion_group!(benches, lookup, loopback);
+criterion_main!(benches);

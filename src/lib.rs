@@ -31,6 +31,8 @@
 #![warn(unreachable_pub, missing_docs, unused_qualifications)]
 
 pub mod app;
+#[doc(hidden)]
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod telemetry;

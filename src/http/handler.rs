@@ -391,37 +391,14 @@ async fn cache_path(
         return forward(state, site, req, peer, s, false).await;
     }
     let key = site.key(req.uri());
-    let now = Instant::now();
-    let mut fwd = Fwd::Miss;
-    let mut stale = None;
-    if let Some(object) = state.store.get(&key).await {
-        match object.select(req.headers()) {
-            None => fwd = Fwd::VaryMiss,
-            Some(entry) => {
-                let age = entry.age(now);
-                match policy::reuse(&entry.freshness, age, &directives) {
-                    Reuse::Hit => {
-                        let s = CacheStatus::hit(entry.ttl(age));
-                        return (
-                            response::from_entry(entry, req.method(), req.headers(), s, age),
-                            s,
-                        );
-                    }
-                    Reuse::StaleWhileRevalidate => {
-                        refresh_in_background(state, site, &req, peer, &key, entry.clone());
-                        let s = CacheStatus::hit(entry.ttl(age)).detail("stale-while-revalidate");
-                        return (
-                            response::from_entry(entry, req.method(), req.headers(), s, age),
-                            s,
-                        );
-                    }
-                    Reuse::RevalidateRequested => fwd = Fwd::Request,
-                    Reuse::Revalidate => fwd = Fwd::Stale,
-                }
-                stale = Some(entry.clone());
-            }
+    let (fwd, stale) = match lookup(state, &key, req.method(), req.headers(), &directives).await {
+        Lookup::Served(resp, s) => return (resp, s),
+        Lookup::Refresh(resp, s, entry) => {
+            refresh_in_background(state, site, &req, peer, &key, entry);
+            return (resp, s);
         }
-    }
+        Lookup::Forward(fwd, stale) => (fwd, stale),
+    };
     if directives.only_if_cached {
         let s = CacheStatus::default().detail("only-if-cached");
         return (Refusal::NotCached.response(s), s);
@@ -431,6 +408,46 @@ async fn cache_path(
         return forward(state, site, req, peer, s, false).await;
     }
     fill(state, site, req, peer, key, stale, fwd, &directives).await
+}
+
+/// What the store can do for a request.
+pub(crate) enum Lookup {
+    /// Answered from cache.
+    Served(Response<Body>, CacheStatus),
+    /// Answered stale from cache; the entry needs a background refresh.
+    Refresh(Response<Body>, CacheStatus, Arc<Entry>),
+    /// Must go forward, with the stored entry to revalidate, if any.
+    Forward(Fwd, Option<Arc<Entry>>),
+}
+
+/// The hit path: store lookup, variant selection, the reuse decision, and the response.
+pub(crate) async fn lookup(
+    state: &EdgeState,
+    key: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    directives: &RequestDirectives,
+) -> Lookup {
+    let Some(object) = state.store.get(key).await else {
+        return Lookup::Forward(Fwd::Miss, None);
+    };
+    let Some(entry) = object.select(headers) else {
+        return Lookup::Forward(Fwd::VaryMiss, None);
+    };
+    let age = entry.age(Instant::now());
+    match policy::reuse(&entry.freshness, age, directives) {
+        Reuse::Hit => {
+            let s = CacheStatus::hit(entry.ttl(age));
+            Lookup::Served(response::from_entry(entry, method, headers, s, age), s)
+        }
+        Reuse::StaleWhileRevalidate => {
+            let s = CacheStatus::hit(entry.ttl(age)).detail("stale-while-revalidate");
+            let resp = response::from_entry(entry, method, headers, s, age);
+            Lookup::Refresh(resp, s, entry.clone())
+        }
+        Reuse::RevalidateRequested => Lookup::Forward(Fwd::Request, Some(entry.clone())),
+        Reuse::Revalidate => Lookup::Forward(Fwd::Stale, Some(entry.clone())),
+    }
 }
 
 /// Starts a background refresh of `key` unless one is already in flight (RFC 5861 §3: once per

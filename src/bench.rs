@@ -1,0 +1,101 @@
+//! Internals for `benches/` only, not a stable API: the edge's hit path without sockets.
+//!
+//! Builds an edge state holding one stored object, then answers lookups for it exactly as the
+//! handler does (key, store lookup, variant selection, reuse decision, response headers).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use tokio_util::task::TaskTracker;
+
+use crate::cache::entry::Entry;
+use crate::cache::policy::{self, Exchange, SitePolicy};
+use crate::config::{EdgeConfig, QueryKey, SiteConfig};
+use crate::http::handler::{lookup, EdgeState, Lookup, Sites};
+
+/// One stored object and an edge to look it up in.
+pub struct HitPath {
+    state: Arc<EdgeState>,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+fn site() -> SiteConfig {
+    SiteConfig {
+        name: "bench".into(),
+        hosts: vec!["bench.test".into()],
+        origins: vec![Uri::from_static("http://127.0.0.1:9")],
+        host_header: None,
+        connect_timeout: Duration::from_secs(1),
+        first_byte_timeout: Duration::from_secs(1),
+        default_ttl: None,
+        heuristic_freshness: false,
+        ca_file: None,
+        query_key: QueryKey::Keep,
+        key_headers: vec![],
+    }
+}
+
+impl HitPath {
+    /// An edge holding `/object` with a body of `size` bytes, fresh for an hour.
+    pub async fn new(size: usize) -> HitPath {
+        let edge = EdgeConfig {
+            listen: vec![],
+            cache_memory: 1 << 30,
+            max_object_size: 64 << 20,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_header_size: 16 << 10,
+            max_connections: 1000,
+            shutdown_grace: Duration::from_secs(1),
+        };
+        let sites = Sites::new(&[site()]).unwrap_or_else(|e| panic!("{e}"));
+        let state = Arc::new(EdgeState::new("bench", &edge, sites, false, TaskTracker::new()));
+        let mut resp = HeaderMap::new();
+        resp.insert("cache-control", HeaderValue::from_static("max-age=3600"));
+        resp.insert("content-type", HeaderValue::from_static("application/octet-stream"));
+        resp.insert("etag", HeaderValue::from_static("\"bench\""));
+        resp.insert("date", HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now())).unwrap_or(HeaderValue::from_static("x")));
+        let now = SystemTime::now();
+        let freshness = policy::storability(
+            &Method::GET,
+            &HeaderMap::new(),
+            StatusCode::OK,
+            &resp,
+            Exchange { request_time: now, response_time: now },
+            SitePolicy::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let uri = Uri::from_static("/object");
+        let key = state.sites.lookup("bench.test").map(|s| s.key(&uri)).unwrap_or_default();
+        let entry = Entry {
+            status: StatusCode::OK,
+            headers: resp,
+            body: Bytes::from(vec![b'x'; size]),
+            freshness,
+            stored_at: tokio::time::Instant::now(),
+            vary: vec![],
+            vary_values: vec![],
+            tags: vec![],
+        };
+        state.store.insert(key, Arc::new(entry)).await;
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("bench.test"));
+        headers.insert("user-agent", HeaderValue::from_static("criterion"));
+        headers.insert("accept", HeaderValue::from_static("*/*"));
+        HitPath { state, uri, headers }
+    }
+
+    /// Answers one GET for the object from cache; returns the body length.
+    pub async fn hit(&self) -> usize {
+        let Some(site) = self.state.sites.lookup("bench.test") else { return 0 };
+        let key = site.key(&self.uri);
+        let directives = policy::request_directives(&self.headers);
+        match lookup(&self.state, &key, &Method::GET, &self.headers, &directives).await {
+            Lookup::Served(resp, _) => http_body::Body::size_hint(resp.body()).exact().unwrap_or(0) as usize,
+            _ => 0,
+        }
+    }
+}
