@@ -34,18 +34,25 @@ async fn origin(body: Bytes) -> std::net::SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((s, _)) = listener.accept().await else { break };
+            let Ok((s, _)) = listener.accept().await else {
+                break;
+            };
             let body = body.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |_req| {
                     let body = body.clone();
                     async move {
                         let mut r = http::Response::new(Full::new(body));
-                        r.headers_mut().insert("cache-control", http::HeaderValue::from_static("max-age=3600"));
+                        r.headers_mut().insert(
+                            "cache-control",
+                            http::HeaderValue::from_static("max-age=3600"),
+                        );
                         Ok::<_, Infallible>(r)
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
             });
         }
     });

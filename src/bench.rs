@@ -52,24 +52,44 @@ impl HitPath {
             shutdown_grace: Duration::from_secs(1),
         };
         let sites = Sites::new(&[site()]).unwrap_or_else(|e| panic!("{e}"));
-        let state = Arc::new(EdgeState::new("bench", &edge, sites, false, TaskTracker::new()));
+        let state = Arc::new(EdgeState::new(
+            "bench",
+            &edge,
+            sites,
+            false,
+            TaskTracker::new(),
+        ));
         let mut resp = HeaderMap::new();
         resp.insert("cache-control", HeaderValue::from_static("max-age=3600"));
-        resp.insert("content-type", HeaderValue::from_static("application/octet-stream"));
+        resp.insert(
+            "content-type",
+            HeaderValue::from_static("application/octet-stream"),
+        );
         resp.insert("etag", HeaderValue::from_static("\"bench\""));
-        resp.insert("date", HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now())).unwrap_or(HeaderValue::from_static("x")));
+        resp.insert(
+            "date",
+            HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now()))
+                .unwrap_or(HeaderValue::from_static("x")),
+        );
         let now = SystemTime::now();
         let freshness = policy::storability(
             &Method::GET,
             &HeaderMap::new(),
             StatusCode::OK,
             &resp,
-            Exchange { request_time: now, response_time: now },
+            Exchange {
+                request_time: now,
+                response_time: now,
+            },
             SitePolicy::default(),
         )
         .unwrap_or_else(|e| panic!("{e:?}"));
         let uri = Uri::from_static("/object");
-        let key = state.sites.lookup("bench.test").map(|s| s.key(&uri)).unwrap_or_default();
+        let key = state
+            .sites
+            .lookup("bench.test")
+            .map(|s| s.key(&uri))
+            .unwrap_or_default();
         let entry = Entry {
             status: StatusCode::OK,
             headers: resp,
@@ -85,16 +105,24 @@ impl HitPath {
         headers.insert("host", HeaderValue::from_static("bench.test"));
         headers.insert("user-agent", HeaderValue::from_static("criterion"));
         headers.insert("accept", HeaderValue::from_static("*/*"));
-        HitPath { state, uri, headers }
+        HitPath {
+            state,
+            uri,
+            headers,
+        }
     }
 
     /// Answers one GET for the object from cache; returns the body length.
     pub async fn hit(&self) -> usize {
-        let Some(site) = self.state.sites.lookup("bench.test") else { return 0 };
+        let Some(site) = self.state.sites.lookup("bench.test") else {
+            return 0;
+        };
         let key = site.key(&self.uri);
         let directives = policy::request_directives(&self.headers);
         match lookup(&self.state, &key, &Method::GET, &self.headers, &directives).await {
-            Lookup::Served(resp, _) => http_body::Body::size_hint(resp.body()).exact().unwrap_or(0) as usize,
+            Lookup::Served(resp, _) => {
+                http_body::Body::size_hint(resp.body()).exact().unwrap_or(0) as usize
+            }
             _ => 0,
         }
     }

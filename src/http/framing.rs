@@ -64,6 +64,25 @@ impl FramingGuard {
         while !data.is_empty() {
             match &mut self.phase {
                 Phase::Off => return found,
+                Phase::Head if self.head.is_empty() => {
+                    // Fast path: the whole head in this read, scanned in place.
+                    match find_end(data) {
+                        Some(end) => {
+                            let verdict = self.on_head(&data[..end]);
+                            data = &data[end..];
+                            if let Some(c) = verdict {
+                                found.get_or_insert((self.heads - 1, c));
+                            }
+                        }
+                        None => {
+                            self.head.extend_from_slice(data);
+                            if self.head.len() > self.limit {
+                                self.phase = Phase::Off;
+                            }
+                            return found;
+                        }
+                    }
+                }
                 Phase::Head => {
                     let before = self.head.len();
                     // Search from a little before the new bytes for a terminator split across reads.
@@ -217,7 +236,15 @@ impl FramingGuard {
 
 /// Index just past the first `\r\n\r\n`, if any.
 fn find_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+    let mut from = 0;
+    while let Some(i) = buf[from..].iter().position(|&b| b == b'\n') {
+        let at = from + i;
+        if at >= 3 && &buf[at - 3..=at] == b"\r\n\r\n" {
+            return Some(at + 1);
+        }
+        from = at + 1;
+    }
+    None
 }
 
 #[cfg(test)]

@@ -178,9 +178,13 @@ pub(crate) async fn handle(
     framing: Option<&'static str>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let start = Instant::now();
-    let method = req.method().clone();
-    let uri = req.uri().clone();
-    let host = req.headers().get(header::HOST).cloned();
+    let logged = state.access_log.then(|| {
+        (
+            req.method().clone(),
+            req.uri().clone(),
+            req.headers().get(header::HOST).cloned(),
+        )
+    });
     let (resp, status) = route(&state, req, peer, framing).await;
     let label = status.label();
     let code = resp.status().as_u16();
@@ -190,7 +194,7 @@ pub(crate) async fn handle(
     if matches!(label, Label::Hit | Label::Stale | Label::Revalidated) {
         LoadCounters::add(&state.load.hits, 1);
     }
-    if state.access_log {
+    if let Some((method, uri, host)) = logged {
         let bytes = http_body::Body::size_hint(resp.body()).exact();
         tracing::info!(
             target: "meridian::access",
@@ -257,15 +261,8 @@ async fn route(
         cache_path(state, &site, req, peer).await
     } else {
         let invalidate = policy::invalidates(req.method());
-        forward(
-            state,
-            &site,
-            req,
-            peer,
-            CacheStatus::forward(Fwd::Method),
-            invalidate,
-        )
-        .await
+        let s = CacheStatus::forward(Fwd::Method);
+        Box::pin(forward(state, &site, req, peer, s, invalidate)).await
     }
 }
 
@@ -388,7 +385,7 @@ async fn cache_path(
     let directives = policy::request_directives(req.headers());
     if directives.no_store {
         let s = CacheStatus::forward(Fwd::Request).detail("no-store");
-        return forward(state, site, req, peer, s, false).await;
+        return Box::pin(forward(state, site, req, peer, s, false)).await;
     }
     let key = site.key(req.uri());
     let (fwd, stale) = match lookup(state, &key, req.method(), req.headers(), &directives).await {
@@ -405,9 +402,11 @@ async fn cache_path(
     }
     if stale.is_none() && state.store.is_pass(&key).await {
         let s = CacheStatus::forward(Fwd::UriMiss).detail("uncacheable");
-        return forward(state, site, req, peer, s, false).await;
+        return Box::pin(forward(state, site, req, peer, s, false)).await;
     }
-    fill(state, site, req, peer, key, stale, fwd, &directives).await
+    // The miss path's state machine is large; boxing it keeps the future that hyper moves for
+    // every request (hits included) small.
+    Box::pin(fill(state, site, req, peer, key, stale, fwd, &directives)).await
 }
 
 /// What the store can do for a request.

@@ -3,7 +3,6 @@
 //!
 //! This is the one place where an error becomes an HTTP status ([`Refusal::status`]).
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
@@ -126,34 +125,55 @@ impl CacheStatus {
     }
 
     pub(crate) fn value(&self) -> HeaderValue {
-        let mut s = String::with_capacity(64);
-        s.push_str("meridian");
+        let mut s = bytes::BytesMut::with_capacity(80);
+        s.extend_from_slice(b"meridian");
         if self.hit {
-            s.push_str("; hit");
+            s.extend_from_slice(b"; hit");
         }
         if let Some(f) = self.fwd {
-            s.push_str("; fwd=");
-            s.push_str(f.as_str());
+            s.extend_from_slice(b"; fwd=");
+            s.extend_from_slice(f.as_str().as_bytes());
         }
         if let Some(code) = self.fwd_status {
-            let _ = write!(s, "; fwd-status={code}");
+            s.extend_from_slice(b"; fwd-status=");
+            push_int(&mut s, i64::from(code));
         }
         if self.stored {
-            s.push_str("; stored");
+            s.extend_from_slice(b"; stored");
         }
         if self.collapsed {
-            s.push_str("; collapsed");
+            s.extend_from_slice(b"; collapsed");
         }
         if let Some(ttl) = self.ttl {
-            let _ = write!(s, "; ttl={ttl}");
+            s.extend_from_slice(b"; ttl=");
+            push_int(&mut s, ttl);
         }
         if let Some(d) = self.detail {
-            s.push_str("; detail=");
-            s.push_str(d);
+            s.extend_from_slice(b"; detail=");
+            s.extend_from_slice(d.as_bytes());
         }
         // cannot fail: only ASCII tokens, digits and punctuation are written.
-        HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("meridian"))
+        HeaderValue::from_maybe_shared(s.freeze()).unwrap_or(HeaderValue::from_static("meridian"))
     }
+}
+
+/// Appends a decimal integer without a formatter.
+fn push_int(out: &mut bytes::BytesMut, v: i64) {
+    if v < 0 {
+        out.extend_from_slice(b"-");
+    }
+    let mut n = v.unsigned_abs();
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// Why the edge answers a request itself with an error.
@@ -235,9 +255,12 @@ fn not_modified(req: &HeaderMap, stored: &HeaderMap) -> bool {
     if let Some(m) = none_match(req, stored.get(header::ETAG)) {
         return m;
     }
-    let ims = req
-        .get(header::IF_MODIFIED_SINCE)
-        .and_then(|v| v.to_str().ok())
+    let Some(ims) = req.get(header::IF_MODIFIED_SINCE) else {
+        return false;
+    };
+    let ims = ims
+        .to_str()
+        .ok()
         .and_then(|s| httpdate::parse_http_date(s).ok());
     let lm = stored
         .get(header::LAST_MODIFIED)

@@ -49,10 +49,10 @@ impl From<&EdgeConfig> for Limits {
     }
 }
 
-/// Activity of one connection: when bytes last moved and how many requests are open.
+/// Activity of one connection: a count of reads and writes (no clock on the hot path) and how
+/// many requests are open. The idle watcher samples the count.
 struct Activity {
-    base: Instant,
-    last_ms: AtomicU64,
+    events: AtomicU64,
     in_flight: AtomicUsize,
     /// Requests handed to the service so far (HTTP/1: in connection order).
     requests: AtomicU64,
@@ -63,12 +63,7 @@ struct Activity {
 
 impl Activity {
     fn touch(&self) {
-        self.last_ms
-            .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn last(&self) -> Instant {
-        self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+        self.events.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -224,8 +219,7 @@ async fn connection(
     shutdown: CancellationToken,
 ) {
     let activity = Arc::new(Activity {
-        base: Instant::now(),
-        last_ms: AtomicU64::new(0),
+        events: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
         requests: AtomicU64::new(0),
         bad_head: AtomicU64::new(u64::MAX),
@@ -263,7 +257,12 @@ async fn connection(
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut closing = false;
-    let mut next_check = Instant::now() + idle_timeout;
+    // Sampled every quarter of the idle timeout: a connection is idle once no byte moved and no
+    // request was open for a whole timeout (give or take a quarter).
+    let tick = (idle_timeout / 4).max(Duration::from_millis(10));
+    let mut next_check = Instant::now() + tick;
+    let mut seen = activity.events.load(Ordering::Relaxed);
+    let mut quiet_since = Instant::now();
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -277,16 +276,16 @@ async fn connection(
                 closing = true;
             }
             _ = tokio::time::sleep_until(next_check), if !closing => {
-                let idle = activity.in_flight.load(Ordering::Relaxed) == 0
-                    && activity.last().elapsed() >= idle_timeout;
-                if idle {
+                let now = Instant::now();
+                let events = activity.events.load(Ordering::Relaxed);
+                if events != seen || activity.in_flight.load(Ordering::Relaxed) > 0 {
+                    seen = events;
+                    quiet_since = now;
+                } else if now.duration_since(quiet_since) >= idle_timeout {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
-                } else {
-                    // Busy or recently active: look again when it could next be idle.
-                    next_check = (activity.last() + idle_timeout)
-                        .max(Instant::now() + Duration::from_millis(100));
                 }
+                next_check = now + tick;
             }
         }
     }

@@ -1,0 +1,245 @@
+#!/usr/bin/env bash
+# Cache-hit throughput and latency of meridian, nginx (proxy_cache) and Varnish (malloc storage),
+# side by side, in front of the same local origin on this machine; then the collapsing latency
+# of each for a cold object whose origin takes 500 ms.
+#
+#   benches/http-load.sh [ROUNDS] [DURATION]      defaults: 5 rounds of 8s per server and size
+#   CONNS=64 THREADS=2 benches/http-load.sh        wrk connections and threads
+#
+# Installs nginx, varnish and wrk from Debian if they are missing (needs root). Every address is
+# on loopback; every server started here is stopped on exit. Prints markdown tables of medians.
+set -euo pipefail
+
+ROUNDS=${1:-5}
+DURATION=${2:-8s}
+CONNS=${CONNS:-64}
+THREADS=${THREADS:-2}
+BURST=${BURST:-200}
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+missing=()
+command -v nginx >/dev/null || missing+=(nginx)
+command -v varnishd >/dev/null || missing+=(varnish)
+command -v wrk >/dev/null || missing+=(wrk)
+command -v curl >/dev/null || missing+=(curl)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} from Debian" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# The Debian packages start their own daemons on port 80 / 6081; ours use 18xxx.
+
+cargo build --release --quiet
+MERIDIAN=$ROOT/target/release/meridian
+
+WORK=$(mktemp -d)
+chmod 755 "$WORK"   # varnishd reads its VCL after dropping privileges
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$WORK/origin.pid" ] && kill "$(cat "$WORK/origin.pid")" 2>/dev/null || true
+  [ -f "$WORK/cache.pid" ] && kill "$(cat "$WORK/cache.pid")" 2>/dev/null || true
+  pkill -f "varnishd.*$WORK" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+ORIGIN=18000      # nginx serving static files
+SLOW=18010        # python origin answering after 500 ms
+P_MERIDIAN=18001
+P_NGINX=18002
+P_VARNISH=18003
+
+mkdir -p "$WORK/www" "$WORK/nginx-cache" "$WORK/logs"
+head -c 1024 /dev/urandom > "$WORK/www/1k"
+head -c 102400 /dev/urandom > "$WORK/www/100k"
+
+# --- the origin: nginx serving files, fresh for an hour -----------------------------------------
+cat > "$WORK/origin.conf" <<EOF
+worker_processes 1;
+pid $WORK/origin.pid;
+error_log $WORK/logs/origin-error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  server {
+    listen 127.0.0.1:$ORIGIN;
+    root $WORK/www;
+    expires 1h;
+  }
+}
+EOF
+nginx -c "$WORK/origin.conf"
+python3 "$ROOT/benches/slow_origin.py" serve $SLOW 500 & PIDS+=($!)
+
+# --- meridian -----------------------------------------------------------------------------------
+cat > "$WORK/origins.toml" <<EOF
+[[site]]
+name = "bench"
+hosts = ["bench.test"]
+origins = ["http://127.0.0.1:$ORIGIN"]
+[[site]]
+name = "slow"
+hosts = ["slow.test"]
+origins = ["http://127.0.0.1:$SLOW"]
+EOF
+cat > "$WORK/meridian.toml" <<EOF
+id = "bench"
+region = "local"
+origin_map = "origins.toml"
+[log]
+level = "warn"
+access_log = false
+[edge]
+listen = ["127.0.0.1:$P_MERIDIAN"]
+cache_memory = "1GiB"
+max_connections = 100000
+EOF
+"$MERIDIAN" run -c "$WORK/meridian.toml" 2>"$WORK/logs/meridian.log" & PIDS+=($!)
+
+# --- nginx proxy_cache (2 workers, like the 2 cores) --------------------------------------------
+cat > "$WORK/cache.conf" <<EOF
+worker_processes 2;
+pid $WORK/cache.pid;
+error_log $WORK/logs/cache-error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  proxy_cache_path $WORK/nginx-cache levels=1:2 keys_zone=bench:64m max_size=1g inactive=1h use_temp_path=off;
+  upstream origin { server 127.0.0.1:$ORIGIN; keepalive 64; }
+  upstream slow { server 127.0.0.1:$SLOW; keepalive 64; }
+  server {
+    listen 127.0.0.1:$P_NGINX default_server;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_cache bench;
+      add_header X-Cache \$upstream_cache_status;
+    }
+  }
+  server {
+    listen 127.0.0.1:$P_NGINX;
+    server_name slow.test;
+    location / {
+      proxy_pass http://slow;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_cache bench;
+      proxy_cache_lock on;
+      proxy_cache_lock_timeout 10s;
+      add_header X-Cache \$upstream_cache_status;
+    }
+  }
+}
+EOF
+nginx -c "$WORK/cache.conf"
+
+# --- Varnish, malloc storage --------------------------------------------------------------------
+cat > "$WORK/bench.vcl" <<EOF
+vcl 4.1;
+backend origin { .host = "127.0.0.1"; .port = "$ORIGIN"; }
+backend slow { .host = "127.0.0.1"; .port = "$SLOW"; }
+sub vcl_recv {
+  if (req.http.host == "slow.test") { set req.backend_hint = slow; } else { set req.backend_hint = origin; }
+}
+EOF
+varnishd -n "$WORK/varnish" -a 127.0.0.1:$P_VARNISH -f "$WORK/bench.vcl" -s malloc,1G \
+  -p thread_pools=2 >/dev/null
+
+wait_port() {
+  for _ in $(seq 1 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$1/" -H 'Host: bench.test' && return 0
+    sleep 0.1
+  done
+  echo "port $1 did not come up" >&2; return 1
+}
+for p in $ORIGIN $P_MERIDIAN $P_NGINX $P_VARNISH; do wait_port $p; done
+
+# --- warm every cache and check the second answer is a hit --------------------------------------
+for p in $P_MERIDIAN $P_NGINX $P_VARNISH; do
+  for obj in 1k 100k; do
+    curl -s -o /dev/null -H 'Host: bench.test' "http://127.0.0.1:$p/$obj"
+    curl -s -o /dev/null -H 'Host: bench.test' "http://127.0.0.1:$p/$obj"
+    h=$(curl -s -D - -o /dev/null -H 'Host: bench.test' "http://127.0.0.1:$p/$obj" | tr -d '\r')
+    echo "$h" | grep -qiE '^(cache-status: meridian; hit|x-cache: HIT|age: [0-9]+)' \
+      || { echo "warning: port $p /$obj is not a cache hit after warm-up:" >&2; echo "$h" >&2; }
+  done
+done
+
+# --- hit throughput -----------------------------------------------------------------------------
+RESULTS="$WORK/results.txt"
+: > "$RESULTS"
+to_ms() { # wrk latency like 1.23ms / 456.00us / 1.02s -> ms
+  awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
+}
+for round in $(seq 1 "$ROUNDS"); do
+  for obj in 1k 100k; do
+    for entry in meridian:$P_MERIDIAN nginx:$P_NGINX varnish:$P_VARNISH; do
+      name=${entry%%:*}; port=${entry##*:}
+      out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -H 'Host: bench.test' "http://127.0.0.1:$port/$obj")
+      rps=$(echo "$out" | awk '/Requests\/sec/ { print $2 }')
+      p99=$(to_ms "$(echo "$out" | awk '$1 == "99%" { print $2 }')")
+      p50=$(to_ms "$(echo "$out" | awk '$1 == "50%" { print $2 }')")
+      errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ { print }' | tr '\n' ' ')
+      echo "$obj $name $rps $p50 $p99" >> "$RESULTS"
+      echo "round $round $obj $name: $rps req/s, p50 ${p50} ms, p99 ${p99} ms $errors" >&2
+    done
+  done
+done
+
+# --- collapsing: BURST concurrent requests for a cold object, origin takes 500 ms ---------------
+COLLAPSE="$WORK/collapse.txt"
+: > "$COLLAPSE"
+for round in $(seq 1 "$ROUNDS"); do
+  for entry in meridian:$P_MERIDIAN nginx:$P_NGINX varnish:$P_VARNISH; do
+    name=${entry%%:*}; port=${entry##*:}
+    path="/cold-$name-$round-$RANDOM"
+    line=$(python3 "$ROOT/benches/slow_origin.py" burst "$port" slow.test "$path" "$BURST")
+    fetches=$(python3 "$ROOT/benches/slow_origin.py" count $SLOW "$path")
+    echo "$name $line fetches=$fetches" >> "$COLLAPSE"
+    echo "collapse round $round $name: $line origin_fetches=$fetches" >&2
+  done
+done
+
+python3 - "$RESULTS" "$COLLAPSE" "$CONNS" "$THREADS" "$DURATION" "$ROUNDS" "$BURST" <<'EOF'
+import statistics, sys
+results, collapse, conns, threads, duration, rounds, burst = sys.argv[1:]
+rows = {}
+for line in open(results):
+    obj, name, rps, p50, p99 = line.split()
+    rows.setdefault((obj, name), []).append((float(rps), float(p50), float(p99)))
+print(f"\n### Cache hits (wrk -t{threads} -c{conns} -d{duration}, median of {rounds} rounds)\n")
+print("| object | server | req/s | p50 ms | p99 ms |")
+print("|---|---|---:|---:|---:|")
+for obj in ("1k", "100k"):
+    best_other = 0
+    for name in ("meridian", "nginx", "varnish"):
+        r = rows.get((obj, name), [])
+        if not r:
+            continue
+        rps = statistics.median(x[0] for x in r)
+        if name != "meridian":
+            best_other = max(best_other, rps)
+        print(f"| {obj} | {name} | {rps:,.0f} | {statistics.median(x[1] for x in r):.2f} | {statistics.median(x[2] for x in r):.2f} |")
+    m = statistics.median(x[0] for x in rows.get((obj, "meridian"), [(0, 0, 0)]))
+    if best_other:
+        print(f"| {obj} | meridian / best other | {m / best_other:.2f}× | | |")
+print(f"\n### Collapsing ({burst} concurrent requests, cold object, origin answers after 500 ms; median of {rounds} rounds)\n")
+print("| server | all answered (p50 ms) | last answer (max ms) | origin fetches |")
+print("|---|---:|---:|---:|")
+coll = {}
+for line in open(collapse):
+    parts = line.split()
+    name = parts[0]
+    kv = dict(p.split("=") for p in parts[1:])
+    coll.setdefault(name, []).append(kv)
+for name in ("meridian", "nginx", "varnish"):
+    r = coll.get(name, [])
+    if not r:
+        continue
+    ok = min(int(x["ok"]) for x in r)
+    print(f"| {name} | {statistics.median(float(x['p50_ms']) for x in r):.0f} | {statistics.median(float(x['max_ms']) for x in r):.0f} | {statistics.median(int(x['fetches']) for x in r):.0f} |" + ("" if ok == int(burst) else f" (only {ok} of {burst} answered 200)"))
+EOF
