@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Cache-hit throughput and latency of meridian, nginx (proxy_cache) and Varnish (malloc storage),
 # side by side, in front of the same local origin on this machine; then the collapsing latency
-# of each for a cold object whose origin takes 500 ms.
+# of each for a cold object whose origin takes 500 ms. Two reference rows: a bare hyper server
+# returning a fixed body (the ceiling for any hit path on hyper), and the slow origin asked
+# directly by the same burst client (what the client and origin alone cost).
 #
 #   benches/http-load.sh [ROUNDS] [DURATION]      defaults: 5 rounds of 8s per server and size
 #   CONNS=64 THREADS=2 benches/http-load.sh        wrk connections and threads
@@ -30,8 +32,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # The Debian packages start their own daemons on port 80 / 6081; ours use 18xxx.
 
-cargo build --release --quiet
+cargo build --release --quiet --bin meridian --example bare_hyper
 MERIDIAN=$ROOT/target/release/meridian
+BARE=$ROOT/target/release/examples/bare_hyper
 
 WORK=$(mktemp -d)
 chmod 755 "$WORK"   # varnishd reads its VCL after dropping privileges
@@ -51,6 +54,7 @@ SLOW=18010        # python origin answering after 500 ms
 P_MERIDIAN=18001
 P_NGINX=18002
 P_VARNISH=18003
+P_BARE=18004      # bare hyper with a fixed body: the ceiling for any hit path built on hyper
 
 mkdir -p "$WORK/www" "$WORK/nginx-cache" "$WORK/logs"
 head -c 1024 /dev/urandom > "$WORK/www/1k"
@@ -98,6 +102,7 @@ cache_memory = "1GiB"
 max_connections = 100000
 EOF
 "$MERIDIAN" run -c "$WORK/meridian.toml" 2>"$WORK/logs/meridian.log" & PIDS+=($!)
+"$BARE" 127.0.0.1:$P_BARE 1024 & PIDS+=($!)
 
 # --- nginx proxy_cache (2 workers, like the 2 cores) --------------------------------------------
 cat > "$WORK/cache.conf" <<EOF
@@ -156,7 +161,7 @@ wait_port() {
   done
   echo "port $1 did not come up" >&2; return 1
 }
-for p in $ORIGIN $P_MERIDIAN $P_NGINX $P_VARNISH; do wait_port $p; done
+for p in $ORIGIN $P_MERIDIAN $P_NGINX $P_VARNISH $P_BARE; do wait_port $p; done
 
 # --- warm every cache and check the second answer is a hit --------------------------------------
 for p in $P_MERIDIAN $P_NGINX $P_VARNISH; do
@@ -177,8 +182,9 @@ to_ms() { # wrk latency like 1.23ms / 456.00us / 1.02s -> ms
 }
 for round in $(seq 1 "$ROUNDS"); do
   for obj in 1k 100k; do
-    for entry in meridian:$P_MERIDIAN nginx:$P_NGINX varnish:$P_VARNISH; do
+    for entry in meridian:$P_MERIDIAN nginx:$P_NGINX varnish:$P_VARNISH bare-hyper:$P_BARE; do
       name=${entry%%:*}; port=${entry##*:}
+      [ "$name" = bare-hyper ] && [ "$obj" != 1k ] && continue
       out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -H 'Host: bench.test' "http://127.0.0.1:$port/$obj")
       rps=$(echo "$out" | awk '/Requests\/sec/ { print $2 }')
       p99=$(to_ms "$(echo "$out" | awk '$1 == "99%" { print $2 }')")
@@ -194,7 +200,7 @@ done
 COLLAPSE="$WORK/collapse.txt"
 : > "$COLLAPSE"
 for round in $(seq 1 "$ROUNDS"); do
-  for entry in meridian:$P_MERIDIAN nginx:$P_NGINX varnish:$P_VARNISH; do
+  for entry in meridian:$P_MERIDIAN nginx:$P_NGINX varnish:$P_VARNISH origin-direct:$SLOW; do
     name=${entry%%:*}; port=${entry##*:}
     path="/cold-$name-$round-$RANDOM"
     line=$(python3 "$ROOT/benches/slow_origin.py" burst "$port" slow.test "$path" "$BURST")
@@ -216,19 +222,19 @@ print("| object | server | req/s | p50 ms | p99 ms |")
 print("|---|---|---:|---:|---:|")
 for obj in ("1k", "100k"):
     best_other = 0
-    for name in ("meridian", "nginx", "varnish"):
+    for name in ("meridian", "nginx", "varnish", "bare-hyper"):
         r = rows.get((obj, name), [])
         if not r:
             continue
         rps = statistics.median(x[0] for x in r)
-        if name != "meridian":
+        if name in ("nginx", "varnish"):
             best_other = max(best_other, rps)
         print(f"| {obj} | {name} | {rps:,.0f} | {statistics.median(x[1] for x in r):.2f} | {statistics.median(x[2] for x in r):.2f} |")
     m = statistics.median(x[0] for x in rows.get((obj, "meridian"), [(0, 0, 0)]))
     if best_other:
         print(f"| {obj} | meridian / best other | {m / best_other:.2f}× | | |")
 print(f"\n### Collapsing ({burst} concurrent requests, cold object, origin answers after 500 ms; median of {rounds} rounds)\n")
-print("| server | all answered (p50 ms) | last answer (max ms) | origin fetches |")
+print("| server | median answer (ms) | last answer (max ms) | origin fetches |")
 print("|---|---:|---:|---:|")
 coll = {}
 for line in open(collapse):
@@ -236,7 +242,7 @@ for line in open(collapse):
     name = parts[0]
     kv = dict(p.split("=") for p in parts[1:])
     coll.setdefault(name, []).append(kv)
-for name in ("meridian", "nginx", "varnish"):
+for name in ("meridian", "nginx", "varnish", "origin-direct"):
     r = coll.get(name, [])
     if not r:
         continue

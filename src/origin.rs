@@ -134,14 +134,17 @@ impl Origins {
 
     /// Sends `req` (origin-form target) to the site's origins in order until one answers.
     ///
-    /// A request that is `replayable` (no body: GET, HEAD and the like) moves on to the next
-    /// origin after a connect failure or a first-byte timeout; any other request is sent once,
-    /// because its body cannot be sent again. Returns the response and the origin's label.
+    /// Failover rules: a request without a body moves on to the next origin after a connect
+    /// failure (nothing reached the origin); after a first-byte timeout it moves on only if its
+    /// method is idempotent, since the first origin may already have acted on it. A request with
+    /// a body is sent once: the body cannot be sent again. Returns the response and the origin's
+    /// label.
     pub(crate) async fn send(
         &self,
         req: Request<Body>,
-        replayable: bool,
     ) -> Result<(Response<Incoming>, &str), OriginError> {
+        let replayable = http_body::Body::is_end_stream(req.body());
+        let idempotent = req.method().is_idempotent();
         let (mut parts, body) = req.into_parts();
         if let Some(host) = &self.host_header {
             parts.headers.insert(header::HOST, host.clone());
@@ -192,10 +195,14 @@ impl Origins {
                 }
                 Err(_) => {
                     tracing::warn!(origin = %label, timeout = ?self.first_byte_timeout, "origin first-byte timeout");
-                    last_error = Some(OriginError::Timeout {
+                    let e = OriginError::Timeout {
                         origin: label.clone(),
                         timeout: self.first_byte_timeout,
-                    });
+                    };
+                    if !idempotent {
+                        return Err(e);
+                    }
+                    last_error = Some(e);
                 }
             }
         }

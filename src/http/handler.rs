@@ -309,23 +309,18 @@ async fn forward(
     let key = site.key(&parts.uri);
     let no_body = http_body::Body::is_end_stream(&body);
     to_origin(&mut parts, peer, &state.via);
-    // A body can be sent once only; an empty one can go to the next origin.
-    let replayable = no_body && (method.is_idempotent() || invalidate);
     state.metrics.origin_fetches.increment(1);
     let t = Instant::now();
     let sent = site
         .origins
-        .send(
-            Request::from_parts(
-                parts,
-                if no_body {
-                    Body::empty()
-                } else {
-                    Body::stream(body)
-                },
-            ),
-            replayable,
-        )
+        .send(Request::from_parts(
+            parts,
+            if no_body {
+                Body::empty()
+            } else {
+                Body::stream(body)
+            },
+        ))
         .await;
     state
         .metrics
@@ -658,6 +653,10 @@ fn new_entry(
     strip_cache_only(&mut headers);
     headers.remove(header::AGE);
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    if status == StatusCode::OK {
+        // Ranges are served from stored full responses.
+        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    }
     headers.append(header::VIA, via.clone());
     let vary = vary_names(raw, &site.key_headers);
     let vary_values = vary.iter().map(|n| normalized(client_headers, n)).collect();
@@ -705,7 +704,7 @@ async fn fetch(
     state.metrics.origin_fetches.increment(1);
     let sent = site
         .origins
-        .send(Request::from_parts(parts, Body::empty()), true)
+        .send(Request::from_parts(parts, Body::empty()))
         .await;
     state
         .metrics

@@ -311,7 +311,6 @@ pub(crate) fn from_entry(
     let mut body = entry.body.clone();
 
     if full && *method == Method::GET {
-        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         if let Some(r) = req.get(header::RANGE) {
             if range::if_range_holds(req, &entry.headers) {
                 let len = body.len() as u64;
@@ -350,7 +349,10 @@ pub(crate) fn from_entry(
             }
         }
     }
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    if body.len() != entry.body.len() {
+        // The stored Content-Length describes the whole body; a range or a 416 changed it.
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
     let mut resp = Response::new(if *method == Method::HEAD {
         Body::empty()
     } else {

@@ -221,3 +221,28 @@ async fn https_origin_with_a_ca_file() {
     .await;
     assert_eq!(edge.get("/").await.status, 502);
 }
+
+#[tokio::test]
+async fn a_post_that_timed_out_is_not_sent_to_the_next_origin() {
+    // The first origin may have acted on it: sending it again elsewhere could apply it twice.
+    let slow = Origin::start().await;
+    slow.always("/pay", Reply::ok("slow").delay(Duration::from_secs(3)));
+    let fast = Origin::start().await;
+    fast.always("/pay", Reply::ok("fast"));
+    let edge = Edge::start(
+        &site(
+            "s",
+            "demo.test",
+            &format!("http://{}, http://{}", slow.addr, fast.addr),
+            "first_byte_timeout = \"300ms\"",
+        ),
+        "",
+    )
+    .await;
+    let r = request("POST", edge.addr, "demo.test", "/pay", &[]).await;
+    assert_eq!(r.status, 504);
+    assert_eq!(fast.count("/pay"), 0);
+    // An idempotent method does fail over.
+    let r = request("PUT", edge.addr, "demo.test", "/pay", &[]).await;
+    assert_eq!(r.text(), "fast");
+}
