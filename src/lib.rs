@@ -39,7 +39,10 @@ pub mod telemetry;
 
 pub(crate) mod admin;
 pub(crate) mod cache;
+pub mod geoip;
 pub(crate) mod http;
 pub(crate) mod load;
+pub(crate) mod model;
 pub(crate) mod origin;
+pub(crate) mod steering;
 pub(crate) mod units;

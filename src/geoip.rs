@@ -1,0 +1,93 @@
+//! GeoIP: a MaxMind-format City database, memory-mapped, answering `locate(ip)`.
+//!
+//! Receives client addresses from the DNS role; hands back coordinates, country and the prefix
+//! length of the database network that matched (the ECS scope of a GeoIP-decided answer). Reads
+//! the GeoIP2 City record layout (`location.latitude/longitude`, `country.iso_code`).
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// Why a database could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct GeoError {
+    path: String,
+    reason: String,
+}
+
+/// An open City database.
+pub struct GeoIp {
+    reader: maxminddb::Reader<maxminddb::Mmap>,
+}
+
+impl std::fmt::Debug for GeoIp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GeoIp").field("type", &self.reader.metadata().database_type).finish()
+    }
+}
+
+/// What the database says about an address.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct GeoHit {
+    pub(crate) lat: Option<f64>,
+    pub(crate) lon: Option<f64>,
+    pub(crate) country: Option<String>,
+    /// Prefix length of the network that matched (or of the empty network the search ended in).
+    pub(crate) prefix: u8,
+    /// Whether the network carries a record at all.
+    pub(crate) found: bool,
+}
+
+#[derive(Deserialize)]
+struct Record<'a> {
+    #[serde(borrow)]
+    country: Option<Country<'a>>,
+    location: Option<Location>,
+}
+
+#[derive(Deserialize)]
+struct Country<'a> {
+    iso_code: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct Location {
+    latitude: Option<f64>,
+    longitude: Option<f64>,
+}
+
+impl GeoIp {
+    /// Opens and checks a database.
+    pub fn open(path: &Path) -> Result<GeoIp, GeoError> {
+        let err = |reason: String| GeoError { path: path.display().to_string(), reason };
+        // SAFETY: the map is read-only and the file must not be truncated while mapped. Operators
+        // replace databases by renaming a new file into place (as geoipupdate does), which leaves
+        // the mapped inode intact; a reload maps the new file.
+        let reader = unsafe { maxminddb::Reader::open_mmap(path) }.map_err(|e| err(e.to_string()))?;
+        let kind = reader.metadata().database_type.clone();
+        if !kind.contains("City") {
+            return Err(err(format!("database type is {kind:?}; a City database is needed")));
+        }
+        Ok(GeoIp { reader })
+    }
+
+    /// Looks `ip` up.
+    pub(crate) fn locate(&self, ip: IpAddr) -> Option<GeoHit> {
+        let result = self.reader.lookup(ip).ok()?;
+        let prefix = result.network().ok().map(|n| n.prefix()).unwrap_or(0);
+        let record: Option<Record<'_>> = result.decode().ok().flatten();
+        let Some(record) = record else {
+            return Some(GeoHit { lat: None, lon: None, country: None, prefix, found: false });
+        };
+        let (lat, lon) = record.location.map(|l| (l.latitude, l.longitude)).unwrap_or((None, None));
+        Some(GeoHit {
+            lat,
+            lon,
+            country: record.country.and_then(|c| c.iso_code).map(str::to_string),
+            prefix,
+            found: true,
+        })
+    }
+}
