@@ -16,8 +16,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
+use crate::dns::handler::{DnsHandler, Tables};
+use crate::dns::metrics::DnsMetrics;
+use crate::geoip::GeoIp;
 use crate::http::handler::{EdgeState, Sites};
 use crate::http::server::{self, Limits};
+use crate::model::ClusterView;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -35,12 +39,54 @@ pub enum StartError {
     /// A site could not be set up (for example its TLS roots).
     #[error("{0}")]
     Site(String),
+    /// The DNS role could not be set up.
+    #[error("{0}")]
+    Dns(String),
+}
+
+/// The DNS role's reloadable state.
+pub(crate) struct DnsRole {
+    node_file: std::path::PathBuf,
+    tables: Arc<arc_swap::ArcSwap<Tables>>,
+    view: Arc<arc_swap::ArcSwap<ClusterView>>,
+    metrics: Arc<DnsMetrics>,
+}
+
+impl DnsRole {
+    /// Re-reads the node file's cluster map and GeoIP database; swaps them in whole, or keeps the
+    /// old ones and returns why not.
+    pub(crate) fn reload(&self) -> Result<(), String> {
+        let config = crate::config::load(&self.node_file).map_err(|e| e.to_string())?;
+        let (Some(map), Some(dns)) = (config.cluster.as_ref(), config.node.dns.as_ref()) else {
+            return Err("the node file no longer configures the dns role".into());
+        };
+        let geoip = open_geoip(dns)?;
+        let tables = Tables::new(map, geoip)?;
+        self.metrics.set_regions(
+            &map.regions
+                .iter()
+                .map(|r| r.name.clone())
+                .collect::<Vec<_>>(),
+        );
+        self.tables.store(Arc::new(tables));
+        self.view.store(Arc::new(ClusterView::from_map(map)));
+        Ok(())
+    }
+}
+
+fn open_geoip(dns: &crate::config::DnsConfig) -> Result<Option<Arc<GeoIp>>, String> {
+    dns.geoip
+        .as_deref()
+        .map(|p| GeoIp::open(p).map(Arc::new).map_err(|e| e.to_string()))
+        .transpose()
 }
 
 /// A running node: its bound addresses and the handle that stops it.
 pub struct Node {
     http_addrs: Vec<SocketAddr>,
+    dns_addrs: Vec<SocketAddr>,
     admin_addr: Option<SocketAddr>,
+    dns: Option<Arc<DnsRole>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     grace: Duration,
@@ -89,6 +135,41 @@ impl Node {
             }
             edge_state = Some(state);
         }
+        let mut dns_addrs = Vec::new();
+        let mut dns_role = None;
+        if let (Some(dns), Some(map)) = (&node.dns, &config.cluster) {
+            let geoip = open_geoip(dns).map_err(StartError::Dns)?;
+            let tables = Arc::new(arc_swap::ArcSwap::from_pointee(
+                Tables::new(map, geoip).map_err(StartError::Dns)?,
+            ));
+            let view = Arc::new(arc_swap::ArcSwap::from_pointee(ClusterView::from_map(map)));
+            let regions: Vec<String> = map.regions.iter().map(|r| r.name.clone()).collect();
+            let metrics = Arc::new(DnsMetrics::new(&node.id, &regions));
+            let handler = DnsHandler {
+                tables: tables.clone(),
+                view: view.clone(),
+                metrics: metrics.clone(),
+            };
+            dns_addrs = crate::dns::server::start(
+                &dns.listen,
+                handler,
+                dns.tcp_timeout,
+                shutdown.clone(),
+                &tracker,
+            )
+            .await
+            .map_err(|(addr, source)| StartError::Bind {
+                addr,
+                what: "dns.listen",
+                source,
+            })?;
+            dns_role = Some(Arc::new(DnsRole {
+                node_file: node.path.clone(),
+                tables,
+                view,
+                metrics,
+            }));
+        }
         let mut admin_addr = None;
         if let Some(admin) = &node.admin {
             let listener = bind(admin.listen, "admin.listen").await?;
@@ -105,10 +186,12 @@ impl Node {
                 tracker.clone(),
             ));
         }
-        tracing::info!(node = %node.id, region = %node.region, http = ?http_addrs, admin = ?admin_addr, "node started");
+        tracing::info!(node = %node.id, region = %node.region, http = ?http_addrs, dns = ?dns_addrs, admin = ?admin_addr, "node started");
         Ok(Node {
             http_addrs,
+            dns_addrs,
             admin_addr,
+            dns: dns_role,
             shutdown,
             tracker,
             grace,
@@ -118,6 +201,20 @@ impl Node {
     /// Addresses of the edge's HTTP listeners, in config order.
     pub fn http_addrs(&self) -> &[SocketAddr] {
         &self.http_addrs
+    }
+
+    /// Addresses of the DNS listeners (UDP and TCP on each), in config order.
+    pub fn dns_addrs(&self) -> &[SocketAddr] {
+        &self.dns_addrs
+    }
+
+    /// Reloads what can change without a restart (the DNS role's cluster map and GeoIP
+    /// database): validated whole and swapped atomically, or rejected with the old state kept.
+    pub fn reload(&self) -> Result<(), String> {
+        match &self.dns {
+            Some(d) => d.reload(),
+            None => Ok(()),
+        }
     }
 
     /// Address of the admin listener.
@@ -165,9 +262,28 @@ pub async fn terminated() {
     }
 }
 
-/// Runs the node of `config` until SIGTERM/SIGINT, then shuts it down gracefully.
+/// Runs the node of `config` until SIGTERM/SIGINT, then shuts it down gracefully. SIGHUP reloads.
 pub async fn run(config: Config) -> Result<(), StartError> {
     let node = Node::start(config).await?;
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup()).ok();
+        let stop = terminated();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    match node.reload() {
+                        Ok(()) => tracing::info!("reloaded"),
+                        Err(e) => tracing::error!(error = %e, "reload rejected; the previous configuration stays in force"),
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
     terminated().await;
     tracing::info!("signal received; draining");
     node.shutdown().await;

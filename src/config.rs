@@ -607,7 +607,11 @@ fn load_into(path: &Path, problems: &mut Vec<Problem>) -> Option<Config> {
             None
         }
     };
-    Some(Config { node, sites, cluster })
+    Some(Config {
+        node,
+        sites,
+        cluster,
+    })
 }
 
 /// Reads and validates a cluster map on its own (for reloads).
@@ -628,13 +632,19 @@ fn valid_dns_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
         && name.split('.').all(|l| {
-            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 
 fn parse_cluster_map(path: &Path, text: &str, problems: &mut Vec<Problem>) -> Option<ClusterMap> {
     let raw: RawClusterMap = parse_toml(path, text, problems)?;
-    let mut r = Report { file: path, problems };
+    let mut r = Report {
+        file: path,
+        problems,
+    };
     let mut regions = Vec::new();
     let mut region_index: HashMap<String, usize> = HashMap::new();
     if raw.region.is_empty() {
@@ -642,23 +652,40 @@ fn parse_cluster_map(path: &Path, text: &str, problems: &mut Vec<Problem>) -> Op
     }
     for (i, reg) in raw.region.iter().enumerate() {
         if region_index.insert(reg.name.clone(), i).is_some() {
-            r.add(format!("region[{i}].name"), format!("{:?} is defined twice", reg.name));
+            r.add(
+                format!("region[{i}].name"),
+                format!("{:?} is defined twice", reg.name),
+            );
         }
         if !(-90.0..=90.0).contains(&reg.lat) {
-            r.add(format!("region[{i}].lat"), format!("{} is not a latitude (-90..90)", reg.lat));
+            r.add(
+                format!("region[{i}].lat"),
+                format!("{} is not a latitude (-90..90)", reg.lat),
+            );
         }
         if !(-180.0..=180.0).contains(&reg.lon) {
-            r.add(format!("region[{i}].lon"), format!("{} is not a longitude (-180..180)", reg.lon));
+            r.add(
+                format!("region[{i}].lon"),
+                format!("{} is not a longitude (-180..180)", reg.lon),
+            );
         }
         let mut countries = Vec::new();
         for (j, c) in reg.countries.iter().enumerate() {
             if c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()) {
                 countries.push(c.to_ascii_uppercase());
             } else {
-                r.add(format!("region[{i}].countries[{j}]"), format!("{c:?} is not a two-letter country code"));
+                r.add(
+                    format!("region[{i}].countries[{j}]"),
+                    format!("{c:?} is not a two-letter country code"),
+                );
             }
         }
-        regions.push(RegionConfig { name: reg.name.clone(), lat: reg.lat, lon: reg.lon, countries });
+        regions.push(RegionConfig {
+            name: reg.name.clone(),
+            lat: reg.lat,
+            lon: reg.lon,
+            countries,
+        });
     }
     let region_of = |r: &mut Report<'_>, key: String, name: &str| -> Option<usize> {
         let found = region_index.get(name).copied();
@@ -671,24 +698,38 @@ fn parse_cluster_map(path: &Path, text: &str, problems: &mut Vec<Problem>) -> Op
     let mut edge_ids: HashMap<String, usize> = HashMap::new();
     for (i, e) in raw.edge.iter().enumerate() {
         if edge_ids.insert(e.id.clone(), i).is_some() {
-            r.add(format!("edge[{i}].id"), format!("{:?} is defined twice", e.id));
+            r.add(
+                format!("edge[{i}].id"),
+                format!("{:?} is defined twice", e.id),
+            );
         }
         let region = region_of(&mut r, format!("edge[{i}].region"), &e.region);
         let mut addresses = Vec::new();
         if e.addresses.is_empty() {
-            r.add(format!("edge[{i}].addresses"), "must list at least one address");
+            r.add(
+                format!("edge[{i}].addresses"),
+                "must list at least one address",
+            );
         }
         for (j, a) in e.addresses.iter().enumerate() {
             match a.parse() {
                 Ok(ip) => addresses.push(ip),
-                Err(_) => r.add(format!("edge[{i}].addresses[{j}]"), format!("{a:?} is not an IP address")),
+                Err(_) => r.add(
+                    format!("edge[{i}].addresses[{j}]"),
+                    format!("{a:?} is not an IP address"),
+                ),
             }
         }
         if !(e.capacity > 0.0 && e.capacity.is_finite()) {
             r.add(format!("edge[{i}].capacity"), "must be a positive number");
         }
         if let Some(region) = region {
-            edges.push(EdgeEntry { id: e.id.clone(), region, addresses, capacity: e.capacity.max(f64::MIN_POSITIVE) });
+            edges.push(EdgeEntry {
+                id: e.id.clone(),
+                region,
+                addresses,
+                capacity: e.capacity.max(f64::MIN_POSITIVE),
+            });
         }
     }
     let mut coverage = Vec::new();
@@ -696,11 +737,21 @@ fn parse_cluster_map(path: &Path, text: &str, problems: &mut Vec<Problem>) -> Op
         let net = match c.cidr.parse::<ipnet::IpNet>() {
             Ok(n) if n.trunc() == n => Some(n),
             Ok(n) => {
-                r.add(format!("coverage[{i}].cidr"), format!("{:?} has host bits set (did you mean {}?)", c.cidr, n.trunc()));
+                r.add(
+                    format!("coverage[{i}].cidr"),
+                    format!(
+                        "{:?} has host bits set (did you mean {}?)",
+                        c.cidr,
+                        n.trunc()
+                    ),
+                );
                 None
             }
             Err(_) => {
-                r.add(format!("coverage[{i}].cidr"), format!("{:?} is not a CIDR network", c.cidr));
+                r.add(
+                    format!("coverage[{i}].cidr"),
+                    format!("{:?} is not a CIDR network", c.cidr),
+                );
                 None
             }
         };
@@ -726,7 +777,10 @@ fn parse_cluster_map(path: &Path, text: &str, problems: &mut Vec<Problem>) -> Op
             if n == "@" || valid_dns_name(&n) {
                 names.push(n);
             } else {
-                r.add(format!("zone[{i}].names[{j}]"), format!("{n:?} is not a name"));
+                r.add(
+                    format!("zone[{i}].names[{j}]"),
+                    format!("{n:?} is not a name"),
+                );
             }
         }
         let default_region = region_of(&mut r, k("default_region"), &z.default_region).unwrap_or(0);
@@ -736,19 +790,28 @@ fn parse_cluster_map(path: &Path, text: &str, problems: &mut Vec<Problem>) -> Op
         }
         let high_water = z.high_water.unwrap_or(0.8);
         if !(high_water > 0.0 && high_water.is_finite()) {
-            r.add(k("high_water"), "must be a positive number (0.8 = 80% of capacity)");
+            r.add(
+                k("high_water"),
+                "must be a positive number (0.8 = 80% of capacity)",
+            );
         }
         let mut ns = Vec::new();
         for (j, n) in z.ns.iter().enumerate() {
             let name = dns_name(&n.name);
             if !valid_dns_name(&name) {
-                r.add(format!("zone[{i}].ns[{j}].name"), format!("{:?} is not a domain name", n.name));
+                r.add(
+                    format!("zone[{i}].ns[{j}].name"),
+                    format!("{:?} is not a domain name", n.name),
+                );
             }
             let mut addrs = Vec::new();
             for (m, a) in n.addresses.iter().enumerate() {
                 match a.parse() {
                     Ok(ip) => addrs.push(ip),
-                    Err(_) => r.add(format!("zone[{i}].ns[{j}].addresses[{m}]"), format!("{a:?} is not an IP address")),
+                    Err(_) => r.add(
+                        format!("zone[{i}].ns[{j}].addresses[{m}]"),
+                        format!("{a:?} is not an IP address"),
+                    ),
                 }
             }
             ns.push((name, addrs));
@@ -778,7 +841,13 @@ fn parse_cluster_map(path: &Path, text: &str, problems: &mut Vec<Problem>) -> Op
             soa,
         });
     }
-    Some(ClusterMap { path: path.to_path_buf(), regions, edges, coverage, zones })
+    Some(ClusterMap {
+        path: path.to_path_buf(),
+        regions,
+        edges,
+        coverage,
+        zones,
+    })
 }
 
 fn validate_node(path: &Path, raw: &RawNode, problems: &mut Vec<Problem>) -> NodeConfig {
@@ -872,7 +941,11 @@ fn validate_node(path: &Path, raw: &RawNode, problems: &mut Vec<Problem>) -> Nod
             Some(DnsConfig {
                 listen,
                 geoip,
-                tcp_timeout: r.positive_duration("dns.tcp_timeout", &d.tcp_timeout, Duration::from_secs(10)),
+                tcp_timeout: r.positive_duration(
+                    "dns.tcp_timeout",
+                    &d.tcp_timeout,
+                    Duration::from_secs(10),
+                ),
             })
         }
     };

@@ -24,7 +24,9 @@ pub struct GeoIp {
 
 impl std::fmt::Debug for GeoIp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GeoIp").field("type", &self.reader.metadata().database_type).finish()
+        f.debug_struct("GeoIp")
+            .field("type", &self.reader.metadata().database_type)
+            .finish()
     }
 }
 
@@ -61,14 +63,20 @@ struct Location {
 impl GeoIp {
     /// Opens and checks a database.
     pub fn open(path: &Path) -> Result<GeoIp, GeoError> {
-        let err = |reason: String| GeoError { path: path.display().to_string(), reason };
+        let err = |reason: String| GeoError {
+            path: path.display().to_string(),
+            reason,
+        };
         // SAFETY: the map is read-only and the file must not be truncated while mapped. Operators
         // replace databases by renaming a new file into place (as geoipupdate does), which leaves
         // the mapped inode intact; a reload maps the new file.
-        let reader = unsafe { maxminddb::Reader::open_mmap(path) }.map_err(|e| err(e.to_string()))?;
+        let reader =
+            unsafe { maxminddb::Reader::open_mmap(path) }.map_err(|e| err(e.to_string()))?;
         let kind = reader.metadata().database_type.clone();
         if !kind.contains("City") {
-            return Err(err(format!("database type is {kind:?}; a City database is needed")));
+            return Err(err(format!(
+                "database type is {kind:?}; a City database is needed"
+            )));
         }
         Ok(GeoIp { reader })
     }
@@ -79,9 +87,18 @@ impl GeoIp {
         let prefix = result.network().ok().map(|n| n.prefix()).unwrap_or(0);
         let record: Option<Record<'_>> = result.decode().ok().flatten();
         let Some(record) = record else {
-            return Some(GeoHit { lat: None, lon: None, country: None, prefix, found: false });
+            return Some(GeoHit {
+                lat: None,
+                lon: None,
+                country: None,
+                prefix,
+                found: false,
+            });
         };
-        let (lat, lon) = record.location.map(|l| (l.latitude, l.longitude)).unwrap_or((None, None));
+        let (lat, lon) = record
+            .location
+            .map(|l| (l.latitude, l.longitude))
+            .unwrap_or((None, None));
         Some(GeoHit {
             lat,
             lon,

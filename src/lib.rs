@@ -39,10 +39,13 @@ pub mod telemetry;
 
 pub(crate) mod admin;
 pub(crate) mod cache;
+pub(crate) mod dns;
+pub mod geobuild;
 pub mod geoip;
 pub(crate) mod http;
 pub(crate) mod load;
 pub(crate) mod model;
 pub(crate) mod origin;
+pub mod route;
 pub(crate) mod steering;
 pub(crate) mod units;

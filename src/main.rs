@@ -22,11 +22,37 @@ enum Command {
         #[arg(short, long, value_name = "NODE.toml")]
         config: PathBuf,
     },
+    /// Explain the DNS decision for a client IP: location, candidates, choice, ECS scope.
+    Route {
+        /// The node file.
+        #[arg(short, long, value_name = "NODE.toml")]
+        config: PathBuf,
+        /// The client address (as an ECS subnet would carry it).
+        ip: std::net::IpAddr,
+        /// The name asked for (default: the first name of the first zone).
+        name: Option<String>,
+    },
+    /// GeoIP database tools.
+    Geo {
+        #[command(subcommand)]
+        command: GeoCommand,
+    },
     /// Validate the node file and every map it names; list every problem; exit 1 on any.
     Check {
         /// The node file.
         #[arg(short, long, value_name = "NODE.toml")]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum GeoCommand {
+    /// Build a MaxMind-format City database from a CSV of networks and places.
+    Build {
+        /// CSV: network,city,latitude,longitude,country (with a header line).
+        csv: PathBuf,
+        /// The database to write.
+        out: PathBuf,
     },
 }
 
@@ -57,6 +83,37 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Route { config, ip, name } => {
+            let cfg = match meridian::config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprint!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match meridian::route::explain(&cfg, ip, name.as_deref()) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("meridian route: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Geo {
+            command: GeoCommand::Build { csv, out },
+        } => match meridian::geobuild::build(&csv, &out) {
+            Ok(n) => {
+                println!("{}: {n} networks", out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Check { config } => match meridian::config::load(&config) {
             Ok(c) => {
                 println!(

@@ -53,7 +53,11 @@ impl ClusterView {
             regions: map
                 .regions
                 .iter()
-                .map(|r| RegionView { name: r.name.clone(), lat: r.lat, lon: r.lon })
+                .map(|r| RegionView {
+                    name: r.name.clone(),
+                    lat: r.lat,
+                    lon: r.lon,
+                })
                 .collect(),
             edges: map
                 .edges
@@ -61,8 +65,22 @@ impl ClusterView {
                 .map(|e| EdgeView {
                     id: e.id.clone(),
                     region: e.region,
-                    v4: e.addresses.iter().filter_map(|a| match a { IpAddr::V4(v) => Some(*v), _ => None }).collect(),
-                    v6: e.addresses.iter().filter_map(|a| match a { IpAddr::V6(v) => Some(*v), _ => None }).collect(),
+                    v4: e
+                        .addresses
+                        .iter()
+                        .filter_map(|a| match a {
+                            IpAddr::V4(v) => Some(*v),
+                            _ => None,
+                        })
+                        .collect(),
+                    v6: e
+                        .addresses
+                        .iter()
+                        .filter_map(|a| match a {
+                            IpAddr::V6(v) => Some(*v),
+                            _ => None,
+                        })
+                        .collect(),
                     capacity: e.capacity,
                     healthy: true,
                     draining: false,
@@ -76,7 +94,11 @@ impl ClusterView {
     /// of reported load over the sum of capacity). `None` when no edge of it is available.
     pub(crate) fn region_load(&self, region: usize) -> Option<f64> {
         let (mut load, mut capacity) = (0.0, 0.0);
-        for e in self.edges.iter().filter(|e| e.region == region && e.available()) {
+        for e in self
+            .edges
+            .iter()
+            .filter(|e| e.region == region && e.available())
+        {
             load += e.load * e.capacity;
             capacity += e.capacity;
         }

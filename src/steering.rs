@@ -65,18 +65,44 @@ pub(crate) fn full_prefix(ip: IpAddr) -> u8 {
 }
 
 /// Finds where `ip` (with `source_prefix` significant bits) is.
-pub(crate) fn locate(loc: &Locator<'_>, view: &ClusterView, ip: IpAddr, source_prefix: u8, default_region: usize) -> Place {
-    let at = |region: usize| view.regions.get(region).map(|r| (r.lat, r.lon)).unwrap_or((0.0, 0.0));
+pub(crate) fn locate(
+    loc: &Locator<'_>,
+    view: &ClusterView,
+    ip: IpAddr,
+    source_prefix: u8,
+    default_region: usize,
+) -> Place {
+    let at = |region: usize| {
+        view.regions
+            .get(region)
+            .map(|r| (r.lat, r.lon))
+            .unwrap_or((0.0, 0.0))
+    };
     if let Some((net, region)) = loc.coverage.iter().find(|(n, _)| n.contains(&ip)) {
         let (lat, lon) = at(*region);
-        return Place { lat, lon, region: Some(*region), source: Source::Coverage(*net), prefix: net.prefix_len() };
+        let prefix = net.prefix_len().max(coverage_guard(ip, loc.coverage));
+        return Place {
+            lat,
+            lon,
+            region: Some(*region),
+            source: Source::Coverage(*net),
+            prefix,
+        };
     }
+    // Outside every coverage zone, the answer also rests on staying outside them: the scope
+    // must be narrow enough that no coverage zone overlaps the client's network.
+    let guard = coverage_guard(ip, loc.coverage);
     let hit: Option<GeoHit> = loc.geoip.and_then(|g| g.locate(ip));
     if let Some(h) = &hit {
-        // A network longer than the client told us about cannot be known to hold: cap it.
-        let prefix = h.prefix.min(source_prefix);
+        let prefix = h.prefix.max(guard);
         if let (Some(lat), Some(lon)) = (h.lat, h.lon) {
-            return Place { lat, lon, region: None, source: Source::GeoIp { prefix }, prefix };
+            return Place {
+                lat,
+                lon,
+                region: None,
+                source: Source::GeoIp { prefix },
+                prefix,
+            };
         }
         if let Some(code) = &h.country {
             if let Some((_, region)) = loc.countries.iter().find(|(c, _)| c == code) {
@@ -85,7 +111,10 @@ pub(crate) fn locate(loc: &Locator<'_>, view: &ClusterView, ip: IpAddr, source_p
                     lat,
                     lon,
                     region: Some(*region),
-                    source: Source::Country { code: code.clone(), prefix },
+                    source: Source::Country {
+                        code: code.clone(),
+                        prefix,
+                    },
                     prefix,
                 };
             }
@@ -93,14 +122,38 @@ pub(crate) fn locate(loc: &Locator<'_>, view: &ClusterView, ip: IpAddr, source_p
     }
     let (lat, lon) = at(default_region);
     // The default depends on the address only through "no better network matched": the GeoIP
-    // network the search ended in says how far that holds; without a database, coverage zones
-    // (if any) make it depend on the whole source prefix.
-    let prefix = match &hit {
-        Some(h) => h.prefix.min(source_prefix),
-        None if loc.coverage.is_empty() => 0,
-        None => source_prefix,
+    // network the search ended in says how far that holds (without a database, only coverage
+    // zones matter).
+    let prefix = hit.as_ref().map_or(0, |h| h.prefix).max(guard);
+    let _ = source_prefix;
+    Place {
+        lat,
+        lon,
+        region: Some(default_region),
+        source: Source::Default,
+        prefix,
+    }
+}
+
+/// The shortest prefix length of `ip`'s network that overlaps no coverage zone `ip` is outside
+/// of: one bit past the longest run it shares with any such zone.
+fn coverage_guard(ip: IpAddr, coverage: &[(IpNet, usize)]) -> u8 {
+    let bits = |a: IpAddr| -> u128 {
+        match a {
+            IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
+            IpAddr::V6(v) => u128::from(v),
+        }
     };
-    Place { lat, lon, region: Some(default_region), source: Source::Default, prefix }
+    coverage
+        .iter()
+        .filter(|(n, _)| n.addr().is_ipv4() == ip.is_ipv4() && !n.contains(&ip))
+        .map(|(n, _)| {
+            let common = (bits(ip) ^ bits(n.network())).leading_zeros() as u8;
+            common.min(n.prefix_len()) + 1
+        })
+        .max()
+        .unwrap_or(0)
+        .min(full_prefix(ip))
 }
 
 /// Great-circle distance in km (haversine).
@@ -131,9 +184,15 @@ fn mix(mut z: u64) -> u64 {
 /// The stable hash of a client subnet: the address cut to its source prefix (at most /24 or
 /// /48). Returns the hash and the prefix length it covers.
 pub(crate) fn subnet_hash(ip: IpAddr, source_prefix: u8) -> (u64, u8) {
-    let cap = if ip.is_ipv4() { HASH_PREFIX_V4 } else { HASH_PREFIX_V6 };
+    let cap = if ip.is_ipv4() {
+        HASH_PREFIX_V4
+    } else {
+        HASH_PREFIX_V6
+    };
     let prefix = source_prefix.min(cap);
-    let net = IpNet::new(ip, prefix).map(|n| n.trunc()).unwrap_or_else(|_| IpNet::from(ip));
+    let net = IpNet::new(ip, prefix)
+        .map(|n| n.trunc())
+        .unwrap_or_else(|_| IpNet::from(ip));
     let bytes = match net.network() {
         IpAddr::V4(v) => v.octets().to_vec(),
         IpAddr::V6(v) => v.octets().to_vec(),
@@ -183,7 +242,11 @@ pub(crate) fn choose(view: &ClusterView, place: &Place, policy: Policy, hash: u6
         .map(|(i, r)| Ranked {
             region: i,
             // A pinned region (coverage zone, country, default) comes first whatever the distance.
-            km: if place.region == Some(i) { 0.0 } else { distance_km(place.lat, place.lon, r.lat, r.lon) },
+            km: if place.region == Some(i) {
+                0.0
+            } else {
+                distance_km(place.lat, place.lon, r.lat, r.lon)
+            },
             load: view.region_load(i),
         })
         .collect();
@@ -229,8 +292,19 @@ pub(crate) fn choose(view: &ClusterView, place: &Place, policy: Policy, hash: u6
         hashed = true;
     }
     candidates.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    let edges = candidates.into_iter().take(policy.answers).map(|(_, i)| i).collect();
-    Choice { ranking, region: Some(chosen), edges, spilled, fail_open: false, hashed }
+    let edges = candidates
+        .into_iter()
+        .take(policy.answers)
+        .map(|(_, i)| i)
+        .collect();
+    Choice {
+        ranking,
+        region: Some(chosen),
+        edges,
+        spilled,
+        fail_open: false,
+        hashed,
+    }
 }
 
 /// The ECS scope prefix that is true for a choice: the network that decided the place, and the
@@ -253,7 +327,11 @@ mod tests {
     use crate::model::{EdgeView, RegionView};
 
     fn view() -> ClusterView {
-        let region = |name: &str, lat, lon| RegionView { name: name.into(), lat, lon };
+        let region = |name: &str, lat, lon| RegionView {
+            name: name.into(),
+            lat,
+            lon,
+        };
         let edge = |id: &str, region| EdgeView {
             id: id.into(),
             region,
@@ -265,17 +343,30 @@ mod tests {
             load: 0.0,
         };
         ClusterView {
-            regions: vec![region("us-west", 47.61, -122.33), region("eu-west", 51.51, -0.13), region("ap-east", 35.68, 139.69)],
+            regions: vec![
+                region("us-west", 47.61, -122.33),
+                region("eu-west", 51.51, -0.13),
+                region("ap-east", 35.68, 139.69),
+            ],
             edges: vec![edge("a1", 0), edge("a2", 0), edge("b1", 1), edge("c1", 2)],
         }
     }
 
     fn at(lat: f64, lon: f64) -> Place {
-        Place { lat, lon, region: None, source: Source::GeoIp { prefix: 24 }, prefix: 24 }
+        Place {
+            lat,
+            lon,
+            region: None,
+            source: Source::GeoIp { prefix: 24 },
+            prefix: 24,
+        }
     }
 
     const LONDON: (f64, f64) = (51.5142, -0.0931);
-    const POLICY: Policy = Policy { answers: 1, high_water: 0.8 };
+    const POLICY: Policy = Policy {
+        answers: 1,
+        high_water: 0.8,
+    };
 
     #[test]
     fn nearest_region_and_stable_pick() {
@@ -284,12 +375,20 @@ mod tests {
         assert_eq!(c.region, Some(1));
         assert_eq!(c.edges, [2]);
         assert!(!c.hashed && !c.spilled && !c.fail_open);
-        assert_eq!(c.ranking.iter().map(|r| r.region).collect::<Vec<_>>(), [1, 0, 2]);
+        assert_eq!(
+            c.ranking.iter().map(|r| r.region).collect::<Vec<_>>(),
+            [1, 0, 2]
+        );
         // Seattle has two edges and one answer: the pick depends on the hash, stably.
         let seattle = at(47.25, -122.31);
-        let picks: Vec<_> = (0..200u64).map(|h| choose(&v, &seattle, POLICY, h).edges[0]).collect();
+        let picks: Vec<_> = (0..200u64)
+            .map(|h| choose(&v, &seattle, POLICY, h).edges[0])
+            .collect();
         assert!(picks.contains(&0) && picks.contains(&1));
-        assert_eq!(choose(&v, &seattle, POLICY, 42), choose(&v, &seattle, POLICY, 42));
+        assert_eq!(
+            choose(&v, &seattle, POLICY, 42),
+            choose(&v, &seattle, POLICY, 42)
+        );
         assert!(choose(&v, &seattle, POLICY, 42).hashed);
     }
 
@@ -298,10 +397,17 @@ mod tests {
         let mut v = view();
         v.edges[2].healthy = false;
         let c = choose(&v, &at(LONDON.0, LONDON.1), POLICY, 1);
-        assert_eq!(c.region, Some(0), "London falls to the next-nearest region, us-west");
+        assert_eq!(
+            c.region,
+            Some(0),
+            "London falls to the next-nearest region, us-west"
+        );
         v.edges[2].healthy = true;
         v.edges[2].draining = true;
-        assert_eq!(choose(&v, &at(LONDON.0, LONDON.1), POLICY, 1).region, Some(0));
+        assert_eq!(
+            choose(&v, &at(LONDON.0, LONDON.1), POLICY, 1).region,
+            Some(0)
+        );
     }
 
     #[test]
@@ -309,20 +415,30 @@ mod tests {
         let mut v = view();
         v.edges[2].load = 1.6; // eu-west at 160% with a high-water mark of 80%: half must move.
         let n = 20_000u64;
-        let moved = (0..n).filter(|h| choose(&v, &at(LONDON.0, LONDON.1), POLICY, mix(*h)).spilled).count();
+        let moved = (0..n)
+            .filter(|h| choose(&v, &at(LONDON.0, LONDON.1), POLICY, mix(*h)).spilled)
+            .count();
         let share = moved as f64 / n as f64;
         assert!((share - 0.5).abs() < 0.02, "spilled {share}");
         // Those who move go to the next-nearest region with headroom.
-        let c = (0..n).map(|h| choose(&v, &at(LONDON.0, LONDON.1), POLICY, mix(h))).find(|c| c.spilled).unwrap();
+        let c = (0..n)
+            .map(|h| choose(&v, &at(LONDON.0, LONDON.1), POLICY, mix(h)))
+            .find(|c| c.spilled)
+            .unwrap();
         assert_eq!(c.region, Some(0));
         assert!(c.hashed);
         // The same client always gets the same answer.
         for h in 0..100 {
-            assert_eq!(choose(&v, &at(LONDON.0, LONDON.1), POLICY, mix(h)), choose(&v, &at(LONDON.0, LONDON.1), POLICY, mix(h)));
+            assert_eq!(
+                choose(&v, &at(LONDON.0, LONDON.1), POLICY, mix(h)),
+                choose(&v, &at(LONDON.0, LONDON.1), POLICY, mix(h))
+            );
         }
         // At 100% load: 20% move.
         v.edges[2].load = 1.0;
-        let moved = (0..n).filter(|h| choose(&v, &at(LONDON.0, LONDON.1), POLICY, mix(*h)).spilled).count();
+        let moved = (0..n)
+            .filter(|h| choose(&v, &at(LONDON.0, LONDON.1), POLICY, mix(*h)).spilled)
+            .count();
         assert!(((moved as f64 / n as f64) - 0.2).abs() < 0.02);
         // Below the mark nobody moves.
         v.edges[2].load = 0.79;
@@ -359,12 +475,25 @@ mod tests {
         let london = at(LONDON.0, LONDON.1);
         let c = choose(&v, &london, POLICY, 1);
         assert_eq!(scope(&london, &c, 24), 24);
-        let narrow = Place { prefix: 31, ..london.clone() };
+        let narrow = Place {
+            prefix: 31,
+            ..london.clone()
+        };
         assert_eq!(scope(&narrow, &choose(&v, &narrow, POLICY, 1), 24), 31);
-        let wide = Place { prefix: 16, ..london };
+        let wide = Place {
+            prefix: 16,
+            ..london
+        };
         assert_eq!(scope(&wide, &choose(&v, &wide, POLICY, 1), 24), 16);
-        let seattle = Place { prefix: 16, ..at(47.25, -122.31) };
-        assert_eq!(scope(&seattle, &choose(&v, &seattle, POLICY, 1), 24), 24, "the hash picked the edge");
+        let seattle = Place {
+            prefix: 16,
+            ..at(47.25, -122.31)
+        };
+        assert_eq!(
+            scope(&seattle, &choose(&v, &seattle, POLICY, 1), 24),
+            24,
+            "the hash picked the edge"
+        );
     }
 
     #[test]
@@ -375,6 +504,39 @@ mod tests {
         assert_eq!(a.1, 24);
         assert_ne!(a.0, subnet_hash("81.2.70.1".parse().unwrap(), 32).0);
         assert_eq!(subnet_hash("2001:db8::1".parse().unwrap(), 56).1, 48);
+    }
+
+    #[test]
+    fn scope_excludes_nearby_coverage_zones() {
+        let cov: Vec<(IpNet, usize)> = vec![
+            ("198.51.100.0/24".parse().unwrap(), 0),
+            ("198.51.0.0/16".parse().unwrap(), 1),
+        ];
+        let loc = Locator {
+            coverage: &cov,
+            countries: &[],
+            geoip: None,
+        };
+        let v = view();
+        // Inside the /24: decided by it.
+        let p = locate(&loc, &v, "198.51.100.9".parse().unwrap(), 32, 1);
+        assert_eq!((p.region, p.prefix), (Some(0), 24));
+        // Inside the /16 but not the /24: the /16 decides, but only a network that keeps clear of
+        // the /24 is true: 198.51.101.9 shares 23 bits with 198.51.100.0, so /24.
+        let p = locate(&loc, &v, "198.51.101.9".parse().unwrap(), 32, 1);
+        assert_eq!((p.region, p.prefix), (Some(1), 24));
+        // Far from both: the default, true for a wide network.
+        let p = locate(&loc, &v, "10.0.0.1".parse().unwrap(), 32, 2);
+        assert_eq!((p.region, p.prefix), (Some(2), 1));
+        let none = Locator {
+            coverage: &[],
+            countries: &[],
+            geoip: None,
+        };
+        assert_eq!(
+            locate(&none, &v, "10.0.0.1".parse().unwrap(), 32, 2).prefix,
+            0
+        );
     }
 
     #[test]

@@ -1,0 +1,410 @@
+//! The DNS role's answering: the only implementation of hickory's `RequestHandler`.
+//!
+//! Receives each parsed query (hickory's server has already answered FORMERR for messages it
+//! cannot parse); finds the zone (outside every zone: REFUSED), reads the client's place from the
+//! EDNS Client Subnet or else the source address, asks `steering` for edges using one
+//! `ClusterView` snapshot, and answers: SOA/NS at the apex, A/AAAA for site names, NXDOMAIN with
+//! the SOA for unknown names, NODATA with the SOA for other types, a minimal answer to ANY
+//! (RFC 8482). ECS is echoed with the scope prefix that is true for the answer (RFC 7871).
+//!
+//! Errors become response codes here and nowhere else ([`Refusal::code`]).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
+use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
+use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+use hickory_server::net::runtime::Time;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+
+use super::metrics::DnsMetrics;
+use crate::config::{ClusterMap, ZoneConfig};
+use crate::geoip::GeoIp;
+use crate::model::ClusterView;
+use crate::steering::{self, Locator, Policy};
+
+/// The UDP payload size this server advertises (the DNS flag day 2020 value).
+pub(crate) const ADVERTISED_PAYLOAD: u16 = 1232;
+
+/// A zone, ready to answer.
+pub(crate) struct Zone {
+    apex: LowerName,
+    /// Fully qualified names answered with edges.
+    names: Vec<LowerName>,
+    /// Name-server hosts and their glue.
+    glue: Vec<(LowerName, Vec<Record>)>,
+    soa: Record,
+    ns: Vec<Record>,
+    ttl: u32,
+    policy: Policy,
+    default_region: usize,
+}
+
+/// Everything reloadable at once: zones, coverage, countries and the GeoIP database.
+pub(crate) struct Tables {
+    pub(crate) zones: Vec<Zone>,
+    pub(crate) coverage: Vec<(ipnet::IpNet, usize)>,
+    pub(crate) countries: Vec<(String, usize)>,
+    pub(crate) geoip: Option<Arc<GeoIp>>,
+}
+
+fn name(text: &str) -> Result<Name, String> {
+    Name::from_ascii(format!("{text}.")).map_err(|e| format!("{text:?}: {e}"))
+}
+
+fn secs(d: std::time::Duration) -> u32 {
+    u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
+}
+
+impl Zone {
+    fn new(z: &ZoneConfig) -> Result<Zone, String> {
+        let apex = name(&z.apex)?;
+        let soa = Record::from_rdata(
+            apex.clone(),
+            secs(z.soa.minimum),
+            RData::SOA(SOA::new(
+                name(&z.soa.mname)?,
+                name(&z.soa.rname)?,
+                z.soa.serial,
+                i32::try_from(z.soa.refresh.as_secs()).unwrap_or(i32::MAX),
+                i32::try_from(z.soa.retry.as_secs()).unwrap_or(i32::MAX),
+                i32::try_from(z.soa.expire.as_secs()).unwrap_or(i32::MAX),
+                secs(z.soa.minimum),
+            )),
+        );
+        let mut ns = Vec::new();
+        let mut glue = Vec::new();
+        for (host, addrs) in &z.ns {
+            let host_name = name(host)?;
+            ns.push(Record::from_rdata(
+                apex.clone(),
+                3600,
+                RData::NS(NS(host_name.clone())),
+            ));
+            let records = addrs
+                .iter()
+                .map(|a| match a {
+                    IpAddr::V4(v) => Record::from_rdata(host_name.clone(), 3600, RData::A(A(*v))),
+                    IpAddr::V6(v) => {
+                        Record::from_rdata(host_name.clone(), 3600, RData::AAAA(AAAA(*v)))
+                    }
+                })
+                .collect();
+            glue.push((LowerName::from(host_name), records));
+        }
+        let names = z
+            .names
+            .iter()
+            .map(|n| {
+                if n == "@" {
+                    name(&z.apex)
+                } else {
+                    name(&format!("{n}.{}", z.apex))
+                }
+            })
+            .map(|r| r.map(LowerName::from))
+            .collect::<Result<_, _>>()?;
+        Ok(Zone {
+            apex: LowerName::from(apex),
+            names,
+            glue,
+            soa,
+            ns,
+            ttl: secs(z.ttl),
+            policy: Policy {
+                answers: z.answers,
+                high_water: z.high_water,
+            },
+            default_region: z.default_region,
+        })
+    }
+}
+
+impl Tables {
+    /// Builds the tables of a cluster map, with a GeoIP database already opened.
+    pub(crate) fn new(map: &ClusterMap, geoip: Option<Arc<GeoIp>>) -> Result<Tables, String> {
+        let mut zones = map
+            .zones
+            .iter()
+            .map(Zone::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        // Longest apex first, so a delegated child zone wins over its parent.
+        zones.sort_by_key(|z| std::cmp::Reverse(z.apex.num_labels()));
+        let mut coverage = map.coverage.clone();
+        coverage.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));
+        let countries = map
+            .regions
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| r.countries.iter().map(move |c| (c.clone(), i)))
+            .collect();
+        Ok(Tables {
+            zones,
+            coverage,
+            countries,
+            geoip,
+        })
+    }
+}
+
+/// Why a query is answered with an error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Not a standard query.
+    NotQuery,
+    /// Zero or several questions, or an invalid ECS option.
+    Malformed,
+    /// Outside every zone this server is authoritative for.
+    NotOurs,
+}
+
+impl Refusal {
+    /// The one mapping from refusal to response code.
+    pub(crate) fn code(self) -> ResponseCode {
+        match self {
+            Refusal::NotQuery => ResponseCode::NotImp,
+            Refusal::Malformed => ResponseCode::FormErr,
+            Refusal::NotOurs => ResponseCode::Refused,
+        }
+    }
+}
+
+/// The DNS role's request handler.
+pub(crate) struct DnsHandler {
+    pub(crate) tables: Arc<ArcSwap<Tables>>,
+    pub(crate) view: Arc<ArcSwap<ClusterView>>,
+    pub(crate) metrics: Arc<DnsMetrics>,
+}
+
+/// The client subnet of a query: from a valid ECS option, else the source address.
+struct Client {
+    ip: IpAddr,
+    source_prefix: u8,
+    ecs: Option<ClientSubnet>,
+}
+
+/// Reads the ECS option; `Err` when it is invalid (RFC 7871 §7.1.2: address bits set beyond the
+/// source prefix are a FORMERR).
+fn client_of(edns: Option<&Edns>, src: IpAddr) -> Result<Client, Refusal> {
+    let own = Client {
+        ip: src,
+        source_prefix: steering::full_prefix(src),
+        ecs: None,
+    };
+    let Some(EdnsOption::Subnet(cs)) = edns.and_then(|e| e.option(EdnsCode::Subnet)) else {
+        return Ok(own);
+    };
+    let ip = cs.addr();
+    let prefix = cs.source_prefix();
+    let net = ipnet::IpNet::new(ip, prefix).map_err(|_| Refusal::Malformed)?;
+    if net.trunc().addr() != ip {
+        return Err(Refusal::Malformed);
+    }
+    if prefix == 0 {
+        // /0: the client asks that its subnet not be used; answer for the resolver.
+        return Ok(Client {
+            ecs: Some(cs.clone()),
+            ..own
+        });
+    }
+    Ok(Client {
+        ip,
+        source_prefix: prefix,
+        ecs: Some(cs.clone()),
+    })
+}
+
+/// What the handler decided to send.
+struct Answer {
+    code: ResponseCode,
+    authoritative: bool,
+    answers: Vec<Record>,
+    authority: Vec<Record>,
+    additionals: Vec<Record>,
+    scope: u8,
+}
+
+impl Answer {
+    fn refused(r: Refusal) -> Answer {
+        Answer {
+            code: r.code(),
+            authoritative: false,
+            answers: vec![],
+            authority: vec![],
+            additionals: vec![],
+            scope: 0,
+        }
+    }
+}
+
+impl DnsHandler {
+    fn answer(&self, request: &Request, client: &Client) -> Answer {
+        let queries = request.queries.queries();
+        if queries.len() != 1 {
+            return Answer::refused(Refusal::Malformed);
+        }
+        let query = &queries[0];
+        let qname = query.name();
+        let qtype = query.query_type();
+        let owner = query.original().name().clone();
+        let tables = self.tables.load();
+        let Some(zone) = tables.zones.iter().find(|z| z.apex.zone_of(qname)) else {
+            return Answer::refused(Refusal::NotOurs);
+        };
+        let mut out = Answer {
+            code: ResponseCode::NoError,
+            authoritative: true,
+            answers: vec![],
+            authority: vec![],
+            additionals: vec![],
+            scope: 0,
+        };
+        let is_site = zone.names.iter().any(|n| n == qname);
+        let at_apex = *qname == zone.apex;
+        if is_site && matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::ANY) {
+            self.edges(&tables, zone, client, owner, qtype, &mut out);
+        } else if at_apex && matches!(qtype, RecordType::SOA | RecordType::ANY) {
+            // ANY is answered minimally with the SOA (RFC 8482 §4.2).
+            out.answers.push(zone.soa.clone());
+        } else if at_apex && qtype == RecordType::NS {
+            out.answers.extend(zone.ns.iter().cloned());
+            out.additionals
+                .extend(zone.glue.iter().flat_map(|(_, r)| r.iter().cloned()));
+        } else if let Some((_, glue)) = zone.glue.iter().find(|(n, _)| n == qname) {
+            out.answers.extend(
+                glue.iter()
+                    .filter(|r| r.record_type() == qtype || qtype == RecordType::ANY)
+                    .cloned(),
+            );
+        } else if !is_site && !at_apex {
+            out.code = ResponseCode::NXDomain;
+        }
+        if out.answers.is_empty() {
+            // NXDOMAIN and NODATA carry the SOA for negative caching (RFC 2308).
+            out.authority.push(zone.soa.clone());
+        }
+        out
+    }
+
+    fn edges(
+        &self,
+        tables: &Tables,
+        zone: &Zone,
+        client: &Client,
+        owner: Name,
+        qtype: RecordType,
+        out: &mut Answer,
+    ) {
+        let view = self.view.load();
+        let locator = Locator {
+            coverage: &tables.coverage,
+            countries: &tables.countries,
+            geoip: tables.geoip.as_deref(),
+        };
+        let place = steering::locate(
+            &locator,
+            &view,
+            client.ip,
+            client.source_prefix,
+            zone.default_region,
+        );
+        let (hash, hash_prefix) = steering::subnet_hash(client.ip, client.source_prefix);
+        let choice = steering::choose(&view, &place, zone.policy, hash);
+        out.scope = steering::scope(&place, &choice, hash_prefix);
+        self.metrics.choice(&choice, view.regions.len());
+        let want_v6 = qtype == RecordType::AAAA;
+        for &i in &choice.edges {
+            let Some(e) = view.edges.get(i) else { continue };
+            if want_v6 {
+                out.answers.extend(
+                    e.v6.iter().map(|a| {
+                        Record::from_rdata(owner.clone(), zone.ttl, RData::AAAA(AAAA(*a)))
+                    }),
+                );
+            } else {
+                out.answers.extend(
+                    e.v4.iter()
+                        .map(|a| Record::from_rdata(owner.clone(), zone.ttl, RData::A(A(*a)))),
+                );
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for DnsHandler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let start = Instant::now();
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.recursion_available = false;
+        let client = client_of(request.edns.as_ref(), request.src().ip());
+        let answer = if request.metadata.op_code != OpCode::Query
+            || request.metadata.message_type != MessageType::Query
+        {
+            Answer::refused(Refusal::NotQuery)
+        } else {
+            match &client {
+                Ok(c) => self.answer(request, c),
+                Err(r) => Answer::refused(*r),
+            }
+        };
+        metadata.response_code = answer.code;
+        metadata.authoritative = answer.authoritative;
+
+        // Our OPT record: the payload we accept, capped by the client's so that hickory's
+        // encoder truncates (TC) to what the client can take; and the ECS echo.
+        let edns = request.edns.as_ref().map(|req| {
+            let mut e = Edns::new();
+            e.set_max_payload(req.max_payload().max(512).min(ADVERTISED_PAYLOAD));
+            if let Ok(Client { ecs: Some(cs), .. }) = &client {
+                let scope = if cs.source_prefix() == 0 {
+                    0
+                } else {
+                    answer.scope
+                };
+                e.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new(
+                    cs.addr(),
+                    cs.source_prefix(),
+                    scope,
+                )));
+            }
+            e
+        });
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        if let Some(e) = &edns {
+            builder.edns(e);
+        }
+        let response = builder.build(
+            metadata,
+            answer.answers.iter(),
+            answer.authority.iter(),
+            std::iter::empty(),
+            answer.additionals.iter(),
+        );
+        let qtype = request.queries.queries().first().map(|q| q.query_type());
+        let info = match response_handle.send_response(response).await {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::warn!(error = %e, client = %request.src(), "could not send a DNS response");
+                let mut m = metadata;
+                m.response_code = ResponseCode::ServFail;
+                ResponseInfo::from(Header {
+                    metadata: m,
+                    counts: HeaderCounts::default(),
+                })
+            }
+        };
+        self.metrics
+            .query(qtype, info.response_code, start.elapsed().as_secs_f64());
+        info
+    }
+}

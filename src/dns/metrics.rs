@@ -1,0 +1,101 @@
+//! The DNS role's metric handles, registered once: queries by type and response code, answers
+//! by region, spills, fail-opens, and answer latency. All labelled with `node`.
+
+use metrics::{Counter, Histogram};
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+
+use crate::steering::Choice;
+
+const TYPES: [&str; 7] = ["A", "AAAA", "SOA", "NS", "ANY", "OTHER", "NONE"];
+const CODES: [&str; 6] = [
+    "NOERROR", "NXDOMAIN", "REFUSED", "FORMERR", "NOTIMP", "SERVFAIL",
+];
+
+/// Metric handles of one DNS node.
+pub(crate) struct DnsMetrics {
+    node: String,
+    queries: Vec<Counter>,
+    latency: Histogram,
+    spills: Counter,
+    fail_open: Counter,
+    /// Answers by region index, grown as regions appear (by reloads).
+    answers: std::sync::RwLock<Vec<Counter>>,
+    region_names: std::sync::RwLock<Vec<String>>,
+}
+
+impl DnsMetrics {
+    pub(crate) fn new(node: &str, regions: &[String]) -> DnsMetrics {
+        crate::telemetry::prometheus();
+        let mut queries = Vec::new();
+        for t in TYPES {
+            for c in CODES {
+                queries.push(metrics::counter!("meridian_dns_queries_total", "node" => node.to_string(), "type" => t, "rcode" => c));
+            }
+        }
+        let m = DnsMetrics {
+            node: node.to_string(),
+            queries,
+            latency: metrics::histogram!("meridian_dns_answer_duration_seconds", "node" => node.to_string()),
+            spills: metrics::counter!("meridian_dns_spills_total", "node" => node.to_string()),
+            fail_open: metrics::counter!("meridian_dns_fail_open_total", "node" => node.to_string()),
+            answers: Default::default(),
+            region_names: Default::default(),
+        };
+        m.set_regions(regions);
+        m
+    }
+
+    /// Registers the answer counters of the current regions.
+    pub(crate) fn set_regions(&self, regions: &[String]) {
+        let counters = regions
+            .iter()
+            .map(|r| metrics::counter!("meridian_dns_answers_total", "node" => self.node.clone(), "region" => r.clone()))
+            .collect();
+        *self.answers.write().unwrap_or_else(|e| e.into_inner()) = counters;
+        *self.region_names.write().unwrap_or_else(|e| e.into_inner()) = regions.to_vec();
+    }
+
+    pub(crate) fn query(&self, qtype: Option<RecordType>, code: ResponseCode, seconds: f64) {
+        let t = match qtype {
+            Some(RecordType::A) => 0,
+            Some(RecordType::AAAA) => 1,
+            Some(RecordType::SOA) => 2,
+            Some(RecordType::NS) => 3,
+            Some(RecordType::ANY) => 4,
+            Some(_) => 5,
+            None => 6,
+        };
+        let c = match code {
+            ResponseCode::NoError => 0,
+            ResponseCode::NXDomain => 1,
+            ResponseCode::Refused => 2,
+            ResponseCode::FormErr => 3,
+            ResponseCode::NotImp => 4,
+            _ => 5,
+        };
+        self.queries[t * CODES.len() + c].increment(1);
+        self.latency.record(seconds);
+    }
+
+    pub(crate) fn choice(&self, choice: &Choice, _regions: usize) {
+        if choice.spilled {
+            self.spills.increment(1);
+        }
+        if choice.fail_open {
+            self.fail_open.increment(1);
+            return;
+        }
+        if let Some(r) = choice.region {
+            if let Some(c) = self
+                .answers
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(r)
+            {
+                c.increment(1);
+            }
+        }
+    }
+}
