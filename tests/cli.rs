@@ -170,3 +170,158 @@ async fn run_logs_json_and_drains_on_sigterm() {
     assert_eq!(access["bytes"], 7);
     assert!(access["duration_ms"].as_f64().unwrap() >= 700.0);
 }
+
+#[test]
+fn geo_build_reproduces_the_committed_database_in_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("rebuilt.mmdb");
+    let run = meridian()
+        .args(["geo", "build", "geo/test-networks.csv"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(String::from_utf8_lossy(&run.stdout).contains("10 networks"));
+    let committed = maxminddb::Reader::open_readfile("geo/test-city.mmdb").unwrap();
+    let rebuilt = maxminddb::Reader::open_readfile(&out).unwrap();
+    assert_eq!(
+        committed.metadata().database_type,
+        rebuilt.metadata().database_type
+    );
+    let all = |r: &maxminddb::Reader<Vec<u8>>| -> Vec<(String, serde_json::Value)> {
+        r.networks(Default::default())
+            .unwrap()
+            .filter_map(|item| {
+                let item = item.unwrap();
+                let v: Option<serde_json::Value> = item.decode().unwrap();
+                v.map(|v| (item.network().unwrap().to_string(), v))
+            })
+            .collect()
+    };
+    let (a, b) = (all(&committed), all(&rebuilt));
+    assert!(a.len() >= 10, "{a:?}");
+    assert_eq!(
+        a, b,
+        "geo/test-city.mmdb differs from what geo/test-networks.csv builds"
+    );
+    // And it answers the DESIGN.md test addresses as a MaxMind City reader would.
+    let london: serde_json::Value = committed
+        .lookup("81.2.69.142".parse().unwrap())
+        .unwrap()
+        .decode()
+        .unwrap()
+        .unwrap();
+    assert_eq!(london["city"]["names"]["en"], "London");
+    assert_eq!(london["country"]["iso_code"], "GB");
+    assert_eq!(london["location"]["latitude"], 51.5142);
+}
+
+#[test]
+fn geo_build_names_bad_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("bad.csv");
+    std::fs::write(&csv, "network,city,latitude,longitude,country\n10.0.0.0/8,X,91,0,GB\nnot-a-net,X,1,1,GB\n10.1.0.0/16,X,1,1,GBR\n").unwrap();
+    let run = meridian()
+        .args(["geo", "build"])
+        .arg(&csv)
+        .arg(dir.path().join("out.mmdb"))
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("bad.csv: line 2: 91,0 is not a place on Earth"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad.csv: line 3: \"not-a-net\" is not a CIDR network"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad.csv: line 4: \"GBR\" is not a two-letter country code"),
+        "{err}"
+    );
+}
+
+#[test]
+fn route_explains_the_decision() {
+    let out = meridian()
+        .args([
+            "route",
+            "-c",
+            "config/local/dns.toml",
+            "81.2.69.142",
+            "demo.meridian.test",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "location GeoIP network /31: 51.5142, -0.0931",
+        "eu-west",
+        "edge-b     healthy",
+        "choice   region eu-west -> edge-b",
+        "ecs      source /32 -> scope /31",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
+    let out = meridian()
+        .args(["route", "-c", "config/local/dns.toml", "198.51.100.7"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("coverage zone 198.51.100.0/24 -> region us-west"));
+    let out = meridian()
+        .args([
+            "route",
+            "-c",
+            "config/local/dns.toml",
+            "1.2.3.4",
+            "example.com",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("REFUSED"));
+}
+
+#[test]
+fn check_reports_cluster_map_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("cluster.toml"),
+        "[[region]]\nname = \"r\"\nlat = 95.0\nlon = 0.0\n[[edge]]\nid = \"e\"\nregion = \"nowhere\"\naddresses = [\"not-ip\"]\n[[coverage]]\ncidr = \"10.0.0.1/8\"\nregion = \"r\"\n[[zone]]\napex = \"t.test\"\nnames = [\"www\"]\ndefault_region = \"r\"\nanswers = 0\n[zone.soa]\nmname = \"ns.t.test\"\nrname = \"h.t.test\"\nserial = 1\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("dns.toml"),
+        "id = \"d\"\nregion = \"r\"\nroles = [\"dns\"]\ncluster_map = \"cluster.toml\"\n[dns]\nlisten = [\"127.0.0.1:0\"]\ngeoip = \"missing.mmdb\"\n",
+    )
+    .unwrap();
+    let out = meridian()
+        .args(["check", "-c"])
+        .arg(dir.path().join("dns.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "dns.toml: dns.geoip:",
+        "cluster.toml: region[0].lat: 95 is not a latitude",
+        "cluster.toml: edge[0].region: no region is named \"nowhere\"",
+        "cluster.toml: edge[0].addresses[0]: \"not-ip\" is not an IP address",
+        "cluster.toml: coverage[0].cidr: \"10.0.0.1/8\" has host bits set (did you mean 10.0.0.0/8?)",
+        "cluster.toml: zone[0].answers: must be at least 1",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+}

@@ -208,14 +208,14 @@ fn client_of(edns: Option<&Edns>, src: IpAddr) -> Result<Client, Refusal> {
     if prefix == 0 {
         // /0: the client asks that its subnet not be used; answer for the resolver.
         return Ok(Client {
-            ecs: Some(cs.clone()),
+            ecs: Some(*cs),
             ..own
         });
     }
     Ok(Client {
         ip,
         source_prefix: prefix,
-        ecs: Some(cs.clone()),
+        ecs: Some(*cs),
     })
 }
 
@@ -364,7 +364,7 @@ impl RequestHandler for DnsHandler {
         // encoder truncates (TC) to what the client can take; and the ECS echo.
         let edns = request.edns.as_ref().map(|req| {
             let mut e = Edns::new();
-            e.set_max_payload(req.max_payload().max(512).min(ADVERTISED_PAYLOAD));
+            e.set_max_payload(req.max_payload().clamp(512, ADVERTISED_PAYLOAD));
             if let Ok(Client { ecs: Some(cs), .. }) = &client {
                 let scope = if cs.source_prefix() == 0 {
                     0

@@ -1,0 +1,403 @@
+//! Integration tests of the DNS role: a real server on loopback, queried over UDP and TCP with
+//! hickory's wire codec (and once through hickory's stock client), with ECS from the GeoIP test
+//! addresses of DESIGN.md.
+
+#[path = "../common/dns.rs"]
+mod dns;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use dns::*;
+use hickory_proto::op::{OpCode, ResponseCode};
+use hickory_proto::rr::{RData, RecordType};
+
+const LOCAL_CLUSTER: &str = include_str!("../../config/local/cluster.toml");
+
+fn geoip() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("geo/test-city.mmdb")
+}
+
+struct Dns {
+    id: String,
+    node: meridian::app::Node,
+    udp: SocketAddr,
+    v6: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Dns {
+    async fn start(cluster: &str) -> Dns {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let id = format!(
+            "dns-test-{}",
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cluster.toml"), cluster).unwrap();
+        let node = format!(
+            "id = \"{id}\"\nregion = \"eu-west\"\nroles = [\"dns\"]\ncluster_map = \"cluster.toml\"\n[log]\nlevel = \"warn\"\n[dns]\nlisten = [\"127.0.0.1:0\", \"[::1]:0\"]\ngeoip = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            geoip().display().to_string(),
+        );
+        std::fs::write(dir.path().join("dns.toml"), node).unwrap();
+        let cfg =
+            meridian::config::load(&dir.path().join("dns.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let node = meridian::app::Node::start(cfg).await.unwrap();
+        Dns {
+            id,
+            udp: node.dns_addrs()[0],
+            v6: node.dns_addrs()[1],
+            node,
+            dir,
+        }
+    }
+
+    async fn local() -> Dns {
+        Dns::start(LOCAL_CLUSTER).await
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[tokio::test]
+async fn ecs_clients_land_on_the_nearest_edge_with_true_scopes() {
+    let d = Dns::local().await;
+    // (ECS subnet, expected edge, expected scope)
+    let cases = [
+        ("81.2.69.142/32", "127.0.0.12", 31), // London → eu-west
+        ("81.2.69.142/31", "127.0.0.12", 31),
+        ("89.160.20.112/28", "127.0.0.12", 28), // Linköping → eu-west
+        ("89.160.20.128/25", "127.0.0.12", 25),
+        ("216.160.83.56/29", "127.0.0.11", 29), // Milton, WA → us-west
+        ("149.101.100.0/28", "127.0.0.11", 28), // central US → us-west
+        ("175.16.199.0/24", "127.0.0.13", 24),  // Changchun → ap-east
+        ("202.196.224.0/20", "127.0.0.13", 20), // Philippines → ap-east
+        ("67.43.156.0/24", "127.0.0.13", 24),   // Bhutan → ap-east
+        ("2001:218::/32", "127.0.0.13", 32),    // Japan → ap-east
+        ("2a02:cf40::/29", "127.0.0.12", 29),   // Norway → eu-west
+    ];
+    for tcp in [false, true] {
+        for (subnet, edge, scope) in cases {
+            let mut q = Ask::new("demo.meridian.test.", RecordType::A).ecs(subnet);
+            q.tcp = tcp;
+            let m = ask(d.udp, &q).await;
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{subnet}");
+            assert!(m.metadata.authoritative);
+            assert_eq!(
+                addresses(&m),
+                [ip(edge)],
+                "{subnet} over {}",
+                if tcp { "TCP" } else { "UDP" }
+            );
+            let (addr, source, got_scope) = ecs_of(&m).expect("ECS echoed");
+            let (want_addr, want_source) = subnet.split_once('/').unwrap();
+            assert_eq!(
+                (addr, source),
+                (ip(want_addr), want_source.parse().unwrap()),
+                "echo as received"
+            );
+            assert_eq!(got_scope, scope, "{subnet}");
+            assert_eq!(m.answers[0].ttl, 30);
+        }
+    }
+}
+
+#[tokio::test]
+async fn without_ecs_the_source_address_decides_and_nothing_is_echoed() {
+    let d = Dns::local().await;
+    let m = ask(d.udp, &Ask::new("demo.meridian.test.", RecordType::A)).await;
+    // 127.0.0.1 is in no coverage zone and not in the GeoIP data: the default region, eu-west.
+    assert_eq!(addresses(&m), [ip("127.0.0.12")]);
+    assert!(ecs_of(&m).is_none());
+    // A /0 ECS asks not to use the subnet: answered for the resolver, scope 0.
+    let m = ask(
+        d.udp,
+        &Ask::new("demo.meridian.test.", RecordType::A).ecs("0.0.0.0/0"),
+    )
+    .await;
+    assert_eq!(addresses(&m), [ip("127.0.0.12")]);
+    assert_eq!(ecs_of(&m).map(|e| e.2), Some(0));
+}
+
+#[tokio::test]
+async fn coverage_zones_beat_geoip() {
+    let cluster =
+        format!("{LOCAL_CLUSTER}\n[[coverage]]\ncidr = \"81.2.69.0/24\"\nregion = \"ap-east\"\n");
+    let d = Dns::start(&cluster).await;
+    let m = ask(
+        d.udp,
+        &Ask::new("demo.meridian.test.", RecordType::A).ecs("81.2.69.142/32"),
+    )
+    .await;
+    assert_eq!(
+        addresses(&m),
+        [ip("127.0.0.13")],
+        "the coverage zone wins over GeoIP's London"
+    );
+    assert_eq!(ecs_of(&m).unwrap().2, 24);
+    let m = ask(
+        d.udp,
+        &Ask::new("demo.meridian.test.", RecordType::A).ecs("198.51.100.0/24"),
+    )
+    .await;
+    assert_eq!(addresses(&m), [ip("127.0.0.11")]);
+}
+
+#[tokio::test]
+async fn zone_answers_refused_nxdomain_nodata() {
+    let d = Dns::local().await;
+    let soa = ask(d.udp, &Ask::new("meridian.test.", RecordType::SOA)).await;
+    assert_eq!(soa.metadata.response_code, ResponseCode::NoError);
+    assert!(matches!(soa.answers[0].data, RData::SOA(_)));
+    let ns = ask(d.udp, &Ask::new("meridian.test.", RecordType::NS)).await;
+    assert!(matches!(ns.answers[0].data, RData::NS(_)));
+    assert_eq!(
+        addresses(&Message2(ns.additionals.clone()).into()),
+        [ip("127.0.0.10")],
+        "glue"
+    );
+    let glue = ask(d.udp, &Ask::new("ns1.meridian.test.", RecordType::A)).await;
+    assert_eq!(addresses(&glue), [ip("127.0.0.10")]);
+
+    let nx = ask(d.udp, &Ask::new("nope.meridian.test.", RecordType::A)).await;
+    assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+    assert!(nx.metadata.authoritative);
+    assert!(
+        matches!(nx.authorities[0].data, RData::SOA(_)),
+        "SOA in authority"
+    );
+
+    let nodata = ask(d.udp, &Ask::new("demo.meridian.test.", RecordType::MX)).await;
+    assert_eq!(nodata.metadata.response_code, ResponseCode::NoError);
+    assert!(nodata.answers.is_empty());
+    assert!(matches!(nodata.authorities[0].data, RData::SOA(_)));
+
+    let refused = ask(d.udp, &Ask::new("example.com.", RecordType::A)).await;
+    assert_eq!(refused.metadata.response_code, ResponseCode::Refused);
+    assert!(!refused.metadata.authoritative);
+
+    // ANY: one RRset, not everything (RFC 8482).
+    let any = ask(d.udp, &Ask::new("demo.meridian.test.", RecordType::ANY)).await;
+    assert_eq!(any.answers.len(), 1);
+    let any = ask(d.udp, &Ask::new("meridian.test.", RecordType::ANY)).await;
+    assert_eq!(any.answers.len(), 1);
+    assert!(matches!(any.answers[0].data, RData::SOA(_)));
+}
+
+/// Wraps records as an answer section, to reuse `addresses`.
+struct Message2(Vec<hickory_proto::rr::Record>);
+impl From<Message2> for hickory_proto::op::Message {
+    fn from(m: Message2) -> Self {
+        let mut msg = hickory_proto::op::Message::query();
+        msg.answers = m.0;
+        msg
+    }
+}
+
+#[tokio::test]
+async fn case_is_preserved_in_the_question() {
+    let d = Dns::local().await;
+    let q = Ask::new("DeMo.MeRiDiAn.TeSt.", RecordType::A).ecs("81.2.69.142/32");
+    let sent = q.message().to_vec().unwrap();
+    assert!(
+        sent.windows(4).any(|w| w == b"DeMo"),
+        "the query carries mixed case"
+    );
+    let raw = exchange(d.udp, &sent, false).await.unwrap();
+    assert!(
+        raw.windows(4).any(|w| w == b"DeMo"),
+        "the question keeps the case it was asked in"
+    );
+    let m = ask(d.udp, &q).await;
+    assert_eq!(addresses(&m), [ip("127.0.0.12")]);
+}
+
+#[tokio::test]
+async fn malformed_queries_get_formerr_and_other_opcodes_notimp() {
+    let d = Dns::local().await;
+    // ECS address bits set past the source prefix (142 = 0b1000_1110; a /28 keeps 0b1000).
+    let m = ask(
+        d.udp,
+        &Ask::new("demo.meridian.test.", RecordType::A).ecs("81.2.69.142/28"),
+    )
+    .await;
+    assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+    // Two questions.
+    let mut two = Ask::new("demo.meridian.test.", RecordType::A).message();
+    two.add_query(hickory_proto::op::Query::query(
+        "meridian.test.".parse().unwrap(),
+        RecordType::SOA,
+    ));
+    let raw = exchange(d.udp, &two.to_vec().unwrap(), false)
+        .await
+        .unwrap();
+    let m = hickory_proto::op::Message::from_vec(&raw).unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+    // A header followed by garbage.
+    let mut garbage = two.to_vec().unwrap()[..12].to_vec();
+    garbage.extend_from_slice(&[0xff; 9]);
+    let raw = exchange(d.udp, &garbage, false).await.unwrap();
+    let m = hickory_proto::op::Message::from_vec(&raw).unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+    // Not a QUERY.
+    let mut q = Ask::new("demo.meridian.test.", RecordType::A);
+    q.op_code = OpCode::Status;
+    assert_eq!(
+        ask(d.udp, &q).await.metadata.response_code,
+        ResponseCode::NotImp
+    );
+    // The server is still answering.
+    let m = ask(d.udp, &Ask::new("demo.meridian.test.", RecordType::A)).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+}
+
+#[tokio::test]
+async fn large_answers_are_truncated_over_udp_and_whole_over_tcp() {
+    // One region with 60 edges, all answered: about 1 KiB of A records.
+    let mut cluster = String::from("[[region]]\nname = \"r\"\nlat = 0.0\nlon = 0.0\n");
+    for i in 0..60 {
+        cluster.push_str(&format!(
+            "[[edge]]\nid = \"e{i}\"\nregion = \"r\"\naddresses = [\"10.0.0.{i}\"]\n"
+        ));
+    }
+    cluster.push_str("[[zone]]\napex = \"big.test\"\nnames = [\"www\"]\ndefault_region = \"r\"\nanswers = 60\n[zone.soa]\nmname = \"ns.big.test\"\nrname = \"h.big.test\"\nserial = 1\n");
+    let d = Dns::start(&cluster).await;
+    let plain = ask(d.udp, &Ask::new("www.big.test.", RecordType::A).no_edns()).await;
+    assert!(plain.metadata.truncation, "over 512 bytes without EDNS: TC");
+    let edns = ask(d.udp, &Ask::new("www.big.test.", RecordType::A)).await;
+    assert!(!edns.metadata.truncation, "fits in 1232");
+    assert_eq!(edns.answers.len(), 60);
+    assert_eq!(
+        edns.edns.as_ref().unwrap().max_payload(),
+        1232,
+        "advertised"
+    );
+    let mut small = Ask::new("www.big.test.", RecordType::A);
+    small.edns = Some(512);
+    assert!(ask(d.udp, &small).await.metadata.truncation);
+    let tcp = ask(
+        d.udp,
+        &Ask::new("www.big.test.", RecordType::A).no_edns().tcp(),
+    )
+    .await;
+    assert!(!tcp.metadata.truncation);
+    assert_eq!(tcp.answers.len(), 60);
+}
+
+#[tokio::test]
+async fn ipv6_transport_and_aaaa() {
+    let cluster = LOCAL_CLUSTER.replace(
+        "addresses = [\"127.0.0.12\"]",
+        "addresses = [\"127.0.0.12\", \"::1\"]",
+    );
+    let d = Dns::start(&cluster).await;
+    let m = ask(
+        d.v6,
+        &Ask::new("demo.meridian.test.", RecordType::AAAA).ecs("2a02:cf40::/29"),
+    )
+    .await;
+    assert_eq!(addresses(&m), [ip("::1")]);
+    assert_eq!(ecs_of(&m).unwrap().2, 29);
+    // An edge with no IPv6 address: NODATA with the SOA.
+    let m = ask(
+        d.v6,
+        &Ask::new("demo.meridian.test.", RecordType::AAAA).ecs("2001:218::/32"),
+    )
+    .await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(m.answers.is_empty());
+    assert!(matches!(m.authorities[0].data, RData::SOA(_)));
+}
+
+#[tokio::test]
+async fn reload_swaps_maps_and_rejects_a_broken_one() {
+    let d = Dns::local().await;
+    let london = Ask::new("demo.meridian.test.", RecordType::A).ecs("81.2.69.142/32");
+    assert_eq!(addresses(&ask(d.udp, &london).await), [ip("127.0.0.12")]);
+    let moved =
+        format!("{LOCAL_CLUSTER}\n[[coverage]]\ncidr = \"81.2.69.0/24\"\nregion = \"us-west\"\n");
+    std::fs::write(d.dir.path().join("cluster.toml"), moved).unwrap();
+    d.node.reload().unwrap();
+    assert_eq!(addresses(&ask(d.udp, &london).await), [ip("127.0.0.11")]);
+    std::fs::write(d.dir.path().join("cluster.toml"), "[[region]]\nname = 1\n").unwrap();
+    let err = d.node.reload().unwrap_err();
+    assert!(err.contains("cluster.toml"), "{err}");
+    assert_eq!(
+        addresses(&ask(d.udp, &london).await),
+        [ip("127.0.0.11")],
+        "the old map stays"
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_queries_and_answers() {
+    let d = Dns::local().await;
+    ask(
+        d.udp,
+        &Ask::new("demo.meridian.test.", RecordType::A).ecs("81.2.69.142/32"),
+    )
+    .await;
+    ask(d.udp, &Ask::new("example.com.", RecordType::A)).await;
+    let admin = d.node.admin_addr().unwrap();
+    let body = http_get(admin, "/metrics").await;
+    let node = format!("node=\"{}\"", d.id);
+    for line in [
+        format!("meridian_dns_queries_total{{{node},type=\"A\",rcode=\"NOERROR\"}} 1"),
+        format!("meridian_dns_queries_total{{{node},type=\"A\",rcode=\"REFUSED\"}} 1"),
+        format!("meridian_dns_answers_total{{{node},region=\"eu-west\"}} 1"),
+        format!("meridian_dns_answer_duration_seconds_bucket{{{node}"),
+    ] {
+        assert!(body.contains(&line), "missing {line} in {body}");
+    }
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn hickory_stock_client_over_udp() {
+    use hickory_proto::op::{DnsRequest, DnsRequestOptions};
+    use hickory_server::net::client::Client;
+    use hickory_server::net::runtime::TokioRuntimeProvider;
+    use hickory_server::net::udp::UdpClientStream;
+    use hickory_server::net::xfer::DnsHandle;
+    let d = Dns::local().await;
+    let stream = UdpClientStream::builder(d.udp, TokioRuntimeProvider::default()).build();
+    let (client, bg) = Client::<TokioRuntimeProvider>::from_sender(stream);
+    tokio::spawn(bg);
+    let msg = Ask::new("demo.meridian.test.", RecordType::A)
+        .ecs("175.16.199.0/24")
+        .message();
+    let mut responses = client.send(DnsRequest::new(msg, DnsRequestOptions::default()));
+    use futures_util_lite::StreamNext;
+    let resp = responses
+        .next_item()
+        .await
+        .expect("a response")
+        .expect("no error");
+    let m: hickory_proto::op::Message = resp.into();
+    assert_eq!(addresses(&m), [ip("127.0.0.13")]);
+}
+
+/// `StreamExt::next` without a futures dependency.
+mod futures_util_lite {
+    use std::future::poll_fn;
+    use std::pin::Pin;
+
+    pub trait StreamNext: futures_core::Stream + Unpin + Sized {
+        async fn next_item(&mut self) -> Option<Self::Item> {
+            poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+        }
+    }
+    impl<S: futures_core::Stream + Unpin> StreamNext for S {}
+}
