@@ -336,13 +336,18 @@ impl DnsHandler {
     }
 }
 
-#[async_trait::async_trait]
-impl RequestHandler for DnsHandler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        mut response_handle: R,
-    ) -> ResponseInfo {
+/// A decided response, ready to be built into a `MessageResponse`.
+pub(crate) struct Prepared {
+    metadata: Metadata,
+    answer: Answer,
+    edns: Option<Edns>,
+    qtype: Option<RecordType>,
+    start: Instant,
+}
+
+impl DnsHandler {
+    /// Decides the response to `request` (no I/O).
+    pub(crate) fn prepare(&self, request: &Request) -> Prepared {
         let start = Instant::now();
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.recursion_available = false;
@@ -359,12 +364,11 @@ impl RequestHandler for DnsHandler {
         };
         metadata.response_code = answer.code;
         metadata.authoritative = answer.authoritative;
-
-        // Our OPT record: the payload we accept, capped by the client's so that hickory's
-        // encoder truncates (TC) to what the client can take; and the ECS echo.
-        let edns = request.edns.as_ref().map(|req| {
+        // Our OPT record: the payload we accept, and the ECS echo. (UDP responses are encoded
+        // to the client's limit; see `server`.)
+        let edns = request.edns.as_ref().map(|_| {
             let mut e = Edns::new();
-            e.set_max_payload(req.max_payload().clamp(512, ADVERTISED_PAYLOAD));
+            e.set_max_payload(ADVERTISED_PAYLOAD);
             if let Ok(Client { ecs: Some(cs), .. }) = &client {
                 let scope = if cs.source_prefix() == 0 {
                     0
@@ -379,23 +383,75 @@ impl RequestHandler for DnsHandler {
             }
             e
         });
+        let qtype = request.queries.queries().first().map(|q| q.query_type());
+        Prepared {
+            metadata,
+            answer,
+            edns,
+            qtype,
+            start,
+        }
+    }
+
+    /// Encodes a prepared response into `buf`, at most `max` bytes (TC when it does not fit),
+    /// and counts it.
+    pub(crate) fn encode(
+        &self,
+        request: &Request,
+        p: &Prepared,
+        max: u16,
+        buf: &mut Vec<u8>,
+    ) -> Option<ResponseInfo> {
         let mut builder = MessageResponseBuilder::from_message_request(request);
-        if let Some(e) = &edns {
+        if let Some(e) = &p.edns {
             builder.edns(e);
         }
         let response = builder.build(
-            metadata,
-            answer.answers.iter(),
-            answer.authority.iter(),
+            p.metadata,
+            p.answer.answers.iter(),
+            p.answer.authority.iter(),
             std::iter::empty(),
-            answer.additionals.iter(),
+            p.answer.additionals.iter(),
         );
-        let qtype = request.queries.queries().first().map(|q| q.query_type());
+        let mut encoder = hickory_proto::serialize::binary::BinEncoder::new(buf);
+        encoder.set_max_size(max);
+        let info = match response.destructive_emit(&mut encoder) {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::warn!(error = %e, client = %request.src(), "could not encode a DNS response");
+                return None;
+            }
+        };
+        self.metrics
+            .query(p.qtype, info.response_code, p.start.elapsed().as_secs_f64());
+        Some(info)
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for DnsHandler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let p = self.prepare(request);
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        if let Some(e) = &p.edns {
+            builder.edns(e);
+        }
+        let response = builder.build(
+            p.metadata,
+            p.answer.answers.iter(),
+            p.answer.authority.iter(),
+            std::iter::empty(),
+            p.answer.additionals.iter(),
+        );
         let info = match response_handle.send_response(response).await {
             Ok(info) => info,
             Err(e) => {
                 tracing::warn!(error = %e, client = %request.src(), "could not send a DNS response");
-                let mut m = metadata;
+                let mut m = p.metadata;
                 m.response_code = ResponseCode::ServFail;
                 ResponseInfo::from(Header {
                     metadata: m,
@@ -404,7 +460,7 @@ impl RequestHandler for DnsHandler {
             }
         };
         self.metrics
-            .query(qtype, info.response_code, start.elapsed().as_secs_f64());
+            .query(p.qtype, info.response_code, p.start.elapsed().as_secs_f64());
         info
     }
 }

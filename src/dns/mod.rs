@@ -2,6 +2,8 @@
 //! and runs hickory's server on them, `metrics` counts. Reads the cluster only through
 //! `ClusterView` snapshots; never imports the HTTP side.
 
+#[cfg(target_os = "linux")]
+pub(crate) mod batch;
 pub(crate) mod handler;
 pub(crate) mod metrics;
 pub(crate) mod server;
