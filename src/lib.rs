@@ -1,8 +1,9 @@
 //! Meridian: a geo-aware edge CDN node.
 //!
 //! # Layout
-//! One binary plays two roles that a deployment mixes per machine. This build carries the
-//! **edge** role: an RFC 9111 caching reverse proxy.
+//! One binary plays two roles that a deployment mixes per machine: the **edge** role, an RFC 9111
+//! caching reverse proxy, and the **dns** role, an authoritative geo DNS front end. They never
+//! import each other; they meet only in `model` (the cluster view) and `config`.
 //!
 //! ```text
 //! main.rs        CLI → config::load → telemetry::init_logging → app::run
@@ -17,6 +18,13 @@
 //! cache/         key.rs, policy.rs (pure RFC 9111/5861/9213 decisions), entry.rs,
 //!                store.rs (the only moka import), collapse.rs
 //! origin.rs      upstream client: pools, TLS, timeouts, failover; knows nothing of caching
+//! model.rs       ClusterView: regions and edges with health, draining, load (the roles' meeting point)
+//! geoip.rs       memory-mapped MaxMind City reader: locate(ip) → coordinates, country, network
+//! steering.rs    pure: locate (coverage → GeoIP → country → default), choose (rank, spill, pick), ECS scope
+//! dns/           handler.rs (the one hickory RequestHandler), server.rs (UDP workers, TCP), batch.rs
+//!                (recvmmsg/sendmmsg), metrics.rs
+//! route.rs       `meridian route`: a decision explained
+//! geobuild.rs    `meridian geo build`: CSV → MaxMind City database
 //! admin.rs       /healthz /metrics /purge
 //! demo.rs        `meridian demo`: sample origin + the edges of config/local/, embedded
 //! ```
@@ -25,6 +33,11 @@
 //! accept → site by Host (unknown: 421) → cache key → store lookup → fresh hit |
 //! stale (stale-while-revalidate, or conditional revalidation) | miss → one collapsed origin
 //! fetch per key → storability decision → store → respond with `Age` and `Cache-Status`.
+//!
+//! # DNS data flow
+//! datagram → hickory `Request` → zone (outside every zone: REFUSED) → client subnet (ECS, else the
+//! source) → `steering::locate` → `steering::choose` on one `ClusterView` snapshot → answer with TTL
+//! and the ECS scope that is true for it.
 //!
 //! Decisions are pure functions (`cache::policy`, `cache::key`); I/O sits around them.
 

@@ -325,3 +325,103 @@ fn check_reports_cluster_map_problems() {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
 }
+
+/// Asks `server` for demo.meridian.test A with ECS 81.2.69.142/32; returns the first address.
+fn dig_london(server: std::net::SocketAddr) -> Option<std::net::IpAddr> {
+    use hickory_proto::op::{Edns, Message, Query};
+    use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    let mut m = Message::query();
+    m.metadata.id = 4242;
+    m.add_query(Query::query(
+        Name::from_ascii("demo.meridian.test.").unwrap(),
+        RecordType::A,
+    ));
+    let mut e = Edns::new();
+    e.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new(
+        "81.2.69.142".parse().unwrap(),
+        32,
+        0,
+    )));
+    m.set_edns(e);
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.send_to(&m.to_vec().unwrap(), server).unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, _) = s.recv_from(&mut buf).ok()?;
+    let r = Message::from_vec(&buf[..n]).ok()?;
+    r.answers.iter().find_map(|a| match &a.data {
+        RData::A(a) => Some(std::net::IpAddr::V4(a.0)),
+        _ => None,
+    })
+}
+
+#[test]
+fn sighup_reloads_the_cluster_map_and_keeps_the_old_one_when_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = std::fs::read_to_string("config/local/cluster.toml").unwrap();
+    std::fs::write(dir.path().join("cluster.toml"), &cluster).unwrap();
+    let geo = std::fs::canonicalize("geo/test-city.mmdb").unwrap();
+    std::fs::write(
+        dir.path().join("dns.toml"),
+        format!(
+            "id = \"hup\"\nregion = \"r\"\nroles = [\"dns\"]\ncluster_map = \"cluster.toml\"\n[log]\nformat = \"json\"\n[dns]\nlisten = [\"127.0.0.1:0\"]\ngeoip = {:?}\n",
+            geo.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut child = meridian()
+        .args(["run", "-c"])
+        .arg(dir.path().join("dns.toml"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok);
+    let started: serde_json::Value = serde_json::from_str(&lines.next().unwrap()).unwrap();
+    let dns: std::net::SocketAddr = started["dns"]
+        .as_str()
+        .unwrap()
+        .trim_matches(|c| c == '[' || c == ']')
+        .parse()
+        .unwrap();
+    let hup = || {
+        let cmd = format!("kill -HUP {}", child.id());
+        assert!(Command::new("sh")
+            .args(["-c", &cmd])
+            .status()
+            .unwrap()
+            .success());
+    };
+    assert_eq!(dig_london(dns), Some("127.0.0.12".parse().unwrap()));
+
+    let moved = format!("{cluster}\n[[coverage]]\ncidr = \"81.2.69.0/24\"\nregion = \"ap-east\"\n");
+    std::fs::write(dir.path().join("cluster.toml"), moved).unwrap();
+    hup();
+    let reloaded: serde_json::Value = serde_json::from_str(&lines.next().unwrap()).unwrap();
+    assert_eq!(reloaded["message"], "reloaded");
+    assert_eq!(dig_london(dns), Some("127.0.0.13".parse().unwrap()));
+
+    std::fs::write(
+        dir.path().join("cluster.toml"),
+        "[[region]]\nname = \"x\"\n",
+    )
+    .unwrap();
+    hup();
+    let rejected: serde_json::Value = serde_json::from_str(&lines.next().unwrap()).unwrap();
+    assert_eq!(rejected["level"], "ERROR");
+    assert!(
+        rejected["error"].as_str().unwrap().contains("cluster.toml"),
+        "{rejected}"
+    );
+    assert_eq!(
+        dig_london(dns),
+        Some("127.0.0.13".parse().unwrap()),
+        "the old map keeps answering"
+    );
+
+    let term = format!("kill -TERM {}", child.id());
+    Command::new("sh").args(["-c", &term]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+}
