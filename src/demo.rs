@@ -1,7 +1,7 @@
 //! `meridian demo`: the topology of `config/local/` in one process, on its embedded files.
 //!
 //! Starts a sample origin on `127.0.0.1:8000` (an index page and a handful of objects with varied
-//! cache headers), then the edges of `config/local/` in front of it, prints lines to try, and
+//! cache headers), then the edges and the DNS node of `config/local/`, prints lines to try, and
 //! runs until Ctrl-C. The config files are compiled in and written to a private temporary
 //! directory, then loaded through the same `config::load` as any node file: the demo needs no
 //! file outside the binary and no network beyond loopback.
@@ -27,17 +27,45 @@ use crate::config;
 /// Address of the sample origin.
 pub const ORIGIN: &str = "127.0.0.1:8000";
 
-/// The files of `config/local/`, compiled in.
-const FILES: [(&str, &str); 5] = [
-    ("edge-a.toml", include_str!("../config/local/edge-a.toml")),
-    ("edge-b.toml", include_str!("../config/local/edge-b.toml")),
-    ("edge-c.toml", include_str!("../config/local/edge-c.toml")),
-    ("origins.toml", include_str!("../config/local/origins.toml")),
-    ("admin.token", include_str!("../config/local/admin.token")),
+/// The files of `config/local/` (and the test GeoIP database they name), compiled in, at the
+/// same relative places as in the repository.
+const FILES: [(&str, &[u8]); 8] = [
+    (
+        "config/local/edge-a.toml",
+        include_bytes!("../config/local/edge-a.toml"),
+    ),
+    (
+        "config/local/edge-b.toml",
+        include_bytes!("../config/local/edge-b.toml"),
+    ),
+    (
+        "config/local/edge-c.toml",
+        include_bytes!("../config/local/edge-c.toml"),
+    ),
+    (
+        "config/local/dns.toml",
+        include_bytes!("../config/local/dns.toml"),
+    ),
+    (
+        "config/local/origins.toml",
+        include_bytes!("../config/local/origins.toml"),
+    ),
+    (
+        "config/local/cluster.toml",
+        include_bytes!("../config/local/cluster.toml"),
+    ),
+    (
+        "config/local/admin.token",
+        include_bytes!("../config/local/admin.token"),
+    ),
+    (
+        "geo/test-city.mmdb",
+        include_bytes!("../geo/test-city.mmdb"),
+    ),
 ];
 
-/// The edges the demo runs.
-const EDGES: [&str; 3] = ["edge-a.toml", "edge-b.toml", "edge-c.toml"];
+/// The nodes the demo runs.
+const NODES: [&str; 4] = ["edge-a.toml", "edge-b.toml", "edge-c.toml", "dns.toml"];
 
 /// Size of the sample large object (for ranges).
 const LARGE: usize = 8 << 20;
@@ -71,9 +99,12 @@ fn write_files() -> Result<PathBuf, DemoError> {
         path: dir.clone(),
         source,
     };
-    std::fs::create_dir_all(&dir).map_err(err)?;
-    for (name, text) in FILES {
-        std::fs::write(dir.join(name), text).map_err(err)?;
+    for (name, bytes) in FILES {
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(err)?;
+        }
+        std::fs::write(path, bytes).map_err(err)?;
     }
     Ok(dir)
 }
@@ -86,8 +117,8 @@ pub async fn run() -> Result<(), DemoError> {
     let origin = tokio::spawn(serve_origin(listener, stop.clone()));
 
     let mut nodes = Vec::new();
-    for name in EDGES {
-        let mut cfg = config::load(&dir.join(name))?;
+    for name in NODES {
+        let mut cfg = config::load(&dir.join("config/local").join(name))?;
         // One access log line per request from three edges would drown the instructions.
         cfg.node.log.access_log = false;
         let node = Node::start(cfg).await?;
@@ -95,12 +126,28 @@ pub async fn run() -> Result<(), DemoError> {
     }
     let _ = std::fs::remove_dir_all(&dir);
 
-    println!(
-        "\nMeridian demo: a sample origin on http://{ORIGIN} and three edges in front of it.\n"
-    );
+    println!("\nMeridian demo: a sample origin on http://{ORIGIN}, three edges in front of it and a DNS node.\n");
     for (name, node) in &nodes {
         if let (Some(http), Some(admin)) = (node.http_addrs().first(), node.admin_addr()) {
             println!("  {name}: http://{http}  (admin http://{admin})");
+        }
+    }
+    for (_, node) in &nodes {
+        if let Some(dns) = node.dns_addrs().first() {
+            println!("  dns:    {dns} (UDP and TCP), authoritative for meridian.test");
+            println!("\nAsk where a client would be sent (London, Seattle, Tokyo):\n");
+            for (who, subnet) in [
+                ("London", "81.2.69.142/32"),
+                ("Seattle", "216.160.83.56/29"),
+                ("Tokyo", "2001:218::/32"),
+            ] {
+                println!(
+                    "  dig @{} -p {} demo.meridian.test +subnet={subnet} +short    # {who}",
+                    dns.ip(),
+                    dns.port()
+                );
+            }
+            println!("  meridian route -c config/local/dns.toml 81.2.69.142                      # and why");
         }
     }
     if let Some((_, node)) = nodes.first() {
@@ -122,7 +169,7 @@ pub async fn run() -> Result<(), DemoError> {
 
 fn print_tries(edge: SocketAddr, admin: Option<SocketAddr>) {
     let h = "-H 'Host: demo.meridian.test'";
-    println!("\nTry (run each twice: Cache-Status goes from fwd=miss to hit):\n");
+    println!("\nThen fetch through the edge the answer names (run each twice: Cache-Status goes from fwd=miss to hit):\n");
     println!("  curl -si {h} http://{edge}/ | grep -i -e '^HTTP' -e cache-status -e '^age'");
     println!(
         "  curl -si {h} http://{edge}/news | grep -i cache-status        # stale-while-revalidate"
