@@ -49,16 +49,11 @@ impl RecvBatch {
             .iter_mut()
             .zip(self.addrs.iter_mut())
             .map(|(iov, addr)| {
-                // SAFETY: msghdr is plain old data; zeroed and then filled in field by field.
-                let mut h: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
-                h.msg_name = (addr as *mut libc::sockaddr_storage).cast();
-                h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-                h.msg_iov = iov;
-                h.msg_iovlen = 1;
-                libc::mmsghdr {
-                    msg_hdr: h,
-                    msg_len: 0,
-                }
+                header(
+                    addr,
+                    size_of::<libc::sockaddr_storage>() as libc::socklen_t,
+                    iov,
+                )
             })
             .collect();
         // SAFETY: every header points at a live buffer of DATAGRAM bytes and a live
@@ -87,6 +82,24 @@ impl RecvBatch {
     pub(crate) fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
         let addr = from_storage(&self.addrs[i])?;
         Some((&self.bufs[i][..self.lens[i]], addr))
+    }
+}
+
+/// One message header: one buffer, one peer address.
+fn header(
+    addr: &mut libc::sockaddr_storage,
+    len: libc::socklen_t,
+    iov: &mut libc::iovec,
+) -> libc::mmsghdr {
+    // SAFETY: msghdr is plain old data; zeroed and then filled in field by field.
+    let mut h: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+    h.msg_name = (addr as *mut libc::sockaddr_storage).cast();
+    h.msg_namelen = len;
+    h.msg_iov = iov;
+    h.msg_iovlen = 1;
+    libc::mmsghdr {
+        msg_hdr: h,
+        msg_len: 0,
     }
 }
 
@@ -146,7 +159,7 @@ fn to_storage(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (s, len as libc::socklen_t)
 }
 
-/// Sends `out[from..]` with as few system calls as the socket allows; returns how many went.
+/// Sends as many of `out` as the socket takes in one system call; returns how many went.
 pub(crate) fn send(fd: RawFd, out: &[(Vec<u8>, SocketAddr)]) -> io::Result<usize> {
     let mut addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)> =
         out.iter().map(|(_, a)| to_storage(a)).collect();
@@ -160,18 +173,7 @@ pub(crate) fn send(fd: RawFd, out: &[(Vec<u8>, SocketAddr)]) -> io::Result<usize
     let mut hdrs: Vec<libc::mmsghdr> = iovs
         .iter_mut()
         .zip(addrs.iter_mut())
-        .map(|(iov, (addr, len))| {
-            // SAFETY: plain old data, zeroed, then filled in.
-            let mut h: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
-            h.msg_name = (addr as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = *len;
-            h.msg_iov = iov;
-            h.msg_iovlen = 1;
-            libc::mmsghdr {
-                msg_hdr: h,
-                msg_len: 0,
-            }
-        })
+        .map(|(iov, (addr, len))| header(addr, *len, iov))
         .collect();
     // SAFETY: the headers point at buffers and addresses that live until the call returns; the
     // kernel only reads them. MSG_DONTWAIT: never blocks.

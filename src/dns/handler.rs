@@ -345,6 +345,33 @@ pub(crate) struct Prepared {
     start: Instant,
 }
 
+impl Prepared {
+    /// The response message for `request`, borrowing this decision's records.
+    fn response<'q>(
+        &'q self,
+        request: &'q Request,
+    ) -> hickory_server::zone_handler::MessageResponse<
+        'q,
+        'q,
+        impl Iterator<Item = &'q Record> + Send + 'q,
+        impl Iterator<Item = &'q Record> + Send + 'q,
+        impl Iterator<Item = &'q Record> + Send + 'q,
+        impl Iterator<Item = &'q Record> + Send + 'q,
+    > {
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        if let Some(e) = &self.edns {
+            builder.edns(e);
+        }
+        builder.build(
+            self.metadata,
+            self.answer.answers.iter(),
+            self.answer.authority.iter(),
+            std::iter::empty(),
+            self.answer.additionals.iter(),
+        )
+    }
+}
+
 impl DnsHandler {
     /// Decides the response to `request` (no I/O).
     pub(crate) fn prepare(&self, request: &Request) -> Prepared {
@@ -402,17 +429,7 @@ impl DnsHandler {
         max: u16,
         buf: &mut Vec<u8>,
     ) -> Option<ResponseInfo> {
-        let mut builder = MessageResponseBuilder::from_message_request(request);
-        if let Some(e) = &p.edns {
-            builder.edns(e);
-        }
-        let response = builder.build(
-            p.metadata,
-            p.answer.answers.iter(),
-            p.answer.authority.iter(),
-            std::iter::empty(),
-            p.answer.additionals.iter(),
-        );
+        let response = p.response(request);
         let mut encoder = hickory_proto::serialize::binary::BinEncoder::new(buf);
         encoder.set_max_size(max);
         let info = match response.destructive_emit(&mut encoder) {
@@ -436,17 +453,7 @@ impl RequestHandler for DnsHandler {
         mut response_handle: R,
     ) -> ResponseInfo {
         let p = self.prepare(request);
-        let mut builder = MessageResponseBuilder::from_message_request(request);
-        if let Some(e) = &p.edns {
-            builder.edns(e);
-        }
-        let response = builder.build(
-            p.metadata,
-            p.answer.answers.iter(),
-            p.answer.authority.iter(),
-            std::iter::empty(),
-            p.answer.additionals.iter(),
-        );
+        let response = p.response(request);
         let info = match response_handle.send_response(response).await {
             Ok(info) => info,
             Err(e) => {

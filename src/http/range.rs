@@ -148,8 +148,8 @@ pub(crate) fn multipart(
     )
 }
 
-/// A boundary that cannot occur in the parts: derived from the request, checked by length only
-/// in the rare case of collision the parts still parse because each carries its Content-Range.
+/// Seed of the multipart boundary: unpredictable per response, so a stored body cannot be crafted
+/// to contain it (a collision would let a part's bytes be read as a delimiter).
 fn boundary_seed(len: usize, ranges: &[(u64, u64)]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
