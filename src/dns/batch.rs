@@ -35,8 +35,9 @@ impl RecvBatch {
         }
     }
 
-    /// Receives up to [`BATCH`] datagrams; returns how many.
-    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+    /// Receives up to [`BATCH`] datagrams; returns how many. `wait`: block until at least one
+    /// arrives (or the socket's receive timeout passes); otherwise never block.
+    pub(crate) fn recv(&mut self, fd: RawFd, wait: bool) -> io::Result<usize> {
         let mut iovs: Vec<libc::iovec> = self
             .bufs
             .iter_mut()
@@ -59,12 +60,17 @@ impl RecvBatch {
         // SAFETY: every header points at a live buffer of DATAGRAM bytes and a live
         // sockaddr_storage, all owned by `self` or this frame and outliving the call; the kernel
         // writes at most those sizes. MSG_DONTWAIT: never blocks.
+        let flags = if wait {
+            libc::MSG_WAITFORONE
+        } else {
+            libc::MSG_DONTWAIT
+        };
         let n = unsafe {
             libc::recvmmsg(
                 fd,
                 hdrs.as_mut_ptr(),
                 BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
+                flags,
                 std::ptr::null_mut(),
             )
         };
@@ -160,7 +166,8 @@ fn to_storage(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 }
 
 /// Sends as many of `out` as the socket takes in one system call; returns how many went.
-pub(crate) fn send(fd: RawFd, out: &[(Vec<u8>, SocketAddr)]) -> io::Result<usize> {
+/// `wait`: block until the socket takes some; otherwise never block.
+pub(crate) fn send(fd: RawFd, out: &[(Vec<u8>, SocketAddr)], wait: bool) -> io::Result<usize> {
     let mut addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)> =
         out.iter().map(|(_, a)| to_storage(a)).collect();
     let mut iovs: Vec<libc::iovec> = out
@@ -177,14 +184,8 @@ pub(crate) fn send(fd: RawFd, out: &[(Vec<u8>, SocketAddr)]) -> io::Result<usize
         .collect();
     // SAFETY: the headers point at buffers and addresses that live until the call returns; the
     // kernel only reads them. MSG_DONTWAIT: never blocks.
-    let n = unsafe {
-        libc::sendmmsg(
-            fd,
-            hdrs.as_mut_ptr(),
-            hdrs.len() as libc::c_uint,
-            libc::MSG_DONTWAIT,
-        )
-    };
+    let flags = if wait { 0 } else { libc::MSG_DONTWAIT };
+    let n = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), hdrs.len() as libc::c_uint, flags) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
