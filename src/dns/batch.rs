@@ -35,9 +35,8 @@ impl RecvBatch {
         }
     }
 
-    /// Receives up to [`BATCH`] datagrams; returns how many. `wait`: block until at least one
-    /// arrives (or the socket's receive timeout passes); otherwise never block.
-    pub(crate) fn recv(&mut self, fd: RawFd, wait: bool) -> io::Result<usize> {
+    /// Receives up to [`BATCH`] datagrams; returns how many.
+    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         let mut iovs: Vec<libc::iovec> = self
             .bufs
             .iter_mut()
@@ -60,17 +59,12 @@ impl RecvBatch {
         // SAFETY: every header points at a live buffer of DATAGRAM bytes and a live
         // sockaddr_storage, all owned by `self` or this frame and outliving the call; the kernel
         // writes at most those sizes. MSG_DONTWAIT: never blocks.
-        let flags = if wait {
-            libc::MSG_WAITFORONE
-        } else {
-            libc::MSG_DONTWAIT
-        };
         let n = unsafe {
             libc::recvmmsg(
                 fd,
                 hdrs.as_mut_ptr(),
                 BATCH as libc::c_uint,
-                flags,
+                libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )
         };
@@ -166,8 +160,7 @@ fn to_storage(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 }
 
 /// Sends as many of `out` as the socket takes in one system call; returns how many went.
-/// `wait`: block until the socket takes some; otherwise never block.
-pub(crate) fn send(fd: RawFd, out: &[(Vec<u8>, SocketAddr)], wait: bool) -> io::Result<usize> {
+pub(crate) fn send(fd: RawFd, out: &[(Vec<u8>, SocketAddr)]) -> io::Result<usize> {
     let mut addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)> =
         out.iter().map(|(_, a)| to_storage(a)).collect();
     let mut iovs: Vec<libc::iovec> = out
@@ -184,8 +177,14 @@ pub(crate) fn send(fd: RawFd, out: &[(Vec<u8>, SocketAddr)], wait: bool) -> io::
         .collect();
     // SAFETY: the headers point at buffers and addresses that live until the call returns; the
     // kernel only reads them. MSG_DONTWAIT: never blocks.
-    let flags = if wait { 0 } else { libc::MSG_DONTWAIT };
-    let n = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), hdrs.len() as libc::c_uint, flags) };
+    let n = unsafe {
+        libc::sendmmsg(
+            fd,
+            hdrs.as_mut_ptr(),
+            hdrs.len() as libc::c_uint,
+            libc::MSG_DONTWAIT,
+        )
+    };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
