@@ -239,6 +239,13 @@ impl Node {
     }
 }
 
+impl Drop for Node {
+    /// A node dropped without [`Node::shutdown`] still stops: its listeners and tasks end.
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT.
 pub async fn terminated() {
     #[cfg(unix)]
