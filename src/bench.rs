@@ -132,9 +132,7 @@ impl HitPath {
 /// GeoIP database, without sockets.
 pub struct Decision {
     view: crate::model::ClusterView,
-    coverage: Vec<(ipnet::IpNet, usize)>,
-    countries: Vec<(String, usize)>,
-    geoip: crate::geoip::GeoIp,
+    tables: crate::dns::handler::Tables,
     default_region: usize,
     policy: crate::steering::Policy,
 }
@@ -153,19 +151,12 @@ impl Decision {
             .as_ref()
             .and_then(|d| d.geoip.clone())
             .unwrap_or_else(|| panic!("no geoip"));
+        let geoip = crate::geoip::GeoIp::open(&geo).unwrap_or_else(|e| panic!("{e}"));
         let zone = &map.zones[0];
-        let mut coverage = map.coverage.clone();
-        coverage.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));
         Decision {
             view: crate::model::ClusterView::from_map(map),
-            coverage,
-            countries: map
-                .regions
-                .iter()
-                .enumerate()
-                .flat_map(|(i, r)| r.countries.iter().map(move |c| (c.clone(), i)))
-                .collect(),
-            geoip: crate::geoip::GeoIp::open(&geo).unwrap_or_else(|e| panic!("{e}")),
+            tables: crate::dns::handler::Tables::new(map, Some(Arc::new(geoip)))
+                .unwrap_or_else(|e| panic!("{e}")),
             default_region: zone.default_region,
             policy: crate::steering::Policy {
                 answers: zone.answers,
@@ -176,13 +167,14 @@ impl Decision {
 
     /// Decides for one client subnet; returns the number of edges answered and the scope.
     pub fn decide(&self, ip: std::net::IpAddr, source_prefix: u8) -> (usize, u8) {
-        use crate::steering::{choose, locate, scope, subnet_hash, Locator};
-        let loc = Locator {
-            coverage: &self.coverage,
-            countries: &self.countries,
-            geoip: Some(&self.geoip),
-        };
-        let place = locate(&loc, &self.view, ip, source_prefix, self.default_region);
+        use crate::steering::{choose, locate, scope, subnet_hash};
+        let place = locate(
+            &self.tables.locator(),
+            &self.view,
+            ip,
+            source_prefix,
+            self.default_region,
+        );
         let (hash, hash_prefix) = subnet_hash(ip, source_prefix);
         let choice = choose(&self.view, &place, self.policy, hash);
         (choice.edges.len(), scope(&place, &choice, hash_prefix))

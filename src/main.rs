@@ -56,6 +56,38 @@ enum GeoCommand {
     },
 }
 
+/// Loads a node file, printing every problem on failure.
+fn load(path: &std::path::Path) -> Result<meridian::config::Config, ExitCode> {
+    meridian::config::load(path).map_err(|e| {
+        eprint!("{e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// Runs `work` on a multi-threaded runtime; `what` names it in errors.
+fn block_on<E: std::fmt::Display>(
+    what: &str,
+    work: impl std::future::Future<Output = Result<(), E>>,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(work) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{what}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -65,31 +97,12 @@ fn main() -> ExitCode {
                 level: "warn".into(),
                 access_log: false,
             });
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(meridian::demo::run()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("meridian demo: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            block_on("meridian demo", meridian::demo::run())
         }
         Command::Route { config, ip, name } => {
-            let cfg = match meridian::config::load(&config) {
+            let cfg = match load(&config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprint!("{e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             match meridian::route::explain(&cfg, ip, name.as_deref()) {
                 Ok(text) => {
@@ -114,7 +127,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Check { config } => match meridian::config::load(&config) {
+        Command::Check { config } => match load(&config) {
             Ok(c) => {
                 println!(
                     "{}: ok (node {}, region {}, {} site{})",
@@ -126,37 +139,15 @@ fn main() -> ExitCode {
                 );
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprint!("{e}");
-                ExitCode::FAILURE
-            }
+            Err(code) => code,
         },
         Command::Run { config } => {
-            let cfg = match meridian::config::load(&config) {
+            let cfg = match load(&config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprint!("{e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             meridian::telemetry::init_logging(&cfg.node.log);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(meridian::app::run(cfg)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("meridian: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            block_on("meridian", meridian::app::run(cfg))
         }
     }
 }

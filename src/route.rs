@@ -10,9 +10,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::dns::handler::Tables;
 use crate::geoip::GeoIp;
 use crate::model::ClusterView;
-use crate::steering::{self, Locator, Policy, Source};
+use crate::steering::{self, Policy, Source};
 
 /// Explains the decision for `ip` asking for `name` (the first name of the first zone if none).
 pub fn explain(config: &Config, ip: IpAddr, name: Option<&str>) -> Result<String, String> {
@@ -50,19 +51,9 @@ pub fn explain(config: &Config, ip: IpAddr, name: Option<&str>) -> Result<String
         }
     };
     let view = ClusterView::from_map(map);
-    let mut coverage = map.coverage.clone();
-    coverage.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));
-    let countries: Vec<(String, usize)> = map
-        .regions
-        .iter()
-        .enumerate()
-        .flat_map(|(i, r)| r.countries.iter().map(move |c| (c.clone(), i)))
-        .collect();
-    let locator = Locator {
-        coverage: &coverage,
-        countries: &countries,
-        geoip: geoip.as_deref(),
-    };
+    // The same tables a DNS node answers from, so route and queries cannot disagree.
+    let tables = Tables::new(map, geoip)?;
+    let locator = tables.locator();
     // The address is the client's own: an ECS option carrying all of it.
     let source_prefix = steering::full_prefix(ip);
     let place = steering::locate(&locator, &view, ip, source_prefix, zone.default_region);

@@ -150,6 +150,15 @@ impl Tables {
             geoip,
         })
     }
+
+    /// What `steering::locate` needs from these tables.
+    pub(crate) fn locator(&self) -> Locator<'_> {
+        Locator {
+            coverage: &self.coverage,
+            countries: &self.countries,
+            geoip: self.geoip.as_deref(),
+        }
+    }
 }
 
 /// Why a query is answered with an error code.
@@ -301,11 +310,7 @@ impl DnsHandler {
         out: &mut Answer,
     ) {
         let view = self.view.load();
-        let locator = Locator {
-            coverage: &tables.coverage,
-            countries: &tables.countries,
-            geoip: tables.geoip.as_deref(),
-        };
+        let locator = tables.locator();
         let place = steering::locate(
             &locator,
             &view,
@@ -316,7 +321,7 @@ impl DnsHandler {
         let (hash, hash_prefix) = steering::subnet_hash(client.ip, client.source_prefix);
         let choice = steering::choose(&view, &place, zone.policy, hash);
         out.scope = steering::scope(&place, &choice, hash_prefix);
-        self.metrics.choice(&choice, view.regions.len());
+        self.metrics.choice(&choice);
         let want_v6 = qtype == RecordType::AAAA;
         for &i in &choice.edges {
             let Some(e) = view.edges.get(i) else { continue };

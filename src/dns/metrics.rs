@@ -79,7 +79,7 @@ impl DnsMetrics {
         self.latency.record(seconds);
     }
 
-    pub(crate) fn choice(&self, choice: &Choice, _regions: usize) {
+    pub(crate) fn choice(&self, choice: &Choice) {
         if choice.spilled {
             self.spills.increment(1);
         }
