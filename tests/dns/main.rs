@@ -106,18 +106,28 @@ async fn ecs_clients_land_on_the_nearest_edge_with_true_scopes() {
 
 #[tokio::test]
 async fn without_ecs_the_source_address_decides_and_nothing_is_echoed() {
-    let d = Dns::local().await;
+    // The querying socket's address (127.0.0.1) is pinned to ap-east: only the source address
+    // can lead there, since the default region is eu-west.
+    let cluster =
+        format!("{LOCAL_CLUSTER}\n[[coverage]]\ncidr = \"127.0.0.0/8\"\nregion = \"ap-east\"\n");
+    let d = Dns::start(&cluster).await;
     let m = ask(d.udp, &Ask::new("demo.meridian.test.", RecordType::A)).await;
-    // 127.0.0.1 is in no coverage zone and not in the GeoIP data: the default region, eu-west.
-    assert_eq!(addresses(&m), [ip("127.0.0.12")]);
+    assert_eq!(addresses(&m), [ip("127.0.0.13")]);
     assert!(ecs_of(&m).is_none());
-    // A /0 ECS asks not to use the subnet: answered for the resolver, scope 0.
+    // With ECS, the subnet decides, not the source.
+    let m = ask(
+        d.udp,
+        &Ask::new("demo.meridian.test.", RecordType::A).ecs("81.2.69.142/32"),
+    )
+    .await;
+    assert_eq!(addresses(&m), [ip("127.0.0.12")]);
+    // A /0 ECS asks not to use the subnet: answered for the resolver (its source), scope 0.
     let m = ask(
         d.udp,
         &Ask::new("demo.meridian.test.", RecordType::A).ecs("0.0.0.0/0"),
     )
     .await;
-    assert_eq!(addresses(&m), [ip("127.0.0.12")]);
+    assert_eq!(addresses(&m), [ip("127.0.0.13")]);
     assert_eq!(ecs_of(&m).map(|e| e.2), Some(0));
 }
 
