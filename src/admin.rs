@@ -1,5 +1,6 @@
-//! The admin API on its own listener: `GET /healthz`, `GET /metrics` (Prometheus text) and
-//! `POST /purge` (by url, prefix or `Surrogate-Key` tag).
+//! The admin API on its own listener: `GET /healthz`, `GET /metrics` (Prometheus text),
+//! `GET /cluster` (the members gossip reports), `POST /purge` (by url, prefix or `Surrogate-Key`
+//! tag) and `POST /drain` (`DELETE /drain` takes it back).
 //!
 //! Mutations need `Authorization: Bearer TOKEN` with the token from the node file's
 //! `admin.token_file`; without it the answer is 401 and nothing changes. Reads the edge's store
@@ -7,7 +8,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cache::key;
+use crate::gossip::Gossip;
 use crate::http::handler::EdgeState;
 use crate::load::LoadCounters;
 use crate::telemetry::prometheus;
@@ -34,7 +35,9 @@ const MAX_BODY: usize = 64 << 10;
 pub(crate) struct AdminState {
     pub(crate) token: Option<String>,
     pub(crate) edge: Option<Arc<EdgeState>>,
-    pub(crate) draining: AtomicBool,
+    pub(crate) gossip: Option<Arc<Gossip>>,
+    /// Whether this node drains; gossip announces every change.
+    pub(crate) drain: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -84,7 +87,7 @@ fn authorized(state: &AdminState, req: &Request<Incoming>) -> bool {
 async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> AdminResponse {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => {
-            if state.draining.load(Ordering::Relaxed) {
+            if *state.drain.borrow() {
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
             } else {
                 reply(StatusCode::OK, "text/plain", "ok\n")
@@ -136,11 +139,54 @@ async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> AdminResponse 
                 Err(message) => error(StatusCode::BAD_REQUEST, &message),
             }
         }
-        (_, "/healthz" | "/metrics" | "/purge") => {
+        (&Method::GET, "/cluster") => json(StatusCode::OK, cluster(&state)),
+        (&Method::POST | &Method::DELETE, "/drain") => {
+            if !authorized(&state, &req) {
+                return error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+            }
+            let on = req.method() == Method::POST;
+            if state.drain.send_replace(on) != on {
+                tracing::info!(draining = on, "drain changed through the admin API");
+            }
+            json(StatusCode::OK, serde_json::json!({ "draining": on }))
+        }
+        (_, "/healthz" | "/metrics" | "/purge" | "/cluster" | "/drain") => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
     }
+}
+
+/// The members as this node last heard them.
+fn cluster(state: &AdminState) -> serde_json::Value {
+    let Some(gossip) = &state.gossip else {
+        return serde_json::json!({ "gossip": false, "members": [] });
+    };
+    let now = std::time::Instant::now();
+    let members: Vec<serde_json::Value> = gossip
+        .members()
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "id": m.id,
+                "self": m.is_self,
+                "roles": m.roles,
+                "region": m.region,
+                "state": m.state.as_str(),
+                "healthy": m.state == crate::model::MemberState::Alive,
+                "draining": m.draining,
+                "load": m.load,
+                "weight": m.weight,
+                "addresses": m.addresses,
+                "gossip": m.gossip_addr,
+                "generation": m.generation,
+                "version": m.version,
+                "started": m.started,
+                "last_heard_ms": now.saturating_duration_since(m.last_heard).as_millis() as u64,
+            })
+        })
+        .collect();
+    serde_json::json!({ "gossip": true, "members": members })
 }
 
 async fn purge_objects(edge: &EdgeState, purge: PurgeRequest) -> Result<usize, String> {

@@ -6,22 +6,26 @@
 //! return (every spawned task is tracked).
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
-use crate::config::Config;
+use crate::config::{ClusterMap, Config};
 use crate::dns::handler::{DnsHandler, Tables};
 use crate::dns::metrics::DnsMetrics;
 use crate::geoip::GeoIp;
+use crate::gossip::{Gossip, SelfInfo};
 use crate::http::handler::{EdgeState, Sites};
 use crate::http::server::{self, Limits};
-use crate::model::ClusterView;
+use crate::load::Capacity;
+use crate::model::{ClusterView, Member};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,14 +46,22 @@ pub enum StartError {
     /// The DNS role could not be set up.
     #[error("{0}")]
     Dns(String),
+    /// Gossip could not start.
+    #[error(transparent)]
+    Gossip(#[from] crate::gossip::GossipError),
 }
 
 /// The DNS role's reloadable state.
 pub(crate) struct DnsRole {
     node_file: std::path::PathBuf,
-    tables: Arc<arc_swap::ArcSwap<Tables>>,
-    view: Arc<arc_swap::ArcSwap<ClusterView>>,
+    tables: Arc<ArcSwap<Tables>>,
+    view: Arc<ArcSwap<ClusterView>>,
     metrics: Arc<DnsMetrics>,
+    map: ArcSwap<ClusterMap>,
+    /// What gossip says of the members; `None` when this node does not gossip.
+    members: Option<watch::Receiver<Arc<Vec<Member>>>>,
+    /// Set once this node has gossiped long enough to have heard of every running edge.
+    settled: AtomicBool,
 }
 
 impl DnsRole {
@@ -69,8 +81,46 @@ impl DnsRole {
                 .collect::<Vec<_>>(),
         );
         self.tables.store(Arc::new(tables));
-        self.view.store(Arc::new(ClusterView::from_map(map)));
+        self.map.store(Arc::new(map.clone()));
+        self.refresh();
         Ok(())
+    }
+
+    /// Builds the next cluster view from the map and the members heard, and swaps it in.
+    fn refresh(&self) {
+        let map = self.map.load();
+        let view = match &self.members {
+            Some(members) => ClusterView::from_members(
+                &map,
+                &members.borrow(),
+                self.settled.load(Ordering::Relaxed),
+            ),
+            None => ClusterView::from_map(&map),
+        };
+        self.view.store(Arc::new(view));
+    }
+
+    /// Rebuilds the view on every change of the member list, and once when the view settles.
+    async fn follow(self: Arc<Self>, settle: Duration, shutdown: CancellationToken) {
+        let Some(mut members) = self.members.clone() else {
+            return;
+        };
+        let settled = tokio::time::sleep(settle);
+        tokio::pin!(settled);
+        loop {
+            tokio::select! {
+                r = members.changed() => {
+                    if r.is_err() {
+                        break;
+                    }
+                }
+                _ = &mut settled, if !self.settled.load(Ordering::Relaxed) => {
+                    self.settled.store(true, Ordering::Relaxed);
+                }
+                _ = shutdown.cancelled() => break,
+            }
+            self.refresh();
+        }
     }
 }
 
@@ -87,6 +137,9 @@ pub struct Node {
     dns_addrs: Vec<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     dns: Option<Arc<DnsRole>>,
+    gossip: Option<Arc<Gossip>>,
+    drain: Arc<watch::Sender<bool>>,
+    drain_wait: Duration,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     grace: Duration,
@@ -108,8 +161,10 @@ impl Node {
         let mut http_addrs = Vec::new();
         let mut edge_state = None;
         let mut grace = Duration::from_secs(10);
+        let mut drain_wait = Duration::ZERO;
         if let Some(edge) = &node.edge {
             grace = edge.shutdown_grace;
+            drain_wait = edge.drain_wait.unwrap_or_default();
             let sites = Sites::new(&config.sites).map_err(StartError::Site)?;
             let state = Arc::new(EdgeState::new(
                 &node.id,
@@ -139,10 +194,10 @@ impl Node {
         let mut dns_role = None;
         if let (Some(dns), Some(map)) = (&node.dns, &config.cluster) {
             let geoip = open_geoip(dns).map_err(StartError::Dns)?;
-            let tables = Arc::new(arc_swap::ArcSwap::from_pointee(
+            let tables = Arc::new(ArcSwap::from_pointee(
                 Tables::new(map, geoip).map_err(StartError::Dns)?,
             ));
-            let view = Arc::new(arc_swap::ArcSwap::from_pointee(ClusterView::from_map(map)));
+            let view = Arc::new(ArcSwap::from_pointee(ClusterView::from_map(map)));
             let regions: Vec<String> = map.regions.iter().map(|r| r.name.clone()).collect();
             let metrics = Arc::new(DnsMetrics::new(&node.id, &regions));
             let handler = DnsHandler {
@@ -163,12 +218,63 @@ impl Node {
                 what: "dns.listen",
                 source,
             })?;
-            dns_role = Some(Arc::new(DnsRole {
+            dns_role = Some(DnsRole {
                 node_file: node.path.clone(),
                 tables,
                 view,
                 metrics,
-            }));
+                map: ArcSwap::from_pointee(map.clone()),
+                members: None,
+                settled: AtomicBool::new(false),
+            });
+        }
+        let drain = Arc::new(watch::channel(false).0);
+        let mut gossip = None;
+        if let Some(g) = &node.gossip {
+            let mut roles = Vec::new();
+            if node.edge.is_some() {
+                roles.push("edge");
+            }
+            if node.dns.is_some() {
+                roles.push("dns");
+            }
+            let weight = config
+                .cluster
+                .as_ref()
+                .and_then(|m| m.edges.iter().find(|e| e.id == node.id))
+                .map_or(1.0, |e| e.capacity);
+            let capacity = node.edge.as_ref().map(|e| Capacity {
+                requests_per_second: e.capacity_requests_per_second,
+                connections: e.capacity_connections,
+                egress_per_second: e.capacity_egress_per_second,
+            });
+            let agent = Gossip::start(
+                g,
+                SelfInfo {
+                    id: node.id.clone(),
+                    region: node.region.clone(),
+                    roles,
+                    addresses: node
+                        .edge
+                        .as_ref()
+                        .map(|e| e.public_addresses.clone())
+                        .unwrap_or_default(),
+                    weight,
+                    capacity,
+                },
+            )
+            .await?;
+            if let (Some(state), Some(capacity)) = (&edge_state, capacity) {
+                agent.publish_edge(state.load.clone(), capacity, drain.subscribe());
+            }
+            if let Some(role) = dns_role.as_mut() {
+                role.members = Some(agent.subscribe());
+            }
+            gossip = Some(agent);
+        }
+        let dns_role = dns_role.map(Arc::new);
+        if let (Some(role), Some(agent)) = (&dns_role, &gossip) {
+            tracker.spawn(role.clone().follow(agent.settle, shutdown.clone()));
         }
         let mut admin_addr = None;
         if let Some(admin) = &node.admin {
@@ -177,7 +283,8 @@ impl Node {
             let state = Arc::new(AdminState {
                 token: admin.token.clone(),
                 edge: edge_state.clone(),
-                draining: AtomicBool::new(false),
+                gossip: gossip.clone(),
+                drain: drain.clone(),
             });
             tracker.spawn(admin::serve(
                 listener,
@@ -192,6 +299,9 @@ impl Node {
             dns_addrs,
             admin_addr,
             dns: dns_role,
+            gossip,
+            drain,
+            drain_wait,
             shutdown,
             tracker,
             grace,
@@ -209,12 +319,16 @@ impl Node {
     }
 
     /// Reloads what can change without a restart (the DNS role's cluster map and GeoIP
-    /// database): validated whole and swapped atomically, or rejected with the old state kept.
+    /// database, the gossip keyring): validated whole and swapped atomically, or rejected with
+    /// the old state kept.
     pub fn reload(&self) -> Result<(), String> {
-        match &self.dns {
-            Some(d) => d.reload(),
-            None => Ok(()),
+        if let Some(d) = &self.dns {
+            d.reload()?;
         }
+        if let Some(g) = &self.gossip {
+            g.reload_keys()?;
+        }
+        Ok(())
     }
 
     /// Address of the admin listener.
@@ -222,9 +336,17 @@ impl Node {
         self.admin_addr
     }
 
-    /// Stops accepting, lets in-flight requests finish within the grace period, and returns.
-    /// Returns `false` if the grace period ran out first.
-    pub async fn shutdown(self) -> bool {
+    /// Shuts down in order: announces draining (DNS stops handing this edge out at once), keeps
+    /// serving for the drain wait (while resolvers forget it), stops accepting and lets in-flight
+    /// requests finish within the grace period, then leaves the cluster. Returns `false` if the
+    /// grace period ran out first.
+    pub async fn shutdown(mut self) -> bool {
+        self.drain.send_replace(true);
+        let gossip = self.gossip.take();
+        if gossip.is_some() && !self.drain_wait.is_zero() {
+            tracing::info!(wait = ?self.drain_wait, "draining: serving until resolvers let go of this edge");
+            tokio::time::sleep(self.drain_wait).await;
+        }
         self.shutdown.cancel();
         self.tracker.close();
         let finished = tokio::time::timeout(self.grace, self.tracker.wait())
@@ -235,6 +357,9 @@ impl Node {
         } else {
             tracing::warn!(grace = ?self.grace, "grace period over; abandoning unfinished requests");
         }
+        if let Some(g) = gossip {
+            g.leave().await;
+        }
         finished
     }
 }
@@ -243,6 +368,9 @@ impl Drop for Node {
     /// A node dropped without [`Node::shutdown`] still stops: its listeners and tasks end.
     fn drop(&mut self) {
         self.shutdown.cancel();
+        if let Some(g) = &self.gossip {
+            g.stop();
+        }
     }
 }
 

@@ -50,6 +50,11 @@ impl HitPath {
             max_header_size: 16 << 10,
             max_connections: 1000,
             shutdown_grace: Duration::from_secs(1),
+            drain_wait: Some(Duration::ZERO),
+            public_addresses: vec![],
+            capacity_requests_per_second: 10_000.0,
+            capacity_connections: 1000.0,
+            capacity_egress_per_second: (1u64 << 30) as f64,
         };
         let sites = Sites::new(&[site()]).unwrap_or_else(|e| panic!("{e}"));
         let state = Arc::new(EdgeState::new(
@@ -178,5 +183,77 @@ impl Decision {
         let (hash, hash_prefix) = subnet_hash(ip, source_prefix);
         let choice = choose(&self.view, &place, self.policy, hash);
         (choice.edges.len(), scope(&place, &choice, hash_prefix))
+    }
+}
+
+/// One gossip agent of the cluster simulation (`benches/gossip_sim.rs`), on the real sealed
+/// transport over loopback UDP.
+pub struct GossipNode {
+    gossip: Arc<crate::gossip::Gossip>,
+}
+
+impl GossipNode {
+    /// Starts an edge-role agent `id` in region `region` on `listen`, joining through `seeds`,
+    /// with the key file at `key_file`.
+    pub async fn start(
+        id: &str,
+        region: &str,
+        listen: std::net::SocketAddr,
+        seeds: Vec<String>,
+        key_file: &std::path::Path,
+        interval: Duration,
+    ) -> GossipNode {
+        let config = crate::config::GossipConfig {
+            listen,
+            advertise: listen,
+            seeds,
+            cluster: "sim".into(),
+            key_file: Some(key_file.to_path_buf()),
+            interval,
+            failure_timeout: interval * 8,
+        };
+        let me = crate::gossip::SelfInfo {
+            id: id.into(),
+            region: region.into(),
+            roles: vec!["edge"],
+            addresses: vec![listen.ip()],
+            weight: 1.0,
+            capacity: None,
+        };
+        let gossip = crate::gossip::Gossip::start(&config, me)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        GossipNode { gossip }
+    }
+
+    /// Publishes a load figure, as the edge's load meter would.
+    pub async fn set_load(&self, load: f64) {
+        self.gossip.publish_load(load).await;
+    }
+
+    /// The load this node last heard from `id`.
+    pub fn load_of(&self, id: &str) -> Option<f64> {
+        self.gossip
+            .members()
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| m.load)
+    }
+
+    /// Members this node holds alive (itself included).
+    pub fn alive(&self) -> usize {
+        self.gossip
+            .members()
+            .iter()
+            .filter(|m| m.state == crate::model::MemberState::Alive)
+            .count()
+    }
+
+    /// Gossip bytes this node has sent.
+    pub fn bytes_sent(&self) -> u64 {
+        self.gossip
+            .totals
+            .bytes_sent
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }

@@ -117,6 +117,17 @@ impl Report<'_> {
         }
     }
 
+    fn positive(&mut self, key: &str, value: Option<f64>, default: f64) -> f64 {
+        match value {
+            None => default,
+            Some(v) if v.is_finite() && v > 0.0 => v,
+            Some(v) => {
+                self.add(key, format!("{v} must be a number greater than zero"));
+                default
+            }
+        }
+    }
+
     fn addr(&mut self, key: &str, text: &str) -> Option<SocketAddr> {
         match text.parse() {
             Ok(a) => Some(a),
@@ -150,6 +161,22 @@ struct RawNode {
     edge: Option<RawEdge>,
     dns: Option<RawDns>,
     admin: Option<RawAdmin>,
+    gossip: Option<RawGossip>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGossip {
+    listen: String,
+    advertise: Option<String>,
+    #[serde(default)]
+    seeds: Vec<String>,
+    cluster: Option<String>,
+    key_file: Option<String>,
+    #[serde(default)]
+    insecure: bool,
+    interval: Option<String>,
+    failure_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,6 +210,18 @@ struct RawEdge {
     max_header_size: Option<String>,
     max_connections: Option<usize>,
     shutdown_grace: Option<String>,
+    drain_wait: Option<String>,
+    public_addresses: Option<Vec<String>>,
+    #[serde(default)]
+    capacity: RawCapacity,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCapacity {
+    requests_per_second: Option<f64>,
+    connections: Option<f64>,
+    egress_per_second: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -426,6 +465,29 @@ pub struct NodeConfig {
     pub dns: Option<DnsConfig>,
     /// The admin listener, when configured.
     pub admin: Option<AdminConfig>,
+    /// Cluster membership, when configured.
+    pub gossip: Option<GossipConfig>,
+}
+
+/// Cluster membership by gossip.
+#[derive(Debug, Clone)]
+pub struct GossipConfig {
+    /// UDP address the gossip agent binds.
+    pub listen: SocketAddr,
+    /// Address peers reach this node at (`listen` unless it is a wildcard).
+    pub advertise: SocketAddr,
+    /// `host:port` of nodes to join through (names are resolved, and again every minute).
+    pub seeds: Vec<String>,
+    /// Cluster name: nodes of other clusters are not heard (it is authenticated in every packet).
+    pub cluster: String,
+    /// The key file (one base64 AES-256 key per line, the sealing key first); `None` only with
+    /// `insecure = true`.
+    pub key_file: Option<PathBuf>,
+    /// Time between gossip rounds.
+    pub interval: Duration,
+    /// A node not heard from for about this long is declared dead (sooner in small clusters,
+    /// where its news arrives more often than once a round).
+    pub failure_timeout: Duration,
 }
 
 /// Log format and level.
@@ -458,6 +520,18 @@ pub struct EdgeConfig {
     pub max_connections: usize,
     /// Time in-flight requests get to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// On shutdown, time between announcing draining and closing the listeners, so resolvers
+    /// that cached this edge stop sending users (at most the DNS TTL; the TTL by default).
+    pub drain_wait: Option<Duration>,
+    /// Addresses users reach this edge at, as published by gossip (by default the cluster
+    /// map's entry for this node id, else the listen addresses).
+    pub public_addresses: Vec<std::net::IpAddr>,
+    /// Requests per second the edge is built for (utilisation 1.0).
+    pub capacity_requests_per_second: f64,
+    /// Open client connections the edge is built for.
+    pub capacity_connections: f64,
+    /// Egress bytes per second the edge is built for.
+    pub capacity_egress_per_second: f64,
 }
 
 /// The admin listener.
@@ -607,11 +681,45 @@ fn load_into(path: &Path, problems: &mut Vec<Problem>) -> Option<Config> {
             None
         }
     };
+    let mut node = node;
+    settle_edge(&mut node, cluster.as_ref(), problems);
     Some(Config {
         node,
         sites,
         cluster,
     })
+}
+
+/// Fills what the edge's settings take from the cluster map: its public addresses and the
+/// drain wait, which the longest DNS TTL bounds.
+fn settle_edge(node: &mut NodeConfig, cluster: Option<&ClusterMap>, problems: &mut Vec<Problem>) {
+    let Some(edge) = node.edge.as_mut() else {
+        return;
+    };
+    let ttl = cluster.and_then(|m| m.zones.iter().map(|z| z.ttl).max());
+    match (edge.drain_wait, ttl) {
+        (Some(wait), Some(ttl)) if wait > ttl => problems.push(Problem {
+            file: node.path.clone(),
+            key: "edge.drain_wait".into(),
+            reason: format!(
+                "{wait:?} is longer than the longest DNS TTL of the cluster map ({ttl:?}): resolvers stop sending users after one TTL"
+            ),
+        }),
+        (None, _) => edge.drain_wait = Some(if node.gossip.is_some() { ttl.unwrap_or(Duration::ZERO) } else { Duration::ZERO }),
+        _ => {}
+    }
+    if edge.public_addresses.is_empty() {
+        edge.public_addresses = cluster
+            .and_then(|m| m.edges.iter().find(|e| e.id == node.id))
+            .map(|e| e.addresses.clone())
+            .unwrap_or_else(|| {
+                edge.listen
+                    .iter()
+                    .map(|a| a.ip())
+                    .filter(|ip| !ip.is_unspecified())
+                    .collect()
+            });
+    }
 }
 
 /// Reads and validates a cluster map on its own (for reloads).
@@ -977,6 +1085,8 @@ fn validate_node(path: &Path, raw: &RawNode, problems: &mut Vec<Problem>) -> Nod
         AdminConfig { listen, token }
     });
 
+    let gossip = raw.gossip.as_ref().map(|g| validate_gossip(&mut r, g));
+
     NodeConfig {
         path: path.to_path_buf(),
         id: raw.id.clone(),
@@ -985,6 +1095,95 @@ fn validate_node(path: &Path, raw: &RawNode, problems: &mut Vec<Problem>) -> Nod
         edge,
         dns,
         admin,
+        gossip,
+    }
+}
+
+fn validate_gossip(r: &mut Report<'_>, g: &RawGossip) -> GossipConfig {
+    let fallback = SocketAddr::from(([127, 0, 0, 1], 7946));
+    let listen = r.addr("gossip.listen", &g.listen).unwrap_or(fallback);
+    let advertise = match &g.advertise {
+        Some(a) => r.addr("gossip.advertise", a).unwrap_or(listen),
+        None => listen,
+    };
+    if advertise.ip().is_unspecified() {
+        r.add(
+            "gossip.advertise",
+            format!(
+                "peers cannot reach {advertise}: name the address they should use when gossip.listen is a wildcard"
+            ),
+        );
+    }
+    if advertise.port() == 0 {
+        r.add(
+            "gossip.advertise",
+            "needs a port other than 0: peers and seeds name it",
+        );
+    }
+    for (i, seed) in g.seeds.iter().enumerate() {
+        let ok = seed.parse::<SocketAddr>().is_ok()
+            || seed
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !ok {
+            r.add(
+                format!("gossip.seeds[{i}]"),
+                format!(
+                    "{seed:?} is not host:port (e.g. \"10.0.0.1:7946\" or \"seeds.example:7946\")"
+                ),
+            );
+        }
+    }
+    let cluster = g.cluster.clone().unwrap_or_else(|| "meridian".to_string());
+    if cluster.trim().is_empty() {
+        r.add("gossip.cluster", "must not be empty");
+    }
+    let key_file = match (&g.key_file, g.insecure) {
+        (Some(name), false) => {
+            let key_path = resolve(r.file, name);
+            if let Err(e) = crate::gossip::Keyring::load(&key_path) {
+                r.add("gossip.key_file", e);
+            }
+            Some(key_path)
+        }
+        (Some(_), true) => {
+            r.add(
+                "gossip.insecure",
+                "is true but gossip.key_file is set too: choose one",
+            );
+            None
+        }
+        (None, true) => None,
+        (None, false) => {
+            r.add(
+                "gossip.key_file",
+                "gossip is encrypted and authenticated with a key: name a key file (one base64 32-byte key per line, `openssl rand -base64 32`), or say `insecure = true` to gossip in clear",
+            );
+            None
+        }
+    };
+    let interval = r.positive_duration("gossip.interval", &g.interval, Duration::from_millis(250));
+    let failure_timeout = r.positive_duration(
+        "gossip.failure_timeout",
+        &g.failure_timeout,
+        Duration::from_secs(2),
+    );
+    if failure_timeout < interval * 4 {
+        r.add(
+            "gossip.failure_timeout",
+            format!(
+                "{failure_timeout:?} is under four gossip rounds ({interval:?} each): healthy nodes would flap"
+            ),
+        );
+    }
+    GossipConfig {
+        listen,
+        advertise,
+        seeds: g.seeds.clone(),
+        cluster,
+        key_file,
+        interval,
+        failure_timeout,
     }
 }
 
@@ -1077,6 +1276,50 @@ fn validate_edge(r: &mut Report<'_>, e: &RawEdge) -> EdgeConfig {
             &e.shutdown_grace,
             default_shutdown_grace(),
         ),
+        drain_wait: e
+            .drain_wait
+            .as_ref()
+            .map(|_| r.duration("edge.drain_wait", &e.drain_wait, Duration::ZERO)),
+        public_addresses: e
+            .public_addresses
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(i, a)| match a.parse() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    r.add(
+                        format!("edge.public_addresses[{i}]"),
+                        format!("{a:?} is not an IP address"),
+                    );
+                    None
+                }
+            })
+            .collect(),
+        capacity_requests_per_second: r.positive(
+            "edge.capacity.requests_per_second",
+            e.capacity.requests_per_second,
+            10_000.0,
+        ),
+        capacity_connections: r.positive(
+            "edge.capacity.connections",
+            e.capacity.connections,
+            max_connections.max(1) as f64,
+        ),
+        capacity_egress_per_second: {
+            let n = r.size(
+                "edge.capacity.egress_per_second",
+                &e.capacity.egress_per_second,
+                1 << 30,
+            );
+            if n == 0 {
+                r.add(
+                    "edge.capacity.egress_per_second",
+                    "must be greater than zero",
+                );
+            }
+            n.max(1) as f64
+        },
     }
 }
 

@@ -29,7 +29,7 @@ pub const ORIGIN: &str = "127.0.0.1:8000";
 
 /// The files of `config/local/` (and the test GeoIP database they name), compiled in, at the
 /// same relative places as in the repository.
-const FILES: [(&str, &[u8]); 8] = [
+const FILES: [(&str, &[u8]); 9] = [
     (
         "config/local/edge-a.toml",
         include_bytes!("../config/local/edge-a.toml"),
@@ -57,6 +57,10 @@ const FILES: [(&str, &[u8]); 8] = [
     (
         "config/local/admin.token",
         include_bytes!("../config/local/admin.token"),
+    ),
+    (
+        "config/local/gossip.key",
+        include_bytes!("../config/local/gossip.key"),
     ),
     (
         "geo/test-city.mmdb",

@@ -11,21 +11,24 @@
 //! config.rs      serde structs, load(), validation listing every problem with file and key
 //! units.rs       "4GiB", "30s"
 //! telemetry.rs   tracing subscriber, Prometheus recorder, the edge's metric handles
-//! load.rs        counters the HTTP path feeds (requests, hits, connections, bytes)
+//! load.rs        counters the HTTP path feeds (requests, hits, connections, bytes); LoadMeter (EWMA utilisation)
 //! http/          server.rs (accept, limits, hyper conn), handler.rs (the one orchestrator),
 //!                response.rs (Cache-Status, conditionals, error → status), range.rs, headers.rs,
 //!                body.rs
 //! cache/         key.rs, policy.rs (pure RFC 9111/5861/9213 decisions), entry.rs,
 //!                store.rs (the only moka import), collapse.rs
 //! origin.rs      upstream client: pools, TLS, timeouts, failover; knows nothing of caching
-//! model.rs       ClusterView: regions and edges with health, draining, load (the roles' meeting point)
+//! model.rs       ClusterView: regions and edges with health, draining, load (the roles' meeting point);
+//!                Member (a node as gossip reports it) and ClusterView::from_members
+//! gossip/        mod.rs (chitchat agent: publish own state, poll members, leave), transport.rs
+//!                (AES-256-GCM keyring around every datagram)
 //! geoip.rs       memory-mapped MaxMind City reader: locate(ip) → coordinates, country, network
 //! steering.rs    pure: locate (coverage → GeoIP → country → default), choose (rank, spill, pick), ECS scope
 //! dns/           handler.rs (the one hickory RequestHandler), server.rs (UDP workers, TCP), batch.rs
 //!                (recvmmsg/sendmmsg), metrics.rs
 //! route.rs       `meridian route`: a decision explained
 //! geobuild.rs    `meridian geo build`: CSV → MaxMind City database
-//! admin.rs       /healthz /metrics /purge
+//! admin.rs       /healthz /metrics /cluster /purge /drain
 //! demo.rs        `meridian demo`: sample origin + the edges of config/local/, embedded
 //! ```
 //!
@@ -38,6 +41,10 @@
 //! datagram → hickory `Request` → zone (outside every zone: REFUSED) → client subnet (ECS, else the
 //! source) → `steering::locate` → `steering::choose` on one `ClusterView` snapshot → answer with TTL
 //! and the ECS scope that is true for it.
+//!
+//! # Cluster data flow
+//! edge counters → LoadMeter (every 250 ms) → chitchat key `load` → gossip rounds → every node's
+//! poller → `Member` list (watch channel) → DNS: `ClusterView::from_members` → ArcSwap → queries.
 //!
 //! Decisions are pure functions (`cache::policy`, `cache::key`); I/O sits around them.
 
@@ -55,6 +62,7 @@ pub(crate) mod cache;
 pub(crate) mod dns;
 pub mod geobuild;
 pub mod geoip;
+pub(crate) mod gossip;
 pub(crate) mod http;
 pub(crate) mod load;
 pub(crate) mod model;

@@ -24,3 +24,97 @@ impl LoadCounters {
         counter.load(Ordering::Relaxed)
     }
 }
+
+/// What an edge can take: the denominators of its utilisation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Capacity {
+    pub(crate) requests_per_second: f64,
+    pub(crate) connections: f64,
+    pub(crate) egress_per_second: f64,
+}
+
+/// Turns samples of [`LoadCounters`] into a smoothed utilisation: the highest of requests/s,
+/// open connections and egress bytes/s over their capacity, as an exponentially weighted moving
+/// average with a time constant of `tau` (so a step change shows 63% after `tau`).
+#[derive(Debug)]
+pub(crate) struct LoadMeter {
+    capacity: Capacity,
+    tau: f64,
+    last: Option<(std::time::Instant, u64, u64)>,
+    smoothed: f64,
+}
+
+impl LoadMeter {
+    pub(crate) fn new(capacity: Capacity, tau: std::time::Duration) -> LoadMeter {
+        LoadMeter {
+            capacity,
+            tau: tau.as_secs_f64().max(1e-3),
+            last: None,
+            smoothed: 0.0,
+        }
+    }
+
+    /// Feeds one sample taken at `now`; returns the smoothed utilisation.
+    pub(crate) fn sample(
+        &mut self,
+        now: std::time::Instant,
+        requests: u64,
+        connections: u64,
+        bytes_out: u64,
+    ) -> f64 {
+        let Some((then, last_requests, last_bytes)) = self.last.replace((now, requests, bytes_out))
+        else {
+            return self.smoothed;
+        };
+        let dt = now.duration_since(then).as_secs_f64();
+        if dt <= 0.0 {
+            return self.smoothed;
+        }
+        let rps = requests.saturating_sub(last_requests) as f64 / dt;
+        let egress = bytes_out.saturating_sub(last_bytes) as f64 / dt;
+        let c = &self.capacity;
+        let now_load = (rps / c.requests_per_second)
+            .max(connections as f64 / c.connections)
+            .max(egress / c.egress_per_second);
+        let alpha = 1.0 - (-dt / self.tau).exp();
+        self.smoothed += alpha * (now_load - self.smoothed);
+        self.smoothed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn utilisation_is_the_busiest_dimension_smoothed() {
+        let cap = Capacity {
+            requests_per_second: 100.0,
+            connections: 10.0,
+            egress_per_second: 1000.0,
+        };
+        let mut m = LoadMeter::new(cap, Duration::from_secs(1));
+        let t0 = Instant::now();
+        assert_eq!(m.sample(t0, 0, 0, 0), 0.0);
+        // 50 req/s (0.5), 2 connections (0.2), 100 B/s (0.1) for a long time: converges to 0.5.
+        let mut load = 0.0;
+        for i in 1..=40 {
+            load = m.sample(
+                t0 + Duration::from_millis(250 * i),
+                12 * i + i / 2,
+                2,
+                25 * i,
+            );
+        }
+        assert!((load - 0.5).abs() < 0.02, "{load}");
+        // 20 open connections on top: 2.0 dominates; one time constant reaches ~63% of the step.
+        let base = t0 + Duration::from_millis(250 * 40);
+        let before = load;
+        for i in 1..=4 {
+            load = m.sample(base + Duration::from_millis(250 * i), 500, 20, 1000);
+        }
+        let expected = before + (2.0 - before) * (1.0 - (-1.0f64).exp());
+        assert!((load - expected).abs() < 0.05, "{load} vs {expected}");
+    }
+}

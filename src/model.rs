@@ -2,10 +2,12 @@
 //!
 //! A [`ClusterView`] is an immutable snapshot: regions with their locations, and edges with their
 //! addresses, capacity, health, draining flag and load. The DNS role reads one snapshot per query
-//! (through an `ArcSwap`) and never waits on whoever builds the next one. Until gossip feeds it,
-//! the view comes from the cluster map with every edge healthy and unloaded.
+//! (through an `ArcSwap`) and never waits on whoever builds the next one. Without gossip the view
+//! comes from the cluster map with every edge healthy and unloaded; with gossip, from the map and
+//! the [`Member`]s heard ([`ClusterView::from_members`]).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Instant;
 
 use crate::config::ClusterMap;
 
@@ -46,7 +48,124 @@ pub(crate) struct ClusterView {
     pub(crate) edges: Vec<EdgeView>,
 }
 
+/// Where a member stands in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MemberState {
+    /// Heard from recently.
+    Alive,
+    /// Not heard from for longer than the failure timeout.
+    Dead,
+    /// Said goodbye (shut down cleanly).
+    Left,
+}
+
+impl MemberState {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Alive => "alive",
+            MemberState::Dead => "dead",
+            MemberState::Left => "left",
+        }
+    }
+}
+
+/// A node as gossip reports it (its latest generation).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Member {
+    pub(crate) id: String,
+    /// Start time in milliseconds: a restarted node is a new generation.
+    pub(crate) generation: u64,
+    pub(crate) gossip_addr: SocketAddr,
+    pub(crate) roles: Vec<String>,
+    pub(crate) region: String,
+    pub(crate) addresses: Vec<IpAddr>,
+    pub(crate) weight: f64,
+    pub(crate) load: f64,
+    pub(crate) draining: bool,
+    pub(crate) state: MemberState,
+    pub(crate) version: String,
+    /// Unix time the node started.
+    pub(crate) started: u64,
+    /// When this node last heard a new heartbeat of it (now, for itself).
+    pub(crate) last_heard: Instant,
+    pub(crate) is_self: bool,
+}
+
+impl Member {
+    pub(crate) fn is_edge(&self) -> bool {
+        self.roles.iter().any(|r| r == "edge")
+    }
+
+    /// Equal in everything the cluster view or `/cluster` state depends on, `last_heard` aside.
+    pub(crate) fn same_state(&self, other: &Member) -> bool {
+        Member {
+            last_heard: other.last_heard,
+            ..self.clone()
+        } == *other
+    }
+}
+
+fn split(addresses: &[IpAddr]) -> (Vec<Ipv4Addr>, Vec<Ipv6Addr>) {
+    let v4 = addresses
+        .iter()
+        .filter_map(|a| match a {
+            IpAddr::V4(v) => Some(*v),
+            _ => None,
+        })
+        .collect();
+    let v6 = addresses
+        .iter()
+        .filter_map(|a| match a {
+            IpAddr::V6(v) => Some(*v),
+            _ => None,
+        })
+        .collect();
+    (v4, v6)
+}
+
 impl ClusterView {
+    /// The view of a cluster map and what gossip says of its members.
+    ///
+    /// The map's edges keep their entry; their health, draining flag and load come from the
+    /// member of the same id (alive = healthy). An edge of the map no one has heard of counts as
+    /// healthy until the view is `settled` (this node has gossiped long enough to have heard of
+    /// everyone running), and as down after. Edges that gossip but are not in the map join the
+    /// view with what they publish when their region is in the map.
+    pub(crate) fn from_members(map: &ClusterMap, members: &[Member], settled: bool) -> ClusterView {
+        let mut view = ClusterView::from_map(map);
+        let by_id = |id: &str| members.iter().find(|m| m.id == id && m.is_edge());
+        for edge in &mut view.edges {
+            match by_id(&edge.id) {
+                Some(m) => {
+                    edge.healthy = m.state == MemberState::Alive;
+                    edge.draining = m.draining;
+                    edge.load = m.load;
+                }
+                None => edge.healthy = !settled,
+            }
+        }
+        for m in members.iter().filter(|m| m.is_edge()) {
+            if map.edges.iter().any(|e| e.id == m.id) {
+                continue;
+            }
+            let Some(region) = map.regions.iter().position(|r| r.name == m.region) else {
+                continue;
+            };
+            let (v4, v6) = split(&m.addresses);
+            view.edges.push(EdgeView {
+                id: m.id.clone(),
+                region,
+                v4,
+                v6,
+                capacity: m.weight,
+                healthy: m.state == MemberState::Alive,
+                draining: m.draining,
+                load: m.load,
+            });
+        }
+        view
+    }
+
     /// The view a cluster map gives before anything is heard: every edge healthy and idle.
     pub(crate) fn from_map(map: &ClusterMap) -> ClusterView {
         ClusterView {
@@ -62,29 +181,18 @@ impl ClusterView {
             edges: map
                 .edges
                 .iter()
-                .map(|e| EdgeView {
-                    id: e.id.clone(),
-                    region: e.region,
-                    v4: e
-                        .addresses
-                        .iter()
-                        .filter_map(|a| match a {
-                            IpAddr::V4(v) => Some(*v),
-                            _ => None,
-                        })
-                        .collect(),
-                    v6: e
-                        .addresses
-                        .iter()
-                        .filter_map(|a| match a {
-                            IpAddr::V6(v) => Some(*v),
-                            _ => None,
-                        })
-                        .collect(),
-                    capacity: e.capacity,
-                    healthy: true,
-                    draining: false,
-                    load: 0.0,
+                .map(|e| {
+                    let (v4, v6) = split(&e.addresses);
+                    EdgeView {
+                        id: e.id.clone(),
+                        region: e.region,
+                        v4,
+                        v6,
+                        capacity: e.capacity,
+                        healthy: true,
+                        draining: false,
+                        load: 0.0,
+                    }
                 })
                 .collect(),
         }

@@ -142,7 +142,7 @@ pub(crate) struct EdgeState {
     pub(crate) max_object_size: u64,
     pub(crate) tasks: TaskTracker,
     pub(crate) metrics: EdgeMetrics,
-    pub(crate) load: LoadCounters,
+    pub(crate) load: Arc<LoadCounters>,
     pub(crate) access_log: bool,
 }
 
@@ -164,7 +164,7 @@ impl EdgeState {
             max_object_size: edge.max_object_size,
             tasks,
             metrics: EdgeMetrics::new(node_id),
-            load: LoadCounters::default(),
+            load: Arc::default(),
             access_log,
         }
     }

@@ -1,0 +1,420 @@
+//! Cluster membership: every node runs one gossip agent (chitchat, scuttlebutt anti-entropy with
+//! a phi-accrual failure detector) over the sealed transport of [`transport`].
+//!
+//! A node publishes what it is (roles, region, public addresses, capacity, version, start time)
+//! and how it is doing (load, draining, left) as chitchat keys of its own state. A poller turns
+//! chitchat's state into a list of [`Member`]s (latest generation per node id, with the time each
+//! was last heard) and publishes it on a watch channel; the DNS role builds its `ClusterView`
+//! from it off the query path, and the admin API's `/cluster` reads it. Nothing on a request or
+//! query path ever takes chitchat's lock.
+
+pub(crate) mod transport;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use chitchat::{
+    spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
+    Heartbeat, NodeState,
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::GossipConfig;
+use crate::load::{Capacity, LoadCounters, LoadMeter};
+use crate::model::{Member, MemberState};
+pub(crate) use transport::Keyring;
+use transport::{SealedTransport, WireMetrics, WireTotals};
+
+/// The keys a node publishes.
+mod key {
+    pub(super) const ROLES: &str = "roles";
+    pub(super) const REGION: &str = "region";
+    pub(super) const ADDRESSES: &str = "addresses";
+    pub(super) const WEIGHT: &str = "weight";
+    pub(super) const CAPACITY: &str = "capacity";
+    pub(super) const LOAD: &str = "load";
+    pub(super) const DRAINING: &str = "draining";
+    pub(super) const LEFT: &str = "left";
+    pub(super) const VERSION: &str = "version";
+    pub(super) const STARTED: &str = "started";
+}
+
+/// How often an edge samples its counters; a changed load is published at the next sample.
+const LOAD_SAMPLE: Duration = Duration::from_millis(250);
+/// Time constant of the load's moving average.
+const LOAD_TAU: Duration = Duration::from_secs(1);
+
+/// What a node says about itself when it joins.
+pub(crate) struct SelfInfo {
+    pub(crate) id: String,
+    pub(crate) region: String,
+    pub(crate) roles: Vec<&'static str>,
+    pub(crate) addresses: Vec<IpAddr>,
+    /// Relative capacity (the cluster map's weight of this edge's load in its region).
+    pub(crate) weight: f64,
+    pub(crate) capacity: Option<Capacity>,
+}
+
+/// Why gossip could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("gossip: {0}")]
+pub struct GossipError(String);
+
+/// A running gossip agent.
+pub(crate) struct Gossip {
+    handle: std::sync::Mutex<Option<ChitchatHandle>>,
+    chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
+    members: watch::Receiver<Arc<Vec<Member>>>,
+    keyring: Arc<ArcSwap<Keyring>>,
+    key_file: Option<PathBuf>,
+    interval: Duration,
+    pub(crate) settle: Duration,
+    pub(crate) totals: Arc<WireTotals>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+impl Gossip {
+    /// Binds the gossip listener, joins through the seeds and starts publishing.
+    pub(crate) async fn start(
+        config: &GossipConfig,
+        me: SelfInfo,
+    ) -> Result<Arc<Gossip>, GossipError> {
+        let keyring = match &config.key_file {
+            Some(path) => Keyring::load(path).map_err(GossipError)?,
+            None => {
+                tracing::warn!("gossip runs in clear (insecure = true): anyone who can reach {} can join and change what this cluster sees", config.listen);
+                Keyring::insecure()
+            }
+        };
+        let keyring = Arc::new(ArcSwap::from_pointee(keyring));
+        let totals = Arc::new(WireTotals::default());
+        let transport = SealedTransport {
+            keyring: keyring.clone(),
+            cluster: config.cluster.as_str().into(),
+            metrics: WireMetrics::new(&me.id),
+            totals: totals.clone(),
+        };
+        let started = unix_now();
+        let generation = started.as_millis() as u64;
+        let rounds = config.failure_timeout.as_secs_f64() / config.interval.as_secs_f64();
+        let chitchat_config = ChitchatConfig {
+            chitchat_id: ChitchatId::new(me.id.clone(), generation, config.advertise),
+            cluster_id: config.cluster.clone(),
+            gossip_interval: config.interval,
+            listen_addr: config.listen,
+            seed_nodes: config.seeds.clone(),
+            failure_detector_config: FailureDetectorConfig {
+                // phi is the silence over the mean time between heartbeats heard: with news at
+                // least once a round, a node is dead after about `failure_timeout`.
+                phi_threshold: rounds,
+                sampling_window_size: 100,
+                max_interval: config.failure_timeout,
+                initial_interval: config.interval,
+                dead_node_grace_period: Duration::from_secs(30 * 60),
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(60 * 60),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+        };
+        let mut values = vec![
+            (key::ROLES.to_string(), me.roles.join(",")),
+            (key::REGION.to_string(), me.region.clone()),
+            (
+                key::ADDRESSES.to_string(),
+                me.addresses
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            (key::WEIGHT.to_string(), me.weight.to_string()),
+            (key::LOAD.to_string(), "0".to_string()),
+            (key::DRAINING.to_string(), "0".to_string()),
+            (
+                key::VERSION.to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            ),
+            (key::STARTED.to_string(), started.as_secs().to_string()),
+        ];
+        if let Some(c) = me.capacity {
+            values.push((
+                key::CAPACITY.to_string(),
+                serde_json::json!({
+                    "requests_per_second": c.requests_per_second,
+                    "connections": c.connections,
+                    "egress_per_second": c.egress_per_second,
+                })
+                .to_string(),
+            ));
+        }
+        let handle = spawn_chitchat(chitchat_config, values, &transport)
+            .await
+            .map_err(|e| GossipError(format!("{e:#}")))?;
+        let chitchat = handle.chitchat();
+        let (members_tx, members) = watch::channel(Arc::new(Vec::new()));
+        let gossip = Arc::new(Gossip {
+            handle: std::sync::Mutex::new(Some(handle)),
+            chitchat: chitchat.clone(),
+            members,
+            keyring,
+            key_file: config.key_file.clone(),
+            interval: config.interval,
+            settle: config.failure_timeout,
+            totals,
+            stop: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        });
+        gossip.tracker.spawn(poll(
+            chitchat,
+            members_tx,
+            config.interval / 2,
+            MemberGauges::new(&me.id),
+            gossip.stop.clone(),
+        ));
+        tracing::info!(listen = %config.listen, advertise = %config.advertise, seeds = ?config.seeds, cluster = %config.cluster, generation, "gossip started");
+        Ok(gossip)
+    }
+
+    /// The members as last polled (this node included).
+    pub(crate) fn members(&self) -> Arc<Vec<Member>> {
+        self.members.borrow().clone()
+    }
+
+    /// A receiver that sees every change of the member list.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<Vec<Member>>> {
+        self.members.clone()
+    }
+
+    async fn set(&self, key: &str, value: String) {
+        set(&self.chitchat, key, value).await;
+    }
+
+    /// Publishes the edge's load (sampled from its counters) and its draining flag until the
+    /// agent stops.
+    pub(crate) fn publish_edge(
+        &self,
+        counters: Arc<LoadCounters>,
+        capacity: Capacity,
+        mut draining: watch::Receiver<bool>,
+    ) {
+        let chitchat = self.chitchat.clone();
+        let stop = self.stop.clone();
+        self.tracker.spawn(async move {
+            let mut meter = LoadMeter::new(capacity, LOAD_TAU);
+            let mut tick = tokio::time::interval(LOAD_SAMPLE);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut published = String::from("0");
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let c = &*counters;
+                        let load = meter.sample(
+                            Instant::now(),
+                            LoadCounters::get(&c.requests),
+                            LoadCounters::get(&c.connections),
+                            LoadCounters::get(&c.bytes_out),
+                        );
+                        let text = format!("{load:.3}");
+                        if text != published {
+                            set(&chitchat, key::LOAD, text.clone()).await;
+                            published = text;
+                        }
+                    }
+                    changed = draining.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        let on = *draining.borrow_and_update();
+                        set(&chitchat, key::DRAINING, if on { "1" } else { "0" }.into()).await;
+                        tracing::info!(draining = on, "draining announced");
+                    }
+                    _ = stop.cancelled() => break,
+                }
+            }
+        });
+    }
+
+    /// Publishes a load figure now (the edge's publisher does this from its meter).
+    pub(crate) async fn publish_load(&self, load: f64) {
+        self.set(key::LOAD, format!("{load:.3}")).await;
+    }
+
+    /// Re-reads the key file and swaps the keyring in (key rotation).
+    pub(crate) fn reload_keys(&self) -> Result<(), String> {
+        if let Some(path) = &self.key_file {
+            self.keyring.store(Arc::new(Keyring::load(path)?));
+        }
+        Ok(())
+    }
+
+    /// Leaves the cluster: says so, gives the news a few rounds to spread, and stops.
+    pub(crate) async fn leave(&self) {
+        self.set(key::LEFT, "1".into()).await;
+        tokio::time::sleep(self.interval * 3).await;
+        self.stop.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        let handle = self.handle.lock().expect("gossip handle").take();
+        if let Some(h) = handle {
+            if let Err(e) = h.shutdown().await {
+                tracing::debug!(error = %e, "gossip shutdown");
+            }
+        }
+        tracing::info!("left the cluster");
+    }
+
+    /// Stops at once, without a goodbye (peers will find this node dead).
+    pub(crate) fn stop(&self) {
+        self.stop.cancel();
+        if let Some(h) = self.handle.lock().ok().and_then(|mut h| h.take()) {
+            h.abort();
+        }
+    }
+}
+
+impl Drop for Gossip {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn set(chitchat: &tokio::sync::Mutex<Chitchat>, key: &str, value: String) {
+    chitchat.lock().await.self_node_state().set(key, value);
+}
+
+struct MemberGauges {
+    alive: metrics::Gauge,
+    dead: metrics::Gauge,
+    left: metrics::Gauge,
+    draining: metrics::Gauge,
+}
+
+impl MemberGauges {
+    fn new(node: &str) -> MemberGauges {
+        let g = |state: &'static str| metrics::gauge!("meridian_cluster_members", "node" => node.to_string(), "state" => state);
+        MemberGauges {
+            alive: g("alive"),
+            dead: g("dead"),
+            left: g("left"),
+            draining: g("draining"),
+        }
+    }
+
+    fn set(&self, members: &[Member]) {
+        let count = |f: &dyn Fn(&Member) -> bool| members.iter().filter(|m| f(m)).count() as f64;
+        self.alive.set(count(&|m| m.state == MemberState::Alive));
+        self.dead.set(count(&|m| m.state == MemberState::Dead));
+        self.left.set(count(&|m| m.state == MemberState::Left));
+        self.draining
+            .set(count(&|m| m.state == MemberState::Alive && m.draining));
+    }
+}
+
+/// Keeps the member list current: on every change chitchat reports and at least twice a round
+/// (for heartbeats, which chitchat does not report).
+async fn poll(
+    chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
+    tx: watch::Sender<Arc<Vec<Member>>>,
+    every: Duration,
+    gauges: MemberGauges,
+    stop: CancellationToken,
+) {
+    let mut changes = chitchat.lock().await.live_nodes_watcher();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard: HashMap<ChitchatId, (Heartbeat, Instant)> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            r = changes.changed() => if r.is_err() { break },
+            _ = stop.cancelled() => break,
+        }
+        let now = Instant::now();
+        let members = {
+            let c = chitchat.lock().await;
+            let me = c.self_chitchat_id().clone();
+            let live: std::collections::HashSet<&ChitchatId> = c.live_nodes().collect();
+            let mut latest: HashMap<&str, Member> = HashMap::new();
+            for (id, state) in c.node_states() {
+                let is_self = *id == me;
+                let entry = heard.entry(id.clone()).or_insert((state.heartbeat(), now));
+                if entry.0 != state.heartbeat() || is_self {
+                    *entry = (state.heartbeat(), now);
+                }
+                let alive = live.contains(id);
+                let m = member(id, state, alive, entry.1, is_self);
+                match latest.get(&*id.node_id) {
+                    Some(old) if old.generation >= m.generation => {}
+                    _ => {
+                        latest.insert(&id.node_id, m);
+                    }
+                }
+            }
+            heard.retain(|id, _| c.node_states().contains_key(id));
+            let mut members: Vec<Member> = latest.into_values().collect();
+            members.sort_by(|a, b| a.id.cmp(&b.id));
+            members
+        };
+        gauges.set(&members);
+        tx.send_if_modified(|old| {
+            let same = old.len() == members.len()
+                && old.iter().zip(&members).all(|(a, b)| a.same_state(b));
+            // Keep last-heard times fresh for readers without waking the watchers.
+            *old = Arc::new(members);
+            !same
+        });
+    }
+}
+
+fn member(
+    id: &ChitchatId,
+    state: &NodeState,
+    alive: bool,
+    heard: Instant,
+    is_self: bool,
+) -> Member {
+    let get = |k: &str| state.get(k).unwrap_or("");
+    let state_of = if get(key::LEFT) == "1" {
+        MemberState::Left
+    } else if alive {
+        MemberState::Alive
+    } else {
+        MemberState::Dead
+    };
+    Member {
+        id: id.node_id.to_string(),
+        generation: id.generation_id,
+        gossip_addr: id.gossip_advertise_addr,
+        roles: get(key::ROLES)
+            .split(',')
+            .filter(|r| !r.is_empty())
+            .map(str::to_string)
+            .collect(),
+        region: get(key::REGION).to_string(),
+        addresses: get(key::ADDRESSES)
+            .split(',')
+            .filter_map(|a| a.parse().ok())
+            .collect(),
+        weight: get(key::WEIGHT).parse().unwrap_or(1.0),
+        load: get(key::LOAD).parse().unwrap_or(0.0),
+        draining: get(key::DRAINING) == "1",
+        state: state_of,
+        version: get(key::VERSION).to_string(),
+        started: get(key::STARTED).parse().unwrap_or(0),
+        last_heard: heard,
+        is_self,
+    }
+}
