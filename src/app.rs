@@ -343,9 +343,13 @@ impl Node {
     pub async fn shutdown(mut self) -> bool {
         self.drain.send_replace(true);
         let gossip = self.gossip.take();
-        if gossip.is_some() && !self.drain_wait.is_zero() {
-            tracing::info!(wait = ?self.drain_wait, "draining: serving until resolvers let go of this edge");
-            tokio::time::sleep(self.drain_wait).await;
+        if let Some(g) = &gossip {
+            g.publish_draining(true).await;
+            tracing::info!("draining announced");
+            if !self.drain_wait.is_zero() {
+                tracing::info!(wait = ?self.drain_wait, "draining: serving until resolvers let go of this edge");
+                tokio::time::sleep(self.drain_wait).await;
+            }
         }
         self.shutdown.cancel();
         self.tracker.close();

@@ -1532,4 +1532,76 @@ mod tests {
             problems[0].reason
         );
     }
+
+    fn node_problems(node: &str, files: &[(&str, &str)]) -> Vec<(String, String)> {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        std::fs::write(dir.path().join("node.toml"), node).unwrap();
+        match load(&dir.path().join("node.toml")) {
+            Ok(_) => Vec::new(),
+            Err(e) => e
+                .problems
+                .into_iter()
+                .inspect(|p| assert!(p.file.starts_with(dir.path()), "{p}"))
+                .map(|p| (p.key, p.reason))
+                .collect(),
+        }
+    }
+
+    const EDGE: &str =
+        "id = \"e\"\nregion = \"r\"\norigin_map = \"o.toml\"\n[edge]\nlisten = [\"127.0.0.1:0\"]\n";
+    const ORIGINS: (&str, &str) = (
+        "o.toml",
+        "[[site]]\nname = \"s\"\nhosts = [\"s.test\"]\norigins = [\"http://127.0.0.1:1\"]\n",
+    );
+
+    #[test]
+    fn gossip_needs_a_key_or_an_explicit_insecure() {
+        let node = format!("{EDGE}[gossip]\nlisten = \"127.0.0.1:7946\"\n");
+        let problems = node_problems(&node, &[ORIGINS]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "gossip.key_file");
+        assert!(problems[0].1.contains("insecure = true"), "{problems:?}");
+        assert!(node_problems(&format!("{node}insecure = true\n"), &[ORIGINS]).is_empty());
+        let keyed = format!("{node}key_file = \"g.key\"\n");
+        assert!(node_problems(
+            &keyed,
+            &[
+                ORIGINS,
+                ("g.key", "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\n")
+            ]
+        )
+        .is_empty());
+        let problems = node_problems(&keyed, &[ORIGINS, ("g.key", "c2hvcnQ=\n")]);
+        assert_eq!(problems[0].0, "gossip.key_file");
+        assert!(problems[0].1.contains("g.key: line 1"), "{problems:?}");
+        let problems = node_problems(&keyed, &[ORIGINS]);
+        assert!(problems[0].1.contains("cannot read"), "{problems:?}");
+    }
+
+    #[test]
+    fn gossip_settings_are_checked_with_their_keys() {
+        let node = format!(
+            "{EDGE}drain_wait = \"1m\"\n[edge.capacity]\nconnections = 0\n[gossip]\nlisten = \"0.0.0.0:7946\"\nseeds = [\"nope\"]\ninsecure = true\ninterval = \"1s\"\nfailure_timeout = \"2s\"\n"
+        );
+        let cluster = "cluster_map = \"c.toml\"\n";
+        let map = "[[region]]\nname = \"r\"\nlat = 0.0\nlon = 0.0\n[[zone]]\napex = \"z.test\"\nnames = [\"www\"]\ndefault_region = \"r\"\nttl = \"30s\"\n[zone.soa]\nmname = \"ns.z.test\"\nrname = \"h.z.test\"\nserial = 1\n";
+        let node = node.replacen("[edge]", &format!("{cluster}[edge]"), 1);
+        let keys: Vec<String> = node_problems(&node, &[ORIGINS, ("c.toml", map)])
+            .into_iter()
+            .map(|p| p.0)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "edge.capacity.connections",
+                "gossip.advertise",
+                "gossip.seeds[0]",
+                "gossip.failure_timeout",
+                "edge.drain_wait",
+            ]
+        );
+    }
 }

@@ -163,9 +163,12 @@ pub async fn run() -> Result<(), DemoError> {
 
     terminated().await;
     println!("\nstopping…");
+    // All at once, as separate machines would: each announces draining, waits, drains, leaves.
+    let mut stopping = tokio::task::JoinSet::new();
     for (_, node) in nodes {
-        node.shutdown().await;
+        stopping.spawn(node.shutdown());
     }
+    while stopping.join_next().await.is_some() {}
     stop.cancel();
     let _ = origin.await;
     Ok(())

@@ -213,3 +213,84 @@ impl ClusterView {
         (capacity > 0.0).then(|| load / capacity)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map() -> ClusterMap {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/local/cluster.toml");
+        crate::config::load_cluster_map(&path).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn member(id: &str, state: MemberState) -> Member {
+        Member {
+            id: id.into(),
+            generation: 1,
+            gossip_addr: "127.0.0.1:7946".parse().unwrap(),
+            roles: vec!["edge".into()],
+            region: "eu-west".into(),
+            addresses: vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()],
+            weight: 2.0,
+            load: 0.5,
+            draining: false,
+            state,
+            version: "0".into(),
+            started: 0,
+            last_heard: Instant::now(),
+            is_self: false,
+        }
+    }
+
+    #[test]
+    fn the_view_takes_health_load_and_draining_from_gossip() {
+        let map = map();
+        let health = |v: &ClusterView| -> Vec<(String, bool, bool)> {
+            v.edges
+                .iter()
+                .map(|e| (e.id.clone(), e.healthy, e.draining))
+                .collect()
+        };
+        let edge_a = Member {
+            draining: true,
+            ..member("edge-a", MemberState::Alive)
+        };
+        let members = vec![
+            edge_a,
+            member("edge-b", MemberState::Dead),
+            member("edge-new", MemberState::Alive),
+        ];
+        // Before it settles, an edge nobody has mentioned (edge-c) counts as up; after, as down.
+        let early = ClusterView::from_members(&map, &members, false);
+        let settled = ClusterView::from_members(&map, &members, true);
+        assert_eq!(
+            health(&early),
+            [
+                ("edge-a".into(), true, true),
+                ("edge-b".into(), false, false),
+                ("edge-c".into(), true, false),
+                ("edge-new".into(), true, false),
+            ]
+        );
+        assert_eq!(health(&settled)[2], ("edge-c".into(), false, false));
+        // An edge that only gossip knows joins its region with what it publishes.
+        let new = &settled.edges[3];
+        assert_eq!(settled.regions[new.region].name, "eu-west");
+        assert_eq!(
+            (new.v4.len(), new.v6.len(), new.capacity, new.load),
+            (1, 1, 2.0, 0.5)
+        );
+        // Left members are not answered; a member of an unknown region is ignored.
+        let gone = vec![
+            member("edge-a", MemberState::Left),
+            Member {
+                region: "mars".into(),
+                ..member("edge-x", MemberState::Alive)
+            },
+        ];
+        let v = ClusterView::from_members(&map, &gone, true);
+        assert!(!v.edges[0].healthy);
+        assert_eq!(v.edges.len(), 3);
+    }
+}

@@ -238,13 +238,18 @@ impl Gossip {
                             break;
                         }
                         let on = *draining.borrow_and_update();
-                        set(&chitchat, key::DRAINING, if on { "1" } else { "0" }.into()).await;
-                        tracing::info!(draining = on, "draining announced");
+                        set(&chitchat, key::DRAINING, draining_value(on)).await;
+                        tracing::info!(draining = on, "draining published");
                     }
                     _ = stop.cancelled() => break,
                 }
             }
         });
+    }
+
+    /// Publishes the draining flag now (the edge's publisher also follows the drain switch).
+    pub(crate) async fn publish_draining(&self, on: bool) {
+        self.set(key::DRAINING, draining_value(on)).await;
     }
 
     /// Publishes a load figure now (the edge's publisher does this from its meter).
@@ -289,6 +294,10 @@ impl Drop for Gossip {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+fn draining_value(on: bool) -> String {
+    if on { "1" } else { "0" }.to_string()
 }
 
 async fn set(chitchat: &tokio::sync::Mutex<Chitchat>, key: &str, value: String) {

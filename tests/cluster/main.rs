@@ -1,0 +1,750 @@
+//! Multi-node tests of the cluster on loopback: edges run as real `meridian` processes (so they
+//! can be killed with SIGKILL), each on its own 127.0.0.x address with real UDP gossip; the DNS
+//! node runs in-process and is queried with a real DNS client. Every wait is bounded.
+
+#[path = "../common/mod.rs"]
+mod common;
+#[path = "../common/dns.rs"]
+mod dns;
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{get, Origin, Reply, TOKEN};
+use dns::{addresses, ask, Ask};
+use hickory_proto::rr::RecordType;
+
+const KEY_1: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+const KEY_2: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+const KEY_WRONG: &str = "AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=";
+
+/// A Seattle-area client (GeoIP test network 216.160.83.56/29): nearest region us-west.
+const SEATTLE: &str = "216.160.83.56/29";
+
+/// A fresh loopback address for each node of this test process (127.0.0.x, x from 20 up, and
+/// 127.0.1.x after that), so nodes sit on their own addresses as on separate hosts.
+fn next_ip() -> IpAddr {
+    static NEXT: AtomicU8 = AtomicU8::new(20);
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    IpAddr::from([127, 0, (n < 20) as u8, n])
+}
+
+/// A UDP port free on `ip` right now.
+fn free_udp(ip: IpAddr) -> SocketAddr {
+    std::net::UdpSocket::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// One test cluster: a directory with the cluster map, key files and node files.
+struct Cluster {
+    dir: tempfile::TempDir,
+    seeds: Vec<SocketAddr>,
+    name: String,
+}
+
+impl Cluster {
+    /// `regions_edges`: the cluster map's edges as (id, region, public address, capacity).
+    fn new(edges: &[(&str, &str, &str)], extra_map: &str, name: &str) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut map = String::from(
+            r#"
+[[region]]
+name = "us-west"
+lat = 47.6
+lon = -122.3
+countries = ["US"]
+[[region]]
+name = "eu-west"
+lat = 51.5
+lon = -0.1
+countries = ["GB"]
+[[zone]]
+apex = "meridian.test"
+names = ["demo"]
+default_region = "eu-west"
+ttl = "30s"
+answers = 1
+high_water = 0.8
+ns = [{ name = "ns1.meridian.test", addresses = ["127.0.0.10"] }]
+[zone.soa]
+mname = "ns1.meridian.test"
+rname = "hostmaster.meridian.test"
+serial = 1
+"#,
+        );
+        for (id, region, addr) in edges {
+            map.push_str(&format!(
+                "[[edge]]\nid = \"{id}\"\nregion = \"{region}\"\naddresses = [\"{addr}\"]\n"
+            ));
+        }
+        map.push_str(extra_map);
+        std::fs::write(dir.path().join("cluster.toml"), map).unwrap();
+        std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
+        for (file, keys) in [
+            ("k1.key", vec![KEY_1]),
+            ("k21.key", vec![KEY_2, KEY_1]),
+            ("k12.key", vec![KEY_1, KEY_2]),
+            ("wrong.key", vec![KEY_WRONG]),
+        ] {
+            std::fs::write(dir.path().join(file), keys.join("\n")).unwrap();
+        }
+        Cluster {
+            dir,
+            seeds: Vec::new(),
+            name: name.to_string(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a node file; returns its path and gossip address.
+    fn node_file(&mut self, id: &str, role: &str, key: &str, section: &str) -> (PathBuf, IpAddr) {
+        let ip = next_ip();
+        let gossip = free_udp(ip);
+        let seeds: Vec<String> = self
+            .seeds
+            .iter()
+            .chain(std::iter::once(&gossip))
+            .map(|s| format!("\"{s}\""))
+            .collect();
+        self.seeds.push(gossip);
+        let file = self.path(&format!("{id}-{}.toml", gossip.port()));
+        std::fs::write(
+            &file,
+            format!(
+                r#"id = "{id}"
+region = "us-west"
+roles = ["{role}"]
+origin_map = "origins.toml"
+cluster_map = "cluster.toml"
+[log]
+format = "json"
+level = "info"
+access_log = false
+{section}
+[admin]
+listen = "{ip}:0"
+token_file = "admin.token"
+[gossip]
+listen = "{gossip}"
+seeds = [{seeds}]
+cluster = "{cluster}"
+key_file = "{key}"
+interval = "200ms"
+failure_timeout = "1600ms"
+"#,
+                seeds = seeds.join(", "),
+                cluster = self.name,
+            ),
+        )
+        .unwrap();
+        (file, ip)
+    }
+
+    /// Starts the DNS node in process.
+    async fn dns(&mut self) -> DnsNode {
+        self.dns_with_key("k1.key").await
+    }
+
+    async fn dns_with_key(&mut self, key: &str) -> DnsNode {
+        let (file, _) = self.node_file(
+            &format!("dns-{}", self.name),
+            "dns",
+            key,
+            &format!(
+                "[dns]\nlisten = [\"127.0.0.1:0\"]\ngeoip = {:?}\n",
+                geoip().display().to_string(),
+            ),
+        );
+        let config = meridian::config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+        let node = meridian::app::Node::start(config).await.unwrap();
+        DnsNode {
+            udp: node.dns_addrs()[0],
+            admin: node.admin_addr().unwrap(),
+            node,
+        }
+    }
+
+    /// Writes an edge's node file (region from the cluster map entry of `id`).
+    fn edge_file(&mut self, id: &str, region: &str, key: &str, edge_extra: &str) -> PathBuf {
+        let (file, ip) = self.node_file(
+            id,
+            "edge",
+            key,
+            &format!("[edge]\nlisten = [\"IP:0\"]\ndrain_wait = \"2s\"\n{edge_extra}"),
+        );
+        let text = std::fs::read_to_string(&file)
+            .unwrap()
+            .replace("IP:0", &format!("{ip}:0"))
+            .replace("region = \"us-west\"", &format!("region = \"{region}\""));
+        std::fs::write(&file, text).unwrap();
+        file
+    }
+
+    fn origins(&self, origin: SocketAddr) {
+        std::fs::write(
+            self.path("origins.toml"),
+            common::site(
+                "demo",
+                "demo.meridian.test",
+                &format!("http://{origin}"),
+                "",
+            ),
+        )
+        .unwrap();
+    }
+}
+
+fn geoip() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("geo/test-city.mmdb")
+}
+
+struct DnsNode {
+    node: meridian::app::Node,
+    udp: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl DnsNode {
+    /// The address answered for `demo.meridian.test` to a client in `subnet`.
+    async fn answer(&self, subnet: &str) -> Option<IpAddr> {
+        let m = ask(
+            self.udp,
+            &Ask::new("demo.meridian.test.", RecordType::A).ecs(subnet),
+        )
+        .await;
+        addresses(&m).first().copied()
+    }
+
+    /// Waits (bounded) until the answer for `subnet` is `want`; returns how long it took.
+    async fn wait_answer(&self, subnet: &str, want: &str, limit: Duration) -> Duration {
+        let want: IpAddr = want.parse().unwrap();
+        let t = Instant::now();
+        loop {
+            if self.answer(subnet).await == Some(want) {
+                return t.elapsed();
+            }
+            assert!(
+                t.elapsed() < limit,
+                "the answer for {subnet} did not become {want} within {limit:?} (still {:?}); members: {}",
+                self.answer(subnet).await,
+                self.cluster().await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn cluster(&self) -> serde_json::Value {
+        admin_json(self.admin, "/cluster").await
+    }
+
+    /// The member `id` as this node sees it.
+    async fn member(&self, id: &str) -> Option<serde_json::Value> {
+        self.cluster().await["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .cloned()
+    }
+
+    async fn wait_member(
+        &self,
+        id: &str,
+        what: &str,
+        limit: Duration,
+        f: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let t = Instant::now();
+        loop {
+            if let Some(m) = self.member(id).await {
+                if f(&m) {
+                    return m;
+                }
+            }
+            assert!(
+                t.elapsed() < limit,
+                "{id} did not become {what} within {limit:?}: {}",
+                self.cluster().await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn admin_json(admin: SocketAddr, path: &str) -> serde_json::Value {
+    let r = get(admin, "admin", path, &[]).await;
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{path}: {e}: {}", r.text()))
+}
+
+async fn admin_send(admin: SocketAddr, method: &str, path: &str, token: Option<&str>) -> u16 {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    common::request(method, admin, "admin", path, &headers)
+        .await
+        .status
+        .as_u16()
+}
+
+/// An edge as a real `meridian run` process.
+struct Proc {
+    child: Child,
+    http: SocketAddr,
+    admin: SocketAddr,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn start(file: &Path) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+            .args(["run", "-c"])
+            .arg(file)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{} did not start", file.display());
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if v["message"] == "node started" {
+                let field = |k: &str| -> SocketAddr {
+                    v[k].as_str()
+                        .unwrap()
+                        .trim_start_matches("Some(")
+                        .trim_matches(|c| c == '[' || c == ']' || c == ')')
+                        .parse()
+                        .unwrap()
+                };
+                return Proc {
+                    http: field("http"),
+                    admin: field("admin"),
+                    child,
+                    lines,
+                };
+            }
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        // The shell's builtin kill: no procps needed on a minimal machine.
+        let kill = format!("kill -{sig} {}", self.child.id());
+        assert!(Command::new("sh")
+            .args(["-c", &kill])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// Waits (bounded) for the process to exit; returns its exit code.
+    fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let t = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                t.elapsed() < limit,
+                "the edge did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The log lines so far.
+    fn messages(&self) -> Vec<String> {
+        self.lines
+            .try_iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+            .filter_map(|v| v["message"].as_str().map(str::to_string))
+            .collect()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn origin() -> Origin {
+    let origin = Origin::start().await;
+    origin.always(
+        "/",
+        Reply::ok("hello").header("cache-control", "max-age=60"),
+    );
+    origin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converges_fails_over_on_kill_and_takes_a_restarted_edge_back() {
+    let origin = origin().await;
+    let mut c = Cluster::new(
+        &[
+            ("edge-a", "us-west", "127.0.0.11"),
+            ("edge-b", "eu-west", "127.0.0.12"),
+        ],
+        "",
+        "kill",
+    );
+    c.origins(origin.addr);
+    let dns = c.dns().await;
+    let a_file = c.edge_file("edge-a", "us-west", "k1.key", "");
+    let b_file = c.edge_file("edge-b", "eu-west", "k1.key", "");
+    let mut a = Proc::start(&a_file);
+    let _b = Proc::start(&b_file);
+
+    // Convergence: the DNS node hears both edges alive, with what they publish.
+    let t = Instant::now();
+    for id in ["edge-a", "edge-b"] {
+        let m = dns
+            .wait_member(id, "alive", Duration::from_secs(10), |m| {
+                m["state"] == "alive"
+            })
+            .await;
+        assert_eq!(m["roles"], serde_json::json!(["edge"]));
+    }
+    let a_seen = dns.member("edge-a").await.unwrap();
+    assert_eq!(a_seen["region"], "us-west");
+    assert_eq!(a_seen["addresses"], serde_json::json!(["127.0.0.11"]));
+    println!("converged in {:?}", t.elapsed());
+    dns.wait_answer(SEATTLE, "127.0.0.11", Duration::from_secs(5))
+        .await;
+    // The edges hear each other too.
+    let from_a = admin_json(a.admin, "/cluster").await;
+    let ids: Vec<&str> = from_a["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["state"] == "alive")
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"edge-b") && ids.iter().any(|i| i.starts_with("dns-")),
+        "{from_a}"
+    );
+    let generation = a_seen["generation"].as_u64().unwrap();
+
+    // SIGKILL: no goodbye. The answer moves to eu-west once the failure detector gives up.
+    a.signal("KILL");
+    a.wait(Duration::from_secs(5));
+    let took = dns
+        .wait_answer(SEATTLE, "127.0.0.12", Duration::from_secs(5))
+        .await;
+    println!("killed edge left the answers after {took:?}");
+    let m = dns.member("edge-a").await.unwrap();
+    assert_eq!(m["state"], "dead", "{m}");
+
+    // Restarted (a new generation on the same address), it comes back.
+    let a2 = Proc::start(&a_file);
+    let took = dns
+        .wait_answer(SEATTLE, "127.0.0.11", Duration::from_secs(5))
+        .await;
+    println!("restarted edge back in the answers after {took:?}");
+    let m = dns.member("edge-a").await.unwrap();
+    assert_eq!(m["state"], "alive");
+    assert!(m["generation"].as_u64().unwrap() > generation, "{m}");
+    drop(a2);
+    drop(dns.node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_edge_leaves_the_answers_at_once_and_shuts_down_in_order() {
+    let origin = origin().await;
+    let mut c = Cluster::new(
+        &[
+            ("edge-a", "us-west", "127.0.0.11"),
+            ("edge-b", "eu-west", "127.0.0.12"),
+        ],
+        "",
+        "drain",
+    );
+    c.origins(origin.addr);
+    let dns = c.dns().await;
+    let a_file = c.edge_file("edge-a", "us-west", "k1.key", "");
+    let b_file = c.edge_file("edge-b", "eu-west", "k1.key", "");
+    let mut a = Proc::start(&a_file);
+    let _b = Proc::start(&b_file);
+    for id in ["edge-a", "edge-b"] {
+        dns.wait_member(id, "alive", Duration::from_secs(10), |m| {
+            m["state"] == "alive"
+        })
+        .await;
+    }
+    dns.wait_answer(SEATTLE, "127.0.0.11", Duration::from_secs(5))
+        .await;
+
+    // POST /drain needs the token; without it nothing changes.
+    assert_eq!(admin_send(a.admin, "POST", "/drain", None).await, 401);
+    assert_eq!(get(a.admin, "admin", "/healthz", &[]).await.status, 200);
+    assert_eq!(
+        admin_send(a.admin, "POST", "/drain", Some(TOKEN)).await,
+        200
+    );
+    let took = dns
+        .wait_answer(SEATTLE, "127.0.0.12", Duration::from_secs(2))
+        .await;
+    println!("drained (POST /drain) edge left the answers after {took:?}");
+    assert_eq!(get(a.admin, "admin", "/healthz", &[]).await.status, 503);
+    let m = dns.member("edge-a").await.unwrap();
+    assert_eq!(
+        (m["state"].as_str(), m["draining"].as_bool()),
+        (Some("alive"), Some(true))
+    );
+    // DELETE /drain takes it back.
+    assert_eq!(
+        admin_send(a.admin, "DELETE", "/drain", Some(TOKEN)).await,
+        200
+    );
+    dns.wait_answer(SEATTLE, "127.0.0.11", Duration::from_secs(2))
+        .await;
+
+    // SIGTERM: draining is announced at once, the edge keeps serving through its drain wait,
+    // then stops accepting, leaves the cluster and exits 0.
+    let _ = a.messages();
+    let t = Instant::now();
+    a.signal("TERM");
+    let took = dns
+        .wait_answer(SEATTLE, "127.0.0.12", Duration::from_secs(2))
+        .await;
+    println!("SIGTERM: edge left the answers after {took:?}");
+    let r = get(a.http, "demo.meridian.test", "/", &[]).await;
+    assert_eq!(r.status, 200, "still serving during the drain wait");
+    assert_eq!(r.text(), "hello");
+    assert_eq!(a.wait(Duration::from_secs(10)), Some(0));
+    assert!(
+        t.elapsed() >= Duration::from_secs(2),
+        "the drain wait was honoured"
+    );
+    assert!(
+        TcpStream::connect_timeout(&a.http, Duration::from_millis(500)).is_err(),
+        "the listener is closed"
+    );
+    let order: Vec<String> = a
+        .messages()
+        .into_iter()
+        .filter(|m| {
+            [
+                "signal received; draining",
+                "draining announced",
+                "shutdown complete",
+                "left the cluster",
+            ]
+            .contains(&m.as_str())
+                || m.starts_with("draining: serving")
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "signal received; draining",
+            "draining announced",
+            "draining: serving until resolvers let go of this edge",
+            "shutdown complete",
+            "left the cluster"
+        ]
+    );
+    let m = dns
+        .wait_member("edge-a", "left", Duration::from_secs(3), |m| {
+            m["state"] == "left"
+        })
+        .await;
+    assert_eq!(m["healthy"], false);
+    drop(dns.node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_the_wrong_key_neither_joins_nor_changes_the_view() {
+    let origin = origin().await;
+    let mut c = Cluster::new(
+        &[
+            ("edge-a", "us-west", "127.0.0.11"),
+            ("edge-b", "eu-west", "127.0.0.12"),
+        ],
+        "",
+        "keys",
+    );
+    c.origins(origin.addr);
+    // A key rotation in progress: the DNS node and edge-a hold the new key 2 besides key 1
+    // (step 1: every node opens it), edge-b already seals with it (step 2).
+    let dns = c.dns_with_key("k12.key").await;
+    let a_file = c.edge_file("edge-a", "us-west", "k12.key", "");
+    let b_file = c.edge_file("edge-b", "eu-west", "k21.key", "");
+    let a = Proc::start(&a_file);
+    let b = Proc::start(&b_file);
+    for id in ["edge-a", "edge-b"] {
+        dns.wait_member(id, "alive", Duration::from_secs(10), |m| {
+            m["state"] == "alive"
+        })
+        .await;
+    }
+    dns.wait_answer(SEATTLE, "127.0.0.11", Duration::from_secs(5))
+        .await;
+    let before = dns.member("edge-a").await.unwrap();
+
+    // An impostor with the wrong key claims to be edge-a, drains itself, and gossips to all.
+    let bad_file = c.edge_file("edge-a", "us-west", "wrong.key", "");
+    let bad = Proc::start(&bad_file);
+    assert_eq!(
+        admin_send(bad.admin, "POST", "/drain", Some(TOKEN)).await,
+        200
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // The DNS node still sees the real edge-a, undrained, and answers with it.
+    let after = dns.member("edge-a").await.unwrap();
+    assert_eq!(after["generation"], before["generation"]);
+    assert_eq!(after["draining"], false);
+    assert_eq!(after["gossip"], before["gossip"]);
+    assert_eq!(
+        dns.answer(SEATTLE).await,
+        Some("127.0.0.11".parse().unwrap())
+    );
+    // The impostor heard no one.
+    let its_view = admin_json(bad.admin, "/cluster").await;
+    assert_eq!(
+        its_view["members"].as_array().unwrap().len(),
+        1,
+        "{its_view}"
+    );
+    // Its packets were counted as rejected.
+    let metrics = get(dns.admin, "admin", "/metrics", &[]).await.text();
+    let rejected: f64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("meridian_gossip_packets_total")
+                && l.contains("direction=\"rejected\"")
+                && l.contains("dns-keys")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(rejected > 0.0, "{metrics}");
+    drop((a, b, bad));
+    drop(dns.node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_region_spills_a_proportional_share_and_takes_it_back() {
+    let origin = origin().await;
+    // Clients of 10.0.0.0/8 belong to us-west (a coverage zone), so each /24 in it is a client
+    // subnet with its own hash.
+    let mut c = Cluster::new(
+        &[
+            ("edge-a", "us-west", "127.0.0.11"),
+            ("edge-b", "eu-west", "127.0.0.12"),
+        ],
+        "[[coverage]]\ncidr = \"10.0.0.0/8\"\nregion = \"us-west\"\n",
+        "spill",
+    );
+    c.origins(origin.addr);
+    let dns = c.dns().await;
+    // edge-a is built for 10 connections; 20 open ones put it at 2.0.
+    let a_file = c.edge_file(
+        "edge-a",
+        "us-west",
+        "k1.key",
+        "[edge.capacity]\nconnections = 10\n",
+    );
+    let b_file = c.edge_file("edge-b", "eu-west", "k1.key", "");
+    let a = Proc::start(&a_file);
+    let _b = Proc::start(&b_file);
+    for id in ["edge-a", "edge-b"] {
+        dns.wait_member(id, "alive", Duration::from_secs(10), |m| {
+            m["state"] == "alive"
+        })
+        .await;
+    }
+    let subnets: Vec<String> = (0..300)
+        .map(|i| format!("10.{}.{}.0/24", i / 200, i % 200))
+        .collect();
+    let spilled = |answers: &[Option<IpAddr>]| {
+        answers
+            .iter()
+            .filter(|a| **a == Some("127.0.0.12".parse().unwrap()))
+            .count() as f64
+            / answers.len() as f64
+    };
+    let answers = |dns: &DnsNode| {
+        let subnets = subnets.clone();
+        let udp = dns.udp;
+        async move {
+            let mut out = Vec::new();
+            for s in &subnets {
+                let m = ask(udp, &Ask::new("demo.meridian.test.", RecordType::A).ecs(s)).await;
+                out.push(addresses(&m).first().copied());
+            }
+            out
+        }
+    };
+    assert_eq!(spilled(&answers(&dns).await), 0.0, "idle: nobody spills");
+
+    // Real requests on 20 keep-alive connections, held open.
+    let mut conns = Vec::new();
+    for _ in 0..20 {
+        let stream = tokio::net::TcpStream::connect(a.http).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get("/")
+            .header("host", "demo.meridian.test")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        conns.push(send);
+    }
+    let m = dns
+        .wait_member("edge-a", "loaded", Duration::from_secs(10), |m| {
+            m["load"].as_f64().unwrap() > 1.9
+        })
+        .await;
+    let load = m["load"].as_f64().unwrap();
+    let share = spilled(&answers(&dns).await);
+    let expected = (load - 0.8) / load;
+    println!("load {load:.2}: {share:.3} of us-west's clients spilled (expected {expected:.3})");
+    assert!(
+        (share - expected).abs() < 0.1,
+        "spilled {share}, expected {expected} at load {load}"
+    );
+
+    // The load falls: everyone comes back.
+    drop(conns);
+    dns.wait_member("edge-a", "unloaded", Duration::from_secs(10), |m| {
+        m["load"].as_f64().unwrap() < 0.8
+    })
+    .await;
+    assert_eq!(
+        spilled(&answers(&dns).await),
+        0.0,
+        "unloaded: nobody spills"
+    );
+    drop(a);
+    drop(dns.node);
+}
