@@ -435,18 +435,22 @@ async fn converges_fails_over_on_kill_and_takes_a_restarted_edge_back() {
     dns.wait_answer(SEATTLE, "127.0.0.11", Duration::from_secs(5))
         .await;
     // The edges hear each other too.
-    let from_a = admin_json(a.admin, "/cluster").await;
-    let ids: Vec<&str> = from_a["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["state"] == "alive")
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
-    assert!(
-        ids.contains(&"edge-b") && ids.iter().any(|i| i.starts_with("dns-")),
-        "{from_a}"
-    );
+    let t = Instant::now();
+    loop {
+        let from_a = admin_json(a.admin, "/cluster").await;
+        let alive: Vec<&str> = from_a["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["state"] == "alive")
+            .map(|m| m["id"].as_str().unwrap())
+            .collect();
+        if alive.contains(&"edge-b") && alive.iter().any(|i| i.starts_with("dns-")) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "{from_a}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let generation = a_seen["generation"].as_u64().unwrap();
 
     // SIGKILL: no goodbye. The answer moves to eu-west once the failure detector gives up.
@@ -644,6 +648,25 @@ async fn a_node_with_the_wrong_key_neither_joins_nor_changes_the_view() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     assert!(rejected > 0.0, "{metrics}");
+
+    // Given the key (a SIGHUP re-reads the key file), the same node is heard: its newer
+    // generation of edge-a, draining, now decides. The key is what admits a node.
+    std::fs::write(c.path("wrong.key"), format!("{KEY_1}\n{KEY_2}\n")).unwrap();
+    bad.signal("HUP");
+    let m = dns
+        .wait_member(
+            "edge-a",
+            "the keyed impostor",
+            Duration::from_secs(5),
+            |m| m["generation"] != before["generation"] && m["draining"] == true,
+        )
+        .await;
+    assert_ne!(
+        m["gossip"], before["gossip"],
+        "the impostor's address, not edge-a's"
+    );
+    dns.wait_answer(SEATTLE, "127.0.0.12", Duration::from_secs(2))
+        .await;
     drop((a, b, bad));
     drop(dns.node);
 }
