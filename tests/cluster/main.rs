@@ -149,11 +149,7 @@ failure_timeout = "1600ms"
         (file, ip)
     }
 
-    /// Starts the DNS node in process.
-    async fn dns(&mut self) -> DnsNode {
-        self.dns_with_key("k1.key").await
-    }
-
+    /// Starts the DNS node in process, with the key file `key`.
     async fn dns_with_key(&mut self, key: &str) -> DnsNode {
         let (file, _) = self.node_file(
             &format!("dns-{}", self.name),
@@ -400,38 +396,74 @@ async fn origin() -> Origin {
     origin
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn converges_fails_over_on_kill_and_takes_a_restarted_edge_back() {
-    let origin = origin().await;
-    let mut c = Cluster::new(
-        &[
-            ("edge-a", "us-west", "127.0.0.11"),
-            ("edge-b", "eu-west", "127.0.0.12"),
-        ],
-        "",
-        "kill",
-    );
-    c.origins(origin.addr);
-    let dns = c.dns().await;
-    let a_file = c.edge_file("edge-a", "us-west", "k1.key", "");
-    let b_file = c.edge_file("edge-b", "eu-west", "k1.key", "");
-    let mut a = Proc::start(&a_file);
-    let _b = Proc::start(&b_file);
+/// A DNS node and two edges: edge-a in us-west (127.0.0.11) and edge-b in eu-west (127.0.0.12),
+/// in front of one origin, converged (the DNS node hears both alive). Bind every field: the
+/// directory, the origin and the edge processes end when their field is dropped.
+struct Two {
+    c: Cluster,
+    dns: DnsNode,
+    a: Proc,
+    b: Proc,
+    a_file: PathBuf,
+    _origin: Origin,
+}
 
-    // Convergence: the DNS node hears both edges alive, with what they publish.
-    let t = Instant::now();
-    for id in ["edge-a", "edge-b"] {
-        let m = dns
-            .wait_member(id, "alive", Duration::from_secs(10), |m| {
+impl Two {
+    /// `keys`: the key files of the DNS node, edge-a and edge-b; `a_extra`: edge-a's extra
+    /// `[edge]` lines.
+    async fn start(name: &str, map_extra: &str, keys: [&str; 3], a_extra: &str) -> Two {
+        let origin = origin().await;
+        let mut c = Cluster::new(
+            &[
+                ("edge-a", "us-west", "127.0.0.11"),
+                ("edge-b", "eu-west", "127.0.0.12"),
+            ],
+            map_extra,
+            name,
+        );
+        c.origins(origin.addr);
+        let dns = c.dns_with_key(keys[0]).await;
+        let a_file = c.edge_file("edge-a", "us-west", keys[1], a_extra);
+        let b_file = c.edge_file("edge-b", "eu-west", keys[2], "");
+        let a = Proc::start(&a_file);
+        let b = Proc::start(&b_file);
+        for id in ["edge-a", "edge-b"] {
+            dns.wait_member(id, "alive", Duration::from_secs(10), |m| {
                 m["state"] == "alive"
             })
             .await;
+        }
+        Two {
+            c,
+            dns,
+            a,
+            b,
+            a_file,
+            _origin: origin,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converges_fails_over_on_kill_and_takes_a_restarted_edge_back() {
+    // Convergence: the DNS node hears both edges alive, with what they publish.
+    let t = Instant::now();
+    let Two {
+        c: _c,
+        dns,
+        mut a,
+        b: _b,
+        a_file,
+        _origin,
+    } = Two::start("kill", "", ["k1.key", "k1.key", "k1.key"], "").await;
+    println!("converged in {:?}", t.elapsed());
+    for id in ["edge-a", "edge-b"] {
+        let m = dns.member(id).await.unwrap();
         assert_eq!(m["roles"], serde_json::json!(["edge"]));
     }
     let a_seen = dns.member("edge-a").await.unwrap();
     assert_eq!(a_seen["region"], "us-west");
     assert_eq!(a_seen["addresses"], serde_json::json!(["127.0.0.11"]));
-    println!("converged in {:?}", t.elapsed());
     dns.wait_answer(SEATTLE, "127.0.0.11", Duration::from_secs(5))
         .await;
     // The edges hear each other too.
@@ -478,27 +510,14 @@ async fn converges_fails_over_on_kill_and_takes_a_restarted_edge_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_edge_leaves_the_answers_at_once_and_shuts_down_in_order() {
-    let origin = origin().await;
-    let mut c = Cluster::new(
-        &[
-            ("edge-a", "us-west", "127.0.0.11"),
-            ("edge-b", "eu-west", "127.0.0.12"),
-        ],
-        "",
-        "drain",
-    );
-    c.origins(origin.addr);
-    let dns = c.dns().await;
-    let a_file = c.edge_file("edge-a", "us-west", "k1.key", "");
-    let b_file = c.edge_file("edge-b", "eu-west", "k1.key", "");
-    let mut a = Proc::start(&a_file);
-    let _b = Proc::start(&b_file);
-    for id in ["edge-a", "edge-b"] {
-        dns.wait_member(id, "alive", Duration::from_secs(10), |m| {
-            m["state"] == "alive"
-        })
-        .await;
-    }
+    let Two {
+        c: _c,
+        dns,
+        mut a,
+        b: _b,
+        a_file: _,
+        _origin,
+    } = Two::start("drain", "", ["k1.key", "k1.key", "k1.key"], "").await;
     dns.wait_answer(SEATTLE, "127.0.0.11", Duration::from_secs(5))
         .await;
 
@@ -583,29 +602,16 @@ async fn a_draining_edge_leaves_the_answers_at_once_and_shuts_down_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_the_wrong_key_neither_joins_nor_changes_the_view() {
-    let origin = origin().await;
-    let mut c = Cluster::new(
-        &[
-            ("edge-a", "us-west", "127.0.0.11"),
-            ("edge-b", "eu-west", "127.0.0.12"),
-        ],
-        "",
-        "keys",
-    );
-    c.origins(origin.addr);
     // A key rotation in progress: the DNS node and edge-a hold the new key 2 besides key 1
     // (step 1: every node opens it), edge-b already seals with it (step 2).
-    let dns = c.dns_with_key("k12.key").await;
-    let a_file = c.edge_file("edge-a", "us-west", "k12.key", "");
-    let b_file = c.edge_file("edge-b", "eu-west", "k21.key", "");
-    let a = Proc::start(&a_file);
-    let b = Proc::start(&b_file);
-    for id in ["edge-a", "edge-b"] {
-        dns.wait_member(id, "alive", Duration::from_secs(10), |m| {
-            m["state"] == "alive"
-        })
-        .await;
-    }
+    let Two {
+        mut c,
+        dns,
+        a,
+        b,
+        a_file: _,
+        _origin,
+    } = Two::start("keys", "", ["k12.key", "k12.key", "k21.key"], "").await;
     dns.wait_answer(SEATTLE, "127.0.0.11", Duration::from_secs(5))
         .await;
     let before = dns.member("edge-a").await.unwrap();
@@ -673,35 +679,22 @@ async fn a_node_with_the_wrong_key_neither_joins_nor_changes_the_view() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overloaded_region_spills_a_proportional_share_and_takes_it_back() {
-    let origin = origin().await;
     // Clients of 10.0.0.0/8 belong to us-west (a coverage zone), so each /24 in it is a client
-    // subnet with its own hash.
-    let mut c = Cluster::new(
-        &[
-            ("edge-a", "us-west", "127.0.0.11"),
-            ("edge-b", "eu-west", "127.0.0.12"),
-        ],
-        "[[coverage]]\ncidr = \"10.0.0.0/8\"\nregion = \"us-west\"\n",
+    // subnet with its own hash. edge-a is built for 10 connections; 20 open ones put it at 2.0.
+    let Two {
+        c: _c,
+        dns,
+        a,
+        b: _b,
+        a_file: _,
+        _origin,
+    } = Two::start(
         "spill",
-    );
-    c.origins(origin.addr);
-    let dns = c.dns().await;
-    // edge-a is built for 10 connections; 20 open ones put it at 2.0.
-    let a_file = c.edge_file(
-        "edge-a",
-        "us-west",
-        "k1.key",
+        "[[coverage]]\ncidr = \"10.0.0.0/8\"\nregion = \"us-west\"\n",
+        ["k1.key", "k1.key", "k1.key"],
         "[edge.capacity]\nconnections = 10\n",
-    );
-    let b_file = c.edge_file("edge-b", "eu-west", "k1.key", "");
-    let a = Proc::start(&a_file);
-    let _b = Proc::start(&b_file);
-    for id in ["edge-a", "edge-b"] {
-        dns.wait_member(id, "alive", Duration::from_secs(10), |m| {
-            m["state"] == "alive"
-        })
-        .await;
-    }
+    )
+    .await;
     let subnets: Vec<String> = (0..300)
         .map(|i| format!("10.{}.{}.0/24", i / 200, i % 200))
         .collect();
