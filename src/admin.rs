@@ -199,6 +199,7 @@ async fn purge_objects(edge: &EdgeState, purge: PurgeRequest) -> Result<usize, S
             .ok_or_else(|| format!("{text:?} must be an absolute URL (http://host/path)"))?;
         let site = edge
             .sites
+            .load()
             .lookup(host)
             .cloned()
             .ok_or_else(|| format!("no site serves host {host:?}"))?;

@@ -24,6 +24,7 @@ use crate::geoip::GeoIp;
 use crate::gossip::{Gossip, SelfInfo};
 use crate::http::handler::{EdgeState, Sites};
 use crate::http::server::{self, Limits};
+use crate::http::tls::{self, Certificates};
 use crate::load::Capacity;
 use crate::model::{ClusterView, Member};
 
@@ -53,7 +54,6 @@ pub enum StartError {
 
 /// The DNS role's reloadable state.
 pub(crate) struct DnsRole {
-    node_file: std::path::PathBuf,
     tables: Arc<ArcSwap<Tables>>,
     view: Arc<ArcSwap<ClusterView>>,
     metrics: Arc<DnsMetrics>,
@@ -65,15 +65,17 @@ pub(crate) struct DnsRole {
 }
 
 impl DnsRole {
-    /// Re-reads the node file's cluster map and GeoIP database; swaps them in whole, or keeps the
-    /// old ones and returns why not.
-    pub(crate) fn reload(&self) -> Result<(), String> {
-        let config = crate::config::load(&self.node_file).map_err(|e| e.to_string())?;
+    /// Builds the tables of a reloaded configuration (its cluster map and GeoIP database).
+    fn prepare(&self, config: &Config) -> Result<(Tables, ClusterMap), String> {
         let (Some(map), Some(dns)) = (config.cluster.as_ref(), config.node.dns.as_ref()) else {
             return Err("the node file no longer configures the dns role".into());
         };
         let geoip = open_geoip(dns)?;
-        let tables = Tables::new(map, geoip)?;
+        Ok((Tables::new(map, geoip)?, map.clone()))
+    }
+
+    /// Swaps prepared tables in.
+    fn commit(&self, (tables, map): (Tables, ClusterMap)) {
         self.metrics.set_regions(
             &map.regions
                 .iter()
@@ -81,9 +83,8 @@ impl DnsRole {
                 .collect::<Vec<_>>(),
         );
         self.tables.store(Arc::new(tables));
-        self.map.store(Arc::new(map.clone()));
+        self.map.store(Arc::new(map));
         self.refresh();
-        Ok(())
     }
 
     /// Builds the next cluster view from the map and the members heard, and swaps it in.
@@ -124,6 +125,33 @@ impl DnsRole {
     }
 }
 
+/// The edge role's reloadable state: its sites and their certificates.
+struct EdgeRole {
+    state: Arc<EdgeState>,
+    certificates: Arc<ArcSwap<Certificates>>,
+    tls: bool,
+}
+
+impl EdgeRole {
+    /// Builds the sites and certificates of a reloaded configuration.
+    fn prepare(&self, config: &Config) -> Result<(Sites, Certificates), String> {
+        let Some(edge) = &config.node.edge else {
+            return Err("the node file no longer configures the edge role".into());
+        };
+        let sites = Sites::new(&config.sites)?;
+        let certificates = Certificates::new(&config.sites, edge.tls_default_site.as_deref());
+        if self.tls && certificates.is_empty() {
+            return Err("no site has a certificate any more; the TLS listeners need one".into());
+        }
+        Ok((sites, certificates))
+    }
+
+    fn commit(&self, (sites, certificates): (Sites, Certificates)) {
+        self.state.sites.store(Arc::new(sites));
+        self.certificates.store(Arc::new(certificates));
+    }
+}
+
 fn open_geoip(dns: &crate::config::DnsConfig) -> Result<Option<Arc<GeoIp>>, String> {
     dns.geoip
         .as_deref()
@@ -131,12 +159,105 @@ fn open_geoip(dns: &crate::config::DnsConfig) -> Result<Option<Arc<GeoIp>>, Stri
         .transpose()
 }
 
+/// What a reload swaps, and the files it watches.
+struct Reloader {
+    node_file: std::path::PathBuf,
+    edge: Option<EdgeRole>,
+    dns: Option<Arc<DnsRole>>,
+    gossip: Option<Arc<Gossip>>,
+    /// Reloads by result: `[ok, rejected]`.
+    reloads: [metrics::Counter; 2],
+    files: std::sync::Mutex<Vec<std::path::PathBuf>>,
+}
+
+/// What identifies a file's content cheaply: its modification time and length.
+type Stamp = Option<(std::time::SystemTime, u64)>;
+
+fn stamps(files: &[std::path::PathBuf]) -> Vec<Stamp> {
+    files
+        .iter()
+        .map(|f| {
+            std::fs::metadata(f)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
+}
+
+impl Reloader {
+    fn reload(&self) -> Result<(), String> {
+        let result = self.try_reload();
+        self.reloads[usize::from(result.is_err())].increment(1);
+        result
+    }
+
+    fn try_reload(&self) -> Result<(), String> {
+        let config = crate::config::load(&self.node_file).map_err(|e| e.to_string())?;
+        let edge = match &self.edge {
+            Some(e) => Some(e.prepare(&config)?),
+            None => None,
+        };
+        let dns = match &self.dns {
+            Some(d) => Some(d.prepare(&config)?),
+            None => None,
+        };
+        let keys = match (&self.gossip, &config.node.gossip) {
+            (Some(_), Some(g)) => Gossip::prepare_keys(g)?,
+            (Some(_), None) => return Err("the node file no longer configures gossip".into()),
+            (None, _) => None,
+        };
+        if let (Some(role), Some(next)) = (&self.edge, edge) {
+            role.commit(next);
+        }
+        if let (Some(role), Some(next)) = (&self.dns, dns) {
+            role.commit(next);
+        }
+        if let (Some(g), Some(k)) = (&self.gossip, keys) {
+            g.set_keys(k);
+        }
+        *self.files.lock().unwrap_or_else(|e| e.into_inner()) = config.files();
+        Ok(())
+    }
+
+    fn files(&self) -> Vec<std::path::PathBuf> {
+        self.files.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Polls the configuration's files every `every`; when one changed (and stayed so for one
+    /// more poll, so a file being written is not read half-way), reloads.
+    async fn watch(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        let mut seen = stamps(&self.files());
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.cancelled() => break,
+            }
+            let now = stamps(&self.files());
+            if now == seen {
+                continue;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.cancelled() => break,
+            }
+            match self.reload() {
+                Ok(()) => tracing::info!("a configuration file changed; reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "a configuration file changed; reload rejected, the previous configuration stays in force")
+                }
+            }
+            seen = stamps(&self.files());
+        }
+    }
+}
+
 /// A running node: its bound addresses and the handle that stops it.
 pub struct Node {
     http_addrs: Vec<SocketAddr>,
+    https_addrs: Vec<SocketAddr>,
+    reloader: Arc<Reloader>,
     dns_addrs: Vec<SocketAddr>,
     admin_addr: Option<SocketAddr>,
-    dns: Option<Arc<DnsRole>>,
     gossip: Option<Arc<Gossip>>,
     drain: Arc<watch::Sender<bool>>,
     drain_wait: Duration,
@@ -159,7 +280,9 @@ impl Node {
         let tracker = TaskTracker::new();
         let node = &config.node;
         let mut http_addrs = Vec::new();
+        let mut https_addrs = Vec::new();
         let mut edge_state = None;
+        let mut edge_role = None;
         let mut grace = Duration::from_secs(10);
         let mut drain_wait = Duration::ZERO;
         if let Some(edge) = &node.edge {
@@ -174,20 +297,43 @@ impl Node {
                 tracker.clone(),
             ));
             let limits = Limits::from(edge);
-            for addr in &edge.listen {
-                let listener = bind(*addr, "edge.listen").await?;
-                http_addrs.push(listener.local_addr().map_err(|source| StartError::Bind {
+            let certificates = Arc::new(ArcSwap::from_pointee(Certificates::new(
+                &config.sites,
+                edge.tls_default_site.as_deref(),
+            )));
+            let acceptor = tokio_rustls::TlsAcceptor::from(
+                tls::server_config(certificates.clone()).map_err(StartError::Site)?,
+            );
+            let listeners = edge.listen.iter().map(|a| (a, "edge.listen", None)).chain(
+                edge.tls_listen
+                    .iter()
+                    .map(|a| (a, "edge.tls.listen", Some(acceptor.clone()))),
+            );
+            for (addr, what, tls) in listeners {
+                let listener = bind(*addr, what).await?;
+                let bound = listener.local_addr().map_err(|source| StartError::Bind {
                     addr: *addr,
-                    what: "edge.listen",
+                    what,
                     source,
-                })?);
+                })?;
+                if tls.is_some() {
+                    https_addrs.push(bound);
+                } else {
+                    http_addrs.push(bound);
+                }
                 tracker.spawn(server::serve(
                     listener,
                     state.clone(),
                     limits.clone(),
+                    tls,
                     shutdown.clone(),
                 ));
             }
+            edge_role = Some(EdgeRole {
+                state: state.clone(),
+                certificates,
+                tls: !edge.tls_listen.is_empty(),
+            });
             edge_state = Some(state);
         }
         let mut dns_addrs = Vec::new();
@@ -219,7 +365,6 @@ impl Node {
                 source,
             })?;
             dns_role = Some(DnsRole {
-                node_file: node.path.clone(),
                 tables,
                 view,
                 metrics,
@@ -293,12 +438,26 @@ impl Node {
                 tracker.clone(),
             ));
         }
-        tracing::info!(node = %node.id, region = %node.region, http = ?http_addrs, dns = ?dns_addrs, admin = ?admin_addr, "node started");
+        tracing::info!(node = %node.id, region = %node.region, http = ?http_addrs, https = ?https_addrs, dns = ?dns_addrs, admin = ?admin_addr, "node started");
+        let reloader = Arc::new(Reloader {
+            node_file: node.path.clone(),
+            edge: edge_role,
+            dns: dns_role,
+            gossip: gossip.clone(),
+            reloads: ["ok", "rejected"].map(|result| {
+                metrics::counter!("meridian_reloads_total", "node" => node.id.clone(), "result" => result)
+            }),
+            files: std::sync::Mutex::new(config.files()),
+        });
+        if let Some(every) = node.watch {
+            tracker.spawn(reloader.clone().watch(every, shutdown.clone()));
+        }
         Ok(Node {
             http_addrs,
+            https_addrs,
+            reloader,
             dns_addrs,
             admin_addr,
-            dns: dns_role,
             gossip,
             drain,
             drain_wait,
@@ -313,22 +472,24 @@ impl Node {
         &self.http_addrs
     }
 
+    /// Addresses of the edge's HTTPS listeners, in config order.
+    pub fn https_addrs(&self) -> &[SocketAddr] {
+        &self.https_addrs
+    }
+
     /// Addresses of the DNS listeners (UDP and TCP on each), in config order.
     pub fn dns_addrs(&self) -> &[SocketAddr] {
         &self.dns_addrs
     }
 
-    /// Reloads what can change without a restart (the DNS role's cluster map and GeoIP
-    /// database, the gossip keyring): validated whole and swapped atomically, or rejected with
-    /// the old state kept.
+    /// Reloads what can change without a restart: the origin map and the sites' certificates
+    /// (edge), the cluster map and the GeoIP database (DNS), the gossip keyring. The node file
+    /// and every file it names are read and validated whole, exactly as `meridian check` does,
+    /// and everything is built before anything is swapped: either all of it takes effect (for
+    /// new connections and queries; those in flight finish with what they started with) or none
+    /// of it, and the error says why. Listeners, cache size and roles need a restart.
     pub fn reload(&self) -> Result<(), String> {
-        if let Some(d) = &self.dns {
-            d.reload()?;
-        }
-        if let Some(g) = &self.gossip {
-            g.reload_keys()?;
-        }
-        Ok(())
+        self.reloader.reload()
     }
 
     /// Address of the admin listener.

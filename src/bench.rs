@@ -35,6 +35,7 @@ fn site() -> SiteConfig {
         ca_file: None,
         query_key: QueryKey::Keep,
         key_headers: vec![],
+        tls: None,
     }
 }
 
@@ -43,6 +44,8 @@ impl HitPath {
     pub async fn new(size: usize) -> HitPath {
         let edge = EdgeConfig {
             listen: vec![],
+            tls_listen: vec![],
+            tls_default_site: None,
             cache_memory: 1 << 30,
             max_object_size: 64 << 20,
             header_read_timeout: Duration::from_secs(10),
@@ -92,6 +95,7 @@ impl HitPath {
         let uri = Uri::from_static("/object");
         let key = state
             .sites
+            .load()
             .lookup("bench.test")
             .map(|s| s.key(&uri))
             .unwrap_or_default();
@@ -119,7 +123,8 @@ impl HitPath {
 
     /// Answers one GET for the object from cache; returns the body length.
     pub async fn hit(&self) -> usize {
-        let Some(site) = self.state.sites.lookup("bench.test") else {
+        let sites = self.state.sites.load();
+        let Some(site) = sites.lookup("bench.test") else {
             return 0;
         };
         let key = site.key(&self.uri);

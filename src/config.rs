@@ -162,6 +162,14 @@ struct RawNode {
     dns: Option<RawDns>,
     admin: Option<RawAdmin>,
     gossip: Option<RawGossip>,
+    #[serde(default)]
+    reload: RawReload,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReload {
+    watch: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -211,9 +219,17 @@ struct RawEdge {
     max_connections: Option<usize>,
     shutdown_grace: Option<String>,
     drain_wait: Option<String>,
+    tls: Option<RawEdgeTls>,
     public_addresses: Option<Vec<String>>,
     #[serde(default)]
     capacity: RawCapacity,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEdgeTls {
+    listen: Vec<String>,
+    default_site: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -329,6 +345,8 @@ struct RawSite {
     #[serde(default)]
     heuristic_freshness: bool,
     ca_file: Option<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
     #[serde(default)]
     cache_key: RawCacheKey,
 }
@@ -354,6 +372,31 @@ pub struct Config {
     pub sites: Vec<SiteConfig>,
     /// The cluster map, when the node file names one.
     pub cluster: Option<ClusterMap>,
+    /// The origin map's path, when the node file names one.
+    pub origin_map: Option<PathBuf>,
+}
+
+impl Config {
+    /// Every file this configuration was read from: the node file, the maps, certificates and
+    /// keys, CA bundles, the GeoIP database and the gossip key file. A change to any of them is
+    /// what a reload picks up.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.node.path.clone()];
+        files.extend(self.origin_map.clone());
+        files.extend(self.cluster.as_ref().map(|c| c.path.clone()));
+        for site in &self.sites {
+            files.extend(site.ca_file.clone());
+            if let Some(tls) = &site.tls {
+                files.push(tls.cert_file.clone());
+                files.push(tls.key_file.clone());
+            }
+        }
+        files.extend(self.node.dns.as_ref().and_then(|d| d.geoip.clone()));
+        files.extend(self.node.gossip.as_ref().and_then(|g| g.key_file.clone()));
+        files.sort();
+        files.dedup();
+        files
+    }
 }
 
 /// The cluster map: regions, edges, coverage zones and DNS zones, the same on every node.
@@ -467,6 +510,8 @@ pub struct NodeConfig {
     pub admin: Option<AdminConfig>,
     /// Cluster membership, when configured.
     pub gossip: Option<GossipConfig>,
+    /// Poll the configuration's files this often and reload when one changes (off when `None`).
+    pub watch: Option<Duration>,
 }
 
 /// Cluster membership by gossip.
@@ -506,6 +551,11 @@ pub struct LogConfig {
 pub struct EdgeConfig {
     /// Plain HTTP listeners.
     pub listen: Vec<SocketAddr>,
+    /// HTTPS listeners.
+    pub tls_listen: Vec<SocketAddr>,
+    /// The site whose certificate answers clients without SNI (or with a name no site serves);
+    /// without one, their handshakes are refused.
+    pub tls_default_site: Option<String>,
     /// Bytes of response bodies and headers the cache may hold.
     pub cache_memory: u64,
     /// Largest object the cache stores; larger ones stream through.
@@ -579,6 +629,22 @@ pub struct SiteConfig {
     pub query_key: QueryKey,
     /// Request headers added to the cache key (lower-case).
     pub key_headers: Vec<String>,
+    /// The certificate served for the site's hosts on the TLS listeners.
+    pub tls: Option<SiteCertificate>,
+}
+
+/// A site's certificate, checked (key matches, within its validity, covers the site's hosts)
+/// and ready to serve.
+#[derive(Debug, Clone)]
+pub struct SiteCertificate {
+    /// The chain and signing key.
+    pub key: std::sync::Arc<rustls::sign::CertifiedKey>,
+    /// Seconds since the Unix epoch after which the certificate is no longer valid.
+    pub not_after: u64,
+    /// The PEM chain it was read from.
+    pub cert_file: PathBuf,
+    /// The PEM key it was read from.
+    pub key_file: PathBuf,
 }
 
 /// Loads and validates the node file at `path` and every map it names.
@@ -644,6 +710,7 @@ fn load_into(path: &Path, problems: &mut Vec<Problem>) -> Option<Config> {
     let raw: RawNode = parse_toml(path, &text, problems)?;
     let node = validate_node(path, &raw, problems);
 
+    let origin_map = raw.origin_map.as_ref().map(|name| resolve(path, name));
     let sites = if node.edge.is_some() {
         match &raw.origin_map {
             None => {
@@ -683,11 +750,44 @@ fn load_into(path: &Path, problems: &mut Vec<Problem>) -> Option<Config> {
     };
     let mut node = node;
     settle_edge(&mut node, cluster.as_ref(), problems);
+    check_tls(&node, &sites, problems);
     Some(Config {
         node,
         sites,
         cluster,
+        origin_map,
     })
+}
+
+/// The TLS listeners need certificates, and the default site must have one.
+fn check_tls(node: &NodeConfig, sites: &[SiteConfig], problems: &mut Vec<Problem>) {
+    let Some(edge) = &node.edge else { return };
+    let mut add = |key: &str, reason: String| {
+        problems.push(Problem {
+            file: node.path.clone(),
+            key: key.into(),
+            reason,
+        })
+    };
+    if !edge.tls_listen.is_empty() && !sites.iter().any(|s| s.tls.is_some()) {
+        add(
+            "edge.tls.listen",
+            "no site of the origin map has a certificate (tls_cert and tls_key)".into(),
+        );
+    }
+    if let Some(name) = &edge.tls_default_site {
+        match sites.iter().find(|s| &s.name == name) {
+            None => add(
+                "edge.tls.default_site",
+                format!("no site is named {name:?} in the origin map"),
+            ),
+            Some(s) if s.tls.is_none() => add(
+                "edge.tls.default_site",
+                format!("site {name:?} has no certificate (tls_cert and tls_key)"),
+            ),
+            Some(_) => {}
+        }
+    }
 }
 
 /// Fills what the edge's settings take from the cluster map: its public addresses and the
@@ -1096,6 +1196,9 @@ fn validate_node(path: &Path, raw: &RawNode, problems: &mut Vec<Problem>) -> Nod
         dns,
         admin,
         gossip,
+        watch: raw.reload.watch.as_ref().map(|_| {
+            r.positive_duration("reload.watch", &raw.reload.watch, Duration::from_secs(2))
+        }),
     }
 }
 
@@ -1222,8 +1325,17 @@ fn validate_edge(r: &mut Report<'_>, e: &RawEdge) -> EdgeConfig {
         .enumerate()
         .filter_map(|(i, a)| r.addr(&format!("edge.listen[{i}]"), a))
         .collect();
-    if e.listen.is_empty() {
-        r.add("edge.listen", "must name at least one address");
+    let tls_listen: Vec<SocketAddr> = e
+        .tls
+        .iter()
+        .flat_map(|t| t.listen.iter().enumerate())
+        .filter_map(|(i, a)| r.addr(&format!("edge.tls.listen[{i}]"), a))
+        .collect();
+    if e.listen.is_empty() && e.tls.as_ref().is_none_or(|t| t.listen.is_empty()) {
+        r.add(
+            "edge.listen",
+            "must name at least one address (or edge.tls.listen)",
+        );
     }
     let cache_memory = r.size("edge.cache_memory", &e.cache_memory, default_cache_memory());
     let max_object_size = r.size(
@@ -1257,6 +1369,8 @@ fn validate_edge(r: &mut Report<'_>, e: &RawEdge) -> EdgeConfig {
     }
     EdgeConfig {
         listen,
+        tls_listen,
+        tls_default_site: e.tls.as_ref().and_then(|t| t.default_site.clone()),
         cache_memory,
         max_object_size,
         header_read_timeout: r.positive_duration(
@@ -1437,6 +1551,30 @@ fn parse_origin_map(path: &Path, text: &str, problems: &mut Vec<Problem>) -> Vec
             .default_ttl
             .as_ref()
             .map(|_| r.duration(&k("default_ttl"), &s.default_ttl, Duration::ZERO));
+        let tls = match (&s.tls_cert, &s.tls_key) {
+            (Some(cert), Some(key)) => {
+                match crate::http::tls::load_certificate(
+                    &resolve(path, cert),
+                    &resolve(path, key),
+                    &hosts,
+                ) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        r.add(k("tls_cert"), e);
+                        None
+                    }
+                }
+            }
+            (Some(_), None) => {
+                r.add(k("tls_key"), "tls_cert needs its private key in tls_key");
+                None
+            }
+            (None, Some(_)) => {
+                r.add(k("tls_cert"), "tls_key needs its certificate in tls_cert");
+                None
+            }
+            (None, None) => None,
+        };
         sites.push(SiteConfig {
             name: s.name.clone(),
             hosts,
@@ -1457,6 +1595,7 @@ fn parse_origin_map(path: &Path, text: &str, problems: &mut Vec<Problem>) -> Vec
             ca_file,
             query_key,
             key_headers,
+            tls,
         });
     }
     sites

@@ -29,7 +29,7 @@ pub const ORIGIN: &str = "127.0.0.1:8000";
 
 /// The files of `config/local/` (and the test GeoIP database they name), compiled in, at the
 /// same relative places as in the repository.
-const FILES: [(&str, &[u8]); 9] = [
+const FILES: [(&str, &[u8]); 12] = [
     (
         "config/local/edge-a.toml",
         include_bytes!("../config/local/edge-a.toml"),
@@ -61,6 +61,18 @@ const FILES: [(&str, &[u8]); 9] = [
     (
         "config/local/gossip.key",
         include_bytes!("../config/local/gossip.key"),
+    ),
+    (
+        "config/local/tls/demo.pem",
+        include_bytes!("../config/local/tls/demo.pem"),
+    ),
+    (
+        "config/local/tls/demo.key",
+        include_bytes!("../config/local/tls/demo.key"),
+    ),
+    (
+        "config/local/tls/ca.pem",
+        include_bytes!("../config/local/tls/ca.pem"),
     ),
     (
         "geo/test-city.mmdb",

@@ -64,6 +64,7 @@ pub(crate) struct EdgeMetrics {
     pub(crate) stored_bytes: Gauge,
     pub(crate) stored_objects: Gauge,
     pub(crate) purged: Counter,
+    pub(crate) tls_handshake_failures: Counter,
 }
 
 impl EdgeMetrics {
@@ -89,6 +90,7 @@ impl EdgeMetrics {
             stored_bytes: metrics::gauge!("meridian_cache_stored_bytes", vec![n()]),
             stored_objects: metrics::gauge!("meridian_cache_stored_objects", vec![n()]),
             purged: metrics::counter!("meridian_cache_purged_objects_total", vec![n()]),
+            tls_handshake_failures: metrics::counter!("meridian_tls_handshake_failures_total", vec![n()]),
         }
     }
 

@@ -12,7 +12,6 @@ pub(crate) mod transport;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -72,7 +71,6 @@ pub(crate) struct Gossip {
     chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
     members: watch::Receiver<Arc<Vec<Member>>>,
     keyring: Arc<ArcSwap<Keyring>>,
-    key_file: Option<PathBuf>,
     interval: Duration,
     pub(crate) settle: Duration,
     pub(crate) totals: Arc<WireTotals>,
@@ -170,7 +168,6 @@ impl Gossip {
             chitchat: chitchat.clone(),
             members,
             keyring,
-            key_file: config.key_file.clone(),
             interval: config.interval,
             settle: config.failure_timeout,
             totals,
@@ -257,12 +254,15 @@ impl Gossip {
         self.set(key::LOAD, format!("{load:.3}")).await;
     }
 
-    /// Re-reads the key file and swaps the keyring in (key rotation).
-    pub(crate) fn reload_keys(&self) -> Result<(), String> {
-        if let Some(path) = &self.key_file {
-            self.keyring.store(Arc::new(Keyring::load(path)?));
-        }
-        Ok(())
+    /// Reads the keyring a reloaded configuration names (key rotation); `None` when gossip
+    /// runs in clear.
+    pub(crate) fn prepare_keys(config: &GossipConfig) -> Result<Option<Keyring>, String> {
+        config.key_file.as_deref().map(Keyring::load).transpose()
+    }
+
+    /// Swaps a new keyring in.
+    pub(crate) fn set_keys(&self, keyring: Keyring) {
+        self.keyring.store(Arc::new(keyring));
     }
 
     /// Leaves the cluster: says so, gives the news a few rounds to spread, and stops.

@@ -136,7 +136,8 @@ enum Fetched {
 /// Everything the edge's request path shares.
 pub(crate) struct EdgeState {
     pub(crate) via: HeaderValue,
-    pub(crate) sites: Arc<Sites>,
+    /// Swapped whole on reload; a request keeps the sites it started with.
+    pub(crate) sites: arc_swap::ArcSwap<Sites>,
     pub(crate) store: Store,
     pub(crate) collapser: Arc<Collapser<Outcome>>,
     pub(crate) max_object_size: u64,
@@ -158,7 +159,7 @@ impl EdgeState {
             // cannot fail for ids validated by config; fall back to a generic token otherwise.
             via: HeaderValue::from_str(&format!("1.1 {node_id}"))
                 .unwrap_or(HeaderValue::from_static("1.1 meridian")),
-            sites: Arc::new(sites),
+            sites: arc_swap::ArcSwap::from_pointee(sites),
             store: Store::new(edge.cache_memory),
             collapser: Collapser::new(),
             max_object_size: edge.max_object_size,
@@ -250,7 +251,7 @@ async fn route(
     if let Err(why) = framing.map_or_else(|| check_framing(req.headers()), Err) {
         return refused(Refusal::BadFraming(why));
     }
-    let sites = &state.sites;
+    let sites = state.sites.load();
     let Some(site) = target_host(&req).and_then(|h| sites.lookup(h)).cloned() else {
         return refused(Refusal::Misdirected);
     };
@@ -285,7 +286,8 @@ fn to_origin(parts: &mut Parts, peer: SocketAddr, via: &HeaderValue) {
             parts.headers.insert(header::HOST, v);
         }
     }
-    add_forwarding(&mut parts.headers, peer.ip(), host.as_deref(), via);
+    let secure = parts.extensions.get::<super::server::Secure>().is_some();
+    add_forwarding(&mut parts.headers, peer.ip(), host.as_deref(), secure, via);
     if let Some(pq) = parts.uri.path_and_query() {
         if let Ok(u) = Uri::builder().path_and_query(pq.clone()).build() {
             parts.uri = u;
@@ -331,13 +333,13 @@ async fn forward(
             let code = resp.status();
             status.fwd_status = Some(code.as_u16());
             if invalidate && (code.is_success() || code.is_redirection()) {
-                let sites = &state.sites;
+                let sites = state.sites.load_full();
                 state.store.invalidate(&key).await;
                 for name in [header::LOCATION, header::CONTENT_LOCATION] {
                     if let Some(k) = resp
                         .headers()
                         .get(name)
-                        .and_then(|v| same_site_key(v, site, sites))
+                        .and_then(|v| same_site_key(v, site, &sites))
                     {
                         state.store.invalidate(&k).await;
                     }
@@ -477,6 +479,9 @@ fn origin_parts(req: &Request<Incoming>, peer: SocketAddr, via: &HeaderValue) ->
     parts.method = Method::GET;
     parts.uri = req.uri().clone();
     parts.headers = req.headers().clone();
+    if let Some(secure) = req.extensions().get::<super::server::Secure>() {
+        parts.extensions.insert(*secure);
+    }
     for name in [
         header::RANGE,
         header::IF_RANGE,

@@ -63,6 +63,7 @@ pub(crate) fn add_forwarding(
     headers: &mut HeaderMap,
     client: IpAddr,
     host: Option<&str>,
+    secure: bool,
     via: &HeaderValue,
 ) {
     headers.append(header::VIA, via.clone());
@@ -78,7 +79,8 @@ pub(crate) fn add_forwarding(
         IpAddr::V4(_) => ip,
         IpAddr::V6(_) => format!("\"[{ip}]\""),
     };
-    let mut fwd = format!("for={node};proto=http");
+    let proto = if secure { "https" } else { "http" };
+    let mut fwd = format!("for={node};proto={proto}");
     if let Some(h) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
         fwd.push_str(";host=\"");
         fwd.push_str(h);
@@ -121,7 +123,13 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, "10.0.0.1".parse().unwrap());
         let via = HeaderValue::from_static("1.1 edge-a");
-        add_forwarding(&mut h, "2001:db8::1".parse().unwrap(), Some("a.test"), &via);
+        add_forwarding(
+            &mut h,
+            "2001:db8::1".parse().unwrap(),
+            Some("a.test"),
+            false,
+            &via,
+        );
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 2001:db8::1");
         assert_eq!(
             h[FORWARDED],

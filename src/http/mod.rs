@@ -9,3 +9,4 @@ pub(crate) mod headers;
 pub(crate) mod range;
 pub(crate) mod response;
 pub(crate) mod server;
+pub(crate) mod tls;

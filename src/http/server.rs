@@ -19,7 +19,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -68,17 +68,17 @@ impl Activity {
 }
 
 pin_project_lite::pin_project! {
-    /// A TCP stream that records activity and counts bytes.
-    struct Tracked {
+    /// A client stream (TCP, or TLS over TCP) that records activity and counts bytes.
+    struct Tracked<S> {
         #[pin]
-        inner: TcpStream,
+        inner: S,
         activity: Arc<Activity>,
         state: Arc<EdgeState>,
         guard: FramingGuard,
     }
 }
 
-impl AsyncRead for Tracked {
+impl<S: AsyncRead> AsyncRead for Tracked<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -103,7 +103,7 @@ impl AsyncRead for Tracked {
     }
 }
 
-impl AsyncWrite for Tracked {
+impl<S: AsyncWrite> AsyncWrite for Tracked<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -159,11 +159,17 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Serves HTTP on `listener` until `shutdown` fires, then drains gracefully.
+/// Marks a request that arrived over TLS (a request extension).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Secure;
+
+/// Serves HTTP on `listener` until `shutdown` fires, then drains gracefully. With `tls`, every
+/// connection is a TLS handshake first (it must finish within the header read timeout).
 pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<EdgeState>,
     limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -191,33 +197,62 @@ pub(crate) async fn serve(
         let shutdown = shutdown.clone();
         let idle = limits.idle_timeout;
         let max_header = limits.max_header_size;
+        let handshake_timeout = limits.header_read_timeout;
+        let tls = tls.clone();
         state.tasks.spawn(async move {
             let _permit = permit;
             LoadCounters::add(&state2.load.connections, 1);
-            connection(
-                stream,
+            let conn = Conn {
                 peer,
-                state2.clone(),
+                state: state2.clone(),
                 builder,
-                idle,
-                max_header,
+                idle_timeout: idle,
+                max_header_size: max_header,
                 shutdown,
-            )
-            .await;
+            };
+            match tls {
+                None => connection(stream, conn, false).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => connection(stream, conn, true).await,
+                        Ok(Err(e)) => {
+                            state2.metrics.tls_handshake_failures.increment(1);
+                            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            state2.metrics.tls_handshake_failures.increment(1);
+                            tracing::debug!(client = %peer, "TLS handshake timed out");
+                        }
+                    }
+                }
+            }
             state2.load.connections.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
 
-async fn connection(
-    stream: TcpStream,
+/// What a connection needs besides its stream.
+struct Conn {
     peer: SocketAddr,
     state: Arc<EdgeState>,
     builder: auto::Builder<TokioExecutor>,
     idle_timeout: Duration,
     max_header_size: usize,
     shutdown: CancellationToken,
-) {
+}
+
+async fn connection<S>(stream: S, conn: Conn, secure: bool)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let Conn {
+        peer,
+        state,
+        builder,
+        idle_timeout,
+        max_header_size,
+        shutdown,
+    } = conn;
     let activity = Arc::new(Activity {
         events: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
@@ -232,7 +267,10 @@ async fn connection(
         guard: FramingGuard::new(max_header_size),
     };
     let svc_activity = activity.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        if secure {
+            req.extensions_mut().insert(Secure);
+        }
         let state = state.clone();
         let activity = svc_activity.clone();
         activity.in_flight.fetch_add(1, Ordering::Relaxed);

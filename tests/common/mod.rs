@@ -78,6 +78,7 @@ impl Reply {
 /// A request as the origin saw it.
 #[derive(Clone, Debug)]
 pub struct Seen {
+    pub version: http::Version,
     pub method: String,
     pub path: String,
     pub headers: HeaderMap,
@@ -103,13 +104,7 @@ impl Origin {
     }
 
     pub fn serve(listener: TcpListener) -> Origin {
-        let origin = Origin {
-            addr: listener.local_addr().unwrap(),
-            scripts: Default::default(),
-            counts: Default::default(),
-            seen: Default::default(),
-            total: Default::default(),
-        };
+        let origin = Origin::serve_with(&listener);
         let o = origin.clone();
         tokio::spawn(async move {
             loop {
@@ -129,6 +124,45 @@ impl Origin {
             }
         });
         origin
+    }
+
+    /// An origin over TLS with `config` (HTTP/1.1 or HTTP/2, as ALPN settles).
+    pub async fn start_tls(config: Arc<rustls::ServerConfig>) -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = Origin::serve_with(&listener);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let o = origin.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    break;
+                };
+                let (o, acceptor) = (o.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let svc = service_fn(move |req| {
+                        let o = o.clone();
+                        async move { Ok::<_, Infallible>(o.answer(req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        origin
+    }
+
+    fn serve_with(listener: &TcpListener) -> Origin {
+        Origin {
+            addr: listener.local_addr().unwrap(),
+            scripts: Default::default(),
+            counts: Default::default(),
+            seen: Default::default(),
+            total: Default::default(),
+        }
     }
 
     /// Answers `path` (with query) with `f(request, nth request to this path starting at 1)`.
@@ -174,6 +208,7 @@ impl Origin {
             .map(|p| p.as_str().to_string())
             .unwrap_or_default();
         let method = req.method().to_string();
+        let version = req.version();
         let headers = req.headers().clone();
         let body = req
             .into_body()
@@ -182,6 +217,7 @@ impl Origin {
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         let seen = Seen {
+            version,
             method,
             path: path.clone(),
             headers,

@@ -1,0 +1,474 @@
+//! TLS termination, HTTP/2 and live reload of certificates, with certificates made in the test
+//! (rcgen) and real TLS clients (rustls) that check what certificate they were served.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+
+use crate::common::{get, site, Edge, Origin, Reply};
+
+/// A test CA that issues leaf certificates.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+/// A leaf certificate and its key, as PEM and DER.
+struct Leaf {
+    cert_pem: String,
+    key_pem: String,
+    der: CertificateDer<'static>,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "meridian test CA");
+        Ca {
+            cert: params.self_signed(&key).unwrap(),
+            key,
+        }
+    }
+
+    fn issue(&self, names: &[&str]) -> Leaf {
+        self.issue_with(names, |_| {})
+    }
+
+    fn issue_with(&self, names: &[&str], f: impl FnOnce(&mut CertificateParams)) -> Leaf {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        f(&mut params);
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
+    fn roots(&self) -> rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert.der().clone()).unwrap();
+        roots
+    }
+}
+
+/// Writes a leaf's PEM files into `dir` as `NAME.pem` and `NAME.key`; returns their paths.
+fn write(dir: &Path, name: &str, leaf: &Leaf) -> (PathBuf, PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&cert, &leaf.cert_pem).unwrap();
+    std::fs::write(&key, &leaf.key_pem).unwrap();
+    (cert, key)
+}
+
+fn tls_site(name: &str, host: &str, origin: &Origin, files: &(PathBuf, PathBuf)) -> String {
+    site(
+        name,
+        host,
+        &format!("http://{}", origin.addr),
+        &format!("tls_cert = {:?}\ntls_key = {:?}\n", files.0, files.1),
+    )
+}
+
+/// A TLS client connection: what the server presented and an HTTP sender on it.
+struct Client {
+    leaf: CertificateDer<'static>,
+    alpn: Option<Vec<u8>>,
+    send: Sender,
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+}
+
+/// Connects to `addr` over TLS, trusting `ca`, sending SNI `sni` (none when `None`), offering
+/// ALPN `alpn`; speaks HTTP/2 when the server chose `h2`.
+async fn connect(
+    addr: std::net::SocketAddr,
+    ca: &Ca,
+    sni: Option<&str>,
+    alpn: &[&str],
+) -> Result<Client, std::io::Error> {
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(ca.roots())
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    config.enable_sni = sni.is_some();
+    // Without SNI the client still checks the certificate against a name: the default site's.
+    let name = ServerName::try_from(sni.unwrap_or("a.test").to_string()).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    let (_, conn) = stream.get_ref();
+    let leaf = conn.peer_certificates().unwrap()[0].clone();
+    let alpn = conn.alpn_protocol().map(|p| p.to_vec());
+    let io = TokioIo::new(stream);
+    let send = if alpn.as_deref() == Some(b"h2") {
+        let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Sender::H2(send)
+    } else {
+        let (send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        Sender::H1(send)
+    };
+    Ok(Client { leaf, alpn, send })
+}
+
+impl Client {
+    /// GET `path` from `host`; returns the status, version, Cache-Status and body.
+    async fn get(&mut self, host: &str, path: &str) -> (StatusCode, Version, String, String) {
+        let resp = match &mut self.send {
+            Sender::H1(s) => {
+                let req = Request::get(path)
+                    .header("host", host)
+                    .body(Empty::new())
+                    .unwrap();
+                s.send_request(req).await.unwrap()
+            }
+            Sender::H2(s) => {
+                let req = Request::get(format!("https://{host}{path}"))
+                    .version(Version::HTTP_2)
+                    .body(Empty::new())
+                    .unwrap();
+                s.send_request(req).await.unwrap()
+            }
+        };
+        let status = resp.status();
+        let version = resp.version();
+        let cache = resp
+            .headers()
+            .get("cache-status")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            version,
+            cache,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    }
+}
+
+fn https(edge: &Edge) -> std::net::SocketAddr {
+    edge.node.as_ref().unwrap().https_addrs()[0]
+}
+
+async fn origin_with_pages() -> Origin {
+    let origin = Origin::start().await;
+    origin.always("/", Reply::ok("site").header("cache-control", "max-age=60"));
+    origin
+}
+
+#[tokio::test]
+async fn sni_picks_each_sites_certificate_and_clients_without_it_get_the_default() {
+    let (ca, certs) = (Ca::new(), tempfile::tempdir().unwrap());
+    let a = ca.issue(&["a.test"]);
+    let b = ca.issue(&["b.test", "www.b.test"]);
+    let origin = origin_with_pages().await;
+    let sites = tls_site("a", "a.test", &origin, &write(certs.path(), "a", &a))
+        + &tls_site("b", "b.test", &origin, &write(certs.path(), "b", &b));
+    let edge = Edge::start(
+        &sites,
+        "[edge.tls]\nlisten = [\"127.0.0.1:0\"]\ndefault_site = \"a\"\n",
+    )
+    .await;
+    let mut to_a = connect(https(&edge), &ca, Some("a.test"), &["http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(to_a.leaf, a.der);
+    assert_eq!(to_a.get("a.test", "/").await.0, 200);
+    let to_b = connect(https(&edge), &ca, Some("B.TEST"), &["http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(to_b.leaf, b.der, "SNI is matched without regard to case");
+    let anonymous = connect(https(&edge), &ca, None, &["http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(
+        anonymous.leaf, a.der,
+        "no SNI: the default site's certificate"
+    );
+}
+
+#[tokio::test]
+async fn without_a_default_site_clients_without_sni_are_refused() {
+    let (ca, certs) = (Ca::new(), tempfile::tempdir().unwrap());
+    let a = ca.issue(&["a.test"]);
+    let origin = origin_with_pages().await;
+    let edge = Edge::start(
+        &tls_site("a", "a.test", &origin, &write(certs.path(), "a", &a)),
+        "[edge.tls]\nlisten = [\"127.0.0.1:0\"]\n",
+    )
+    .await;
+    assert!(connect(https(&edge), &ca, None, &[]).await.is_err());
+    assert!(connect(https(&edge), &ca, Some("other.test"), &[])
+        .await
+        .is_err());
+    assert!(connect(https(&edge), &ca, Some("a.test"), &[])
+        .await
+        .is_ok());
+    let failures = get(edge.admin, "admin", "/metrics", &[]).await.text();
+    assert!(
+        failures
+            .lines()
+            .any(|l| l.starts_with("meridian_tls_handshake_failures_total") && !l.ends_with(" 0")),
+        "{failures}"
+    );
+}
+
+#[tokio::test]
+async fn http2_by_alpn_and_h2c_share_one_cache_with_http1() {
+    let (ca, certs) = (Ca::new(), tempfile::tempdir().unwrap());
+    let a = ca.issue(&["a.test"]);
+    let origin = Origin::start().await;
+    origin.always(
+        "/shared",
+        Reply::ok("one copy").header("cache-control", "max-age=60"),
+    );
+    let edge = Edge::start(
+        &tls_site("a", "a.test", &origin, &write(certs.path(), "a", &a)),
+        "[edge.tls]\nlisten = [\"127.0.0.1:0\"]\n",
+    )
+    .await;
+    let mut h1 = connect(https(&edge), &ca, Some("a.test"), &["http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(h1.alpn.as_deref(), Some(&b"http/1.1"[..]));
+    let (status, version, cache, body) = h1.get("a.test", "/shared").await;
+    assert_eq!(
+        (status, version, body.as_str()),
+        (StatusCode::OK, Version::HTTP_11, "one copy")
+    );
+    assert!(cache.contains("fwd=miss"), "{cache}");
+
+    let mut h2 = connect(https(&edge), &ca, Some("a.test"), &["h2", "http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(h2.alpn.as_deref(), Some(&b"h2"[..]), "h2 chosen by ALPN");
+    let (status, version, cache, body) = h2.get("a.test", "/shared").await;
+    assert_eq!(
+        (status, version, body.as_str()),
+        (StatusCode::OK, Version::HTTP_2, "one copy")
+    );
+    assert!(cache.starts_with("meridian; hit"), "{cache}");
+
+    // Cleartext HTTP/2 with prior knowledge on the plain listener.
+    let tcp = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("http://a.test/shared")
+        .version(Version::HTTP_2)
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.version(), Version::HTTP_2);
+    assert!(resp.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .starts_with("meridian; hit"));
+    assert_eq!(origin.count("/shared"), 1, "one origin fetch for all three");
+}
+
+#[tokio::test]
+async fn requests_over_tls_reach_the_origin_as_https_and_origins_get_http2_when_they_offer_it() {
+    let (ca, certs) = (Ca::new(), tempfile::tempdir().unwrap());
+    // An origin on TLS that offers h2, with a certificate for its IP address.
+    let origin_leaf = ca.issue(&["127.0.0.1"]);
+    let mut origin_tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![origin_leaf.der.clone()],
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(origin_leaf.key_pem.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    origin_tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let origin = Origin::start_tls(Arc::new(origin_tls)).await;
+    origin.always(
+        "/p",
+        Reply::ok("secure").header("cache-control", "max-age=60"),
+    );
+    std::fs::write(certs.path().join("ca.pem"), ca.cert.pem()).unwrap();
+    let a = ca.issue(&["a.test"]);
+    let files = write(certs.path(), "a", &a);
+    let sites = site(
+        "a",
+        "a.test",
+        &format!("https://127.0.0.1:{}", origin.addr.port()),
+        &format!(
+            "tls_cert = {:?}\ntls_key = {:?}\nca_file = {:?}\n",
+            files.0,
+            files.1,
+            certs.path().join("ca.pem")
+        ),
+    );
+    let edge = Edge::start(&sites, "[edge.tls]\nlisten = [\"127.0.0.1:0\"]\n").await;
+    let mut c = connect(https(&edge), &ca, Some("a.test"), &["http/1.1"])
+        .await
+        .unwrap();
+    let (status, _, _, body) = c.get("a.test", "/p").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "secure"));
+    let seen = origin.last("/p");
+    assert_eq!(
+        seen.version,
+        Version::HTTP_2,
+        "the edge spoke h2 to the origin"
+    );
+    let forwarded = seen.headers["forwarded"].to_str().unwrap();
+    assert!(forwarded.contains("proto=https"), "{forwarded}");
+}
+
+#[tokio::test]
+async fn a_reloaded_certificate_serves_new_connections_while_old_ones_keep_going() {
+    let (ca, certs) = (Ca::new(), tempfile::tempdir().unwrap());
+    let first = ca.issue(&["a.test"]);
+    let files = write(certs.path(), "a", &first);
+    let origin = origin_with_pages().await;
+    let edge = Edge::start(
+        &tls_site("a", "a.test", &origin, &files),
+        "[edge.tls]\nlisten = [\"127.0.0.1:0\"]\n",
+    )
+    .await;
+    let node = edge.node.as_ref().unwrap();
+    let mut old = connect(https(&edge), &ca, Some("a.test"), &["http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(old.leaf, first.der);
+    assert_eq!(old.get("a.test", "/").await.0, 200);
+
+    let second = ca.issue(&["a.test"]);
+    write(certs.path(), "a", &second);
+    node.reload().unwrap();
+    let new = connect(https(&edge), &ca, Some("a.test"), &["http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(
+        new.leaf, second.der,
+        "new connections get the new certificate"
+    );
+    assert_eq!(
+        old.get("a.test", "/").await.0,
+        200,
+        "the old connection keeps working"
+    );
+
+    // A broken new certificate (this key belongs to another certificate) is rejected whole, and
+    // the one before keeps serving.
+    let other = ca.issue(&["a.test"]);
+    std::fs::write(&files.1, &other.key_pem).unwrap();
+    let err = node.reload().unwrap_err();
+    assert!(
+        err.contains("tls_cert") && err.contains(&files.1.display().to_string()),
+        "{err}"
+    );
+    let after = connect(https(&edge), &ca, Some("a.test"), &["http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(after.leaf, second.der);
+    let metrics = get(edge.admin, "admin", "/metrics", &[]).await.text();
+    for result in ["ok", "rejected"] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("meridian_reloads_total")
+                    && l.contains(&format!("result=\"{result}\""))
+                    && l.ends_with(" 1")),
+            "{metrics}"
+        );
+    }
+}
+
+#[test]
+fn bad_certificates_are_named_at_check() {
+    let (ca, certs) = (Ca::new(), tempfile::tempdir().unwrap());
+    let dir = certs.path();
+    let good = write(dir, "good", &ca.issue(&["a.test"]));
+    let expired = write(
+        dir,
+        "expired",
+        &ca.issue_with(&["a.test"], |p| {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }),
+    );
+    let elsewhere = write(dir, "elsewhere", &ca.issue(&["b.test"]));
+    let other = write(dir, "other", &ca.issue(&["a.test"]));
+    let cases: [(&str, PathBuf, PathBuf, &str); 4] = [
+        (
+            "unreadable",
+            dir.join("missing.pem"),
+            good.1.clone(),
+            "cannot read",
+        ),
+        ("expired", expired.0.clone(), expired.1.clone(), "expired"),
+        (
+            "not covering",
+            elsewhere.0.clone(),
+            elsewhere.1.clone(),
+            "does not cover the site's host \"a.test\"",
+        ),
+        (
+            "mismatched key",
+            good.0.clone(),
+            other.1.clone(),
+            "does not match the certificate",
+        ),
+    ];
+    for (what, cert, key, reason) in cases {
+        let origins = format!(
+            "[[site]]\nname = \"a\"\nhosts = [\"a.test\"]\norigins = [\"http://127.0.0.1:1\"]\ntls_cert = {cert:?}\ntls_key = {key:?}\n"
+        );
+        std::fs::write(dir.join("origins.toml"), origins).unwrap();
+        std::fs::write(
+            dir.join("node.toml"),
+            "id = \"t\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[edge]\nlisten = [\"127.0.0.1:0\"]\n[edge.tls]\nlisten = [\"127.0.0.1:0\"]\n",
+        )
+        .unwrap();
+        let err = meridian::config::load(&dir.join("node.toml")).unwrap_err();
+        let p = &err.problems[0];
+        assert_eq!(p.key, "site[0].tls_cert", "{what}: {err}");
+        assert!(p.reason.contains(reason), "{what}: {err}");
+        assert!(p.file.ends_with("origins.toml"), "{what}: {err}");
+        let named = if what == "mismatched key" {
+            &key
+        } else {
+            &cert
+        };
+        assert!(
+            p.reason.contains(&named.display().to_string()),
+            "{what}: {err}"
+        );
+    }
+}
