@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Cache-hit throughput and latency of meridian, nginx (proxy_cache) and Varnish (malloc storage),
 # side by side, in front of the same local origin on this machine; then the collapsing latency
-# of each for a cold object whose origin takes 500 ms. Two reference rows: a bare hyper server
+# of each for a cold object whose origin takes 500 ms; then TLS cache hits of meridian and nginx
+# with the same certificate, over HTTP/1.1 (wrk) and HTTP/2 (h2load). Two reference rows: a bare hyper server
 # returning a fixed body (the ceiling for any hit path on hyper), and the slow origin asked
 # directly by the same burst client (what the client and origin alone cost).
 #
 #   benches/http-load.sh [ROUNDS] [DURATION]      defaults: 5 rounds of 8s per server and size
 #   CONNS=64 THREADS=2 benches/http-load.sh        wrk connections and threads
 #
-# Installs nginx, varnish and wrk from Debian if they are missing (needs root). Every address is
+# Installs nginx, varnish, wrk and h2load (nghttp2-client) from Debian if they are missing (needs root). Every address is
 # on loopback; every server started here is stopped on exit. Prints markdown tables of medians.
 set -euo pipefail
 
@@ -25,6 +26,8 @@ command -v nginx >/dev/null || missing+=(nginx)
 command -v varnishd >/dev/null || missing+=(varnish)
 command -v wrk >/dev/null || missing+=(wrk)
 command -v curl >/dev/null || missing+=(curl)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} from Debian" >&2
   apt-get update -qq
@@ -55,8 +58,13 @@ P_MERIDIAN=18001
 P_NGINX=18002
 P_VARNISH=18003
 P_BARE=18004      # bare hyper with a fixed body: the ceiling for any hit path built on hyper
+P_MERIDIAN_TLS=18005
+P_NGINX_TLS=18006
 
 mkdir -p "$WORK/www" "$WORK/nginx-cache" "$WORK/logs"
+# One certificate (ECDSA P-256, like most CDN certificates) for both TLS servers.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench.test \
+  -addext subjectAltName=DNS:bench.test -keyout "$WORK/bench.key" -out "$WORK/bench.pem" 2>/dev/null
 head -c 1024 /dev/urandom > "$WORK/www/1k"
 head -c 102400 /dev/urandom > "$WORK/www/100k"
 
@@ -84,6 +92,8 @@ cat > "$WORK/origins.toml" <<EOF
 name = "bench"
 hosts = ["bench.test"]
 origins = ["http://127.0.0.1:$ORIGIN"]
+tls_cert = "bench.pem"
+tls_key = "bench.key"
 [[site]]
 name = "slow"
 hosts = ["slow.test"]
@@ -100,6 +110,9 @@ access_log = false
 listen = ["127.0.0.1:$P_MERIDIAN"]
 cache_memory = "1GiB"
 max_connections = 100000
+[edge.tls]
+listen = ["127.0.0.1:$P_MERIDIAN_TLS"]
+default_site = "bench"
 EOF
 "$MERIDIAN" run -c "$WORK/meridian.toml" 2>"$WORK/logs/meridian.log" & PIDS+=($!)
 "$BARE" 127.0.0.1:$P_BARE 1024 & PIDS+=($!)
@@ -117,6 +130,9 @@ http {
   upstream slow { server 127.0.0.1:$SLOW; keepalive 64; }
   server {
     listen 127.0.0.1:$P_NGINX default_server;
+    listen 127.0.0.1:$P_NGINX_TLS ssl http2 default_server;
+    ssl_certificate $WORK/bench.pem;
+    ssl_certificate_key $WORK/bench.key;
     location / {
       proxy_pass http://origin;
       proxy_http_version 1.1;
@@ -196,6 +212,35 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
+# --- TLS hits: HTTP/1.1 (wrk) and HTTP/2 (h2load, 10 streams per connection) ----------------
+TLS="$WORK/tls.txt"
+: > "$TLS"
+secs=${DURATION%s}
+for p in $P_MERIDIAN_TLS $P_NGINX_TLS; do
+  for obj in 1k 100k; do
+    curl -sk -o /dev/null -H 'Host: bench.test' "https://127.0.0.1:$p/$obj"
+    curl -sk -o /dev/null --http2 -H 'Host: bench.test' "https://127.0.0.1:$p/$obj"
+  done
+done
+for round in $(seq 1 "$ROUNDS"); do
+  for obj in 1k 100k; do
+    for entry in meridian:$P_MERIDIAN_TLS nginx:$P_NGINX_TLS; do
+      name=${entry%%:*}; port=${entry##*:}
+      out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -H 'Host: bench.test' "https://127.0.0.1:$port/$obj")
+      rps=$(echo "$out" | awk '/Requests\/sec/ { print $2 }')
+      p99=$(to_ms "$(echo "$out" | awk '$1 == "99%" { print $2 }')")
+      echo "$obj h1 $name $rps $p99" >> "$TLS"
+      echo "tls round $round $obj h1 $name: $rps req/s, p99 ${p99} ms" >&2
+      out=$(h2load -t"$THREADS" -c"$CONNS" -m10 -D "$secs" -H ':authority: bench.test' "https://127.0.0.1:$port/$obj" 2>&1)
+      rps=$(echo "$out" | awk '/^finished in/ { gsub(",", "", $4); print $4 }')
+      ok=$(echo "$out" | awk '/^requests:/ { print $8 }')
+      mean=$(echo "$out" | awk '/^time for request:/ { print $6 }')
+      echo "$obj h2 $name $rps $(to_ms "$mean")" >> "$TLS"
+      echo "tls round $round $obj h2 $name: $rps req/s ($ok succeeded), mean $mean" >&2
+    done
+  done
+done
+
 # --- collapsing: BURST concurrent requests for a cold object, origin takes 500 ms ---------------
 COLLAPSE="$WORK/collapse.txt"
 : > "$COLLAPSE"
@@ -210,9 +255,9 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$RESULTS" "$COLLAPSE" "$CONNS" "$THREADS" "$DURATION" "$ROUNDS" "$BURST" <<'EOF'
+python3 - "$RESULTS" "$COLLAPSE" "$CONNS" "$THREADS" "$DURATION" "$ROUNDS" "$BURST" "$TLS" <<'EOF'
 import statistics, sys
-results, collapse, conns, threads, duration, rounds, burst = sys.argv[1:]
+results, collapse, conns, threads, duration, rounds, burst, tls = sys.argv[1:]
 rows = {}
 for line in open(results):
     obj, name, rps, p50, p99 = line.split()
@@ -233,6 +278,21 @@ for obj in ("1k", "100k"):
     m = statistics.median(x[0] for x in rows.get((obj, "meridian"), [(0, 0, 0)]))
     if best_other:
         print(f"| {obj} | meridian / best other | {m / best_other:.2f}× | | |")
+print(f"\n### TLS cache hits ({conns} connections, median of {rounds} rounds; HTTP/1.1: wrk, p99; HTTP/2: h2load -m10, mean)\n")
+print("| object | protocol | meridian req/s | nginx req/s | meridian / nginx | meridian latency ms | nginx latency ms |")
+print("|---|---|---:|---:|---:|---:|---:|")
+t = {}
+for line in open(tls):
+    obj, proto, name, rps, lat = line.split()
+    t.setdefault((obj, proto, name), []).append((float(rps), float(lat)))
+for obj in ("1k", "100k"):
+    for proto in ("h1", "h2"):
+        m = t.get((obj, proto, "meridian"), [(0, 0)])
+        n = t.get((obj, proto, "nginx"), [(0, 0)])
+        mr, nr = statistics.median(x[0] for x in m), statistics.median(x[0] for x in n)
+        ratio = f"{mr / nr:.2f}×" if nr else "-"
+        label = "HTTP/1.1" if proto == "h1" else "HTTP/2"
+        print(f"| {obj} | {label} | {mr:,.0f} | {nr:,.0f} | {ratio} | {statistics.median(x[1] for x in m):.2f} | {statistics.median(x[1] for x in n):.2f} |")
 print(f"\n### Collapsing ({burst} concurrent requests, cold object, origin answers after 500 ms; median of {rounds} rounds)\n")
 print("| server | median answer (ms) | last answer (max ms) | origin fetches |")
 print("|---|---:|---:|---:|")

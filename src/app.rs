@@ -159,6 +159,26 @@ fn open_geoip(dns: &crate::config::DnsConfig) -> Result<Option<Arc<GeoIp>>, Stri
         .transpose()
 }
 
+/// Builds what a start or a reload would build from `config` (sites and their origin clients,
+/// certificates, DNS tables over the GeoIP database, the gossip keyring) without serving any of
+/// it: `meridian check` judges a configuration exactly as a reload does.
+pub fn validate(config: &Config) -> Result<(), String> {
+    if let Some(edge) = &config.node.edge {
+        Sites::new(&config.sites)?;
+        let certificates = Certificates::new(&config.sites, edge.tls_default_site.as_deref());
+        if !edge.tls_listen.is_empty() && certificates.is_empty() {
+            return Err("no site has a certificate; the TLS listeners need one".into());
+        }
+    }
+    if let (Some(dns), Some(map)) = (&config.node.dns, &config.cluster) {
+        Tables::new(map, open_geoip(dns)?)?;
+    }
+    if let Some(g) = &config.node.gossip {
+        Gossip::prepare_keys(g)?;
+    }
+    Ok(())
+}
+
 /// What a reload swaps, and the files it watches.
 struct Reloader {
     node_file: std::path::PathBuf,
@@ -193,6 +213,7 @@ impl Reloader {
 
     fn try_reload(&self) -> Result<(), String> {
         let config = crate::config::load(&self.node_file).map_err(|e| e.to_string())?;
+        validate(&config)?;
         let edge = match &self.edge {
             Some(e) => Some(e.prepare(&config)?),
             None => None,

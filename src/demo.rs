@@ -195,11 +195,16 @@ fn print_tries(edge: SocketAddr, admin: Option<SocketAddr>) {
     );
     println!("  curl -si {h} -H 'Accept-Language: fr' http://{edge}/hello   # Vary");
     println!("  curl -si {h} -r 0-99 http://{edge}/large.bin | head -12     # ranges from cache");
+    println!(
+        "  curl -si --cacert config/local/tls/ca.pem --resolve demo.meridian.test:8443:{} https://demo.meridian.test:8443/ | head -1   # HTTPS, HTTP/2",
+        edge.ip()
+    );
     if let Some(admin) = admin {
         println!(
             "  curl -s -X POST -H \"Authorization: Bearer $(cat config/local/admin.token)\" \\\n       -d '{{\"tag\":\"products\"}}' http://{admin}/purge          # purge by Surrogate-Key"
         );
         println!("  curl -s http://{admin}/metrics | grep meridian_http_requests_total");
+        println!("  curl -s http://{admin}/cluster                                  # members, health, load");
     }
 }
 

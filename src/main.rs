@@ -129,6 +129,10 @@ fn main() -> ExitCode {
         },
         Command::Check { config } => match load(&config) {
             Ok(c) => {
+                if let Err(e) = meridian::app::validate(&c) {
+                    eprintln!("{}: {e}", config.display());
+                    return ExitCode::FAILURE;
+                }
                 println!(
                     "{}: ok (node {}, region {}, {} site{})",
                     config.display(),
