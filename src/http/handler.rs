@@ -135,7 +135,9 @@ enum Fetched {
 
 /// Everything the edge's request path shares.
 pub(crate) struct EdgeState {
+    /// `Via` for requests received over HTTP/1.1 and HTTP/2.
     pub(crate) via: HeaderValue,
+    pub(crate) via2: HeaderValue,
     /// Swapped whole on reload; a request keeps the sites it started with.
     pub(crate) sites: arc_swap::ArcSwap<Sites>,
     pub(crate) store: Store,
@@ -159,6 +161,8 @@ impl EdgeState {
             // cannot fail for ids validated by config; fall back to a generic token otherwise.
             via: HeaderValue::from_str(&format!("1.1 {node_id}"))
                 .unwrap_or(HeaderValue::from_static("1.1 meridian")),
+            via2: HeaderValue::from_str(&format!("2 {node_id}"))
+                .unwrap_or(HeaderValue::from_static("2 meridian")),
             sites: arc_swap::ArcSwap::from_pointee(sites),
             store: Store::new(edge.cache_memory),
             collapser: Collapser::new(),
@@ -268,7 +272,15 @@ async fn route(
 }
 
 /// Prepares a request for an origin: origin-form target, hop-by-hop removed, proxy headers added.
-fn to_origin(parts: &mut Parts, peer: SocketAddr, via: &HeaderValue) {
+/// `parts.version` is the client's; the origin client picks its own (HTTP/2 where the origin
+/// offers it), so it leaves as HTTP/1.1.
+fn to_origin(parts: &mut Parts, peer: SocketAddr, state: &EdgeState) {
+    let via = if parts.version == http::Version::HTTP_2 {
+        &state.via2
+    } else {
+        &state.via
+    };
+    parts.version = http::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     let host = parts
         .uri
@@ -310,7 +322,7 @@ async fn forward(
     let method = parts.method.clone();
     let key = site.key(&parts.uri);
     let no_body = http_body::Body::is_end_stream(&body);
-    to_origin(&mut parts, peer, &state.via);
+    to_origin(&mut parts, peer, state);
     state.metrics.origin_fetches.increment(1);
     let t = Instant::now();
     let sent = site
@@ -457,7 +469,7 @@ fn refresh_in_background(
     stale: Arc<Entry>,
 ) {
     if let Join::Leader(leader) = state.collapser.join(key) {
-        let parts = origin_parts(req, peer, &state.via);
+        let parts = origin_parts(req, peer, state);
         let client_headers = req.headers().clone();
         state.tasks.spawn(fetch(
             state.clone(),
@@ -474,9 +486,10 @@ fn refresh_in_background(
 
 /// The request sent to fill the cache: a GET for the whole object (ranges and the client's
 /// conditionals removed; the cache answers those itself from what it stores).
-fn origin_parts(req: &Request<Incoming>, peer: SocketAddr, via: &HeaderValue) -> Parts {
+fn origin_parts(req: &Request<Incoming>, peer: SocketAddr, state: &EdgeState) -> Parts {
     let (mut parts, ()) = Request::new(()).into_parts();
     parts.method = Method::GET;
+    parts.version = req.version();
     parts.uri = req.uri().clone();
     parts.headers = req.headers().clone();
     if let Some(secure) = req.extensions().get::<super::server::Secure>() {
@@ -492,7 +505,7 @@ fn origin_parts(req: &Request<Incoming>, peer: SocketAddr, via: &HeaderValue) ->
     ] {
         parts.headers.remove(name);
     }
-    to_origin(&mut parts, peer, via);
+    to_origin(&mut parts, peer, state);
     parts
 }
 
@@ -533,7 +546,7 @@ async fn fill(
                 }
             }
             let (tx, rx) = oneshot::channel();
-            let parts = origin_parts(&req, peer, &state.via);
+            let parts = origin_parts(&req, peer, state);
             // The fetch runs as its own task: a client that disconnects does not cancel it.
             state.tasks.spawn(fetch(
                 state.clone(),

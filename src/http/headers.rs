@@ -91,13 +91,20 @@ pub(crate) fn add_forwarding(
     }
 }
 
-/// Whether `via` (this node's Via value) already appears in the request: a forwarding loop.
+/// Whether this node (the `received-by` of `via`, this node's Via value) already appears in the
+/// request's Via, over whatever protocol: a forwarding loop.
 pub(crate) fn is_loop(headers: &HeaderMap, via: &HeaderValue) -> bool {
-    let ours = via.as_bytes();
+    let by = |hop: &[u8]| -> Vec<u8> {
+        let hop = hop.trim_ascii();
+        let rest = hop.splitn(2, |&b| b == b' ').nth(1).unwrap_or(hop);
+        // Drop a comment: "1.1 edge-a (meridian)".
+        rest.split(|&b| b == b' ').next().unwrap_or(rest).to_vec()
+    };
+    let ours = by(via.as_bytes());
     headers.get_all(header::VIA).iter().any(|v| {
         v.as_bytes()
             .split(|&b| b == b',')
-            .any(|hop| hop.trim_ascii() == ours)
+            .any(|hop| by(hop) == ours)
     })
 }
 
@@ -137,5 +144,13 @@ mod tests {
         );
         assert!(is_loop(&h, &via));
         assert!(!is_loop(&h, &HeaderValue::from_static("1.1 edge-b")));
+        // The same node over another protocol, or with a comment, is still this node.
+        let mut h2 = HeaderMap::new();
+        h2.insert(
+            header::VIA,
+            HeaderValue::from_static("1.0 fred, 2 edge-a (meridian)"),
+        );
+        assert!(is_loop(&h2, &via));
+        assert!(!is_loop(&h2, &HeaderValue::from_static("1.1 edge-a2")));
     }
 }

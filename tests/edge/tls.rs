@@ -472,3 +472,36 @@ fn bad_certificates_are_named_at_check() {
         );
     }
 }
+
+#[tokio::test]
+async fn http2_requests_reach_http1_origins_with_a_via_that_says_so() {
+    let origin = Origin::start().await;
+    origin.always("/form", Reply::ok("posted"));
+    origin.always(
+        "/cold",
+        Reply::ok("filled").header("cache-control", "max-age=60"),
+    );
+    let edge = Edge::for_origin(&origin).await;
+    let tcp = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for (method, path, body) in [("POST", "/form", "posted"), ("GET", "/cold", "filled")] {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://demo.test{path}"))
+            .version(Version::HTTP_2)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "{method} {path}");
+        let got = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(got, body.as_bytes());
+        let seen = origin.last(path);
+        assert_eq!(seen.version, Version::HTTP_11);
+        assert_eq!(seen.method, method);
+        assert_eq!(seen.headers["via"], format!("2 {}", edge.id).as_str());
+    }
+}
