@@ -8,6 +8,7 @@
 #
 #   benches/http-load.sh [ROUNDS] [DURATION]      defaults: 5 rounds of 8s per server and size
 #   CONNS=64 THREADS=2 benches/http-load.sh        wrk connections and threads
+#   PARTS="hits tls collapse" benches/http-load.sh  which measurements to run (default: all)
 #
 # Installs nginx, varnish, wrk and h2load (nghttp2-client) from Debian if they are missing (needs root). Every address is
 # on loopback; every server started here is stopped on exit. Prints markdown tables of medians.
@@ -18,6 +19,8 @@ DURATION=${2:-8s}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
 BURST=${BURST:-200}
+PARTS=${PARTS:-hits tls collapse}
+want() { case " $PARTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
@@ -125,6 +128,9 @@ error_log $WORK/logs/cache-error.log warn;
 events { worker_connections 8192; }
 http {
   access_log off;
+  # nginx closes a connection after 1000 requests by default; h2load does not reconnect, and no
+  # other server here has such a cap.
+  keepalive_requests 10000000;
   proxy_cache_path $WORK/nginx-cache levels=1:2 keys_zone=bench:64m max_size=1g inactive=1h use_temp_path=off;
   upstream origin { server 127.0.0.1:$ORIGIN; keepalive 64; }
   upstream slow { server 127.0.0.1:$SLOW; keepalive 64; }
@@ -197,6 +203,7 @@ to_ms() { # wrk latency like 1.23ms / 456.00us / 1.02s -> ms
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
 }
 for round in $(seq 1 "$ROUNDS"); do
+  want hits || break
   for obj in 1k 100k; do
     for entry in meridian:$P_MERIDIAN nginx:$P_NGINX varnish:$P_VARNISH bare-hyper:$P_BARE; do
       name=${entry%%:*}; port=${entry##*:}
@@ -223,6 +230,7 @@ for p in $P_MERIDIAN_TLS $P_NGINX_TLS; do
   done
 done
 for round in $(seq 1 "$ROUNDS"); do
+  want tls || break
   for obj in 1k 100k; do
     for entry in meridian:$P_MERIDIAN_TLS nginx:$P_NGINX_TLS; do
       name=${entry%%:*}; port=${entry##*:}
@@ -245,6 +253,7 @@ done
 COLLAPSE="$WORK/collapse.txt"
 : > "$COLLAPSE"
 for round in $(seq 1 "$ROUNDS"); do
+  want collapse || break
   for entry in meridian:$P_MERIDIAN nginx:$P_NGINX varnish:$P_VARNISH origin-direct:$SLOW; do
     name=${entry%%:*}; port=${entry##*:}
     path="/cold-$name-$round-$RANDOM"

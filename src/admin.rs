@@ -225,6 +225,59 @@ async fn purge_objects(edge: &EdgeState, purge: PurgeRequest) -> Result<usize, S
     }
 }
 
+/// Asks the node of `config` to drain (`on`) or to stop draining, through its own admin API
+/// with its own token; returns the API's answer.
+pub async fn drain(config: &crate::config::Config, on: bool) -> Result<String, String> {
+    let admin = config
+        .node
+        .admin
+        .as_ref()
+        .ok_or("the node file has no [admin] section")?;
+    let token = admin
+        .token
+        .as_ref()
+        .ok_or("the node file names no admin.token_file")?;
+    let mut addr = admin.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let stream = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .map_err(|_| format!("{addr}: no answer"))?
+    .map_err(|e| format!("cannot reach the admin API at {addr}: {e}"))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(if on { Method::POST } else { Method::DELETE })
+        .uri("/drain")
+        .header(header::HOST, addr.to_string())
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    if status.is_success() {
+        Ok(text)
+    } else {
+        Err(format!("{addr}: {status}: {text}"))
+    }
+}
+
 /// Serves the admin API on `listener` until `shutdown` fires.
 pub(crate) async fn serve(
     listener: TcpListener,

@@ -272,6 +272,17 @@ impl Reloader {
     }
 }
 
+/// What an edge has done so far, for a status display.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EdgeStatus {
+    /// Requests answered.
+    pub requests: u64,
+    /// Of those, answered from cache.
+    pub hits: u64,
+    /// Utilisation as last published by gossip (0 without gossip).
+    pub load: f64,
+}
+
 /// A running node: its bound addresses and the handle that stops it.
 pub struct Node {
     http_addrs: Vec<SocketAddr>,
@@ -491,6 +502,17 @@ impl Node {
     /// Addresses of the edge's HTTP listeners, in config order.
     pub fn http_addrs(&self) -> &[SocketAddr] {
         &self.http_addrs
+    }
+
+    /// Requests, hits and load of the edge role, if this node runs one.
+    pub fn edge_status(&self) -> Option<EdgeStatus> {
+        use crate::load::LoadCounters as C;
+        let load = &self.reloader.edge.as_ref()?.state.load;
+        Some(EdgeStatus {
+            requests: C::get(&load.requests),
+            hits: C::get(&load.hits),
+            load: f64::from_bits(C::get(&load.utilisation)),
+        })
     }
 
     /// Addresses of the edge's HTTPS listeners, in config order.

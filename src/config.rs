@@ -264,8 +264,9 @@ struct RawClusterMap {
 #[serde(deny_unknown_fields)]
 struct RawRegion {
     name: String,
-    lat: f64,
-    lon: f64,
+    lat: Option<f64>,
+    lon: Option<f64>,
+    location: Option<String>,
     #[serde(default)]
     countries: Vec<String>,
 }
@@ -865,18 +866,49 @@ fn parse_cluster_map(path: &Path, text: &str, problems: &mut Vec<Problem>) -> Op
                 format!("{:?} is defined twice", reg.name),
             );
         }
-        if !(-90.0..=90.0).contains(&reg.lat) {
-            r.add(
-                format!("region[{i}].lat"),
-                format!("{} is not a latitude (-90..90)", reg.lat),
-            );
-        }
-        if !(-180.0..=180.0).contains(&reg.lon) {
-            r.add(
-                format!("region[{i}].lon"),
-                format!("{} is not a longitude (-180..180)", reg.lon),
-            );
-        }
+        let (lat, lon) = match (reg.lat, reg.lon, &reg.location) {
+            (Some(lat), Some(lon), None) => {
+                if !(-90.0..=90.0).contains(&lat) {
+                    r.add(
+                        format!("region[{i}].lat"),
+                        format!("{lat} is not a latitude (-90..90)"),
+                    );
+                }
+                if !(-180.0..=180.0).contains(&lon) {
+                    r.add(
+                        format!("region[{i}].lon"),
+                        format!("{lon} is not a longitude (-180..180)"),
+                    );
+                }
+                (lat, lon)
+            }
+            (None, None, Some(code)) => match crate::metro::lookup(code) {
+                Some((_, lat, lon)) => (lat, lon),
+                None => {
+                    r.add(
+                        format!("region[{i}].location"),
+                        format!(
+                            "{code:?} is not a known metro code (three-letter airport codes such as \"FRA\", \"IAD\", \"NRT\"; `lat` and `lon` place any other city)"
+                        ),
+                    );
+                    (0.0, 0.0)
+                }
+            },
+            (None, None, None) => {
+                r.add(
+                    format!("region[{i}]"),
+                    "needs a place: `location` (a metro code) or `lat` and `lon`",
+                );
+                (0.0, 0.0)
+            }
+            _ => {
+                r.add(
+                    format!("region[{i}]"),
+                    "give either `location` or both `lat` and `lon`",
+                );
+                (0.0, 0.0)
+            }
+        };
         let mut countries = Vec::new();
         for (j, c) in reg.countries.iter().enumerate() {
             if c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()) {
@@ -890,8 +922,8 @@ fn parse_cluster_map(path: &Path, text: &str, problems: &mut Vec<Problem>) -> Op
         }
         regions.push(RegionConfig {
             name: reg.name.clone(),
-            lat: reg.lat,
-            lon: reg.lon,
+            lat,
+            lon,
             countries,
         });
     }

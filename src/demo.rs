@@ -171,9 +171,25 @@ pub async fn run() -> Result<(), DemoError> {
             print_tries(*a, node.admin_addr());
         }
     }
-    println!("\nCtrl-C stops the demo.");
+    println!("\nCtrl-C stops the demo.\n");
 
-    terminated().await;
+    // A live status line, when someone is watching.
+    let live = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let stop_signal = terminated();
+    tokio::pin!(stop_signal);
+    loop {
+        tokio::select! {
+            _ = &mut stop_signal => break,
+            _ = tick.tick(), if live => {
+                use std::io::Write;
+                let line = status_line(&nodes);
+                let mut out = std::io::stdout().lock();
+                let _ = write!(out, "\r\x1b[2K{line}");
+                let _ = out.flush();
+            }
+        }
+    }
     println!("\nstopping…");
     // All at once, as separate machines would: each announces draining, waits, drains, leaves.
     let mut stopping = tokio::task::JoinSet::new();
@@ -184,6 +200,26 @@ pub async fn run() -> Result<(), DemoError> {
     stop.cancel();
     let _ = origin.await;
     Ok(())
+}
+
+/// `edge-a: 12 req, 58% hit, load 0.01 | edge-b: ...`
+fn status_line(nodes: &[(String, Node)]) -> String {
+    nodes
+        .iter()
+        .filter_map(|(name, node)| {
+            let s = node.edge_status()?;
+            let ratio = if s.requests == 0 {
+                0.0
+            } else {
+                100.0 * s.hits as f64 / s.requests as f64
+            };
+            Some(format!(
+                "{name}: {} req, {ratio:.0}% hit, load {:.2}",
+                s.requests, s.load
+            ))
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 fn print_tries(edge: SocketAddr, admin: Option<SocketAddr>) {

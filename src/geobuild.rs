@@ -1,6 +1,8 @@
-//! `meridian geo build CSV OUT.mmdb`: a MaxMind-format database in the GeoIP2 City record layout
-//! (`location.latitude/longitude`, `country.iso_code`, `city.names.en`) from a CSV of networks
-//! and places, so operators can make their own location databases and tests can use known data.
+//! `meridian geo build CSV OUT.mmdb`: a MaxMind-format database from a CSV of networks and places,
+//! so operators can make their own location databases and tests can use known data. Two record
+//! layouts, the two that the DNS role reads: GeoIP2 City (`location.latitude/longitude`,
+//! `country.iso_code`, `city.names.en`; the default) and the flat layout of DB-IP's City Lite
+//! (`country_code`, `latitude` and `longitude` as 32-bit floats, `city`).
 //!
 //! CSV: a header line, then `network,city,latitude,longitude,country` (city may be empty or
 //! quoted; latitude/longitude in degrees; country a two-letter code or empty).
@@ -29,6 +31,26 @@ struct Country {
 struct Location {
     latitude: f64,
     longitude: f64,
+}
+
+#[derive(Serialize)]
+struct FlatRecord {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    city: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    country_code: Option<String>,
+    latitude: f32,
+    longitude: f32,
+}
+
+/// The record layout to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// GeoIP2 City (MaxMind's GeoIP2 and GeoLite2 City).
+    #[default]
+    City,
+    /// DB-IP City Lite's flat records.
+    Flat,
 }
 
 #[derive(Serialize)]
@@ -62,10 +84,14 @@ fn fields(line: &str) -> Vec<String> {
 }
 
 /// Builds `out` from `csv`; returns the number of networks. Errors name the file and line.
-pub fn build(csv: &Path, out: &Path) -> Result<usize, String> {
+pub fn build(csv: &Path, out: &Path, layout: Layout) -> Result<usize, String> {
     let text =
         std::fs::read_to_string(csv).map_err(|e| format!("{}: cannot read: {e}", csv.display()))?;
-    let mut writer = mmdb_writer::Writer::builder("GeoIP2-City")
+    let kind = match layout {
+        Layout::City => "GeoIP2-City",
+        Layout::Flat => "DBIP-City-Lite",
+    };
+    let mut writer = mmdb_writer::Writer::builder(kind)
         .languages(["en"])
         .description(&[("en", "Meridian location database built from a CSV")])
         .build();
@@ -114,21 +140,32 @@ pub fn build(csv: &Path, out: &Path) -> Result<usize, String> {
             continue;
         }
         let city = f[1].trim();
-        let record = Record {
-            city: (!city.is_empty()).then(|| City {
-                names: Names {
-                    en: city.to_string(),
+        let inserted = if layout == Layout::Flat {
+            let record = FlatRecord {
+                city: (!city.is_empty()).then(|| city.to_string()),
+                country_code: (!country.is_empty()).then(|| country.to_ascii_uppercase()),
+                latitude: lat as f32,
+                longitude: lon as f32,
+            };
+            writer.insert(net.trunc(), &record)
+        } else {
+            let record = Record {
+                city: (!city.is_empty()).then(|| City {
+                    names: Names {
+                        en: city.to_string(),
+                    },
+                }),
+                country: (!country.is_empty()).then(|| Country {
+                    iso_code: country.to_ascii_uppercase(),
+                }),
+                location: Location {
+                    latitude: lat,
+                    longitude: lon,
                 },
-            }),
-            country: (!country.is_empty()).then(|| Country {
-                iso_code: country.to_ascii_uppercase(),
-            }),
-            location: Location {
-                latitude: lat,
-                longitude: lon,
-            },
+            };
+            writer.insert(net.trunc(), &record)
         };
-        if let Err(e) = writer.insert(net.trunc(), &record) {
+        if let Err(e) = inserted {
             problems.push(format!("{at}: {e}"));
             continue;
         }

@@ -2,7 +2,9 @@
 //!
 //! Receives client addresses from the DNS role; hands back coordinates, country and the prefix
 //! length of the database network that matched (the ECS scope of a GeoIP-decided answer). Reads
-//! the GeoIP2 City record layout (`location.latitude/longitude`, `country.iso_code`).
+//! the GeoIP2 City record layout (`location.latitude/longitude`, `country.iso_code`: MaxMind's
+//! GeoIP2 and GeoLite2 City) and the flat one of DB-IP's City Lite (`country_code`, `latitude`,
+//! `longitude` as 32-bit floats), telling them apart record by record.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -44,9 +46,38 @@ pub(crate) struct GeoHit {
 
 #[derive(Deserialize)]
 struct Record<'a> {
+    // GeoIP2 City.
     #[serde(borrow)]
     country: Option<Country<'a>>,
     location: Option<Location>,
+    // DB-IP City Lite.
+    #[serde(borrow)]
+    country_code: Option<&'a str>,
+    latitude: Option<Degrees>,
+    longitude: Option<Degrees>,
+}
+
+/// A coordinate stored as a 32-bit float (DB-IP) or a double (MaxMind): the reader is strict
+/// about the stored type, so this takes whichever is there.
+struct Degrees(f64);
+
+impl<'de> Deserialize<'de> for Degrees {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Degrees, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Degrees;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a float or a double")
+            }
+            fn visit_f32<E>(self, v: f32) -> Result<Degrees, E> {
+                Ok(Degrees(f64::from(v)))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Degrees, E> {
+                Ok(Degrees(v))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Deserialize)]
@@ -98,11 +129,15 @@ impl GeoIp {
         let (lat, lon) = record
             .location
             .map(|l| (l.latitude, l.longitude))
-            .unwrap_or((None, None));
+            .unwrap_or((record.latitude.map(|d| d.0), record.longitude.map(|d| d.0)));
+        let country = record
+            .country
+            .and_then(|c| c.iso_code)
+            .or(record.country_code);
         Some(GeoHit {
             lat,
             lon,
-            country: record.country.and_then(|c| c.iso_code).map(str::to_string),
+            country: country.map(str::to_string),
             prefix,
             found: true,
         })

@@ -23,6 +23,7 @@
 //! gossip/        mod.rs (chitchat agent: publish own state, poll members, leave), transport.rs
 //!                (AES-256-GCM keyring around every datagram)
 //! geoip.rs       memory-mapped MaxMind City reader: locate(ip) → coordinates, country, network
+//! metro.rs       metro codes (FRA, IAD, NRT, ...) → coordinates, for `location = "FRA"`
 //! steering.rs    pure: locate (coverage → GeoIP → country → default), choose (rank, spill, pick), ECS scope
 //! dns/           handler.rs (the one hickory RequestHandler), server.rs (UDP workers, TCP), batch.rs
 //!                (recvmmsg/sendmmsg), metrics.rs
@@ -57,7 +58,7 @@ pub mod config;
 pub mod demo;
 pub mod telemetry;
 
-pub(crate) mod admin;
+pub mod admin;
 pub(crate) mod cache;
 pub(crate) mod dns;
 pub mod geobuild;
@@ -65,6 +66,7 @@ pub mod geoip;
 pub(crate) mod gossip;
 pub(crate) mod http;
 pub(crate) mod load;
+pub mod metro;
 pub(crate) mod model;
 pub(crate) mod origin;
 pub mod route;

@@ -13,6 +13,8 @@ pub(crate) struct LoadCounters {
     pub(crate) connections: AtomicU64,
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
+    /// The latest smoothed utilisation, as `f64` bits (set by whoever meters the load).
+    pub(crate) utilisation: AtomicU64,
 }
 
 impl LoadCounters {

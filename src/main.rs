@@ -32,6 +32,16 @@ enum Command {
         /// The name asked for (default: the first name of the first zone).
         name: Option<String>,
     },
+    /// Ask the running node of NODE.toml (through its admin API and token) to drain: leave the
+    /// DNS answers and fail /healthz while it keeps serving. `--undo` takes it back.
+    Drain {
+        /// The node file.
+        #[arg(short, long, value_name = "NODE.toml")]
+        config: PathBuf,
+        /// Stop draining.
+        #[arg(long)]
+        undo: bool,
+    },
     /// GeoIP database tools.
     Geo {
         #[command(subcommand)]
@@ -49,6 +59,10 @@ enum Command {
 enum GeoCommand {
     /// Build a MaxMind-format City database from a CSV of networks and places.
     Build {
+        /// Record layout: `city` (GeoIP2 City, as MaxMind's databases) or `flat` (as DB-IP's
+        /// City Lite).
+        #[arg(long, value_parser = ["city", "flat"], default_value = "city")]
+        layout: String,
         /// CSV: network,city,latitude,longitude,country (with a header line).
         csv: PathBuf,
         /// The database to write.
@@ -115,9 +129,28 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Drain { config, undo } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            block_on("meridian drain", async move {
+                let answer = meridian::admin::drain(&cfg, !undo).await?;
+                println!("{answer}");
+                Ok::<(), String>(())
+            })
+        }
         Command::Geo {
-            command: GeoCommand::Build { csv, out },
-        } => match meridian::geobuild::build(&csv, &out) {
+            command: GeoCommand::Build { csv, out, layout },
+        } => match meridian::geobuild::build(
+            &csv,
+            &out,
+            if layout == "flat" {
+                meridian::geobuild::Layout::Flat
+            } else {
+                meridian::geobuild::Layout::City
+            },
+        ) {
             Ok(n) => {
                 println!("{}: {n} networks", out.display());
                 ExitCode::SUCCESS

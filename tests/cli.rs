@@ -425,3 +425,75 @@ fn sighup_reloads_the_cluster_map_and_keeps_the_old_one_when_broken() {
     Command::new("sh").args(["-c", &term]).status().unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn drain_asks_the_running_node_through_its_admin_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    std::fs::write(dir.path().join("admin.token"), "secret\n").unwrap();
+    std::fs::write(
+        dir.path().join("origins.toml"),
+        site("s", "s.test", "http://127.0.0.1:1", ""),
+    )
+    .unwrap();
+    let node = dir.path().join("node.toml");
+    std::fs::write(
+        &node,
+        format!("id = \"drainer\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[log]\nlevel = \"warn\"\n[edge]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"{admin}\"\ntoken_file = \"admin.token\"\n"),
+    )
+    .unwrap();
+    let mut child = meridian().args(["run", "-c"]).arg(&node).spawn().unwrap();
+    let healthz = || -> Option<u16> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(admin).ok()?;
+        s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").ok()?;
+        let mut head = String::new();
+        s.read_to_string(&mut head).ok()?;
+        head.get(9..12)?.parse().ok()
+    };
+    let t = Instant::now();
+    while healthz() != Some(200) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the node did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let drain = meridian()
+        .args(["drain", "-c"])
+        .arg(&node)
+        .output()
+        .unwrap();
+    assert!(
+        drain.status.success(),
+        "{}",
+        String::from_utf8_lossy(&drain.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&drain.stdout).trim(),
+        "{\"draining\":true}"
+    );
+    assert_eq!(healthz(), Some(503));
+    let undo = meridian()
+        .args(["drain", "--undo", "-c"])
+        .arg(&node)
+        .output()
+        .unwrap();
+    assert!(undo.status.success());
+    assert_eq!(healthz(), Some(200));
+    // A wrong token is refused and said so.
+    std::fs::write(dir.path().join("admin.token"), "wrong\n").unwrap();
+    let refused = meridian()
+        .args(["drain", "-c"])
+        .arg(&node)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
+    assert_eq!(healthz(), Some(200));
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -224,6 +224,7 @@ impl Gossip {
                             LoadCounters::get(&c.connections),
                             LoadCounters::get(&c.bytes_out),
                         );
+                        c.utilisation.store(load.to_bits(), std::sync::atomic::Ordering::Relaxed);
                         let text = format!("{load:.3}");
                         if text != published {
                             set(&chitchat, key::LOAD, text.clone()).await;

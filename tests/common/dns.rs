@@ -90,10 +90,11 @@ pub async fn exchange(server: SocketAddr, bytes: &[u8], tcp: bool) -> Option<Vec
             s.read_exact(&mut buf).await.ok()?;
             Some(buf)
         } else {
-            let bind = if server.is_ipv4() {
-                "127.0.0.1:0"
-            } else {
-                "[::1]:0"
+            let bind = match (server.is_ipv4(), server.ip().is_loopback()) {
+                (true, true) => "127.0.0.1:0",
+                (true, false) => "0.0.0.0:0",
+                (false, true) => "[::1]:0",
+                (false, false) => "[::]:0",
             };
             let s = tokio::net::UdpSocket::bind(bind).await.ok()?;
             s.send_to(bytes, server).await.ok()?;

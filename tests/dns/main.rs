@@ -28,6 +28,10 @@ struct Dns {
 
 impl Dns {
     async fn start(cluster: &str) -> Dns {
+        Dns::start_with(cluster, &geoip()).await
+    }
+
+    async fn start_with(cluster: &str, geoip: &std::path::Path) -> Dns {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let id = format!(
             "dns-test-{}",
@@ -37,7 +41,7 @@ impl Dns {
         std::fs::write(dir.path().join("cluster.toml"), cluster).unwrap();
         let node = format!(
             "id = \"{id}\"\nregion = \"eu-west\"\nroles = [\"dns\"]\ncluster_map = \"cluster.toml\"\n[log]\nlevel = \"warn\"\n[dns]\nlisten = [\"127.0.0.1:0\", \"[::1]:0\"]\ngeoip = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-            geoip().display().to_string(),
+            geoip.display().to_string(),
         );
         std::fs::write(dir.path().join("dns.toml"), node).unwrap();
         let cfg =
@@ -63,7 +67,21 @@ fn ip(s: &str) -> IpAddr {
 
 #[tokio::test]
 async fn ecs_clients_land_on_the_nearest_edge_with_true_scopes() {
-    let d = Dns::local().await;
+    // The same places from a database in the GeoIP2 City layout and one in DB-IP's flat layout.
+    let flat_dir = tempfile::tempdir().unwrap();
+    let flat = flat_dir.path().join("flat.mmdb");
+    meridian::geobuild::build(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("geo/test-networks.csv"),
+        &flat,
+        meridian::geobuild::Layout::Flat,
+    )
+    .unwrap();
+    for db in [geoip(), flat] {
+        ecs_clients_land_on(&Dns::start_with(LOCAL_CLUSTER, &db).await).await;
+    }
+}
+
+async fn ecs_clients_land_on(d: &Dns) {
     // (ECS subnet, expected edge, expected scope)
     let cases = [
         ("81.2.69.142/32", "127.0.0.12", 31), // London → eu-west

@@ -1,0 +1,171 @@
+//! The deployment files of `deploy/`: the Kubernetes manifests against the Kubernetes schemas
+//! (with the `kubernetes-validate` package from PyPI, when installed), the node file templates
+//! they run through `meridian check`, and the systemd units' hardening and reload wiring.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn meridian() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_meridian"))
+}
+
+#[test]
+fn kubernetes_manifests_match_the_schemas() {
+    let probe = Command::new("python3")
+        .args(["-c", "import kubernetes_validate"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!(
+            "skipped: the Kubernetes schema check needs `python3 -m pip install kubernetes-validate` (the README's install step); it is not installed here"
+        );
+        return;
+    }
+    let dir = repo().join("deploy/kubernetes");
+    let files = [
+        "namespace.yaml",
+        "gossip-service.yaml",
+        "edges.yaml",
+        "dns.yaml",
+    ];
+    let out = Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--strict", "--no-warn"])
+        .args(files.iter().map(|f| dir.join(f)))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    // Every resource was checked: 3 edge DaemonSets, the DNS Deployment and its 2 Services, the
+    // gossip Service and the Namespace.
+    assert_eq!(text.matches(" passed for resource ").count(), 8, "{text}");
+}
+
+/// Renders a node file template of `deploy/kubernetes/config` into `dir` with its paths moved
+/// from `/etc/meridian` (and the image's GeoIP data) to `dir` (and the repository's).
+fn render(template: &str, dir: &Path, values: &[(&str, &str)]) -> String {
+    let mut text = std::fs::read_to_string(repo().join("deploy/kubernetes/config").join(template))
+        .unwrap()
+        .replace("/etc/meridian", &dir.display().to_string())
+        .replace(
+            "/usr/share/meridian/geo",
+            &repo().join("geo").display().to_string(),
+        );
+    for (k, v) in values {
+        text = text.replace(k, v);
+    }
+    assert!(!text.contains('@'), "unfilled placeholder in {template}");
+    text
+}
+
+#[test]
+fn kubernetes_node_file_templates_pass_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for f in ["origins.toml", "cluster.toml"] {
+        let text = std::fs::read_to_string(repo().join("deploy/kubernetes/config").join(f))
+            .unwrap()
+            .replace("/etc/meridian", &d.display().to_string());
+        std::fs::write(d.join(f), text).unwrap();
+    }
+    // The Secrets: keys made as the kustomization says, a certificate for the site.
+    std::fs::create_dir_all(d.join("secrets")).unwrap();
+    std::fs::create_dir_all(d.join("tls")).unwrap();
+    std::fs::write(
+        d.join("secrets/gossip.key"),
+        "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("secrets/admin.token"), "token\n").unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["www.example.com".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(d.join("tls/www.pem"), cert.pem()).unwrap();
+    std::fs::write(d.join("tls/www.key"), key.serialize_pem()).unwrap();
+    let edge = render(
+        "edge.toml.in",
+        d,
+        &[
+            ("@NODE@", "node-1"),
+            ("@IP@", "10.0.0.7"),
+            ("@REGION@", "us-west"),
+        ],
+    );
+    let dns = render(
+        "dns.toml.in",
+        d,
+        &[("@NODE@", "meridian-dns-abc"), ("@IP@", "10.1.0.9")],
+    );
+    std::fs::write(d.join("edge.toml"), edge).unwrap();
+    std::fs::write(d.join("dns.toml"), dns).unwrap();
+    for node in ["edge.toml", "dns.toml"] {
+        let out = meridian()
+            .args(["check", "-c"])
+            .arg(d.join(node))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{node}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn systemd_units_are_hardened_and_reload_on_sighup() {
+    for role in ["edge", "dns"] {
+        let path = repo().join(format!("deploy/systemd/meridian-{role}.service"));
+        let unit = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = unit.lines().map(str::trim).collect();
+        for want in [
+            "ExecReload=/bin/kill -HUP $MAINPID",
+            "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+            "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+            "ProtectSystem=strict",
+            "NoNewPrivileges=yes",
+            "Restart=on-failure",
+            "User=meridian",
+            "KillSignal=SIGTERM",
+        ] {
+            assert!(lines.contains(&want), "{}: no {want}", path.display());
+        }
+        let node = format!("ExecStart=/usr/local/bin/meridian run -c /etc/meridian/{role}.toml");
+        assert!(lines.contains(&node.as_str()), "{}", path.display());
+        // systemd's own checker, where there is one: every directive known, every value valid.
+        let Ok(probe) = Command::new("systemd-analyze").arg("--version").output() else {
+            eprintln!("note: systemd-analyze is not installed; unit syntax not verified");
+            continue;
+        };
+        if !probe.status.success() {
+            continue;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join(format!("meridian-{role}.service"));
+        std::fs::write(
+            &copy,
+            unit.replace("/usr/local/bin/meridian", env!("CARGO_BIN_EXE_meridian")),
+        )
+        .unwrap();
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&copy)
+            .output()
+            .unwrap();
+        let complaints = String::from_utf8_lossy(&out.stderr);
+        // Outside a booted systemd (a container) it may not know the user; nothing else may fail.
+        let real: Vec<&str> = complaints
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.contains("meridian\" not found"))
+            .collect();
+        assert!(real.is_empty(), "{}: {complaints}", path.display());
+    }
+}
