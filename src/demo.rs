@@ -166,7 +166,8 @@ pub async fn run() -> Result<(), DemoError> {
             println!("  meridian route -c config/local/dns.toml 81.2.69.142                      # and why");
         }
     }
-    if let Some((_, node)) = nodes.first() {
+    // edge-b, in eu-west: where the London client is sent.
+    if let Some((_, node)) = nodes.get(1) {
         if let Some(a) = node.http_addrs().first() {
             print_tries(*a, node.admin_addr());
         }
@@ -223,17 +224,19 @@ fn status_line(nodes: &[(String, Node)]) -> String {
 }
 
 fn print_tries(edge: SocketAddr, admin: Option<SocketAddr>) {
-    let h = "-H 'Host: demo.meridian.test'";
-    println!("\nThen fetch through the edge the answer names (run each twice: Cache-Status goes from fwd=miss to hit):\n");
-    println!("  curl -si {h} http://{edge}/ | grep -i -e '^HTTP' -e cache-status -e '^age'");
+    let (ip, port) = (edge.ip(), edge.port());
+    let url = format!("http://demo.meridian.test:{port}");
+    let resolve = format!("--resolve demo.meridian.test:{port}:{ip}");
+    println!("\nThen fetch through the edge the answer names (London's is {ip}); run each twice:");
+    println!("Cache-Status goes from fwd=miss to hit.\n");
+    println!("  curl -si {resolve} {url}/ | grep -i -e '^HTTP' -e cache-status -e '^age'");
     println!(
-        "  curl -si {h} http://{edge}/news | grep -i cache-status        # stale-while-revalidate"
+        "  curl -si {resolve} {url}/news | grep -i cache-status        # stale-while-revalidate"
     );
-    println!("  curl -si {h} -H 'Accept-Language: fr' http://{edge}/hello   # Vary");
-    println!("  curl -si {h} -r 0-99 http://{edge}/large.bin | head -12     # ranges from cache");
+    println!("  curl -si {resolve} -H 'Accept-Language: fr' {url}/hello   # Vary");
+    println!("  curl -si {resolve} -r 0-99 {url}/large.bin | head -12     # ranges from cache");
     println!(
-        "  curl -si --cacert config/local/tls/ca.pem --resolve demo.meridian.test:8443:{} https://demo.meridian.test:8443/ | head -1   # HTTPS, HTTP/2",
-        edge.ip()
+        "  curl -si --cacert config/local/tls/ca.pem --resolve demo.meridian.test:8443:{ip} https://demo.meridian.test:8443/ | head -1   # HTTPS, HTTP/2"
     );
     if let Some(admin) = admin {
         println!(

@@ -346,6 +346,7 @@ async fn poll(
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard: HashMap<ChitchatId, (Heartbeat, Instant)> = HashMap::new();
+    let mut states: HashMap<String, (u64, MemberState, bool)> = HashMap::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -379,6 +380,21 @@ async fn poll(
             members
         };
         gauges.set(&members);
+        for m in members.iter().filter(|m| !m.is_self) {
+            let now = (m.generation, m.state, m.draining);
+            match states.insert(m.id.clone(), now) {
+                Some(before) if before == now => {}
+                before => tracing::info!(
+                    member = %m.id,
+                    generation = m.generation,
+                    state = m.state.as_str(),
+                    draining = m.draining,
+                    region = %m.region,
+                    was = before.map(|b| b.1.as_str()).unwrap_or("unknown"),
+                    "cluster member changed"
+                ),
+            }
+        }
         tx.send_if_modified(|old| {
             let same = old.len() == members.len()
                 && old.iter().zip(&members).all(|(a, b)| a.same_state(b));
