@@ -40,9 +40,9 @@ pub(crate) struct Zone {
     glue: Vec<(LowerName, Vec<Record>)>,
     soa: Record,
     ns: Vec<Record>,
-    ttl: u32,
-    policy: Policy,
-    default_region: usize,
+    pub(crate) ttl: u32,
+    pub(crate) policy: Policy,
+    pub(crate) default_region: usize,
 }
 
 /// Everything reloadable at once: zones, coverage, countries and the GeoIP database.
@@ -51,6 +51,8 @@ pub(crate) struct Tables {
     pub(crate) coverage: Vec<(ipnet::IpNet, usize)>,
     pub(crate) countries: Vec<(String, usize)>,
     pub(crate) geoip: Option<Arc<GeoIp>>,
+    /// Site names as lower-case wire labels (no root label) → the zone that answers them.
+    sites: std::collections::HashMap<Vec<u8>, usize>,
 }
 
 fn name(text: &str) -> Result<Name, String> {
@@ -143,12 +145,33 @@ impl Tables {
             .enumerate()
             .flat_map(|(i, r)| r.countries.iter().map(move |c| (c.clone(), i)))
             .collect();
+        let mut sites = std::collections::HashMap::new();
+        for (i, zone) in zones.iter().enumerate() {
+            for n in &zone.names {
+                // Only where this zone is the one a query for the name would find.
+                if zones.iter().position(|z| z.apex.zone_of(n)) != Some(i) {
+                    continue;
+                }
+                let mut wire = Vec::new();
+                for label in Name::from(n.clone()).iter() {
+                    wire.push(label.len() as u8);
+                    wire.extend(label.iter().map(u8::to_ascii_lowercase));
+                }
+                sites.insert(wire, i);
+            }
+        }
         Ok(Tables {
             zones,
             coverage,
             countries,
             geoip,
+            sites,
         })
+    }
+
+    /// The zone that answers a site name given as lower-case wire labels (no root label).
+    pub(crate) fn site(&self, wire: &[u8]) -> Option<&Zone> {
+        self.sites.get(wire).map(|&i| &self.zones[i])
     }
 
     /// What `steering::locate` needs from these tables.

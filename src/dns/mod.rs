@@ -1,9 +1,11 @@
-//! The DNS role: `handler` answers (our own hickory `RequestHandler`), `server` binds UDP and TCP
-//! and runs hickory's server on them, `metrics` counts. Reads the cluster only through
+//! The DNS role: `handler` answers (our own hickory `RequestHandler`), `fast` answers the common
+//! UDP query straight from its bytes, `server` binds UDP and TCP and runs the workers and
+//! hickory's TCP server on them, `metrics` counts. Reads the cluster only through
 //! `ClusterView` snapshots; never imports the HTTP side.
 
 #[cfg(target_os = "linux")]
 pub(crate) mod batch;
+pub(crate) mod fast;
 pub(crate) mod handler;
 pub(crate) mod metrics;
 pub(crate) mod server;

@@ -70,6 +70,19 @@ fn formerr(raw: &[u8]) -> Option<Vec<u8>> {
 
 /// Answers one datagram: the encoded response (or a FORMERR), if any is due.
 fn answer(handler: &DnsHandler, data: &[u8], src: SocketAddr) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(512);
+    if super::fast::answer(handler, data, src, &mut out) {
+        return Some(out);
+    }
+    general_answer(handler, data, src)
+}
+
+/// Answers one datagram through hickory's `Request` and response builder: every query shape.
+pub(crate) fn general_answer(
+    handler: &DnsHandler,
+    data: &[u8],
+    src: SocketAddr,
+) -> Option<Vec<u8>> {
     match Request::from_bytes(data.to_vec(), src, Protocol::Udp) {
         Ok(request) => {
             let prepared = handler.prepare(&request);

@@ -1,0 +1,460 @@
+//! The common UDP query, answered straight from its bytes.
+//!
+//! Nearly every query a CDN's name server sees has one shape: one question, A or AAAA, class IN,
+//! for a site name, with at most an OPT record carrying nothing but an ECS option. This module
+//! reads exactly that shape from the datagram, decides with the same `steering` functions and the
+//! same `ClusterView` snapshot as the handler, and writes the answer directly, without building
+//! hickory's `Request` and response messages (which allocate names, record lists and options per
+//! query). Anything else, and any answer that would not be a plain positive one (NODATA, a
+//! truncated answer, an unusual flag or option), returns `false` and goes down the general path.
+//! A test compares the two paths' answers query by query: the same message, except that this
+//! path names each answer by a pointer to the question (RFC 1035 §4.1.4 compression).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Instant;
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+
+use super::handler::{DnsHandler, ADVERTISED_PAYLOAD};
+use crate::steering;
+
+const TYPE_A: u16 = 1;
+const TYPE_AAAA: u16 = 28;
+const TYPE_OPT: u16 = 41;
+const CLASS_IN: u16 = 1;
+const OPTION_ECS: u16 = 8;
+/// Query flags this path accepts: RD, AD, CD. Anything else set goes to the general path.
+const ACCEPTED_FLAGS: u16 = 0x0100 | 0x0020 | 0x0010;
+
+fn u16_at(b: &[u8], i: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?]))
+}
+
+/// An ECS option as it came: family, source prefix, and the address bytes sent.
+struct Ecs<'a> {
+    family: u16,
+    source: u8,
+    addr: &'a [u8],
+    ip: IpAddr,
+}
+
+/// The query's OPT record, when it has one this path handles.
+struct Opt<'a> {
+    payload: u16,
+    ecs: Option<Ecs<'a>>,
+}
+
+/// Reads an ECS option's data; `None` for anything the general path should judge.
+fn ecs(data: &[u8]) -> Option<Ecs<'_>> {
+    let family = u16_at(data, 0)?;
+    let source = *data.get(2)?;
+    let addr = data.get(4..)?;
+    let (width, ip) = match family {
+        1 if source <= 32 => {
+            let mut b = [0u8; 4];
+            b.get_mut(..addr.len())?.copy_from_slice(addr);
+            (4, IpAddr::V4(Ipv4Addr::from(b)))
+        }
+        2 if source <= 128 => {
+            let mut b = [0u8; 16];
+            b.get_mut(..addr.len())?.copy_from_slice(addr);
+            (16, IpAddr::V6(Ipv6Addr::from(b)))
+        }
+        _ => return None,
+    };
+    if addr.len() != usize::from(source).div_ceil(8) || addr.len() > width {
+        return None;
+    }
+    // Address bits past the source prefix make a FORMERR: the general path's to give.
+    let net = ipnet::IpNet::new(ip, source).ok()?;
+    if net.trunc().addr() != ip {
+        return None;
+    }
+    Some(Ecs {
+        family,
+        source,
+        addr,
+        ip,
+    })
+}
+
+/// Reads the OPT record that ends the datagram; `None` for anything unusual (another option, a
+/// DO bit, a version, trailing bytes).
+fn opt(rest: &[u8]) -> Option<Opt<'_>> {
+    if *rest.first()? != 0 || u16_at(rest, 1)? != TYPE_OPT {
+        return None;
+    }
+    let payload = u16_at(rest, 3)?;
+    if rest.get(5..9)? != [0, 0, 0, 0] {
+        return None;
+    }
+    let len = usize::from(u16_at(rest, 9)?);
+    let options = rest.get(11..)?;
+    if options.len() != len {
+        return None;
+    }
+    let mut found = None;
+    let mut at = 0;
+    while at < options.len() {
+        let code = u16_at(options, at)?;
+        let n = usize::from(u16_at(options, at + 2)?);
+        let data = options.get(at + 4..at + 4 + n)?;
+        if code != OPTION_ECS || found.is_some() {
+            return None;
+        }
+        found = Some(ecs(data)?);
+        at += 4 + n;
+    }
+    Some(Opt {
+        payload,
+        ecs: found,
+    })
+}
+
+/// Answers `data` from `src` into `out` when it has the common shape; `false` otherwise (and
+/// `out` is then unspecified).
+pub(crate) fn answer(
+    handler: &DnsHandler,
+    data: &[u8],
+    src: SocketAddr,
+    out: &mut Vec<u8>,
+) -> bool {
+    let start = Instant::now();
+    if data.len() < 12 {
+        return false;
+    }
+    let flags = u16::from_be_bytes([data[2], data[3]]);
+    // QR = 0, opcode QUERY, no other flag or code; one question, no answers, at most an OPT.
+    if flags & !ACCEPTED_FLAGS != 0
+        || u16_at(data, 4) != Some(1)
+        || u16_at(data, 6) != Some(0)
+        || u16_at(data, 8) != Some(0)
+        || u16_at(data, 10).is_none_or(|ar| ar > 1)
+    {
+        return false;
+    }
+    // The question name: plain labels only (no compression in a question of one).
+    let mut lower = [0u8; 255];
+    let mut at = 12;
+    loop {
+        let Some(&len) = data.get(at) else {
+            return false;
+        };
+        if len == 0 {
+            break;
+        }
+        if len > 63 || at - 12 + 1 + usize::from(len) >= 255 {
+            return false;
+        }
+        let Some(label) = data.get(at + 1..at + 1 + usize::from(len)) else {
+            return false;
+        };
+        lower[at - 12] = len;
+        for (i, b) in label.iter().enumerate() {
+            lower[at - 12 + 1 + i] = b.to_ascii_lowercase();
+        }
+        at += 1 + usize::from(len);
+    }
+    let name_end = at + 1; // past the root label
+    let wire = &lower[..name_end - 12 - 1];
+    let (Some(qtype), Some(class)) = (u16_at(data, name_end), u16_at(data, name_end + 2)) else {
+        return false;
+    };
+    if class != CLASS_IN || !(qtype == TYPE_A || qtype == TYPE_AAAA) {
+        return false;
+    }
+    let question_end = name_end + 4;
+    let opt = if u16_at(data, 10) == Some(1) {
+        match opt(&data[question_end..]) {
+            Some(o) => Some(o),
+            None => return false,
+        }
+    } else if data.len() != question_end {
+        return false;
+    } else {
+        None
+    };
+
+    let tables = handler.tables.load();
+    let Some(zone) = tables.site(wire) else {
+        return false;
+    };
+    // The client: the ECS subnet (a /0 asks for the resolver's own address), else the source.
+    let (ip, source_prefix) = match opt.as_ref().and_then(|o| o.ecs.as_ref()) {
+        Some(e) if e.source > 0 => (e.ip, e.source),
+        _ => (src.ip(), steering::full_prefix(src.ip())),
+    };
+    let view = handler.view.load();
+    let locator = tables.locator();
+    let place = steering::locate(&locator, &view, ip, source_prefix, zone.default_region);
+    let (hash, hash_prefix) = steering::subnet_hash(ip, source_prefix);
+    let choice = steering::choose(&view, &place, zone.policy, hash);
+    let v6 = qtype == TYPE_AAAA;
+    let count: usize = choice
+        .edges
+        .iter()
+        .filter_map(|&i| view.edges.get(i))
+        .map(|e| if v6 { e.v6.len() } else { e.v4.len() })
+        .sum();
+    if count == 0 || count > 64 {
+        return false; // NODATA (with the SOA) or an oversized answer: the general path
+    }
+    let scope = steering::scope(&place, &choice, hash_prefix);
+
+    out.clear();
+    out.extend_from_slice(&data[..2]);
+    let reply_flags = 0x8000 | 0x0400 | (flags & (0x0100 | 0x0010));
+    out.extend_from_slice(&reply_flags.to_be_bytes());
+    out.extend_from_slice(&1u16.to_be_bytes());
+    out.extend_from_slice(&(count as u16).to_be_bytes());
+    out.extend_from_slice(&0u16.to_be_bytes());
+    out.extend_from_slice(&u16::from(opt.is_some()).to_be_bytes());
+    out.extend_from_slice(&data[12..question_end]);
+    let ttl = zone.ttl.to_be_bytes();
+    for e in choice.edges.iter().filter_map(|&i| view.edges.get(i)) {
+        let mut record = |rdata: &[u8]| {
+            out.extend_from_slice(&[0xc0, 0x0c]);
+            out.extend_from_slice(&qtype.to_be_bytes());
+            out.extend_from_slice(&CLASS_IN.to_be_bytes());
+            out.extend_from_slice(&ttl);
+            out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+            out.extend_from_slice(rdata);
+        };
+        if v6 {
+            e.v6.iter().for_each(|a| record(&a.octets()));
+        } else {
+            e.v4.iter().for_each(|a| record(&a.octets()));
+        }
+    }
+    let limit = match &opt {
+        Some(o) => {
+            out.extend_from_slice(&[0]);
+            out.extend_from_slice(&TYPE_OPT.to_be_bytes());
+            out.extend_from_slice(&ADVERTISED_PAYLOAD.to_be_bytes());
+            out.extend_from_slice(&[0, 0, 0, 0]);
+            match &o.ecs {
+                Some(e) => {
+                    let len = 4 + e.addr.len() as u16;
+                    out.extend_from_slice(&(len + 4).to_be_bytes());
+                    out.extend_from_slice(&OPTION_ECS.to_be_bytes());
+                    out.extend_from_slice(&len.to_be_bytes());
+                    out.extend_from_slice(&e.family.to_be_bytes());
+                    let scope = if e.source == 0 { 0 } else { scope };
+                    out.extend_from_slice(&[e.source, scope]);
+                    out.extend_from_slice(e.addr);
+                }
+                None => out.extend_from_slice(&0u16.to_be_bytes()),
+            }
+            o.payload.clamp(512, ADVERTISED_PAYLOAD)
+        }
+        None => 512,
+    };
+    if out.len() > usize::from(limit) {
+        return false; // truncation is the general path's
+    }
+    handler.metrics.choice(&choice);
+    let t = if v6 { RecordType::AAAA } else { RecordType::A };
+    handler.metrics.query(
+        Some(t),
+        ResponseCode::NoError,
+        start.elapsed().as_secs_f64(),
+    );
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arc_swap::ArcSwap;
+    use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
+    use hickory_proto::rr::Name;
+
+    use super::*;
+    use crate::dns::handler::Tables;
+    use crate::dns::metrics::DnsMetrics;
+    use crate::dns::server::general_answer;
+    use crate::model::ClusterView;
+
+    fn handler() -> DnsHandler {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let map = crate::config::load_cluster_map(&root.join("config/local/cluster.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let geoip = crate::geoip::GeoIp::open(&root.join("geo/test-city.mmdb")).unwrap();
+        let regions: Vec<String> = map.regions.iter().map(|r| r.name.clone()).collect();
+        let mut view = ClusterView::from_map(&map);
+        // edge-b has an IPv6 address too, so AAAA answers are positive for eu-west.
+        view.edges[1].v6.push("2001:db8::12".parse().unwrap());
+        DnsHandler {
+            tables: Arc::new(ArcSwap::from_pointee(
+                Tables::new(&map, Some(Arc::new(geoip))).unwrap(),
+            )),
+            view: Arc::new(ArcSwap::from_pointee(view)),
+            metrics: Arc::new(DnsMetrics::new("fast-test", &regions)),
+        }
+    }
+
+    struct Q {
+        name: &'static str,
+        qtype: RecordType,
+        edns: Option<u16>,
+        ecs: Option<(&'static str, u8)>,
+        rd: bool,
+    }
+
+    fn q(name: &'static str, qtype: RecordType) -> Q {
+        Q {
+            name,
+            qtype,
+            edns: Some(1232),
+            ecs: None,
+            rd: false,
+        }
+    }
+
+    fn bytes(q: &Q, id: u16) -> Vec<u8> {
+        let mut m = Message::query();
+        m.metadata.id = id;
+        m.metadata.op_code = OpCode::Query;
+        m.metadata.message_type = MessageType::Query;
+        m.metadata.recursion_desired = q.rd;
+        m.add_query(Query::query(Name::from_ascii(q.name).unwrap(), q.qtype));
+        if let Some(size) = q.edns {
+            let mut e = Edns::new();
+            e.set_max_payload(size);
+            if let Some((ip, prefix)) = q.ecs {
+                e.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new(
+                    ip.parse().unwrap(),
+                    prefix,
+                    0,
+                )));
+            }
+            m.set_edns(e);
+        }
+        m.to_vec().unwrap()
+    }
+
+    #[test]
+    fn the_common_queries_are_answered_as_the_general_path_answers_them() {
+        let h = handler();
+        let src: SocketAddr = "192.0.2.7:5300".parse().unwrap();
+        let mut cases = Vec::new();
+        for (subnet, prefix) in [
+            ("81.2.69.142", 32),
+            ("81.2.69.142", 31),
+            ("89.160.20.128", 25),
+            ("216.160.83.56", 29),
+            ("175.16.199.0", 24),
+            ("202.196.224.0", 20),
+            ("198.51.100.0", 24),
+            ("10.0.0.0", 8),
+            ("0.0.0.0", 0),
+            ("2001:218::", 32),
+            ("2a02:cf40::", 29),
+            ("2001:db8:1234::", 48),
+        ] {
+            for qtype in [RecordType::A, RecordType::AAAA] {
+                cases.push(Q {
+                    ecs: Some((subnet, prefix)),
+                    ..q("demo.meridian.test.", qtype)
+                });
+            }
+        }
+        cases.push(q("DeMo.MeRiDiAn.TeSt.", RecordType::A)); // 0x20: the question keeps its case
+        cases.push(Q {
+            rd: true,
+            ..q("demo.meridian.test.", RecordType::A)
+        });
+        cases.push(Q {
+            edns: None,
+            ..q("demo.meridian.test.", RecordType::A)
+        });
+        cases.push(Q {
+            edns: Some(4096),
+            ..q("demo.meridian.test.", RecordType::A)
+        });
+        let mut fast = Vec::new();
+        for (i, c) in cases.iter().enumerate() {
+            let query = bytes(c, 0x1000 + i as u16);
+            let general = general_answer(&h, &query, src).expect("an answer");
+            let label = format!("{} {:?} ecs {:?} edns {:?}", c.name, c.qtype, c.ecs, c.edns);
+            if !answer(&h, &query, src, &mut fast) {
+                // Only answers that are not plain positive ones may go the general way.
+                let m = Message::from_vec(&general).unwrap();
+                assert!(
+                    m.answers.is_empty(),
+                    "{label}: should have taken the fast path"
+                );
+                continue;
+            }
+            // The same message; ours names the answers by a pointer to the question (RFC 1035
+            // §4.1.4), so it is never longer.
+            assert_eq!(
+                Message::from_vec(&fast).unwrap(),
+                Message::from_vec(&general).unwrap(),
+                "{label}"
+            );
+            assert!(fast.len() <= general.len(), "{label}");
+            let pointers = fast.len() + 18 * count_answers(&fast);
+            assert_eq!(
+                pointers,
+                general.len(),
+                "{label}: only the owner names differ"
+            );
+        }
+    }
+
+    fn count_answers(m: &[u8]) -> usize {
+        usize::from(u16::from_be_bytes([m[6], m[7]]))
+    }
+
+    #[test]
+    fn every_other_shape_goes_the_general_way() {
+        let h = handler();
+        let src: SocketAddr = "192.0.2.7:5300".parse().unwrap();
+        let mut out = Vec::new();
+        let mut refuse = |query: Vec<u8>, what: &str| {
+            assert!(!answer(&h, &query, src, &mut out), "{what}");
+        };
+        refuse(bytes(&q("meridian.test.", RecordType::SOA), 1), "apex SOA");
+        refuse(
+            bytes(&q("meridian.test.", RecordType::A), 2),
+            "apex A (NODATA)",
+        );
+        refuse(
+            bytes(&q("nope.meridian.test.", RecordType::A), 3),
+            "NXDOMAIN",
+        );
+        refuse(bytes(&q("example.org.", RecordType::A), 4), "REFUSED");
+        refuse(
+            bytes(&q("demo.meridian.test.", RecordType::TXT), 5),
+            "other type",
+        );
+        refuse(
+            bytes(
+                &Q {
+                    ecs: Some(("202.196.239.0", 20)), // 239 has bits past /20
+                    ..q("demo.meridian.test.", RecordType::A)
+                },
+                6,
+            ),
+            "ECS bits past the prefix (FORMERR)",
+        );
+        let mut dnssec = bytes(&q("demo.meridian.test.", RecordType::A), 7);
+        let n = dnssec.len();
+        dnssec[n - 4] = 0x80; // DO bit in the OPT TTL
+        refuse(dnssec, "DO bit");
+        let mut two = bytes(&q("demo.meridian.test.", RecordType::A), 8);
+        two[5] = 2;
+        refuse(two, "two questions");
+        let mut response = bytes(&q("demo.meridian.test.", RecordType::A), 9);
+        response[2] |= 0x80;
+        refuse(response, "a response");
+        let mut trailing = bytes(&q("demo.meridian.test.", RecordType::A), 10);
+        trailing.push(0);
+        refuse(trailing, "trailing bytes");
+        refuse(vec![0; 5], "too short");
+    }
+}
