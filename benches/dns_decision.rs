@@ -1,6 +1,9 @@
 //! The DNS decision for one query: GeoIP lookup (memory-mapped), region ranking, spill check,
 //! rendezvous pick and ECS scope, over config/local/'s cluster map.
 //!
+//! Then a whole answer to dnsperf's query (parse, decide, encode, count) by the fast path and by
+//! hickory's general path.
+//!
 //! Run: `cargo bench --bench dns_decision`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -31,5 +34,22 @@ fn decision(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decision);
+/// The query dnsperf sends in `benches/dns-load.sh`: `demo.meridian.test A`, RD, EDNS 4096 with
+/// ECS 175.16.199.0/24.
+const DNSPERF_QUERY: &str = "0000010000010000000000010464656d6f086d6572696469616e04746573740000010001000029100000000000000b0008000700011800af10c7";
+
+fn answer(c: &mut Criterion) {
+    let a = meridian::bench::DnsAnswer::new(std::path::Path::new("config/local/dns.toml"));
+    let query: Vec<u8> = (0..DNSPERF_QUERY.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&DNSPERF_QUERY[i..i + 2], 16).unwrap())
+        .collect();
+    let mut out = Vec::with_capacity(512);
+    assert!(a.fast(&query, &mut out).is_some());
+    assert!(a.general(&query).is_some());
+    c.bench_function("dns_answer/fast", |b| b.iter(|| a.fast(&query, &mut out)));
+    c.bench_function("dns_answer/general", |b| b.iter(|| a.general(&query)));
+}
+
+criterion_group!(benches, decision, answer);
 criterion_main!(benches);

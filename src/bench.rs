@@ -191,6 +191,44 @@ impl Decision {
     }
 }
 
+/// A whole UDP answer (parse, decide, encode, count) over `config/local/`'s cluster map, by the
+/// fast path or the general one, without sockets.
+pub struct DnsAnswer {
+    handler: crate::dns::handler::DnsHandler,
+}
+
+impl DnsAnswer {
+    /// Loads the cluster map of the node file `dns_toml` and its GeoIP database.
+    pub fn new(dns_toml: &std::path::Path) -> DnsAnswer {
+        let d = Decision::new(dns_toml);
+        let cfg = crate::config::load(dns_toml).unwrap_or_else(|e| panic!("{e}"));
+        let regions: Vec<String> = cfg
+            .cluster
+            .iter()
+            .flat_map(|m| m.regions.iter().map(|r| r.name.clone()))
+            .collect();
+        DnsAnswer {
+            handler: crate::dns::handler::DnsHandler {
+                tables: Arc::new(arc_swap::ArcSwap::from_pointee(d.tables)),
+                view: Arc::new(arc_swap::ArcSwap::from_pointee(d.view)),
+                metrics: Arc::new(crate::dns::metrics::DnsMetrics::new("bench", &regions)),
+            },
+        }
+    }
+
+    /// The answer to `query` by the fast path (`None` when it declines); returns its length.
+    pub fn fast(&self, query: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+        let src = std::net::SocketAddr::from(([192, 0, 2, 7], 5300));
+        crate::dns::fast::answer(&self.handler, query, src, out).then_some(out.len())
+    }
+
+    /// The answer to `query` by hickory's parser and builder; returns its length.
+    pub fn general(&self, query: &[u8]) -> Option<usize> {
+        let src = std::net::SocketAddr::from(([192, 0, 2, 7], 5300));
+        crate::dns::server::general_answer(&self.handler, query, src).map(|v| v.len())
+    }
+}
+
 /// One gossip agent of the cluster simulation (`benches/gossip_sim.rs`), on the real sealed
 /// transport over loopback UDP.
 pub struct GossipNode {
