@@ -25,8 +25,8 @@
 //! geoip.rs       memory-mapped MaxMind City reader: locate(ip) → coordinates, country, network
 //! metro.rs       metro codes (FRA, IAD, NRT, ...) → coordinates, for `location = "FRA"`
 //! steering.rs    pure: locate (coverage → GeoIP → country → default), choose (rank, spill, pick), ECS scope
-//! dns/           handler.rs (the one hickory RequestHandler), server.rs (UDP workers, TCP), batch.rs
-//!                (recvmmsg/sendmmsg), metrics.rs
+//! dns/           handler.rs (the one hickory RequestHandler), fast.rs (the common UDP query from its
+//!                bytes), server.rs (UDP workers, TCP), batch.rs (recvmmsg/sendmmsg), metrics.rs
 //! route.rs       `meridian route`: a decision explained
 //! geobuild.rs    `meridian geo build`: CSV → MaxMind City database
 //! admin.rs       /healthz /metrics /cluster /purge /drain
@@ -39,7 +39,8 @@
 //! fetch per key → storability decision → store → respond with `Age` and `Cache-Status`.
 //!
 //! # DNS data flow
-//! datagram → hickory `Request` → zone (outside every zone: REFUSED) → client subnet (ECS, else the
+//! datagram → (the common A/AAAA query: `dns::fast`, same decision, written directly) or hickory
+//! `Request` → zone (outside every zone: REFUSED) → client subnet (ECS, else the
 //! source) → `steering::locate` → `steering::choose` on one `ClusterView` snapshot → answer with TTL
 //! and the ECS scope that is true for it.
 //!
