@@ -67,11 +67,7 @@ pub(crate) struct DnsRole {
 impl DnsRole {
     /// Builds the tables of a reloaded configuration (its cluster map and GeoIP database).
     fn prepare(&self, config: &Config) -> Result<(Tables, ClusterMap), String> {
-        let (Some(map), Some(dns)) = (config.cluster.as_ref(), config.node.dns.as_ref()) else {
-            return Err("the node file no longer configures the dns role".into());
-        };
-        let geoip = open_geoip(dns)?;
-        Ok((Tables::new(map, geoip)?, map.clone()))
+        build_dns(config)?.ok_or_else(|| "the node file no longer configures the dns role".into())
     }
 
     /// Swaps prepared tables in.
@@ -135,15 +131,11 @@ struct EdgeRole {
 impl EdgeRole {
     /// Builds the sites and certificates of a reloaded configuration.
     fn prepare(&self, config: &Config) -> Result<(Sites, Certificates), String> {
-        let Some(edge) = &config.node.edge else {
-            return Err("the node file no longer configures the edge role".into());
-        };
-        let sites = Sites::new(&config.sites)?;
-        let certificates = Certificates::new(&config.sites, edge.tls_default_site.as_deref());
-        if self.tls && certificates.is_empty() {
+        let next = build_edge(config)?.ok_or("the node file no longer configures the edge role")?;
+        if self.tls && next.1.is_empty() {
             return Err("no site has a certificate any more; the TLS listeners need one".into());
         }
-        Ok((sites, certificates))
+        Ok(next)
     }
 
     fn commit(&self, (sites, certificates): (Sites, Certificates)) {
@@ -163,20 +155,33 @@ fn open_geoip(dns: &crate::config::DnsConfig) -> Result<Option<Arc<GeoIp>>, Stri
 /// certificates, DNS tables over the GeoIP database, the gossip keyring) without serving any of
 /// it: `meridian check` judges a configuration exactly as a reload does.
 pub fn validate(config: &Config) -> Result<(), String> {
-    if let Some(edge) = &config.node.edge {
-        Sites::new(&config.sites)?;
-        let certificates = Certificates::new(&config.sites, edge.tls_default_site.as_deref());
-        if !edge.tls_listen.is_empty() && certificates.is_empty() {
-            return Err("no site has a certificate; the TLS listeners need one".into());
-        }
-    }
-    if let (Some(dns), Some(map)) = (&config.node.dns, &config.cluster) {
-        Tables::new(map, open_geoip(dns)?)?;
-    }
+    build_edge(config)?;
+    build_dns(config)?;
     if let Some(g) = &config.node.gossip {
         Gossip::prepare_keys(g)?;
     }
     Ok(())
+}
+
+/// The edge role's sites and certificates, when `config` has the role.
+fn build_edge(config: &Config) -> Result<Option<(Sites, Certificates)>, String> {
+    let Some(edge) = &config.node.edge else {
+        return Ok(None);
+    };
+    let sites = Sites::new(&config.sites)?;
+    let certificates = Certificates::new(&config.sites, edge.tls_default_site.as_deref());
+    if !edge.tls_listen.is_empty() && certificates.is_empty() {
+        return Err("no site has a certificate; the TLS listeners need one".into());
+    }
+    Ok(Some((sites, certificates)))
+}
+
+/// The DNS role's tables over its GeoIP database, and its cluster map, when `config` has the role.
+fn build_dns(config: &Config) -> Result<Option<(Tables, ClusterMap)>, String> {
+    let (Some(dns), Some(map)) = (&config.node.dns, &config.cluster) else {
+        return Ok(None);
+    };
+    Ok(Some((Tables::new(map, open_geoip(dns)?)?, map.clone())))
 }
 
 /// What a reload swaps, and the files it watches.
@@ -212,20 +217,25 @@ impl Reloader {
     }
 
     fn try_reload(&self) -> Result<(), String> {
+        // Everything `validate` (and so `meridian check`) builds, built once; a role added or
+        // removed needs a restart.
         let config = crate::config::load(&self.node_file).map_err(|e| e.to_string())?;
-        validate(&config)?;
-        let edge = match &self.edge {
-            Some(e) => Some(e.prepare(&config)?),
-            None => None,
+        let restart = |what: &str| format!("the node file now configures {what}: restart to apply");
+        let edge = match (&self.edge, &config.node.edge) {
+            (Some(e), _) => Some(e.prepare(&config)?),
+            (None, Some(_)) => return Err(restart("the edge role")),
+            (None, None) => None,
         };
-        let dns = match &self.dns {
-            Some(d) => Some(d.prepare(&config)?),
-            None => None,
+        let dns = match (&self.dns, &config.node.dns) {
+            (Some(d), _) => Some(d.prepare(&config)?),
+            (None, Some(_)) => return Err(restart("the dns role")),
+            (None, None) => None,
         };
         let keys = match (&self.gossip, &config.node.gossip) {
             (Some(_), Some(g)) => Gossip::prepare_keys(g)?,
             (Some(_), None) => return Err("the node file no longer configures gossip".into()),
-            (None, _) => None,
+            (None, Some(_)) => return Err(restart("gossip")),
+            (None, None) => None,
         };
         if let (Some(role), Some(next)) = (&self.edge, edge) {
             role.commit(next);

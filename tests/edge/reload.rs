@@ -61,3 +61,20 @@ async fn a_watched_origin_map_reloads_when_it_changes() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+#[tokio::test]
+async fn a_reload_that_adds_a_role_or_gossip_asks_for_a_restart() {
+    let origin = origin().await;
+    let a = site("a", "a.test", &format!("http://{}", origin.addr), "");
+    let edge = Edge::start(&a, "").await;
+    let node_file = edge.dir.path().join("node.toml");
+    let node = std::fs::read_to_string(&node_file).unwrap();
+    std::fs::write(
+        &node_file,
+        format!("{node}\n[gossip]\nlisten = \"127.0.0.1:7946\"\ninsecure = true\n"),
+    )
+    .unwrap();
+    let err = edge.node.as_ref().unwrap().reload().unwrap_err();
+    assert!(err.contains("gossip") && err.contains("restart"), "{err}");
+    assert_eq!(get(edge.addr, "a.test", "/", &[]).await.status, 200);
+}
