@@ -219,7 +219,10 @@ impl DnsAnswer {
     /// The answer to `query` by the fast path (`None` when it declines); returns its length.
     pub fn fast(&self, query: &[u8], out: &mut Vec<u8>) -> Option<usize> {
         let src = std::net::SocketAddr::from(([192, 0, 2, 7], 5300));
-        crate::dns::fast::answer(&self.handler, query, src, out).then_some(out.len())
+        let mut tally = crate::dns::metrics::Tally::default();
+        let answered = crate::dns::fast::answer(&self.handler, query, src, out, &mut tally);
+        self.handler.metrics.flush(&mut tally);
+        answered.then_some(out.len())
     }
 
     /// The answer to `query` by hickory's parser and builder; returns its length.

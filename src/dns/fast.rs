@@ -13,10 +13,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
 
-use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::RecordType;
-
 use super::handler::{DnsHandler, ADVERTISED_PAYLOAD};
+use super::metrics::Tally;
 use crate::steering;
 
 const TYPE_A: u16 = 1;
@@ -113,12 +111,14 @@ fn opt(rest: &[u8]) -> Option<Opt<'_>> {
 }
 
 /// Answers `data` from `src` into `out` when it has the common shape; `false` otherwise (and
-/// `out` is then unspecified).
+/// `out` is then unspecified). The answer is counted in `tally` (the caller flushes it into the
+/// shared metrics); its latency goes to the shared histogram.
 pub(crate) fn answer(
     handler: &DnsHandler,
     data: &[u8],
     src: SocketAddr,
     out: &mut Vec<u8>,
+    tally: &mut Tally,
 ) -> bool {
     let start = Instant::now();
     if data.len() < 12 {
@@ -253,13 +253,8 @@ pub(crate) fn answer(
     if out.len() > usize::from(limit) {
         return false; // truncation is the general path's
     }
-    handler.metrics.choice(&choice);
-    let t = if v6 { RecordType::AAAA } else { RecordType::A };
-    handler.metrics.query(
-        Some(t),
-        ResponseCode::NoError,
-        start.elapsed().as_secs_f64(),
-    );
+    tally.answered(v6, &choice);
+    handler.metrics.latency(start.elapsed().as_secs_f64());
     true
 }
 
@@ -270,7 +265,7 @@ mod tests {
     use arc_swap::ArcSwap;
     use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
     use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
-    use hickory_proto::rr::Name;
+    use hickory_proto::rr::{Name, RecordType};
 
     use super::*;
     use crate::dns::handler::Tables;
@@ -380,7 +375,7 @@ mod tests {
             let query = bytes(c, 0x1000 + i as u16);
             let general = general_answer(&h, &query, src).expect("an answer");
             let label = format!("{} {:?} ecs {:?} edns {:?}", c.name, c.qtype, c.ecs, c.edns);
-            if !answer(&h, &query, src, &mut fast) {
+            if !answer(&h, &query, src, &mut fast, &mut Tally::default()) {
                 // Only answers that are not plain positive ones may go the general way.
                 let m = Message::from_vec(&general).unwrap();
                 assert!(
@@ -416,7 +411,10 @@ mod tests {
         let src: SocketAddr = "192.0.2.7:5300".parse().unwrap();
         let mut out = Vec::new();
         let mut refuse = |query: Vec<u8>, what: &str| {
-            assert!(!answer(&h, &query, src, &mut out), "{what}");
+            assert!(
+                !answer(&h, &query, src, &mut out, &mut Tally::default()),
+                "{what}"
+            );
         };
         refuse(bytes(&q("meridian.test.", RecordType::SOA), 1), "apex SOA");
         refuse(

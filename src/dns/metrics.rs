@@ -79,6 +79,42 @@ impl DnsMetrics {
         self.latency.record(seconds);
     }
 
+    /// Records one answer's latency.
+    pub(crate) fn latency(&self, seconds: f64) {
+        self.latency.record(seconds);
+    }
+
+    /// Adds a worker's tally to the shared counters and empties it.
+    pub(crate) fn flush(&self, tally: &mut Tally) {
+        for (i, n) in tally.answers.iter_mut().enumerate() {
+            if *n > 0 {
+                if let Some(c) = self
+                    .answers
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(i)
+                {
+                    c.increment(*n);
+                }
+                *n = 0;
+            }
+        }
+        for (t, n) in [(0, &mut tally.a), (1, &mut tally.aaaa)] {
+            if *n > 0 {
+                self.queries[t * CODES.len()].increment(*n);
+                *n = 0;
+            }
+        }
+        if tally.spills > 0 {
+            self.spills.increment(tally.spills);
+            tally.spills = 0;
+        }
+        if tally.fail_open > 0 {
+            self.fail_open.increment(tally.fail_open);
+            tally.fail_open = 0;
+        }
+    }
+
     pub(crate) fn choice(&self, choice: &Choice) {
         if choice.spilled {
             self.spills.increment(1);
@@ -96,6 +132,40 @@ impl DnsMetrics {
             {
                 c.increment(1);
             }
+        }
+    }
+}
+
+/// A UDP worker's own counts of the answers it wrote itself (positive A/AAAA answers, by region),
+/// added to the shared counters once per batch: shared counters touched by every query of two
+/// workers cost a cache-line transfer each.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    a: u64,
+    aaaa: u64,
+    answers: Vec<u64>,
+    spills: u64,
+    fail_open: u64,
+}
+
+impl Tally {
+    /// Counts one positive answer of type AAAA (`v6`) or A, and the choice behind it.
+    pub(crate) fn answered(&mut self, v6: bool, choice: &Choice) {
+        if v6 {
+            self.aaaa += 1;
+        } else {
+            self.a += 1;
+        }
+        if choice.spilled {
+            self.spills += 1;
+        }
+        if choice.fail_open {
+            self.fail_open += 1;
+        } else if let Some(r) = choice.region {
+            if self.answers.len() <= r {
+                self.answers.resize(r + 1, 0);
+            }
+            self.answers[r] += 1;
         }
     }
 }

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::handler::{DnsHandler, ADVERTISED_PAYLOAD};
+use super::metrics::Tally;
 
 /// Largest TCP response (the DNS maximum).
 const TCP_BUFFER: usize = 65_535;
@@ -68,10 +69,16 @@ fn formerr(raw: &[u8]) -> Option<Vec<u8>> {
     header.to_bytes().ok()
 }
 
-/// Answers one datagram: the encoded response (or a FORMERR), if any is due.
-fn answer(handler: &DnsHandler, data: &[u8], src: SocketAddr) -> Option<Vec<u8>> {
+/// Answers one datagram: the encoded response (or a FORMERR), if any is due. Answers of the
+/// fast path are counted in `tally`.
+fn answer(
+    handler: &DnsHandler,
+    data: &[u8],
+    src: SocketAddr,
+    tally: &mut Tally,
+) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(512);
-    if super::fast::answer(handler, data, src, &mut out) {
+    if super::fast::answer(handler, data, src, &mut out, tally) {
         return Some(out);
     }
     general_answer(handler, data, src)
@@ -112,7 +119,10 @@ async fn udp_worker(socket: Arc<UdpSocket>, handler: Arc<DnsHandler>, shutdown: 
             },
             _ = shutdown.cancelled() => break,
         };
-        if let Some(reply) = answer(&handler, &buf[..n], src) {
+        let mut tally = Tally::default();
+        let reply = answer(&handler, &buf[..n], src, &mut tally);
+        handler.metrics.flush(&mut tally);
+        if let Some(reply) = reply {
             let _ = socket.send_to(&reply, src).await;
         }
     }
@@ -133,6 +143,7 @@ async fn udp_worker_batched(
     let fd = socket.as_raw_fd();
     let mut inbox = RecvBatch::new();
     let mut pending: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(batch::BATCH);
+    let mut tally = Tally::default();
     loop {
         tokio::select! {
             r = socket.readable() => if r.is_err() { break },
@@ -149,11 +160,12 @@ async fn udp_worker_batched(
         pending.clear();
         for i in 0..n {
             if let Some((data, src)) = inbox.get(i) {
-                if let Some(reply) = answer(&handler, data, src) {
+                if let Some(reply) = answer(&handler, data, src, &mut tally) {
                     pending.push((reply, src));
                 }
             }
         }
+        handler.metrics.flush(&mut tally);
         let mut sent = 0;
         while sent < pending.len() {
             if socket.writable().await.is_err() {
