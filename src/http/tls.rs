@@ -152,7 +152,13 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// The server configuration of the TLS listeners: TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`.
+/// Sessions remembered for TLS 1.2 resumption by session id.
+const SESSION_CACHE: usize = 64 * 1024;
+
+/// The server configuration of the TLS listeners: TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`,
+/// session resumption by tickets (keys made at start, rotated every 6 hours, never written
+/// anywhere) and by a session cache: a returning client skips the certificate exchange and the
+/// signature, which is most of a full handshake's cost.
 pub(crate) fn server_config(
     certificates: Arc<ArcSwap<Certificates>>,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
@@ -162,6 +168,8 @@ pub(crate) fn server_config(
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver(certificates)));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| e.to_string())?;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
     Ok(Arc::new(config))
 }
 

@@ -505,3 +505,67 @@ async fn http2_requests_reach_http1_origins_with_a_via_that_says_so() {
         assert_eq!(seen.headers["via"], format!("2 {}", edge.id).as_str());
     }
 }
+
+/// Connects with `config`, asks for `/` (so that TLS 1.3 tickets arrive) and returns how the
+/// handshake went.
+async fn handshake_kind(
+    addr: std::net::SocketAddr,
+    config: &Arc<rustls::ClientConfig>,
+) -> Option<rustls::HandshakeKind> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config.clone())
+        .connect(ServerName::try_from("a.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tls.read_to_end(&mut answer).await.unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    tls.get_ref().1.handshake_kind()
+}
+
+#[tokio::test]
+async fn returning_clients_resume_their_session_however_many_came_between() {
+    let (ca, certs) = (Ca::new(), tempfile::tempdir().unwrap());
+    let a = ca.issue(&["a.test"]);
+    let origin = origin_with_pages().await;
+    let edge = Edge::start(
+        &tls_site("a", "a.test", &origin, &write(certs.path(), "a", &a)),
+        "[edge.tls]\nlisten = [\"127.0.0.1:0\"]\n",
+    )
+    .await;
+    // Each client configuration has its own session store, as separate users would.
+    let client = |version: &'static rustls::SupportedProtocolVersion| {
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(ca.roots())
+            .with_no_client_auth(),
+        )
+    };
+    use rustls::HandshakeKind::{Full, Resumed};
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let first = client(version);
+        assert_eq!(handshake_kind(https(&edge), &first).await, Some(Full));
+        assert_eq!(
+            handshake_kind(https(&edge), &first).await,
+            Some(Resumed),
+            "{version:?}"
+        );
+    }
+    // Three hundred other users in between: TLS 1.3 tickets carry the session themselves, so
+    // the first user still resumes (a server-side cache of rustls' default size, 256, would have
+    // forgotten it).
+    let first = client(&rustls::version::TLS13);
+    assert_eq!(handshake_kind(https(&edge), &first).await, Some(Full));
+    for _ in 0..300 {
+        handshake_kind(https(&edge), &client(&rustls::version::TLS13)).await;
+    }
+    assert_eq!(handshake_kind(https(&edge), &first).await, Some(Resumed));
+}
