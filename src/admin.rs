@@ -228,15 +228,84 @@ async fn purge_objects(edge: &EdgeState, purge: PurgeRequest) -> Result<usize, S
 /// Asks the node of `config` to drain (`on`) or to stop draining, through its own admin API
 /// with its own token; returns the API's answer.
 pub async fn drain(config: &crate::config::Config, on: bool) -> Result<String, String> {
+    let method = if on { Method::POST } else { Method::DELETE };
+    call(config, method, "/drain", true).await
+}
+
+/// The members the running node of `config` hears, from its admin API's `/cluster`.
+pub(crate) async fn members(
+    config: &crate::config::Config,
+) -> Result<Vec<crate::model::Member>, String> {
+    use crate::model::{Member, MemberState};
+    let text = call(config, Method::GET, "/cluster", false).await?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("/cluster: not JSON: {e}"))?;
+    if v["gossip"] != true {
+        return Err("the running node does not gossip: there is no live view".into());
+    }
+    let now = std::time::Instant::now();
+    let strings = |m: &serde_json::Value, k: &str| -> Vec<String> {
+        m[k].as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect()
+    };
+    v["members"]
+        .as_array()
+        .ok_or("/cluster: no members")?
+        .iter()
+        .map(|m| {
+            Ok(Member {
+                id: m["id"]
+                    .as_str()
+                    .ok_or("/cluster: a member without id")?
+                    .into(),
+                generation: m["generation"].as_u64().unwrap_or(0),
+                gossip_addr: m["gossip"]
+                    .as_str()
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                roles: strings(m, "roles"),
+                region: m["region"].as_str().unwrap_or("").into(),
+                addresses: strings(m, "addresses")
+                    .iter()
+                    .filter_map(|a| a.parse().ok())
+                    .collect(),
+                weight: m["weight"].as_f64().unwrap_or(1.0),
+                load: m["load"].as_f64().unwrap_or(0.0),
+                draining: m["draining"] == true,
+                state: match m["state"].as_str() {
+                    Some("alive") => MemberState::Alive,
+                    Some("left") => MemberState::Left,
+                    _ => MemberState::Dead,
+                },
+                version: m["version"].as_str().unwrap_or("").into(),
+                started: m["started"].as_u64().unwrap_or(0),
+                last_heard: now
+                    .checked_sub(std::time::Duration::from_millis(
+                        m["last_heard_ms"].as_u64().unwrap_or(0),
+                    ))
+                    .unwrap_or(now),
+                is_self: m["self"] == true,
+            })
+        })
+        .collect()
+}
+
+/// One request to the admin API of the running node of `config` (its `admin.listen`, or
+/// loopback when that is a wildcard), with its token when `auth`; the body of a 2xx answer.
+async fn call(
+    config: &crate::config::Config,
+    method: Method,
+    path: &str,
+    auth: bool,
+) -> Result<String, String> {
     let admin = config
         .node
         .admin
         .as_ref()
         .ok_or("the node file has no [admin] section")?;
-    let token = admin
-        .token
-        .as_ref()
-        .ok_or("the node file names no admin.token_file")?;
     let mut addr = admin.listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(match addr {
@@ -244,6 +313,20 @@ pub async fn drain(config: &crate::config::Config, on: bool) -> Result<String, S
             SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
     }
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, addr.to_string());
+    if auth {
+        let token = admin
+            .token
+            .as_ref()
+            .ok_or("the node file names no admin.token_file")?;
+        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let req = req
+        .body(http_body_util::Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
     let stream = tokio::time::timeout(
         std::time::Duration::from_secs(5),
         tokio::net::TcpStream::connect(addr),
@@ -255,13 +338,6 @@ pub async fn drain(config: &crate::config::Config, on: bool) -> Result<String, S
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let req = Request::builder()
-        .method(if on { Method::POST } else { Method::DELETE })
-        .uri("/drain")
-        .header(header::HOST, addr.to_string())
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(http_body_util::Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
     let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status();
     let body = resp

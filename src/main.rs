@@ -31,6 +31,10 @@ enum Command {
         ip: std::net::IpAddr,
         /// The name asked for (default: the first name of the first zone).
         name: Option<String>,
+        /// Decide on the health and load the running node hears by gossip (through its admin
+        /// API) instead of the cluster map alone.
+        #[arg(long)]
+        live: bool,
     },
     /// Ask the running node of NODE.toml (through its admin API and token) to drain: leave the
     /// DNS answers and fail /healthz while it keeps serving. `--undo` takes it back.
@@ -113,12 +117,28 @@ fn main() -> ExitCode {
             });
             block_on("meridian demo", meridian::demo::run())
         }
-        Command::Route { config, ip, name } => {
+        Command::Route {
+            config,
+            ip,
+            name,
+            live,
+        } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match meridian::route::explain(&cfg, ip, name.as_deref()) {
+            let explained = if live {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string());
+                runtime.and_then(|r| {
+                    r.block_on(meridian::route::explain_live(&cfg, ip, name.as_deref()))
+                })
+            } else {
+                meridian::route::explain(&cfg, ip, name.as_deref())
+            };
+            match explained {
                 Ok(text) => {
                     print!("{text}");
                     ExitCode::SUCCESS

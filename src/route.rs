@@ -3,7 +3,8 @@
 //! Runs the same pure functions as a query (`steering::locate`, `choose`, `scope`) on the node
 //! file's cluster map and GeoIP database, and prints where the location came from, the distance
 //! to each region, each candidate's health and load, the choice, and the ECS scope that would be
-//! sent for a query carrying the client's subnet.
+//! sent for a query carrying the client's subnet. With `--live`, on the health and load the
+//! running node hears by gossip (its `/cluster`), else on the map with every edge up and idle.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -15,8 +16,29 @@ use crate::geoip::GeoIp;
 use crate::model::ClusterView;
 use crate::steering::{self, Policy, Source};
 
-/// Explains the decision for `ip` asking for `name` (the first name of the first zone if none).
+/// Explains the decision for `ip` asking for `name` (the first name of the first zone if none),
+/// on the cluster map alone: every edge up and idle.
 pub fn explain(config: &Config, ip: IpAddr, name: Option<&str>) -> Result<String, String> {
+    explain_on(config, ip, name, None)
+}
+
+/// Explains the decision as the running node of `config` would make it now: with the members,
+/// health and load its gossip reports (read from its admin API's `/cluster`).
+pub async fn explain_live(
+    config: &Config,
+    ip: IpAddr,
+    name: Option<&str>,
+) -> Result<String, String> {
+    let members = crate::admin::members(config).await?;
+    explain_on(config, ip, name, Some(&members))
+}
+
+fn explain_on(
+    config: &Config,
+    ip: IpAddr,
+    name: Option<&str>,
+    members: Option<&[crate::model::Member]>,
+) -> Result<String, String> {
     let map = config
         .cluster
         .as_ref()
@@ -50,7 +72,10 @@ pub fn explain(config: &Config, ip: IpAddr, name: Option<&str>) -> Result<String
             (z, first.unwrap_or_else(|| z.apex.clone()))
         }
     };
-    let view = ClusterView::from_map(map);
+    let view = match members {
+        Some(m) => ClusterView::from_members(map, m, true),
+        None => ClusterView::from_map(map),
+    };
     // The same tables a DNS node answers from, so route and queries cannot disagree.
     let tables = Tables::new(map, geoip)?;
     let locator = tables.locator();
@@ -71,6 +96,17 @@ pub fn explain(config: &Config, ip: IpAddr, name: Option<&str>) -> Result<String
 
     let region_name = |i: usize| view.regions.get(i).map(|r| r.name.as_str()).unwrap_or("?");
     let mut out = String::new();
+    let _ = match members {
+        Some(m) => writeln!(
+            out,
+            "view     live: {} members as the running node hears them",
+            m.len()
+        ),
+        None => writeln!(
+            out,
+            "view     the cluster map, every edge up and idle (--live asks the running node)"
+        ),
+    };
     let _ = writeln!(out, "client   {ip} asking for {qname} (zone {})", zone.apex);
     let located = match &place.source {
         Source::Coverage(net) => format!(

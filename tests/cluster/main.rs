@@ -109,6 +109,11 @@ serial = 1
     fn node_file(&mut self, id: &str, role: &str, key: &str, section: &str) -> (PathBuf, IpAddr) {
         let ip = next_ip();
         let gossip = free_udp(ip);
+        // A fixed admin port, so that `meridian route --live -c FILE` can find the node.
+        let admin = std::net::TcpListener::bind((ip, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let seeds: Vec<String> = self
             .seeds
             .iter()
@@ -131,7 +136,7 @@ level = "info"
 access_log = false
 {section}
 [admin]
-listen = "{ip}:0"
+listen = "{admin}"
 token_file = "admin.token"
 [gossip]
 listen = "{gossip}"
@@ -166,6 +171,7 @@ failure_timeout = "1600ms"
             udp: node.dns_addrs()[0],
             admin: node.admin_addr().unwrap(),
             node,
+            file,
         }
     }
 
@@ -205,6 +211,8 @@ fn geoip() -> PathBuf {
 
 struct DnsNode {
     node: meridian::app::Node,
+    /// Its node file.
+    file: PathBuf,
     udp: SocketAddr,
     admin: SocketAddr,
 }
@@ -494,6 +502,26 @@ async fn converges_fails_over_on_kill_and_takes_a_restarted_edge_back() {
     println!("killed edge left the answers after {took:?}");
     let m = dns.member("edge-a").await.unwrap();
     assert_eq!(m["state"], "dead", "{m}");
+    // `meridian route --live` explains the decision on what the running node hears.
+    let route = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["route", "--live", "-c"])
+        .arg(&dns.file)
+        .arg("216.160.83.56")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&route.stdout);
+    assert!(
+        route.status.success(),
+        "{}",
+        String::from_utf8_lossy(&route.stderr)
+    );
+    assert!(text.contains("view     live:"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("edge-a") && l.contains("down")),
+        "{text}"
+    );
+    assert!(text.contains("-> edge-b"), "{text}");
 
     // Restarted (a new generation on the same address), it comes back.
     let a2 = Proc::start(&a_file);
