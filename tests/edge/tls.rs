@@ -185,6 +185,39 @@ async fn origin_with_pages() -> Origin {
     origin
 }
 
+/// An edge serving one site, `a` (`a.test`), over TLS with a certificate from a new CA.
+struct OneSite {
+    ca: Ca,
+    edge: Edge,
+    leaf: Leaf,
+    /// The certificate and key files the origin map names.
+    files: (PathBuf, PathBuf),
+    dir: tempfile::TempDir,
+    _origin: Origin,
+}
+
+impl OneSite {
+    async fn start() -> OneSite {
+        let (ca, dir) = (Ca::new(), tempfile::tempdir().unwrap());
+        let leaf = ca.issue(&["a.test"]);
+        let files = write(dir.path(), "a", &leaf);
+        let origin = origin_with_pages().await;
+        let edge = Edge::start(
+            &tls_site("a", "a.test", &origin, &files),
+            "[edge.tls]\nlisten = [\"127.0.0.1:0\"]\n",
+        )
+        .await;
+        OneSite {
+            ca,
+            edge,
+            leaf,
+            files,
+            dir,
+            _origin: origin,
+        }
+    }
+}
+
 #[tokio::test]
 async fn sni_picks_each_sites_certificate_and_clients_without_it_get_the_default() {
     let (ca, certs) = (Ca::new(), tempfile::tempdir().unwrap());
@@ -218,14 +251,8 @@ async fn sni_picks_each_sites_certificate_and_clients_without_it_get_the_default
 
 #[tokio::test]
 async fn without_a_default_site_clients_without_sni_are_refused() {
-    let (ca, certs) = (Ca::new(), tempfile::tempdir().unwrap());
-    let a = ca.issue(&["a.test"]);
-    let origin = origin_with_pages().await;
-    let edge = Edge::start(
-        &tls_site("a", "a.test", &origin, &write(certs.path(), "a", &a)),
-        "[edge.tls]\nlisten = [\"127.0.0.1:0\"]\n",
-    )
-    .await;
+    let site = OneSite::start().await;
+    let (ca, edge) = (&site.ca, &site.edge);
     assert!(connect(https(&edge), &ca, None, &[]).await.is_err());
     assert!(connect(https(&edge), &ca, Some("other.test"), &[])
         .await
@@ -352,15 +379,8 @@ async fn requests_over_tls_reach_the_origin_as_https_and_origins_get_http2_when_
 
 #[tokio::test]
 async fn a_reloaded_certificate_serves_new_connections_while_old_ones_keep_going() {
-    let (ca, certs) = (Ca::new(), tempfile::tempdir().unwrap());
-    let first = ca.issue(&["a.test"]);
-    let files = write(certs.path(), "a", &first);
-    let origin = origin_with_pages().await;
-    let edge = Edge::start(
-        &tls_site("a", "a.test", &origin, &files),
-        "[edge.tls]\nlisten = [\"127.0.0.1:0\"]\n",
-    )
-    .await;
+    let site = OneSite::start().await;
+    let (ca, edge, first, files) = (&site.ca, &site.edge, &site.leaf, &site.files);
     let node = edge.node.as_ref().unwrap();
     let mut old = connect(https(&edge), &ca, Some("a.test"), &["http/1.1"])
         .await
@@ -369,7 +389,7 @@ async fn a_reloaded_certificate_serves_new_connections_while_old_ones_keep_going
     assert_eq!(old.get("a.test", "/").await.0, 200);
 
     let second = ca.issue(&["a.test"]);
-    write(certs.path(), "a", &second);
+    write(site.dir.path(), "a", &second);
     node.reload().unwrap();
     let new = connect(https(&edge), &ca, Some("a.test"), &["http/1.1"])
         .await
@@ -529,14 +549,8 @@ async fn handshake_kind(
 
 #[tokio::test]
 async fn returning_clients_resume_their_session_however_many_came_between() {
-    let (ca, certs) = (Ca::new(), tempfile::tempdir().unwrap());
-    let a = ca.issue(&["a.test"]);
-    let origin = origin_with_pages().await;
-    let edge = Edge::start(
-        &tls_site("a", "a.test", &origin, &write(certs.path(), "a", &a)),
-        "[edge.tls]\nlisten = [\"127.0.0.1:0\"]\n",
-    )
-    .await;
+    let site = OneSite::start().await;
+    let (ca, edge) = (&site.ca, &site.edge);
     // Each client configuration has its own session store, as separate users would.
     let client = |version: &'static rustls::SupportedProtocolVersion| {
         Arc::new(
