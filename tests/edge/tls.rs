@@ -253,13 +253,11 @@ async fn sni_picks_each_sites_certificate_and_clients_without_it_get_the_default
 async fn without_a_default_site_clients_without_sni_are_refused() {
     let site = OneSite::start().await;
     let (ca, edge) = (&site.ca, &site.edge);
-    assert!(connect(https(&edge), &ca, None, &[]).await.is_err());
-    assert!(connect(https(&edge), &ca, Some("other.test"), &[])
+    assert!(connect(https(edge), ca, None, &[]).await.is_err());
+    assert!(connect(https(edge), ca, Some("other.test"), &[])
         .await
         .is_err());
-    assert!(connect(https(&edge), &ca, Some("a.test"), &[])
-        .await
-        .is_ok());
+    assert!(connect(https(edge), ca, Some("a.test"), &[]).await.is_ok());
     let failures = get(edge.admin, "admin", "/metrics", &[]).await.text();
     assert!(
         failures
@@ -382,7 +380,7 @@ async fn a_reloaded_certificate_serves_new_connections_while_old_ones_keep_going
     let site = OneSite::start().await;
     let (ca, edge, first, files) = (&site.ca, &site.edge, &site.leaf, &site.files);
     let node = edge.node.as_ref().unwrap();
-    let mut old = connect(https(&edge), &ca, Some("a.test"), &["http/1.1"])
+    let mut old = connect(https(edge), ca, Some("a.test"), &["http/1.1"])
         .await
         .unwrap();
     assert_eq!(old.leaf, first.der);
@@ -391,7 +389,7 @@ async fn a_reloaded_certificate_serves_new_connections_while_old_ones_keep_going
     let second = ca.issue(&["a.test"]);
     write(site.dir.path(), "a", &second);
     node.reload().unwrap();
-    let new = connect(https(&edge), &ca, Some("a.test"), &["http/1.1"])
+    let new = connect(https(edge), ca, Some("a.test"), &["http/1.1"])
         .await
         .unwrap();
     assert_eq!(
@@ -413,7 +411,7 @@ async fn a_reloaded_certificate_serves_new_connections_while_old_ones_keep_going
         err.contains("tls_cert") && err.contains(&files.1.display().to_string()),
         "{err}"
     );
-    let after = connect(https(&edge), &ca, Some("a.test"), &["http/1.1"])
+    let after = connect(https(edge), ca, Some("a.test"), &["http/1.1"])
         .await
         .unwrap();
     assert_eq!(after.leaf, second.der);
@@ -566,9 +564,9 @@ async fn returning_clients_resume_their_session_however_many_came_between() {
     use rustls::HandshakeKind::{Full, Resumed};
     for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
         let first = client(version);
-        assert_eq!(handshake_kind(https(&edge), &first).await, Some(Full));
+        assert_eq!(handshake_kind(https(edge), &first).await, Some(Full));
         assert_eq!(
-            handshake_kind(https(&edge), &first).await,
+            handshake_kind(https(edge), &first).await,
             Some(Resumed),
             "{version:?}"
         );
@@ -577,9 +575,9 @@ async fn returning_clients_resume_their_session_however_many_came_between() {
     // the first user still resumes (a server-side cache of rustls' default size, 256, would have
     // forgotten it).
     let first = client(&rustls::version::TLS13);
-    assert_eq!(handshake_kind(https(&edge), &first).await, Some(Full));
+    assert_eq!(handshake_kind(https(edge), &first).await, Some(Full));
     for _ in 0..300 {
-        handshake_kind(https(&edge), &client(&rustls::version::TLS13)).await;
+        handshake_kind(https(edge), &client(&rustls::version::TLS13)).await;
     }
-    assert_eq!(handshake_kind(https(&edge), &first).await, Some(Resumed));
+    assert_eq!(handshake_kind(https(edge), &first).await, Some(Resumed));
 }
