@@ -17,6 +17,19 @@ pub(crate) struct RegionView {
     pub(crate) name: String,
     pub(crate) lat: f64,
     pub(crate) lon: f64,
+    /// The same place as a unit vector, for distances.
+    pub(crate) at: crate::steering::Point,
+}
+
+impl RegionView {
+    pub(crate) fn new(name: &str, lat: f64, lon: f64) -> RegionView {
+        RegionView {
+            name: name.to_string(),
+            lat,
+            lon,
+            at: crate::steering::Point::new(lat, lon),
+        }
+    }
 }
 
 /// An edge as the cluster last reported it.
@@ -172,11 +185,7 @@ impl ClusterView {
             regions: map
                 .regions
                 .iter()
-                .map(|r| RegionView {
-                    name: r.name.clone(),
-                    lat: r.lat,
-                    lon: r.lon,
-                })
+                .map(|r| RegionView::new(&r.name, r.lat, r.lon))
                 .collect(),
             edges: map
                 .edges
