@@ -59,6 +59,20 @@ impl Ca {
         }
     }
 
+    /// A client configuration that trusts this CA, for `versions`.
+    fn client(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> rustls::ClientConfig {
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(self.roots())
+        .with_no_client_auth()
+    }
+
     fn roots(&self) -> rustls::RootCertStore {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.cert.der().clone()).unwrap();
@@ -106,13 +120,7 @@ async fn connect(
     sni: Option<&str>,
     alpn: &[&str],
 ) -> Result<Client, std::io::Error> {
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(ca.roots())
-    .with_no_client_auth();
+    let mut config = ca.client(rustls::DEFAULT_VERSIONS);
     config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     config.enable_sni = sni.is_some();
     // Without SNI the client still checks the certificate against a name: the default site's.
@@ -173,6 +181,17 @@ impl Client {
             String::from_utf8_lossy(&body).into_owned(),
         )
     }
+}
+
+/// A cleartext HTTP/2 connection with prior knowledge.
+async fn h2c(addr: std::net::SocketAddr) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    send
 }
 
 fn https(edge: &Edge) -> std::net::SocketAddr {
@@ -304,12 +323,7 @@ async fn http2_by_alpn_and_h2c_share_one_cache_with_http1() {
     assert!(cache.starts_with("meridian; hit"), "{cache}");
 
     // Cleartext HTTP/2 with prior knowledge on the plain listener.
-    let tcp = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut send = h2c(edge.addr).await;
     let req = Request::get("http://a.test/shared")
         .version(Version::HTTP_2)
         .body(Empty::<Bytes>::new())
@@ -500,12 +514,7 @@ async fn http2_requests_reach_http1_origins_with_a_via_that_says_so() {
         Reply::ok("filled").header("cache-control", "max-age=60"),
     );
     let edge = Edge::for_origin(&origin).await;
-    let tcp = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut send = h2c(edge.addr).await;
     for (method, path, body) in [("POST", "/form", "posted"), ("GET", "/cold", "filled")] {
         let req = Request::builder()
             .method(method)
@@ -550,17 +559,8 @@ async fn returning_clients_resume_their_session_however_many_came_between() {
     let site = OneSite::start().await;
     let (ca, edge) = (&site.ca, &site.edge);
     // Each client configuration has its own session store, as separate users would.
-    let client = |version: &'static rustls::SupportedProtocolVersion| {
-        Arc::new(
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::aws_lc_rs::default_provider(),
-            ))
-            .with_protocol_versions(&[version])
-            .unwrap()
-            .with_root_certificates(ca.roots())
-            .with_no_client_auth(),
-        )
-    };
+    let client =
+        |version: &'static rustls::SupportedProtocolVersion| Arc::new(ca.client(&[version]));
     use rustls::HandshakeKind::{Full, Resumed};
     for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
         let first = client(version);
