@@ -106,6 +106,13 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
+/// The client end of a request: its address and whether it came over TLS.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) secure: bool,
+}
+
 /// What a fetch hands to followers.
 #[derive(Clone)]
 pub(crate) enum Outcome {
@@ -179,7 +186,7 @@ impl EdgeState {
 pub(crate) async fn handle(
     state: Arc<EdgeState>,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: Peer,
     framing: Option<&'static str>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let start = Instant::now();
@@ -203,7 +210,7 @@ pub(crate) async fn handle(
         let bytes = http_body::Body::size_hint(resp.body()).exact();
         tracing::info!(
             target: "meridian::access",
-            client = %peer.ip(),
+            client = %peer.addr.ip(),
             method = %method,
             host = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-"),
             uri = %uri,
@@ -241,7 +248,7 @@ fn target_host(req: &Request<Incoming>) -> Option<&str> {
 async fn route(
     state: &Arc<EdgeState>,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: Peer,
     framing: Option<&'static str>,
 ) -> (Response<Body>, CacheStatus) {
     let refused = |r: Refusal| {
@@ -274,7 +281,7 @@ async fn route(
 /// Prepares a request for an origin: origin-form target, hop-by-hop removed, proxy headers added.
 /// `parts.version` is the client's; the origin client picks its own (HTTP/2 where the origin
 /// offers it), so it leaves as HTTP/1.1.
-fn to_origin(parts: &mut Parts, peer: SocketAddr, state: &EdgeState) {
+fn to_origin(parts: &mut Parts, peer: Peer, state: &EdgeState) {
     let via = if parts.version == http::Version::HTTP_2 {
         &state.via2
     } else {
@@ -298,8 +305,13 @@ fn to_origin(parts: &mut Parts, peer: SocketAddr, state: &EdgeState) {
             parts.headers.insert(header::HOST, v);
         }
     }
-    let secure = parts.extensions.get::<super::server::Secure>().is_some();
-    add_forwarding(&mut parts.headers, peer.ip(), host.as_deref(), secure, via);
+    add_forwarding(
+        &mut parts.headers,
+        peer.addr.ip(),
+        host.as_deref(),
+        peer.secure,
+        via,
+    );
     if let Some(pq) = parts.uri.path_and_query() {
         if let Ok(u) = Uri::builder().path_and_query(pq.clone()).build() {
             parts.uri = u;
@@ -314,7 +326,7 @@ async fn forward(
     state: &Arc<EdgeState>,
     site: &Arc<Site>,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: Peer,
     mut status: CacheStatus,
     invalidate: bool,
 ) -> (Response<Body>, CacheStatus) {
@@ -389,7 +401,7 @@ async fn cache_path(
     state: &Arc<EdgeState>,
     site: &Arc<Site>,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: Peer,
 ) -> (Response<Body>, CacheStatus) {
     let directives = policy::request_directives(req.headers());
     if directives.no_store {
@@ -464,7 +476,7 @@ fn refresh_in_background(
     state: &Arc<EdgeState>,
     site: &Arc<Site>,
     req: &Request<Incoming>,
-    peer: SocketAddr,
+    peer: Peer,
     key: &str,
     stale: Arc<Entry>,
 ) {
@@ -486,15 +498,12 @@ fn refresh_in_background(
 
 /// The request sent to fill the cache: a GET for the whole object (ranges and the client's
 /// conditionals removed; the cache answers those itself from what it stores).
-fn origin_parts(req: &Request<Incoming>, peer: SocketAddr, state: &EdgeState) -> Parts {
+fn origin_parts(req: &Request<Incoming>, peer: Peer, state: &EdgeState) -> Parts {
     let (mut parts, ()) = Request::new(()).into_parts();
     parts.method = Method::GET;
     parts.version = req.version();
     parts.uri = req.uri().clone();
     parts.headers = req.headers().clone();
-    if let Some(secure) = req.extensions().get::<super::server::Secure>() {
-        parts.extensions.insert(*secure);
-    }
     for name in [
         header::RANGE,
         header::IF_RANGE,
@@ -514,7 +523,7 @@ async fn fill(
     state: &Arc<EdgeState>,
     site: &Arc<Site>,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: Peer,
     key: String,
     stale: Option<Arc<Entry>>,
     fwd: Fwd,

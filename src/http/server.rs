@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::framing::{Conflict, FramingGuard};
-use super::handler::{handle, EdgeState};
+use super::handler::{handle, EdgeState, Peer};
 use crate::config::EdgeConfig;
 use crate::load::LoadCounters;
 
@@ -159,10 +159,6 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Marks a request that arrived over TLS (a request extension).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Secure;
-
 /// Serves HTTP on `listener` until `shutdown` fires, then drains gracefully. With `tls`, every
 /// connection is a TLS handshake first (it must finish within the header read timeout).
 pub(crate) async fn serve(
@@ -267,10 +263,8 @@ where
         guard: FramingGuard::new(max_header_size),
     };
     let svc_activity = activity.clone();
-    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        if secure {
-            req.extensions_mut().insert(Secure);
-        }
+    let client = Peer { addr: peer, secure };
+    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let state = state.clone();
         let activity = svc_activity.clone();
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -286,7 +280,7 @@ where
             None
         };
         async move {
-            let r = handle(state, req, peer, framing).await;
+            let r = handle(state, req, client, framing).await;
             activity.in_flight.fetch_sub(1, Ordering::Relaxed);
             activity.touch();
             r
