@@ -13,6 +13,18 @@ fn meridian() -> Command {
     Command::new(env!("CARGO_BIN_EXE_meridian"))
 }
 
+/// Runs `meridian check -c NODE`, expects exit status 1 and every `expected` line on stderr;
+/// returns stderr.
+fn check_lists(node: &std::path::Path, expected: &[&str]) -> String {
+    let out = meridian().args(["check", "-c"]).arg(node).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for e in expected {
+        assert!(err.contains(e), "missing {e:?} in:\n{err}");
+    }
+    err.into_owned()
+}
+
 #[test]
 fn check_accepts_the_local_cluster() {
     for f in ["edge-a", "edge-b", "edge-c"] {
@@ -56,24 +68,18 @@ token_file = "missing.token"
         "[[site]]\nname = \"s\"\nhosts = [\"a.test\"]\norigins = [\"gopher://x\"]\n",
     )
     .unwrap();
-    let out = meridian()
-        .args(["check", "-c"])
-        .arg(dir.path().join("node.toml"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    for expected in [
-        "node.toml: roles[1]: unknown role \"teapot\"",
-        "node.toml: log.format: unknown format \"xml\"",
-        "node.toml: edge.listen[0]: \"not-an-address\" is not a socket address",
-        "node.toml: edge.cache_memory: \"4XB\" has an unknown size unit",
-        "node.toml: edge.idle_timeout: \"soon\" has an unknown duration unit",
-        "node.toml: admin.token_file: cannot read",
-        "origins.toml: site[0].origins[0]: \"gopher://x\" must start with http:// or https://",
-    ] {
-        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
-    }
+    let err = check_lists(
+        &dir.path().join("node.toml"),
+        &[
+            "node.toml: roles[1]: unknown role \"teapot\"",
+            "node.toml: log.format: unknown format \"xml\"",
+            "node.toml: edge.listen[0]: \"not-an-address\" is not a socket address",
+            "node.toml: edge.cache_memory: \"4XB\" has an unknown size unit",
+            "node.toml: edge.idle_timeout: \"soon\" has an unknown duration unit",
+            "node.toml: admin.token_file: cannot read",
+            "origins.toml: site[0].origins[0]: \"gopher://x\" must start with http:// or https://",
+        ],
+    );
     assert!(err.starts_with("7 configuration problems"), "{err}");
 }
 
@@ -307,23 +313,17 @@ fn check_reports_cluster_map_problems() {
         "id = \"d\"\nregion = \"r\"\nroles = [\"dns\"]\ncluster_map = \"cluster.toml\"\n[dns]\nlisten = [\"127.0.0.1:0\"]\ngeoip = \"missing.mmdb\"\n",
     )
     .unwrap();
-    let out = meridian()
-        .args(["check", "-c"])
-        .arg(dir.path().join("dns.toml"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    for expected in [
+    check_lists(
+        &dir.path().join("dns.toml"),
+        &[
         "dns.toml: dns.geoip:",
         "cluster.toml: region[0].lat: 95 is not a latitude",
         "cluster.toml: edge[0].region: no region is named \"nowhere\"",
         "cluster.toml: edge[0].addresses[0]: \"not-ip\" is not an IP address",
         "cluster.toml: coverage[0].cidr: \"10.0.0.1/8\" has host bits set (did you mean 10.0.0.0/8?)",
         "cluster.toml: zone[0].answers: must be at least 1",
-    ] {
-        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
-    }
+        ],
+    );
 }
 
 /// Asks `server` for demo.meridian.test A with ECS 81.2.69.142/32; returns the first address.

@@ -357,9 +357,14 @@ token_file = "admin.token"
 
     /// An edge with one site `demo` for host `demo.test` in front of `origin`.
     pub async fn for_origin(origin: &Origin) -> Edge {
+        Edge::for_origin_with(origin, "").await
+    }
+
+    /// The same, with `edge` lines added to the node file's `[edge]` section.
+    pub async fn for_origin_with(origin: &Origin, edge: &str) -> Edge {
         Edge::start(
             &site("demo", "demo.test", &format!("http://{}", origin.addr), ""),
-            "",
+            edge,
         )
         .await
     }

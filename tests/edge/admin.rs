@@ -101,3 +101,12 @@ async fn bad_purge_requests_are_400() {
     }
     assert!(edge.get("/a").await.is_hit());
 }
+
+#[tokio::test]
+async fn the_edge_status_counts_requests_and_hits() {
+    // What `meridian demo`'s status line shows: five misses then five hits (no gossip, so no
+    // load is metered).
+    let (_o, e) = setup().await;
+    let status = e.node.as_ref().unwrap().edge_status().unwrap();
+    assert_eq!((status.requests, status.hits, status.load), (10, 5, 0.0));
+}

@@ -9,11 +9,7 @@ use crate::common::*;
 #[tokio::test]
 async fn oversized_headers_get_431() {
     let o = Origin::start().await;
-    let edge = Edge::start(
-        &site("demo", "demo.test", &format!("http://{}", o.addr), ""),
-        "max_header_size = \"8KiB\"",
-    )
-    .await;
+    let edge = Edge::for_origin_with(&o, "max_header_size = \"8KiB\"").await;
     let big = "x".repeat(10_000);
     let req = format!("GET / HTTP/1.1\r\nHost: demo.test\r\nX-Big: {big}\r\n\r\n");
     let r = raw(edge.addr, req.as_bytes(), Duration::from_secs(3)).await;
@@ -40,11 +36,7 @@ async fn content_length_with_transfer_encoding_is_rejected() {
 #[tokio::test]
 async fn slow_request_heads_are_cut_off() {
     let o = Origin::start().await;
-    let edge = Edge::start(
-        &site("demo", "demo.test", &format!("http://{}", o.addr), ""),
-        "header_read_timeout = \"500ms\"",
-    )
-    .await;
+    let edge = Edge::for_origin_with(&o, "header_read_timeout = \"500ms\"").await;
     let mut s = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: demo.test\r\n")
         .await
@@ -67,8 +59,8 @@ async fn slow_request_heads_are_cut_off() {
 async fn idle_connections_are_closed() {
     let o = Origin::start().await;
     o.always("/", Reply::ok("x"));
-    let edge = Edge::start(
-        &site("demo", "demo.test", &format!("http://{}", o.addr), ""),
+    let edge = Edge::for_origin_with(
+        &o,
         "idle_timeout = \"700ms\"\nheader_read_timeout = \"30s\"",
     )
     .await;
@@ -96,11 +88,7 @@ async fn idle_connections_are_closed() {
 async fn connections_beyond_the_limit_wait() {
     let o = Origin::start().await;
     o.always("/", Reply::ok("x"));
-    let edge = Edge::start(
-        &site("demo", "demo.test", &format!("http://{}", o.addr), ""),
-        "max_connections = 2\nidle_timeout = \"1s\"",
-    )
-    .await;
+    let edge = Edge::for_origin_with(&o, "max_connections = 2\nidle_timeout = \"1s\"").await;
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut s = tokio::net::TcpStream::connect(edge.addr).await.unwrap();

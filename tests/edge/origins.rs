@@ -28,12 +28,13 @@ async fn failover_to_the_next_origin_on_connect_failure() {
     assert_eq!(r.text(), "live");
 }
 
-#[tokio::test]
-async fn failover_on_first_byte_timeout_then_504_when_all_time_out() {
+/// Two origins for `path`, the first answering after `delay`, behind an edge that gives an
+/// origin 300 ms for the first byte.
+async fn slow_then_fast(path: &str, delay: Duration) -> (Origin, Origin, Edge) {
     let slow = Origin::start().await;
-    slow.always("/", Reply::ok("slow").delay(Duration::from_secs(5)));
+    slow.always(path, Reply::ok("slow").delay(delay));
     let fast = Origin::start().await;
-    fast.always("/", Reply::ok("fast"));
+    fast.always(path, Reply::ok("fast"));
     let edge = Edge::start(
         &site(
             "s",
@@ -44,6 +45,12 @@ async fn failover_on_first_byte_timeout_then_504_when_all_time_out() {
         "",
     )
     .await;
+    (slow, fast, edge)
+}
+
+#[tokio::test]
+async fn failover_on_first_byte_timeout_then_504_when_all_time_out() {
+    let (slow, _fast, edge) = slow_then_fast("/", Duration::from_secs(5)).await;
     let t = Instant::now();
     let r = edge.get("/").await;
     assert_eq!(r.text(), "fast");
@@ -225,20 +232,7 @@ async fn https_origin_with_a_ca_file() {
 #[tokio::test]
 async fn a_post_that_timed_out_is_not_sent_to_the_next_origin() {
     // The first origin may have acted on it: sending it again elsewhere could apply it twice.
-    let slow = Origin::start().await;
-    slow.always("/pay", Reply::ok("slow").delay(Duration::from_secs(3)));
-    let fast = Origin::start().await;
-    fast.always("/pay", Reply::ok("fast"));
-    let edge = Edge::start(
-        &site(
-            "s",
-            "demo.test",
-            &format!("http://{}, http://{}", slow.addr, fast.addr),
-            "first_byte_timeout = \"300ms\"",
-        ),
-        "",
-    )
-    .await;
+    let (_slow, fast, edge) = slow_then_fast("/pay", Duration::from_secs(3)).await;
     let r = request("POST", edge.addr, "demo.test", "/pay", &[]).await;
     assert_eq!(r.status, 504);
     assert_eq!(fast.count("/pay"), 0);

@@ -24,11 +24,7 @@ async fn objects_over_the_size_limit_stream_through_and_are_not_stored() {
             .chunked()
             .header("cache-control", "max-age=60"),
     );
-    let edge = Edge::start(
-        &site("demo", "demo.test", &format!("http://{}", o.addr), ""),
-        "max_object_size = \"1MiB\"",
-    )
-    .await;
+    let edge = Edge::for_origin_with(&o, "max_object_size = \"1MiB\"").await;
     for path in ["/big", "/big-chunked"] {
         let r = edge.get(path).await;
         assert_eq!(r.status, 200);
@@ -107,11 +103,8 @@ async fn the_store_stays_within_cache_memory() {
                 .header("cache-control", "max-age=600"),
         );
     }
-    let edge = Edge::start(
-        &site("demo", "demo.test", &format!("http://{}", o.addr), ""),
-        "cache_memory = \"1MiB\"\nmax_object_size = \"200KiB\"",
-    )
-    .await;
+    let edge =
+        Edge::for_origin_with(&o, "cache_memory = \"1MiB\"\nmax_object_size = \"200KiB\"").await;
     for i in 0..40 {
         assert_eq!(edge.get(&format!("/o{i}")).await.status, 200);
     }
