@@ -1,5 +1,6 @@
 //! The DNS decision for one query: GeoIP lookup (memory-mapped), region ranking, spill check,
-//! rendezvous pick and ECS scope, over config/local/'s cluster map.
+//! rendezvous pick and ECS scope, over config/local/'s cluster map; from scratch (the general
+//! path, `meridian route`) and with a UDP worker's memo of places and rankings.
 //!
 //! Then a whole answer to dnsperf's query (parse, decide, encode, count) by the fast path and by
 //! hickory's general path.
@@ -9,7 +10,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn decision(c: &mut Criterion) {
-    let d = meridian::bench::Decision::new(std::path::Path::new("config/local/dns.toml"));
+    let mut d = meridian::bench::Decision::new(std::path::Path::new("config/local/dns.toml"));
     let clients: Vec<(std::net::IpAddr, u8)> = [
         ("81.2.69.142", 32),
         ("216.160.83.56", 29),
@@ -23,6 +24,7 @@ fn decision(c: &mut Criterion) {
     .collect();
     for (ip, p) in &clients {
         assert_eq!(d.decide(*ip, *p).0, 1);
+        assert_eq!(d.decide_memo(*ip, *p), d.decide(*ip, *p));
     }
     c.bench_function("dns_decision/mixed_clients", |b| {
         let mut i = 0;
@@ -32,6 +34,14 @@ fn decision(c: &mut Criterion) {
             d.decide(ip, p)
         })
     });
+    c.bench_function("dns_decision/mixed_clients_memo", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            let (ip, p) = clients[i % clients.len()];
+            i += 1;
+            d.decide_memo(ip, p)
+        })
+    });
 }
 
 /// The query dnsperf sends in `benches/dns-load.sh`: `demo.meridian.test A`, RD, EDNS 4096 with
@@ -39,7 +49,7 @@ fn decision(c: &mut Criterion) {
 const DNSPERF_QUERY: &str = "0000010000010000000000010464656d6f086d6572696469616e04746573740000010001000029100000000000000b0008000700011800af10c7";
 
 fn answer(c: &mut Criterion) {
-    let a = meridian::bench::DnsAnswer::new(std::path::Path::new("config/local/dns.toml"));
+    let mut a = meridian::bench::DnsAnswer::new(std::path::Path::new("config/local/dns.toml"));
     let query: Vec<u8> = (0..DNSPERF_QUERY.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&DNSPERF_QUERY[i..i + 2], 16).unwrap())

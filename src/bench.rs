@@ -141,10 +141,11 @@ impl HitPath {
 /// The DNS decision (location + choice + scope) over `config/local/`'s cluster map and the test
 /// GeoIP database, without sockets.
 pub struct Decision {
-    view: crate::model::ClusterView,
-    tables: crate::dns::handler::Tables,
+    view: Arc<crate::model::ClusterView>,
+    tables: Arc<crate::dns::handler::Tables>,
     default_region: usize,
     policy: crate::steering::Policy,
+    memo: crate::dns::memo::Memo,
 }
 
 impl Decision {
@@ -164,15 +165,36 @@ impl Decision {
         let geoip = crate::geoip::GeoIp::open(&geo).unwrap_or_else(|e| panic!("{e}"));
         let zone = &map.zones[0];
         Decision {
-            view: crate::model::ClusterView::from_map(map),
-            tables: crate::dns::handler::Tables::new(map, Some(Arc::new(geoip)))
-                .unwrap_or_else(|e| panic!("{e}")),
+            view: Arc::new(crate::model::ClusterView::from_map(map)),
+            tables: Arc::new(
+                crate::dns::handler::Tables::new(map, Some(Arc::new(geoip)))
+                    .unwrap_or_else(|e| panic!("{e}")),
+            ),
             default_region: zone.default_region,
             policy: crate::steering::Policy {
                 answers: zone.answers,
                 high_water: zone.high_water,
             },
+            memo: Default::default(),
         }
+    }
+
+    /// Decides for one client subnet as a UDP worker does, with its memo of places and
+    /// rankings; returns the number of edges answered and the scope.
+    pub fn decide_memo(&mut self, ip: std::net::IpAddr, source_prefix: u8) -> (usize, u8) {
+        let (hash, hash_prefix) = crate::steering::subnet_hash(ip, source_prefix);
+        let (prefix, pick) = self.memo.decide(
+            &self.tables,
+            &self.view,
+            ip,
+            self.default_region,
+            self.policy,
+            hash,
+        );
+        (
+            self.memo.edges().len(),
+            crate::steering::scope(prefix, pick, hash_prefix),
+        )
     }
 
     /// Decides for one client subnet; returns the number of edges answered and the scope.
@@ -187,7 +209,10 @@ impl Decision {
         );
         let (hash, hash_prefix) = subnet_hash(ip, source_prefix);
         let choice = choose(&self.view, &place, self.policy, hash);
-        (choice.edges.len(), scope(&place, &choice, hash_prefix))
+        (
+            choice.edges.len(),
+            scope(place.prefix, choice.pick(), hash_prefix),
+        )
     }
 }
 
@@ -195,6 +220,7 @@ impl Decision {
 /// fast path or the general one, without sockets.
 pub struct DnsAnswer {
     handler: crate::dns::handler::DnsHandler,
+    worker: crate::dns::fast::Worker,
 }
 
 impl DnsAnswer {
@@ -209,19 +235,19 @@ impl DnsAnswer {
             .collect();
         DnsAnswer {
             handler: crate::dns::handler::DnsHandler {
-                tables: Arc::new(arc_swap::ArcSwap::from_pointee(d.tables)),
-                view: Arc::new(arc_swap::ArcSwap::from_pointee(d.view)),
+                tables: Arc::new(arc_swap::ArcSwap::new(d.tables)),
+                view: Arc::new(arc_swap::ArcSwap::new(d.view)),
                 metrics: Arc::new(crate::dns::metrics::DnsMetrics::new("bench", &regions)),
             },
+            worker: Default::default(),
         }
     }
 
     /// The answer to `query` by the fast path (`None` when it declines); returns its length.
-    pub fn fast(&self, query: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    pub fn fast(&mut self, query: &[u8], out: &mut Vec<u8>) -> Option<usize> {
         let src = std::net::SocketAddr::from(([192, 0, 2, 7], 5300));
-        let mut tally = crate::dns::metrics::Tally::default();
-        let answered = crate::dns::fast::answer(&self.handler, query, src, out, &mut tally);
-        self.handler.metrics.flush(&mut tally);
+        let answered = crate::dns::fast::answer(&self.handler, query, src, out, &mut self.worker);
+        self.handler.metrics.flush(&mut self.worker.tally);
         answered.then_some(out.len())
     }
 

@@ -112,19 +112,40 @@ impl GeoIp {
         Ok(GeoIp { reader })
     }
 
-    /// Looks `ip` up.
-    pub(crate) fn locate(&self, ip: IpAddr) -> Option<GeoHit> {
+    /// Looks `ip` up: the network it is in, and a handle on the record (decoded on demand).
+    pub(crate) fn lookup(&self, ip: IpAddr) -> Option<Lookup<'_>> {
         let result = self.reader.lookup(ip).ok()?;
         let prefix = result.network().ok().map(|n| n.prefix()).unwrap_or(0);
-        let record: Option<Record<'_>> = result.decode().ok().flatten();
+        Some(Lookup { result, prefix })
+    }
+}
+
+/// The result of a lookup before its record is decoded.
+pub(crate) struct Lookup<'a> {
+    result: maxminddb::LookupResult<'a, maxminddb::Mmap>,
+    /// Prefix length of the network that matched (or of the empty network the search ended in).
+    pub(crate) prefix: u8,
+}
+
+impl Lookup<'_> {
+    /// Where the network's record starts in the database, if it has one: networks that share a
+    /// record (a city's) share this, so it names what decoding would give.
+    pub(crate) fn record(&self) -> Option<usize> {
+        self.result.offset()
+    }
+
+    /// Decodes the record.
+    pub(crate) fn hit(&self) -> GeoHit {
+        let prefix = self.prefix;
+        let record: Option<Record<'_>> = self.result.decode().ok().flatten();
         let Some(record) = record else {
-            return Some(GeoHit {
+            return GeoHit {
                 lat: None,
                 lon: None,
                 country: None,
                 prefix,
                 found: false,
-            });
+            };
         };
         let (lat, lon) = record
             .location
@@ -134,12 +155,12 @@ impl GeoIp {
             .country
             .and_then(|c| c.iso_code)
             .or(record.country_code);
-        Some(GeoHit {
+        GeoHit {
             lat,
             lon,
             country: country.map(str::to_string),
             prefix,
             found: true,
-        })
+        }
     }
 }

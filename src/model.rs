@@ -206,21 +206,6 @@ impl ClusterView {
                 .collect(),
         }
     }
-
-    /// A region's load: the capacity-weighted mean utilisation of its available edges (the sum
-    /// of reported load over the sum of capacity). `None` when no edge of it is available.
-    pub(crate) fn region_load(&self, region: usize) -> Option<f64> {
-        let (mut load, mut capacity) = (0.0, 0.0);
-        for e in self
-            .edges
-            .iter()
-            .filter(|e| e.region == region && e.available())
-        {
-            load += e.load * e.capacity;
-            capacity += e.capacity;
-        }
-        (capacity > 0.0).then(|| load / capacity)
-    }
 }
 
 #[cfg(test)]

@@ -92,7 +92,7 @@ fn explain_on(
         },
         hash,
     );
-    let scope = steering::scope(&place, &choice, hash_prefix);
+    let scope = steering::scope(place.prefix, choice.pick(), hash_prefix);
 
     let region_name = |i: usize| view.regions.get(i).map(|r| r.name.as_str()).unwrap_or("?");
     let mut out = String::new();

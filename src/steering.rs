@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::geoip::{GeoHit, GeoIp};
-use crate::model::ClusterView;
+use crate::model::{ClusterView, RegionView};
 
 /// Mean Earth radius in km.
 const EARTH_KM: f64 = 6371.0;
@@ -64,6 +64,39 @@ pub(crate) fn full_prefix(ip: IpAddr) -> u8 {
     }
 }
 
+/// What a GeoIP record says of where its network is, as far as the choice goes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Whereabouts {
+    /// Coordinates.
+    At(f64, f64),
+    /// No coordinates, but a country the cluster map assigns to this region.
+    Region(usize),
+    /// Neither: the zone's default region.
+    Unknown,
+}
+
+/// Reads a GeoIP hit against the cluster map's country lists.
+pub(crate) fn whereabouts(hit: &GeoHit, countries: &[(String, usize)]) -> Whereabouts {
+    if let (Some(lat), Some(lon)) = (hit.lat, hit.lon) {
+        return Whereabouts::At(lat, lon);
+    }
+    hit.country
+        .as_ref()
+        .and_then(|code| countries.iter().find(|(c, _)| c == code))
+        .map_or(Whereabouts::Unknown, |(_, r)| Whereabouts::Region(*r))
+}
+
+/// The coverage zone `ip` is in (longest prefix), its region, and the prefix that is true for
+/// the answer: the zone's, or longer where a more specific zone `ip` is outside of is near.
+pub(crate) fn covered(coverage: &[(IpNet, usize)], ip: IpAddr) -> Option<(IpNet, usize, u8)> {
+    let (net, region) = coverage.iter().find(|(n, _)| n.contains(&ip))?;
+    Some((
+        *net,
+        *region,
+        net.prefix_len().max(coverage_guard(ip, coverage)),
+    ))
+}
+
 /// Finds where `ip` (with `source_prefix` significant bits) is.
 pub(crate) fn locate(
     loc: &Locator<'_>,
@@ -72,72 +105,56 @@ pub(crate) fn locate(
     source_prefix: u8,
     default_region: usize,
 ) -> Place {
+    let _ = source_prefix;
     let at = |region: usize| {
         view.regions
             .get(region)
             .map(|r| (r.lat, r.lon))
             .unwrap_or((0.0, 0.0))
     };
-    if let Some((net, region)) = loc.coverage.iter().find(|(n, _)| n.contains(&ip)) {
-        let (lat, lon) = at(*region);
-        let prefix = net.prefix_len().max(coverage_guard(ip, loc.coverage));
-        return Place {
+    let pinned = |region: usize, source: Source, prefix: u8| {
+        let (lat, lon) = at(region);
+        Place {
             lat,
             lon,
-            region: Some(*region),
-            source: Source::Coverage(*net),
+            region: Some(region),
+            source,
             prefix,
-        };
+        }
+    };
+    if let Some((net, region, prefix)) = covered(loc.coverage, ip) {
+        return pinned(region, Source::Coverage(net), prefix);
     }
     // Outside every coverage zone, the answer also rests on staying outside them: the scope
-    // must be narrow enough that no coverage zone overlaps the client's network.
+    // must be narrow enough that no coverage zone overlaps the client's network. The default
+    // depends on the address only through "no better network matched": the GeoIP network the
+    // search ended in says how far that holds (without a database, only coverage zones matter).
     let guard = coverage_guard(ip, loc.coverage);
-    let hit: Option<GeoHit> = loc.geoip.and_then(|g| g.locate(ip));
-    if let Some(h) = &hit {
-        let prefix = h.prefix.max(guard);
-        if let (Some(lat), Some(lon)) = (h.lat, h.lon) {
-            return Place {
-                lat,
-                lon,
-                region: None,
-                source: Source::GeoIp { prefix },
-                prefix,
-            };
+    let lookup = loc.geoip.and_then(|g| g.lookup(ip));
+    let prefix = lookup.as_ref().map_or(0, |l| l.prefix).max(guard);
+    let hit = lookup.map(|l| l.hit());
+    let found = hit
+        .as_ref()
+        .map_or(Whereabouts::Unknown, |h| whereabouts(h, loc.countries));
+    match (found, hit) {
+        (Whereabouts::At(lat, lon), _) => Place {
+            lat,
+            lon,
+            region: None,
+            source: Source::GeoIp { prefix },
+            prefix,
+        },
+        (Whereabouts::Region(region), Some(h)) => {
+            let code = h.country.unwrap_or_default();
+            pinned(region, Source::Country { code, prefix }, prefix)
         }
-        if let Some(code) = &h.country {
-            if let Some((_, region)) = loc.countries.iter().find(|(c, _)| c == code) {
-                let (lat, lon) = at(*region);
-                return Place {
-                    lat,
-                    lon,
-                    region: Some(*region),
-                    source: Source::Country {
-                        code: code.clone(),
-                        prefix,
-                    },
-                    prefix,
-                };
-            }
-        }
-    }
-    let (lat, lon) = at(default_region);
-    // The default depends on the address only through "no better network matched": the GeoIP
-    // network the search ended in says how far that holds (without a database, only coverage
-    // zones matter).
-    let prefix = hit.as_ref().map_or(0, |h| h.prefix).max(guard);
-    let _ = source_prefix;
-    Place {
-        lat,
-        lon,
-        region: Some(default_region),
-        source: Source::Default,
-        prefix,
+        _ => pinned(default_region, Source::Default, prefix),
     }
 }
 
 /// The shortest prefix length of `ip`'s network that overlaps no coverage zone `ip` is outside
 /// of: one bit past the longest run it shares with any such zone.
-fn coverage_guard(ip: IpAddr, coverage: &[(IpNet, usize)]) -> u8 {
+pub(crate) fn coverage_guard(ip: IpAddr, coverage: &[(IpNet, usize)]) -> u8 {
     let bits = |a: IpAddr| -> u128 {
         match a {
             IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
@@ -216,11 +233,11 @@ pub(crate) fn subnet_hash(ip: IpAddr, source_prefix: u8) -> (u64, u8) {
     let net = IpNet::new(ip, prefix)
         .map(|n| n.trunc())
         .unwrap_or_else(|_| IpNet::from(ip));
-    let bytes = match net.network() {
-        IpAddr::V4(v) => v.octets().to_vec(),
-        IpAddr::V6(v) => v.octets().to_vec(),
+    let h = match net.network() {
+        IpAddr::V4(v) => hash_bytes(u64::from(prefix), &v.octets()),
+        IpAddr::V6(v) => hash_bytes(u64::from(prefix), &v.octets()),
     };
-    (hash_bytes(u64::from(prefix), &bytes), prefix)
+    (h, prefix)
 }
 
 /// Selection settings of a zone.
@@ -256,92 +273,220 @@ pub(crate) struct Choice {
     pub(crate) hashed: bool,
 }
 
-/// Picks the region and edges for a client at `place` with subnet hash `hash`.
-pub(crate) fn choose(view: &ClusterView, place: &Place, policy: Policy, hash: u64) -> Choice {
-    let client = Point::new(place.lat, place.lon);
-    let mut ranking: Vec<Ranked> = view
-        .regions
+impl Choice {
+    /// The decision without the ranking and the edges.
+    pub(crate) fn pick(&self) -> Pick {
+        Pick {
+            region: self.region,
+            spilled: self.spilled,
+            fail_open: self.fail_open,
+            hashed: self.hashed,
+        }
+    }
+}
+
+/// What [`pick`] decided, besides the edges.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Pick {
+    /// The region answered from (`None` when failing open).
+    pub(crate) region: Option<usize>,
+    /// This client was moved off the nearest available region by load.
+    pub(crate) spilled: bool,
+    /// No edge was available anywhere: every configured edge is answered.
+    pub(crate) fail_open: bool,
+    /// The answer depends on the client subnet hash (spill share or edge pick).
+    pub(crate) hashed: bool,
+}
+
+/// Regions nearest first from (`lat`, `lon`), with the distance in km; a `pinned` region
+/// (coverage zone, country, default) comes first whatever the distance. Ties go to the region
+/// listed first.
+pub(crate) fn rank(
+    regions: &[RegionView],
+    lat: f64,
+    lon: f64,
+    pinned: Option<usize>,
+) -> Vec<(usize, f64)> {
+    let client = Point::new(lat, lon);
+    let mut ranking: Vec<(usize, f64)> = regions
         .iter()
         .enumerate()
-        .map(|(i, r)| Ranked {
-            region: i,
-            // A pinned region (coverage zone, country, default) comes first whatever the distance.
-            km: if place.region == Some(i) {
+        .map(|(i, r)| {
+            let km = if pinned == Some(i) {
                 0.0
             } else {
                 client.km(&r.at)
-            },
-            load: view.region_load(i),
+            };
+            (i, km)
         })
         .collect();
-    ranking.sort_by(|a, b| a.km.total_cmp(&b.km).then(a.region.cmp(&b.region)));
+    ranking.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+    ranking
+}
 
-    let Some(first) = ranking.iter().position(|r| r.load.is_some()) else {
-        return Choice {
-            ranking,
+/// What a view says per region for the choice, computed once per view: the load of each
+/// region's available edges and which they are, and each edge's half of the rendezvous hash.
+#[derive(Debug, Default)]
+pub(crate) struct Availability {
+    /// Per region: load (`None` with no available edge) and where its edges are in `edges`.
+    regions: Vec<(Option<f64>, std::ops::Range<usize>)>,
+    /// Available edges, region by region.
+    edges: Vec<usize>,
+    /// Per edge of the view: the hash of its id.
+    keys: Vec<u64>,
+}
+
+impl Availability {
+    pub(crate) fn of(view: &ClusterView) -> Availability {
+        let mut edges: Vec<usize> = (0..view.edges.len())
+            .filter(|&i| view.edges[i].available() && view.edges[i].region < view.regions.len())
+            .collect();
+        edges.sort_by_key(|&i| view.edges[i].region);
+        let mut regions = Vec::with_capacity(view.regions.len());
+        let mut start = 0;
+        for region in 0..view.regions.len() {
+            let end = start
+                + edges[start..]
+                    .iter()
+                    .take_while(|&&i| view.edges[i].region == region)
+                    .count();
+            // A region's load: the capacity-weighted mean utilisation of its available edges
+            // (the sum of reported load over the sum of capacity).
+            let (load, capacity) = edges[start..end]
+                .iter()
+                .map(|&i| &view.edges[i])
+                .fold((0.0, 0.0), |(l, c), e| {
+                    (l + e.load * e.capacity, c + e.capacity)
+                });
+            let load = (end > start).then(|| if capacity > 0.0 { load / capacity } else { 0.0 });
+            regions.push((load, start..end));
+            start = end;
+        }
+        Availability {
+            regions,
+            edges,
+            keys: view
+                .edges
+                .iter()
+                .map(|e| hash_bytes(0x6564_6765, e.id.as_bytes()))
+                .collect(),
+        }
+    }
+
+    /// A region's load; `None` when none of its edges is available.
+    pub(crate) fn load(&self, region: usize) -> Option<f64> {
+        self.regions.get(region).and_then(|r| r.0)
+    }
+
+    /// A region's available edges.
+    fn edges(&self, region: usize) -> &[usize] {
+        self.regions
+            .get(region)
+            .map_or(&[][..], |r| &self.edges[r.1.clone()])
+    }
+}
+
+/// Picks the region and edges for a client with subnet hash `hash`, given the regions nearest
+/// first (`order`): the nearest region with available edges, or for a proportional share of
+/// its clients when it is past the high-water mark the next-nearest region with headroom; then
+/// up to `policy.answers` of the region's available edges by rendezvous hashing. The edges go
+/// to `edges` (cleared first).
+pub(crate) fn pick(
+    avail: &Availability,
+    order: impl Iterator<Item = usize>,
+    policy: Policy,
+    hash: u64,
+    edges: &mut Vec<usize>,
+) -> Pick {
+    edges.clear();
+    let mut order = order.filter(|&r| avail.load(r).is_some());
+    let Some(first) = order.next() else {
+        edges.extend(0..avail.keys.len());
+        return Pick {
             region: None,
-            edges: (0..view.edges.len()).collect(),
             spilled: false,
             fail_open: true,
             hashed: false,
         };
     };
-    let mut chosen = ranking[first].region;
+    let mut chosen = first;
     let mut spilled = false;
     let mut hashed = false;
-    let load = ranking[first].load.unwrap_or(0.0);
+    let load = avail.load(first).unwrap_or(0.0);
     if load > policy.high_water {
         // Move the share of clients that brings the region back to the mark: (L - hw) / L.
         hashed = true;
         let share = (load - policy.high_water) / load;
         let u = (mix(hash ^ 0x5370_696c_6c21) >> 11) as f64 / (1u64 << 53) as f64;
         if u < share {
-            if let Some(next) = ranking[first + 1..]
-                .iter()
-                .find(|r| r.load.is_some_and(|l| l < policy.high_water))
+            if let Some(next) =
+                order.find(|&r| avail.load(r).is_some_and(|l| l < policy.high_water))
             {
-                chosen = next.region;
+                chosen = next;
                 spilled = true;
             }
         }
     }
-    let mut candidates: Vec<(u64, usize)> = view
-        .edges
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| e.region == chosen && e.available())
-        .map(|(i, e)| (hash_bytes(hash, e.id.as_bytes()), i))
-        .collect();
+    let candidates = avail.edges(chosen);
     if candidates.len() > policy.answers {
         hashed = true;
     }
-    candidates.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    let edges = candidates
-        .into_iter()
-        .take(policy.answers)
-        .map(|(_, i)| i)
-        .collect();
-    Choice {
-        ranking,
+    // Rendezvous: the edges with the highest scores, ties to the lower index; `answers` is a
+    // handful, so a scan per answer beats sorting every candidate.
+    let score = |i: usize| (mix(hash ^ avail.keys[i]), std::cmp::Reverse(i));
+    let mut last = None;
+    for _ in 0..policy.answers.min(candidates.len()) {
+        let best = candidates
+            .iter()
+            .map(|&i| (score(i), i))
+            .filter(|(s, _)| last.is_none_or(|l| *s < l))
+            .max_by_key(|(s, _)| *s);
+        let Some((s, i)) = best else { break };
+        edges.push(i);
+        last = Some(s);
+    }
+    Pick {
         region: Some(chosen),
-        edges,
         spilled,
         fail_open: false,
         hashed,
     }
 }
 
-/// The ECS scope prefix that is true for a choice: the network that decided the place, and the
-/// hashed subnet when the hash changed the answer; 0 when the answer did not depend on the
-/// client at all (fail-open).
-pub(crate) fn scope(place: &Place, choice: &Choice, hash_prefix: u8) -> u8 {
-    if choice.fail_open {
+/// Picks the region and edges for a client at `place` with subnet hash `hash`.
+pub(crate) fn choose(view: &ClusterView, place: &Place, policy: Policy, hash: u64) -> Choice {
+    let avail = Availability::of(view);
+    let ranked = rank(&view.regions, place.lat, place.lon, place.region);
+    let mut edges = Vec::new();
+    let p = pick(&avail, ranked.iter().map(|r| r.0), policy, hash, &mut edges);
+    Choice {
+        ranking: ranked
+            .into_iter()
+            .map(|(region, km)| Ranked {
+                region,
+                km,
+                load: avail.load(region),
+            })
+            .collect(),
+        region: p.region,
+        edges,
+        spilled: p.spilled,
+        fail_open: p.fail_open,
+        hashed: p.hashed,
+    }
+}
+
+/// The ECS scope prefix that is true for a decision: the prefix of the network that decided the
+/// place, and the hashed subnet's when the hash changed the answer; 0 when the answer did not
+/// depend on the client at all (fail-open).
+pub(crate) fn scope(place_prefix: u8, pick: Pick, hash_prefix: u8) -> u8 {
+    if pick.fail_open {
         return 0;
     }
-    if choice.hashed {
-        place.prefix.max(hash_prefix)
+    if pick.hashed {
+        place_prefix.max(hash_prefix)
     } else {
-        place.prefix
+        place_prefix
     }
 }
 
@@ -410,6 +555,50 @@ mod tests {
             choose(&v, &seattle, POLICY, 42)
         );
         assert!(choose(&v, &seattle, POLICY, 42).hashed);
+    }
+
+    #[test]
+    fn several_answers_are_a_stable_rendezvous_pick() {
+        let mut v = view();
+        v.edges.push(EdgeView {
+            id: "a3".into(),
+            ..v.edges[0].clone()
+        });
+        let two = Policy {
+            answers: 2,
+            ..POLICY
+        };
+        let seattle = at(47.25, -122.31);
+        let picks: Vec<Vec<usize>> = (0..300u64)
+            .map(|h| choose(&v, &seattle, two, mix(h)).edges)
+            .collect();
+        for p in &picks {
+            assert_eq!(p.len(), 2);
+            assert_ne!(p[0], p[1]);
+            assert!(p.iter().all(|e| [0, 1, 4].contains(e)), "{p:?}");
+        }
+        // Every pair of us-west's three edges is handed out.
+        for pair in [[0, 1], [0, 4], [1, 4]] {
+            assert!(picks
+                .iter()
+                .any(|p| p.contains(&pair[0]) && p.contains(&pair[1])));
+        }
+        // Taking a3 out moves only the clients that had it.
+        v.edges[4].healthy = false;
+        for (h, before) in picks.iter().enumerate() {
+            let after = choose(&v, &seattle, two, mix(h as u64)).edges;
+            if !before.contains(&4) {
+                assert_eq!(&after, before);
+            }
+        }
+        // More answers than edges: all of them.
+        let many = Policy {
+            answers: 5,
+            ..POLICY
+        };
+        let mut all = choose(&v, &seattle, many, 1).edges;
+        all.sort();
+        assert_eq!(all, [0, 1]);
     }
 
     #[test]
@@ -486,7 +675,7 @@ mod tests {
         let c = choose(&v, &at(LONDON.0, LONDON.1), POLICY, 3);
         assert!(c.fail_open);
         assert_eq!(c.edges, [0, 1, 2, 3]);
-        assert_eq!(scope(&at(LONDON.0, LONDON.1), &c, 24), 0);
+        assert_eq!(scope(at(LONDON.0, LONDON.1).prefix, c.pick(), 24), 0);
     }
 
     #[test]
@@ -494,23 +683,29 @@ mod tests {
         let v = view();
         let london = at(LONDON.0, LONDON.1);
         let c = choose(&v, &london, POLICY, 1);
-        assert_eq!(scope(&london, &c, 24), 24);
+        assert_eq!(scope(london.prefix, c.pick(), 24), 24);
         let narrow = Place {
             prefix: 31,
             ..london.clone()
         };
-        assert_eq!(scope(&narrow, &choose(&v, &narrow, POLICY, 1), 24), 31);
+        assert_eq!(
+            scope(narrow.prefix, choose(&v, &narrow, POLICY, 1).pick(), 24),
+            31
+        );
         let wide = Place {
             prefix: 16,
             ..london
         };
-        assert_eq!(scope(&wide, &choose(&v, &wide, POLICY, 1), 24), 16);
+        assert_eq!(
+            scope(wide.prefix, choose(&v, &wide, POLICY, 1).pick(), 24),
+            16
+        );
         let seattle = Place {
             prefix: 16,
             ..at(47.25, -122.31)
         };
         assert_eq!(
-            scope(&seattle, &choose(&v, &seattle, POLICY, 1), 24),
+            scope(seattle.prefix, choose(&v, &seattle, POLICY, 1).pick(), 24),
             24,
             "the hash picked the edge"
         );

@@ -2,8 +2,9 @@
 //!
 //! Under load several datagrams wait in the socket at once; taking them (and sending their
 //! answers) with one system call each way instead of one per datagram is most of what a DNS
-//! server's CPU time per query is made of. Callers use these inside `UdpSocket::try_io`, so they
-//! never block: `WouldBlock` comes back when the socket is empty (or full).
+//! server's CPU time per query is made of. The sockets are blocking, with timeouts: a receive
+//! waits for the first datagram and takes whatever else is waiting (`MSG_WAITFORONE`), and
+//! `WouldBlock` comes back when the timeout passes first.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -12,76 +13,79 @@ use std::os::fd::RawFd;
 
 /// Datagrams taken or sent per system call at most.
 pub(crate) const BATCH: usize = 32;
-/// Largest datagram read (EDNS payloads above this are not advertised by anyone sane).
-pub(crate) const DATAGRAM: usize = 4096;
+/// Largest query read. Queries are a few dozen bytes; a larger one (cut short, `MSG_TRUNC`)
+/// gets FORMERR. Not a power of two: buffers 4 KiB apart would all land in the same cache sets.
+pub(crate) const DATAGRAM: usize = 1536;
 
-/// Buffers for one batch of received datagrams.
+/// Buffers for one batch of received datagrams, with their message headers made once: the
+/// headers point into the buffers, which are boxed slices that never move or grow, so a receive
+/// only resets the address lengths. Not `Send` (raw pointers): each UDP thread makes its own.
 pub(crate) struct RecvBatch {
-    bufs: Vec<[u8; DATAGRAM]>,
-    addrs: Vec<libc::sockaddr_storage>,
-    lens: Vec<usize>,
+    bufs: Box<[[u8; DATAGRAM]]>,
+    addrs: Box<[libc::sockaddr_storage]>,
+    /// Never read here: the headers point at it.
+    _iovs: Box<[libc::iovec]>,
+    hdrs: Box<[libc::mmsghdr]>,
 }
 
 impl RecvBatch {
     pub(crate) fn new() -> RecvBatch {
-        RecvBatch {
-            bufs: vec![[0u8; DATAGRAM]; BATCH],
-            // SAFETY: sockaddr_storage is plain old data; all-zero is a valid (AF_UNSPEC) value.
-            addrs: vec![
-                unsafe { MaybeUninit::<libc::sockaddr_storage>::zeroed().assume_init() };
-                BATCH
-            ],
-            lens: vec![0; BATCH],
-        }
-    }
-
-    /// Receives up to [`BATCH`] datagrams; returns how many.
-    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
-        let mut iovs: Vec<libc::iovec> = self
-            .bufs
+        let mut bufs = vec![[0u8; DATAGRAM]; BATCH].into_boxed_slice();
+        // SAFETY: sockaddr_storage is plain old data; all-zero is a valid (AF_UNSPEC) value.
+        let mut addrs: Box<[libc::sockaddr_storage]> = (0..BATCH)
+            .map(|_| unsafe { MaybeUninit::zeroed().assume_init() })
+            .collect();
+        let mut iovs: Box<[libc::iovec]> = bufs
             .iter_mut()
             .map(|b| libc::iovec {
                 iov_base: b.as_mut_ptr().cast(),
                 iov_len: DATAGRAM,
             })
             .collect();
-        let mut hdrs: Vec<libc::mmsghdr> = iovs
+        let hdrs = iovs
             .iter_mut()
-            .zip(self.addrs.iter_mut())
-            .map(|(iov, addr)| {
-                header(
-                    addr,
-                    size_of::<libc::sockaddr_storage>() as libc::socklen_t,
-                    iov,
-                )
-            })
+            .zip(addrs.iter_mut())
+            .map(|(iov, addr)| header(addr, 0, iov))
             .collect();
-        // SAFETY: every header points at a live buffer of DATAGRAM bytes and a live
-        // sockaddr_storage, all owned by `self` or this frame and outliving the call; the kernel
-        // writes at most those sizes. MSG_DONTWAIT: never blocks.
+        RecvBatch {
+            bufs,
+            addrs,
+            _iovs: iovs,
+            hdrs,
+        }
+    }
+
+    /// Receives up to [`BATCH`] datagrams; returns how many.
+    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        for h in self.hdrs.iter_mut() {
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_flags = 0;
+        }
+        // SAFETY: every header points at a live buffer of DATAGRAM bytes (through its iovec)
+        // and a live sockaddr_storage, all owned by `self`, boxed, and outliving the call; the
+        // kernel writes at most those sizes.
         let n = unsafe {
             libc::recvmmsg(
                 fd,
-                hdrs.as_mut_ptr(),
+                self.hdrs.as_mut_ptr(),
                 BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
+                libc::MSG_WAITFORONE,
                 std::ptr::null_mut(),
             )
         };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        let n = n as usize;
-        for (len, h) in self.lens.iter_mut().zip(&hdrs).take(n) {
-            *len = h.msg_len as usize;
-        }
-        Ok(n)
+        Ok(n as usize)
     }
 
-    /// The `i`th datagram received and where it came from.
-    pub(crate) fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
+    /// The `i`th datagram received, where it came from, and whether it was cut short (longer
+    /// than [`DATAGRAM`]).
+    pub(crate) fn get(&self, i: usize) -> Option<(&[u8], SocketAddr, bool)> {
         let addr = from_storage(&self.addrs[i])?;
-        Some((&self.bufs[i][..self.lens[i]], addr))
+        let len = (self.hdrs[i].msg_len as usize).min(DATAGRAM);
+        let cut = self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+        Some((&self.bufs[i][..len], addr, cut))
     }
 }
 
@@ -159,34 +163,90 @@ fn to_storage(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (s, len as libc::socklen_t)
 }
 
-/// Sends as many of `out` as the socket takes in one system call; returns how many went.
-pub(crate) fn send(fd: RawFd, out: &[(Vec<u8>, SocketAddr)]) -> io::Result<usize> {
-    let mut addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)> =
-        out.iter().map(|(_, a)| to_storage(a)).collect();
-    let mut iovs: Vec<libc::iovec> = out
-        .iter()
-        .map(|(b, _)| libc::iovec {
-            iov_base: b.as_ptr() as *mut libc::c_void,
-            iov_len: b.len(),
-        })
-        .collect();
-    let mut hdrs: Vec<libc::mmsghdr> = iovs
-        .iter_mut()
-        .zip(addrs.iter_mut())
-        .map(|(iov, (addr, len))| header(addr, *len, iov))
-        .collect();
-    // SAFETY: the headers point at buffers and addresses that live until the call returns; the
-    // kernel only reads them. MSG_DONTWAIT: never blocks.
-    let n = unsafe {
-        libc::sendmmsg(
-            fd,
-            hdrs.as_mut_ptr(),
-            hdrs.len() as libc::c_uint,
-            libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
+/// Answers waiting to be sent: buffers kept from batch to batch (so answering allocates nothing
+/// once they have grown to the answers' size), and message headers made once, pointing at the
+/// boxed address and iovec slices; a send points the iovecs at the buffers.
+pub(crate) struct SendBatch {
+    bufs: Vec<Vec<u8>>,
+    to: Box<[SocketAddr]>,
+    addrs: Box<[libc::sockaddr_storage]>,
+    iovs: Box<[libc::iovec]>,
+    hdrs: Box<[libc::mmsghdr]>,
+    len: usize,
+}
+
+impl SendBatch {
+    pub(crate) fn new() -> SendBatch {
+        // SAFETY: plain old data; all-zero is a valid value of each.
+        let mut addrs: Box<[libc::sockaddr_storage]> = (0..BATCH)
+            .map(|_| unsafe { MaybeUninit::zeroed().assume_init() })
+            .collect();
+        let mut iovs: Box<[libc::iovec]> = (0..BATCH)
+            .map(|_| unsafe { MaybeUninit::zeroed().assume_init() })
+            .collect();
+        let hdrs = iovs
+            .iter_mut()
+            .zip(addrs.iter_mut())
+            .map(|(iov, addr)| header(addr, 0, iov))
+            .collect();
+        SendBatch {
+            bufs: (0..BATCH).map(|_| Vec::with_capacity(512)).collect(),
+            to: vec![SocketAddr::from(([0, 0, 0, 0], 0)); BATCH].into_boxed_slice(),
+            addrs,
+            iovs,
+            hdrs,
+            len: 0,
+        }
     }
-    Ok(n as usize)
+
+    pub(crate) fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The buffer the next answer is written into (at most [`BATCH`] per batch).
+    pub(crate) fn next(&mut self) -> &mut Vec<u8> {
+        &mut self.bufs[self.len]
+    }
+
+    /// Queues the answer written into [`SendBatch::next`] for `to`.
+    pub(crate) fn push(&mut self, to: SocketAddr) {
+        let (storage, len) = to_storage(&to);
+        self.addrs[self.len] = storage;
+        self.hdrs[self.len].msg_hdr.msg_namelen = len;
+        self.to[self.len] = to;
+        self.len += 1;
+    }
+
+    /// Where the `i`th answer goes.
+    pub(crate) fn to(&self, i: usize) -> SocketAddr {
+        self.to[i]
+    }
+
+    /// Sends as many of the answers from the `from`th on as the socket takes in one system
+    /// call; returns how many went.
+    pub(crate) fn send(&mut self, fd: RawFd, from: usize) -> io::Result<usize> {
+        let count = self.len.saturating_sub(from);
+        if count == 0 {
+            return Ok(0);
+        }
+        for (iov, b) in self.iovs.iter_mut().zip(&self.bufs).take(self.len) {
+            *iov = libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            };
+        }
+        // SAFETY: the headers point at the boxed addresses and iovecs, and those at the
+        // buffers, all owned by `self` and unchanged until the call returns; the kernel only
+        // reads them.
+        let n =
+            unsafe { libc::sendmmsg(fd, self.hdrs[from..].as_mut_ptr(), count as libc::c_uint, 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
 }

@@ -11,9 +11,9 @@
 //! path names each answer by a pointer to the question (RFC 1035 §4.1.4 compression).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::Instant;
 
 use super::handler::{DnsHandler, ADVERTISED_PAYLOAD};
+use super::memo::Memo;
 use super::metrics::Tally;
 use crate::steering;
 
@@ -110,17 +110,24 @@ fn opt(rest: &[u8]) -> Option<Opt<'_>> {
     })
 }
 
+/// What a UDP worker keeps from one query to the next: its own count of the answers this path
+/// wrote (added to the shared metrics once per batch) and its memo of places and rankings.
+#[derive(Default)]
+pub(crate) struct Worker {
+    pub(crate) tally: Tally,
+    pub(crate) memo: Memo,
+}
+
 /// Answers `data` from `src` into `out` when it has the common shape; `false` otherwise (and
-/// `out` is then unspecified). The answer is counted in `tally` (the caller flushes it into the
-/// shared metrics); its latency goes to the shared histogram.
+/// `out` is then unspecified). The answer is counted in the worker's tally (the caller flushes
+/// it into the shared metrics, and times the answer).
 pub(crate) fn answer(
     handler: &DnsHandler,
     data: &[u8],
     src: SocketAddr,
     out: &mut Vec<u8>,
-    tally: &mut Tally,
+    worker: &mut Worker,
 ) -> bool {
-    let start = Instant::now();
     if data.len() < 12 {
         return false;
     }
@@ -186,13 +193,14 @@ pub(crate) fn answer(
         _ => (src.ip(), steering::full_prefix(src.ip())),
     };
     let view = handler.view.load();
-    let locator = tables.locator();
-    let place = steering::locate(&locator, &view, ip, source_prefix, zone.default_region);
     let (hash, hash_prefix) = steering::subnet_hash(ip, source_prefix);
-    let choice = steering::choose(&view, &place, zone.policy, hash);
+    let (place_prefix, pick) =
+        worker
+            .memo
+            .decide(&tables, &view, ip, zone.default_region, zone.policy, hash);
+    let edges = worker.memo.edges();
     let v6 = qtype == TYPE_AAAA;
-    let count: usize = choice
-        .edges
+    let count: usize = edges
         .iter()
         .filter_map(|&i| view.edges.get(i))
         .map(|e| if v6 { e.v6.len() } else { e.v4.len() })
@@ -200,7 +208,7 @@ pub(crate) fn answer(
     if count == 0 || count > 64 {
         return false; // NODATA (with the SOA) or an oversized answer: the general path
     }
-    let scope = steering::scope(&place, &choice, hash_prefix);
+    let scope = steering::scope(place_prefix, pick, hash_prefix);
 
     out.clear();
     out.extend_from_slice(&data[..2]);
@@ -212,7 +220,7 @@ pub(crate) fn answer(
     out.extend_from_slice(&u16::from(opt.is_some()).to_be_bytes());
     out.extend_from_slice(&data[12..question_end]);
     let ttl = zone.ttl.to_be_bytes();
-    for e in choice.edges.iter().filter_map(|&i| view.edges.get(i)) {
+    for e in edges.iter().filter_map(|&i| view.edges.get(i)) {
         let mut record = |rdata: &[u8]| {
             out.extend_from_slice(&[0xc0, 0x0c]);
             out.extend_from_slice(&qtype.to_be_bytes());
@@ -253,8 +261,7 @@ pub(crate) fn answer(
     if out.len() > usize::from(limit) {
         return false; // truncation is the general path's
     }
-    tally.answered(v6, &choice);
-    handler.metrics.latency(start.elapsed().as_secs_f64());
+    worker.tally.answered(v6, pick);
     true
 }
 
@@ -273,18 +280,26 @@ mod tests {
     use crate::dns::server::general_answer;
     use crate::model::ClusterView;
 
-    fn handler() -> DnsHandler {
+    fn map() -> crate::config::ClusterMap {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let map = crate::config::load_cluster_map(&root.join("config/local/cluster.toml"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let geoip = crate::geoip::GeoIp::open(&root.join("geo/test-city.mmdb")).unwrap();
+        crate::config::load_cluster_map(&root.join("config/local/cluster.toml"))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn geoip() -> Arc<crate::geoip::GeoIp> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        Arc::new(crate::geoip::GeoIp::open(&root.join("geo/test-city.mmdb")).unwrap())
+    }
+
+    fn handler() -> DnsHandler {
+        let map = map();
         let regions: Vec<String> = map.regions.iter().map(|r| r.name.clone()).collect();
         let mut view = ClusterView::from_map(&map);
         // edge-b has an IPv6 address too, so AAAA answers are positive for eu-west.
         view.edges[1].v6.push("2001:db8::12".parse().unwrap());
         DnsHandler {
             tables: Arc::new(ArcSwap::from_pointee(
-                Tables::new(&map, Some(Arc::new(geoip))).unwrap(),
+                Tables::new(&map, Some(geoip())).unwrap(),
             )),
             view: Arc::new(ArcSwap::from_pointee(view)),
             metrics: Arc::new(DnsMetrics::new("fast-test", &regions)),
@@ -334,7 +349,6 @@ mod tests {
     #[test]
     fn the_common_queries_are_answered_as_the_general_path_answers_them() {
         let h = handler();
-        let src: SocketAddr = "192.0.2.7:5300".parse().unwrap();
         let mut cases = Vec::new();
         for (subnet, prefix) in [
             ("81.2.69.142", 32),
@@ -370,12 +384,57 @@ mod tests {
             edns: Some(4096),
             ..q("demo.meridian.test.", RecordType::A)
         });
+        // One worker throughout, so later rounds answer from its memo; between rounds the view
+        // and then the tables change under it, as gossip and reloads change them.
+        let mut worker = Worker::default();
+        let mut answered = 0;
+        for round in ["cold", "warm"] {
+            answered += compare(&h, &cases, &mut worker, round);
+        }
+        let mut view = ClusterView::clone(&h.view.load());
+        view.edges[1].healthy = false; // edge-b (eu-west) down: its clients move
+        h.view.store(Arc::new(view));
+        answered += compare(&h, &cases, &mut worker, "eu-west down");
+        let mut view = ClusterView::clone(&h.view.load());
+        view.edges[0].load = 1.5; // edge-a past the mark: some of its clients spill
+        h.view.store(Arc::new(view));
+        answered += compare(&h, &cases, &mut worker, "us-west loaded");
+        // A reload that moves eu-west to Sydney and drops the coverage zones: London's clients
+        // now have us-west nearest, and 198.51.100.0/24 goes by GeoIP.
+        let mut map = map();
+        let eu = map
+            .regions
+            .iter_mut()
+            .find(|r| r.name == "eu-west")
+            .unwrap();
+        (eu.lat, eu.lon) = (-33.87, 151.21);
+        map.coverage.clear();
+        h.tables
+            .store(Arc::new(Tables::new(&map, Some(geoip())).unwrap()));
+        let mut view = ClusterView::from_map(&map); // as the DNS role rebuilds it on a reload
+        view.edges[1].healthy = false;
+        view.edges[0].load = 1.5;
+        h.view.store(Arc::new(view));
+        answered += compare(&h, &cases, &mut worker, "reloaded");
+        assert!(
+            answered > cases.len() * 3,
+            "most go the fast way: {answered}"
+        );
+    }
+
+    /// Answers every case by both paths and compares them; returns how many took the fast one.
+    fn compare(h: &DnsHandler, cases: &[Q], worker: &mut Worker, round: &str) -> usize {
+        let src: SocketAddr = "192.0.2.7:5300".parse().unwrap();
         let mut fast = Vec::new();
+        let mut answered = 0;
         for (i, c) in cases.iter().enumerate() {
             let query = bytes(c, 0x1000 + i as u16);
-            let general = general_answer(&h, &query, src).expect("an answer");
-            let label = format!("{} {:?} ecs {:?} edns {:?}", c.name, c.qtype, c.ecs, c.edns);
-            if !answer(&h, &query, src, &mut fast, &mut Tally::default()) {
+            let general = general_answer(h, &query, src).expect("an answer");
+            let label = format!(
+                "{round}: {} {:?} ecs {:?} edns {:?}",
+                c.name, c.qtype, c.ecs, c.edns
+            );
+            if !answer(h, &query, src, &mut fast, worker) {
                 // Only answers that are not plain positive ones may go the general way.
                 let m = Message::from_vec(&general).unwrap();
                 assert!(
@@ -384,6 +443,7 @@ mod tests {
                 );
                 continue;
             }
+            answered += 1;
             // The same message; ours names the answers by a pointer to the question (RFC 1035
             // §4.1.4), so it is never longer.
             assert_eq!(
@@ -399,6 +459,7 @@ mod tests {
                 "{label}: only the owner names differ"
             );
         }
+        answered
     }
 
     fn count_answers(m: &[u8]) -> usize {
@@ -412,7 +473,7 @@ mod tests {
         let mut out = Vec::new();
         let mut refuse = |query: Vec<u8>, what: &str| {
             assert!(
-                !answer(&h, &query, src, &mut out, &mut Tally::default()),
+                !answer(&h, &query, src, &mut out, &mut Worker::default()),
                 "{what}"
             );
         };

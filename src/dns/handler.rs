@@ -25,7 +25,7 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use super::metrics::DnsMetrics;
 use crate::config::{ClusterMap, ZoneConfig};
 use crate::geoip::GeoIp;
-use crate::model::ClusterView;
+use crate::model::{ClusterView, RegionView};
 use crate::steering::{self, Locator, Policy};
 
 /// The UDP payload size this server advertises (the DNS flag day 2020 value).
@@ -51,8 +51,34 @@ pub(crate) struct Tables {
     pub(crate) coverage: Vec<(ipnet::IpNet, usize)>,
     pub(crate) countries: Vec<(String, usize)>,
     pub(crate) geoip: Option<Arc<GeoIp>>,
+    /// The cluster map's regions (the same, index for index, as every view's).
+    pub(crate) regions: Vec<RegionView>,
     /// Site names as lower-case wire labels (no root label) → the zone that answers them.
-    sites: std::collections::HashMap<Vec<u8>, usize>,
+    sites: std::collections::HashMap<Vec<u8>, usize, std::hash::BuildHasherDefault<Fnv>>,
+}
+
+/// FNV-1a for the site table: its keys are the map's (queries only look names up, so there is
+/// no flooding to defend against with a keyed hash), and SipHash cost more than the rest of the
+/// lookup.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
 }
 
 fn name(text: &str) -> Result<Name, String> {
@@ -145,7 +171,7 @@ impl Tables {
             .enumerate()
             .flat_map(|(i, r)| r.countries.iter().map(move |c| (c.clone(), i)))
             .collect();
-        let mut sites = std::collections::HashMap::new();
+        let mut sites = std::collections::HashMap::default();
         for (i, zone) in zones.iter().enumerate() {
             for n in &zone.names {
                 // Only where this zone is the one a query for the name would find.
@@ -165,6 +191,7 @@ impl Tables {
             coverage,
             countries,
             geoip,
+            regions: ClusterView::from_map(map).regions,
             sites,
         })
     }
@@ -343,8 +370,8 @@ impl DnsHandler {
         );
         let (hash, hash_prefix) = steering::subnet_hash(client.ip, client.source_prefix);
         let choice = steering::choose(&view, &place, zone.policy, hash);
-        out.scope = steering::scope(&place, &choice, hash_prefix);
-        self.metrics.choice(&choice);
+        out.scope = steering::scope(place.prefix, choice.pick(), hash_prefix);
+        self.metrics.choice(choice.pick());
         let want_v6 = qtype == RecordType::AAAA;
         for &i in &choice.edges {
             let Some(e) = view.edges.get(i) else { continue };

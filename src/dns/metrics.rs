@@ -6,7 +6,7 @@ use metrics::{Counter, Histogram};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 
-use crate::steering::Choice;
+use crate::steering::Pick;
 
 const TYPES: [&str; 7] = ["A", "AAAA", "SOA", "NS", "ANY", "OTHER", "NONE"];
 const CODES: [&str; 6] = [
@@ -115,7 +115,7 @@ impl DnsMetrics {
         }
     }
 
-    pub(crate) fn choice(&self, choice: &Choice) {
+    pub(crate) fn choice(&self, choice: Pick) {
         if choice.spilled {
             self.spills.increment(1);
         }
@@ -150,7 +150,7 @@ pub(crate) struct Tally {
 
 impl Tally {
     /// Counts one positive answer of type AAAA (`v6`) or A, and the choice behind it.
-    pub(crate) fn answered(&mut self, v6: bool, choice: &Choice) {
+    pub(crate) fn answered(&mut self, v6: bool, choice: Pick) {
         if v6 {
             self.aaaa += 1;
         } else {

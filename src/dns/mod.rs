@@ -7,5 +7,6 @@
 pub(crate) mod batch;
 pub(crate) mod fast;
 pub(crate) mod handler;
+pub(crate) mod memo;
 pub(crate) mod metrics;
 pub(crate) mod server;

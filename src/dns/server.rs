@@ -1,46 +1,86 @@
 //! Binding the DNS role's sockets and serving them.
 //!
 //! Each listen address is served over UDP and TCP on the same port (port 0 picks one free for
-//! both). TCP runs on hickory's server with our `RequestHandler`. UDP runs on our own workers:
-//! each takes a batch of datagrams (`recvmmsg` on Linux), parses each into hickory's `Request`,
-//! decides and encodes the answer to the client's size limit (TC when it does not fit) with the
-//! same handler, and sends the batch's answers with one `sendmmsg`. hickory's own UDP path spawns
-//! a task per datagram and hands each response to the socket task through a channel; the inline,
-//! batched path takes less than half the CPU time per query. Malformed datagrams get FORMERR.
+//! both). TCP runs on hickory's server with our `RequestHandler`. UDP runs as gdnsd's does: one
+//! socket per core on the same port (`SO_REUSEPORT`, so the kernel spreads clients over them),
+//! each with a thread of its own that waits in `recvmmsg` for a batch of datagrams, answers each
+//! (the fast path for the common query, else hickory's `Request` and the same handler, encoded to
+//! the client's size limit with TC when it does not fit) and sends the batch's answers with one
+//! `sendmmsg`. No event loop, no task or channel per datagram, no lock shared between the
+//! threads. Malformed datagrams get FORMERR. (Other platforms: one tokio task per socket, one
+//! datagram at a time.)
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::serialize::binary::BinEncodable;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::Server;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
+#[cfg(not(target_os = "linux"))]
+use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::fast::Worker;
 use super::handler::{DnsHandler, ADVERTISED_PAYLOAD};
-use super::metrics::Tally;
 
 /// Largest TCP response (the DNS maximum).
 const TCP_BUFFER: usize = 65_535;
-/// UDP workers per socket: one per core of this 2-core class of machine.
-const UDP_WORKERS: usize = 2;
+/// How long a UDP thread waits for a datagram before it looks whether it should stop.
+const UDP_WAKE: Duration = Duration::from_millis(100);
 
-/// Binds UDP and TCP on the same port: for port 0, the port UDP got, retried a few times in case
-/// TCP's is taken.
-async fn bind_pair(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+/// UDP sockets (and threads) per listen address: one per core.
+fn udp_sockets() -> usize {
+    if cfg!(target_os = "linux") {
+        std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 16))
+    } else {
+        1 // one socket per port where SO_REUSEPORT does not spread datagrams
+    }
+}
+
+/// A blocking UDP socket on `addr`, sharing its port with the others of its listen address.
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol as IpProtocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::DGRAM,
+        Some(IpProtocol::UDP),
+    )?;
+    #[cfg(target_os = "linux")]
+    socket.set_reuse_port(true)?;
+    socket.set_read_timeout(Some(UDP_WAKE))?;
+    socket.set_write_timeout(Some(Duration::from_secs(1)))?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Binds `count` UDP sockets and a TCP listener on the same port: for port 0, the port the
+/// first UDP socket got, retried a few times in case TCP's is taken.
+async fn bind_all(
+    addr: SocketAddr,
+    count: usize,
+) -> std::io::Result<(Vec<std::net::UdpSocket>, TcpListener)> {
     let mut last = None;
     for _ in 0..8 {
-        let udp = UdpSocket::bind(addr).await?;
-        let bound = udp.local_addr()?;
-        match TcpListener::bind(bound).await {
-            Ok(tcp) => return Ok((udp, tcp)),
-            Err(e) if addr.port() == 0 => last = Some(e),
+        let first = udp_socket(addr)?;
+        let bound = first.local_addr()?;
+        let tcp = match TcpListener::bind(bound).await {
+            Ok(tcp) => tcp,
+            Err(e) if addr.port() == 0 => {
+                last = Some(e);
+                continue;
+            }
             Err(e) => return Err(e),
+        };
+        let mut udp = vec![first];
+        for _ in 1..count {
+            udp.push(udp_socket(bound)?);
         }
+        return Ok((udp, tcp));
     }
     Err(last.unwrap_or_else(|| std::io::Error::other("no port free for both UDP and TCP")))
 }
@@ -69,19 +109,48 @@ fn formerr(raw: &[u8]) -> Option<Vec<u8>> {
     header.to_bytes().ok()
 }
 
-/// Answers one datagram: the encoded response (or a FORMERR), if any is due. Answers of the
-/// fast path are counted in `tally`.
+/// How a datagram was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answered {
+    /// By the fast path (counted in the worker's tally, timed by the caller).
+    Fast,
+    /// By the general path (counted and timed there).
+    General,
+    /// Not at all (a datagram with no header to answer, or a response).
+    No,
+}
+
+/// Answers a query longer than the receive buffer with FORMERR (counted), from its header.
+#[cfg(target_os = "linux")]
+fn too_long(handler: &DnsHandler, data: &[u8], out: &mut Vec<u8>) -> Answered {
+    match formerr(data) {
+        Some(reply) => {
+            handler.metrics.query(None, ResponseCode::FormErr, 0.0);
+            *out = reply;
+            Answered::General
+        }
+        None => Answered::No,
+    }
+}
+
+/// Answers one datagram into `out`.
 fn answer(
     handler: &DnsHandler,
     data: &[u8],
     src: SocketAddr,
-    tally: &mut Tally,
-) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(512);
-    if super::fast::answer(handler, data, src, &mut out, tally) {
-        return Some(out);
+    out: &mut Vec<u8>,
+    worker: &mut Worker,
+) -> Answered {
+    if super::fast::answer(handler, data, src, out, worker) {
+        return Answered::Fast;
     }
-    general_answer(handler, data, src)
+    match general_answer(handler, data, src) {
+        Some(reply) => {
+            *out = reply;
+            Answered::General
+        }
+        None => Answered::No,
+    }
 }
 
 /// Answers one datagram through hickory's `Request` and response builder: every query shape.
@@ -105,9 +174,11 @@ pub(crate) fn general_answer(
 }
 
 /// One datagram at a time (platforms without recvmmsg/sendmmsg).
-#[cfg_attr(target_os = "linux", allow(dead_code))]
-async fn udp_worker(socket: Arc<UdpSocket>, handler: Arc<DnsHandler>, shutdown: CancellationToken) {
+#[cfg(not(target_os = "linux"))]
+async fn udp_worker(socket: UdpSocket, handler: Arc<DnsHandler>, shutdown: CancellationToken) {
     let mut buf = vec![0u8; 4096];
+    let mut out = Vec::with_capacity(512);
+    let mut worker = Worker::default();
     loop {
         let (n, src) = tokio::select! {
             r = socket.recv_from(&mut buf) => match r {
@@ -119,64 +190,74 @@ async fn udp_worker(socket: Arc<UdpSocket>, handler: Arc<DnsHandler>, shutdown: 
             },
             _ = shutdown.cancelled() => break,
         };
-        let mut tally = Tally::default();
-        let reply = answer(&handler, &buf[..n], src, &mut tally);
-        handler.metrics.flush(&mut tally);
-        if let Some(reply) = reply {
-            let _ = socket.send_to(&reply, src).await;
+        let start = Instant::now();
+        let answered = answer(&handler, &buf[..n], src, &mut out, &mut worker);
+        if answered == Answered::Fast {
+            handler.metrics.latency(start.elapsed().as_secs_f64());
+        }
+        handler.metrics.flush(&mut worker.tally);
+        if answered != Answered::No {
+            let _ = socket.send_to(&out, src).await;
         }
     }
 }
 
-/// Batches of datagrams in, batches of answers out: one recvmmsg and one sendmmsg per batch.
+/// A UDP socket's thread: waits for a batch of datagrams (one recvmmsg), answers them, sends
+/// the answers (one sendmmsg), until `shutdown` fires.
 #[cfg(target_os = "linux")]
-async fn udp_worker_batched(
-    socket: Arc<UdpSocket>,
-    handler: Arc<DnsHandler>,
-    shutdown: CancellationToken,
-) {
+fn udp_thread(socket: std::net::UdpSocket, handler: Arc<DnsHandler>, shutdown: CancellationToken) {
+    use std::io::ErrorKind;
     use std::os::fd::AsRawFd;
-    use tokio::io::Interest;
 
-    use super::batch::{self, RecvBatch};
+    use super::batch::{RecvBatch, SendBatch};
 
     let fd = socket.as_raw_fd();
     let mut inbox = RecvBatch::new();
-    let mut pending: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(batch::BATCH);
-    let mut tally = Tally::default();
-    loop {
-        tokio::select! {
-            r = socket.readable() => if r.is_err() { break },
-            _ = shutdown.cancelled() => break,
-        }
-        let n = match socket.try_io(Interest::READABLE, || inbox.recv(fd)) {
+    let mut outbox = SendBatch::new();
+    let mut worker = Worker::default();
+    while !shutdown.is_cancelled() {
+        let n = match inbox.recv(fd) {
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+                continue; // the wake-up timeout, or a signal
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "UDP receive failed");
+                std::thread::sleep(Duration::from_millis(10)); // never spin on a broken socket
                 continue;
             }
         };
-        pending.clear();
+        outbox.clear();
+        // The fast path's answers are timed by sample: the first of each batch (every one when
+        // batches are single datagrams, at light load). Clock reads and the shared histogram
+        // would otherwise cost more than a fast answer's decision.
+        let start = Instant::now();
         for i in 0..n {
-            if let Some((data, src)) = inbox.get(i) {
-                if let Some(reply) = answer(&handler, data, src, &mut tally) {
-                    pending.push((reply, src));
-                }
+            let Some((data, src, cut)) = inbox.get(i) else {
+                continue;
+            };
+            let answered = if cut {
+                too_long(&handler, data, outbox.next())
+            } else {
+                answer(&handler, data, src, outbox.next(), &mut worker)
+            };
+            if i == 0 && answered == Answered::Fast {
+                handler.metrics.latency(start.elapsed().as_secs_f64());
+            }
+            if answered != Answered::No {
+                outbox.push(src);
             }
         }
-        handler.metrics.flush(&mut tally);
+        handler.metrics.flush(&mut worker.tally);
         let mut sent = 0;
-        while sent < pending.len() {
-            if socket.writable().await.is_err() {
-                break;
-            }
-            match socket.try_io(Interest::WRITABLE, || batch::send(fd, &pending[sent..])) {
+        while sent < outbox.len() {
+            match outbox.send(fd, sent) {
                 Ok(k) => sent += k.max(1),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
-                    // One bad destination must not hold the others back.
-                    tracing::debug!(error = %e, to = %pending[sent].1, "UDP send failed");
+                    // One bad destination (or a full buffer past the write timeout) must not
+                    // hold the others back.
+                    tracing::debug!(error = %e, to = %outbox.to(sent), "UDP send failed");
                     sent += 1;
                 }
             }
@@ -196,18 +277,20 @@ pub(crate) async fn start(
     let mut server = Server::new(SharedHandler(handler.clone()));
     let mut bound = Vec::new();
     for addr in listen {
-        let (udp, tcp) = bind_pair(*addr).await.map_err(|e| (*addr, e))?;
-        bound.push(udp.local_addr().map_err(|e| (*addr, e))?);
-        let udp = Arc::new(udp);
-        for _ in 0..UDP_WORKERS {
+        let (udp, tcp) = bind_all(*addr, udp_sockets())
+            .await
+            .map_err(|e| (*addr, e))?;
+        bound.push(tcp.local_addr().map_err(|e| (*addr, e))?);
+        for socket in udp {
+            let (handler, shutdown) = (handler.clone(), shutdown.clone());
             #[cfg(target_os = "linux")]
-            tracker.spawn(udp_worker_batched(
-                udp.clone(),
-                handler.clone(),
-                shutdown.clone(),
-            ));
+            tracker.spawn_blocking(move || udp_thread(socket, handler, shutdown));
             #[cfg(not(target_os = "linux"))]
-            tracker.spawn(udp_worker(udp.clone(), handler.clone(), shutdown.clone()));
+            {
+                socket.set_nonblocking(true).map_err(|e| (*addr, e))?;
+                let socket = UdpSocket::from_std(socket).map_err(|e| (*addr, e))?;
+                tracker.spawn(udp_worker(socket, handler, shutdown));
+            }
         }
         server.register_listener(tcp, tcp_timeout, TCP_BUFFER);
     }

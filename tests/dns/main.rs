@@ -269,6 +269,16 @@ async fn malformed_queries_get_formerr_and_other_opcodes_notimp() {
     let raw = exchange(d.udp, &garbage, false).await.unwrap();
     let m = hickory_proto::op::Message::from_vec(&raw).unwrap();
     assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+    // A query longer than any sane one (a valid query, then 2000 bytes more).
+    let mut long = Ask::new("demo.meridian.test.", RecordType::A)
+        .message()
+        .to_vec()
+        .unwrap();
+    long.extend_from_slice(&[0; 2000]);
+    let raw = exchange(d.udp, &long, false).await.unwrap();
+    let m = hickory_proto::op::Message::from_vec(&raw).unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+    assert_eq!(m.metadata.id, u16::from_be_bytes([long[0], long[1]]));
     // Not a QUERY.
     let mut q = Ask::new("demo.meridian.test.", RecordType::A);
     q.op_code = OpCode::Status;
