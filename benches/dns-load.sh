@@ -5,6 +5,8 @@
 #
 #   benches/dns-load.sh [ROUNDS] [SECONDS]      defaults: 5 rounds of 10 s per server
 #   CLIENTS=8 benches/dns-load.sh               dnsperf clients (sockets)
+#   SYSCALLS=1 benches/dns-load.sh              also count each server's system calls and
+#                                               context switches per query (needs perf, root)
 #
 # Installs gdnsd and dnsperf from Debian if missing (needs root). Loopback only; every server
 # started here is stopped on exit. On 2 cores dnsperf itself saturates near 200k queries/s, so the
@@ -130,8 +132,16 @@ HZ=$(getconf CLK_TCK)
 RESULTS="$WORK/results.txt"
 : > "$RESULTS"
 for round in $(seq 1 "$ROUNDS"); do
-  for entry in meridian:$P_MERIDIAN:$MERIDIAN_PID gdnsd:$P_GDNSD:$GDNSD_PID; do
+  # Each round runs both, back to back, in alternating order: the per-round ratio below then
+  # cancels the machine's slower and faster spells, and neither server always goes first.
+  entries="meridian:$P_MERIDIAN:$MERIDIAN_PID gdnsd:$P_GDNSD:$GDNSD_PID"
+  [ $((round % 2)) = 0 ] && entries="gdnsd:$P_GDNSD:$GDNSD_PID meridian:$P_MERIDIAN:$MERIDIAN_PID"
+  for entry in $entries; do
     IFS=: read -r name port pid <<< "$entry"
+    if [ "${SYSCALLS:-0}" = 1 ]; then
+      perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$pid" -o "$WORK/perf.txt" \
+        -- sleep "$SECONDS_PER" & PERF_PID=$!
+    fi
     before=$(ticks "$pid")
     out=$(dnsperf -s 127.0.0.1 -p "$port" -d "$WORK/queries.txt" -l "$SECONDS_PER" -c "$CLIENTS" -T 1 -E "$ECS" -q 1000 2>&1)
     after=$(ticks "$pid")
@@ -139,8 +149,13 @@ for round in $(seq 1 "$ROUNDS"); do
     done_q=$(echo "$out" | awk '/Queries completed/ { print $3 }')
     lost=$(echo "$out" | awk '/Queries lost/ { print $3 }')
     cpu_us=$(awk -v t=$((after - before)) -v hz="$HZ" -v q="$done_q" 'BEGIN { printf "%.2f", t / hz * 1e6 / q }')
-    echo "$name $qps $cpu_us $lost" >> "$RESULTS"
+    echo "$name $qps $cpu_us $lost $round" >> "$RESULTS"
     echo "round $round $name: $qps q/s, $cpu_us µs CPU/query, lost $lost" >&2
+    if [ "${SYSCALLS:-0}" = 1 ]; then
+      wait "$PERF_PID" || true
+      awk -F, -v q="$done_q" '$3 ~ /sys_enter|context-switches/ { printf "  %s per query: %.3f\n", $3, $1 / q }' \
+        "$WORK/perf.txt" >&2
+    fi
   done
 done
 
@@ -148,9 +163,11 @@ python3 - "$RESULTS" "$ROUNDS" "$SECONDS_PER" "$CLIENTS" <<'EOF'
 import statistics, sys
 path, rounds, secs, clients = sys.argv[1:]
 rows = {}
+by_round = {}
 for line in open(path):
-    name, qps, cpu, lost = line.split()
+    name, qps, cpu, lost, rnd = line.split()
     rows.setdefault(name, []).append((float(qps), float(cpu), int(lost)))
+    by_round.setdefault(rnd, {})[name] = (float(qps), float(cpu))
 print(f"\n### DNS with ECS (dnsperf -c {clients} -T 1 -l {secs}, median of {rounds} rounds)\n")
 print("| server | queries/s | server CPU per query (µs) | lost |")
 print("|---|---:|---:|---:|")
@@ -158,4 +175,11 @@ for name in ("meridian", "gdnsd"):
     r = rows.get(name, [])
     if r:
         print(f"| {name} | {statistics.median(x[0] for x in r):,.0f} | {statistics.median(x[1] for x in r):.2f} | {sum(x[2] for x in r)} |")
+pairs = [r for r in by_round.values() if len(r) == 2]
+if pairs:
+    qps = statistics.median(r["meridian"][0] / r["gdnsd"][0] for r in pairs)
+    cpu = statistics.median(r["meridian"][1] / r["gdnsd"][1] for r in pairs)
+    wins = sum(r["meridian"][1] <= r["gdnsd"][1] for r in pairs)
+    print(f"\nmeridian / gdnsd, median of the {len(pairs)} rounds' ratios: queries/s {qps:.3f}, "
+          f"CPU per query {cpu:.3f} (meridian's CPU per query at or below gdnsd's in {wins} of {len(pairs)} rounds)")
 EOF
