@@ -61,5 +61,19 @@ fn answer(c: &mut Criterion) {
     c.bench_function("dns_answer/general", |b| b.iter(|| a.general(&query)));
 }
 
-criterion_group!(benches, decision, answer);
+/// Coverage zones: one walk of a trie, however many zones the map lists.
+fn coverage(c: &mut Criterion) {
+    for n in [10, 10_000] {
+        let l = meridian::bench::CoverageLookup::new(n);
+        let mut i = 0;
+        c.bench_function(&format!("coverage/find_{n}_zones"), |b| {
+            b.iter(|| {
+                i += 1;
+                l.find(i)
+            })
+        });
+    }
+}
+
+criterion_group!(benches, decision, answer, coverage);
 criterion_main!(benches);

@@ -329,3 +329,37 @@ impl GossipNode {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
+
+/// Coverage-zone lookups (`coverage::Coverage::find`) over `n` zones: /24s and /20s spread over
+/// 10.0.0.0/8, probed with addresses in and around them.
+pub struct CoverageLookup {
+    coverage: crate::coverage::Coverage,
+    probes: Vec<std::net::IpAddr>,
+}
+
+impl CoverageLookup {
+    pub fn new(n: usize) -> CoverageLookup {
+        let zone = |i: usize| {
+            let a = 0x0a00_0000u32 | ((i as u32).wrapping_mul(2_654_435_761) & 0x00ff_ff00);
+            let prefix = if i % 4 == 0 { 20 } else { 24 };
+            ipnet::IpNet::new(std::net::IpAddr::from(a.to_be_bytes()), prefix)
+                .map(|n| n.trunc())
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        CoverageLookup {
+            coverage: crate::coverage::Coverage::new((0..n).map(|i| (zone(i), i % 3)).collect()),
+            probes: (0..1024u32)
+                .map(|i| {
+                    std::net::IpAddr::from(
+                        (0x0a00_0000 | i.wrapping_mul(40_503) & 0x00ff_ffff).to_be_bytes(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Looks the `i`th probe up; returns its guard prefix.
+    pub fn find(&self, i: usize) -> u8 {
+        self.coverage.find(self.probes[i % self.probes.len()]).guard
+    }
+}

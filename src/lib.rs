@@ -39,9 +39,11 @@
 //! fetch per key → storability decision → store → respond with `Age` and `Cache-Status`.
 //!
 //! # DNS data flow
-//! datagram → (the common A/AAAA query: `dns::fast`, same decision, written directly) or hickory
-//! `Request` → zone (outside every zone: REFUSED) → client subnet (ECS, else the
-//! source) → `steering::locate` → `steering::choose` on one `ClusterView` snapshot → answer with TTL
+//! datagram (one blocking thread per `SO_REUSEPORT` socket, batches by recvmmsg/sendmmsg) →
+//! (the common A/AAAA query: `dns::fast`, written directly, deciding through the thread's
+//! `dns::memo` of places and rankings) or hickory `Request` → zone (outside every zone: REFUSED)
+//! → client subnet (ECS, else the source) → `steering::locate` (coverage trie, GeoIP) →
+//! `steering::choose` (rank, availability, pick) on one `ClusterView` snapshot → answer with TTL
 //! and the ECS scope that is true for it.
 //!
 //! # Cluster data flow
@@ -61,6 +63,7 @@ pub mod telemetry;
 
 pub mod admin;
 pub(crate) mod cache;
+pub(crate) mod coverage;
 pub(crate) mod dns;
 pub mod geobuild;
 pub mod geoip;

@@ -15,6 +15,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::coverage::Coverage;
 use crate::geoip::{GeoHit, GeoIp};
 use crate::model::{ClusterView, RegionView};
 
@@ -47,8 +48,8 @@ pub(crate) struct Place {
 
 /// Inputs of [`locate`] that come from the cluster map.
 pub(crate) struct Locator<'a> {
-    /// Coverage zones, longest prefix first.
-    pub(crate) coverage: &'a [(IpNet, usize)],
+    /// Coverage zones.
+    pub(crate) coverage: &'a Coverage,
     /// Country code → region.
     pub(crate) countries: &'a [(String, usize)],
     pub(crate) geoip: Option<&'a GeoIp>,
@@ -86,17 +87,6 @@ pub(crate) fn whereabouts(hit: &GeoHit, countries: &[(String, usize)]) -> Wherea
         .map_or(Whereabouts::Unknown, |(_, r)| Whereabouts::Region(*r))
 }
 
-/// The coverage zone `ip` is in (longest prefix), its region, and the prefix that is true for
-/// the answer: the zone's, or longer where a more specific zone `ip` is outside of is near.
-pub(crate) fn covered(coverage: &[(IpNet, usize)], ip: IpAddr) -> Option<(IpNet, usize, u8)> {
-    let (net, region) = coverage.iter().find(|(n, _)| n.contains(&ip))?;
-    Some((
-        *net,
-        *region,
-        net.prefix_len().max(coverage_guard(ip, coverage)),
-    ))
-}
-
 /// Finds where `ip` (with `source_prefix` significant bits) is.
 pub(crate) fn locate(
     loc: &Locator<'_>,
@@ -122,14 +112,16 @@ pub(crate) fn locate(
             prefix,
         }
     };
-    if let Some((net, region, prefix)) = covered(loc.coverage, ip) {
-        return pinned(region, Source::Coverage(net), prefix);
+    // The answer for a client in a zone holds for the zone's network, but no further than it
+    // keeps clear of more specific zones the client is outside of; outside every zone, the
+    // answer rests on staying outside them, so the same guard applies. The default depends on
+    // the address only through "no better network matched": the GeoIP network the search
+    // ended in says how far that holds (without a database, only coverage zones matter).
+    let covered = loc.coverage.find(ip);
+    let guard = covered.guard;
+    if let Some((net, region)) = covered.zone {
+        return pinned(region, Source::Coverage(net), net.prefix_len().max(guard));
     }
-    // Outside every coverage zone, the answer also rests on staying outside them: the scope
-    // must be narrow enough that no coverage zone overlaps the client's network. The default
-    // depends on the address only through "no better network matched": the GeoIP network the
-    // search ended in says how far that holds (without a database, only coverage zones matter).
-    let guard = coverage_guard(ip, loc.coverage);
     let lookup = loc.geoip.and_then(|g| g.lookup(ip));
     let prefix = lookup.as_ref().map_or(0, |l| l.prefix).max(guard);
     let hit = lookup.map(|l| l.hit());
@@ -150,27 +142,6 @@ pub(crate) fn locate(
         }
         _ => pinned(default_region, Source::Default, prefix),
     }
-}
-
-/// The shortest prefix length of `ip`'s network that overlaps no coverage zone `ip` is outside
-/// of: one bit past the longest run it shares with any such zone.
-pub(crate) fn coverage_guard(ip: IpAddr, coverage: &[(IpNet, usize)]) -> u8 {
-    let bits = |a: IpAddr| -> u128 {
-        match a {
-            IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
-            IpAddr::V6(v) => u128::from(v),
-        }
-    };
-    coverage
-        .iter()
-        .filter(|(n, _)| n.addr().is_ipv4() == ip.is_ipv4() && !n.contains(&ip))
-        .map(|(n, _)| {
-            let common = (bits(ip) ^ bits(n.network())).leading_zeros() as u8;
-            common.min(n.prefix_len()) + 1
-        })
-        .max()
-        .unwrap_or(0)
-        .min(full_prefix(ip))
 }
 
 /// A place on the sphere as a unit vector: made once per region (and once per query for the
@@ -723,10 +694,10 @@ mod tests {
 
     #[test]
     fn scope_excludes_nearby_coverage_zones() {
-        let cov: Vec<(IpNet, usize)> = vec![
+        let cov = Coverage::new(vec![
             ("198.51.100.0/24".parse().unwrap(), 0),
             ("198.51.0.0/16".parse().unwrap(), 1),
-        ];
+        ]);
         let loc = Locator {
             coverage: &cov,
             countries: &[],
@@ -744,7 +715,7 @@ mod tests {
         let p = locate(&loc, &v, "10.0.0.1".parse().unwrap(), 32, 2);
         assert_eq!((p.region, p.prefix), (Some(2), 1));
         let none = Locator {
-            coverage: &[],
+            coverage: &Coverage::default(),
             countries: &[],
             geoip: None,
         };

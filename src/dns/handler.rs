@@ -24,6 +24,7 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 
 use super::metrics::DnsMetrics;
 use crate::config::{ClusterMap, ZoneConfig};
+use crate::coverage::Coverage;
 use crate::geoip::GeoIp;
 use crate::model::{ClusterView, RegionView};
 use crate::steering::{self, Locator, Policy};
@@ -48,7 +49,7 @@ pub(crate) struct Zone {
 /// Everything reloadable at once: zones, coverage, countries and the GeoIP database.
 pub(crate) struct Tables {
     pub(crate) zones: Vec<Zone>,
-    pub(crate) coverage: Vec<(ipnet::IpNet, usize)>,
+    pub(crate) coverage: Coverage,
     pub(crate) countries: Vec<(String, usize)>,
     pub(crate) geoip: Option<Arc<GeoIp>>,
     /// The cluster map's regions (the same, index for index, as every view's).
@@ -163,8 +164,7 @@ impl Tables {
             .collect::<Result<Vec<_>, _>>()?;
         // Longest apex first, so a delegated child zone wins over its parent.
         zones.sort_by_key(|z| std::cmp::Reverse(z.apex.num_labels()));
-        let mut coverage = map.coverage.clone();
-        coverage.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));
+        let coverage = Coverage::new(map.coverage.clone());
         let countries = map
             .regions
             .iter()

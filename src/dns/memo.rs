@@ -142,10 +142,11 @@ fn address_slot((bits, v6): (u128, bool)) -> usize {
 /// Where `ip` is: the coverage zone or GeoIP record its search ends on, and the prefix that is
 /// true for the answer (as `steering::locate` has it).
 fn locate(tables: &Tables, ip: IpAddr) -> (Located, u8) {
-    if let Some((_, region, prefix)) = steering::covered(&tables.coverage, ip) {
-        return (Located::Covered(region), prefix);
+    let covered = tables.coverage.find(ip);
+    let guard = covered.guard;
+    if let Some((net, region)) = covered.zone {
+        return (Located::Covered(region), net.prefix_len().max(guard));
     }
-    let guard = steering::coverage_guard(ip, &tables.coverage);
     let lookup = tables.geoip.as_deref().and_then(|g| g.lookup(ip));
     let prefix = lookup.as_ref().map_or(0, |l| l.prefix).max(guard);
     match lookup.and_then(|l| l.record()) {
