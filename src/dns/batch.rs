@@ -31,10 +31,6 @@ pub(crate) struct RecvBatch {
 impl RecvBatch {
     pub(crate) fn new() -> RecvBatch {
         let mut bufs = vec![[0u8; DATAGRAM]; BATCH].into_boxed_slice();
-        // SAFETY: sockaddr_storage is plain old data; all-zero is a valid (AF_UNSPEC) value.
-        let mut addrs: Box<[libc::sockaddr_storage]> = (0..BATCH)
-            .map(|_| unsafe { MaybeUninit::zeroed().assume_init() })
-            .collect();
         let mut iovs: Box<[libc::iovec]> = bufs
             .iter_mut()
             .map(|b| libc::iovec {
@@ -42,11 +38,7 @@ impl RecvBatch {
                 iov_len: DATAGRAM,
             })
             .collect();
-        let hdrs = iovs
-            .iter_mut()
-            .zip(addrs.iter_mut())
-            .map(|(iov, addr)| header(addr, 0, iov))
-            .collect();
+        let (addrs, hdrs) = headers(&mut iovs);
         RecvBatch {
             bufs,
             addrs,
@@ -87,6 +79,21 @@ impl RecvBatch {
         let cut = self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
         Some((&self.bufs[i][..len], addr, cut))
     }
+}
+
+/// Peer addresses for a batch, and a message header per iovec pointing at it and at its address.
+/// The slices are boxed, so the pointers hold while their owner keeps them.
+fn headers(iovs: &mut [libc::iovec]) -> (Box<[libc::sockaddr_storage]>, Box<[libc::mmsghdr]>) {
+    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid (AF_UNSPEC) value.
+    let mut addrs: Box<[libc::sockaddr_storage]> = (0..iovs.len())
+        .map(|_| unsafe { MaybeUninit::zeroed().assume_init() })
+        .collect();
+    let hdrs = iovs
+        .iter_mut()
+        .zip(addrs.iter_mut())
+        .map(|(iov, addr)| header(addr, 0, iov))
+        .collect();
+    (addrs, hdrs)
 }
 
 /// One message header: one buffer, one peer address.
@@ -177,18 +184,13 @@ pub(crate) struct SendBatch {
 
 impl SendBatch {
     pub(crate) fn new() -> SendBatch {
-        // SAFETY: plain old data; all-zero is a valid value of each.
-        let mut addrs: Box<[libc::sockaddr_storage]> = (0..BATCH)
-            .map(|_| unsafe { MaybeUninit::zeroed().assume_init() })
-            .collect();
         let mut iovs: Box<[libc::iovec]> = (0..BATCH)
-            .map(|_| unsafe { MaybeUninit::zeroed().assume_init() })
+            .map(|_| libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            })
             .collect();
-        let hdrs = iovs
-            .iter_mut()
-            .zip(addrs.iter_mut())
-            .map(|(iov, addr)| header(addr, 0, iov))
-            .collect();
+        let (addrs, hdrs) = headers(&mut iovs);
         SendBatch {
             bufs: (0..BATCH).map(|_| Vec::with_capacity(512)).collect(),
             to: vec![SocketAddr::from(([0, 0, 0, 0], 0)); BATCH].into_boxed_slice(),
