@@ -5,6 +5,8 @@
 #
 #   benches/dns-load.sh [ROUNDS] [SECONDS]      defaults: 5 rounds of 10 s per server
 #   CLIENTS=8 benches/dns-load.sh               dnsperf clients (sockets)
+#   RATE=100000 benches/dns-load.sh             offer this many queries/s instead of as many as
+#                                               dnsperf can send: CPU per query at equal load
 #   SYSCALLS=1 benches/dns-load.sh              also count each server's system calls and
 #                                               context switches per query (needs perf, root)
 #
@@ -143,7 +145,7 @@ for round in $(seq 1 "$ROUNDS"); do
         -- sleep "$SECONDS_PER" & PERF_PID=$!
     fi
     before=$(ticks "$pid")
-    out=$(dnsperf -s 127.0.0.1 -p "$port" -d "$WORK/queries.txt" -l "$SECONDS_PER" -c "$CLIENTS" -T 1 -E "$ECS" -q 1000 2>&1)
+    out=$(dnsperf -s 127.0.0.1 -p "$port" -d "$WORK/queries.txt" -l "$SECONDS_PER" -c "$CLIENTS" -T 1 -E "$ECS" -q 1000 ${RATE:+-Q "$RATE"} 2>&1)
     after=$(ticks "$pid")
     qps=$(echo "$out" | awk '/Queries per second/ { print $4 }')
     done_q=$(echo "$out" | awk '/Queries completed/ { print $3 }')
@@ -160,7 +162,7 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 python3 - "$RESULTS" "$ROUNDS" "$SECONDS_PER" "$CLIENTS" <<'EOF'
-import statistics, sys
+import os, statistics, sys
 path, rounds, secs, clients = sys.argv[1:]
 rows = {}
 by_round = {}
@@ -168,7 +170,9 @@ for line in open(path):
     name, qps, cpu, lost, rnd = line.split()
     rows.setdefault(name, []).append((float(qps), float(cpu), int(lost)))
     by_round.setdefault(rnd, {})[name] = (float(qps), float(cpu))
-print(f"\n### DNS with ECS (dnsperf -c {clients} -T 1 -l {secs}, median of {rounds} rounds)\n")
+rate = os.environ.get("RATE")
+offered = f", offered {int(rate):,} queries/s" if rate else ""
+print(f"\n### DNS with ECS (dnsperf -c {clients} -T 1 -l {secs}{offered}, median of {rounds} rounds)\n")
 print("| server | queries/s | server CPU per query (µs) | lost |")
 print("|---|---:|---:|---:|")
 for name in ("meridian", "gdnsd"):

@@ -183,14 +183,8 @@ impl Decision {
     /// rankings; returns the number of edges answered and the scope.
     pub fn decide_memo(&mut self, ip: std::net::IpAddr, source_prefix: u8) -> (usize, u8) {
         let (hash, hash_prefix) = crate::steering::subnet_hash(ip, source_prefix);
-        let (prefix, pick) = self.memo.decide(
-            &self.tables,
-            &self.view,
-            ip,
-            self.default_region,
-            self.policy,
-            hash,
-        );
+        self.memo.begin(&self.tables, &self.view);
+        let (prefix, pick) = self.memo.decide(ip, self.default_region, self.policy, hash);
         (
             self.memo.edges().len(),
             crate::steering::scope(prefix, pick, hash_prefix),
@@ -246,7 +240,8 @@ impl DnsAnswer {
     /// The answer to `query` by the fast path (`None` when it declines); returns its length.
     pub fn fast(&mut self, query: &[u8], out: &mut Vec<u8>) -> Option<usize> {
         let src = std::net::SocketAddr::from(([192, 0, 2, 7], 5300));
-        let answered = crate::dns::fast::answer(&self.handler, query, src, out, &mut self.worker);
+        self.worker.begin(&self.handler);
+        let answered = crate::dns::fast::answer(query, src, out, &mut self.worker);
         self.handler.metrics.flush(&mut self.worker.tally);
         answered.then_some(out.len())
     }

@@ -111,23 +111,38 @@ fn opt(rest: &[u8]) -> Option<Opt<'_>> {
 }
 
 /// What a UDP worker keeps from one query to the next: its own count of the answers this path
-/// wrote (added to the shared metrics once per batch) and its memo of places and rankings.
+/// wrote (added to the shared metrics now and then), its memo of places and rankings with the
+/// snapshot of tables and view it answers from, and a count for sampling answer times.
 #[derive(Default)]
 pub(crate) struct Worker {
     pub(crate) tally: Tally,
     pub(crate) memo: Memo,
+    answers: u32,
 }
 
+impl Worker {
+    /// Takes the handler's current tables and view for the answers that follow.
+    pub(crate) fn begin(&mut self, handler: &DnsHandler) {
+        self.memo
+            .begin(&handler.tables.load(), &handler.view.load());
+    }
+
+    /// Whether to time the next answer: one in [`SAMPLE`].
+    pub(crate) fn sample(&mut self) -> bool {
+        self.answers = self.answers.wrapping_add(1);
+        self.answers % SAMPLE == 1
+    }
+}
+
+/// One answer in this many is timed for the latency histogram (two clock reads and a write to a
+/// histogram both threads share, per timed answer).
+pub(crate) const SAMPLE: u32 = 16;
+
 /// Answers `data` from `src` into `out` when it has the common shape; `false` otherwise (and
-/// `out` is then unspecified). The answer is counted in the worker's tally (the caller flushes
-/// it into the shared metrics, and times the answer).
-pub(crate) fn answer(
-    handler: &DnsHandler,
-    data: &[u8],
-    src: SocketAddr,
-    out: &mut Vec<u8>,
-    worker: &mut Worker,
-) -> bool {
+/// `out` is then unspecified). Answers from the snapshot the worker took with
+/// [`Worker::begin`]. The answer is counted in the worker's tally (the caller flushes it into
+/// the shared metrics, and times the answer).
+pub(crate) fn answer(data: &[u8], src: SocketAddr, out: &mut Vec<u8>, worker: &mut Worker) -> bool {
     if data.len() < 12 {
         return false;
     }
@@ -183,21 +198,20 @@ pub(crate) fn answer(
         None
     };
 
-    let tables = handler.tables.load();
-    let Some(zone) = tables.site(wire) else {
+    let Some(zone) = worker.memo.tables().and_then(|t| t.site(wire)) else {
         return false;
     };
+    let (default_region, policy, ttl) = (zone.default_region, zone.policy, zone.ttl);
     // The client: the ECS subnet (a /0 asks for the resolver's own address), else the source.
     let (ip, source_prefix) = match opt.as_ref().and_then(|o| o.ecs.as_ref()) {
         Some(e) if e.source > 0 => (e.ip, e.source),
         _ => (src.ip(), steering::full_prefix(src.ip())),
     };
-    let view = handler.view.load();
     let (hash, hash_prefix) = steering::subnet_hash(ip, source_prefix);
-    let (place_prefix, pick) =
-        worker
-            .memo
-            .decide(&tables, &view, ip, zone.default_region, zone.policy, hash);
+    let (place_prefix, pick) = worker.memo.decide(ip, default_region, policy, hash);
+    let Some(view) = worker.memo.view() else {
+        return false;
+    };
     let edges = worker.memo.edges();
     let v6 = qtype == TYPE_AAAA;
     let count: usize = edges
@@ -219,7 +233,7 @@ pub(crate) fn answer(
     out.extend_from_slice(&0u16.to_be_bytes());
     out.extend_from_slice(&u16::from(opt.is_some()).to_be_bytes());
     out.extend_from_slice(&data[12..question_end]);
-    let ttl = zone.ttl.to_be_bytes();
+    let ttl = ttl.to_be_bytes();
     for e in edges.iter().filter_map(|&i| view.edges.get(i)) {
         let mut record = |rdata: &[u8]| {
             out.extend_from_slice(&[0xc0, 0x0c]);
@@ -434,7 +448,8 @@ mod tests {
                 "{round}: {} {:?} ecs {:?} edns {:?}",
                 c.name, c.qtype, c.ecs, c.edns
             );
-            if !answer(h, &query, src, &mut fast, worker) {
+            worker.begin(h);
+            if !answer(&query, src, &mut fast, worker) {
                 // Only answers that are not plain positive ones may go the general way.
                 let m = Message::from_vec(&general).unwrap();
                 assert!(
@@ -472,10 +487,9 @@ mod tests {
         let src: SocketAddr = "192.0.2.7:5300".parse().unwrap();
         let mut out = Vec::new();
         let mut refuse = |query: Vec<u8>, what: &str| {
-            assert!(
-                !answer(&h, &query, src, &mut out, &mut Worker::default()),
-                "{what}"
-            );
+            let mut worker = Worker::default();
+            worker.begin(&h);
+            assert!(!answer(&query, src, &mut out, &mut worker), "{what}");
         };
         refuse(bytes(&q("meridian.test.", RecordType::SOA), 1), "apex SOA");
         refuse(

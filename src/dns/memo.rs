@@ -160,16 +160,26 @@ impl Memo {
     /// with `default_region` and `policy`, whose subnet hash is `hash`: returns the prefix of
     /// the network that decided the place (see `steering::Place::prefix`) and the pick; the
     /// edges picked are in [`Memo::edges`].
+    ///
+    /// Decides on the snapshot taken by the last [`Memo::begin`]; fails open (every edge of no
+    /// view: none) before the first.
     pub(crate) fn decide(
         &mut self,
-        tables: &Arc<Tables>,
-        view: &Arc<ClusterView>,
         ip: IpAddr,
         default_region: usize,
         policy: Policy,
         hash: u64,
     ) -> (u8, Pick) {
-        self.refresh(tables, view);
+        let Some(tables) = self.tables.as_deref() else {
+            let p = steering::pick(
+                &self.avail,
+                std::iter::empty(),
+                policy,
+                hash,
+                &mut self.edges,
+            );
+            return (0, p);
+        };
         let key = address_key(ip);
         let place = &mut self.places[address_slot(key)];
         let (located, prefix) = match place {
@@ -223,8 +233,20 @@ impl Memo {
         &self.edges
     }
 
-    /// Forgets what was made from other tables, and takes the availability of a new view.
-    fn refresh(&mut self, tables: &Arc<Tables>, view: &Arc<ClusterView>) {
+    /// The tables of the snapshot taken by the last [`Memo::begin`].
+    pub(crate) fn tables(&self) -> Option<&Tables> {
+        self.tables.as_deref()
+    }
+
+    /// The view of the snapshot taken by the last [`Memo::begin`].
+    pub(crate) fn view(&self) -> Option<&ClusterView> {
+        self.view.as_deref()
+    }
+
+    /// Takes the current tables and view for the decisions that follow (a UDP thread: once per
+    /// batch, so its queries touch no shared reference count): forgets what was made from other
+    /// tables, and takes the availability of a new view.
+    pub(crate) fn begin(&mut self, tables: &Arc<Tables>, view: &Arc<ClusterView>) {
         if !self.tables.as_ref().is_some_and(|t| Arc::ptr_eq(t, tables)) {
             self.entries.iter_mut().for_each(|e| *e = None);
             self.places.iter_mut().for_each(|p| *p = None);
@@ -291,8 +313,8 @@ mod tests {
                 let (hash, hash_prefix) = subnet_hash(ip, source);
                 let place = locate(&tables.locator(), &view, ip, source, zone.default_region);
                 let choice = choose(&view, &place, policy, hash);
-                let (prefix, pick) =
-                    memo.decide(&tables, &view, ip, zone.default_region, policy, hash);
+                memo.begin(&tables, &view);
+                let (prefix, pick) = memo.decide(ip, zone.default_region, policy, hash);
                 assert_eq!(pick, choice.pick(), "{ip}/{source}");
                 assert_eq!(memo.edges(), choice.edges, "{ip}/{source}");
                 assert_eq!(

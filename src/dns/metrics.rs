@@ -137,8 +137,8 @@ impl DnsMetrics {
 }
 
 /// A UDP worker's own counts of the answers it wrote itself (positive A/AAAA answers, by region),
-/// added to the shared counters once per batch: shared counters touched by every query of two
-/// workers cost a cache-line transfer each.
+/// added to the shared counters now and then (see `server`): shared counters touched by every
+/// query of two workers cost a cache-line transfer each.
 #[derive(Debug, Default)]
 pub(crate) struct Tally {
     a: u64,

@@ -141,7 +141,7 @@ fn answer(
     out: &mut Vec<u8>,
     worker: &mut Worker,
 ) -> Answered {
-    if super::fast::answer(handler, data, src, out, worker) {
+    if super::fast::answer(data, src, out, worker) {
         return Answered::Fast;
     }
     match general_answer(handler, data, src) {
@@ -191,6 +191,7 @@ async fn udp_worker(socket: UdpSocket, handler: Arc<DnsHandler>, shutdown: Cance
             _ = shutdown.cancelled() => break,
         };
         let start = Instant::now();
+        worker.begin(&handler);
         let answered = answer(&handler, &buf[..n], src, &mut out, &mut worker);
         if answered == Answered::Fast {
             handler.metrics.latency(start.elapsed().as_secs_f64());
@@ -200,6 +201,22 @@ async fn udp_worker(socket: UdpSocket, handler: Arc<DnsHandler>, shutdown: Cance
             let _ = socket.send_to(&out, src).await;
         }
     }
+}
+
+/// How often a UDP thread adds its counts to the shared counters while busy.
+#[cfg(target_os = "linux")]
+const FLUSH_MILLIS: u64 = 50;
+
+/// Milliseconds of the coarse monotonic clock (a few nanoseconds to read; ticks of a few ms).
+#[cfg(target_os = "linux")]
+fn coarse_millis() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which lives on this frame.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
 }
 
 /// A UDP socket's thread: waits for a batch of datagrams (one recvmmsg), answers them, sends
@@ -215,11 +232,15 @@ fn udp_thread(socket: std::net::UdpSocket, handler: Arc<DnsHandler>, shutdown: C
     let mut inbox = RecvBatch::new();
     let mut outbox = SendBatch::new();
     let mut worker = Worker::default();
+    let mut flushed = coarse_millis();
     while !shutdown.is_cancelled() {
         let n = match inbox.recv(fd) {
             Ok(n) => n,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
-                continue; // the wake-up timeout, or a signal
+                // The wake-up timeout (or a signal): idle, so hand the counts over.
+                handler.metrics.flush(&mut worker.tally);
+                flushed = coarse_millis();
+                continue;
             }
             Err(e) => {
                 tracing::debug!(error = %e, "UDP receive failed");
@@ -228,27 +249,33 @@ fn udp_thread(socket: std::net::UdpSocket, handler: Arc<DnsHandler>, shutdown: C
             }
         };
         outbox.clear();
-        // The fast path's answers are timed by sample: the first of each batch (every one when
-        // batches are single datagrams, at light load). Clock reads and the shared histogram
-        // would otherwise cost more than a fast answer's decision.
-        let start = Instant::now();
+        worker.begin(&handler);
         for i in 0..n {
             let Some((data, src, cut)) = inbox.get(i) else {
                 continue;
             };
+            // The fast path's answers are timed by sample (see `fast::SAMPLE`).
+            let timed = worker.sample().then(Instant::now);
             let answered = if cut {
                 too_long(&handler, data, outbox.next())
             } else {
                 answer(&handler, data, src, outbox.next(), &mut worker)
             };
-            if i == 0 && answered == Answered::Fast {
-                handler.metrics.latency(start.elapsed().as_secs_f64());
+            if let (Some(t), Answered::Fast) = (timed, answered) {
+                handler.metrics.latency(t.elapsed().as_secs_f64());
             }
             if answered != Answered::No {
                 outbox.push(src);
             }
         }
-        handler.metrics.flush(&mut worker.tally);
+        // The counts go to the shared counters every FLUSH_MILLIS (and when idle): per batch,
+        // the two threads' updates of the same counters cost more than the answers at light
+        // load, when batches are a datagram or two.
+        let now = coarse_millis();
+        if now.wrapping_sub(flushed) >= FLUSH_MILLIS {
+            handler.metrics.flush(&mut worker.tally);
+            flushed = now;
+        }
         let mut sent = 0;
         while sent < outbox.len() {
             match outbox.send(fd, sent) {

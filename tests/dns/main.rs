@@ -379,14 +379,23 @@ async fn metrics_count_queries_and_answers() {
     .await;
     ask(d.udp, &Ask::new("example.com.", RecordType::A)).await;
     let admin = d.node.admin_addr().unwrap();
-    let body = http_get(admin, "/metrics").await;
     let node = format!("node=\"{}\"", d.id);
-    for line in [
+    let lines = [
         format!("meridian_dns_queries_total{{{node},type=\"A\",rcode=\"NOERROR\"}} 1"),
         format!("meridian_dns_queries_total{{{node},type=\"A\",rcode=\"REFUSED\"}} 1"),
         format!("meridian_dns_answers_total{{{node},region=\"eu-west\"}} 1"),
         format!("meridian_dns_answer_duration_seconds_bucket{{{node}"),
-    ] {
+    ];
+    // UDP threads hand their counts over every 50 ms, or when idle for 100 ms.
+    let mut body = String::new();
+    for _ in 0..40 {
+        body = http_get(admin, "/metrics").await;
+        if lines.iter().all(|l| body.contains(l)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for line in lines {
         assert!(body.contains(&line), "missing {line} in {body}");
     }
 }
