@@ -2,10 +2,10 @@
 //!
 //! Nearly every query a CDN's name server sees has one shape: one question, A or AAAA, class IN,
 //! for a site name, with at most an OPT record carrying nothing but an ECS option. This module
-//! reads exactly that shape from the datagram, decides with the same `steering` functions and the
-//! same `ClusterView` snapshot as the handler, and writes the answer directly, without building
-//! hickory's `Request` and response messages (which allocate names, record lists and options per
-//! query). Anything else, and any answer that would not be a plain positive one (NODATA, a
+//! reads exactly that shape from the datagram, decides with the same `steering` functions on the
+//! same tables and `ClusterView` snapshots as the handler (through the worker's `memo`), and
+//! writes the answer directly, without building hickory's `Request` and response messages (which
+//! allocate names, record lists and options per query). Anything else, and any answer that would not be a plain positive one (NODATA, a
 //! truncated answer, an unusual flag or option), returns `false` and goes down the general path.
 //! A test compares the two paths' answers query by query: the same message, except that this
 //! path names each answer by a pointer to the question (RFC 1035 §4.1.4 compression).
