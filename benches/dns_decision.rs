@@ -58,6 +58,16 @@ fn answer(c: &mut Criterion) {
     assert!(a.fast(&query, &mut out).is_some());
     assert!(a.general(&query).is_some());
     c.bench_function("dns_answer/fast", |b| b.iter(|| a.fast(&query, &mut out)));
+    // The same asking for AAAA: ap-east's edge has no IPv6 address, so NODATA with the SOA.
+    let mut aaaa = query.clone();
+    let qtype = 12 + "demo.meridian.test".len() + 2;
+    aaaa[qtype..qtype + 2].copy_from_slice(&28u16.to_be_bytes());
+    assert!(a.fast(&aaaa, &mut out).is_some());
+    assert!(a.general(&aaaa).is_some());
+    c.bench_function("dns_answer/fast_nodata", |b| {
+        b.iter(|| a.fast(&aaaa, &mut out))
+    });
+    c.bench_function("dns_answer/general_nodata", |b| b.iter(|| a.general(&aaaa)));
     c.bench_function("dns_answer/general", |b| b.iter(|| a.general(&query)));
 }
 

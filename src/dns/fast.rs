@@ -19,6 +19,7 @@ use crate::steering;
 
 const TYPE_A: u16 = 1;
 const TYPE_AAAA: u16 = 28;
+const TYPE_SOA: u16 = 6;
 const TYPE_OPT: u16 = 41;
 const CLASS_IN: u16 = 1;
 const OPTION_ECS: u16 = 8;
@@ -202,7 +203,8 @@ pub(crate) fn answer(data: &[u8], src: SocketAddr, out: &mut Vec<u8>, worker: &m
         return false;
     };
     let (default_region, policy, ttl) = (zone.default_region, zone.policy, zone.ttl);
-    // The client: the ECS subnet (a /0 asks for the resolver's own address), else the source.
+    let soa_owner = question_end - 4 - zone.apex_len; // the apex, within the question's name
+                                                      // The client: the ECS subnet (a /0 asks for the resolver's own address), else the source.
     let (ip, source_prefix) = match opt.as_ref().and_then(|o| o.ecs.as_ref()) {
         Some(e) if e.source > 0 => (e.ip, e.source),
         _ => (src.ip(), steering::full_prefix(src.ip())),
@@ -219,8 +221,8 @@ pub(crate) fn answer(data: &[u8], src: SocketAddr, out: &mut Vec<u8>, worker: &m
         .filter_map(|&i| view.edges.get(i))
         .map(|e| if v6 { e.v6.len() } else { e.v4.len() })
         .sum();
-    if count == 0 || count > 64 {
-        return false; // NODATA (with the SOA) or an oversized answer: the general path
+    if count > 64 {
+        return false; // an oversized answer: the general path (which truncates)
     }
     let scope = steering::scope(place_prefix, pick, hash_prefix);
 
@@ -230,7 +232,9 @@ pub(crate) fn answer(data: &[u8], src: SocketAddr, out: &mut Vec<u8>, worker: &m
     out.extend_from_slice(&reply_flags.to_be_bytes());
     out.extend_from_slice(&1u16.to_be_bytes());
     out.extend_from_slice(&(count as u16).to_be_bytes());
-    out.extend_from_slice(&0u16.to_be_bytes());
+    // NODATA (none of the chosen edges has an address of this family) carries the SOA in the
+    // authority section, for negative caching (RFC 2308).
+    out.extend_from_slice(&u16::from(count == 0).to_be_bytes());
     out.extend_from_slice(&u16::from(opt.is_some()).to_be_bytes());
     out.extend_from_slice(&data[12..question_end]);
     let ttl = ttl.to_be_bytes();
@@ -248,6 +252,20 @@ pub(crate) fn answer(data: &[u8], src: SocketAddr, out: &mut Vec<u8>, worker: &m
         } else {
             e.v4.iter().for_each(|a| record(&a.octets()));
         }
+    }
+    if count == 0 {
+        let Some(tables) = worker.memo.tables() else {
+            return false;
+        };
+        let Some(zone) = tables.site(wire) else {
+            return false;
+        };
+        out.extend_from_slice(&(0xc000 | soa_owner as u16).to_be_bytes());
+        out.extend_from_slice(&TYPE_SOA.to_be_bytes());
+        out.extend_from_slice(&CLASS_IN.to_be_bytes());
+        out.extend_from_slice(&zone.soa_ttl.to_be_bytes());
+        out.extend_from_slice(&(zone.soa_wire.len() as u16).to_be_bytes());
+        out.extend_from_slice(&zone.soa_wire);
     }
     let limit = match &opt {
         Some(o) => {
@@ -284,7 +302,7 @@ mod tests {
     use std::sync::Arc;
 
     use arc_swap::ArcSwap;
-    use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+    use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
     use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
     use hickory_proto::rr::{Name, RecordType};
 
@@ -450,22 +468,32 @@ mod tests {
             );
             worker.begin(h);
             if !answer(&query, src, &mut fast, worker) {
-                // Only answers that are not plain positive ones may go the general way.
+                // Only truncated answers and errors may go the general way.
                 let m = Message::from_vec(&general).unwrap();
                 assert!(
-                    m.answers.is_empty(),
+                    m.metadata.truncation || m.metadata.response_code != ResponseCode::NoError,
                     "{label}: should have taken the fast path"
                 );
                 continue;
             }
             answered += 1;
-            // The same message; ours names the answers by a pointer to the question (RFC 1035
-            // §4.1.4), so it is never longer.
-            assert_eq!(
-                Message::from_vec(&fast).unwrap(),
-                Message::from_vec(&general).unwrap(),
-                "{label}"
-            );
+            let ours = Message::from_vec(&fast).unwrap();
+            let theirs = Message::from_vec(&general).unwrap();
+            assert_eq!(ours, theirs, "{label}");
+            // Records compare without their TTLs (RFC 2136 equality): compare those too.
+            let ttls = |m: &Message| {
+                (m.answers.iter().chain(&m.authorities))
+                    .map(|r| r.ttl)
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(ttls(&ours), ttls(&theirs), "{label}: TTLs");
+            if ours.answers.is_empty() {
+                // NODATA with the SOA (whose names hickory compresses and ours does not).
+                assert_eq!(ours.authorities.len(), 1, "{label}");
+                continue;
+            }
+            // Ours names the answers by a pointer to the question (RFC 1035 §4.1.4), so it is
+            // never longer.
             assert!(fast.len() <= general.len(), "{label}");
             let pointers = fast.len() + 18 * count_answers(&fast);
             assert_eq!(

@@ -18,6 +18,7 @@ use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCod
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::BinEncodable;
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -40,6 +41,12 @@ pub(crate) struct Zone {
     /// Name-server hosts and their glue.
     glue: Vec<(LowerName, Vec<Record>)>,
     soa: Record,
+    /// The SOA's RDATA as bytes (names uncompressed) and its TTL, for negative answers written
+    /// by the fast path; and the apex's wire length (root label included), where the SOA's
+    /// owner starts within a question for a name of this zone.
+    pub(crate) soa_wire: Vec<u8>,
+    pub(crate) soa_ttl: u32,
+    pub(crate) apex_len: usize,
     ns: Vec<Record>,
     pub(crate) ttl: u32,
     pub(crate) policy: Policy,
@@ -93,19 +100,23 @@ fn secs(d: std::time::Duration) -> u32 {
 impl Zone {
     fn new(z: &ZoneConfig) -> Result<Zone, String> {
         let apex = name(&z.apex)?;
-        let soa = Record::from_rdata(
-            apex.clone(),
+        let soa_rdata = SOA::new(
+            name(&z.soa.mname)?,
+            name(&z.soa.rname)?,
+            z.soa.serial,
+            i32::try_from(z.soa.refresh.as_secs()).unwrap_or(i32::MAX),
+            i32::try_from(z.soa.retry.as_secs()).unwrap_or(i32::MAX),
+            i32::try_from(z.soa.expire.as_secs()).unwrap_or(i32::MAX),
             secs(z.soa.minimum),
-            RData::SOA(SOA::new(
-                name(&z.soa.mname)?,
-                name(&z.soa.rname)?,
-                z.soa.serial,
-                i32::try_from(z.soa.refresh.as_secs()).unwrap_or(i32::MAX),
-                i32::try_from(z.soa.retry.as_secs()).unwrap_or(i32::MAX),
-                i32::try_from(z.soa.expire.as_secs()).unwrap_or(i32::MAX),
-                secs(z.soa.minimum),
-            )),
         );
+        let mut soa_wire = Vec::new();
+        let mut encoder = hickory_proto::serialize::binary::BinEncoder::new(&mut soa_wire);
+        encoder.set_canonical_form(true); // no compression: the bytes stand anywhere
+        soa_rdata
+            .emit(&mut encoder)
+            .map_err(|e| format!("SOA of {}: {e}", z.apex))?;
+        let soa_ttl = secs(z.soa.minimum);
+        let soa = Record::from_rdata(apex.clone(), soa_ttl, RData::SOA(soa_rdata));
         let mut ns = Vec::new();
         let mut glue = Vec::new();
         for (host, addrs) in &z.ns {
@@ -138,11 +149,15 @@ impl Zone {
             })
             .map(|r| r.map(LowerName::from))
             .collect::<Result<_, _>>()?;
+        let apex_len = apex.iter().map(|label| label.len() + 1).sum::<usize>() + 1;
         Ok(Zone {
             apex: LowerName::from(apex),
             names,
             glue,
             soa,
+            soa_wire,
+            soa_ttl,
+            apex_len,
             ns,
             ttl: secs(z.ttl),
             policy: Policy {
