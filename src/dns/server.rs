@@ -435,8 +435,10 @@ fn udp_thread(
         let n = match inbox.recv(fd) {
             Ok(n) => n,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
-                // The wake-up timeout (or a signal): idle, so hand the counts over.
+                // The wake-up timeout (or a signal): idle, so hand the counts over, and let go
+                // of tables a reload replaced (and the GeoIP file they map).
                 handler.metrics.flush(&mut worker.tally);
+                worker.begin(&handler);
                 flushed = coarse_millis();
                 measure(flushed, &mut mode);
                 continue;
