@@ -87,6 +87,38 @@ pub(crate) fn whereabouts(hit: &GeoHit, countries: &[(String, usize)]) -> Wherea
         .map_or(Whereabouts::Unknown, |(_, r)| Whereabouts::Region(*r))
 }
 
+/// Where a client address's search ends, before its GeoIP record is read.
+pub(crate) enum Search<'a> {
+    /// In this coverage zone, pinned to this region.
+    Covered(IpNet, usize),
+    /// Outside every coverage zone: the GeoIP lookup, if there is a database.
+    Beyond(Option<crate::geoip::Lookup<'a>>),
+}
+
+/// Searches the coverage zones, then the GeoIP database, for `ip`; returns where the search
+/// ended and the prefix length that is true for an answer decided there (the ECS scope before
+/// any subnet hashing).
+///
+/// The answer for a client in a zone holds for the zone's network, but no further than it
+/// keeps clear of more specific zones the client is outside of; outside every zone, the answer
+/// rests on staying outside them, so the same guard applies. Beyond the zones, the GeoIP
+/// network the search ended in says how far the answer holds, whatever its record says (and
+/// without a database, only the coverage zones matter).
+pub(crate) fn search<'a>(
+    coverage: &Coverage,
+    geoip: Option<&'a GeoIp>,
+    ip: IpAddr,
+) -> (Search<'a>, u8) {
+    let covered = coverage.find(ip);
+    let guard = covered.guard;
+    if let Some((net, region)) = covered.zone {
+        return (Search::Covered(net, region), net.prefix_len().max(guard));
+    }
+    let lookup = geoip.and_then(|g| g.lookup(ip));
+    let prefix = lookup.as_ref().map_or(0, |l| l.prefix).max(guard);
+    (Search::Beyond(lookup), prefix)
+}
+
 /// Finds where `ip` (with `source_prefix` significant bits) is.
 pub(crate) fn locate(
     loc: &Locator<'_>,
@@ -112,18 +144,12 @@ pub(crate) fn locate(
             prefix,
         }
     };
-    // The answer for a client in a zone holds for the zone's network, but no further than it
-    // keeps clear of more specific zones the client is outside of; outside every zone, the
-    // answer rests on staying outside them, so the same guard applies. The default depends on
-    // the address only through "no better network matched": the GeoIP network the search
-    // ended in says how far that holds (without a database, only coverage zones matter).
-    let covered = loc.coverage.find(ip);
-    let guard = covered.guard;
-    if let Some((net, region)) = covered.zone {
-        return pinned(region, Source::Coverage(net), net.prefix_len().max(guard));
-    }
-    let lookup = loc.geoip.and_then(|g| g.lookup(ip));
-    let prefix = lookup.as_ref().map_or(0, |l| l.prefix).max(guard);
+    let (lookup, prefix) = match search(loc.coverage, loc.geoip, ip) {
+        (Search::Covered(net, region), prefix) => {
+            return pinned(region, Source::Coverage(net), prefix);
+        }
+        (Search::Beyond(lookup), prefix) => (lookup, prefix),
+    };
     let hit = lookup.map(|l| l.hit());
     let found = hit
         .as_ref()

@@ -142,17 +142,15 @@ fn address_slot((bits, v6): (u128, bool)) -> usize {
 /// Where `ip` is: the coverage zone or GeoIP record its search ends on, and the prefix that is
 /// true for the answer (as `steering::locate` has it).
 fn locate(tables: &Tables, ip: IpAddr) -> (Located, u8) {
-    let covered = tables.coverage.find(ip);
-    let guard = covered.guard;
-    if let Some((net, region)) = covered.zone {
-        return (Located::Covered(region), net.prefix_len().max(guard));
-    }
-    let lookup = tables.geoip.as_deref().and_then(|g| g.lookup(ip));
-    let prefix = lookup.as_ref().map_or(0, |l| l.prefix).max(guard);
-    match lookup.and_then(|l| l.record()) {
-        Some(offset) => (Located::Record(offset), prefix),
-        None => (Located::Nowhere, prefix),
-    }
+    let (found, prefix) = steering::search(&tables.coverage, tables.geoip.as_deref(), ip);
+    let located = match found {
+        steering::Search::Covered(_, region) => Located::Covered(region),
+        steering::Search::Beyond(lookup) => match lookup.and_then(|l| l.record()) {
+            Some(offset) => Located::Record(offset),
+            None => Located::Nowhere,
+        },
+    };
+    (located, prefix)
 }
 
 impl Memo {
