@@ -199,7 +199,11 @@ pub(crate) fn answer(data: &[u8], src: SocketAddr, out: &mut Vec<u8>, worker: &m
         None
     };
 
-    let Some(zone) = worker.memo.tables().and_then(|t| t.site(wire)) else {
+    let Some((site, zone)) = worker
+        .memo
+        .tables()
+        .and_then(|t| t.site(wire).map(|i| (i, &t.zones[i])))
+    else {
         return false;
     };
     let (default_region, policy, ttl) = (zone.default_region, zone.policy, zone.ttl);
@@ -257,9 +261,7 @@ pub(crate) fn answer(data: &[u8], src: SocketAddr, out: &mut Vec<u8>, worker: &m
         let Some(tables) = worker.memo.tables() else {
             return false;
         };
-        let Some(zone) = tables.site(wire) else {
-            return false;
-        };
+        let zone = &tables.zones[site]; // the same snapshot: the index found above holds
         out.extend_from_slice(&(0xc000 | soa_owner as u16).to_be_bytes());
         out.extend_from_slice(&TYPE_SOA.to_be_bytes());
         out.extend_from_slice(&CLASS_IN.to_be_bytes());

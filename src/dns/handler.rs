@@ -211,9 +211,10 @@ impl Tables {
         })
     }
 
-    /// The zone that answers a site name given as lower-case wire labels (no root label).
-    pub(crate) fn site(&self, wire: &[u8]) -> Option<&Zone> {
-        self.sites.get(wire).map(|&i| &self.zones[i])
+    /// The zone that answers a site name given as lower-case wire labels (no root label), as an
+    /// index into `zones`.
+    pub(crate) fn site(&self, wire: &[u8]) -> Option<usize> {
+        self.sites.get(wire).copied()
     }
 
     /// What `steering::locate` needs from these tables.
