@@ -30,8 +30,11 @@ fn site() -> SiteConfig {
         host_header: None,
         connect_timeout: Duration::from_secs(1),
         first_byte_timeout: Duration::from_secs(1),
+        origin_read_timeout: Duration::from_secs(1),
         default_ttl: None,
         heuristic_freshness: false,
+        strip_set_cookie: false,
+        key_scheme: true,
         ca_file: None,
         query_key: QueryKey::Keep,
         key_headers: vec![],
@@ -50,6 +53,7 @@ impl HitPath {
             max_object_size: 64 << 20,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            client_body_timeout: Duration::from_secs(30),
             max_header_size: 16 << 10,
             max_connections: 1000,
             shutdown_grace: Duration::from_secs(1),
@@ -108,6 +112,8 @@ impl HitPath {
             vary: vec![],
             vary_values: vec![],
             tags: vec![],
+            target_host: Some("bench.test".into()),
+            target_https: Some(false),
         };
         state.store.insert(key, Arc::new(entry)).await;
         let mut headers = HeaderMap::new();
@@ -128,8 +134,18 @@ impl HitPath {
             return 0;
         };
         let key = site.key(&self.uri);
+        let target = site.target("bench.test", false);
         let directives = policy::request_directives(&self.headers);
-        match lookup(&self.state, &key, &Method::GET, &self.headers, &directives).await {
+        match lookup(
+            &self.state,
+            &key,
+            &Method::GET,
+            &self.headers,
+            target,
+            &directives,
+        )
+        .await
+        {
             Lookup::Served(resp, _) => {
                 http_body::Body::size_hint(resp.body()).exact().unwrap_or(0) as usize
             }

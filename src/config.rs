@@ -215,6 +215,7 @@ struct RawEdge {
     max_object_size: Option<String>,
     header_read_timeout: Option<String>,
     idle_timeout: Option<String>,
+    client_body_timeout: Option<String>,
     max_header_size: Option<String>,
     max_connections: Option<usize>,
     shutdown_grace: Option<String>,
@@ -342,9 +343,12 @@ struct RawSite {
     host_header: Option<String>,
     connect_timeout: Option<String>,
     first_byte_timeout: Option<String>,
+    origin_read_timeout: Option<String>,
     default_ttl: Option<String>,
     #[serde(default)]
     heuristic_freshness: bool,
+    #[serde(default)]
+    strip_set_cookie: bool,
     ca_file: Option<String>,
     tls_cert: Option<String>,
     tls_key: Option<String>,
@@ -358,6 +362,7 @@ struct RawCacheKey {
     query: Option<String>,
     #[serde(default)]
     headers: Vec<String>,
+    scheme: Option<bool>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -565,6 +570,8 @@ pub struct EdgeConfig {
     pub header_read_timeout: Duration,
     /// A connection with no traffic for this long is closed.
     pub idle_timeout: Duration,
+    /// Longest wait for the next byte of a request body; past it the client gets 408.
+    pub client_body_timeout: Duration,
     /// Largest request head accepted; larger ones get 431.
     pub max_header_size: usize,
     /// Open client connections at most; further connections wait to be accepted.
@@ -618,12 +625,18 @@ pub struct SiteConfig {
     pub host_header: Option<String>,
     /// Time to establish a connection to one origin.
     pub connect_timeout: Duration,
-    /// Time from sending a request to the response head.
+    /// Time from having sent a request (its body included) to the response head.
     pub first_byte_timeout: Duration,
+    /// Longest wait between two reads of a response body.
+    pub origin_read_timeout: Duration,
     /// Freshness for responses that carry no freshness information (none by default).
     pub default_ttl: Option<Duration>,
     /// Use the 10% Last-Modified heuristic (RFC 9111 §4.2.2).
     pub heuristic_freshness: bool,
+    /// Store responses that carry `Set-Cookie` (without it) instead of never storing them.
+    pub strip_set_cookie: bool,
+    /// The scheme (http or https) reaches the origin and selects the stored variant.
+    pub key_scheme: bool,
     /// PEM bundle of CAs trusted for HTTPS origins; system roots when unset.
     pub ca_file: Option<PathBuf>,
     /// Query string handling in the cache key.
@@ -1349,6 +1362,12 @@ fn default_connect_timeout() -> Duration {
 fn default_first_byte_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_origin_read_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_client_body_timeout() -> Duration {
+    Duration::from_secs(30)
+}
 
 fn validate_edge(r: &mut Report<'_>, e: &RawEdge) -> EdgeConfig {
     let listen: Vec<SocketAddr> = e
@@ -1414,6 +1433,11 @@ fn validate_edge(r: &mut Report<'_>, e: &RawEdge) -> EdgeConfig {
             "edge.idle_timeout",
             &e.idle_timeout,
             default_idle_timeout(),
+        ),
+        client_body_timeout: r.positive_duration(
+            "edge.client_body_timeout",
+            &e.client_body_timeout,
+            default_client_body_timeout(),
         ),
         max_header_size: max_header_size.max(8192) as usize,
         max_connections: max_connections.max(1),
@@ -1622,8 +1646,15 @@ fn parse_origin_map(path: &Path, text: &str, problems: &mut Vec<Problem>) -> Vec
                 &s.first_byte_timeout,
                 default_first_byte_timeout(),
             ),
+            origin_read_timeout: r.positive_duration(
+                &k("origin_read_timeout"),
+                &s.origin_read_timeout,
+                default_origin_read_timeout(),
+            ),
             default_ttl,
             heuristic_freshness: s.heuristic_freshness,
+            strip_set_cookie: s.strip_set_cookie,
+            key_scheme: s.cache_key.scheme.unwrap_or(true),
             ca_file,
             query_key,
             key_headers,

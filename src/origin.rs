@@ -1,9 +1,10 @@
-//! The upstream client: a pooled keep-alive client per site, HTTP and HTTPS origins, connect and
-//! first-byte timeouts, and failover across a site's origins in order.
+//! The upstream client: a pooled keep-alive client per site, HTTP and HTTPS origins, connect,
+//! first-byte and read timeouts, and failover across a site's origins in order.
 //!
 //! Receives requests already prepared by the handler (proxy headers set, hop-by-hop removed) with
 //! an origin-relative target; hands back the origin's response head with a streaming body.
-//! Knows nothing of caching.
+//! The first-byte timer starts once the request (body included) has been sent: a slow upload is
+//! bounded by its own idle timeout (`http::body`), not by the origin's. Knows nothing of caching.
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -21,7 +22,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
 
 use crate::config::SiteConfig;
-use crate::http::body::Body;
+use crate::http::body::{Body, BodyError};
 
 /// Why an origin exchange failed. Strings rather than sources so that one failure can be handed
 /// to every collapsed request.
@@ -35,6 +36,15 @@ pub(crate) enum OriginError {
     Protocol { origin: String, reason: String },
     #[error("origin {origin} response body failed: {reason}")]
     Body { origin: String, reason: String },
+    #[error("origin {origin} sent no body bytes within {timeout:?}")]
+    BodyTimeout { origin: String, timeout: Duration },
+    /// The client's request body broke off or was malformed: the client's fault, not the
+    /// origin's.
+    #[error("the request body failed: {reason}")]
+    ClientBody { reason: String },
+    /// The client's upload stalled past its idle timeout.
+    #[error("the client sent no request body bytes within {timeout:?}")]
+    ClientTimeout { timeout: Duration },
 }
 
 impl OriginError {
@@ -42,9 +52,34 @@ impl OriginError {
     pub(crate) fn kind(&self) -> &'static str {
         match self {
             OriginError::Connect { .. } => "connect",
-            OriginError::Timeout { .. } => "timeout",
+            OriginError::Timeout { .. } | OriginError::BodyTimeout { .. } => "timeout",
             OriginError::Protocol { .. } => "protocol",
             OriginError::Body { .. } => "body",
+            OriginError::ClientBody { .. } | OriginError::ClientTimeout { .. } => "client",
+        }
+    }
+
+    /// Whether the origin (not the client) is to blame, for `meridian_origin_errors_total`.
+    pub(crate) fn is_origin_fault(&self) -> bool {
+        !matches!(
+            self,
+            OriginError::ClientBody { .. } | OriginError::ClientTimeout { .. }
+        )
+    }
+
+    /// The error of a failed exchange, told apart by which end failed.
+    fn from_client_error(origin: &str, e: &hyper_util::client::legacy::Error) -> OriginError {
+        match BodyError::find(e) {
+            Some(BodyError::Client(reason)) => OriginError::ClientBody {
+                reason: reason.clone(),
+            },
+            Some(BodyError::ClientTimeout(timeout)) => {
+                OriginError::ClientTimeout { timeout: *timeout }
+            }
+            _ => OriginError::Protocol {
+                origin: origin.to_string(),
+                reason: error_chain(e),
+            },
         }
     }
 }
@@ -55,6 +90,7 @@ pub(crate) struct Origins {
     targets: Vec<Uri>,
     labels: Vec<String>,
     first_byte_timeout: Duration,
+    read_timeout: Duration,
     host_header: Option<HeaderValue>,
 }
 
@@ -128,8 +164,14 @@ impl Origins {
             labels: site.origins.iter().map(|u| u.to_string()).collect(),
             targets: site.origins.clone(),
             first_byte_timeout: site.first_byte_timeout,
+            read_timeout: site.origin_read_timeout,
             host_header,
         })
+    }
+
+    /// Longest wait between two reads of a response body.
+    pub(crate) fn read_timeout(&self) -> Duration {
+        self.read_timeout
     }
 
     /// Sends `req` (origin-form target) to the site's origins in order until one answers.
@@ -139,6 +181,9 @@ impl Origins {
     /// method is idempotent, since the first origin may already have acted on it. A request with
     /// a body is sent once: the body cannot be sent again. Returns the response and the origin's
     /// label.
+    ///
+    /// The first-byte timeout counts from the end of the request body: an upload is bounded by
+    /// its own idle timeout.
     pub(crate) async fn send(
         &self,
         req: Request<Body>,
@@ -168,6 +213,8 @@ impl Origins {
             if let Some(a) = target.authority() {
                 uri = uri.authority(a.clone());
             }
+            let mut this_body = this_body;
+            let uploaded = this_body.on_done();
             let mut req = Request::from_parts(parts.clone(), this_body);
             *req.uri_mut() = match uri.build() {
                 Ok(u) => u,
@@ -178,7 +225,18 @@ impl Origins {
                     })
                 }
             };
-            match tokio::time::timeout(self.first_byte_timeout, self.client.request(req)).await {
+            let first_byte = async {
+                if let Some(done) = uploaded {
+                    // Ends when the body has been read whole, failed or been dropped.
+                    let _ = done.await;
+                }
+                tokio::time::sleep(self.first_byte_timeout).await;
+            };
+            let sent = tokio::select! {
+                r = self.client.request(req) => Ok(r),
+                () = first_byte => Err(()),
+            };
+            match sent {
                 Ok(Ok(resp)) => return Ok((resp, label)),
                 Ok(Err(e)) if e.is_connect() => {
                     tracing::warn!(origin = %label, error = %error_chain(&e), "origin connect failed");
@@ -187,12 +245,7 @@ impl Origins {
                         reason: error_chain(&e),
                     });
                 }
-                Ok(Err(e)) => {
-                    return Err(OriginError::Protocol {
-                        origin: label.clone(),
-                        reason: error_chain(&e),
-                    })
-                }
+                Ok(Err(e)) => return Err(OriginError::from_client_error(label, &e)),
                 Err(_) => {
                     tracing::warn!(origin = %label, timeout = ?self.first_byte_timeout, "origin first-byte timeout");
                     let e = OriginError::Timeout {
@@ -227,15 +280,19 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Reads a response body whole, up to `limit` bytes.
 pub(crate) enum Collected {
-    /// The complete body.
+    /// The complete body, in an allocation of its own size.
     Complete(Bytes),
-    /// The body passed `limit`: what was read so far and the rest, still streaming.
-    TooLarge(Vec<Bytes>, Incoming),
+    /// The body passed `limit`: the rest, still streaming, with what was read put back in front.
+    TooLarge(Body),
 }
 
-/// Collects `body` up to `limit` bytes. A body cut off mid-way is an error, never a short body.
+/// Collects `body` (an origin's, see `Body::download`) up to `limit` bytes. A body cut off
+/// mid-way, or stalled past its read timeout, is an error, never a short body.
+///
+/// The body is copied into one allocation of exactly its size: the chunks hyper hands over are
+/// slices of its read buffers, and keeping one alive in the cache would keep the whole buffer.
 pub(crate) async fn collect(
-    mut body: Incoming,
+    mut body: Body,
     limit: u64,
     origin: &str,
 ) -> Result<Collected, OriginError> {
@@ -243,27 +300,27 @@ pub(crate) async fn collect(
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut total: u64 = 0;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| OriginError::Body {
-            origin: origin.to_string(),
-            reason: error_chain(&e),
+        let frame = frame.map_err(|e| match e {
+            BodyError::OriginTimeout(timeout) => OriginError::BodyTimeout {
+                origin: origin.to_string(),
+                timeout,
+            },
+            e => OriginError::Body {
+                origin: origin.to_string(),
+                reason: error_chain(&e),
+            },
         })?;
         if let Ok(data) = frame.into_data() {
             total += data.len() as u64;
             chunks.push(data);
             if total > limit {
-                return Ok(Collected::TooLarge(chunks, body));
+                return Ok(Collected::TooLarge(body.requeue(chunks)));
             }
         }
     }
-    Ok(Collected::Complete(match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.pop().unwrap_or_default(),
-        _ => {
-            let mut buf = bytes::BytesMut::with_capacity(total as usize);
-            for c in chunks {
-                buf.extend_from_slice(&c);
-            }
-            buf.freeze()
-        }
-    }))
+    let mut buf = Vec::with_capacity(total as usize);
+    for c in chunks {
+        buf.extend_from_slice(&c);
+    }
+    Ok(Collected::Complete(Bytes::from(buf)))
 }

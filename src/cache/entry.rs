@@ -27,6 +27,17 @@ const KEEP_ON_304: [HeaderName; 3] = [
     header::CONTENT_RANGE,
 ];
 
+/// What the origin saw of a request besides its headers, where the site lets it vary: the
+/// (normalised) host and whether the client came over TLS. A variant answers only requests with
+/// the same target, so an answer made for one host or scheme never serves another.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Target<'a> {
+    /// The host the origin was sent; `None` when the site sends every request the same Host.
+    pub(crate) host: Option<&'a str>,
+    /// Whether the client used https; `None` when the site keeps the scheme from the origin.
+    pub(crate) https: Option<bool>,
+}
+
 /// One stored variant of a response.
 #[derive(Debug)]
 pub(crate) struct Entry {
@@ -45,6 +56,10 @@ pub(crate) struct Entry {
     pub(crate) vary_values: Vec<Option<String>>,
     /// Purge tags from `Surrogate-Key`.
     pub(crate) tags: Vec<String>,
+    /// The host this variant was fetched for (see [`Target`]).
+    pub(crate) target_host: Option<Box<str>>,
+    /// The scheme this variant was fetched for (see [`Target`]).
+    pub(crate) target_https: Option<bool>,
 }
 
 /// The selecting value of request header `name`: all field lines joined, whitespace around
@@ -107,17 +122,30 @@ impl Entry {
         }
     }
 
-    /// Whether this variant was stored for request headers equal to `req`'s (RFC 9111 §4.1).
-    pub(crate) fn matches(&self, req: &HeaderMap) -> bool {
-        self.vary
-            .iter()
-            .zip(&self.vary_values)
-            .all(|(name, value)| normalized(req, name).as_ref() == value.as_ref())
+    /// Whether this variant was stored for a request to `target` with headers equal to `req`'s
+    /// (RFC 9111 §4.1).
+    pub(crate) fn matches(&self, req: &HeaderMap, target: Target<'_>) -> bool {
+        self.target() == target
+            && self
+                .vary
+                .iter()
+                .zip(&self.vary_values)
+                .all(|(name, value)| normalized(req, name).as_ref() == value.as_ref())
+    }
+
+    /// The target this variant was fetched for.
+    pub(crate) fn target(&self) -> Target<'_> {
+        Target {
+            host: self.target_host.as_deref(),
+            https: self.target_https,
+        }
     }
 
     /// Whether this entry and `other` are the same variant (so one replaces the other).
     pub(crate) fn same_variant(&self, other: &Entry) -> bool {
-        self.vary == other.vary && self.vary_values == other.vary_values
+        self.target() == other.target()
+            && self.vary == other.vary
+            && self.vary_values == other.vary_values
     }
 
     /// Bytes this entry occupies, for the store's weigher.

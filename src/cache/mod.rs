@@ -7,4 +7,5 @@ pub(crate) mod collapse;
 pub(crate) mod entry;
 pub(crate) mod key;
 pub(crate) mod policy;
+pub(crate) mod sf;
 pub(crate) mod store;

@@ -8,10 +8,18 @@
 //! Precedence of response directives (RFC 9213 §2.1): the first of `CDN-Cache-Control` and
 //! `Surrogate-Control` with a valid, non-empty value replaces `Cache-Control` *and* `Expires` for
 //! this cache. `Cache-Control` is still passed on to clients unchanged.
+//!
+//! Parsing: `Cache-Control` by RFC 9111 §5.2 (`token[=(token|quoted-string)]`, no space around
+//! `=`; a directive given twice counts the first time, §4.2.1). The targeted fields are
+//! structured-field dictionaries (RFC 8941, `cache::sf`): a value that is not one, or a known
+//! directive with a value of the wrong type, makes the whole field ignored; a repeated key counts
+//! the last time, as RFC 8941 says. Delta-seconds too large for any integer are 2^31 (§1.2.2).
 
 use std::time::{Duration, SystemTime};
 
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+
+use super::sf;
 
 /// Largest delta-seconds value honoured (RFC 9111 §1.2.2).
 const MAX_DELTA: u64 = 1 << 31;
@@ -72,19 +80,49 @@ fn directives(value: &str) -> impl Iterator<Item = (String, Option<String>)> + '
             return None;
         }
         let (name, arg) = match part.split_once('=') {
-            Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"').to_string())),
+            // No whitespace around '=' (RFC 9111 §5.2): `max-age =60` is not max-age.
+            Some((n, v)) if n.ends_with([' ', '\t']) || v.starts_with([' ', '\t']) => return None,
+            Some((n, v)) => (n, Some(unquote(v))),
             None => (part, None),
         };
         Some((name.to_ascii_lowercase(), arg))
     })
 }
 
-/// Parses delta-seconds; an invalid value counts as 0 (a cache may treat it as stale).
+/// The value of a token or quoted-string argument.
+fn unquote(v: &str) -> String {
+    match v.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+        Some(inner) => {
+            let mut out = String::with_capacity(inner.len());
+            let mut escaped = false;
+            for c in inner.chars() {
+                if escaped || c != '\\' {
+                    out.push(c);
+                    escaped = false;
+                } else {
+                    escaped = true;
+                }
+            }
+            out
+        }
+        None => v.to_string(),
+    }
+}
+
+/// Parses delta-seconds (digits only); more than fit is 2^31 (RFC 9111 §1.2.2), anything else
+/// is invalid and counts as 0 (a cache may treat it as stale).
 fn delta(arg: &Option<String>) -> u64 {
-    arg.as_deref()
-        .and_then(|a| a.parse::<u64>().ok())
-        .map(|v| v.min(MAX_DELTA))
-        .unwrap_or(0)
+    match arg.as_deref() {
+        Some(a) if !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit()) => {
+            a.parse::<u64>().map_or(MAX_DELTA, |v| v.min(MAX_DELTA))
+        }
+        _ => 0,
+    }
+}
+
+/// Sets a directive's value unless an earlier occurrence did (RFC 9111 §4.2.1).
+fn first(slot: &mut Option<u64>, value: u64) {
+    slot.get_or_insert(value);
 }
 
 fn joined<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Option<String> {
@@ -109,14 +147,42 @@ fn parse_response_directives(text: &str) -> ResponseDirectives {
             "public" => d.public = true,
             "must-revalidate" => d.must_revalidate = true,
             "proxy-revalidate" => d.proxy_revalidate = true,
-            "max-age" => d.max_age = Some(delta(&arg)),
-            "s-maxage" => d.s_maxage = Some(delta(&arg)),
-            "stale-while-revalidate" => d.stale_while_revalidate = Some(delta(&arg)),
-            "stale-if-error" => d.stale_if_error = Some(delta(&arg)),
+            "max-age" => first(&mut d.max_age, delta(&arg)),
+            "s-maxage" => first(&mut d.s_maxage, delta(&arg)),
+            "stale-while-revalidate" => first(&mut d.stale_while_revalidate, delta(&arg)),
+            "stale-if-error" => first(&mut d.stale_if_error, delta(&arg)),
             _ => {}
         }
     }
     d
+}
+
+/// Reads a targeted field (a structured-field dictionary); `None` if it is not a valid one or
+/// a directive this cache knows has a value of the wrong type.
+fn parse_targeted_directives(text: &str) -> Option<ResponseDirectives> {
+    let members = sf::dictionary(text).ok()?;
+    let mut d = ResponseDirectives::default();
+    for (name, item) in members {
+        let seconds = |item: sf::Item| match item {
+            sf::Item::Integer(v) if v >= 0 => Some((v as u64).min(MAX_DELTA)),
+            _ => None,
+        };
+        // A repeated key: the last counts (RFC 8941 §3.2), so each assignment overwrites.
+        match name.as_str() {
+            "no-store" => d.no_store = true,
+            "no-cache" => d.no_cache = true,
+            "private" => d.private = true,
+            "public" => d.public = true,
+            "must-revalidate" => d.must_revalidate = true,
+            "proxy-revalidate" => d.proxy_revalidate = true,
+            "max-age" => d.max_age = Some(seconds(item)?),
+            "s-maxage" => d.s_maxage = Some(seconds(item)?),
+            "stale-while-revalidate" => d.stale_while_revalidate = Some(seconds(item)?),
+            "stale-if-error" => d.stale_if_error = Some(seconds(item)?),
+            _ => {}
+        }
+    }
+    Some(d)
 }
 
 /// Where the directives that govern this cache came from (all three are `...-Control` fields).
@@ -135,10 +201,12 @@ pub(crate) fn response_directives(headers: &HeaderMap) -> (ResponseDirectives, D
         ("surrogate-control", DirectiveSource::SurrogateControl),
     ] {
         if let Some(text) = joined(headers.get_all(name).iter()) {
-            let d = parse_response_directives(&text);
-            // A targeted field counts only if it says something this cache understands.
-            if d != ResponseDirectives::default() {
-                return (d, source);
+            // A targeted field counts only if it is valid and says something this cache
+            // understands (RFC 9213 §2.1).
+            if let Some(d) = parse_targeted_directives(&text) {
+                if d != ResponseDirectives::default() {
+                    return (d, source);
+                }
             }
         }
     }
@@ -159,15 +227,16 @@ pub(crate) fn request_directives(headers: &HeaderMap) -> RequestDirectives {
                     "no-cache" => d.no_cache = true,
                     "no-store" => d.no_store = true,
                     "only-if-cached" => d.only_if_cached = true,
-                    "max-age" => d.max_age = Some(delta(&arg)),
-                    "max-stale" => {
-                        d.max_stale = Some(match arg {
+                    "max-age" => first(&mut d.max_age, delta(&arg)),
+                    "max-stale" => first(
+                        &mut d.max_stale,
+                        match arg {
                             None => u64::MAX,
                             Some(_) => delta(&arg),
-                        })
-                    }
-                    "min-fresh" => d.min_fresh = Some(delta(&arg)),
-                    "stale-if-error" => d.stale_if_error = Some(delta(&arg)),
+                        },
+                    ),
+                    "min-fresh" => first(&mut d.min_fresh, delta(&arg)),
+                    "stale-if-error" => first(&mut d.stale_if_error, delta(&arg)),
                     _ => {}
                 }
             }
@@ -242,6 +311,8 @@ pub(crate) struct Exchange {
 pub(crate) struct SitePolicy {
     pub(crate) default_ttl: Option<Duration>,
     pub(crate) heuristic_freshness: bool,
+    /// Responses with `Set-Cookie` may be stored (without it); otherwise they never are.
+    pub(crate) strip_set_cookie: bool,
 }
 
 /// Status codes that are heuristically cacheable (RFC 9110 §15.1).
@@ -267,9 +338,10 @@ fn has_validator(headers: &HeaderMap) -> bool {
 /// (RFC 9111 §3 and §4.2).
 ///
 /// Hazard: storing a response that carries credentials-dependent content in a shared cache leaks
-/// it to every user. Hence `Authorization` requests (§3.5) and `Set-Cookie` responses are stored
-/// only with an explicit shared-cache directive (`public`, `s-maxage`, `must-revalidate`, or a
-/// targeted field).
+/// it to every user. Hence `Authorization` requests (§3.5) are stored only with an explicit
+/// shared-cache directive (`public`, `s-maxage`, `must-revalidate`, or a targeted field), and
+/// `Set-Cookie` responses never, unless the site opts in (and then the stored copy has no
+/// `Set-Cookie`: the handler keeps it for the client that caused the fetch).
 pub(crate) fn storability(
     method: &Method,
     req_headers: &HeaderMap,
@@ -300,7 +372,7 @@ pub(crate) fn storability(
     if req_headers.contains_key(header::AUTHORIZATION) && !explicit_shared {
         return Err(NotStorable::Authorization);
     }
-    if resp_headers.contains_key(header::SET_COOKIE) && !(d.s_maxage.is_some() || targeted) {
+    if resp_headers.contains_key(header::SET_COOKIE) && !site.strip_set_cookie {
         return Err(NotStorable::SetCookie);
     }
     if resp_headers.get_all(header::VARY).iter().any(|v| {
@@ -357,11 +429,13 @@ pub(crate) fn storability(
     }
 
     // RFC 9111 §4.2.3. Targeted fields aside, Age from upstream caches counts.
+    // The first value of the first field line (`Age: 7200, 0` is 7200).
     let age_value = resp_headers
         .get(header::AGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .map(|s| Duration::from_secs(s.min(MAX_DELTA)))
+        .and_then(|s| s.split(',').next())
+        .map(|s| delta(&Some(s.trim().to_string())))
+        .map(Duration::from_secs)
         .unwrap_or(Duration::ZERO);
     // Date has whole-second resolution: compare whole seconds, or every response would look
     // up to a second old the moment it arrives.
@@ -627,7 +701,7 @@ mod tests {
         );
         let site = SitePolicy {
             heuristic_freshness: true,
-            default_ttl: None,
+            ..SitePolicy::default()
         };
         assert_eq!(
             run(site, StatusCode::OK).unwrap().lifetime,
@@ -636,8 +710,8 @@ mod tests {
         // 302 is not heuristically cacheable.
         assert_eq!(run(site, StatusCode::FOUND), Err(NotStorable::Status));
         let site = SitePolicy {
-            heuristic_freshness: false,
             default_ttl: Some(Duration::from_secs(5)),
+            ..SitePolicy::default()
         };
         assert_eq!(
             run(site, StatusCode::OK).unwrap().lifetime,
@@ -741,6 +815,90 @@ mod tests {
         assert!(!stale_if_error(&f, s(100), &none));
         f.no_stale = true;
         assert!(!stale_if_error(&f, s(70), &none));
+    }
+
+    #[test]
+    fn directive_syntax() {
+        let f = |cc: &str| store(&[("cache-control", cc)]).map(|f| f.lifetime.as_secs());
+        assert_eq!(f(&format!("max-age={}", "9".repeat(30))), Ok(1 << 31));
+        assert_eq!(f("max-age=003600"), Ok(3600));
+        assert_eq!(f("max-age=\"3600\""), Ok(3600));
+        assert_eq!(f("max-age=1800, max-age=1"), Ok(1800));
+        assert_eq!(f("max-age=0, max-age=1800"), Err(NotStorable::NoFreshness));
+        assert_eq!(f("max-age='3600'"), Err(NotStorable::NoFreshness));
+        assert_eq!(f("max-age =3600"), Err(NotStorable::NoFreshness));
+        assert_eq!(f("max-age= 3600"), Err(NotStorable::NoFreshness));
+        assert_eq!(f("extension=\"max-age=3600\", max-age=1"), Ok(1));
+        let age = |a: &str| {
+            store(&[("cache-control", "max-age=60"), ("age", a)])
+                .unwrap()
+                .initial_age
+                .as_secs()
+        };
+        assert_eq!(age("7200, 0"), 7200);
+        assert_eq!(age("abc"), 0);
+    }
+
+    #[test]
+    fn invalid_targeted_fields_are_ignored_whole() {
+        let cdn = |v: &str| store(&[("cdn-cache-control", v), ("cache-control", "no-store")]);
+        assert_eq!(cdn("max-age=10000, &&&&&"), Err(NotStorable::NoStore));
+        assert_eq!(cdn("max-age=\"10000\""), Err(NotStorable::NoStore));
+        assert_eq!(cdn("max-age=-1"), Err(NotStorable::NoStore));
+        assert_eq!(
+            cdn("foobar, max-age=3600").unwrap().lifetime.as_secs(),
+            3600
+        );
+        assert_eq!(
+            cdn("max-age=99999999999").unwrap().lifetime.as_secs(),
+            1 << 31
+        );
+        assert_eq!(
+            cdn("max-age=1, max-age=3600").unwrap().lifetime.as_secs(),
+            3600
+        );
+    }
+
+    #[test]
+    fn set_cookie_is_stored_only_where_the_site_strips_it() {
+        let resp = headers(&[("cache-control", "s-maxage=60"), ("set-cookie", "a=b")]);
+        let run = |site| {
+            storability(
+                &Method::GET,
+                &HeaderMap::new(),
+                StatusCode::OK,
+                &resp,
+                exchange(),
+                site,
+            )
+        };
+        assert_eq!(run(SitePolicy::default()), Err(NotStorable::SetCookie));
+        let strip = SitePolicy {
+            strip_set_cookie: true,
+            ..SitePolicy::default()
+        };
+        assert!(run(strip).is_ok());
+    }
+
+    #[test]
+    fn obsolete_date_formats_are_dates() {
+        let date = http_date(
+            &headers(&[("date", "Sun Nov  6 08:49:37 1994")]),
+            header::DATE,
+        );
+        assert_eq!(
+            date,
+            http_date(
+                &headers(&[("date", "Sun, 06 Nov 1994 08:49:37 GMT")]),
+                header::DATE
+            )
+        );
+        assert!(date.is_some());
+        let date = http_date(
+            &headers(&[("date", "Sunday, 06-Nov-94 08:49:37 GMT")]),
+            header::DATE,
+        );
+        assert!(date.is_some());
     }
 
     #[test]

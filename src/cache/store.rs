@@ -12,7 +12,7 @@ use std::time::{Duration, Instant as StdInstant};
 use moka::future::Cache;
 use moka::Expiry;
 
-use super::entry::Entry;
+use super::entry::{Entry, Target};
 
 /// Variants of one URL kept at most; the oldest goes first.
 const MAX_VARIANTS: usize = 32;
@@ -26,10 +26,11 @@ pub(crate) struct Object {
 }
 
 impl Object {
-    /// The variant stored for request headers like these, if any (RFC 9111 §4.1).
-    pub(crate) fn select(&self, req: &http::HeaderMap) -> Option<&Arc<Entry>> {
+    /// The variant stored for a request to `target` with headers like these, if any (RFC 9111
+    /// §4.1).
+    pub(crate) fn select(&self, req: &http::HeaderMap, target: Target<'_>) -> Option<&Arc<Entry>> {
         // Newest first: a refreshed variant is pushed last.
-        self.variants.iter().rev().find(|e| e.matches(req))
+        self.variants.iter().rev().find(|e| e.matches(req, target))
     }
 
     fn weight(&self) -> u64 {
@@ -188,6 +189,8 @@ mod tests {
             vary: vec![],
             vary_values: vec![],
             tags: vec!["t".into()],
+            target_host: None,
+            target_https: None,
         })
     }
 

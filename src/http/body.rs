@@ -1,26 +1,92 @@
-//! The one body type of the edge: a whole body from the cache, or a stream from an origin (with
-//! any chunks already read in front of it).
+//! The one body type of the edge: a whole body from the cache, or a stream from the other end
+//! (a client's upload, an origin's response, with any chunks already read in front of it).
 //!
 //! Used for responses to clients and for requests to origins, so no boxing on the hit path.
+//! A stream is bounded in time: when the next frame does not come within its idle timeout the
+//! body fails (an upload: the origin request is abandoned and the client gets 408; a
+//! download: the client's response is aborted, never ended cleanly). A failure says which end
+//! caused it ([`BodyError`]), so a client's broken upload is never counted against the origin.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
+
+use super::framing::BodyFault;
+
+/// Why a streamed body failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    /// The client's request body broke off or was malformed.
+    #[error("the client's request body failed: {0}")]
+    Client(String),
+    /// The client sent nothing for longer than the upload idle timeout.
+    #[error("the client sent no request body bytes for {0:?}")]
+    ClientTimeout(Duration),
+    /// The origin's response body broke off.
+    #[error("the origin's response body failed: {0}")]
+    Origin(hyper::Error),
+    /// The origin sent nothing for longer than its read timeout.
+    #[error("the origin sent no body bytes for {0:?}")]
+    OriginTimeout(Duration),
+}
+
+impl BodyError {
+    /// The body error somewhere in an error's chain of sources, if any.
+    pub(crate) fn find<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyError> {
+        let mut next = Some(e);
+        while let Some(err) = next {
+            if let Some(b) = err.downcast_ref::<BodyError>() {
+                return Some(b);
+            }
+            next = err.source();
+        }
+        None
+    }
+}
+
+/// Which end a stream comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Client,
+    Origin,
+}
 
 /// A response or request body.
 #[derive(Debug)]
 pub(crate) enum Body {
     /// A complete body (a cache hit, a generated response); `None` once sent.
     Full(Option<Bytes>),
-    /// Chunks already read, then the rest of an incoming body.
-    Stream {
-        prefix: VecDeque<Bytes>,
-        rest: Incoming,
-    },
+    /// A body still arriving from the other end.
+    Stream(Box<Streaming>),
+}
+
+/// A body arriving from a client or an origin.
+#[derive(Debug)]
+pub(crate) struct Streaming {
+    prefix: VecDeque<Bytes>,
+    rest: Incoming,
+    side: Side,
+    /// Longest wait for the next frame.
+    idle: Duration,
+    /// Armed while a wait is under way (reset when a frame arrives), so time spent while the
+    /// reader was not asking (a slow client's back-pressure) never counts.
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+    /// Told when the body ends, fails or is dropped: the origin client's cue that the upload is
+    /// over.
+    done: Option<oneshot::Sender<()>>,
+    /// A framing fault the connection's guard found in this request's body bytes (chunk
+    /// sizes and extensions hyper accepts but other parsers read differently).
+    fault: Option<(Arc<BodyFault>, u64)>,
 }
 
 impl Body {
@@ -37,36 +103,126 @@ impl Body {
         }
     }
 
-    pub(crate) fn stream(rest: Incoming) -> Body {
-        Body::Stream {
+    fn streaming(rest: Incoming, side: Side, idle: Duration) -> Body {
+        Body::Stream(Box::new(Streaming {
             prefix: VecDeque::new(),
             rest,
+            side,
+            idle,
+            timer: None,
+            armed: false,
+            done: None,
+            fault: None,
+        }))
+    }
+
+    /// A client's request body on its way to an origin, failing after `idle` without a byte.
+    pub(crate) fn upload(rest: Incoming, idle: Duration) -> Body {
+        Body::streaming(rest, Side::Client, idle)
+    }
+
+    /// An origin's response body on its way to a client (or the cache), failing after `idle`
+    /// without a byte.
+    pub(crate) fn download(rest: Incoming, idle: Duration) -> Body {
+        Body::streaming(rest, Side::Origin, idle)
+    }
+
+    /// Attaches the connection's body-fault watch for request number `index`.
+    pub(crate) fn watch_fault(mut self, fault: Option<(Arc<BodyFault>, u64)>) -> Body {
+        if let Body::Stream(s) = &mut self {
+            s.fault = fault;
+        }
+        self
+    }
+
+    /// For a streamed body: a receiver told when it has been read to its end (or failed, or
+    /// was dropped). `None` for a complete body.
+    pub(crate) fn on_done(&mut self) -> Option<oneshot::Receiver<()>> {
+        match self {
+            Body::Full(_) => None,
+            Body::Stream(s) => {
+                let (tx, rx) = oneshot::channel();
+                s.done = Some(tx);
+                Some(rx)
+            }
         }
     }
 
-    pub(crate) fn prefixed(prefix: Vec<Bytes>, rest: Incoming) -> Body {
-        Body::Stream {
-            prefix: prefix.into(),
-            rest,
+    /// Puts chunks already read back in front of a streamed body.
+    pub(crate) fn requeue(mut self, chunks: Vec<Bytes>) -> Body {
+        if let Body::Stream(s) = &mut self {
+            for c in chunks.into_iter().rev() {
+                s.prefix.push_front(c);
+            }
         }
+        self
+    }
+}
+
+impl Streaming {
+    fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.done.take();
+        Poll::Ready(Some(Err(e)))
+    }
+
+    fn faulted(&self) -> Option<&'static str> {
+        let (fault, index) = self.fault.as_ref()?;
+        fault.get(*index)
     }
 }
 
 impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Body::Stream { prefix, rest } => {
-                if let Some(chunk) = prefix.pop_front() {
-                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let s = match self.get_mut() {
+            Body::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Body::Stream(s) => s,
+        };
+        if let Some(chunk) = s.prefix.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        match Pin::new(&mut s.rest).poll_frame(cx) {
+            Poll::Ready(next) => {
+                s.armed = false;
+                // The guard saw these bytes before hyper decoded them, so a fault in them is
+                // already marked when their frame (or the end) arrives.
+                if let Some(why) = s.faulted() {
+                    return s.fail(BodyError::Client(why.to_string()));
                 }
-                Pin::new(rest).poll_frame(cx)
+                match next {
+                    Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+                    Some(Err(e)) => s.fail(match s.side {
+                        Side::Client => BodyError::Client(e.to_string()),
+                        Side::Origin => BodyError::Origin(e),
+                    }),
+                    None => {
+                        s.done.take().map(|tx| tx.send(()));
+                        Poll::Ready(None)
+                    }
+                }
+            }
+            Poll::Pending => {
+                let deadline = Instant::now() + s.idle;
+                let timer = s
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if !s.armed {
+                    timer.as_mut().reset(deadline);
+                    s.armed = true;
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    let idle = s.idle;
+                    return s.fail(match s.side {
+                        Side::Client => BodyError::ClientTimeout(idle),
+                        Side::Origin => BodyError::OriginTimeout(idle),
+                    });
+                }
+                Poll::Pending
             }
         }
     }
@@ -74,16 +230,16 @@ impl http_body::Body for Body {
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Full(b) => b.is_none(),
-            Body::Stream { prefix, rest } => prefix.is_empty() && rest.is_end_stream(),
+            Body::Stream(s) => s.prefix.is_empty() && s.rest.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Body::Stream { prefix, rest } => {
-                let buffered: u64 = prefix.iter().map(|b| b.len() as u64).sum();
-                let h = rest.size_hint();
+            Body::Stream(s) => {
+                let buffered: u64 = s.prefix.iter().map(|b| b.len() as u64).sum();
+                let h = s.rest.size_hint();
                 let mut out = SizeHint::new();
                 out.set_lower(h.lower() + buffered);
                 if let Some(u) = h.upper() {

@@ -8,14 +8,25 @@
 //! connection order) of the first head whose framing is ambiguous; `server` hands that index to
 //! the request with the same number, and the handler answers it 400.
 //!
+//! Inside a chunked body it also finds what hyper accepts but other parsers read differently
+//! (a chunk size of 2^63 or more, control bytes or an unterminated quoted string in a chunk
+//! extension) and reports it as a [`BodyFault`] for that request: its body then fails and the
+//! handler answers 400 (RFC 9112 §7.1).
+//!
 //! It never changes the bytes and stops watching (for good) on anything it does not model:
-//! HTTP/2 prior knowledge, oversized heads, unparseable lengths (hyper rejects those itself).
+//! HTTP/2 prior knowledge, oversized heads, unparseable lengths (hyper rejects those itself),
+//! and anything after a fault.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// The conflict found in a request head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Conflict {
     LengthAndChunked,
     DifferingLengths,
+    /// `chunked` more than once, or not the last coding (RFC 9112 §6.1).
+    BadTransferEncoding,
 }
 
 impl Conflict {
@@ -23,19 +34,61 @@ impl Conflict {
         match self {
             Conflict::LengthAndChunked => "both Content-Length and Transfer-Encoding",
             Conflict::DifferingLengths => "conflicting Content-Length values",
+            Conflict::BadTransferEncoding => "Transfer-Encoding must end in one chunked",
         }
     }
 }
+
+/// The first body-level framing fault of a connection: which request's body, and why.
+/// Written by the connection's guard, read by that request's body.
+#[derive(Debug, Default)]
+pub(crate) struct BodyFault {
+    /// Index + 1 of the request whose body is at fault; 0 for none.
+    request: AtomicU64,
+    reason: Mutex<Option<&'static str>>,
+}
+
+impl BodyFault {
+    pub(crate) fn set(&self, index: u64, reason: &'static str) {
+        let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if r.is_none() {
+            *r = Some(reason);
+            self.request.store(index + 1, Ordering::Release);
+        }
+    }
+
+    /// The fault in request `index`'s body, if the guard found one.
+    pub(crate) fn get(&self, index: u64) -> Option<&'static str> {
+        if self.request.load(Ordering::Acquire) != index + 1 {
+            return None;
+        }
+        *self.reason.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Chunk sizes from here on are refused: no sane body is that large, and parsers that hold
+/// sizes in a signed 64-bit integer read them as negative.
+const MAX_CHUNK_SIZE: u64 = 1 << 63;
 
 #[derive(Debug)]
 enum Phase {
     Head,
     Body(u64),
-    ChunkSize { value: u64, ext: bool },
+    ChunkSize(ChunkLine),
     ChunkData(u64),
     ChunkDataEnd,
     Trailer { line: usize },
     Off,
+}
+
+/// Where the guard is in a chunk-size line: `size [; ext [= value]]...`.
+#[derive(Debug, Default)]
+struct ChunkLine {
+    value: u64,
+    digits: u8,
+    ext: bool,
+    quoted: bool,
+    escaped: bool,
 }
 
 /// Follows request boundaries on one HTTP/1 connection.
@@ -45,6 +98,8 @@ pub(crate) struct FramingGuard {
     head: Vec<u8>,
     heads: u64,
     limit: usize,
+    /// A body fault found and not yet taken: (request index, reason).
+    fault: Option<(u64, &'static str)>,
 }
 
 impl FramingGuard {
@@ -55,7 +110,24 @@ impl FramingGuard {
             head: Vec::new(),
             heads: 0,
             limit,
+            fault: None,
         }
+    }
+
+    /// Whether a request head has begun and not ended. False once the guard stopped watching
+    /// (HTTP/2 included).
+    pub(crate) fn head_pending(&self) -> bool {
+        matches!(self.phase, Phase::Head) && !self.head.is_empty()
+    }
+
+    /// A fault found in a request body since the last call: (request index, reason).
+    pub(crate) fn take_body_fault(&mut self) -> Option<(u64, &'static str)> {
+        self.fault.take()
+    }
+
+    fn body_fault(&mut self, reason: &'static str) {
+        self.fault = Some((self.heads.saturating_sub(1), reason));
+        self.phase = Phase::Off;
     }
 
     /// Feeds bytes read from the client; returns `(index, conflict)` for each ambiguous head.
@@ -117,24 +189,42 @@ impl FramingGuard {
                         self.phase = Phase::Head;
                     }
                 }
-                Phase::ChunkSize { value, ext } => {
+                Phase::ChunkSize(line) => {
                     let b = data[0];
                     data = &data[1..];
+                    let control = (b < 0x20 && b != b'\t' && b != b'\r' && b != b'\n') || b == 0x7f;
                     match b {
+                        b'\r' | b'\n' if line.quoted => {
+                            self.body_fault("unterminated quoted string in a chunk extension");
+                        }
                         b'\n' => {
-                            self.phase = if *value == 0 {
+                            self.phase = if line.value == 0 {
                                 Phase::Trailer { line: 0 }
                             } else {
-                                Phase::ChunkData(*value)
+                                Phase::ChunkData(line.value)
                             };
                         }
-                        b';' => *ext = true,
-                        _ if *ext => {}
+                        _ if control => {
+                            self.body_fault("control character in a chunk extension");
+                        }
+                        _ if line.quoted => {
+                            if line.escaped {
+                                line.escaped = false;
+                            } else if b == b'\\' {
+                                line.escaped = true;
+                            } else if b == b'"' {
+                                line.quoted = false;
+                            }
+                        }
+                        b'"' if line.ext => line.quoted = true,
+                        b';' => line.ext = true,
+                        _ if line.ext => {}
                         _ => {
                             if let Some(d) = (b as char).to_digit(16) {
-                                match value.checked_mul(16) {
-                                    Some(v) => *value = v + d as u64,
-                                    None => self.phase = Phase::Off,
+                                line.digits = line.digits.saturating_add(1);
+                                line.value = line.value.wrapping_mul(16) | u64::from(d);
+                                if line.digits > 16 || line.value >= MAX_CHUNK_SIZE {
+                                    self.body_fault("chunk size too large");
                                 }
                             }
                         }
@@ -152,10 +242,7 @@ impl FramingGuard {
                     let b = data[0];
                     data = &data[1..];
                     if b == b'\n' {
-                        self.phase = Phase::ChunkSize {
-                            value: 0,
-                            ext: false,
-                        };
+                        self.phase = Phase::ChunkSize(ChunkLine::default());
                     }
                 }
                 Phase::Trailer { line } => {
@@ -184,6 +271,7 @@ impl FramingGuard {
         let mut differing = false;
         let mut chunked = false;
         let mut te = false;
+        let mut bad_te = false;
         for line in head.split(|&b| b == b'\n').skip(1) {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             let Some(colon) = line.iter().position(|&b| b == b':') else {
@@ -205,17 +293,21 @@ impl FramingGuard {
                 }
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 te = true;
-                chunked = value
-                    .rsplit(|&b| b == b',')
-                    .next()
-                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                // Across every Transfer-Encoding line: `chunked` once, and last.
+                for coding in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    if coding.is_empty() {
+                        continue;
+                    }
+                    if chunked {
+                        // Something after chunked, or chunked twice.
+                        bad_te = true;
+                    }
+                    chunked = coding.eq_ignore_ascii_case(b"chunked");
+                }
             }
         }
-        self.phase = if te && chunked {
-            Phase::ChunkSize {
-                value: 0,
-                ext: false,
-            }
+        self.phase = if te && chunked && !bad_te {
+            Phase::ChunkSize(ChunkLine::default())
         } else if te {
             Phase::Off
         } else {
@@ -224,7 +316,9 @@ impl FramingGuard {
                 Some(n) => Phase::Body(n),
             }
         };
-        if te && length.is_some() {
+        if te && (bad_te || !chunked) {
+            Some(Conflict::BadTransferEncoding)
+        } else if te && length.is_some() {
             Some(Conflict::LengthAndChunked)
         } else if differing {
             Some(Conflict::DifferingLengths)
@@ -279,5 +373,65 @@ POST /d HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n
         );
         let mut g = FramingGuard::new(8192);
         assert_eq!(g.feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn transfer_codings_must_end_in_one_chunked() {
+        for te in [
+            "chunked, chunked",
+            "chunked, gzip",
+            "gzip",
+            "chunked\r\nTransfer-Encoding: chunked",
+        ] {
+            let mut g = FramingGuard::new(8192);
+            let head = format!("POST / HTTP/1.1\r\nTransfer-Encoding: {te}\r\n\r\n");
+            assert_eq!(
+                g.feed(head.as_bytes()),
+                Some((0, Conflict::BadTransferEncoding)),
+                "{te}"
+            );
+        }
+        let mut g = FramingGuard::new(8192);
+        assert_eq!(
+            g.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn body_faults_name_their_request() {
+        let ok = b"POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\nx";
+        let cases: [(&[u8], &str); 4] = [
+            (b"7fffffffffffffff\r\n", ""),
+            (b"8000000000000000\r\n", "chunk size too large"),
+            (
+                b"5;a=\"x\0y\"\r\nhello\r\n0\r\n\r\n",
+                "control character in a chunk extension",
+            ),
+            (
+                b"5;a=\"xy\r\nhello\r\n0\r\n\r\n",
+                "unterminated quoted string in a chunk extension",
+            ),
+        ];
+        for (body, why) in cases {
+            let mut g = FramingGuard::new(8192);
+            let mut stream = ok.to_vec();
+            stream.extend_from_slice(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+            stream.extend_from_slice(body);
+            for b in stream.chunks(1) {
+                g.feed(b);
+            }
+            let found = g.take_body_fault();
+            if why.is_empty() {
+                assert_eq!(found, None);
+            } else {
+                assert_eq!(found, Some((1, why)), "{}", String::from_utf8_lossy(body));
+            }
+        }
+        // Quoted strings may hold escaped quotes, and end before the line does.
+        let mut g = FramingGuard::new(8192);
+        g.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;a=\"q\\\"r\";b\r\nabc\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n");
+        assert_eq!(g.take_body_fault(), None);
+        assert_eq!(g.heads, 2);
     }
 }

@@ -20,10 +20,12 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use super::body::Body;
+use super::framing::BodyFault;
 use super::headers::{add_forwarding, is_loop, strip_cache_only, strip_hop_by_hop, surrogate_keys};
+use super::request::{self, Rejected};
 use super::response::{self, CacheStatus, Fwd, Label, Refusal};
 use crate::cache::collapse::{Collapser, Join, Leader};
-use crate::cache::entry::{normalized, vary_names, Entry};
+use crate::cache::entry::{normalized, vary_names, Entry, Target};
 use crate::cache::key;
 use crate::cache::policy::{self, Exchange, RequestDirectives, Reuse, SitePolicy};
 use crate::cache::store::Store;
@@ -39,6 +41,11 @@ pub(crate) struct Site {
     key_headers: Vec<String>,
     policy: SitePolicy,
     origins: Origins,
+    /// The origin gets one fixed Host (`host_header`), so the client's host is not part of what
+    /// it sees (nor of the variant).
+    fixed_host: bool,
+    /// The scheme reaches the origin (`Forwarded: proto=`) and selects the variant.
+    key_scheme: bool,
 }
 
 impl Site {
@@ -50,13 +57,25 @@ impl Site {
             policy: SitePolicy {
                 default_ttl: cfg.default_ttl,
                 heuristic_freshness: cfg.heuristic_freshness,
+                strip_set_cookie: cfg.strip_set_cookie,
             },
             origins: Origins::new(cfg).map_err(|e| format!("site {:?}: {e}", cfg.name))?,
+            fixed_host: cfg.host_header.is_some(),
+            key_scheme: cfg.key_scheme,
         })
     }
 
     pub(crate) fn key(&self, uri: &Uri) -> String {
         key::primary(&self.name, uri.path(), uri.query(), self.query_key)
+    }
+
+    /// What of `host` (normalised) and the scheme reaches this site's origin, and so selects
+    /// the variant.
+    pub(crate) fn target<'a>(&self, host: &'a str, secure: bool) -> Target<'a> {
+        Target {
+            host: (!self.fixed_host).then_some(host),
+            https: self.key_scheme.then_some(secure),
+        }
     }
 }
 
@@ -84,25 +103,10 @@ impl Sites {
     }
 
     /// The site for a host (any case, port ignored, trailing dot ignored).
+    /// An invalid host names no site, not even `*`.
     pub(crate) fn lookup(&self, host: &str) -> Option<&Arc<Site>> {
-        let host = strip_port(host).trim_end_matches('.');
-        let found = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.by_host.get(&host.to_ascii_lowercase())
-        } else {
-            self.by_host.get(host)
-        };
-        found.or(self.any.as_ref())
-    }
-}
-
-fn strip_port(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        // [v6]:port
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match host.rsplit_once(':') {
-        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
+        let host = request::normalize_host(host).ok()?;
+        self.by_host.get(&*host).or(self.any.as_ref())
     }
 }
 
@@ -132,6 +136,8 @@ enum Fetched {
         entry: Arc<Entry>,
         fwd_status: u16,
         stored: bool,
+        /// The response's cookies, for the leading client only.
+        set_cookie: Vec<HeaderValue>,
     },
     Response {
         resp: Response<Body>,
@@ -150,6 +156,8 @@ pub(crate) struct EdgeState {
     pub(crate) store: Store,
     pub(crate) collapser: Arc<Collapser<Outcome>>,
     pub(crate) max_object_size: u64,
+    /// Longest wait for the next byte of a client's upload.
+    pub(crate) client_body_timeout: std::time::Duration,
     pub(crate) tasks: TaskTracker,
     pub(crate) metrics: EdgeMetrics,
     pub(crate) load: Arc<LoadCounters>,
@@ -174,6 +182,7 @@ impl EdgeState {
             store: Store::new(edge.cache_memory),
             collapser: Collapser::new(),
             max_object_size: edge.max_object_size,
+            client_body_timeout: edge.client_body_timeout,
             tasks,
             metrics: EdgeMetrics::new(node_id),
             load: Arc::default(),
@@ -188,6 +197,7 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
     peer: Peer,
     framing: Option<&'static str>,
+    fault: BodyWatch,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let start = Instant::now();
     let logged = state.access_log.then(|| {
@@ -197,7 +207,7 @@ pub(crate) async fn handle(
             req.headers().get(header::HOST).cloned(),
         )
     });
-    let (resp, status) = route(&state, req, peer, framing).await;
+    let (resp, status) = route(&state, req, peer, framing, fault).await;
     let label = status.label();
     let code = resp.status().as_u16();
     let elapsed = start.elapsed();
@@ -237,81 +247,81 @@ fn check_framing(headers: &HeaderMap) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// The host a request targets: the authority of an absolute-form (or HTTP/2) target, else Host.
-fn target_host(req: &Request<Incoming>) -> Option<&str> {
-    if let Some(a) = req.uri().authority() {
-        return Some(a.host());
-    }
-    req.headers().get(header::HOST)?.to_str().ok()
+/// The connection's body-fault record and this request's number on it (HTTP/1 only).
+pub(crate) type BodyWatch = Option<(Arc<BodyFault>, u64)>;
+
+/// A request as the handler passes it on: checked and normalised by `request::intake`, with
+/// the client end and the normalised host it named.
+pub(crate) struct ClientRequest {
+    req: Request<Incoming>,
+    peer: Peer,
+    host: String,
+    fault: BodyWatch,
 }
 
 async fn route(
     state: &Arc<EdgeState>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: Peer,
     framing: Option<&'static str>,
+    fault: BodyWatch,
 ) -> (Response<Body>, CacheStatus) {
     let refused = |r: Refusal| {
         let s = CacheStatus::default().detail(match r {
             Refusal::Misdirected => "misdirected",
             Refusal::Loop => "loop",
+            Refusal::MethodNotAllowed => "method",
             _ => "bad-request",
         });
         (r.response(s), s)
     };
     if let Err(why) = framing.map_or_else(|| check_framing(req.headers()), Err) {
-        return refused(Refusal::BadFraming(why));
+        return refused(Refusal::BadRequest(why));
     }
+    let host = match request::intake(&mut req) {
+        Ok(h) => h,
+        Err(Rejected::Method) => return refused(Refusal::MethodNotAllowed),
+        Err(Rejected::Bad(why)) => return refused(Refusal::BadRequest(why)),
+        Err(Rejected::NoSite) => return refused(Refusal::Misdirected),
+    };
     let sites = state.sites.load();
-    let Some(site) = target_host(&req).and_then(|h| sites.lookup(h)).cloned() else {
+    let Some(site) = sites.lookup(&host).cloned() else {
         return refused(Refusal::Misdirected);
     };
     if is_loop(req.headers(), &state.via) {
         return refused(Refusal::Loop);
     }
-    if *req.method() == Method::GET || *req.method() == Method::HEAD {
-        cache_path(state, &site, req, peer).await
+    let incoming = ClientRequest {
+        req,
+        peer,
+        host,
+        fault,
+    };
+    if *incoming.req.method() == Method::GET || *incoming.req.method() == Method::HEAD {
+        cache_path(state, &site, incoming).await
     } else {
-        let invalidate = policy::invalidates(req.method());
+        let invalidate = policy::invalidates(incoming.req.method());
         let s = CacheStatus::forward(Fwd::Method);
-        Box::pin(forward(state, &site, req, peer, s, invalidate)).await
+        Box::pin(forward(state, &site, incoming, s, invalidate)).await
     }
 }
 
-/// Prepares a request for an origin: origin-form target, hop-by-hop removed, proxy headers added.
-/// `parts.version` is the client's; the origin client picks its own (HTTP/2 where the origin
-/// offers it), so it leaves as HTTP/1.1.
-fn to_origin(parts: &mut Parts, peer: Peer, state: &EdgeState) {
+/// Prepares a request for an origin: origin-form target, proxy headers added, and no framing
+/// fields of the client's (the origin client frames what it actually sends). `parts.version`
+/// is the client's; the origin client picks its own (HTTP/2 where the origin offers it), so it
+/// leaves as HTTP/1.1. Hop-by-hop fields went at intake, and `Host` is the normalised one.
+fn to_origin(parts: &mut Parts, peer: Peer, host: &str, site: &Site, state: &EdgeState) {
     let via = if parts.version == http::Version::HTTP_2 {
         &state.via2
     } else {
         &state.via
     };
     parts.version = http::Version::HTTP_11;
-    strip_hop_by_hop(&mut parts.headers);
-    let host = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        });
-    if let Some(h) = &host {
-        if let Ok(v) = HeaderValue::from_str(h) {
-            parts.headers.insert(header::HOST, v);
-        }
-    }
-    add_forwarding(
-        &mut parts.headers,
-        peer.addr.ip(),
-        host.as_deref(),
-        peer.secure,
-        via,
-    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    // The origin learns of the host and the scheme only where the variant holds them.
+    let target = site.target(host, peer.secure);
+    add_forwarding(&mut parts.headers, peer.addr.ip(), target, via);
     if let Some(pq) = parts.uri.path_and_query() {
         if let Ok(u) = Uri::builder().path_and_query(pq.clone()).build() {
             parts.uri = u;
@@ -319,22 +329,32 @@ fn to_origin(parts: &mut Parts, peer: Peer, state: &EdgeState) {
     }
 }
 
-/// Sends a request to the origin as it is and streams the answer back; never stores.
+/// Sends a request to the origin as it is and streams the answer back; never stores. A GET or
+/// HEAD goes without any body the client sent (see [`to_origin`]).
 /// `invalidate`: on a 2xx/3xx answer, drop stored responses for the target URI and for a
 /// same-site `Location` / `Content-Location` (RFC 9111 §4.4).
 async fn forward(
     state: &Arc<EdgeState>,
     site: &Arc<Site>,
-    req: Request<Incoming>,
-    peer: Peer,
+    client: ClientRequest,
     mut status: CacheStatus,
     invalidate: bool,
 ) -> (Response<Body>, CacheStatus) {
+    let ClientRequest {
+        req,
+        peer,
+        host,
+        fault,
+    } = client;
     let (mut parts, body) = req.into_parts();
     let method = parts.method.clone();
     let key = site.key(&parts.uri);
-    let no_body = http_body::Body::is_end_stream(&body);
-    to_origin(&mut parts, peer, state);
+    // Hazard: a GET or HEAD body has no meaning (RFC 9110 §9.3.1); forwarding its framing
+    // without it, or it to an origin that does not expect it, desynchronises the pooled
+    // connection (request smuggling). It is dropped, as most caches do.
+    let no_body =
+        method == Method::GET || method == Method::HEAD || http_body::Body::is_end_stream(&body);
+    to_origin(&mut parts, peer, &host, site, state);
     state.metrics.origin_fetches.increment(1);
     let t = Instant::now();
     let sent = site
@@ -344,7 +364,7 @@ async fn forward(
             if no_body {
                 Body::empty()
             } else {
-                Body::stream(body)
+                Body::upload(body, state.client_body_timeout).watch_fault(fault)
             },
         ))
         .await;
@@ -369,13 +389,16 @@ async fn forward(
                     }
                 }
             }
+            let resp = resp.map(|b| Body::download(b, site.origins.read_timeout()));
             (
-                response::from_origin(resp.map(Body::stream), &method, &state.via, status),
+                response::from_origin(resp, &method, &state.via, status),
                 status,
             )
         }
         Err(e) => {
-            state.metrics.origin_error(e.kind());
+            if e.is_origin_fault() {
+                state.metrics.origin_error(e.kind());
+            }
             (Refusal::Origin(e).response(status), status)
         }
     }
@@ -400,19 +423,29 @@ fn same_site_key(value: &HeaderValue, site: &Arc<Site>, sites: &Sites) -> Option
 async fn cache_path(
     state: &Arc<EdgeState>,
     site: &Arc<Site>,
-    req: Request<Incoming>,
-    peer: Peer,
+    client: ClientRequest,
 ) -> (Response<Body>, CacheStatus) {
+    let req = &client.req;
     let directives = policy::request_directives(req.headers());
     if directives.no_store {
         let s = CacheStatus::forward(Fwd::Request).detail("no-store");
-        return Box::pin(forward(state, site, req, peer, s, false)).await;
+        return Box::pin(forward(state, site, client, s, false)).await;
     }
     let key = site.key(req.uri());
-    let (fwd, stale) = match lookup(state, &key, req.method(), req.headers(), &directives).await {
+    let target = site.target(&client.host, client.peer.secure);
+    let (fwd, stale) = match lookup(
+        state,
+        &key,
+        req.method(),
+        req.headers(),
+        target,
+        &directives,
+    )
+    .await
+    {
         Lookup::Served(resp, s) => return (resp, s),
         Lookup::Refresh(resp, s, entry) => {
-            refresh_in_background(state, site, &req, peer, &key, entry);
+            refresh_in_background(state, site, &client, &key, entry);
             return (resp, s);
         }
         Lookup::Forward(fwd, stale) => (fwd, stale),
@@ -423,11 +456,11 @@ async fn cache_path(
     }
     if stale.is_none() && state.store.is_pass(&key).await {
         let s = CacheStatus::forward(Fwd::UriMiss).detail("uncacheable");
-        return Box::pin(forward(state, site, req, peer, s, false)).await;
+        return Box::pin(forward(state, site, client, s, false)).await;
     }
     // The miss path's state machine is large; boxing it keeps the future that hyper moves for
     // every request (hits included) small.
-    Box::pin(fill(state, site, req, peer, key, stale, fwd, &directives)).await
+    Box::pin(fill(state, site, client, key, stale, fwd, &directives)).await
 }
 
 /// What the store can do for a request.
@@ -446,12 +479,13 @@ pub(crate) async fn lookup(
     key: &str,
     method: &Method,
     headers: &HeaderMap,
+    target: Target<'_>,
     directives: &RequestDirectives,
 ) -> Lookup {
     let Some(object) = state.store.get(key).await else {
         return Lookup::Forward(Fwd::Miss, None);
     };
-    let Some(entry) = object.select(headers) else {
+    let Some(entry) = object.select(headers, target) else {
         return Lookup::Forward(Fwd::VaryMiss, None);
     };
     let age = entry.age(Instant::now());
@@ -475,20 +509,16 @@ pub(crate) async fn lookup(
 fn refresh_in_background(
     state: &Arc<EdgeState>,
     site: &Arc<Site>,
-    req: &Request<Incoming>,
-    peer: Peer,
+    client: &ClientRequest,
     key: &str,
     stale: Arc<Entry>,
 ) {
     if let Join::Leader(leader) = state.collapser.join(key) {
-        let parts = origin_parts(req, peer, state);
-        let client_headers = req.headers().clone();
+        let fill = Fill::new(state, site, client, key);
         state.tasks.spawn(fetch(
             state.clone(),
             site.clone(),
-            parts,
-            client_headers,
-            key.to_string(),
+            fill,
             Some(stale),
             leader,
             None,
@@ -496,40 +526,63 @@ fn refresh_in_background(
     }
 }
 
-/// The request sent to fill the cache: a GET for the whole object (ranges and the client's
-/// conditionals removed; the cache answers those itself from what it stores).
-fn origin_parts(req: &Request<Incoming>, peer: Peer, state: &EdgeState) -> Parts {
-    let (mut parts, ()) = Request::new(()).into_parts();
-    parts.method = Method::GET;
-    parts.version = req.version();
-    parts.uri = req.uri().clone();
-    parts.headers = req.headers().clone();
-    for name in [
-        header::RANGE,
-        header::IF_RANGE,
-        header::IF_NONE_MATCH,
-        header::IF_MODIFIED_SINCE,
-        header::IF_MATCH,
-        header::IF_UNMODIFIED_SINCE,
-    ] {
-        parts.headers.remove(name);
-    }
-    to_origin(&mut parts, peer, state);
-    parts
+/// What a fetch needs of the request that caused it.
+struct Fill {
+    /// The request sent to the origin.
+    parts: Parts,
+    /// The client's (normalised) request headers: the variant is recorded from them.
+    client_headers: HeaderMap,
+    /// The variant's target.
+    host: Option<Box<str>>,
+    https: Option<bool>,
+    key: String,
 }
 
-#[allow(clippy::too_many_arguments)]
+impl Fill {
+    /// The request sent to fill the cache: a GET for the whole object (ranges and the client's
+    /// conditionals removed; the cache answers those itself from what it stores), never with a
+    /// body.
+    fn new(state: &EdgeState, site: &Site, client: &ClientRequest, key: &str) -> Fill {
+        let req = &client.req;
+        let (mut parts, ()) = Request::new(()).into_parts();
+        parts.method = Method::GET;
+        parts.version = req.version();
+        parts.uri = req.uri().clone();
+        parts.headers = req.headers().clone();
+        for name in [
+            header::RANGE,
+            header::IF_RANGE,
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::IF_MATCH,
+            header::IF_UNMODIFIED_SINCE,
+        ] {
+            parts.headers.remove(name);
+        }
+        to_origin(&mut parts, client.peer, &client.host, site, state);
+        let target = site.target(&client.host, client.peer.secure);
+        Fill {
+            parts,
+            client_headers: req.headers().clone(),
+            host: target.host.map(Box::from),
+            https: target.https,
+            key: key.to_string(),
+        }
+    }
+}
+
 async fn fill(
     state: &Arc<EdgeState>,
     site: &Arc<Site>,
-    req: Request<Incoming>,
-    peer: Peer,
+    client: ClientRequest,
     key: String,
     stale: Option<Arc<Entry>>,
     fwd: Fwd,
     directives: &RequestDirectives,
 ) -> (Response<Body>, CacheStatus) {
     let mut status = CacheStatus::forward(fwd);
+    let req = &client.req;
+    let target = site.target(&client.host, client.peer.secure);
     match state.collapser.join(&key) {
         Join::Leader(leader) => {
             // Double-check: a fetch that finished between our lookup and our join stored it.
@@ -538,7 +591,7 @@ async fn fill(
                     .store
                     .get(&key)
                     .await
-                    .and_then(|o| o.select(req.headers()).cloned())
+                    .and_then(|o| o.select(req.headers(), target).cloned())
                 {
                     let age = entry.age(Instant::now());
                     if policy::reuse(&entry.freshness, age, directives) == Reuse::Hit {
@@ -555,14 +608,12 @@ async fn fill(
                 }
             }
             let (tx, rx) = oneshot::channel();
-            let parts = origin_parts(&req, peer, state);
+            let job = Fill::new(state, site, &client, &key);
             // The fetch runs as its own task: a client that disconnects does not cancel it.
             state.tasks.spawn(fetch(
                 state.clone(),
                 site.clone(),
-                parts,
-                req.headers().clone(),
-                key,
+                job,
                 stale.clone(),
                 leader,
                 Some(tx),
@@ -578,20 +629,25 @@ async fn fill(
                     entry,
                     fwd_status,
                     stored,
+                    set_cookie,
                 } => {
                     let age = entry.age(Instant::now());
                     status.fwd_status = Some(fwd_status);
                     status.stored = stored;
                     status.ttl = Some(entry.ttl(age));
-                    (
-                        response::from_entry(&entry, req.method(), req.headers(), status, age),
-                        status,
-                    )
+                    let mut resp =
+                        response::from_entry(&entry, req.method(), req.headers(), status, age);
+                    // The cookies go to the client whose request fetched the response, never
+                    // into the stored copy.
+                    for c in set_cookie {
+                        resp.headers_mut().append(header::SET_COOKIE, c);
+                    }
+                    (resp, status)
                 }
                 Fetched::Response { resp, reason } => {
                     status.fwd_status = Some(resp.status().as_u16());
                     if policy::is_error_status(resp.status()) {
-                        if let Some(r) = serve_stale_on_error(&stale, &req, directives, status) {
+                        if let Some(r) = serve_stale_on_error(&stale, req, directives, status) {
                             return r;
                         }
                     }
@@ -601,18 +657,18 @@ async fn fill(
                         status,
                     )
                 }
-                Fetched::Failed(e) => {
-                    match serve_stale_on_error(&stale, &req, directives, status) {
-                        Some(r) => r,
-                        None => (Refusal::Origin(e).response(status), status),
-                    }
-                }
+                Fetched::Failed(e) => match serve_stale_on_error(&stale, req, directives, status) {
+                    Some(r) => r,
+                    None => (Refusal::Origin(e).response(status), status),
+                },
             }
         }
         Join::Follower(follower) => {
             status.collapsed = true;
             match follower.wait().await {
-                Some(Outcome::Fresh { entry, fwd_status }) if entry.matches(req.headers()) => {
+                Some(Outcome::Fresh { entry, fwd_status })
+                    if entry.matches(req.headers(), target) =>
+                {
                     let age = entry.age(Instant::now());
                     status.fwd_status = Some(fwd_status);
                     status.ttl = Some(entry.ttl(age));
@@ -622,20 +678,20 @@ async fn fill(
                     )
                 }
                 Some(Outcome::Failed(e)) => {
-                    match serve_stale_on_error(&stale, &req, directives, status) {
+                    match serve_stale_on_error(&stale, req, directives, status) {
                         Some(r) => r,
                         None => (Refusal::Origin(e).response(status), status),
                     }
                 }
                 Some(Outcome::OriginStatus(code)) => {
                     status.fwd_status = Some(code);
-                    match serve_stale_on_error(&stale, &req, directives, status) {
+                    match serve_stale_on_error(&stale, req, directives, status) {
                         Some(r) => r,
-                        None => forward(state, site, req, peer, status, false).await,
+                        None => forward(state, site, client, status, false).await,
                     }
                 }
                 // Uncacheable, another variant, or the leader vanished: go on our own, at once.
-                _ => forward(state, site, req, peer, status, false).await,
+                _ => forward(state, site, client, status, false).await,
             }
         }
     }
@@ -662,19 +718,33 @@ fn serve_stale_on_error(
     ))
 }
 
+/// Response fields never kept in a stored copy: `Set-Cookie` belongs to the one client whose
+/// request fetched it (a shared cache must not hand one user's session to another).
+fn take_cookies(headers: &mut HeaderMap) -> Vec<HeaderValue> {
+    let all = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .cloned()
+        .collect();
+    // `remove` drops every value of the field.
+    headers.remove(header::SET_COOKIE);
+    all
+}
+
 /// Builds the stored form of an origin response: client-facing headers, tags, variant key.
 #[allow(clippy::too_many_arguments)]
 fn new_entry(
     site: &Site,
+    job: &Fill,
     status: StatusCode,
-    raw: &HeaderMap,
-    client_headers: &HeaderMap,
+    mut headers: HeaderMap,
     body: bytes::Bytes,
     freshness: policy::Freshness,
     stored_at: Instant,
     via: &HeaderValue,
 ) -> Entry {
-    let mut headers = raw.clone();
+    // The variant is what the origin said it varies on, whatever else it says of its fields.
+    let vary = vary_names(&headers, &site.key_headers);
     strip_hop_by_hop(&mut headers);
     let tags = surrogate_keys(&headers);
     strip_cache_only(&mut headers);
@@ -685,8 +755,10 @@ fn new_entry(
         headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     }
     headers.append(header::VIA, via.clone());
-    let vary = vary_names(raw, &site.key_headers);
-    let vary_values = vary.iter().map(|n| normalized(client_headers, n)).collect();
+    let vary_values = vary
+        .iter()
+        .map(|n| normalized(&job.client_headers, n))
+        .collect();
     Entry {
         status,
         headers,
@@ -696,19 +768,18 @@ fn new_entry(
         vary,
         vary_values,
         tags,
+        target_host: job.host.clone(),
+        target_https: job.https,
     }
 }
 
 /// The shared fetch: one per key at a time, run as its own task. Publishes an [`Outcome`] to
 /// followers through `leader` and a [`Fetched`] to the leading request through `reply` (absent
 /// for background refreshes).
-#[allow(clippy::too_many_arguments)]
 async fn fetch(
     state: Arc<EdgeState>,
     site: Arc<Site>,
-    mut parts: Parts,
-    client_headers: HeaderMap,
-    key: String,
+    mut job: Fill,
     stale: Option<Arc<Entry>>,
     leader: Leader<Outcome>,
     reply: Option<oneshot::Sender<Fetched>>,
@@ -720,10 +791,14 @@ async fn fetch(
     };
     if let Some(s) = &stale {
         if let Some(etag) = s.etag() {
-            parts.headers.insert(header::IF_NONE_MATCH, etag.clone());
+            job.parts
+                .headers
+                .insert(header::IF_NONE_MATCH, etag.clone());
         }
         if let Some(lm) = s.last_modified() {
-            parts.headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
+            job.parts
+                .headers
+                .insert(header::IF_MODIFIED_SINCE, lm.clone());
         }
     }
     let request_time = SystemTime::now();
@@ -731,7 +806,7 @@ async fn fetch(
     state.metrics.origin_fetches.increment(1);
     let sent = site
         .origins
-        .send(Request::from_parts(parts, Body::empty()))
+        .send(Request::from_parts(job.parts.clone(), Body::empty()))
         .await;
     state
         .metrics
@@ -742,6 +817,7 @@ async fn fetch(
         response_time: SystemTime::now(),
     };
     let stored_at = Instant::now();
+    let key = std::mem::take(&mut job.key);
     let (resp, origin) = match sent {
         Ok((resp, origin)) => (resp, origin.to_string()),
         Err(e) => {
@@ -751,6 +827,17 @@ async fn fetch(
         }
     };
     let code = resp.status();
+    let client_headers = &job.client_headers;
+    let storability = |status: StatusCode, headers: &HeaderMap| {
+        policy::storability(
+            &Method::GET,
+            client_headers,
+            status,
+            headers,
+            exchange,
+            site.policy,
+        )
+    };
 
     if code == StatusCode::NOT_MODIFIED {
         if let Some(old) = &stale {
@@ -771,14 +858,10 @@ async fn fetch(
             } else {
                 old.tags.clone()
             };
-            let refreshed = policy::storability(
-                &Method::GET,
-                &client_headers,
-                old.status,
-                &merged,
-                exchange,
-                site.policy,
-            );
+            // Judged with the 304's cookies (a site that does not opt in stores no response
+            // that sets one); kept out of the stored copy either way.
+            let refreshed = storability(old.status, &merged);
+            let set_cookie = take_cookies(&mut merged);
             strip_cache_only(&mut merged);
             merged.remove(header::AGE);
             let freshness = refreshed.unwrap_or(old.freshness);
@@ -791,6 +874,8 @@ async fn fetch(
                 vary: old.vary.clone(),
                 vary_values: old.vary_values.clone(),
                 tags,
+                target_host: old.target_host.clone(),
+                target_https: old.target_https,
             });
             let stored = refreshed.is_ok();
             if stored {
@@ -806,39 +891,26 @@ async fn fetch(
                 entry,
                 fwd_status: 304,
                 stored,
+                set_cookie,
             });
         }
     }
 
+    let read_timeout = site.origins.read_timeout();
     if policy::is_error_status(code) {
         // Not a verdict on the object: keep any stale copy for stale-if-error, and do not mark
         // the URL uncacheable (that would stop collapsing while the origin struggles).
-        let reason = policy::storability(
-            &Method::GET,
-            &client_headers,
-            code,
-            resp.headers(),
-            exchange,
-            site.policy,
-        )
-        .err();
+        let reason = storability(code, resp.headers()).err();
         if reason.is_some() || stale.is_some() {
             leader.finish(Outcome::OriginStatus(code.as_u16()));
             return answer(Fetched::Response {
-                resp: resp.map(Body::stream),
+                resp: resp.map(|b| Body::download(b, read_timeout)),
                 reason: reason.map(|r| r.detail()),
             });
         }
     }
 
-    let freshness = match policy::storability(
-        &Method::GET,
-        &client_headers,
-        code,
-        resp.headers(),
-        exchange,
-        site.policy,
-    ) {
+    let freshness = match storability(code, resp.headers()) {
         Ok(f) => f,
         Err(reason) => {
             if stale.is_some() {
@@ -849,7 +921,7 @@ async fn fetch(
             }
             leader.finish(Outcome::Pass);
             return answer(Fetched::Response {
-                resp: resp.map(Body::stream),
+                resp: resp.map(|b| Body::download(b, read_timeout)),
                 reason: Some(reason.detail()),
             });
         }
@@ -864,18 +936,25 @@ async fn fetch(
         state.store.mark_pass(key).await;
         leader.finish(Outcome::Pass);
         return answer(Fetched::Response {
-            resp: resp.map(Body::stream),
+            resp: resp.map(|b| Body::download(b, read_timeout)),
             reason: Some("too-large"),
         });
     }
-    let (head, body) = resp.into_parts();
-    match collect(body, state.max_object_size, &origin).await {
+    let (mut head, body) = resp.into_parts();
+    match collect(
+        Body::download(body, read_timeout),
+        state.max_object_size,
+        &origin,
+    )
+    .await
+    {
         Ok(Collected::Complete(bytes)) => {
+            let set_cookie = take_cookies(&mut head.headers);
             let entry = Arc::new(new_entry(
                 &site,
+                &job,
                 code,
-                &head.headers,
-                &client_headers,
+                head.headers,
                 bytes,
                 freshness,
                 stored_at,
@@ -890,18 +969,19 @@ async fn fetch(
                 entry,
                 fwd_status: code.as_u16(),
                 stored: true,
+                set_cookie,
             });
         }
-        Ok(Collected::TooLarge(prefix, rest)) => {
+        Ok(Collected::TooLarge(rest)) => {
             state.store.mark_pass(key).await;
             leader.finish(Outcome::Pass);
             answer(Fetched::Response {
-                resp: Response::from_parts(head, Body::prefixed(prefix, rest)),
+                resp: Response::from_parts(head, rest),
                 reason: Some("too-large"),
             });
         }
         Err(e) => {
-            // A body cut off mid-way is never stored.
+            // A body cut off mid-way (or stalled past the read timeout) is never stored.
             state.metrics.origin_error(e.kind());
             leader.finish(Outcome::Failed(e.clone()));
             answer(Fetched::Failed(e));

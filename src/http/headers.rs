@@ -5,8 +5,10 @@ use std::net::IpAddr;
 
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 
+use crate::cache::entry::Target;
+
 /// Fields that describe one connection, never forwarded either way.
-const HOP_BY_HOP: [HeaderName; 8] = [
+pub(crate) const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -27,12 +29,18 @@ pub(crate) const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// Removes hop-by-hop fields, including those the `Connection` field names.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    strip_hop_by_hop_except(headers, &[]);
+}
+
+/// Removes hop-by-hop fields and those `Connection` names, except the fields in `keep`.
+pub(crate) fn strip_hop_by_hop_except(headers: &mut HeaderMap, keep: &[HeaderName]) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|s| s.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !keep.contains(n))
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
@@ -57,15 +65,31 @@ pub(crate) fn surrogate_keys(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
+/// Client-sent fields that claim a host or a scheme for the request. The edge is where requests
+/// enter from the internet, so nothing before it can vouch for them; origins that trust them
+/// (redirects built from `X-Forwarded-Host`) would let one client choose what the cache stores
+/// for everyone.
+const CLAIMS: [HeaderName; 5] = [
+    FORWARDED,
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-scheme"),
+];
+
 /// Adds this proxy's hop to a request bound for an origin: `Via`, `X-Forwarded-For` (appended
-/// to any the client sent) and `Forwarded` (RFC 7239).
+/// to any the client sent) and `Forwarded` (RFC 7239; the client's own is replaced, along with
+/// the other fields that claim a host or scheme). `target` says which of the host and the scheme
+/// the origin may learn: exactly what the cached variant is selected by.
 pub(crate) fn add_forwarding(
     headers: &mut HeaderMap,
     client: IpAddr,
-    host: Option<&str>,
-    secure: bool,
+    target: Target<'_>,
     via: &HeaderValue,
 ) {
+    for name in &CLAIMS {
+        headers.remove(name);
+    }
     headers.append(header::VIA, via.clone());
     let ip = client.to_string();
     let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -79,9 +103,14 @@ pub(crate) fn add_forwarding(
         IpAddr::V4(_) => ip,
         IpAddr::V6(_) => format!("\"[{ip}]\""),
     };
-    let proto = if secure { "https" } else { "http" };
-    let mut fwd = format!("for={node};proto={proto}");
-    if let Some(h) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
+    let mut fwd = format!("for={node}");
+    if let Some(https) = target.https {
+        fwd.push_str(if https { ";proto=https" } else { ";proto=http" });
+    }
+    if let Some(h) = target
+        .host
+        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"'))
+    {
         fwd.push_str(";host=\"");
         fwd.push_str(h);
         fwd.push('"');
@@ -129,19 +158,28 @@ mod tests {
     fn forwarding_appends() {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, "10.0.0.1".parse().unwrap());
+        h.insert(FORWARDED, "for=1.2.3.4;host=evil.test".parse().unwrap());
+        h.insert("x-forwarded-host", "evil.test".parse().unwrap());
         let via = HeaderValue::from_static("1.1 edge-a");
-        add_forwarding(
-            &mut h,
-            "2001:db8::1".parse().unwrap(),
-            Some("a.test"),
-            false,
-            &via,
-        );
+        let target = Target {
+            host: Some("a.test"),
+            https: Some(false),
+        };
+        add_forwarding(&mut h, "2001:db8::1".parse().unwrap(), target, &via);
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 2001:db8::1");
         assert_eq!(
-            h[FORWARDED],
-            "for=\"[2001:db8::1]\";proto=http;host=\"a.test\""
+            h.get_all(FORWARDED).iter().collect::<Vec<_>>(),
+            ["for=\"[2001:db8::1]\";proto=http;host=\"a.test\""]
         );
+        assert!(h.get("x-forwarded-host").is_none());
+        let mut bare = HeaderMap::new();
+        add_forwarding(
+            &mut bare,
+            "10.0.0.2".parse().unwrap(),
+            Target::default(),
+            &via,
+        );
+        assert_eq!(bare[FORWARDED], "for=10.0.0.2");
         assert!(is_loop(&h, &via));
         assert!(!is_loop(&h, &HeaderValue::from_static("1.1 edge-b")));
         // The same node over another protocol, or with a comment, is still this node.

@@ -1,12 +1,14 @@
-//! The edge's HTTP side: `server` accepts connections and runs hyper on them, `handler` answers
-//! each request, `response`, `range` and `headers` shape what goes back, `body` is the one body
-//! type.
+//! The edge's HTTP side: `server` accepts connections and runs hyper on them (`framing` watches
+//! HTTP/1 message boundaries on the raw bytes), `request` checks and normalises each request,
+//! `handler` answers it, `response`, `range` and `headers` shape what goes back, `body` is the
+//! one body type.
 
 pub(crate) mod body;
 pub(crate) mod framing;
 pub(crate) mod handler;
 pub(crate) mod headers;
 pub(crate) mod range;
+pub(crate) mod request;
 pub(crate) mod response;
 pub(crate) mod server;
 pub(crate) mod tls;

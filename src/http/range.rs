@@ -1,13 +1,18 @@
 //! Byte ranges served from a complete stored body (RFC 9110 §14): one range as a 206 with
 //! `Content-Range`, several as `multipart/byteranges`, none satisfiable as a 416, and `If-Range`
 //! deciding whether the ranges apply at all.
+//!
+//! Amplification: a request may not make the answer larger than the object. Overlapping and
+//! adjacent ranges are merged into one (in ascending order, as Apache does; RFC 9110 §14.2 lets a
+//! server coalesce), so the parts never hold a byte twice, and more than [`MAX_RANGES`] ranges get
+//! the whole object.
 
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue};
 
 /// More ranges than this in one request are ignored (the whole body is sent): a defence against
-/// requests that ask for thousands of tiny overlapping ranges.
-const MAX_RANGES: usize = 32;
+/// requests that ask for thousands of tiny ranges, each costing a part header.
+pub(crate) const MAX_RANGES: usize = 32;
 
 /// What a Range header asks of a body of a given length.
 #[derive(Debug, PartialEq, Eq)]
@@ -16,7 +21,7 @@ pub(crate) enum Ranges {
     Ignore,
     /// No range overlaps the body: 416.
     Unsatisfiable,
-    /// Inclusive (first, last) byte positions, in request order.
+    /// Inclusive (first, last) byte positions, ascending, disjoint and not adjacent.
     Satisfiable(Vec<(u64, u64)>),
 }
 
@@ -73,8 +78,21 @@ pub(crate) fn parse(value: &HeaderValue, len: u64) -> Ranges {
     } else if out.is_empty() {
         Ranges::Unsatisfiable
     } else {
-        Ranges::Satisfiable(out)
+        Ranges::Satisfiable(coalesce(out))
     }
+}
+
+/// Sorts ranges and merges those that overlap or touch.
+fn coalesce(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (first, last) in ranges {
+        match out.last_mut() {
+            Some(prev) if first <= prev.1.saturating_add(1) => prev.1 = prev.1.max(last),
+            _ => out.push((first, last)),
+        }
+    }
+    out
 }
 
 /// Whether `If-Range` lets the ranges apply to a stored response with these headers: an entity
@@ -177,6 +195,21 @@ mod tests {
         assert_eq!(
             p("bytes=0-1, 5-6", 100),
             Ranges::Satisfiable(vec![(0, 1), (5, 6)])
+        );
+        assert_eq!(
+            p("bytes=50-59, 0-9, 5-19, 20-21, -10", 100),
+            Ranges::Satisfiable(vec![(0, 21), (50, 59), (90, 99)])
+        );
+        assert_eq!(
+            p(&format!("bytes={}", vec!["0-"; 32].join(",")), 100),
+            Ranges::Satisfiable(vec![(0, 99)])
+        );
+        let many: Vec<String> = (0..=MAX_RANGES)
+            .map(|i| format!("{0}-{0}", i * 2))
+            .collect();
+        assert_eq!(
+            p(&format!("bytes={}", many.join(",")), 1000),
+            Ranges::Ignore
         );
         assert_eq!(p("bytes=100-", 100), Ranges::Unsatisfiable);
         assert_eq!(p("bytes=5-1", 100), Ranges::Ignore);

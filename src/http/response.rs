@@ -179,8 +179,11 @@ fn push_int(out: &mut bytes::BytesMut, v: i64) {
 /// Why the edge answers a request itself with an error.
 #[derive(Debug)]
 pub(crate) enum Refusal {
-    /// Message framing that could smuggle a second request (RFC 9112 §6.3).
-    BadFraming(&'static str),
+    /// A malformed request: framing that could smuggle a second request (RFC 9112 §6.3), a
+    /// missing or repeated Host, a target form the edge does not serve.
+    BadRequest(&'static str),
+    /// TRACE and CONNECT: never forwarded.
+    MethodNotAllowed,
     /// Host not served here, or an absolute-form target for another host.
     Misdirected,
     /// The request already passed through this node.
@@ -195,23 +198,35 @@ impl Refusal {
     /// The one mapping from error to status.
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            Refusal::BadFraming(_) => StatusCode::BAD_REQUEST,
+            Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Refusal::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Refusal::Loop => StatusCode::LOOP_DETECTED,
             Refusal::NotCached => StatusCode::GATEWAY_TIMEOUT,
-            Refusal::Origin(OriginError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::Origin(OriginError::ClientBody { .. }) => StatusCode::BAD_REQUEST,
+            Refusal::Origin(OriginError::ClientTimeout { .. }) => StatusCode::REQUEST_TIMEOUT,
+            Refusal::Origin(OriginError::Timeout { .. } | OriginError::BodyTimeout { .. }) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             Refusal::Origin(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
     fn message(&self) -> String {
         match self {
-            Refusal::BadFraming(why) => format!("bad request: {why}\n"),
+            Refusal::BadRequest(why) => format!("bad request: {why}\n"),
+            Refusal::MethodNotAllowed => "method not allowed\n".into(),
+            Refusal::Origin(OriginError::ClientBody { .. }) => {
+                "bad request: malformed request body\n".into()
+            }
+            Refusal::Origin(OriginError::ClientTimeout { .. }) => "request body timed out\n".into(),
             Refusal::Misdirected => "this server does not serve that host\n".into(),
             Refusal::Loop => "forwarding loop detected\n".into(),
             Refusal::NotCached => "not in cache (only-if-cached)\n".into(),
             // The origin's address stays out of the body: clients need not learn it.
-            Refusal::Origin(OriginError::Timeout { .. }) => "origin timed out\n".into(),
+            Refusal::Origin(OriginError::Timeout { .. } | OriginError::BodyTimeout { .. }) => {
+                "origin timed out\n".into()
+            }
             Refusal::Origin(_) => "origin unavailable\n".into(),
         }
     }
@@ -226,6 +241,19 @@ impl Refusal {
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         h.insert(CACHE_STATUS, status.value());
+        if matches!(self, Refusal::MethodNotAllowed) {
+            h.insert(
+                header::ALLOW,
+                HeaderValue::from_static(super::request::ALLOWED),
+            );
+        }
+        if matches!(
+            self,
+            Refusal::BadRequest(_) | Refusal::Origin(OriginError::ClientTimeout { .. })
+        ) {
+            // The connection may hold the rest of a body nobody will read, or be out of step.
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 }

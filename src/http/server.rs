@@ -3,8 +3,15 @@
 //!
 //! `serve(listener, state, limits, shutdown)` takes a bound listener and a shutdown signal. It
 //! enforces the connection limit (at the limit it stops accepting until a connection closes),
-//! the header read timeout and head size (hyper answers 431 past it), and an idle timeout; it
-//! counts bytes each way for `load`. On shutdown it stops accepting and lets every connection
+//! the head size (hyper answers 431 past it), the header read timeout and an idle timeout; it
+//! counts bytes each way for `load`.
+//!
+//! Timeouts of an HTTP/1 connection: a request head must be complete within
+//! `header_read_timeout` of its first byte, and the first one within that time of the
+//! connection opening (a silent socket cannot hold a connection slot); between requests a
+//! connection may rest for `idle_timeout`. The framing guard, which sees every byte, says when a
+//! head is under way; hyper's own header timer (which starts when a response ends, cutting
+//! resting connections short, and not at all before the first byte) is off. On shutdown it stops accepting and lets every connection
 //! finish its in-flight requests (hyper's graceful shutdown); `app` bounds the wait.
 
 use std::io;
@@ -24,7 +31,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::framing::{Conflict, FramingGuard};
+use super::framing::{BodyFault, Conflict, FramingGuard};
 use super::handler::{handle, EdgeState, Peer};
 use crate::config::EdgeConfig;
 use crate::load::LoadCounters;
@@ -59,11 +66,26 @@ struct Activity {
     /// Index of the first request head with ambiguous framing, `u64::MAX` if none.
     bad_head: AtomicU64,
     bad_reason: std::sync::Mutex<Option<Conflict>>,
+    /// The first fault inside a request body.
+    body_fault: Arc<BodyFault>,
+    /// When the connection opened.
+    opened: Instant,
+    /// Milliseconds after `opened`, plus one, at which the unfinished request head began; 0
+    /// while no head is under way. Starts at 1: the first head is awaited from the open.
+    head_since: AtomicU64,
 }
 
 impl Activity {
     fn touch(&self) {
         self.events.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Since when a request head has been awaited or under way, if one is.
+    fn head_since(&self) -> Option<Instant> {
+        match self.head_since.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(self.opened + Duration::from_millis(ms - 1)),
+        }
     }
 }
 
@@ -91,12 +113,26 @@ impl<S: AsyncRead> AsyncRead for Tracked<S> {
         if n > 0 {
             this.activity.touch();
             LoadCounters::add(&this.state.load.bytes_in, n as u64);
+            let a = &this.activity;
             if let Some((index, conflict)) = this.guard.feed(&buf.filled()[before..]) {
-                let a = &this.activity;
                 if a.bad_head.load(Ordering::Relaxed) == u64::MAX {
                     *a.bad_reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(conflict);
                     a.bad_head.store(index, Ordering::Release);
                 }
+            }
+            if let Some((index, why)) = this.guard.take_body_fault() {
+                a.body_fault.set(index, why);
+            }
+            // A head under way keeps the time its first byte came (or the connection opened);
+            // a finished one clears it.
+            let since = a.head_since.load(Ordering::Relaxed);
+            if this.guard.head_pending() {
+                if since == 0 {
+                    let ms = a.opened.elapsed().as_millis() as u64 + 1;
+                    a.head_since.store(ms, Ordering::Relaxed);
+                }
+            } else if since != 0 {
+                a.head_since.store(0, Ordering::Relaxed);
             }
         }
         r
@@ -149,7 +185,8 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // Ours instead (see the module documentation).
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_size)
         .keep_alive(true);
     b.http2()
@@ -194,6 +231,7 @@ pub(crate) async fn serve(
         let idle = limits.idle_timeout;
         let max_header = limits.max_header_size;
         let handshake_timeout = limits.header_read_timeout;
+        let header_timeout = limits.header_read_timeout;
         let tls = tls.clone();
         state.tasks.spawn(async move {
             let _permit = permit;
@@ -203,6 +241,7 @@ pub(crate) async fn serve(
                 state: state2.clone(),
                 builder,
                 idle_timeout: idle,
+                header_timeout,
                 max_header_size: max_header,
                 shutdown,
             };
@@ -233,6 +272,7 @@ struct Conn {
     state: Arc<EdgeState>,
     builder: auto::Builder<TokioExecutor>,
     idle_timeout: Duration,
+    header_timeout: Duration,
     max_header_size: usize,
     shutdown: CancellationToken,
 }
@@ -246,6 +286,7 @@ where
         state,
         builder,
         idle_timeout,
+        header_timeout,
         max_header_size,
         shutdown,
     } = conn;
@@ -255,6 +296,9 @@ where
         requests: AtomicU64::new(0),
         bad_head: AtomicU64::new(u64::MAX),
         bad_reason: std::sync::Mutex::new(None),
+        body_fault: Arc::default(),
+        opened: Instant::now(),
+        head_since: AtomicU64::new(1),
     });
     let io = Tracked {
         inner: stream,
@@ -279,8 +323,9 @@ where
         } else {
             None
         };
+        let fault = Some((activity.body_fault.clone(), index));
         async move {
-            let r = handle(state, req, client, framing).await;
+            let r = handle(state, req, client, framing, fault).await;
             activity.in_flight.fetch_sub(1, Ordering::Relaxed);
             activity.touch();
             r
@@ -289,9 +334,9 @@ where
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut closing = false;
-    // Sampled every quarter of the idle timeout: a connection is idle once no byte moved and no
-    // request was open for a whole timeout (give or take a quarter).
-    let tick = (idle_timeout / 4).max(Duration::from_millis(10));
+    // Sampled every quarter of the shorter timeout: a connection is idle once no byte moved and
+    // no request was open for a whole timeout (give or take a quarter).
+    let tick = (idle_timeout.min(header_timeout) / 4).max(Duration::from_millis(10));
     let mut next_check = Instant::now() + tick;
     let mut seen = activity.events.load(Ordering::Relaxed);
     let mut quiet_since = Instant::now();
@@ -310,7 +355,17 @@ where
             _ = tokio::time::sleep_until(next_check), if !closing => {
                 let now = Instant::now();
                 let events = activity.events.load(Ordering::Relaxed);
-                if events != seen || activity.in_flight.load(Ordering::Relaxed) > 0 {
+                let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
+                let late_head = activity
+                    .head_since()
+                    .is_some_and(|t| now.duration_since(t) >= header_timeout);
+                if late_head && !busy {
+                    // Nothing in flight to finish: drop the connection (hyper would wait for
+                    // the head to complete before a graceful shutdown took effect).
+                    tracing::debug!(client = %peer, "request head not complete in time");
+                    break;
+                }
+                if events != seen || busy {
                     seen = events;
                     quiet_since = now;
                 } else if now.duration_since(quiet_since) >= idle_timeout {

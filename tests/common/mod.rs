@@ -30,6 +30,8 @@ pub struct Reply {
     pub chunked: bool,
     /// Send only this many body bytes, then drop the connection (with the full Content-Length).
     pub cut_after: Option<usize>,
+    /// Send only this many body bytes, then keep the connection open without sending more.
+    pub stall_after: Option<usize>,
 }
 
 impl Reply {
@@ -41,6 +43,7 @@ impl Reply {
             delay: Duration::ZERO,
             chunked: false,
             cut_after: None,
+            stall_after: None,
         }
     }
 
@@ -71,6 +74,11 @@ impl Reply {
 
     pub fn cut_after(mut self, n: usize) -> Reply {
         self.cut_after = Some(n);
+        self
+    }
+
+    pub fn stall_after(mut self, n: usize) -> Reply {
+        self.stall_after = Some(n);
         self
     }
 }
@@ -244,7 +252,12 @@ impl Origin {
             builder = builder.header(k, v);
         }
         let body: http_body_util::combinators::BoxBody<Bytes, Infallible> =
-            if let Some(n) = reply.cut_after {
+            if let Some(n) = reply.stall_after {
+                builder = builder.header("content-length", reply.body.len().to_string());
+                BodyExt::boxed(StreamBody::new(StallStream {
+                    part: Some(reply.body.slice(..n)),
+                }))
+            } else if let Some(n) = reply.cut_after {
                 // Declare the full length, send part, then fail the body: hyper drops the connection.
                 builder = builder.header("content-length", reply.body.len().to_string());
                 let part = reply.body.slice(..n);
@@ -304,6 +317,82 @@ impl futures_core::Stream for CutStream {
         // Ending the stream early makes hyper close the connection (body shorter than declared).
         std::task::Poll::Ready(self.part.take().map(|p| Ok(Frame::data(p))))
     }
+}
+
+/// Sends `part`, then stays pending for ever: a stalled origin that keeps its socket open.
+struct StallStream {
+    part: Option<Bytes>,
+}
+
+impl futures_core::Stream for StallStream {
+    type Item = Result<Frame<Bytes>, Infallible>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        match self.part.take() {
+            Some(p) => std::task::Poll::Ready(Some(Ok(Frame::data(p)))),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+/// An origin that speaks raw bytes: `serve` runs once per accepted connection.
+pub async fn raw_origin<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serve = Arc::new(serve);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream));
+        }
+    });
+    addr
+}
+
+/// A request body fed by the test through a channel: each `Bytes` sent is one DATA frame; the
+/// body ends when the sender is dropped.
+pub struct ChannelBody(pub tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// A cleartext HTTP/2 connection with prior knowledge, for bodies of type `B`.
+pub async fn h2c<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// Sends `req` on a fresh HTTP/1.1 connection and collects the answer.
+pub async fn send_request<B>(req: Request<B>) -> Got
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    send(req).await
 }
 
 /// A running edge and the files it was started from.

@@ -5,8 +5,10 @@
 mod common;
 
 mod admin;
+mod bounds;
 mod collapse;
 mod freshness;
+mod hardening;
 mod limits;
 mod origins;
 mod ranges;

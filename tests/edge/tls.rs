@@ -12,7 +12,7 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
-use crate::common::{get, site, Edge, Origin, Reply};
+use crate::common::{get, h2c, site, Edge, Origin, Reply};
 
 /// A test CA that issues leaf certificates.
 struct Ca {
@@ -183,17 +183,6 @@ impl Client {
     }
 }
 
-/// A cleartext HTTP/2 connection with prior knowledge.
-async fn h2c(addr: std::net::SocketAddr) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    send
-}
-
 fn https(edge: &Edge) -> std::net::SocketAddr {
     edge.node.as_ref().unwrap().https_addrs()[0]
 }
@@ -287,7 +276,7 @@ async fn without_a_default_site_clients_without_sni_are_refused() {
 }
 
 #[tokio::test]
-async fn http2_by_alpn_and_h2c_share_one_cache_with_http1() {
+async fn http2_by_alpn_shares_one_cache_with_http1_and_cleartext_has_its_own_copy() {
     let (ca, certs) = (Ca::new(), tempfile::tempdir().unwrap());
     let a = ca.issue(&["a.test"]);
     let origin = Origin::start().await;
@@ -322,7 +311,10 @@ async fn http2_by_alpn_and_h2c_share_one_cache_with_http1() {
     );
     assert!(cache.starts_with("meridian; hit"), "{cache}");
 
-    // Cleartext HTTP/2 with prior knowledge on the plain listener.
+    assert_eq!(origin.count("/shared"), 1, "one origin fetch for both");
+
+    // Cleartext HTTP/2 with prior knowledge on the plain listener: the scheme is part of what
+    // the origin sees (and of the variant), so http has its own copy, shared by HTTP/1.1.
     let mut send = h2c(edge.addr).await;
     let req = Request::get("http://a.test/shared")
         .version(Version::HTTP_2)
@@ -333,8 +325,83 @@ async fn http2_by_alpn_and_h2c_share_one_cache_with_http1() {
     assert!(resp.headers()["cache-status"]
         .to_str()
         .unwrap()
-        .starts_with("meridian; hit"));
-    assert_eq!(origin.count("/shared"), 1, "one origin fetch for all three");
+        .contains("fwd=vary-miss"));
+    assert!(get(edge.addr, "a.test", "/shared", &[]).await.is_hit());
+    assert_eq!(origin.count("/shared"), 2, "one origin fetch per scheme");
+}
+
+/// An origin that sends http clients to https (a 301, cacheable), as sites commonly do.
+async fn https_only_origin() -> Origin {
+    let origin = Origin::start().await;
+    origin.script("/s", |seen, _| {
+        let forwarded = seen
+            .headers
+            .get("forwarded")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        if forwarded.contains("proto=http;") || forwarded.ends_with("proto=http") {
+            Reply::ok("")
+                .status(301)
+                .header("location", "https://a.test/s")
+                .header("cache-control", "max-age=60")
+        } else {
+            Reply::ok("secure").header("cache-control", "max-age=60")
+        }
+    });
+    origin
+}
+
+#[tokio::test]
+async fn an_answer_for_http_never_serves_https() {
+    let (ca, certs) = (Ca::new(), tempfile::tempdir().unwrap());
+    let a = ca.issue(&["a.test"]);
+    let origin = https_only_origin().await;
+    let edge = Edge::start(
+        &tls_site("a", "a.test", &origin, &write(certs.path(), "a", &a)),
+        "[edge.tls]\nlisten = [\"127.0.0.1:0\"]\n",
+    )
+    .await;
+    let plain = get(edge.addr, "a.test", "/s", &[]).await;
+    assert_eq!(plain.status, 301);
+    let mut c = connect(https(&edge), &ca, Some("a.test"), &["http/1.1"])
+        .await
+        .unwrap();
+    let (status, _, _, body) = c.get("a.test", "/s").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "secure"),
+        "not the redirect stored for http (a redirect loop)"
+    );
+    let (_, _, cache, _) = c.get("a.test", "/s").await;
+    assert!(cache.starts_with("meridian; hit"), "{cache}");
+    assert_eq!(get(edge.addr, "a.test", "/s", &[]).await.status, 301);
+    assert_eq!(origin.count("/s"), 2);
+}
+
+#[tokio::test]
+async fn a_site_may_keep_the_scheme_from_its_origin_and_share_one_copy() {
+    let (ca, certs) = (Ca::new(), tempfile::tempdir().unwrap());
+    let a = ca.issue(&["a.test"]);
+    let origin = Origin::start().await;
+    origin.always(
+        "/p",
+        Reply::ok("same").header("cache-control", "max-age=60"),
+    );
+    let mut sites = tls_site("a", "a.test", &origin, &write(certs.path(), "a", &a));
+    sites.push_str("[site.cache_key]\nscheme = false\n");
+    let edge = Edge::start(&sites, "[edge.tls]\nlisten = [\"127.0.0.1:0\"]\n").await;
+    assert_eq!(get(edge.addr, "a.test", "/p", &[]).await.text(), "same");
+    let forwarded = origin.last("/p").headers["forwarded"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(!forwarded.contains("proto="), "{forwarded}");
+    let mut c = connect(https(&edge), &ca, Some("a.test"), &["http/1.1"])
+        .await
+        .unwrap();
+    let (_, _, cache, body) = c.get("a.test", "/p").await;
+    assert_eq!(body, "same");
+    assert!(cache.starts_with("meridian; hit"), "{cache}");
 }
 
 #[tokio::test]
