@@ -134,6 +134,10 @@ async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> AdminResponse 
             match purge_objects(&edge, purge).await {
                 Ok(n) => {
                     edge.metrics.purged.increment(n as u64);
+                    if n > 0 {
+                        // What was purged is freed now; hand the pages back without waiting.
+                        tokio::task::spawn_blocking(crate::memory::trim);
+                    }
                     json(StatusCode::OK, serde_json::json!({ "purged": n }))
                 }
                 Err(message) => error(StatusCode::BAD_REQUEST, &message),

@@ -12,6 +12,7 @@
 //! units.rs       "4GiB", "30s"
 //! telemetry.rs   tracing subscriber, Prometheus recorder, the edge's metric handles
 //! load.rs        counters the HTTP path feeds (requests, hits, connections, bytes); LoadMeter (EWMA utilisation)
+//! memory.rs      gives memory the store released back to the system (malloc_trim on glibc)
 //! http/          server.rs (accept, limits, hyper conn), handler.rs (the one orchestrator),
 //!                response.rs (Cache-Status, conditionals, error → status), range.rs, headers.rs,
 //!                body.rs
@@ -70,6 +71,8 @@ pub mod geoip;
 pub(crate) mod gossip;
 pub(crate) mod http;
 pub(crate) mod load;
+#[doc(hidden)]
+pub mod memory;
 pub mod metro;
 pub(crate) mod model;
 pub(crate) mod origin;

@@ -107,6 +107,9 @@ fn block_on<E: std::fmt::Display>(
 }
 
 fn main() -> ExitCode {
+    // Before any other thread exists: the allocator's arenas are chosen at a thread's first
+    // allocation.
+    meridian::memory::configure();
     let cli = Cli::parse();
     match cli.command {
         Command::Demo => {

@@ -29,7 +29,14 @@ pub fn init_logging(log: &LogConfig) {
     };
 }
 
+/// How often histogram samples are folded into their buckets when nobody scrapes.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The process-wide Prometheus recorder, installed on first use.
+///
+/// Hazard: the exporter queues every histogram sample until it is folded into buckets, which
+/// happens on a scrape or an upkeep run; `build_recorder` runs no upkeep of its own, so an edge
+/// nobody scrapes would grow by every request it answers. A thread runs it every second.
 pub(crate) fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
@@ -43,6 +50,16 @@ pub(crate) fn prometheus() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+        }
+        let upkeep = handle.clone();
+        let spawned = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                upkeep.run_upkeep();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the metrics upkeep thread; memory grows until /metrics is scraped");
         }
         handle
     })

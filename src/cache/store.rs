@@ -18,6 +18,8 @@ use super::entry::{Entry, Target};
 const MAX_VARIANTS: usize = 32;
 /// How long a URL whose response was uncacheable skips request collapsing.
 const PASS_TTL: Duration = Duration::from_secs(30);
+/// What a hit-for-pass marker costs besides its key (moka's entry and bookkeeping).
+const PASS_OVERHEAD: u64 = 160;
 
 /// The stored variants of one URL.
 #[derive(Debug, Default)]
@@ -70,15 +72,27 @@ pub(crate) struct Store {
 impl Store {
     /// A store holding at most `capacity` bytes of stored responses.
     pub(crate) fn new(capacity: u64) -> Store {
+        crate::memory::watch(capacity);
         let objects = Cache::builder()
             .max_capacity(capacity)
             .weigher(|key: &String, value: &Arc<Object>| {
                 u32::try_from(key.len() as u64 + value.weight()).unwrap_or(u32::MAX)
             })
             .expire_after(KeepFor)
+            .eviction_listener(|key, value: Arc<Object>, cause| {
+                // A replaced object shares most of its variants with its successor.
+                if cause != moka::notification::RemovalCause::Replaced {
+                    crate::memory::released(key.len() as u64 + value.weight());
+                }
+            })
             .build();
+        // Markers come from responses that are not stored (a flood of unique 404s makes one per
+        // URL): bounded by bytes too, a sixteenth of the cache's, at least 1 MiB.
         let passes = Cache::builder()
-            .max_capacity(100_000)
+            .max_capacity((capacity / 16).max(1 << 20))
+            .weigher(|key: &String, (): &()| {
+                u32::try_from(key.len() as u64 + PASS_OVERHEAD).unwrap_or(u32::MAX)
+            })
             .time_to_live(PASS_TTL)
             .build();
         Store { objects, passes }
@@ -147,6 +161,9 @@ impl Store {
                 n += 1;
             }
         }
+        // moka keeps what it removed in its write log until its next housekeeping; run it, so
+        // the memory is free by the time the caller hands it back to the system.
+        self.objects.run_pending_tasks().await;
         n
     }
 

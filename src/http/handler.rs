@@ -25,7 +25,7 @@ use super::headers::{add_forwarding, is_loop, strip_cache_only, strip_hop_by_hop
 use super::request::{self, Rejected};
 use super::response::{self, CacheStatus, Fwd, Label, Refusal};
 use crate::cache::collapse::{Collapser, Join, Leader};
-use crate::cache::entry::{normalized, vary_names, Entry, Target};
+use crate::cache::entry::{compact, normalized, vary_names, Entry, Target};
 use crate::cache::key;
 use crate::cache::policy::{self, Exchange, RequestDirectives, Reuse, SitePolicy};
 use crate::cache::store::Store;
@@ -755,6 +755,7 @@ fn new_entry(
         headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     }
     headers.append(header::VIA, via.clone());
+    let headers = compact(&headers);
     let vary_values = vary
         .iter()
         .map(|n| normalized(&job.client_headers, n))
@@ -867,7 +868,7 @@ async fn fetch(
             let freshness = refreshed.unwrap_or(old.freshness);
             let entry = Arc::new(Entry {
                 status: old.status,
-                headers: merged,
+                headers: compact(&merged),
                 body: old.body.clone(),
                 freshness,
                 stored_at,
