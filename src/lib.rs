@@ -12,6 +12,7 @@
 //! units.rs       "4GiB", "30s"
 //! telemetry.rs   tracing subscriber, Prometheus recorder, the edge's metric handles
 //! load.rs        counters the HTTP path feeds (requests, hits, connections, bytes); LoadMeter (EWMA utilisation)
+//! fuzz.rs        entry points of the fuzz targets in fuzz/ (framing, cache-control, range, policy)
 //! memory.rs      gives memory the store released back to the system (malloc_trim on glibc)
 //! http/          server.rs (accept, limits, hyper conn), handler.rs (the one orchestrator),
 //!                response.rs (Cache-Status, conditionals, error → status), range.rs, headers.rs,
@@ -60,6 +61,8 @@ pub mod app;
 pub mod bench;
 pub mod config;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod telemetry;
 
 pub mod admin;
