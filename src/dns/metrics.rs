@@ -20,6 +20,8 @@ pub(crate) struct DnsMetrics {
     latency: Histogram,
     spills: Counter,
     fail_open: Counter,
+    /// Datagrams that were themselves responses (QR = 1), never answered.
+    responses_dropped: Counter,
     /// Answers by region index, grown as regions appear (by reloads).
     answers: std::sync::RwLock<Vec<Counter>>,
     region_names: std::sync::RwLock<Vec<String>>,
@@ -40,6 +42,7 @@ impl DnsMetrics {
             latency: metrics::histogram!("meridian_dns_answer_duration_seconds", "node" => node.to_string()),
             spills: metrics::counter!("meridian_dns_spills_total", "node" => node.to_string()),
             fail_open: metrics::counter!("meridian_dns_fail_open_total", "node" => node.to_string()),
+            responses_dropped: metrics::counter!("meridian_dns_dropped_total", "node" => node.to_string(), "reason" => "response"),
             answers: Default::default(),
             region_names: Default::default(),
         };
@@ -55,6 +58,11 @@ impl DnsMetrics {
             .collect();
         *self.answers.write().unwrap_or_else(|e| e.into_inner()) = counters;
         *self.region_names.write().unwrap_or_else(|e| e.into_inner()) = regions.to_vec();
+    }
+
+    /// A message with QR = 1 arrived and was dropped.
+    pub(crate) fn response_dropped(&self) {
+        self.responses_dropped.increment(1);
     }
 
     pub(crate) fn query(&self, qtype: Option<RecordType>, code: ResponseCode, seconds: f64) {

@@ -94,9 +94,14 @@ fn udp_limit(request: &Request) -> u16 {
         .map_or(512, |e| e.max_payload().clamp(512, ADVERTISED_PAYLOAD))
 }
 
+/// Whether a message has the QR bit set: a response, which is never answered.
+fn is_response(raw: &[u8]) -> bool {
+    raw.get(2).is_some_and(|b| b & 0x80 != 0)
+}
+
 /// A FORMERR for a datagram hickory could not parse, if it has a header to answer.
 fn formerr(raw: &[u8]) -> Option<Vec<u8>> {
-    if raw.len() < 12 || raw[2] & 0x80 != 0 {
+    if raw.len() < 12 || is_response(raw) {
         return None; // no header, or itself a response: never answer those
     }
     let id = u16::from_be_bytes([raw[0], raw[1]]);
@@ -123,6 +128,10 @@ enum Answered {
 /// Answers a query longer than the receive buffer with FORMERR (counted), from its header.
 #[cfg(target_os = "linux")]
 fn too_long(handler: &DnsHandler, data: &[u8], out: &mut Vec<u8>) -> Answered {
+    if is_response(data) {
+        handler.metrics.response_dropped();
+        return Answered::No;
+    }
     match formerr(data) {
         Some(reply) => {
             handler.metrics.query(None, ResponseCode::FormErr, 0.0);
@@ -141,6 +150,13 @@ fn answer(
     out: &mut Vec<u8>,
     worker: &mut Worker,
 ) -> Answered {
+    // Hazard: answering a response lets one spoofed datagram (its source another DNS server,
+    // or this one) start a ping-pong that never ends. Responses are dropped, whatever else
+    // they hold (hickory's TCP server drops them too).
+    if is_response(data) {
+        handler.metrics.response_dropped();
+        return Answered::No;
+    }
     if super::fast::answer(data, src, out, worker) {
         return Answered::Fast;
     }

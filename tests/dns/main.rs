@@ -291,6 +291,84 @@ async fn malformed_queries_get_formerr_and_other_opcodes_notimp() {
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
 }
 
+/// Whether anything comes back for `bytes` within half a second.
+async fn silence(server: SocketAddr, bytes: &[u8], tcp: bool) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let wait = std::time::Duration::from_millis(500);
+    if tcp {
+        let mut s = tokio::net::TcpStream::connect(server).await.unwrap();
+        let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(bytes);
+        s.write_all(&framed).await.unwrap();
+        let mut buf = [0u8; 2];
+        // Closed or quiet: either way, no answer.
+        !matches!(tokio::time::timeout(wait, s.read(&mut buf)).await, Ok(Ok(n)) if n > 0)
+    } else {
+        let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        s.send_to(bytes, server).await.unwrap();
+        let mut buf = [0u8; 4096];
+        tokio::time::timeout(wait, s.recv_from(&mut buf))
+            .await
+            .is_err()
+    }
+}
+
+#[tokio::test]
+async fn responses_are_never_answered() {
+    let d = Dns::local().await;
+    // A real answer of this server, sent back to it: what a spoofed source would make it do.
+    let query = Ask::new("demo.meridian.test.", RecordType::A)
+        .message()
+        .to_vec()
+        .unwrap();
+    let answer = exchange(d.udp, &query, false).await.unwrap();
+    assert_ne!(answer[2] & 0x80, 0);
+    assert!(
+        silence(d.udp, &answer, false).await,
+        "answered its own answer"
+    );
+    // A response of the uncommon shapes too: NOTIMP opcode, garbage after the header, too long.
+    let mut status = answer.clone();
+    status[2] = 0x80 | (2 << 3);
+    assert!(
+        silence(d.udp, &status, false).await,
+        "answered a STATUS response"
+    );
+    let mut garbage = answer[..12].to_vec();
+    garbage.extend_from_slice(&[0xff; 9]);
+    assert!(
+        silence(d.udp, &garbage, false).await,
+        "answered a malformed response"
+    );
+    let mut long = answer.clone();
+    long.extend_from_slice(&[0; 2000]);
+    assert!(
+        silence(d.udp, &long, false).await,
+        "answered a long response"
+    );
+    assert!(
+        silence(d.udp, &answer, true).await,
+        "answered a response over TCP"
+    );
+    // Still serving, and the drops are counted.
+    let m = ask(d.udp, &Ask::new("demo.meridian.test.", RecordType::A)).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    let admin = d.node.admin_addr().unwrap();
+    let line = format!(
+        "meridian_dns_dropped_total{{node=\"{}\",reason=\"response\"}} 4",
+        d.id
+    );
+    let mut body = String::new();
+    for _ in 0..40 {
+        body = http_get(admin, "/metrics").await;
+        if body.contains(&line) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(body.contains(&line), "missing {line} in {body}");
+}
+
 #[tokio::test]
 async fn large_answers_are_truncated_over_udp_and_whole_over_tcp() {
     // One region with 60 edges, all answered: about 1 KiB of A records.
