@@ -1,4 +1,12 @@
-//! GeoIP: a MaxMind-format City database, memory-mapped, answering `locate(ip)`.
+//! GeoIP: a MaxMind-format City database, read into memory and verified whole, answering
+//! `locate(ip)`.
+//!
+//! Hazard: a memory-mapped database dies with the file. An operator who overwrites the live file
+//! in place (`cp` over it, `truncate`, a download written where it is read) would make the next
+//! lookup past the cut raise SIGBUS and kill the server. So the database is read into memory (a
+//! copy nothing else can change), and verified whole before anyone uses it: metadata, every node
+//! of the search tree, every data record a network points at. A reload that finds a problem
+//! keeps the database it had.
 //!
 //! Receives client addresses from the DNS role; hands back coordinates, country and the prefix
 //! length of the database network that matched (the ECS scope of a GeoIP-decided answer). Reads
@@ -6,6 +14,7 @@
 //! GeoIP2 and GeoLite2 City) and the flat one of DB-IP's City Lite (`country_code`, `latitude`,
 //! `longitude` as 32-bit floats), telling them apart record by record.
 
+use std::io::Read;
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -19,9 +28,13 @@ pub struct GeoError {
     reason: String,
 }
 
+/// The largest database read: the biggest City databases are a few hundred MB; anything far
+/// larger is a wrong path (a device, a disk image), not a database.
+const MAX_SIZE: u64 = 2 << 30;
+
 /// An open City database.
 pub struct GeoIp {
-    reader: maxminddb::Reader<maxminddb::Mmap>,
+    reader: maxminddb::Reader<Vec<u8>>,
 }
 
 impl std::fmt::Debug for GeoIp {
@@ -92,23 +105,40 @@ struct Location {
 }
 
 impl GeoIp {
-    /// Opens and checks a database.
+    /// Reads a database into memory and verifies it whole.
     pub fn open(path: &Path) -> Result<GeoIp, GeoError> {
         let err = |reason: String| GeoError {
             path: path.display().to_string(),
             reason,
         };
-        // SAFETY: the map is read-only and the file must not be truncated while mapped. Operators
-        // replace databases by renaming a new file into place (as geoipupdate does), which leaves
-        // the mapped inode intact; a reload maps the new file.
-        let reader =
-            unsafe { maxminddb::Reader::open_mmap(path) }.map_err(|e| err(e.to_string()))?;
+        let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+        let meta = file.metadata().map_err(|e| err(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(err("not a regular file".into()));
+        }
+        if meta.len() > MAX_SIZE {
+            return Err(err(format!(
+                "{} bytes; a City database is at most {MAX_SIZE}",
+                meta.len()
+            )));
+        }
+        let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        file.take(MAX_SIZE + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| err(e.to_string()))?;
+        if data.len() as u64 > MAX_SIZE {
+            return Err(err(format!("larger than {MAX_SIZE} bytes")));
+        }
+        let reader = maxminddb::Reader::from_source(data).map_err(|e| err(e.to_string()))?;
         let kind = reader.metadata().database_type.clone();
         if !kind.contains("City") {
             return Err(err(format!(
                 "database type is {kind:?}; a City database is needed"
             )));
         }
+        reader
+            .verify()
+            .map_err(|e| err(format!("not a valid database: {e}")))?;
         Ok(GeoIp { reader })
     }
 
@@ -122,7 +152,7 @@ impl GeoIp {
 
 /// The result of a lookup before its record is decoded.
 pub(crate) struct Lookup<'a> {
-    result: maxminddb::LookupResult<'a, maxminddb::Mmap>,
+    result: maxminddb::LookupResult<'a, Vec<u8>>,
     /// Prefix length of the network that matched (or of the empty network the search ended in).
     pub(crate) prefix: u8,
 }

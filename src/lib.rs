@@ -24,7 +24,7 @@
 //!                Member (a node as gossip reports it) and ClusterView::from_members
 //! gossip/        mod.rs (chitchat agent: publish own state, poll members, leave), transport.rs
 //!                (AES-256-GCM keyring around every datagram)
-//! geoip.rs       memory-mapped MaxMind City reader: locate(ip) → coordinates, country, network
+//! geoip.rs       MaxMind City reader (read into memory, verified whole): locate(ip) → coordinates, country, network
 //! metro.rs       metro codes (FRA, IAD, NRT, ...) → coordinates, for `location = "FRA"`
 //! steering.rs    pure: locate (coverage → GeoIP → country → default), choose (rank, spill, pick), ECS scope
 //! dns/           handler.rs (the one hickory RequestHandler), fast.rs (the common UDP query from its

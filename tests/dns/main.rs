@@ -427,6 +427,94 @@ async fn ipv6_transport_and_aaaa() {
     assert!(matches!(m.authorities[0].data, RData::SOA(_)));
 }
 
+/// A City database of 4000 networks in Seattle (10.0.0.0/24 to 10.15.159.0/24, each its own
+/// city, so the file spans many pages) and London's test network.
+fn big_geoip(dir: &std::path::Path) -> PathBuf {
+    let mut csv = String::from("network,city,latitude,longitude,country\n");
+    csv.push_str("81.2.69.142/31,London,51.5142,-0.0931,GB\n");
+    for i in 0..4000u32 {
+        csv.push_str(&format!(
+            "10.{}.{}.0/24,Seattle {i},{},{},US\n",
+            i / 256,
+            i % 256,
+            47.6 + f64::from(i) * 1e-5,
+            -122.3 - f64::from(i) * 1e-5
+        ));
+    }
+    std::fs::write(dir.join("big.csv"), csv).unwrap();
+    let out = dir.join("big.mmdb");
+    meridian::geobuild::build(&dir.join("big.csv"), &out, Default::default()).unwrap();
+    out
+}
+
+#[tokio::test]
+async fn a_geoip_file_cut_or_scribbled_in_place_changes_nothing() {
+    let files = tempfile::tempdir().unwrap();
+    let db = big_geoip(files.path());
+    let whole = std::fs::read(&db).unwrap();
+    assert!(whole.len() > 64 * 1024, "{} bytes", whole.len());
+    let d = Dns::start_with(LOCAL_CLUSTER, &db).await;
+    let seattle = |i: u32| {
+        Ask::new("demo.meridian.test.", RecordType::A).ecs(&format!(
+            "10.{}.{}.7/32",
+            i / 256,
+            i % 256
+        ))
+    };
+    assert_eq!(
+        addresses(&ask(d.udp, &seattle(1)).await),
+        [ip("127.0.0.11")]
+    );
+    // Cut in place (what `truncate` or a `cp` over the live file does): lookups of networks
+    // far past the cut are answered as before. A mapped file would raise SIGBUS here.
+    let f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    f.set_len(4096).unwrap();
+    drop(f);
+    for i in [3999, 2500, 1234] {
+        assert_eq!(
+            addresses(&ask(d.udp, &seattle(i)).await),
+            [ip("127.0.0.11")],
+            "10.{}.{}.7 after the cut",
+            i / 256,
+            i % 256
+        );
+    }
+    // A reload does not take the cut file, and keeps the database it had.
+    let err = d.node.reload().unwrap_err();
+    assert!(err.contains("big.mmdb"), "{err}");
+    assert_eq!(
+        addresses(&ask(d.udp, &seattle(3000)).await),
+        [ip("127.0.0.11")]
+    );
+    // A scribbled search tree (every node's right record pointing far past the data) is
+    // refused whole, at check and at reload, instead of sending clients to the default region.
+    let mut scribbled = whole.clone();
+    for node in scribbled[..24_000].chunks_mut(6) {
+        node[3..].copy_from_slice(&[0xff, 0xff, 0xf0]);
+    }
+    std::fs::write(&db, &scribbled).unwrap();
+    let err = d.node.reload().unwrap_err();
+    assert!(err.contains("big.mmdb") && err.contains("valid"), "{err}");
+    let err = meridian::geoip::GeoIp::open(&db).unwrap_err().to_string();
+    assert!(err.contains("big.mmdb"), "{err}");
+    assert_eq!(
+        addresses(&ask(d.udp, &seattle(3999)).await),
+        [ip("127.0.0.11")]
+    );
+    // Not a file at all.
+    let err = meridian::geoip::GeoIp::open(std::path::Path::new("/dev/zero"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a regular file"), "{err}");
+    // The whole file again: taken.
+    std::fs::write(&db, &whole).unwrap();
+    d.node.reload().unwrap();
+    assert_eq!(
+        addresses(&ask(d.udp, &seattle(77)).await),
+        [ip("127.0.0.11")]
+    );
+}
+
 #[tokio::test]
 async fn reload_swaps_maps_and_rejects_a_broken_one() {
     let d = Dns::local().await;
