@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
-use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
@@ -236,6 +236,10 @@ pub(crate) enum Refusal {
     Malformed,
     /// Outside every zone this server is authoritative for.
     NotOurs,
+    /// A zone transfer (AXFR, IXFR), or a class other than IN: not served here.
+    NotServed,
+    /// An EDNS version this server does not implement (RFC 6891 §6.1.3).
+    BadVersion,
 }
 
 impl Refusal {
@@ -244,7 +248,8 @@ impl Refusal {
         match self {
             Refusal::NotQuery => ResponseCode::NotImp,
             Refusal::Malformed => ResponseCode::FormErr,
-            Refusal::NotOurs => ResponseCode::Refused,
+            Refusal::NotOurs | Refusal::NotServed => ResponseCode::Refused,
+            Refusal::BadVersion => ResponseCode::BADVERS,
         }
     }
 }
@@ -294,6 +299,61 @@ fn client_of(edns: Option<&Edns>, src: IpAddr) -> Result<Client, Refusal> {
     })
 }
 
+/// What hickory's parser lets through and a query must not have (RFC 1035, RFC 7871 §6): records
+/// in the answer section, bytes after the message, an ECS address of more or fewer bytes than
+/// its source prefix needs.
+fn wire_check(raw: &[u8], answers: usize) -> Result<(), Refusal> {
+    if answers > 0 {
+        return Err(Refusal::Malformed);
+    }
+    let u16_at = |i: usize| Some(u16::from_be_bytes([*raw.get(i)?, *raw.get(i + 1)?]));
+    let skip_name = |mut at: usize| -> Option<usize> {
+        loop {
+            let len = *raw.get(at)?;
+            match len & 0xc0 {
+                0xc0 => return Some(at + 2),
+                0 if len == 0 => return Some(at + 1),
+                0 => at += 1 + usize::from(len),
+                _ => return None,
+            }
+        }
+    };
+    let walk = || -> Option<bool> {
+        let mut at = 12;
+        for _ in 0..u16_at(4)? {
+            at = skip_name(at)? + 4;
+        }
+        let records = u32::from(u16_at(6)?) + u32::from(u16_at(8)?) + u32::from(u16_at(10)?);
+        for _ in 0..records {
+            at = skip_name(at)?;
+            let rtype = u16_at(at)?;
+            let len = usize::from(u16_at(at + 8)?);
+            let rdata = raw.get(at + 10..at + 10 + len)?;
+            if rtype == u16::from(RecordType::OPT) {
+                let mut o = 0;
+                while o < rdata.len() {
+                    let code = u16::from_be_bytes([*rdata.get(o)?, *rdata.get(o + 1)?]);
+                    let n =
+                        usize::from(u16::from_be_bytes([*rdata.get(o + 2)?, *rdata.get(o + 3)?]));
+                    let data = rdata.get(o + 4..o + 4 + n)?;
+                    if code == u16::from(EdnsCode::Subnet)
+                        && data.len().checked_sub(4)? != usize::from(*data.get(2)?).div_ceil(8)
+                    {
+                        return Some(false);
+                    }
+                    o += 4 + n;
+                }
+            }
+            at += 10 + len;
+        }
+        Some(at == raw.len())
+    };
+    match walk() {
+        Some(true) => Ok(()),
+        _ => Err(Refusal::Malformed),
+    }
+}
+
 /// What the handler decided to send.
 struct Answer {
     code: ResponseCode,
@@ -326,6 +386,11 @@ impl DnsHandler {
         let query = &queries[0];
         let qname = query.name();
         let qtype = query.query_type();
+        if query.query_class() != DNSClass::IN
+            || matches!(qtype, RecordType::AXFR | RecordType::IXFR)
+        {
+            return Answer::refused(Refusal::NotServed);
+        }
         let owner = query.original().name().clone();
         let tables = self.tables.load();
         let Some(zone) = tables.zones.iter().find(|z| z.apex.zone_of(qname)) else {
@@ -417,10 +482,12 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
-    /// The response message for `request`, borrowing this decision's records.
+    /// The response message for `request`, borrowing this decision's records (or none of them:
+    /// the truncated form).
     fn response<'q>(
         &'q self,
         request: &'q Request,
+        records: bool,
     ) -> hickory_server::zone_handler::MessageResponse<
         'q,
         'q,
@@ -433,12 +500,24 @@ impl Prepared {
         if let Some(e) = &self.edns {
             builder.edns(e);
         }
+        // Without records, this is the truncated form: TC set, nothing but the question and OPT.
+        let mut metadata = self.metadata;
+        metadata.truncation |= !records;
+        let (answers, authority, additionals) = if records {
+            (
+                &self.answer.answers[..],
+                &self.answer.authority[..],
+                &self.answer.additionals[..],
+            )
+        } else {
+            (&[][..], &[][..], &[][..])
+        };
         builder.build(
-            self.metadata,
-            self.answer.answers.iter(),
-            self.answer.authority.iter(),
+            metadata,
+            answers.iter(),
+            authority.iter(),
             std::iter::empty(),
-            self.answer.additionals.iter(),
+            additionals.iter(),
         )
     }
 }
@@ -454,6 +533,10 @@ impl DnsHandler {
             || request.metadata.message_type != MessageType::Query
         {
             Answer::refused(Refusal::NotQuery)
+        } else if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
+            Answer::refused(Refusal::BadVersion)
+        } else if let Err(r) = wire_check(request.as_slice(), request.answers.len()) {
+            Answer::refused(r)
         } else {
             match &client {
                 Ok(c) => self.answer(request, c),
@@ -464,9 +547,11 @@ impl DnsHandler {
         metadata.authoritative = answer.authoritative;
         // Our OPT record: the payload we accept, and the ECS echo. (UDP responses are encoded
         // to the client's limit; see `server`.)
-        let edns = request.edns.as_ref().map(|_| {
+        let edns = request.edns.as_ref().map(|asked| {
             let mut e = Edns::new();
             e.set_max_payload(ADVERTISED_PAYLOAD);
+            // The DO bit is copied (RFC 3225 §3); version 0 is what this server speaks.
+            e.set_dnssec_ok(asked.flags().dnssec_ok);
             if let Ok(Client { ecs: Some(cs), .. }) = &client {
                 let scope = if cs.source_prefix() == 0 {
                     0
@@ -500,10 +585,21 @@ impl DnsHandler {
         max: u16,
         buf: &mut Vec<u8>,
     ) -> Option<ResponseInfo> {
-        let response = p.response(request);
-        let mut encoder = hickory_proto::serialize::binary::BinEncoder::new(buf);
-        encoder.set_max_size(max);
-        let info = match response.destructive_emit(&mut encoder) {
+        let emit = |buf: &mut Vec<u8>, records: bool| {
+            buf.clear();
+            let mut encoder = hickory_proto::serialize::binary::BinEncoder::new(buf);
+            encoder.set_max_size(max);
+            p.response(request, records).destructive_emit(&mut encoder)
+        };
+        let mut result = emit(buf, true);
+        // A truncated answer keeps its OPT record (RFC 6891 §7), which the records cut off may
+        // have crowded out: then it goes with no records at all (TC says to ask over TCP).
+        if let Ok(info) = &result {
+            if info.truncation && p.edns.is_some() {
+                result = emit(buf, false).map(|_| *info);
+            }
+        }
+        let info = match result {
             Ok(info) => info,
             Err(e) => {
                 tracing::warn!(error = %e, client = %request.src(), "could not encode a DNS response");
@@ -524,7 +620,7 @@ impl RequestHandler for DnsHandler {
         mut response_handle: R,
     ) -> ResponseInfo {
         let p = self.prepare(request);
-        let response = p.response(request);
+        let response = p.response(request, true);
         let info = match response_handle.send_response(response).await {
             Ok(info) => info,
             Err(e) => {

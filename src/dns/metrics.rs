@@ -9,8 +9,8 @@ use hickory_proto::rr::RecordType;
 use crate::steering::Pick;
 
 const TYPES: [&str; 7] = ["A", "AAAA", "SOA", "NS", "ANY", "OTHER", "NONE"];
-const CODES: [&str; 6] = [
-    "NOERROR", "NXDOMAIN", "REFUSED", "FORMERR", "NOTIMP", "SERVFAIL",
+const CODES: [&str; 7] = [
+    "NOERROR", "NXDOMAIN", "REFUSED", "FORMERR", "NOTIMP", "SERVFAIL", "BADVERS",
 ];
 
 /// Metric handles of one DNS node.
@@ -81,6 +81,7 @@ impl DnsMetrics {
             ResponseCode::Refused => 2,
             ResponseCode::FormErr => 3,
             ResponseCode::NotImp => 4,
+            ResponseCode::BADVERS => 6,
             _ => 5,
         };
         self.queries[t * CODES.len() + c].increment(1);

@@ -369,6 +369,206 @@ async fn responses_are_never_answered() {
     assert!(body.contains(&line), "missing {line} in {body}");
 }
 
+/// Sends a message over UDP (or TCP) and parses the answer.
+async fn send(d: &Dns, m: &hickory_proto::op::Message, tcp: bool) -> hickory_proto::op::Message {
+    let raw = exchange(d.udp, &m.to_vec().unwrap(), tcp)
+        .await
+        .expect("an answer");
+    hickory_proto::op::Message::from_vec(&raw).unwrap()
+}
+
+#[tokio::test]
+async fn edns_do_bit_is_copied_into_answers() {
+    let d = Dns::local().await;
+    let site = || Ask::new("demo.meridian.test.", RecordType::A).ecs("81.2.69.0/24");
+    // The DO bit is copied into the answer (RFC 3225).
+    let mut m = site().message();
+    m.edns.as_mut().unwrap().set_dnssec_ok(true);
+    let a = send(&d, &m, false).await;
+    assert_eq!(a.metadata.response_code, ResponseCode::NoError);
+    assert!(a.edns.as_ref().unwrap().flags().dnssec_ok, "DO not copied");
+    let a = ask(d.udp, &site()).await;
+    assert!(!a.edns.as_ref().unwrap().flags().dnssec_ok);
+    // The server still answers ordinary queries.
+    assert_eq!(
+        addresses(
+            &ask(
+                d.udp,
+                &Ask::new("demo.meridian.test.", RecordType::A).ecs("81.2.69.0/24")
+            )
+            .await
+        ),
+        [ip("127.0.0.12")]
+    );
+}
+
+#[tokio::test]
+async fn edns_versions_above_0_get_badvers() {
+    let d = Dns::local().await;
+    let site = || Ask::new("demo.meridian.test.", RecordType::A).ecs("81.2.69.0/24");
+    // EDNS version 1: BADVERS, with an OPT record of version 0 (RFC 6891 §6.1.3).
+    let mut m = site().message();
+    m.edns.as_mut().unwrap().set_version(1);
+    let a = send(&d, &m, false).await;
+    // 16 is BADVERS in an OPT-carrying answer (hickory's parser names it BADSIG, which shares it).
+    assert_eq!(u16::from(a.metadata.response_code), 16);
+    assert_eq!(a.edns.as_ref().unwrap().version(), 0);
+    assert!(a.answers.is_empty());
+    // The server still answers ordinary queries.
+    assert_eq!(
+        addresses(
+            &ask(
+                d.udp,
+                &Ask::new("demo.meridian.test.", RecordType::A).ecs("81.2.69.0/24")
+            )
+            .await
+        ),
+        [ip("127.0.0.12")]
+    );
+}
+
+#[tokio::test]
+async fn an_ecs_address_longer_than_its_prefix_is_formerr() {
+    let d = Dns::local().await;
+    let site = || Ask::new("demo.meridian.test.", RecordType::A).ecs("81.2.69.0/24");
+    // An ECS address longer than its source prefix needs: FORMERR (RFC 7871 §6).
+    let mut raw = site().message().to_vec().unwrap();
+    let n = raw.len();
+    for at in [n - 13, n - 9] {
+        // RDLENGTH of the OPT record, then OPTION-LENGTH of ECS: one byte more each.
+        let v = u16::from_be_bytes([raw[at], raw[at + 1]]) + 1;
+        raw[at..at + 2].copy_from_slice(&v.to_be_bytes());
+    }
+    raw.push(0);
+    let a =
+        hickory_proto::op::Message::from_vec(&exchange(d.udp, &raw, false).await.unwrap()).unwrap();
+    assert_eq!(
+        a.metadata.response_code,
+        ResponseCode::FormErr,
+        "a 4-byte address for a /24"
+    );
+    // The server still answers ordinary queries.
+    assert_eq!(
+        addresses(
+            &ask(
+                d.udp,
+                &Ask::new("demo.meridian.test.", RecordType::A).ecs("81.2.69.0/24")
+            )
+            .await
+        ),
+        [ip("127.0.0.12")]
+    );
+}
+
+#[tokio::test]
+async fn zone_transfers_are_refused() {
+    let d = Dns::local().await;
+    // Zone transfers are refused, over UDP and TCP.
+    for qtype in [RecordType::AXFR, RecordType::IXFR] {
+        for tcp in [false, true] {
+            let m = Ask::new("meridian.test.", qtype).message();
+            let a = send(&d, &m, tcp).await;
+            assert_eq!(
+                a.metadata.response_code,
+                ResponseCode::Refused,
+                "{qtype} tcp={tcp}"
+            );
+        }
+    }
+    // The server still answers ordinary queries.
+    assert_eq!(
+        addresses(
+            &ask(
+                d.udp,
+                &Ask::new("demo.meridian.test.", RecordType::A).ecs("81.2.69.0/24")
+            )
+            .await
+        ),
+        [ip("127.0.0.12")]
+    );
+}
+
+#[tokio::test]
+async fn classes_other_than_in_are_refused() {
+    let d = Dns::local().await;
+    // A class other than IN for a zone name: REFUSED, not an IN answer.
+    for class in [
+        hickory_proto::rr::DNSClass::CH,
+        hickory_proto::rr::DNSClass::HS,
+    ] {
+        let mut m = Ask::new("demo.meridian.test.", RecordType::A).message();
+        m.queries[0].set_query_class(class);
+        let a = send(&d, &m, false).await;
+        assert_eq!(a.metadata.response_code, ResponseCode::Refused, "{class}");
+        assert!(a.answers.is_empty());
+    }
+    // The server still answers ordinary queries.
+    assert_eq!(
+        addresses(
+            &ask(
+                d.udp,
+                &Ask::new("demo.meridian.test.", RecordType::A).ecs("81.2.69.0/24")
+            )
+            .await
+        ),
+        [ip("127.0.0.12")]
+    );
+}
+
+#[tokio::test]
+async fn bytes_after_the_message_are_formerr() {
+    let d = Dns::local().await;
+    let site = || Ask::new("demo.meridian.test.", RecordType::A).ecs("81.2.69.0/24");
+    // Bytes after the message: FORMERR, over UDP and TCP.
+    for tcp in [false, true] {
+        let mut raw = site().message().to_vec().unwrap();
+        raw.extend_from_slice(&[0, 0, 0]);
+        let a = hickory_proto::op::Message::from_vec(&exchange(d.udp, &raw, tcp).await.unwrap())
+            .unwrap();
+        assert_eq!(
+            a.metadata.response_code,
+            ResponseCode::FormErr,
+            "trailing bytes, tcp={tcp}"
+        );
+    }
+    // The server still answers ordinary queries.
+    assert_eq!(
+        addresses(
+            &ask(
+                d.udp,
+                &Ask::new("demo.meridian.test.", RecordType::A).ecs("81.2.69.0/24")
+            )
+            .await
+        ),
+        [ip("127.0.0.12")]
+    );
+}
+
+#[tokio::test]
+async fn records_in_a_query_answer_section_are_formerr() {
+    let d = Dns::local().await;
+    // A query with a record in its answer section: FORMERR.
+    let mut m = Ask::new("demo.meridian.test.", RecordType::A).message();
+    m.add_answer(hickory_proto::rr::Record::from_rdata(
+        "demo.meridian.test.".parse().unwrap(),
+        30,
+        RData::A(hickory_proto::rr::rdata::A("10.0.0.1".parse().unwrap())),
+    ));
+    let a = send(&d, &m, false).await;
+    assert_eq!(a.metadata.response_code, ResponseCode::FormErr);
+    // The server still answers ordinary queries.
+    assert_eq!(
+        addresses(
+            &ask(
+                d.udp,
+                &Ask::new("demo.meridian.test.", RecordType::A).ecs("81.2.69.0/24")
+            )
+            .await
+        ),
+        [ip("127.0.0.12")]
+    );
+}
+
 #[tokio::test]
 async fn large_answers_are_truncated_over_udp_and_whole_over_tcp() {
     // One region with 60 edges, all answered: about 1 KiB of A records.
@@ -390,9 +590,16 @@ async fn large_answers_are_truncated_over_udp_and_whole_over_tcp() {
         1232,
         "advertised"
     );
-    let mut small = Ask::new("www.big.test.", RecordType::A);
+    let mut small = Ask::new("www.big.test.", RecordType::A).ecs("81.2.69.0/24");
     small.edns = Some(512);
-    assert!(ask(d.udp, &small).await.metadata.truncation);
+    let cut = ask(d.udp, &small).await;
+    assert!(cut.metadata.truncation);
+    // The OPT record, and the ECS option in it, stay in a truncated answer (RFC 6891 §7).
+    assert!(cut.edns.is_some(), "no OPT in the truncated answer");
+    assert_eq!(
+        ecs_of(&cut).map(|(ip, source, _)| (ip, source)),
+        Some((ip("81.2.69.0"), 24))
+    );
     let tcp = ask(
         d.udp,
         &Ask::new("www.big.test.", RecordType::A).no_edns().tcp(),
