@@ -1,8 +1,8 @@
 //! Configuration: the node file and the origin map it names.
 //!
-//! `load(path)` reads the node file, then every map it names, parses them with serde
-//! (`deny_unknown_fields`) and validates the whole into a [`Config`]. Parsing is separate from
-//! reading files (`parse_*` take text) and validation collects *every* problem with its file,
+//! `load(path)` reads the node file, then every map it names, parses them with serde (every
+//! unknown key reported, through serde_ignored) and validates the whole into a [`Config`].
+//! Parsing is separate from reading files (`parse_*` take text) and validation collects *every* problem with its file,
 //! key and reason before failing, so `meridian check` can list them all at once.
 //!
 //! Hands validated, typed values (durations, byte sizes, parsed URIs, socket addresses) to `app`,
@@ -148,7 +148,6 @@ impl Report<'_> {
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawNode {
     id: String,
     region: String,
@@ -167,13 +166,11 @@ struct RawNode {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawReload {
     watch: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawGossip {
     listen: String,
     advertise: Option<String>,
@@ -188,7 +185,6 @@ struct RawGossip {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawDns {
     listen: Vec<String>,
     geoip: Option<String>,
@@ -200,7 +196,6 @@ fn default_roles() -> Vec<String> {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawLog {
     format: Option<String>,
     level: Option<String>,
@@ -208,7 +203,6 @@ struct RawLog {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawEdge {
     listen: Vec<String>,
     cache_memory: Option<String>,
@@ -227,14 +221,12 @@ struct RawEdge {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawEdgeTls {
     listen: Vec<String>,
     default_site: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawCapacity {
     requests_per_second: Option<f64>,
     connections: Option<f64>,
@@ -242,14 +234,12 @@ struct RawCapacity {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: String,
     token_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawClusterMap {
     #[serde(default)]
     region: Vec<RawRegion>,
@@ -262,7 +252,6 @@ struct RawClusterMap {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawRegion {
     name: String,
     lat: Option<f64>,
@@ -273,7 +262,6 @@ struct RawRegion {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawClusterEdge {
     id: String,
     region: String,
@@ -287,14 +275,12 @@ fn default_capacity() -> f64 {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawCoverage {
     cidr: String,
     region: String,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawZone {
     apex: String,
     names: Vec<String>,
@@ -308,7 +294,6 @@ struct RawZone {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawNameServer {
     name: String,
     #[serde(default)]
@@ -316,7 +301,6 @@ struct RawNameServer {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawSoa {
     mname: String,
     rname: String,
@@ -328,14 +312,12 @@ struct RawSoa {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawOriginMap {
     #[serde(default)]
     site: Vec<RawSite>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawSite {
     name: String,
     hosts: Vec<String>,
@@ -357,7 +339,6 @@ struct RawSite {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawCacheKey {
     query: Option<String>,
     #[serde(default)]
@@ -671,17 +652,58 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     }
 }
 
+/// The largest configuration file read (maps of thousands of sites or edges are well under it):
+/// a path that names a device or a huge file by mistake is refused, not read for minutes.
+pub(crate) const MAX_FILE_SIZE: u64 = 16 << 20;
+
+/// The shortest admin token accepted.
+const MIN_TOKEN_LEN: usize = 16;
+
+/// Reads a configuration file: a regular file of at most [`MAX_FILE_SIZE`] bytes, in UTF-8.
+pub(crate) fn read_limited(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err("cannot read: not a regular file".into());
+    }
+    let mut text = String::new();
+    file.take(MAX_FILE_SIZE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if text.len() as u64 > MAX_FILE_SIZE {
+        return Err(format!("larger than {} MiB", MAX_FILE_SIZE >> 20));
+    }
+    Ok(text)
+}
+
 fn read(path: &Path, problems: &mut Vec<Problem>) -> Option<String> {
-    match std::fs::read_to_string(path) {
+    match read_limited(path) {
         Ok(t) => Some(t),
-        Err(e) => {
+        Err(reason) => {
             problems.push(Problem {
                 file: path.to_path_buf(),
                 key: String::new(),
-                reason: format!("cannot read: {e}"),
+                reason,
             });
             None
         }
+    }
+}
+
+/// A key path as the problems name keys: `site[0].origins[1]`.
+fn key_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
+        Path::Map { parent, key } => match key_path(parent) {
+            p if p.is_empty() => key.clone(),
+            p => format!("{p}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => key_path(parent),
     }
 }
 
@@ -690,8 +712,23 @@ fn parse_toml<T: serde::de::DeserializeOwned>(
     text: &str,
     problems: &mut Vec<Problem>,
 ) -> Option<T> {
-    match toml::from_str(text) {
-        Ok(v) => Some(v),
+    // Every unknown key is a problem (a misspelt key would otherwise be a silent default), and
+    // all of them are reported, not only the first.
+    let mut unknown = Vec::new();
+    let parsed = serde_ignored::deserialize(toml::Deserializer::new(text), |p| {
+        unknown.push(key_path(&p));
+    });
+    match parsed {
+        Ok(v) => {
+            for key in unknown {
+                problems.push(Problem {
+                    file: path.to_path_buf(),
+                    key,
+                    reason: "unknown key".into(),
+                });
+            }
+            Some(v)
+        }
         Err(e) => {
             let key = e
                 .span()
@@ -765,12 +802,78 @@ fn load_into(path: &Path, problems: &mut Vec<Problem>) -> Option<Config> {
     let mut node = node;
     settle_edge(&mut node, cluster.as_ref(), problems);
     check_tls(&node, &sites, problems);
+    check_placement(
+        &node,
+        cluster.as_ref(),
+        &sites,
+        origin_map.as_deref(),
+        problems,
+    );
     Some(Config {
         node,
         sites,
         cluster,
         origin_map,
     })
+}
+
+/// An edge must be in a region of the cluster map (a typo would join the cluster, look healthy
+/// and never get a user), and no origin may be the edge's own listener (every miss would loop).
+fn check_placement(
+    node: &NodeConfig,
+    cluster: Option<&ClusterMap>,
+    sites: &[SiteConfig],
+    origin_map: Option<&Path>,
+    problems: &mut Vec<Problem>,
+) {
+    let Some(edge) = &node.edge else { return };
+    if let Some(map) = cluster {
+        if !map.regions.iter().any(|r| r.name == node.region) {
+            let names: Vec<&str> = map.regions.iter().map(|r| r.name.as_str()).collect();
+            problems.push(Problem {
+                file: node.path.clone(),
+                key: "region".into(),
+                reason: format!(
+                    "{:?} is not a region of the cluster map ({})",
+                    node.region,
+                    names.join(", ")
+                ),
+            });
+        }
+    }
+    let listeners: Vec<SocketAddr> = edge
+        .listen
+        .iter()
+        .chain(&edge.tls_listen)
+        .copied()
+        .collect();
+    for (i, site) in sites.iter().enumerate() {
+        for (j, origin) in site.origins.iter().enumerate() {
+            let Some(host) = origin.host() else { continue };
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let ip: std::net::IpAddr = match host.parse() {
+                Ok(ip) => ip,
+                Err(_) if host.eq_ignore_ascii_case("localhost") => [127, 0, 0, 1].into(),
+                Err(_) => continue,
+            };
+            let https = origin.scheme_str() == Some("https");
+            let port = origin.port_u16().unwrap_or(if https { 443 } else { 80 });
+            let own = listeners.iter().find(|l| {
+                l.port() == port
+                    && (l.ip() == ip
+                        || (l.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified())))
+            });
+            if let Some(l) = own {
+                problems.push(Problem {
+                    file: origin_map.map_or_else(|| node.path.clone(), Path::to_path_buf),
+                    key: format!("site[{i}].origins[{j}]"),
+                    reason: format!(
+                        "{origin} is this edge's own listener {l}: every miss would come back to it"
+                    ),
+                });
+            }
+        }
+    }
 }
 
 /// The TLS listeners need certificates, and the default site must have one.
@@ -1209,19 +1312,35 @@ fn validate_node(path: &Path, raw: &RawNode, problems: &mut Vec<Problem>) -> Nod
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         let token = a.token_file.as_ref().and_then(|name| {
             let token_path = resolve(path, name);
-            match std::fs::read_to_string(&token_path) {
-                Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
-                Ok(_) => {
+            match read_limited(&token_path) {
+                Ok(t) if t.trim().is_empty() => {
                     r.add(
                         "admin.token_file",
                         format!("{} is empty", token_path.display()),
                     );
                     None
                 }
-                Err(e) => {
+                // A short token can be guessed over the network; `openssl rand -hex 32` makes one.
+                Ok(t) if t.trim().len() < MIN_TOKEN_LEN => {
                     r.add(
                         "admin.token_file",
-                        format!("cannot read {}: {e}", token_path.display()),
+                        format!(
+                            "{}: the token has {} bytes; at least {MIN_TOKEN_LEN} are needed (openssl rand -hex 32)",
+                            token_path.display(),
+                            t.trim().len()
+                        ),
+                    );
+                    None
+                }
+                Ok(t) => Some(t.trim().to_string()),
+                Err(reason) => {
+                    r.add(
+                        "admin.token_file",
+                        format!(
+                            "cannot read {}: {}",
+                            token_path.display(),
+                            reason.trim_start_matches("cannot read: ")
+                        ),
                     );
                     None
                 }
@@ -1723,15 +1842,21 @@ mod tests {
     }
 
     #[test]
-    fn unknown_field_names_file_and_line() {
-        let (_, problems) =
-            map("[[site]]\nname = \"a\"\nhosts=[\"a\"]\norigins=[\"http://a\"]\nbogus = 1\n");
-        assert_eq!(problems.len(), 1);
-        assert_eq!(problems[0].key, "line 5");
-        assert!(
-            problems[0].reason.contains("bogus"),
-            "{}",
-            problems[0].reason
+    fn every_unknown_key_is_named() {
+        let (_, problems) = map("[[site]]\nname = \"a\"\nhosts=[\"a\"]\norigins=[\"http://a\"]\nbogus = 1\n\
+cache_key = { query = \"keep\", sceme = false }\n[[site]]\nname = \"b\"\nhosts=[\"b\"]\norigins=[\"http://b\"]\norign_read_timeout = \"1s\"\n");
+        let keys: Vec<_> = problems
+            .iter()
+            .map(|p| (p.key.as_str(), p.reason.as_str()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("site[0].bogus", "unknown key"),
+                ("site[0].cache_key.sceme", "unknown key"),
+                ("site[1].orign_read_timeout", "unknown key"),
+            ],
+            "{problems:#?}"
         );
     }
 
@@ -1803,6 +1928,93 @@ mod tests {
                 "gossip.seeds[0]",
                 "gossip.failure_timeout",
                 "edge.drain_wait",
+            ]
+        );
+    }
+
+    const MAP: &str = "[[region]]\nname = \"r\"\nlat = 0.0\nlon = 0.0\n[[zone]]\napex = \"z.test\"\nnames = [\"www\"]\ndefault_region = \"r\"\n[zone.soa]\nmname = \"ns.z.test\"\nrname = \"h.z.test\"\nserial = 1\n";
+
+    #[test]
+    fn every_unknown_key_of_the_node_file_is_named() {
+        let node = EDGE.replace("[edge]", "bogus = 1\n[log]\nlevle = \"debug\"\n[edge]")
+            + "cache_memroy = \"1GiB\"\n[edge.tls]\nlisten = []\ndefault_sit = \"s\"\n";
+        let problems = node_problems(&node, &[ORIGINS]);
+        assert_eq!(
+            problems,
+            [
+                ("bogus".to_string(), "unknown key".to_string()),
+                ("log.levle".into(), "unknown key".into()),
+                ("edge.cache_memroy".into(), "unknown key".into()),
+                ("edge.tls.default_sit".into(), "unknown key".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn devices_and_huge_files_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("n.toml"),
+            EDGE.replace("o.toml", "/dev/zero"),
+        )
+        .unwrap();
+        let problems = load(&dir.path().join("n.toml")).unwrap_err().problems;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].file, Path::new("/dev/zero"));
+        assert!(
+            problems[0].reason.contains("not a regular file"),
+            "{problems:?}"
+        );
+        let huge = "#".repeat((MAX_FILE_SIZE + 1) as usize);
+        let problems = node_problems(EDGE, &[("o.toml", &huge)]);
+        assert!(problems[0].1.contains("larger than 16 MiB"), "{problems:?}");
+    }
+
+    #[test]
+    fn an_edge_outside_every_region_of_the_map_is_refused() {
+        let node = EDGE.replace(
+            "region = \"r\"",
+            "region = \"us-wst\"\ncluster_map = \"c.toml\"",
+        );
+        let problems = node_problems(&node, &[ORIGINS, ("c.toml", MAP)]);
+        assert_eq!(
+            problems,
+            [(
+                "region".to_string(),
+                "\"us-wst\" is not a region of the cluster map (r)".to_string()
+            )]
+        );
+        let node = EDGE.replace("region = \"r\"", "region = \"r\"\ncluster_map = \"c.toml\"");
+        assert!(node_problems(&node, &[ORIGINS, ("c.toml", MAP)]).is_empty());
+    }
+
+    #[test]
+    fn short_admin_tokens_are_refused() {
+        let node = format!("{EDGE}[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"t\"\n");
+        let problems = node_problems(&node, &[ORIGINS, ("t", "secret\n")]);
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].0, "admin.token_file");
+        assert!(problems[0].1.contains("at least 16"), "{problems:?}");
+        assert!(node_problems(&node, &[ORIGINS, ("t", "0123456789abcdef\n")]).is_empty());
+    }
+
+    #[test]
+    fn an_origin_that_is_the_edge_itself_is_refused() {
+        let node = "id = \"e\"\nregion = \"r\"\norigin_map = \"o.toml\"\n[edge]\nlisten = [\"127.0.0.1:18080\", \"0.0.0.0:18081\"]\n";
+        let origins = "[[site]]\nname = \"s\"\nhosts = [\"s.test\"]\norigins = [\"http://127.0.0.1:18080\", \"http://localhost:18080/\", \"http://127.0.0.9:18081\", \"http://127.0.0.1:18082\", \"http://[::1]:18080\"]\n";
+        let keys: Vec<String> = node_problems(node, &[("o.toml", origins)])
+            .into_iter()
+            .map(|(k, r)| {
+                assert!(r.contains("own listener"), "{r}");
+                k
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "site[0].origins[0]",
+                "site[0].origins[1]",
+                "site[0].origins[2]"
             ]
         );
     }

@@ -433,7 +433,7 @@ fn drain_asks_the_running_node_through_its_admin_api() {
         .unwrap()
         .local_addr()
         .unwrap();
-    std::fs::write(dir.path().join("admin.token"), "secret\n").unwrap();
+    std::fs::write(dir.path().join("admin.token"), "secret-token-0123\n").unwrap();
     std::fs::write(
         dir.path().join("origins.toml"),
         site("s", "s.test", "http://127.0.0.1:1", ""),
@@ -485,7 +485,7 @@ fn drain_asks_the_running_node_through_its_admin_api() {
     assert!(undo.status.success());
     assert_eq!(healthz(), Some(200));
     // A wrong token is refused and said so.
-    std::fs::write(dir.path().join("admin.token"), "wrong\n").unwrap();
+    std::fs::write(dir.path().join("admin.token"), "wrong-token-01234\n").unwrap();
     let refused = meridian()
         .args(["drain", "-c"])
         .arg(&node)

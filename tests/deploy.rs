@@ -82,7 +82,11 @@ fn kubernetes_node_file_templates_pass_check() {
         "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\n",
     )
     .unwrap();
-    std::fs::write(d.join("secrets/admin.token"), "token\n").unwrap();
+    std::fs::write(
+        d.join("secrets/admin.token"),
+        "0123456789abcdef0123456789abcdef\n",
+    )
+    .unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["www.example.com".to_string()])
         .unwrap()

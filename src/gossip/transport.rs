@@ -83,8 +83,8 @@ impl Keyring {
 
     /// Reads and parses a key file.
     pub(crate) fn load(path: &Path) -> Result<Keyring, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text =
+            crate::config::read_limited(path).map_err(|e| format!("{}: {e}", path.display()))?;
         Keyring::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
