@@ -392,6 +392,10 @@ impl Node {
                 tables: tables.clone(),
                 view: view.clone(),
                 metrics: metrics.clone(),
+                identity: Arc::new(crate::dns::handler::Identity::new(
+                    dns.nsid.as_deref(),
+                    dns.rate_limit,
+                )),
             };
             dns_addrs = crate::dns::server::start(
                 &dns.listen,

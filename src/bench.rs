@@ -248,6 +248,7 @@ impl DnsAnswer {
                 tables: Arc::new(arc_swap::ArcSwap::new(d.tables)),
                 view: Arc::new(arc_swap::ArcSwap::new(d.view)),
                 metrics: Arc::new(crate::dns::metrics::DnsMetrics::new("bench", &regions)),
+                identity: Arc::new(crate::dns::handler::Identity::new(Some("bench"), None)),
             },
             worker: Default::default(),
         }

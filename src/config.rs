@@ -189,6 +189,16 @@ struct RawDns {
     listen: Vec<String>,
     geoip: Option<String>,
     tcp_timeout: Option<String>,
+    nsid: Option<String>,
+    rate_limit: Option<RawRateLimit>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawRateLimit {
+    responses_per_second: u32,
+    slip: Option<u32>,
+    ipv4_prefix: Option<u8>,
+    ipv6_prefix: Option<u8>,
 }
 
 fn default_roles() -> Vec<String> {
@@ -476,6 +486,24 @@ pub struct DnsConfig {
     pub geoip: Option<PathBuf>,
     /// Idle time allowed on a TCP connection.
     pub tcp_timeout: Duration,
+    /// What this node says it is when a query asks (RFC 5001 NSID); `None` says nothing.
+    pub nsid: Option<String>,
+    /// Response-rate limiting of UDP answers per client prefix; `None`: off.
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// Response-rate limiting (`dns.rate_limit`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimitConfig {
+    /// UDP answers per second each client prefix gets (and as many at once).
+    pub responses_per_second: u32,
+    /// Every `slip`-th answer past the limit goes out truncated (the client retries over
+    /// TCP); the others are dropped. 0 drops them all.
+    pub slip: u32,
+    /// Prefix lengths that group client addresses.
+    pub ipv4_prefix: u8,
+    /// See `ipv4_prefix`.
+    pub ipv6_prefix: u8,
 }
 
 /// Settings of the node file.
@@ -1294,6 +1322,37 @@ fn validate_node(path: &Path, raw: &RawNode, problems: &mut Vec<Problem>) -> Nod
                     r.add("dns.geoip", e.to_string());
                 }
             }
+            let nsid = match d.nsid.as_deref() {
+                None => Some(raw.id.clone()),
+                Some("") => None,
+                Some(n) if n.len() > 255 || !n.bytes().all(|b| b.is_ascii_graphic()) => {
+                    r.add(
+                        "dns.nsid",
+                        "at most 255 printable characters without spaces (\"\" turns NSID off)",
+                    );
+                    None
+                }
+                Some(n) => Some(n.to_string()),
+            };
+            let rate_limit = d.rate_limit.as_ref().map(|l| {
+                if l.responses_per_second == 0 {
+                    r.add("dns.rate_limit.responses_per_second", "must be at least 1");
+                }
+                let v4 = l.ipv4_prefix.unwrap_or(24);
+                if v4 > 32 {
+                    r.add("dns.rate_limit.ipv4_prefix", "at most 32");
+                }
+                let v6 = l.ipv6_prefix.unwrap_or(56);
+                if v6 > 128 {
+                    r.add("dns.rate_limit.ipv6_prefix", "at most 128");
+                }
+                RateLimitConfig {
+                    responses_per_second: l.responses_per_second.max(1),
+                    slip: l.slip.unwrap_or(2),
+                    ipv4_prefix: v4.min(32),
+                    ipv6_prefix: v6.min(128),
+                }
+            });
             Some(DnsConfig {
                 listen,
                 geoip,
@@ -1302,6 +1361,8 @@ fn validate_node(path: &Path, raw: &RawNode, problems: &mut Vec<Problem>) -> Nod
                     &d.tcp_timeout,
                     Duration::from_secs(10),
                 ),
+                nsid,
+                rate_limit,
             })
         }
     };

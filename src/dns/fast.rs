@@ -119,6 +119,8 @@ pub(crate) struct Worker {
     pub(crate) tally: Tally,
     pub(crate) memo: Memo,
     answers: u32,
+    /// This thread's response-rate limiter, when the node has one.
+    pub(crate) limiter: Option<Box<super::limit::Limiter>>,
 }
 
 impl Worker {
@@ -126,6 +128,9 @@ impl Worker {
     pub(crate) fn begin(&mut self, handler: &DnsHandler) {
         self.memo
             .begin(&handler.tables.load(), &handler.view.load());
+        if let (None, Some(config)) = (&self.limiter, handler.identity.rate_limit) {
+            self.limiter = Some(Box::new(super::limit::Limiter::new(config)));
+        }
     }
 
     /// Whether to time the next answer: one in [`SAMPLE`].
@@ -337,6 +342,7 @@ mod tests {
             )),
             view: Arc::new(ArcSwap::from_pointee(view)),
             metrics: Arc::new(DnsMetrics::new("fast-test", &regions)),
+            identity: Arc::new(crate::dns::handler::Identity::new(Some("fast-test"), None)),
         }
     }
 

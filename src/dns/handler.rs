@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
+use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption, NSIDPayload};
 use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
@@ -23,8 +23,9 @@ use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 
+use super::cookie::Cookies;
 use super::metrics::DnsMetrics;
-use crate::config::{ClusterMap, ZoneConfig};
+use crate::config::{ClusterMap, RateLimitConfig, ZoneConfig};
 use crate::coverage::Coverage;
 use crate::geoip::GeoIp;
 use crate::model::{ClusterView, RegionView};
@@ -254,11 +255,32 @@ impl Refusal {
     }
 }
 
+/// What a node says of itself in answers, fixed at start: its NSID, its cookie secret, and
+/// its rate limit.
+#[derive(Debug)]
+pub(crate) struct Identity {
+    pub(crate) nsid: Option<NSIDPayload>,
+    pub(crate) cookies: Cookies,
+    pub(crate) rate_limit: Option<RateLimitConfig>,
+}
+
+impl Identity {
+    pub(crate) fn new(nsid: Option<&str>, rate_limit: Option<RateLimitConfig>) -> Identity {
+        Identity {
+            // cannot fail: the configuration allows at most 255 printable bytes.
+            nsid: nsid.and_then(|n| NSIDPayload::new(n.as_bytes()).ok()),
+            cookies: Cookies::new(),
+            rate_limit,
+        }
+    }
+}
+
 /// The DNS role's request handler.
 pub(crate) struct DnsHandler {
     pub(crate) tables: Arc<ArcSwap<Tables>>,
     pub(crate) view: Arc<ArcSwap<ClusterView>>,
     pub(crate) metrics: Arc<DnsMetrics>,
+    pub(crate) identity: Arc<Identity>,
 }
 
 /// The client subnet of a query: from a valid ECS option, else the source address.
@@ -529,7 +551,22 @@ impl DnsHandler {
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.recursion_available = false;
         let client = client_of(request.edns.as_ref(), request.src().ip());
-        let answer = if request.metadata.op_code != OpCode::Query
+        let cookie = match request
+            .edns
+            .as_ref()
+            .and_then(|e| e.option(EdnsCode::Cookie))
+        {
+            Some(EdnsOption::Unknown(_, data)) => Some(
+                self.identity
+                    .cookies
+                    .read(data, request.src().ip())
+                    .map_err(|()| Refusal::Malformed),
+            ),
+            _ => None,
+        };
+        let answer = if let Some(Err(r)) = cookie {
+            Answer::refused(r)
+        } else if request.metadata.op_code != OpCode::Query
             || request.metadata.message_type != MessageType::Query
         {
             Answer::refused(Refusal::NotQuery)
@@ -552,6 +589,17 @@ impl DnsHandler {
             e.set_max_payload(ADVERTISED_PAYLOAD);
             // The DO bit is copied (RFC 3225 §3); version 0 is what this server speaks.
             e.set_dnssec_ok(asked.flags().dnssec_ok);
+            if let (Some(_), Some(nsid)) = (asked.option(EdnsCode::NSID), &self.identity.nsid) {
+                e.options_mut().insert(EdnsOption::NSID(nsid.clone()));
+            }
+            if let Some(Ok(presented)) = cookie {
+                let data = self
+                    .identity
+                    .cookies
+                    .answer(presented.client(), request.src().ip());
+                e.options_mut()
+                    .insert(EdnsOption::Unknown(super::cookie::OPTION, data));
+            }
             if let Ok(Client { ecs: Some(cs), .. }) = &client {
                 let scope = if cs.source_prefix() == 0 {
                     0

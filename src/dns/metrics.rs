@@ -22,6 +22,9 @@ pub(crate) struct DnsMetrics {
     fail_open: Counter,
     /// Datagrams that were themselves responses (QR = 1), never answered.
     responses_dropped: Counter,
+    /// UDP answers past the rate limit: sent truncated, and dropped.
+    limited_slipped: Counter,
+    limited_dropped: Counter,
     /// Answers by region index, grown as regions appear (by reloads).
     answers: std::sync::RwLock<Vec<Counter>>,
     region_names: std::sync::RwLock<Vec<String>>,
@@ -43,6 +46,8 @@ impl DnsMetrics {
             spills: metrics::counter!("meridian_dns_spills_total", "node" => node.to_string()),
             fail_open: metrics::counter!("meridian_dns_fail_open_total", "node" => node.to_string()),
             responses_dropped: metrics::counter!("meridian_dns_dropped_total", "node" => node.to_string(), "reason" => "response"),
+            limited_slipped: metrics::counter!("meridian_dns_rate_limited_total", "node" => node.to_string(), "action" => "slip"),
+            limited_dropped: metrics::counter!("meridian_dns_rate_limited_total", "node" => node.to_string(), "action" => "drop"),
             answers: Default::default(),
             region_names: Default::default(),
         };
@@ -58,6 +63,15 @@ impl DnsMetrics {
             .collect();
         *self.answers.write().unwrap_or_else(|e| e.into_inner()) = counters;
         *self.region_names.write().unwrap_or_else(|e| e.into_inner()) = regions.to_vec();
+    }
+
+    /// An answer past the rate limit went out truncated (`true`) or not at all.
+    pub(crate) fn rate_limited(&self, slipped: bool) {
+        if slipped {
+            self.limited_slipped.increment(1);
+        } else {
+            self.limited_dropped.increment(1);
+        }
     }
 
     /// A message with QR = 1 arrived and was dropped.

@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 
 use super::fast::Worker;
 use super::handler::{DnsHandler, ADVERTISED_PAYLOAD};
+use super::limit::Verdict;
 
 /// Largest TCP response (the DNS maximum).
 const TCP_BUFFER: usize = 65_535;
@@ -157,15 +158,32 @@ fn answer(
         handler.metrics.response_dropped();
         return Answered::No;
     }
-    if super::fast::answer(data, src, out, worker) {
-        return Answered::Fast;
-    }
-    match general_answer(handler, data, src) {
-        Some(reply) => {
-            *out = reply;
-            Answered::General
+    let answered = if super::fast::answer(data, src, out, worker) {
+        Answered::Fast
+    } else {
+        match general_answer(handler, data, src) {
+            Some(reply) => {
+                *out = reply;
+                Answered::General
+            }
+            None => Answered::No,
         }
-        None => Answered::No,
+    };
+    match (&mut worker.limiter, answered) {
+        (Some(limiter), Answered::Fast | Answered::General) => {
+            match limiter.check(src.ip(), Instant::now()) {
+                Verdict::Send => answered,
+                Verdict::Slip if super::limit::truncate(out) => {
+                    handler.metrics.rate_limited(true);
+                    answered
+                }
+                Verdict::Slip | Verdict::Drop => {
+                    handler.metrics.rate_limited(false);
+                    Answered::No
+                }
+            }
+        }
+        _ => answered,
     }
 }
 

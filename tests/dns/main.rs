@@ -32,6 +32,11 @@ impl Dns {
     }
 
     async fn start_with(cluster: &str, geoip: &std::path::Path) -> Dns {
+        Dns::start_dns(cluster, geoip, "").await
+    }
+
+    /// With `dns` (lines of the `[dns]` table) added to the node file.
+    async fn start_dns(cluster: &str, geoip: &std::path::Path, dns: &str) -> Dns {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let id = format!(
             "dns-test-{}",
@@ -40,7 +45,7 @@ impl Dns {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("cluster.toml"), cluster).unwrap();
         let node = format!(
-            "id = \"{id}\"\nregion = \"eu-west\"\nroles = [\"dns\"]\ncluster_map = \"cluster.toml\"\n[log]\nlevel = \"warn\"\n[dns]\nlisten = [\"127.0.0.1:0\", \"[::1]:0\"]\ngeoip = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            "id = \"{id}\"\nregion = \"eu-west\"\nroles = [\"dns\"]\ncluster_map = \"cluster.toml\"\n[log]\nlevel = \"warn\"\n[dns]\nlisten = [\"127.0.0.1:0\", \"[::1]:0\"]\ngeoip = {:?}\n{dns}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
             geoip.display().to_string(),
         );
         std::fs::write(dir.path().join("dns.toml"), node).unwrap();
@@ -567,6 +572,194 @@ async fn records_in_a_query_answer_section_are_formerr() {
         ),
         [ip("127.0.0.12")]
     );
+}
+
+#[tokio::test]
+async fn nsid_names_the_node_that_answered() {
+    use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption, NSIDPayload};
+    let d = Dns::local().await;
+    let mut m = Ask::new("demo.meridian.test.", RecordType::A).message();
+    let nsid = |a: &hickory_proto::op::Message| match a.edns.as_ref()?.option(EdnsCode::NSID) {
+        Some(EdnsOption::NSID(p)) => Some(String::from_utf8_lossy(p.as_ref()).into_owned()),
+        _ => None,
+    };
+    assert_eq!(nsid(&send(&d, &m, false).await), None, "only when asked");
+    m.edns
+        .as_mut()
+        .unwrap()
+        .options_mut()
+        .insert(EdnsOption::NSID(NSIDPayload::new(vec![]).unwrap()));
+    for tcp in [false, true] {
+        let a = send(&d, &m, tcp).await;
+        assert_eq!(a.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(nsid(&a).as_deref(), Some(d.id.as_str()), "tcp={tcp}");
+    }
+    // Set, and turned off.
+    let named = Dns::start_dns(LOCAL_CLUSTER, &geoip(), "nsid = \"fra-dns-7\"").await;
+    assert_eq!(
+        nsid(&send(&named, &m, false).await).as_deref(),
+        Some("fra-dns-7")
+    );
+    let off = Dns::start_dns(LOCAL_CLUSTER, &geoip(), "nsid = \"\"").await;
+    assert_eq!(nsid(&send(&off, &m, false).await), None);
+}
+
+#[tokio::test]
+async fn a_client_cookie_gets_a_server_cookie_back() {
+    use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
+    let d = Dns::local().await;
+    let with_cookie = |data: Vec<u8>| {
+        let mut m = Ask::new("demo.meridian.test.", RecordType::A).message();
+        m.edns
+            .as_mut()
+            .unwrap()
+            .options_mut()
+            .insert(EdnsOption::Unknown(10, data));
+        m
+    };
+    let cookie = |a: &hickory_proto::op::Message| match a.edns.as_ref()?.option(EdnsCode::Cookie) {
+        Some(EdnsOption::Unknown(10, data)) => Some(data.clone()),
+        _ => None,
+    };
+    let client = b"clientck".to_vec();
+    let a = send(&d, &with_cookie(client.clone()), false).await;
+    assert_eq!(a.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(addresses(&a), [ip("127.0.0.12")]);
+    let back = cookie(&a).expect("a cookie in the answer");
+    assert_eq!(back.len(), 24, "client cookie + RFC 9018 server cookie");
+    assert_eq!(back[..8], client[..]);
+    assert_eq!(back[8], 1, "version 1");
+    // Presenting it again is answered as usual, with a cookie again.
+    let again = send(&d, &with_cookie(back.clone()), false).await;
+    assert_eq!(again.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(cookie(&again).unwrap()[..8], client[..]);
+    // A server cookie this server did not make is no error either (RFC 7873 §5.2.3).
+    let mut forged = back.clone();
+    forged[20] ^= 0xff;
+    let a = send(&d, &with_cookie(forged), false).await;
+    assert_eq!(a.metadata.response_code, ResponseCode::NoError);
+    // A malformed cookie option is FORMERR (RFC 7873 §5.2.2).
+    for len in [7, 12, 41] {
+        let a = send(&d, &with_cookie(vec![1; len]), false).await;
+        assert_eq!(
+            a.metadata.response_code,
+            ResponseCode::FormErr,
+            "{len} bytes"
+        );
+    }
+    // No cookie asked, none given.
+    assert_eq!(
+        cookie(&ask(d.udp, &Ask::new("demo.meridian.test.", RecordType::A)).await),
+        None
+    );
+}
+
+/// Sends `n` copies of a query from `from` at once and sorts what comes back in a second:
+/// (answers, truncated answers).
+async fn flood(server: SocketAddr, from: &str, n: usize) -> (usize, usize) {
+    let s = tokio::net::UdpSocket::bind(from).await.unwrap();
+    let q = Ask::new("demo.meridian.test.", RecordType::A)
+        .message()
+        .to_vec()
+        .unwrap();
+    for _ in 0..n {
+        s.send_to(&q, server).await.unwrap();
+    }
+    let (mut full, mut truncated) = (0, 0);
+    let mut buf = [0u8; 4096];
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    while let Ok(Ok((len, _))) = tokio::time::timeout_at(until, s.recv_from(&mut buf)).await {
+        let m = hickory_proto::op::Message::from_vec(&buf[..len]).unwrap();
+        if m.metadata.truncation {
+            assert!(m.answers.is_empty());
+            truncated += 1;
+        } else {
+            assert_eq!(addresses(&m), [ip("127.0.0.12")]);
+            full += 1;
+        }
+    }
+    (full, truncated)
+}
+
+#[tokio::test]
+async fn a_flood_from_one_prefix_is_rate_limited_and_other_prefixes_are_answered() {
+    let d = Dns::start_dns(
+        LOCAL_CLUSTER,
+        &geoip(),
+        "rate_limit = { responses_per_second = 10, slip = 2 }",
+    )
+    .await;
+    let (full, truncated) = flood(d.udp, "127.0.0.1:0", 100).await;
+    assert!(
+        (10..=20).contains(&full),
+        "{full} full answers to a /24 allowed 10/s"
+    );
+    assert!(
+        (35..=50).contains(&truncated),
+        "{truncated} slipped (every second limited one)"
+    );
+    // Another /24 (127.0.1.0/24) is answered in full meanwhile, and so is TCP from the first.
+    assert_eq!(flood(d.udp, "127.0.1.1:0", 5).await, (5, 0));
+    let tcp = ask(d.udp, &Ask::new("demo.meridian.test.", RecordType::A).tcp()).await;
+    assert_eq!(addresses(&tcp), [ip("127.0.0.12")]);
+    // Without a limit, the same flood is answered whole.
+    let open = Dns::local().await;
+    assert_eq!(flood(open.udp, "127.0.0.1:0", 100).await, (100, 0));
+}
+
+/// The largest answer-to-query byte ratio an unauthenticated client gets from config/local's
+/// zone, over every query shape it can send (types, DO, NSID, a cookie, ECS): what a reflection
+/// attack through this server gains. Printed, and held small.
+#[tokio::test]
+async fn amplification_stays_small() {
+    use hickory_proto::rr::rdata::opt::{EdnsOption, NSIDPayload};
+    let d = Dns::local().await;
+    let mut worst = (0.0f64, String::new());
+    for name in [
+        "meridian.test.",
+        "demo.meridian.test.",
+        "nothing.meridian.test.",
+    ] {
+        for qtype in [
+            RecordType::A,
+            RecordType::AAAA,
+            RecordType::ANY,
+            RecordType::NS,
+            RecordType::SOA,
+            RecordType::TXT,
+        ] {
+            for (edns, extras) in [(false, false), (true, false), (true, true)] {
+                let mut ask_ = Ask::new(name, qtype);
+                if !edns {
+                    ask_ = ask_.no_edns();
+                }
+                let mut m = ask_.message();
+                if extras {
+                    let e = m.edns.as_mut().unwrap();
+                    e.set_dnssec_ok(true);
+                    e.options_mut()
+                        .insert(EdnsOption::NSID(NSIDPayload::new(vec![]).unwrap()));
+                    e.options_mut()
+                        .insert(EdnsOption::Unknown(10, b"clientck".to_vec()));
+                }
+                let q = m.to_vec().unwrap();
+                let a = exchange(d.udp, &q, false).await.unwrap();
+                let ratio = a.len() as f64 / q.len() as f64;
+                if ratio > worst.0 {
+                    worst = (
+                        ratio,
+                        format!(
+                            "{name} {qtype} edns={edns} do+nsid+cookie={extras}: {} -> {} bytes",
+                            q.len(),
+                            a.len()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    eprintln!("largest amplification: {:.2}x ({})", worst.0, worst.1);
+    assert!(worst.0 < 4.0, "{:.2}x: {}", worst.0, worst.1);
 }
 
 #[tokio::test]
