@@ -144,6 +144,38 @@ impl EdgeRole {
     }
 }
 
+/// Set by `meridian demo`, whose bundled test database is no mistake.
+pub(crate) static DEMO: AtomicBool = AtomicBool::new(false);
+
+/// Logs which GeoIP database answers (path, type, build date, networks) and exposes its age as
+/// `meridian_geoip_build_timestamp_seconds`; warns when it is too small to place real users.
+fn announce_geoip(node: &str, geoip: Option<&GeoIp>, path: Option<&std::path::PathBuf>) {
+    let (Some(db), Some(path)) = (geoip, path) else {
+        tracing::info!(
+            "no GeoIP database: clients are placed by coverage zones and the default region only"
+        );
+        return;
+    };
+    let built = std::time::UNIX_EPOCH + Duration::from_secs(db.built());
+    tracing::info!(
+        path = %path.display(),
+        kind = db.kind(),
+        built = %httpdate::fmt_http_date(built),
+        networks = db.networks(),
+        "GeoIP database loaded"
+    );
+    crate::telemetry::prometheus(); // installed before the first gauge is set
+    metrics::gauge!("meridian_geoip_build_timestamp_seconds", "node" => node.to_string())
+        .set(db.built() as f64);
+    if db.networks() < 1000 && !DEMO.load(Ordering::Relaxed) {
+        tracing::warn!(
+            path = %path.display(),
+            networks = db.networks(),
+            "this GeoIP database places almost no one (the bundled test database has 10 networks): use a real City database (geo/README.md)"
+        );
+    }
+}
+
 fn open_geoip(dns: &crate::config::DnsConfig) -> Result<Option<Arc<GeoIp>>, String> {
     dns.geoip
         .as_deref()
@@ -242,6 +274,13 @@ impl Reloader {
         }
         if let (Some(role), Some(next)) = (&self.dns, dns) {
             role.commit(next);
+            if let Some(d) = &config.node.dns {
+                announce_geoip(
+                    &config.node.id,
+                    role.tables.load().geoip.as_deref(),
+                    d.geoip.as_ref(),
+                );
+            }
         }
         if let (Some(g), Some(k)) = (&self.gossip, keys) {
             g.set_keys(k);
@@ -382,6 +421,7 @@ impl Node {
         let mut dns_role = None;
         if let (Some(dns), Some(map)) = (&node.dns, &config.cluster) {
             let geoip = open_geoip(dns).map_err(StartError::Dns)?;
+            announce_geoip(&node.id, geoip.as_deref(), dns.geoip.as_ref());
             let tables = Arc::new(ArcSwap::from_pointee(
                 Tables::new(map, geoip).map_err(StartError::Dns)?,
             ));
@@ -484,7 +524,24 @@ impl Node {
                 tracker.clone(),
             ));
         }
-        tracing::info!(node = %node.id, region = %node.region, http = ?http_addrs, https = ?https_addrs, dns = ?dns_addrs, admin = ?admin_addr, "node started");
+        // Addresses as plain text ("127.0.0.1:8080 127.0.0.2:8080", "" for none), so JSON logs
+        // carry strings a program can read rather than Rust's debug forms.
+        let list = |addrs: &[SocketAddr]| {
+            addrs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        tracing::info!(
+            node = %node.id,
+            region = %node.region,
+            http = %list(&http_addrs),
+            https = %list(&https_addrs),
+            dns = %list(&dns_addrs),
+            admin = %admin_addr.map(|a| a.to_string()).unwrap_or_default(),
+            "node started"
+        );
         let reloader = Arc::new(Reloader {
             node_file: node.path.clone(),
             edge: edge_role,

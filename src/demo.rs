@@ -132,6 +132,7 @@ pub async fn run() -> Result<(), DemoError> {
     let stop = CancellationToken::new();
     let origin = tokio::spawn(serve_origin(listener, stop.clone()));
 
+    crate::app::DEMO.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut nodes = Vec::new();
     for name in NODES {
         let mut cfg = config::load(&dir.join("config/local").join(name))?;

@@ -35,6 +35,7 @@ const MAX_SIZE: u64 = 2 << 30;
 /// An open City database.
 pub struct GeoIp {
     reader: maxminddb::Reader<Vec<u8>>,
+    networks: usize,
 }
 
 impl std::fmt::Debug for GeoIp {
@@ -139,7 +140,26 @@ impl GeoIp {
         reader
             .verify()
             .map_err(|e| err(format!("not a valid database: {e}")))?;
-        Ok(GeoIp { reader })
+        let networks = reader
+            .networks(Default::default())
+            .map_err(|e| err(e.to_string()))?
+            .count();
+        Ok(GeoIp { reader, networks })
+    }
+
+    /// The database's type (`GeoLite2-City`, ...).
+    pub fn kind(&self) -> &str {
+        &self.reader.metadata().database_type
+    }
+
+    /// When it was built, in seconds since the Unix epoch.
+    pub fn built(&self) -> u64 {
+        self.reader.metadata().build_epoch
+    }
+
+    /// How many networks carry a record.
+    pub fn networks(&self) -> usize {
+        self.networks
     }
 
     /// Looks `ip` up: the network it is in, and a handle on the record (decoded on demand).

@@ -15,12 +15,21 @@ use crate::http::response::Label;
 
 /// Installs the global tracing subscriber; later calls (more nodes in one process) are no-ops.
 pub fn init_logging(log: &LogConfig) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
+    // hickory's server logs two INFO lines per TCP query: quiet unless the level names it.
+    let level = if log.level.contains("hickory") {
+        log.level.clone()
+    } else {
+        format!("{},hickory_server=warn,hickory_proto=warn", log.level)
+    };
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&log.level))
+        .or_else(|_| EnvFilter::try_new(&level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour codes only for a person at a terminal, never into files or a log collector.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = if log.json {
         builder.json().flatten_event(true).try_init()

@@ -133,11 +133,10 @@ async fn run_logs_json_and_drains_on_sigterm() {
     };
     let started = tokio::task::block_in_place(|| next_json(&mut rx));
     assert_eq!(started["message"], "node started");
-    let http = started["http"]
-        .as_str()
-        .unwrap()
-        .trim_matches(|c| c == '[' || c == ']')
-        .to_string();
+    // JSON strings, not Rust's debug forms: "127.0.0.1:1234", space-separated when several.
+    let http = started["http"].as_str().unwrap().to_string();
+    assert!(!http.contains('['), "{http}");
+    assert_eq!(started["https"], "");
     let addr: std::net::SocketAddr = http.parse().unwrap();
 
     let inflight = tokio::spawn(async move { get(addr, "demo.test", "/slow", &[]).await });
@@ -379,13 +378,25 @@ fn sighup_reloads_the_cluster_map_and_keeps_the_old_one_when_broken() {
     let mut lines = BufReader::new(child.stderr.take().unwrap())
         .lines()
         .map_while(Result::ok);
-    let started: serde_json::Value = serde_json::from_str(&lines.next().unwrap()).unwrap();
-    let dns: std::net::SocketAddr = started["dns"]
+    let mut json = move || -> serde_json::Value {
+        serde_json::from_str(&lines.next().expect("meridian exited")).unwrap()
+    };
+    // The GeoIP database is named before the start, with a warning: it is the 10-network test
+    // database, on a node that is not the demo.
+    let loaded = json();
+    assert_eq!(loaded["message"], "GeoIP database loaded", "{loaded}");
+    assert_eq!(loaded["networks"], 10);
+    assert_eq!(loaded["kind"], "GeoIP2-City");
+    assert!(loaded["path"].as_str().unwrap().ends_with("test-city.mmdb"));
+    let warned = json();
+    assert_eq!(warned["level"], "WARN", "{warned}");
+    assert!(warned["message"]
         .as_str()
         .unwrap()
-        .trim_matches(|c| c == '[' || c == ']')
-        .parse()
-        .unwrap();
+        .contains("places almost no one"));
+    let started = json();
+    assert_eq!(started["message"], "node started", "{started}");
+    let dns: std::net::SocketAddr = started["dns"].as_str().unwrap().parse().unwrap();
     let hup = || {
         let cmd = format!("kill -HUP {}", child.id());
         assert!(Command::new("sh")
@@ -399,7 +410,11 @@ fn sighup_reloads_the_cluster_map_and_keeps_the_old_one_when_broken() {
     let moved = format!("{cluster}\n[[coverage]]\ncidr = \"81.2.69.0/24\"\nregion = \"ap-east\"\n");
     std::fs::write(dir.path().join("cluster.toml"), moved).unwrap();
     hup();
-    let reloaded: serde_json::Value = serde_json::from_str(&lines.next().unwrap()).unwrap();
+    // A reload names the database again (loaded, warned), then says it reloaded.
+    let reloaded = std::iter::repeat_with(&mut json)
+        .take(3)
+        .find(|v| v["message"] == "reloaded")
+        .expect("reloaded");
     assert_eq!(reloaded["message"], "reloaded");
     assert_eq!(dig_london(dns), Some("127.0.0.13".parse().unwrap()));
 
@@ -409,7 +424,7 @@ fn sighup_reloads_the_cluster_map_and_keeps_the_old_one_when_broken() {
     )
     .unwrap();
     hup();
-    let rejected: serde_json::Value = serde_json::from_str(&lines.next().unwrap()).unwrap();
+    let rejected = json();
     assert_eq!(rejected["level"], "ERROR");
     assert!(
         rejected["error"].as_str().unwrap().contains("cluster.toml"),
@@ -496,4 +511,85 @@ fn drain_asks_the_running_node_through_its_admin_api() {
     assert_eq!(healthz(), Some(200));
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[test]
+fn text_logs_have_no_colour_codes_or_per_query_lines_when_not_on_a_terminal() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = std::fs::read_to_string("config/local/cluster.toml").unwrap();
+    std::fs::write(dir.path().join("cluster.toml"), &cluster).unwrap();
+    std::fs::write(
+        dir.path().join("dns.toml"),
+        "id = \"quiet\"\nregion = \"r\"\nroles = [\"dns\"]\ncluster_map = \"cluster.toml\"\n[dns]\nlisten = [\"127.0.0.1:0\"]\n",
+    )
+    .unwrap();
+    let mut child = meridian()
+        .args(["run", "-c"])
+        .arg(dir.path().join("dns.toml"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").arg(self.0.to_string()).status();
+        }
+    }
+    let _kill = Kill(child.id());
+    let mut first = Vec::new();
+    let mut byte = [0u8; 1];
+    while stderr.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+        first.push(byte[0]);
+    }
+    let mut first = String::from_utf8(first).unwrap();
+    if first.contains("no GeoIP database") {
+        let mut next = Vec::new();
+        while stderr.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+            next.push(byte[0]);
+        }
+        first = String::from_utf8(next).unwrap();
+    }
+    assert!(first.contains("node started"), "{first}");
+    let dns: std::net::SocketAddr = first
+        .split("dns=")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no dns= in {first}"))
+        .parse()
+        .unwrap();
+    // Three queries over TCP, each of which hickory's server used to log twice at INFO.
+    for _ in 0..3 {
+        let mut m = hickory_proto::op::Message::query();
+        m.add_query(hickory_proto::op::Query::query(
+            "demo.meridian.test.".parse().unwrap(),
+            hickory_proto::rr::RecordType::A,
+        ));
+        let q = m.to_vec().unwrap();
+        let mut s = std::net::TcpStream::connect(dns).unwrap();
+        s.write_all(&(q.len() as u16).to_be_bytes()).unwrap();
+        s.write_all(&q).unwrap();
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let term = format!("kill -TERM {}", child.id());
+    Command::new("sh").args(["-c", &term]).status().unwrap();
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    child.wait().unwrap();
+    let all = format!("{first}\n{rest}");
+    assert!(
+        !all.contains('\x1b'),
+        "colour codes in a log that is not a terminal: {all:?}"
+    );
+    assert!(
+        !all.contains("request:"),
+        "hickory's per-query lines: {all}"
+    );
+    assert!(
+        !all.contains("response:"),
+        "hickory's per-query lines: {all}"
+    );
 }

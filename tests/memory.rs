@@ -84,14 +84,10 @@ impl EdgeProcess {
             .map_while(Result::ok);
         let started: serde_json::Value = serde_json::from_str(&lines.next().unwrap()).unwrap();
         std::thread::spawn(move || lines.for_each(drop));
-        // "127.0.0.1:1", or the debug forms "[127.0.0.1:1]" and "Some(127.0.0.1:1)".
+        // Space-separated addresses: the first.
         let addr = |k: &str| -> SocketAddr {
-            let v = &started[k];
-            let text = v.as_str().or_else(|| v[0].as_str()).unwrap();
-            text.trim_start_matches("Some(")
-                .trim_matches(|c| c == '[' || c == ']' || c == ')')
-                .parse()
-                .unwrap()
+            let text = started[k].as_str().unwrap();
+            text.split(' ').next().unwrap().parse().unwrap()
         };
         EdgeProcess {
             http: addr("http"),

@@ -384,6 +384,8 @@ async fn poll(
             let now = (m.generation, m.state, m.draining);
             match states.insert(m.id.clone(), now) {
                 Some(before) if before == now => {}
+                // Heard of before failure detection has judged it: not news.
+                None if m.state == MemberState::Dead => {}
                 before => tracing::info!(
                     member = %m.id,
                     generation = m.generation,

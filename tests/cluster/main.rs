@@ -338,8 +338,9 @@ impl Proc {
                 let field = |k: &str| -> SocketAddr {
                     v[k].as_str()
                         .unwrap()
-                        .trim_start_matches("Some(")
-                        .trim_matches(|c| c == '[' || c == ']' || c == ')')
+                        .split(' ')
+                        .next()
+                        .unwrap()
                         .parse()
                         .unwrap()
                 };

@@ -951,6 +951,8 @@ async fn metrics_count_queries_and_answers() {
         format!("meridian_dns_queries_total{{{node},type=\"A\",rcode=\"REFUSED\"}} 1"),
         format!("meridian_dns_answers_total{{{node},region=\"eu-west\"}} 1"),
         format!("meridian_dns_answer_duration_seconds_bucket{{{node}"),
+        // The GeoIP database's build time, so its age can be alerted on.
+        format!("meridian_geoip_build_timestamp_seconds{{{node}}} 1"),
     ];
     // UDP threads hand their counts over every 50 ms, or when idle for 100 ms.
     let mut body = String::new();
