@@ -24,6 +24,8 @@ shift || true
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(framing cache_control range policy)
 JOBS=${JOBS:-1}
+PARALLEL=""
+[ "$JOBS" -gt 1 ] && PARALLEL="-jobs=$JOBS -workers=$JOBS"
 cd "$(dirname "$0")"
 FUZZ=$(pwd)
 
@@ -44,7 +46,7 @@ for t in "${TARGETS[@]}"; do
   status=0
   "$FUZZ/target/$TRIPLE/release/$t" "$scratch" "corpus/$t" \
     -max_total_time="$SECONDS_EACH" -max_len=4096 -timeout=10 -rss_limit_mb=2048 \
-    -jobs="$JOBS" -workers="$JOBS" -print_final_stats=1 \
+    $PARALLEL -print_final_stats=1 \
     -artifact_prefix="$artifacts/" >"$log" 2>&1 || status=$?
   # With -jobs, each worker logs to fuzz-N.log in the current directory.
   if [ "$JOBS" -gt 1 ]; then cat fuzz-*.log >>"$log" 2>/dev/null || true; rm -f fuzz-*.log; fi
