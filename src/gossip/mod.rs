@@ -178,6 +178,7 @@ impl Gossip {
             chitchat,
             members_tx,
             config.interval / 2,
+            config.failure_timeout,
             MemberGauges::new(&me.id),
             gossip.stop.clone(),
         ));
@@ -310,6 +311,8 @@ struct MemberGauges {
     dead: metrics::Gauge,
     left: metrics::Gauge,
     draining: metrics::Gauge,
+    /// Node states gossip holds that are not taken (see `select_members`).
+    refused: metrics::Gauge,
 }
 
 impl MemberGauges {
@@ -320,6 +323,7 @@ impl MemberGauges {
             dead: g("dead"),
             left: g("left"),
             draining: g("draining"),
+            refused: g("refused"),
         }
     }
 
@@ -339,6 +343,7 @@ async fn poll(
     chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
     tx: watch::Sender<Arc<Vec<Member>>>,
     every: Duration,
+    ahead: Duration,
     gauges: MemberGauges,
     stop: CancellationToken,
 ) {
@@ -358,7 +363,7 @@ async fn poll(
             let c = chitchat.lock().await;
             let me = c.self_chitchat_id().clone();
             let live: std::collections::HashSet<&ChitchatId> = c.live_nodes().collect();
-            let mut latest: HashMap<&str, Member> = HashMap::new();
+            let mut candidates = Vec::new();
             for (id, state) in c.node_states() {
                 let is_self = *id == me;
                 let entry = heard.entry(id.clone()).or_insert((state.heartbeat(), now));
@@ -366,17 +371,11 @@ async fn poll(
                     *entry = (state.heartbeat(), now);
                 }
                 let alive = live.contains(id);
-                let m = member(id, state, alive, entry.1, is_self);
-                match latest.get(&*id.node_id) {
-                    Some(old) if old.generation >= m.generation => {}
-                    _ => {
-                        latest.insert(&id.node_id, m);
-                    }
-                }
+                candidates.push(member(id, state, alive, entry.1, is_self));
             }
             heard.retain(|id, _| c.node_states().contains_key(id));
-            let mut members: Vec<Member> = latest.into_values().collect();
-            members.sort_by(|a, b| a.id.cmp(&b.id));
+            let (members, refused) = select_members(candidates, unix_ms(), ahead);
+            gauges.refused.set(refused as f64);
             members
         };
         gauges.set(&members);
@@ -405,6 +404,55 @@ async fn poll(
             !same
         });
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Longest member id and region accepted from gossip.
+const MAX_NAME: usize = 64;
+
+/// Whether gossip's word about a member can be taken: an id and region of printable characters
+/// (no spaces, at most [`MAX_NAME`]), and a generation (its start time in ms) no further than
+/// `ahead` past this node's clock.
+fn acceptable(m: &Member, now_ms: u64, ahead: Duration) -> bool {
+    let name = |s: &str| s.len() <= MAX_NAME && s.bytes().all(|b| b.is_ascii_graphic());
+    !m.id.is_empty()
+        && name(&m.id)
+        && name(&m.region)
+        && m.generation <= now_ms.saturating_add(ahead.as_millis() as u64)
+}
+
+/// The member list from every node state gossip holds: one member per id, the latest
+/// acceptable generation, sorted by id; and how many states were refused.
+///
+/// Hazard: gossip is only as honest as the key holders. A node's own entry always wins over
+/// what others say of it (a forged higher generation of its id would hide it, in its own view
+/// too), a generation from the future is refused (else a restart, with its smaller generation,
+/// could never displace it), and ids and regions with control characters or of any length never
+/// reach the DNS tables or the logs.
+fn select_members(candidates: Vec<Member>, now_ms: u64, ahead: Duration) -> (Vec<Member>, usize) {
+    let mut refused = 0;
+    let mut latest: HashMap<String, Member> = HashMap::new();
+    for m in candidates {
+        if !m.is_self && !acceptable(&m, now_ms, ahead) {
+            refused += 1;
+            continue;
+        }
+        match latest.get(&m.id) {
+            Some(old) if old.is_self => {}
+            Some(old) if !m.is_self && old.generation >= m.generation => {}
+            _ => {
+                latest.insert(m.id.clone(), m);
+            }
+        }
+    }
+    let mut members: Vec<Member> = latest.into_values().collect();
+    members.sort_by(|a, b| a.id.cmp(&b.id));
+    (members, refused)
 }
 
 fn member(
@@ -444,5 +492,99 @@ fn member(
         started: get(key::STARTED).parse().unwrap_or(0),
         last_heard: heard,
         is_self,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(id: &str, generation: u64, is_self: bool) -> Member {
+        Member {
+            id: id.into(),
+            generation,
+            gossip_addr: "127.0.0.1:7946".parse().unwrap(),
+            roles: vec!["edge".into()],
+            region: "eu-west".into(),
+            addresses: vec!["127.0.0.12".parse().unwrap()],
+            weight: 1.0,
+            load: 0.0,
+            draining: false,
+            state: MemberState::Alive,
+            version: String::new(),
+            started: 0,
+            last_heard: Instant::now(),
+            is_self,
+        }
+    }
+
+    const NOW: u64 = 1_800_000_000_000;
+    const AHEAD: Duration = Duration::from_secs(2);
+
+    fn ids(members: &[Member]) -> Vec<(String, u64, bool)> {
+        members
+            .iter()
+            .map(|m| (m.id.clone(), m.generation, m.is_self))
+            .collect()
+    }
+
+    #[test]
+    fn a_nodes_own_entry_wins_over_a_forged_later_generation() {
+        // Forged first or last: this node stays itself.
+        for order in [false, true] {
+            let mut c = vec![
+                m("edge-a", NOW - 5000, true),
+                m("edge-a", NOW + 1000, false),
+            ];
+            if order {
+                c.reverse();
+            }
+            let (members, refused) = select_members(c, NOW, AHEAD);
+            assert_eq!(ids(&members), [("edge-a".into(), NOW - 5000, true)]);
+            assert_eq!(refused, 0);
+        }
+    }
+
+    #[test]
+    fn generations_from_the_future_are_refused_so_a_restart_comes_back() {
+        // Another node's view: a forged generation a day ahead, and the real restart.
+        let c = vec![
+            m("edge-b", NOW + 86_400_000, false),
+            m("edge-b", NOW - 10, false),
+            m("edge-c", NOW + 1500, false), // within the clock skew allowed
+        ];
+        let (members, refused) = select_members(c, NOW, AHEAD);
+        assert_eq!(
+            ids(&members),
+            [
+                ("edge-b".into(), NOW - 10, false),
+                ("edge-c".into(), NOW + 1500, false)
+            ]
+        );
+        assert_eq!(refused, 1);
+        // The latest acceptable generation of a node wins.
+        let (members, _) = select_members(
+            vec![m("edge-b", NOW - 10, false), m("edge-b", NOW - 99, false)],
+            NOW,
+            AHEAD,
+        );
+        assert_eq!(ids(&members), [("edge-b".into(), NOW - 10, false)]);
+    }
+
+    #[test]
+    fn ids_and_regions_that_are_not_printable_names_are_refused() {
+        let mut bad_region = m("edge-d", NOW, false);
+        bad_region.region = "eu\u{1b}[31m".into();
+        let c = vec![
+            m("edge\u{0}x", NOW, false),
+            m("edge x", NOW, false),
+            m("", NOW, false),
+            m(&"e".repeat(65), NOW, false),
+            bad_region,
+            m("edge-ok", NOW, false),
+        ];
+        let (members, refused) = select_members(c, NOW, AHEAD);
+        assert_eq!(ids(&members), [("edge-ok".into(), NOW, false)]);
+        assert_eq!(refused, 5);
     }
 }
