@@ -22,7 +22,7 @@ set -euo pipefail
 SECONDS_EACH=${1:-600}
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(framing cache_control range policy)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(framing cache_control range policy dns config geoip gossip)
 JOBS=${JOBS:-1}
 PARALLEL=""
 [ "$JOBS" -gt 1 ] && PARALLEL="-jobs=$JOBS -workers=$JOBS"

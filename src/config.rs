@@ -967,6 +967,27 @@ fn settle_edge(node: &mut NodeConfig, cluster: Option<&ClusterMap>, problems: &m
     }
 }
 
+/// A cluster map from text, for the fuzz targets.
+#[doc(hidden)]
+pub fn fuzz_cluster_map(text: &str, problems: &mut Vec<Problem>) -> Option<ClusterMap> {
+    parse_cluster_map(Path::new("cluster.toml"), text, problems)
+}
+
+/// An origin map from text, for the fuzz targets.
+#[doc(hidden)]
+pub fn fuzz_origin_map(text: &str, problems: &mut Vec<Problem>) {
+    let _ = parse_origin_map(Path::new("origins.toml"), text, problems);
+}
+
+/// A node file from text (no maps read), for the fuzz targets.
+#[doc(hidden)]
+pub fn fuzz_node(text: &str, problems: &mut Vec<Problem>) {
+    let path = Path::new("node.toml");
+    if let Some(raw) = parse_toml::<RawNode>(path, text, problems) {
+        let _ = validate_node(path, &raw, problems);
+    }
+}
+
 /// Reads and validates a cluster map on its own (for reloads).
 pub fn load_cluster_map(path: &Path) -> Result<ClusterMap, ConfigError> {
     let mut problems = Vec::new();

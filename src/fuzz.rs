@@ -1,7 +1,9 @@
 //! Entry points for the fuzz targets in `fuzz/` and for the test that replays their corpus; not
 //! a stable API. Each takes arbitrary bytes, runs one parser or decision on them, and panics
-//! only when a property the edge relies on does not hold.
+//! only when a property the node relies on does not hold.
 
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -197,4 +199,111 @@ pub fn policy(data: &[u8]) {
             let _ = policy::stale_if_error(&fresh, age, &req);
         }
     }
+}
+
+/// A DNS handler over config/local's cluster map and the test GeoIP database, built once.
+fn dns_handler() -> &'static crate::dns::handler::DnsHandler {
+    use crate::dns::handler::{DnsHandler, Identity, Tables};
+    static HANDLER: OnceLock<DnsHandler> = OnceLock::new();
+    HANDLER.get_or_init(|| {
+        let mut problems = Vec::new();
+        let map = crate::config::fuzz_cluster_map(
+            include_str!("../config/local/cluster.toml"),
+            &mut problems,
+        )
+        .expect("config/local's cluster map");
+        let geoip =
+            crate::geoip::GeoIp::from_bytes(include_bytes!("../geo/test-city.mmdb").to_vec())
+                .expect("the test database");
+        let regions: Vec<String> = map.regions.iter().map(|r| r.name.clone()).collect();
+        DnsHandler {
+            tables: Arc::new(arc_swap::ArcSwap::from_pointee(
+                Tables::new(&map, Some(Arc::new(geoip))).expect("tables"),
+            )),
+            view: Arc::new(arc_swap::ArcSwap::from_pointee(
+                crate::model::ClusterView::from_map(&map),
+            )),
+            metrics: Arc::new(crate::dns::metrics::DnsMetrics::new("fuzz", &regions)),
+            identity: Arc::new(Identity::new(Some("fuzz"), None)),
+        }
+    })
+}
+
+/// A DNS message as a UDP query, answered by the fast path and by hickory's path. Properties:
+/// neither panics; when the fast path answers, hickory's path gives the same message (records,
+/// TTLs, ECS scope) with no error; responses (QR set) are never answered. Covers the ECS option
+/// parsers of both paths.
+pub fn dns(data: &[u8]) {
+    use hickory_proto::op::{Message, ResponseCode};
+    let handler = dns_handler();
+    let src: SocketAddr = "192.0.2.7:5300"
+        .parse()
+        .unwrap_or(SocketAddr::from(([0; 4], 0)));
+    let general = crate::dns::server::general_answer(handler, data, src);
+    let mut worker = crate::dns::fast::Worker::default();
+    worker.begin(handler);
+    let mut fast = Vec::new();
+    if crate::dns::fast::answer(data, src, &mut fast, &mut worker) {
+        assert_eq!(data[2] & 0x80, 0, "the fast path answered a response");
+        let general = general.expect("hickory's path answers what the fast path answers");
+        let ours = Message::from_vec(&fast).expect("the fast path's answer parses");
+        let theirs = Message::from_vec(&general).expect("hickory's answer parses");
+        assert_eq!(theirs.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(ours, theirs, "the two paths answer differently");
+        let ttls = |m: &Message| {
+            (m.answers.iter().chain(&m.authorities))
+                .map(|r| r.ttl)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ttls(&ours), ttls(&theirs), "TTLs differ");
+    }
+}
+
+/// The three configuration files on arbitrary text (the first byte picks which). Property: no
+/// panic, and every problem names a key or is a syntax error with its line.
+pub fn config(data: &[u8]) {
+    let Some((&which, text)) = data.split_first() else {
+        return;
+    };
+    let Ok(text) = std::str::from_utf8(text) else {
+        return;
+    };
+    let mut problems = Vec::new();
+    match which % 3 {
+        0 => {
+            let _ = crate::config::fuzz_cluster_map(text, &mut problems);
+        }
+        1 => crate::config::fuzz_origin_map(text, &mut problems),
+        _ => crate::config::fuzz_node(text, &mut problems),
+    }
+    for p in &problems {
+        assert!(!p.reason.is_empty(), "a problem without a reason: {p}");
+    }
+}
+
+/// A GeoIP database from arbitrary bytes (seeded with a real one): opened and verified, and
+/// when it passes, looked up. Property: no panic, whatever the bytes.
+pub fn geoip(data: &[u8]) {
+    if let Ok(db) = crate::geoip::GeoIp::from_bytes(data.to_vec()) {
+        for ip in ["81.2.69.142", "2001:db8::1", "10.0.0.1", "0.0.0.0"] {
+            if let Some(hit) = ip.parse().ok().and_then(|ip| db.lookup(ip)) {
+                let _ = hit.record();
+                let _ = hit.hit();
+            }
+        }
+    }
+}
+
+/// A gossip datagram: opened by a keyring (arbitrary bytes never open), and read as a chitchat
+/// message (what an opened datagram becomes). Property: no panic.
+pub fn gossip(data: &[u8]) {
+    use chitchat::Deserializable;
+    let ring = crate::gossip::transport::Keyring::from_keys(&[[7; 32]]);
+    let mut copy = data.to_vec();
+    assert!(
+        ring.open(b"meridian", &mut copy).is_none(),
+        "forged bytes opened"
+    );
+    let mut rest = data;
+    let _ = chitchat::ChitchatMessage::deserialize(&mut rest);
 }

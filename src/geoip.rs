@@ -130,6 +130,12 @@ impl GeoIp {
         if data.len() as u64 > MAX_SIZE {
             return Err(err(format!("larger than {MAX_SIZE} bytes")));
         }
+        GeoIp::from_bytes(data).map_err(err)
+    }
+
+    /// Verifies a database held in memory.
+    pub(crate) fn from_bytes(data: Vec<u8>) -> Result<GeoIp, String> {
+        let err = |reason: String| reason;
         let reader = maxminddb::Reader::from_source(data).map_err(|e| err(e.to_string()))?;
         let kind = reader.metadata().database_type.clone();
         if !kind.contains("City") {

@@ -39,3 +39,23 @@ fn range_corpus() {
 fn policy_corpus() {
     replay("policy", meridian::fuzz::policy);
 }
+
+#[test]
+fn dns_corpus() {
+    replay("dns", meridian::fuzz::dns);
+}
+
+#[test]
+fn config_corpus() {
+    replay("config", meridian::fuzz::config);
+}
+
+#[test]
+fn geoip_corpus() {
+    replay("geoip", meridian::fuzz::geoip);
+}
+
+#[test]
+fn gossip_corpus() {
+    replay("gossip", meridian::fuzz::gossip);
+}
