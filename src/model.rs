@@ -45,6 +45,8 @@ pub(crate) struct EdgeView {
     pub(crate) draining: bool,
     /// Utilisation: 0 idle, 1 at capacity, more when overloaded.
     pub(crate) load: f64,
+    /// Named in the cluster map (not only heard of through gossip).
+    pub(crate) in_map: bool,
 }
 
 impl EdgeView {
@@ -174,6 +176,7 @@ impl ClusterView {
                 healthy: m.state == MemberState::Alive,
                 draining: m.draining,
                 load: m.load,
+                in_map: false,
             });
         }
         view
@@ -201,6 +204,7 @@ impl ClusterView {
                         healthy: true,
                         draining: false,
                         load: 0.0,
+                        in_map: true,
                     }
                 })
                 .collect(),

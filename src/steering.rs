@@ -338,6 +338,14 @@ impl Availability {
         let mut edges: Vec<usize> = (0..view.edges.len())
             .filter(|&i| view.edges[i].available() && view.edges[i].region < view.regions.len())
             .collect();
+        // Edges heard of through gossip but not in the map stand in for a region's map edges
+        // only when none of those is available: a key holder announcing members (or a
+        // misconfigured node) can never push the real edges out of the answers.
+        let mut mapped = vec![false; view.regions.len()];
+        for &i in &edges {
+            mapped[view.edges[i].region] |= view.edges[i].in_map;
+        }
+        edges.retain(|&i| view.edges[i].in_map || !mapped[view.edges[i].region]);
         edges.sort_by_key(|&i| view.edges[i].region);
         let mut regions = Vec::with_capacity(view.regions.len());
         let mut start = 0;
@@ -503,6 +511,7 @@ mod tests {
             healthy: true,
             draining: false,
             load: 0.0,
+            in_map: true,
         };
         ClusterView {
             regions: vec![
@@ -776,5 +785,33 @@ mod tests {
             let v = Point::new(a.0, a.1).km(&Point::new(b.0, b.1));
             assert!((h - v).abs() < 1e-6 * h.max(1.0), "{a:?} {b:?}: {h} vs {v}");
         }
+    }
+
+    #[test]
+    fn edges_outside_the_map_never_push_map_edges_out() {
+        let mut v = view();
+        for i in 0..20 {
+            v.edges.push(EdgeView {
+                id: format!("junk{i}"),
+                in_map: false,
+                ..v.edges[0].clone()
+            });
+        }
+        let seattle = at(47.25, -122.31);
+        let two = Policy {
+            answers: 2,
+            ..POLICY
+        };
+        for h in 0..300u64 {
+            let mut p = choose(&v, &seattle, two, mix(h)).edges;
+            p.sort_unstable();
+            assert_eq!(p, [0, 1], "hash {h}");
+        }
+        // With the region's map edges down, the others stand in.
+        v.edges[0].healthy = false;
+        v.edges[1].healthy = false;
+        let p = choose(&v, &seattle, two, mix(7)).edges;
+        assert!(p.iter().all(|&e| e >= 4), "{p:?}");
+        assert_eq!(p.len(), 2);
     }
 }
