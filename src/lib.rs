@@ -8,7 +8,8 @@
 //! ```text
 //! main.rs        CLI → config::load → telemetry::init_logging → app::run
 //! app.rs         composition root: bind, build shared state, spawn roles, ordered shutdown
-//! config.rs      serde structs, load(), validation listing every problem with file and key
+//! config/        mod.rs (load(), problems with file and key, checks across files), node.rs,
+//!                origins.rs, cluster.rs (one per file read: serde structs and validation)
 //! units.rs       "4GiB", "30s"
 //! telemetry.rs   tracing subscriber, Prometheus recorder, the edge's metric handles
 //! load.rs        counters the HTTP path feeds (requests, hits, connections, bytes); LoadMeter (EWMA utilisation)

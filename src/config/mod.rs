@@ -1,0 +1,741 @@
+//! Configuration: the node file and the maps it names, one module per file read (`node`, the
+//! origin map in `origins`, the cluster map in `cluster`); this module reads files, reports
+//! problems and checks what spans files (an edge's region in the map, origins that are the
+//! edge itself, certificates for the TLS listeners).
+//!
+//! `load(path)` reads the node file, then every map it names, parses them with serde (every
+//! unknown key reported, through serde_ignored) and validates the whole into a [`Config`].
+//! Parsing is separate from reading files (`parse_*` take text) and validation collects *every*
+//! problem with its file, key and reason before failing, so `meridian check` can list them all
+//! at once.
+//!
+//! Hands validated, typed values (durations, byte sizes, parsed URIs, socket addresses) to `app`,
+//! `http`, `origin` and `admin`; nothing downstream parses strings again.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::uri::{Scheme, Uri};
+use serde::Deserialize;
+
+use crate::units::{parse_duration, parse_size};
+
+mod cluster;
+mod node;
+mod origins;
+
+use cluster::*;
+pub use cluster::{load_cluster_map, ClusterMap, EdgeEntry, RegionConfig, SoaConfig, ZoneConfig};
+use node::*;
+pub use node::{
+    AdminConfig, DnsConfig, EdgeConfig, GossipConfig, LogConfig, NodeConfig, RateLimitConfig,
+};
+use origins::*;
+pub use origins::{QueryKey, SiteCertificate, SiteConfig};
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file the problem is in.
+    pub file: PathBuf,
+    /// The dotted key path (`edge.cache_memory`, `site[0].origins[1]`), or empty for the file.
+    pub key: String,
+    /// Why the value is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.reason)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.key, self.reason)
+        }
+    }
+}
+
+/// Every problem found while loading a configuration.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// The problems, in file order.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        writeln!(
+            f,
+            "{n} configuration problem{}:",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects problems for one file.
+struct Report<'a> {
+    file: &'a Path,
+    problems: &'a mut Vec<Problem>,
+}
+
+impl Report<'_> {
+    fn add(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.to_path_buf(),
+            key: key.into(),
+            reason: reason.into(),
+        });
+    }
+
+    fn duration(&mut self, key: &str, value: &Option<String>, default: Duration) -> Duration {
+        match value {
+            None => default,
+            Some(text) => match parse_duration(text) {
+                Ok(d) => d,
+                Err(reason) => {
+                    self.add(key, reason);
+                    default
+                }
+            },
+        }
+    }
+
+    fn positive_duration(
+        &mut self,
+        key: &str,
+        value: &Option<String>,
+        default: Duration,
+    ) -> Duration {
+        let d = self.duration(key, value, default);
+        if d.is_zero() {
+            self.add(key, "must be greater than zero");
+            return default;
+        }
+        d
+    }
+
+    fn size(&mut self, key: &str, value: &Option<String>, default: u64) -> u64 {
+        match value {
+            None => default,
+            Some(text) => match parse_size(text) {
+                Ok(n) => n,
+                Err(reason) => {
+                    self.add(key, reason);
+                    default
+                }
+            },
+        }
+    }
+
+    fn positive(&mut self, key: &str, value: Option<f64>, default: f64) -> f64 {
+        match value {
+            None => default,
+            Some(v) if v.is_finite() && v > 0.0 => v,
+            Some(v) => {
+                self.add(key, format!("{v} must be a number greater than zero"));
+                default
+            }
+        }
+    }
+
+    fn addr(&mut self, key: &str, text: &str) -> Option<SocketAddr> {
+        match text.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.add(
+                    key,
+                    format!("{text:?} is not a socket address (expected e.g. \"127.0.0.1:8080\")"),
+                );
+                None
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw file formats (serde). Sizes and durations stay strings here so that validation can report
+// every bad one with its key rather than stopping at the first.
+// ---------------------------------------------------------------------------------------------
+
+// ---------------------------------------------------------------------------------------------
+// Validated configuration.
+// ---------------------------------------------------------------------------------------------
+
+/// A whole, validated configuration: the node file and the maps it names.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The node file's own settings.
+    pub node: NodeConfig,
+    /// The sites this node serves (from the origin map).
+    pub sites: Vec<SiteConfig>,
+    /// The cluster map, when the node file names one.
+    pub cluster: Option<ClusterMap>,
+    /// The origin map's path, when the node file names one.
+    pub origin_map: Option<PathBuf>,
+}
+
+impl Config {
+    /// Every file this configuration was read from: the node file, the maps, certificates and
+    /// keys, CA bundles, the GeoIP database and the gossip key file. A change to any of them is
+    /// what a reload picks up.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.node.path.clone()];
+        files.extend(self.origin_map.clone());
+        files.extend(self.cluster.as_ref().map(|c| c.path.clone()));
+        for site in &self.sites {
+            files.extend(site.ca_file.clone());
+            if let Some(tls) = &site.tls {
+                files.push(tls.cert_file.clone());
+                files.push(tls.key_file.clone());
+            }
+        }
+        files.extend(self.node.dns.as_ref().and_then(|d| d.geoip.clone()));
+        files.extend(self.node.gossip.as_ref().and_then(|g| g.key_file.clone()));
+        files.sort();
+        files.dedup();
+        files
+    }
+}
+
+/// Loads and validates the node file at `path` and every map it names.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let mut problems = Vec::new();
+    let config = load_into(path, &mut problems);
+    match config {
+        Some(c) if problems.is_empty() => Ok(c),
+        _ => Err(ConfigError { problems }),
+    }
+}
+
+/// The largest configuration file read (maps of thousands of sites or edges are well under it):
+/// a path that names a device or a huge file by mistake is refused, not read for minutes.
+pub(crate) const MAX_FILE_SIZE: u64 = 16 << 20;
+
+/// The shortest admin token accepted.
+const MIN_TOKEN_LEN: usize = 16;
+
+/// Reads a configuration file: a regular file of at most [`MAX_FILE_SIZE`] bytes, in UTF-8.
+pub(crate) fn read_limited(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err("cannot read: not a regular file".into());
+    }
+    let mut text = String::new();
+    file.take(MAX_FILE_SIZE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if text.len() as u64 > MAX_FILE_SIZE {
+        return Err(format!("larger than {} MiB", MAX_FILE_SIZE >> 20));
+    }
+    Ok(text)
+}
+
+fn read(path: &Path, problems: &mut Vec<Problem>) -> Option<String> {
+    match read_limited(path) {
+        Ok(t) => Some(t),
+        Err(reason) => {
+            problems.push(Problem {
+                file: path.to_path_buf(),
+                key: String::new(),
+                reason,
+            });
+            None
+        }
+    }
+}
+
+/// A key path as the problems name keys: `site[0].origins[1]`.
+fn key_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
+        Path::Map { parent, key } => match key_path(parent) {
+            p if p.is_empty() => key.clone(),
+            p => format!("{p}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => key_path(parent),
+    }
+}
+
+fn parse_toml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    // Every unknown key is a problem (a misspelt key would otherwise be a silent default), and
+    // all of them are reported, not only the first.
+    let mut unknown = Vec::new();
+    let parsed = serde_ignored::deserialize(toml::Deserializer::new(text), |p| {
+        unknown.push(key_path(&p));
+    });
+    match parsed {
+        Ok(v) => {
+            for key in unknown {
+                problems.push(Problem {
+                    file: path.to_path_buf(),
+                    key,
+                    reason: "unknown key".into(),
+                });
+            }
+            Some(v)
+        }
+        Err(e) => {
+            let key = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start].matches('\n').count() + 1;
+                    format!("line {line}")
+                })
+                .unwrap_or_default();
+            problems.push(Problem {
+                file: path.to_path_buf(),
+                key,
+                reason: e.message().to_string(),
+            });
+            None
+        }
+    }
+}
+
+fn resolve(base: &Path, name: &str) -> PathBuf {
+    let p = Path::new(name);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}
+
+fn load_into(path: &Path, problems: &mut Vec<Problem>) -> Option<Config> {
+    let text = read(path, problems)?;
+    let raw: RawNode = parse_toml(path, &text, problems)?;
+    let node = validate_node(path, &raw, problems);
+
+    let origin_map = raw.origin_map.as_ref().map(|name| resolve(path, name));
+    let sites = if node.edge.is_some() {
+        match &raw.origin_map {
+            None => {
+                problems.push(Problem {
+                    file: path.to_path_buf(),
+                    key: "origin_map".into(),
+                    reason: "the edge role needs an origin map".into(),
+                });
+                Vec::new()
+            }
+            Some(name) => {
+                let map_path = resolve(path, name);
+                match read(&map_path, problems) {
+                    Some(text) => parse_origin_map(&map_path, &text, problems),
+                    None => Vec::new(),
+                }
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    let cluster = match &raw.cluster_map {
+        Some(name) => {
+            let map_path = resolve(path, name);
+            read(&map_path, problems).and_then(|text| parse_cluster_map(&map_path, &text, problems))
+        }
+        None => {
+            if node.dns.is_some() {
+                problems.push(Problem {
+                    file: path.to_path_buf(),
+                    key: "cluster_map".into(),
+                    reason: "the dns role needs a cluster map".into(),
+                });
+            }
+            None
+        }
+    };
+    let mut node = node;
+    settle_edge(&mut node, cluster.as_ref(), problems);
+    check_tls(&node, &sites, problems);
+    check_placement(
+        &node,
+        cluster.as_ref(),
+        &sites,
+        origin_map.as_deref(),
+        problems,
+    );
+    Some(Config {
+        node,
+        sites,
+        cluster,
+        origin_map,
+    })
+}
+
+/// An edge must be in a region of the cluster map (a typo would join the cluster, look healthy
+/// and never get a user), and no origin may be the edge's own listener (every miss would loop).
+fn check_placement(
+    node: &NodeConfig,
+    cluster: Option<&ClusterMap>,
+    sites: &[SiteConfig],
+    origin_map: Option<&Path>,
+    problems: &mut Vec<Problem>,
+) {
+    let Some(edge) = &node.edge else { return };
+    if let Some(map) = cluster {
+        if !map.regions.iter().any(|r| r.name == node.region) {
+            let names: Vec<&str> = map.regions.iter().map(|r| r.name.as_str()).collect();
+            problems.push(Problem {
+                file: node.path.clone(),
+                key: "region".into(),
+                reason: format!(
+                    "{:?} is not a region of the cluster map ({})",
+                    node.region,
+                    names.join(", ")
+                ),
+            });
+        }
+    }
+    let listeners: Vec<SocketAddr> = edge
+        .listen
+        .iter()
+        .chain(&edge.tls_listen)
+        .copied()
+        .collect();
+    for (i, site) in sites.iter().enumerate() {
+        for (j, origin) in site.origins.iter().enumerate() {
+            let Some(host) = origin.host() else { continue };
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let ip: std::net::IpAddr = match host.parse() {
+                Ok(ip) => ip,
+                Err(_) if host.eq_ignore_ascii_case("localhost") => [127, 0, 0, 1].into(),
+                Err(_) => continue,
+            };
+            let https = origin.scheme_str() == Some("https");
+            let port = origin.port_u16().unwrap_or(if https { 443 } else { 80 });
+            let own = listeners.iter().find(|l| {
+                l.port() == port
+                    && (l.ip() == ip
+                        || (l.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified())))
+            });
+            if let Some(l) = own {
+                problems.push(Problem {
+                    file: origin_map.map_or_else(|| node.path.clone(), Path::to_path_buf),
+                    key: format!("site[{i}].origins[{j}]"),
+                    reason: format!(
+                        "{origin} is this edge's own listener {l}: every miss would come back to it"
+                    ),
+                });
+            }
+        }
+    }
+}
+
+/// The TLS listeners need certificates, and the default site must have one.
+fn check_tls(node: &NodeConfig, sites: &[SiteConfig], problems: &mut Vec<Problem>) {
+    let Some(edge) = &node.edge else { return };
+    let mut add = |key: &str, reason: String| {
+        problems.push(Problem {
+            file: node.path.clone(),
+            key: key.into(),
+            reason,
+        })
+    };
+    if !edge.tls_listen.is_empty() && !sites.iter().any(|s| s.tls.is_some()) {
+        add(
+            "edge.tls.listen",
+            "no site of the origin map has a certificate (tls_cert and tls_key)".into(),
+        );
+    }
+    if let Some(name) = &edge.tls_default_site {
+        match sites.iter().find(|s| &s.name == name) {
+            None => add(
+                "edge.tls.default_site",
+                format!("no site is named {name:?} in the origin map"),
+            ),
+            Some(s) if s.tls.is_none() => add(
+                "edge.tls.default_site",
+                format!("site {name:?} has no certificate (tls_cert and tls_key)"),
+            ),
+            Some(_) => {}
+        }
+    }
+}
+
+/// Fills what the edge's settings take from the cluster map: its public addresses and the
+/// drain wait, which the longest DNS TTL bounds.
+fn settle_edge(node: &mut NodeConfig, cluster: Option<&ClusterMap>, problems: &mut Vec<Problem>) {
+    let Some(edge) = node.edge.as_mut() else {
+        return;
+    };
+    let ttl = cluster.and_then(|m| m.zones.iter().map(|z| z.ttl).max());
+    match (edge.drain_wait, ttl) {
+        (Some(wait), Some(ttl)) if wait > ttl => problems.push(Problem {
+            file: node.path.clone(),
+            key: "edge.drain_wait".into(),
+            reason: format!(
+                "{wait:?} is longer than the longest DNS TTL of the cluster map ({ttl:?}): resolvers stop sending users after one TTL"
+            ),
+        }),
+        (None, _) => edge.drain_wait = Some(if node.gossip.is_some() { ttl.unwrap_or(Duration::ZERO) } else { Duration::ZERO }),
+        _ => {}
+    }
+    if edge.public_addresses.is_empty() {
+        edge.public_addresses = cluster
+            .and_then(|m| m.edges.iter().find(|e| e.id == node.id))
+            .map(|e| e.addresses.clone())
+            .unwrap_or_else(|| {
+                edge.listen
+                    .iter()
+                    .map(|a| a.ip())
+                    .filter(|ip| !ip.is_unspecified())
+                    .collect()
+            });
+    }
+}
+
+/// A cluster map from text, for the fuzz targets.
+#[doc(hidden)]
+pub fn fuzz_cluster_map(text: &str, problems: &mut Vec<Problem>) -> Option<ClusterMap> {
+    parse_cluster_map(Path::new("cluster.toml"), text, problems)
+}
+
+/// An origin map from text, for the fuzz targets.
+#[doc(hidden)]
+pub fn fuzz_origin_map(text: &str, problems: &mut Vec<Problem>) {
+    let _ = parse_origin_map(Path::new("origins.toml"), text, problems);
+}
+
+/// A node file from text (no maps read), for the fuzz targets.
+#[doc(hidden)]
+pub fn fuzz_node(text: &str, problems: &mut Vec<Problem>) {
+    let path = Path::new("node.toml");
+    if let Some(raw) = parse_toml::<RawNode>(path, text, problems) {
+        let _ = validate_node(path, &raw, problems);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(text: &str) -> (Vec<SiteConfig>, Vec<Problem>) {
+        let mut problems = Vec::new();
+        let sites = parse_origin_map(Path::new("origins.toml"), text, &mut problems);
+        (sites, problems)
+    }
+
+    #[test]
+    fn origin_map_reports_every_problem_with_key() {
+        let (_, problems) = map(r#"
+            [[site]]
+            name = "a"
+            hosts = ["a.test", "bad host"]
+            origins = ["ftp://x", "http://127.0.0.1:8000/path"]
+            connect_timeout = "3 fortnights"
+            [[site]]
+            name = "a"
+            hosts = ["A.test"]
+            origins = ["http://127.0.0.1:8000"]
+            "#);
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "site[0].hosts[1]",
+                "site[0].origins[0]",
+                "site[0].origins[1]",
+                "site[0].connect_timeout",
+                "site[1].name",
+                "site[1].hosts[0]",
+            ],
+            "{problems:#?}"
+        );
+        assert!(problems.iter().all(|p| p.file == Path::new("origins.toml")));
+    }
+
+    #[test]
+    fn every_unknown_key_is_named() {
+        let (_, problems) = map("[[site]]\nname = \"a\"\nhosts=[\"a\"]\norigins=[\"http://a\"]\nbogus = 1\n\
+cache_key = { query = \"keep\", sceme = false }\n[[site]]\nname = \"b\"\nhosts=[\"b\"]\norigins=[\"http://b\"]\norign_read_timeout = \"1s\"\n");
+        let keys: Vec<_> = problems
+            .iter()
+            .map(|p| (p.key.as_str(), p.reason.as_str()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("site[0].bogus", "unknown key"),
+                ("site[0].cache_key.sceme", "unknown key"),
+                ("site[1].orign_read_timeout", "unknown key"),
+            ],
+            "{problems:#?}"
+        );
+    }
+
+    fn node_problems(node: &str, files: &[(&str, &str)]) -> Vec<(String, String)> {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        std::fs::write(dir.path().join("node.toml"), node).unwrap();
+        match load(&dir.path().join("node.toml")) {
+            Ok(_) => Vec::new(),
+            Err(e) => e
+                .problems
+                .into_iter()
+                .inspect(|p| assert!(p.file.starts_with(dir.path()), "{p}"))
+                .map(|p| (p.key, p.reason))
+                .collect(),
+        }
+    }
+
+    const EDGE: &str =
+        "id = \"e\"\nregion = \"r\"\norigin_map = \"o.toml\"\n[edge]\nlisten = [\"127.0.0.1:0\"]\n";
+    const ORIGINS: (&str, &str) = (
+        "o.toml",
+        "[[site]]\nname = \"s\"\nhosts = [\"s.test\"]\norigins = [\"http://127.0.0.1:1\"]\n",
+    );
+
+    #[test]
+    fn gossip_needs_a_key_or_an_explicit_insecure() {
+        let node = format!("{EDGE}[gossip]\nlisten = \"127.0.0.1:7946\"\n");
+        let problems = node_problems(&node, &[ORIGINS]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "gossip.key_file");
+        assert!(problems[0].1.contains("insecure = true"), "{problems:?}");
+        assert!(node_problems(&format!("{node}insecure = true\n"), &[ORIGINS]).is_empty());
+        let keyed = format!("{node}key_file = \"g.key\"\n");
+        assert!(node_problems(
+            &keyed,
+            &[
+                ORIGINS,
+                ("g.key", "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\n")
+            ]
+        )
+        .is_empty());
+        let problems = node_problems(&keyed, &[ORIGINS, ("g.key", "c2hvcnQ=\n")]);
+        assert_eq!(problems[0].0, "gossip.key_file");
+        assert!(problems[0].1.contains("g.key: line 1"), "{problems:?}");
+        let problems = node_problems(&keyed, &[ORIGINS]);
+        assert!(problems[0].1.contains("cannot read"), "{problems:?}");
+    }
+
+    #[test]
+    fn gossip_settings_are_checked_with_their_keys() {
+        let node = format!(
+            "{EDGE}drain_wait = \"1m\"\n[edge.capacity]\nconnections = 0\n[gossip]\nlisten = \"0.0.0.0:7946\"\nseeds = [\"nope\"]\ninsecure = true\ninterval = \"1s\"\nfailure_timeout = \"2s\"\n"
+        );
+        let cluster = "cluster_map = \"c.toml\"\n";
+        let map = "[[region]]\nname = \"r\"\nlat = 0.0\nlon = 0.0\n[[zone]]\napex = \"z.test\"\nnames = [\"www\"]\ndefault_region = \"r\"\nttl = \"30s\"\n[zone.soa]\nmname = \"ns.z.test\"\nrname = \"h.z.test\"\nserial = 1\n";
+        let node = node.replacen("[edge]", &format!("{cluster}[edge]"), 1);
+        let keys: Vec<String> = node_problems(&node, &[ORIGINS, ("c.toml", map)])
+            .into_iter()
+            .map(|p| p.0)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "edge.capacity.connections",
+                "gossip.advertise",
+                "gossip.seeds[0]",
+                "gossip.failure_timeout",
+                "edge.drain_wait",
+            ]
+        );
+    }
+
+    const MAP: &str = "[[region]]\nname = \"r\"\nlat = 0.0\nlon = 0.0\n[[zone]]\napex = \"z.test\"\nnames = [\"www\"]\ndefault_region = \"r\"\n[zone.soa]\nmname = \"ns.z.test\"\nrname = \"h.z.test\"\nserial = 1\n";
+
+    #[test]
+    fn every_unknown_key_of_the_node_file_is_named() {
+        let node = EDGE.replace("[edge]", "bogus = 1\n[log]\nlevle = \"debug\"\n[edge]")
+            + "cache_memroy = \"1GiB\"\n[edge.tls]\nlisten = []\ndefault_sit = \"s\"\n";
+        let problems = node_problems(&node, &[ORIGINS]);
+        assert_eq!(
+            problems,
+            [
+                ("bogus".to_string(), "unknown key".to_string()),
+                ("log.levle".into(), "unknown key".into()),
+                ("edge.cache_memroy".into(), "unknown key".into()),
+                ("edge.tls.default_sit".into(), "unknown key".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn devices_and_huge_files_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("n.toml"),
+            EDGE.replace("o.toml", "/dev/zero"),
+        )
+        .unwrap();
+        let problems = load(&dir.path().join("n.toml")).unwrap_err().problems;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].file, Path::new("/dev/zero"));
+        assert!(
+            problems[0].reason.contains("not a regular file"),
+            "{problems:?}"
+        );
+        let huge = "#".repeat((MAX_FILE_SIZE + 1) as usize);
+        let problems = node_problems(EDGE, &[("o.toml", &huge)]);
+        assert!(problems[0].1.contains("larger than 16 MiB"), "{problems:?}");
+    }
+
+    #[test]
+    fn an_edge_outside_every_region_of_the_map_is_refused() {
+        let node = EDGE.replace(
+            "region = \"r\"",
+            "region = \"us-wst\"\ncluster_map = \"c.toml\"",
+        );
+        let problems = node_problems(&node, &[ORIGINS, ("c.toml", MAP)]);
+        assert_eq!(
+            problems,
+            [(
+                "region".to_string(),
+                "\"us-wst\" is not a region of the cluster map (r)".to_string()
+            )]
+        );
+        let node = EDGE.replace("region = \"r\"", "region = \"r\"\ncluster_map = \"c.toml\"");
+        assert!(node_problems(&node, &[ORIGINS, ("c.toml", MAP)]).is_empty());
+    }
+
+    #[test]
+    fn short_admin_tokens_are_refused() {
+        let node = format!("{EDGE}[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"t\"\n");
+        let problems = node_problems(&node, &[ORIGINS, ("t", "secret\n")]);
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].0, "admin.token_file");
+        assert!(problems[0].1.contains("at least 16"), "{problems:?}");
+        assert!(node_problems(&node, &[ORIGINS, ("t", "0123456789abcdef\n")]).is_empty());
+    }
+
+    #[test]
+    fn an_origin_that_is_the_edge_itself_is_refused() {
+        let node = "id = \"e\"\nregion = \"r\"\norigin_map = \"o.toml\"\n[edge]\nlisten = [\"127.0.0.1:18080\", \"0.0.0.0:18081\"]\n";
+        let origins = "[[site]]\nname = \"s\"\nhosts = [\"s.test\"]\norigins = [\"http://127.0.0.1:18080\", \"http://localhost:18080/\", \"http://127.0.0.9:18081\", \"http://127.0.0.1:18082\", \"http://[::1]:18080\"]\n";
+        let keys: Vec<String> = node_problems(node, &[("o.toml", origins)])
+            .into_iter()
+            .map(|(k, r)| {
+                assert!(r.contains("own listener"), "{r}");
+                k
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "site[0].origins[0]",
+                "site[0].origins[1]",
+                "site[0].origins[2]"
+            ]
+        );
+    }
+}

@@ -1,0 +1,669 @@
+//! The node file: identity, roles, logging, and the settings of the edge, DNS, admin and gossip
+//! parts of a node, validated with every problem named.
+
+use super::*;
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RawNode {
+    id: String,
+    region: String,
+    #[serde(default = "default_roles")]
+    roles: Vec<String>,
+    pub(super) origin_map: Option<String>,
+    pub(super) cluster_map: Option<String>,
+    #[serde(default)]
+    log: RawLog,
+    edge: Option<RawEdge>,
+    dns: Option<RawDns>,
+    admin: Option<RawAdmin>,
+    gossip: Option<RawGossip>,
+    #[serde(default)]
+    reload: RawReload,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawReload {
+    watch: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RawGossip {
+    listen: String,
+    advertise: Option<String>,
+    #[serde(default)]
+    seeds: Vec<String>,
+    cluster: Option<String>,
+    key_file: Option<String>,
+    #[serde(default)]
+    insecure: bool,
+    interval: Option<String>,
+    failure_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RawDns {
+    listen: Vec<String>,
+    geoip: Option<String>,
+    tcp_timeout: Option<String>,
+    nsid: Option<String>,
+    rate_limit: Option<RawRateLimit>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RawRateLimit {
+    responses_per_second: u32,
+    slip: Option<u32>,
+    ipv4_prefix: Option<u8>,
+    ipv6_prefix: Option<u8>,
+}
+
+pub(super) fn default_roles() -> Vec<String> {
+    vec!["edge".to_string()]
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawLog {
+    format: Option<String>,
+    level: Option<String>,
+    access_log: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RawEdge {
+    listen: Vec<String>,
+    cache_memory: Option<String>,
+    max_object_size: Option<String>,
+    header_read_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    client_body_timeout: Option<String>,
+    max_header_size: Option<String>,
+    max_connections: Option<usize>,
+    shutdown_grace: Option<String>,
+    drain_wait: Option<String>,
+    tls: Option<RawEdgeTls>,
+    public_addresses: Option<Vec<String>>,
+    #[serde(default)]
+    capacity: RawCapacity,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RawEdgeTls {
+    listen: Vec<String>,
+    default_site: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawCapacity {
+    requests_per_second: Option<f64>,
+    connections: Option<f64>,
+    egress_per_second: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RawAdmin {
+    listen: String,
+    token_file: Option<String>,
+}
+
+/// Settings of the DNS role.
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    /// Addresses served over both UDP and TCP.
+    pub listen: Vec<SocketAddr>,
+    /// A MaxMind-format City database.
+    pub geoip: Option<PathBuf>,
+    /// Idle time allowed on a TCP connection.
+    pub tcp_timeout: Duration,
+    /// What this node says it is when a query asks (RFC 5001 NSID); `None` says nothing.
+    pub nsid: Option<String>,
+    /// Response-rate limiting of UDP answers per client prefix; `None`: off.
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// Response-rate limiting (`dns.rate_limit`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimitConfig {
+    /// UDP answers per second each client prefix gets (and as many at once).
+    pub responses_per_second: u32,
+    /// Every `slip`-th answer past the limit goes out truncated (the client retries over
+    /// TCP); the others are dropped. 0 drops them all.
+    pub slip: u32,
+    /// Prefix lengths that group client addresses.
+    pub ipv4_prefix: u8,
+    /// See `ipv4_prefix`.
+    pub ipv6_prefix: u8,
+}
+
+/// Settings of the node file.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The node file, as given.
+    pub path: PathBuf,
+    /// Node id, unique in the cluster.
+    pub id: String,
+    /// Region this node is in.
+    pub region: String,
+    /// Logging.
+    pub log: LogConfig,
+    /// The edge role, when enabled.
+    pub edge: Option<EdgeConfig>,
+    /// The DNS role, when enabled.
+    pub dns: Option<DnsConfig>,
+    /// The admin listener, when configured.
+    pub admin: Option<AdminConfig>,
+    /// Cluster membership, when configured.
+    pub gossip: Option<GossipConfig>,
+    /// Poll the configuration's files this often and reload when one changes (off when `None`).
+    pub watch: Option<Duration>,
+}
+
+/// Cluster membership by gossip.
+#[derive(Debug, Clone)]
+pub struct GossipConfig {
+    /// UDP address the gossip agent binds.
+    pub listen: SocketAddr,
+    /// Address peers reach this node at (`listen` unless it is a wildcard).
+    pub advertise: SocketAddr,
+    /// `host:port` of nodes to join through (names are resolved, and again every minute).
+    pub seeds: Vec<String>,
+    /// Cluster name: nodes of other clusters are not heard (it is authenticated in every packet).
+    pub cluster: String,
+    /// The key file (one base64 AES-256 key per line, the sealing key first); `None` only with
+    /// `insecure = true`.
+    pub key_file: Option<PathBuf>,
+    /// Time between gossip rounds.
+    pub interval: Duration,
+    /// A node not heard from for about this long is declared dead (sooner in small clusters,
+    /// where its news arrives more often than once a round).
+    pub failure_timeout: Duration,
+}
+
+/// Log format and level.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Emit JSON lines instead of readable text.
+    pub json: bool,
+    /// A tracing filter directive, `info` by default.
+    pub level: String,
+    /// Log one line per HTTP request.
+    pub access_log: bool,
+}
+
+/// Settings of the edge role.
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// Plain HTTP listeners.
+    pub listen: Vec<SocketAddr>,
+    /// HTTPS listeners.
+    pub tls_listen: Vec<SocketAddr>,
+    /// The site whose certificate answers clients without SNI (or with a name no site serves);
+    /// without one, their handshakes are refused.
+    pub tls_default_site: Option<String>,
+    /// Bytes of response bodies and headers the cache may hold.
+    pub cache_memory: u64,
+    /// Largest object the cache stores; larger ones stream through.
+    pub max_object_size: u64,
+    /// Time a client has to send a complete request head.
+    pub header_read_timeout: Duration,
+    /// A connection with no traffic for this long is closed.
+    pub idle_timeout: Duration,
+    /// Longest wait for the next byte of a request body; past it the client gets 408.
+    pub client_body_timeout: Duration,
+    /// Largest request head accepted; larger ones get 431.
+    pub max_header_size: usize,
+    /// Open client connections at most; further connections wait to be accepted.
+    pub max_connections: usize,
+    /// Time in-flight requests get to finish on shutdown.
+    pub shutdown_grace: Duration,
+    /// On shutdown, time between announcing draining and closing the listeners, so resolvers
+    /// that cached this edge stop sending users (at most the DNS TTL; the TTL by default).
+    pub drain_wait: Option<Duration>,
+    /// Addresses users reach this edge at, as published by gossip (by default the cluster
+    /// map's entry for this node id, else the listen addresses).
+    pub public_addresses: Vec<std::net::IpAddr>,
+    /// Requests per second the edge is built for (utilisation 1.0).
+    pub capacity_requests_per_second: f64,
+    /// Open client connections the edge is built for.
+    pub capacity_connections: f64,
+    /// Egress bytes per second the edge is built for.
+    pub capacity_egress_per_second: f64,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Address of the admin API.
+    pub listen: SocketAddr,
+    /// Bearer token for mutations, read from `token_file`. Without one, mutations are refused.
+    pub token: Option<String>,
+}
+
+pub(super) fn validate_node(path: &Path, raw: &RawNode, problems: &mut Vec<Problem>) -> NodeConfig {
+    let mut r = Report {
+        file: path,
+        problems,
+    };
+    if raw.id.trim().is_empty() {
+        r.add("id", "must not be empty");
+    }
+    if raw.region.trim().is_empty() {
+        r.add("region", "must not be empty");
+    }
+    let mut edge_role = false;
+    let mut dns_role = false;
+    for (i, role) in raw.roles.iter().enumerate() {
+        match role.as_str() {
+            "edge" => edge_role = true,
+            "dns" => dns_role = true,
+            other => r.add(
+                format!("roles[{i}]"),
+                format!("unknown role {other:?} (expected \"edge\" or \"dns\")"),
+            ),
+        }
+    }
+    if raw.roles.is_empty() {
+        r.add("roles", "must name at least one role");
+    }
+
+    let log = LogConfig {
+        json: match raw.log.format.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                r.add(
+                    "log.format",
+                    format!("unknown format {other:?} (expected \"text\" or \"json\")"),
+                );
+                false
+            }
+        },
+        level: raw.log.level.clone().unwrap_or_else(|| "info".to_string()),
+        access_log: raw.log.access_log.unwrap_or(true),
+    };
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log.level) {
+        r.add(
+            "log.level",
+            format!("{:?} is not a log filter: {e}", log.level),
+        );
+    }
+
+    let edge = match (&raw.edge, edge_role) {
+        (None, true) => {
+            r.add("edge", "the edge role needs an [edge] section");
+            None
+        }
+        (Some(_), false) => {
+            r.add("edge", "an [edge] section without the edge role in `roles`");
+            None
+        }
+        (None, false) => None,
+        (Some(e), true) => Some(validate_edge(&mut r, e)),
+    };
+
+    let dns = match (&raw.dns, dns_role) {
+        (None, true) => {
+            r.add("dns", "the dns role needs a [dns] section");
+            None
+        }
+        (Some(_), false) => {
+            r.add("dns", "a [dns] section without the dns role in `roles`");
+            None
+        }
+        (None, false) => None,
+        (Some(d), true) => {
+            if d.listen.is_empty() {
+                r.add("dns.listen", "must name at least one address");
+            }
+            let listen = d
+                .listen
+                .iter()
+                .enumerate()
+                .filter_map(|(i, a)| r.addr(&format!("dns.listen[{i}]"), a))
+                .collect();
+            let geoip = d.geoip.as_ref().map(|g| resolve(path, g));
+            if let Some(g) = &geoip {
+                if let Err(e) = crate::geoip::GeoIp::open(g) {
+                    r.add("dns.geoip", e.to_string());
+                }
+            }
+            let nsid = match d.nsid.as_deref() {
+                None => Some(raw.id.clone()),
+                Some("") => None,
+                Some(n) if n.len() > 255 || !n.bytes().all(|b| b.is_ascii_graphic()) => {
+                    r.add(
+                        "dns.nsid",
+                        "at most 255 printable characters without spaces (\"\" turns NSID off)",
+                    );
+                    None
+                }
+                Some(n) => Some(n.to_string()),
+            };
+            let rate_limit = d.rate_limit.as_ref().map(|l| {
+                if l.responses_per_second == 0 {
+                    r.add("dns.rate_limit.responses_per_second", "must be at least 1");
+                }
+                let v4 = l.ipv4_prefix.unwrap_or(24);
+                if v4 > 32 {
+                    r.add("dns.rate_limit.ipv4_prefix", "at most 32");
+                }
+                let v6 = l.ipv6_prefix.unwrap_or(56);
+                if v6 > 128 {
+                    r.add("dns.rate_limit.ipv6_prefix", "at most 128");
+                }
+                RateLimitConfig {
+                    responses_per_second: l.responses_per_second.max(1),
+                    slip: l.slip.unwrap_or(2),
+                    ipv4_prefix: v4.min(32),
+                    ipv6_prefix: v6.min(128),
+                }
+            });
+            Some(DnsConfig {
+                listen,
+                geoip,
+                tcp_timeout: r.positive_duration(
+                    "dns.tcp_timeout",
+                    &d.tcp_timeout,
+                    Duration::from_secs(10),
+                ),
+                nsid,
+                rate_limit,
+            })
+        }
+    };
+
+    let admin = raw.admin.as_ref().map(|a| {
+        let listen = r
+            .addr("admin.listen", &a.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let token = a.token_file.as_ref().and_then(|name| {
+            let token_path = resolve(path, name);
+            match read_limited(&token_path) {
+                Ok(t) if t.trim().is_empty() => {
+                    r.add(
+                        "admin.token_file",
+                        format!("{} is empty", token_path.display()),
+                    );
+                    None
+                }
+                // A short token can be guessed over the network; `openssl rand -hex 32` makes one.
+                Ok(t) if t.trim().len() < MIN_TOKEN_LEN => {
+                    r.add(
+                        "admin.token_file",
+                        format!(
+                            "{}: the token has {} bytes; at least {MIN_TOKEN_LEN} are needed (openssl rand -hex 32)",
+                            token_path.display(),
+                            t.trim().len()
+                        ),
+                    );
+                    None
+                }
+                Ok(t) => Some(t.trim().to_string()),
+                Err(reason) => {
+                    r.add(
+                        "admin.token_file",
+                        format!(
+                            "cannot read {}: {}",
+                            token_path.display(),
+                            reason.trim_start_matches("cannot read: ")
+                        ),
+                    );
+                    None
+                }
+            }
+        });
+        AdminConfig { listen, token }
+    });
+
+    let gossip = raw.gossip.as_ref().map(|g| validate_gossip(&mut r, g));
+
+    NodeConfig {
+        path: path.to_path_buf(),
+        id: raw.id.clone(),
+        region: raw.region.clone(),
+        log,
+        edge,
+        dns,
+        admin,
+        gossip,
+        watch: raw.reload.watch.as_ref().map(|_| {
+            r.positive_duration("reload.watch", &raw.reload.watch, Duration::from_secs(2))
+        }),
+    }
+}
+
+pub(super) fn validate_gossip(r: &mut Report<'_>, g: &RawGossip) -> GossipConfig {
+    let fallback = SocketAddr::from(([127, 0, 0, 1], 7946));
+    let listen = r.addr("gossip.listen", &g.listen).unwrap_or(fallback);
+    let advertise = match &g.advertise {
+        Some(a) => r.addr("gossip.advertise", a).unwrap_or(listen),
+        None => listen,
+    };
+    if advertise.ip().is_unspecified() {
+        r.add(
+            "gossip.advertise",
+            format!(
+                "peers cannot reach {advertise}: name the address they should use when gossip.listen is a wildcard"
+            ),
+        );
+    }
+    if advertise.port() == 0 {
+        r.add(
+            "gossip.advertise",
+            "needs a port other than 0: peers and seeds name it",
+        );
+    }
+    for (i, seed) in g.seeds.iter().enumerate() {
+        let ok = seed.parse::<SocketAddr>().is_ok()
+            || seed
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !ok {
+            r.add(
+                format!("gossip.seeds[{i}]"),
+                format!(
+                    "{seed:?} is not host:port (e.g. \"10.0.0.1:7946\" or \"seeds.example:7946\")"
+                ),
+            );
+        }
+    }
+    let cluster = g.cluster.clone().unwrap_or_else(|| "meridian".to_string());
+    if cluster.trim().is_empty() {
+        r.add("gossip.cluster", "must not be empty");
+    }
+    let key_file = match (&g.key_file, g.insecure) {
+        (Some(name), false) => {
+            let key_path = resolve(r.file, name);
+            if let Err(e) = crate::gossip::Keyring::load(&key_path) {
+                r.add("gossip.key_file", e);
+            }
+            Some(key_path)
+        }
+        (Some(_), true) => {
+            r.add(
+                "gossip.insecure",
+                "is true but gossip.key_file is set too: choose one",
+            );
+            None
+        }
+        (None, true) => None,
+        (None, false) => {
+            r.add(
+                "gossip.key_file",
+                "gossip is encrypted and authenticated with a key: name a key file (one base64 32-byte key per line, `openssl rand -base64 32`), or say `insecure = true` to gossip in clear",
+            );
+            None
+        }
+    };
+    let interval = r.positive_duration("gossip.interval", &g.interval, Duration::from_millis(250));
+    let failure_timeout = r.positive_duration(
+        "gossip.failure_timeout",
+        &g.failure_timeout,
+        Duration::from_secs(2),
+    );
+    if failure_timeout < interval * 4 {
+        r.add(
+            "gossip.failure_timeout",
+            format!(
+                "{failure_timeout:?} is under four gossip rounds ({interval:?} each): healthy nodes would flap"
+            ),
+        );
+    }
+    GossipConfig {
+        listen,
+        advertise,
+        seeds: g.seeds.clone(),
+        cluster,
+        key_file,
+        interval,
+        failure_timeout,
+    }
+}
+
+pub(super) fn default_cache_memory() -> u64 {
+    256 << 20
+}
+pub(super) fn default_max_object_size() -> u64 {
+    16 << 20
+}
+pub(super) fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+pub(super) fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+pub(super) fn default_max_header_size() -> u64 {
+    16 << 10
+}
+pub(super) fn default_max_connections() -> usize {
+    10_000
+}
+pub(super) fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(10)
+}
+pub(super) fn default_client_body_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+pub(super) fn validate_edge(r: &mut Report<'_>, e: &RawEdge) -> EdgeConfig {
+    let listen: Vec<SocketAddr> = e
+        .listen
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| r.addr(&format!("edge.listen[{i}]"), a))
+        .collect();
+    let tls_listen: Vec<SocketAddr> = e
+        .tls
+        .iter()
+        .flat_map(|t| t.listen.iter().enumerate())
+        .filter_map(|(i, a)| r.addr(&format!("edge.tls.listen[{i}]"), a))
+        .collect();
+    if e.listen.is_empty() && e.tls.as_ref().is_none_or(|t| t.listen.is_empty()) {
+        r.add(
+            "edge.listen",
+            "must name at least one address (or edge.tls.listen)",
+        );
+    }
+    let cache_memory = r.size("edge.cache_memory", &e.cache_memory, default_cache_memory());
+    let max_object_size = r.size(
+        "edge.max_object_size",
+        &e.max_object_size,
+        default_max_object_size(),
+    );
+    if max_object_size > cache_memory {
+        r.add(
+            "edge.max_object_size",
+            format!("{max_object_size} bytes is larger than edge.cache_memory ({cache_memory})"),
+        );
+    }
+    if max_object_size > u32::MAX as u64 {
+        r.add("edge.max_object_size", "must be below 4GiB");
+    }
+    let max_header_size = r.size(
+        "edge.max_header_size",
+        &e.max_header_size,
+        default_max_header_size(),
+    );
+    if max_header_size < 8192 {
+        r.add(
+            "edge.max_header_size",
+            "must be at least 8KiB (HTTP/1 request heads up to that size are always accepted)",
+        );
+    }
+    let max_connections = e.max_connections.unwrap_or_else(default_max_connections);
+    if max_connections == 0 {
+        r.add("edge.max_connections", "must be greater than zero");
+    }
+    EdgeConfig {
+        listen,
+        tls_listen,
+        tls_default_site: e.tls.as_ref().and_then(|t| t.default_site.clone()),
+        cache_memory,
+        max_object_size,
+        header_read_timeout: r.positive_duration(
+            "edge.header_read_timeout",
+            &e.header_read_timeout,
+            default_header_read_timeout(),
+        ),
+        idle_timeout: r.positive_duration(
+            "edge.idle_timeout",
+            &e.idle_timeout,
+            default_idle_timeout(),
+        ),
+        client_body_timeout: r.positive_duration(
+            "edge.client_body_timeout",
+            &e.client_body_timeout,
+            default_client_body_timeout(),
+        ),
+        max_header_size: max_header_size.max(8192) as usize,
+        max_connections: max_connections.max(1),
+        shutdown_grace: r.duration(
+            "edge.shutdown_grace",
+            &e.shutdown_grace,
+            default_shutdown_grace(),
+        ),
+        drain_wait: e
+            .drain_wait
+            .as_ref()
+            .map(|_| r.duration("edge.drain_wait", &e.drain_wait, Duration::ZERO)),
+        public_addresses: e
+            .public_addresses
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(i, a)| match a.parse() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    r.add(
+                        format!("edge.public_addresses[{i}]"),
+                        format!("{a:?} is not an IP address"),
+                    );
+                    None
+                }
+            })
+            .collect(),
+        capacity_requests_per_second: r.positive(
+            "edge.capacity.requests_per_second",
+            e.capacity.requests_per_second,
+            10_000.0,
+        ),
+        capacity_connections: r.positive(
+            "edge.capacity.connections",
+            e.capacity.connections,
+            max_connections.max(1) as f64,
+        ),
+        capacity_egress_per_second: {
+            let n = r.size(
+                "edge.capacity.egress_per_second",
+                &e.capacity.egress_per_second,
+                1 << 30,
+            );
+            if n == 0 {
+                r.add(
+                    "edge.capacity.egress_per_second",
+                    "must be greater than zero",
+                );
+            }
+            n.max(1) as f64
+        },
+    }
+}
