@@ -106,7 +106,14 @@ impl Gossip {
             totals: totals.clone(),
         };
         let started = unix_now();
-        let generation = started.as_millis() as u64;
+        // MERIDIAN_TEST_GENERATION_AHEAD_MS (a test hook, undocumented on purpose) makes this
+        // node claim a generation that far in the future: the forged claim the member selection
+        // must refuse. It harms only the node that sets it, which its peers then ignore.
+        let ahead: u64 = std::env::var("MERIDIAN_TEST_GENERATION_AHEAD_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let generation = started.as_millis() as u64 + ahead;
         let rounds = config.failure_timeout.as_secs_f64() / config.interval.as_secs_f64();
         let chitchat_config = ChitchatConfig {
             chitchat_id: ChitchatId::new(me.id.clone(), generation, config.advertise),

@@ -308,9 +308,14 @@ struct Proc {
 
 impl Proc {
     fn start(file: &Path) -> Proc {
+        Proc::start_env(file, &[])
+    }
+
+    fn start_env(file: &Path, env: &[(&str, &str)]) -> Proc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
             .args(["run", "-c"])
             .arg(file)
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -702,6 +707,64 @@ async fn a_node_with_the_wrong_key_neither_joins_nor_changes_the_view() {
     );
     dns.wait_answer(SEATTLE, "127.0.0.12", Duration::from_secs(2))
         .await;
+    drop((a, b, bad));
+    drop(dns.node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_impostor_from_the_future_hides_no_one() {
+    let Two {
+        mut c,
+        dns,
+        a,
+        b,
+        a_file: _,
+        _origin,
+    } = Two::start("future", "", ["k1.key", "k1.key", "k1.key"], "").await;
+    dns.wait_answer(SEATTLE, "127.0.0.11", Duration::from_secs(5))
+        .await;
+    let before = dns.member("edge-a").await.unwrap();
+
+    // A node holding the key claims to be edge-a with a generation a day ahead, and drains.
+    let bad_file = c.edge_file("edge-a", "us-west", "k1.key", "");
+    let bad = Proc::start_env(
+        &bad_file,
+        &[("MERIDIAN_TEST_GENERATION_AHEAD_MS", "86400000")],
+    );
+    assert_eq!(
+        admin_send(bad.admin, "POST", "/drain", Some(TOKEN)).await,
+        200
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Every node still takes the real edge-a: the DNS node answers with it, undrained...
+    let after = dns.member("edge-a").await.unwrap();
+    assert_eq!(after["generation"], before["generation"], "{after}");
+    assert_eq!(after["draining"], false);
+    assert_eq!(
+        dns.answer(SEATTLE).await,
+        Some("127.0.0.11".parse().unwrap())
+    );
+    // ... and edge-a sees itself, not the claim about its id.
+    let own = admin_json(a.admin, "/cluster").await;
+    let me = own["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "edge-a")
+        .cloned()
+        .unwrap();
+    assert_eq!(me["generation"], before["generation"], "{own}");
+    // The refused claim is counted.
+    let metrics = get(dns.admin, "admin", "/metrics", &[]).await.text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("meridian_cluster_members")
+                && l.contains("state=\"refused\"")
+                && !l.ends_with(" 0")),
+        "{metrics}"
+    );
     drop((a, b, bad));
     drop(dns.node);
 }
