@@ -770,6 +770,99 @@ async fn a_keyed_impostor_from_the_future_hides_no_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_sealed_packet_changes_nothing() {
+    // A listener every node takes for a seed: it sees the sealed packets sent to it.
+    let tap = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let origin = origin().await;
+    let mut c = Cluster::new(
+        &[
+            ("edge-a", "us-west", "127.0.0.11"),
+            ("edge-b", "eu-west", "127.0.0.12"),
+        ],
+        "",
+        "replay",
+    );
+    c.seeds.push(tap.local_addr().unwrap());
+    c.origins(origin.addr);
+    let dns = c.dns_with_key("k1.key").await;
+    // The DNS node's first packet to the seed: a SYN whose digest knows only the DNS node.
+    let mut buf = vec![0u8; 65536];
+    let (n, dns_gossip) = tokio::time::timeout(Duration::from_secs(5), tap.recv_from(&mut buf))
+        .await
+        .expect("the DNS node gossips to its seeds")
+        .unwrap();
+    let old_syn = buf[..n].to_vec();
+    let a = Proc::start(&c.edge_file("edge-a", "us-west", "k1.key", ""));
+    let b = Proc::start(&c.edge_file("edge-b", "eu-west", "k1.key", ""));
+    let b_member = dns
+        .wait_member("edge-b", "alive", Duration::from_secs(10), |m| {
+            m["state"] == "alive"
+        })
+        .await;
+    let b_gossip: SocketAddr = b_member["gossip"].as_str().unwrap().parse().unwrap();
+
+    // Replayed to edge-b, that SYN draws its answer: edge-b's whole state, draining off.
+    tap.send_to(&old_syn, b_gossip).await.unwrap();
+    let synack = loop {
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), tap.recv_from(&mut buf))
+            .await
+            .expect("edge-b answers the replayed SYN")
+            .unwrap();
+        if from == b_gossip && n > 100 {
+            break buf[..n].to_vec();
+        }
+    };
+
+    // edge-b drains; the DNS node hears it and stops answering with it.
+    assert_eq!(
+        admin_send(b.admin, "POST", "/drain", Some(TOKEN)).await,
+        200
+    );
+    dns.wait_member("edge-b", "draining", Duration::from_secs(5), |m| {
+        m["draining"] == true
+    })
+    .await;
+
+    // The captured answer, with its older state, replayed to the DNS node (several times):
+    // it opens (the key sealed it), and chitchat's versions are newer where they stand, so
+    // nothing goes back.
+    let count = |metrics: &str, direction: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("meridian_gossip_packets_total")
+                    && l.contains(&format!("direction=\"{direction}\""))
+                    && l.contains("dns-replay")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let before = get(dns.admin, "admin", "/metrics", &[]).await.text();
+    for _ in 0..3 {
+        tap.send_to(&synack, dns_gossip).await.unwrap();
+        tap.send_to(&old_syn, dns_gossip).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let metrics = get(dns.admin, "admin", "/metrics", &[]).await.text();
+    assert_eq!(
+        count(&metrics, "rejected"),
+        count(&before, "rejected"),
+        "the replay opened"
+    );
+    let after = dns.member("edge-b").await.unwrap();
+    assert_eq!(after["draining"], true, "{after}");
+    assert_eq!(after["generation"], b_member["generation"]);
+    assert_eq!(
+        dns.answer("81.2.69.142/32").await,
+        Some("127.0.0.11".parse().unwrap()),
+        "a draining edge-b stays out of the answers"
+    );
+    drop((a, b));
+    drop(dns.node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overloaded_region_spills_a_proportional_share_and_takes_it_back() {
     // Clients of 10.0.0.0/8 belong to us-west (a coverage zone), so each /24 in it is a client
     // subnet with its own hash. edge-a is built for 10 connections; 20 open ones put it at 2.0.
