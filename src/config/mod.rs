@@ -299,10 +299,22 @@ fn parse_toml<T: serde::de::DeserializeOwned>(
                     format!("line {line}")
                 })
                 .unwrap_or_default();
+            // Some syntax errors (a control character in a comment) carry no message of their
+            // own: say what toml's full report says last, or at least that it is not TOML.
+            let reason = match e.message().trim() {
+                "" => e
+                    .to_string()
+                    .lines()
+                    .rev()
+                    .map(str::trim)
+                    .find(|l| !l.is_empty() && !l.starts_with('|') && !l.contains(" | "))
+                    .map_or_else(|| "not valid TOML".to_string(), str::to_string),
+                m => m.to_string(),
+            };
             problems.push(Problem {
                 file: path.to_path_buf(),
                 key,
-                reason: e.message().to_string(),
+                reason,
             });
             None
         }
