@@ -8,7 +8,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -108,13 +108,41 @@ pub enum DemoError {
     Origin(std::io::Error),
 }
 
+/// The demo's scratch directory, removed when dropped: on every exit, a failed start included.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
 /// Writes the embedded files to a fresh private directory.
-fn write_files() -> Result<PathBuf, DemoError> {
-    let dir = std::env::temp_dir().join(format!("meridian-demo-{}", std::process::id()));
+///
+/// Hazard: the files hold the admin token and the gossip key. The directory has a name nobody
+/// can guess, is created new (never an existing directory or a link someone planted in the
+/// shared temporary directory) and is readable by this user only.
+fn write_files() -> Result<Scratch, DemoError> {
+    let mut suffix = [0u8; 8];
+    let _ = aws_lc_rs::rand::fill(&mut suffix);
+    let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = std::env::temp_dir().join(format!("meridian-demo-{}-{suffix}", std::process::id()));
     let err = |source| DemoError::Files {
         path: dir.clone(),
         source,
     };
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(&dir).map_err(err)?;
+    let scratch = Scratch(dir.clone());
     for (name, bytes) in FILES {
         let path = dir.join(name);
         if let Some(parent) = path.parent() {
@@ -122,7 +150,7 @@ fn write_files() -> Result<PathBuf, DemoError> {
         }
         std::fs::write(path, bytes).map_err(err)?;
     }
-    Ok(dir)
+    Ok(scratch)
 }
 
 /// Runs the demo until Ctrl-C.
@@ -141,7 +169,8 @@ pub async fn run() -> Result<(), DemoError> {
         let node = Node::start(cfg).await?;
         nodes.push((name.trim_end_matches(".toml").to_string(), node));
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    // Everything is read: the token and key need not stay on disk.
+    drop(dir);
 
     println!("\nMeridian demo: a sample origin on http://{ORIGIN}, three edges in front of it and a DNS node.\n");
     for (name, node) in &nodes {
@@ -192,13 +221,20 @@ pub async fn run() -> Result<(), DemoError> {
             }
         }
     }
-    println!("\nstopping…");
+    println!("\nstopping… (Ctrl-C again stops at once)");
     // All at once, as separate machines would: each announces draining, waits, drains, leaves.
     let mut stopping = tokio::task::JoinSet::new();
     for (_, node) in nodes {
         stopping.spawn(node.shutdown());
     }
-    while stopping.join_next().await.is_some() {}
+    let all_stopped = async { while stopping.join_next().await.is_some() {} };
+    tokio::select! {
+        () = all_stopped => {}
+        () = terminated() => {
+            println!("stopped at once");
+            std::process::exit(130);
+        }
+    }
     stop.cancel();
     let _ = origin.await;
     Ok(())
@@ -380,4 +416,26 @@ async fn sample(req: Request<Incoming>, large: &Bytes) -> Response<Full<Bytes>> 
         }
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scratch_directory_is_private_new_and_removed() {
+        let a = write_files().unwrap();
+        let b = write_files().unwrap();
+        assert_ne!(*a, *b, "unguessable, new each time");
+        assert!(a.join("config/local/admin.token").is_file());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&*a).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+        }
+        let path = a.to_path_buf();
+        drop(a);
+        assert!(!path.exists(), "removed on drop");
+    }
 }
