@@ -384,6 +384,14 @@ impl Proc {
         }
     }
 
+    /// The JSON log lines so far.
+    fn events(&self) -> Vec<serde_json::Value> {
+        self.lines
+            .try_iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+            .collect()
+    }
+
     /// The log lines so far.
     fn messages(&self) -> Vec<String> {
         self.lines
@@ -800,6 +808,17 @@ async fn a_replayed_sealed_packet_changes_nothing() {
         })
         .await;
     let b_gossip: SocketAddr = b_member["gossip"].as_str().unwrap().parse().unwrap();
+    // Joining, neither edge logged a peer as dead the first time it heard of it.
+    for (name, p) in [("edge-a", &a), ("edge-b", &b)] {
+        for e in p.events() {
+            assert!(
+                !(e["message"] == "cluster member changed"
+                    && e["state"] == "dead"
+                    && e["was"] == "unknown"),
+                "{name} logged a peer dead when first heard: {e}"
+            );
+        }
+    }
 
     // Replayed to edge-b, that SYN draws its answer: edge-b's whole state, draining off.
     tap.send_to(&old_syn, b_gossip).await.unwrap();
