@@ -750,4 +750,22 @@ cache_key = { query = \"keep\", sceme = false }\n[[site]]\nname = \"b\"\nhosts=[
             ]
         );
     }
+
+    #[test]
+    fn ids_and_regions_are_names_gossip_accepts() {
+        // As written in TOML.
+        let long = format!("\"{}\"", "e".repeat(65));
+        for (id, region) in [
+            ("\"edge a\"", "\"r\""),
+            ("\"e\"", "\"eu\\u001bwest\""),
+            (long.as_str(), "\"r\""),
+        ] {
+            let node = EDGE
+                .replace("id = \"e\"", &format!("id = {id}"))
+                .replace("region = \"r\"", &format!("region = {region}"));
+            let problems = node_problems(&node, &[ORIGINS]);
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(problems[0].1.contains("printable"), "{problems:?}");
+        }
+    }
 }

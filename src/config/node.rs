@@ -243,11 +243,17 @@ pub(super) fn validate_node(path: &Path, raw: &RawNode, problems: &mut Vec<Probl
         file: path,
         problems,
     };
-    if raw.id.trim().is_empty() {
-        r.add("id", "must not be empty");
-    }
-    if raw.region.trim().is_empty() {
-        r.add("region", "must not be empty");
+    // Peers take only printable names of at most 64 bytes from gossip (see gossip's
+    // `select_members`): a node whose id or region is otherwise would be ignored by all.
+    for (key, value) in [("id", &raw.id), ("region", &raw.region)] {
+        if value.trim().is_empty() {
+            r.add(key, "must not be empty");
+        } else if value.len() > 64 || !value.bytes().all(|b| b.is_ascii_graphic()) {
+            r.add(
+                key,
+                format!("{value:?}: at most 64 printable characters, without spaces"),
+            );
+        }
     }
     let mut edge_role = false;
     let mut dns_role = false;
