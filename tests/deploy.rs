@@ -42,9 +42,32 @@ fn kubernetes_manifests_match_the_schemas() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{text}");
-    // Every resource was checked: 3 edge DaemonSets, the DNS Deployment and its 2 Services, the
+    // Every resource was checked: 3 edge DaemonSets, the DNS Deployment and its Service, the
     // gossip Service and the Namespace.
-    assert_eq!(text.matches(" passed for resource ").count(), 8, "{text}");
+    assert_eq!(text.matches(" passed for resource ").count(), 7, "{text}");
+}
+
+#[test]
+fn dns_has_one_service_for_both_protocols_and_the_image_is_set_once() {
+    let dir = repo().join("deploy/kubernetes");
+    // DNS answers UDP and TCP at one address: one Service carries both protocols on port 53.
+    let dns = std::fs::read_to_string(dir.join("dns.yaml")).unwrap();
+    let service = dns
+        .split("\n---\n")
+        .find(|d| d.contains("kind: Service"))
+        .unwrap();
+    assert_eq!(dns.matches("kind: Service").count(), 1);
+    assert!(service.contains("protocol: UDP") && service.contains("protocol: TCP"));
+    // The image is set in one place, by kustomize.
+    let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+    assert!(kustomization.contains("images:\n  - name: meridian\n"));
+    for f in ["edges.yaml", "dns.yaml"] {
+        let text = std::fs::read_to_string(dir.join(f)).unwrap();
+        assert!(
+            !text.contains("meridian:latest"),
+            "{f} names a tag of its own"
+        );
+    }
 }
 
 /// Renders a node file template of `deploy/kubernetes/config` into `dir` with its paths moved
