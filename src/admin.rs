@@ -105,11 +105,9 @@ async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> AdminResponse 
                     .bytes_out
                     .absolute(LoadCounters::get(&edge.load.bytes_out));
             }
-            reply(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                prometheus().render(),
-            )
+            let mut text = prometheus().render();
+            text.push_str(&crate::telemetry::process_metrics());
+            reply(StatusCode::OK, "text/plain; version=0.0.4", text)
         }
         (&Method::POST, "/purge") => {
             if !authorized(&state, &req) {

@@ -60,6 +60,13 @@ pub(crate) fn prometheus() -> &'static PrometheusHandle {
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
         }
+        describe();
+        metrics::gauge!(
+            "meridian_build_info",
+            "version" => env!("CARGO_PKG_VERSION"),
+            "commit" => env!("MERIDIAN_COMMIT")
+        )
+        .set(1.0);
         let upkeep = handle.clone();
         let spawned = std::thread::Builder::new()
             .name("metrics-upkeep".into())
@@ -72,6 +79,199 @@ pub(crate) fn prometheus() -> &'static PrometheusHandle {
         }
         handle
     })
+}
+
+/// Help text for every metric family (`# HELP` in the exposition).
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        "meridian_build_info",
+        "Always 1: the version and commit of this binary, as labels"
+    );
+    describe_counter!(
+        "meridian_http_requests_total",
+        "HTTP requests answered, by cache outcome and status code"
+    );
+    describe_histogram!(
+        "meridian_http_request_duration_seconds",
+        Unit::Seconds,
+        "Time from a request's head to its response's head, by cache outcome"
+    );
+    describe_counter!("meridian_origin_fetches_total", "Requests sent to origins");
+    describe_counter!(
+        "meridian_origin_errors_total",
+        "Origin requests that failed, by kind (connect, timeout, ...)"
+    );
+    describe_histogram!(
+        "meridian_origin_fetch_duration_seconds",
+        Unit::Seconds,
+        "Time from sending an origin request to its response head"
+    );
+    describe_counter!(
+        "meridian_http_received_bytes_total",
+        Unit::Bytes,
+        "Bytes received from clients"
+    );
+    describe_counter!(
+        "meridian_http_sent_bytes_total",
+        Unit::Bytes,
+        "Bytes sent to clients"
+    );
+    describe_gauge!(
+        "meridian_cache_stored_bytes",
+        Unit::Bytes,
+        "Bytes the cache holds, as cache_memory counts them"
+    );
+    describe_gauge!(
+        "meridian_cache_stored_objects",
+        "Objects (URLs) the cache holds"
+    );
+    describe_counter!(
+        "meridian_cache_purged_objects_total",
+        "Objects removed by purge requests"
+    );
+    describe_counter!(
+        "meridian_tls_handshake_failures_total",
+        "TLS handshakes that failed"
+    );
+    describe_counter!(
+        "meridian_reloads_total",
+        "Configuration reloads, by result (ok, rejected)"
+    );
+    describe_counter!(
+        "meridian_dns_queries_total",
+        "DNS queries answered, by question type and response code"
+    );
+    describe_counter!(
+        "meridian_dns_answers_total",
+        "DNS answers that named edges, by region"
+    );
+    describe_counter!(
+        "meridian_dns_spills_total",
+        "DNS answers sent to another region because the nearest was past its high-water mark"
+    );
+    describe_counter!(
+        "meridian_dns_fail_open_total",
+        "DNS answers given with every edge because none was available"
+    );
+    describe_counter!(
+        "meridian_dns_dropped_total",
+        "DNS messages never answered, by reason (response: QR was set)"
+    );
+    describe_counter!(
+        "meridian_dns_rate_limited_total",
+        "UDP answers past dns.rate_limit, by action (slip: sent truncated, drop)"
+    );
+    describe_histogram!(
+        "meridian_dns_answer_duration_seconds",
+        Unit::Seconds,
+        "Time to decide and write a DNS answer (UDP fast path: one in 16 sampled)"
+    );
+    describe_gauge!(
+        "meridian_geoip_build_timestamp_seconds",
+        Unit::Seconds,
+        "Build time of the GeoIP database in use, in seconds since the Unix epoch"
+    );
+    describe_gauge!("meridian_cluster_members", "Cluster members as gossip reports them, by state (alive, dead, left, draining; refused: states not taken)");
+    describe_counter!(
+        "meridian_gossip_packets_total",
+        "Gossip datagrams, by direction (sent, received, rejected)"
+    );
+    describe_counter!(
+        "meridian_gossip_bytes_total",
+        Unit::Bytes,
+        "Gossip bytes, by direction"
+    );
+}
+
+/// The `process_*` families Prometheus' client libraries export (Linux: from `/proc/self`),
+/// appended to the exposition at each scrape.
+pub(crate) fn process_metrics() -> String {
+    #[cfg(target_os = "linux")]
+    {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, value: f64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        // SAFETY: sysconf takes an integer and reads no memory of ours.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as f64;
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the command name (which may hold spaces) in parentheses.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map_or("", |(_, rest)| rest)
+                .split_whitespace()
+                .collect();
+            let field = |n: usize| fields.get(n).and_then(|v| v.parse::<f64>().ok());
+            // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+            if let (Some(user), Some(system)) = (field(11), field(12)) {
+                family(
+                    "process_cpu_seconds_total",
+                    "counter",
+                    "User and system CPU time spent, in seconds",
+                    (user + system) / ticks,
+                );
+            }
+            if let Some(vsize) = field(20) {
+                family(
+                    "process_virtual_memory_bytes",
+                    "gauge",
+                    "Virtual memory size in bytes",
+                    vsize,
+                );
+            }
+            if let Some(rss) = field(21) {
+                family(
+                    "process_resident_memory_bytes",
+                    "gauge",
+                    "Resident memory size in bytes",
+                    rss * page,
+                );
+            }
+            let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("btime "))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            });
+            if let (Some(boot), Some(start)) = (boot, field(19)) {
+                family(
+                    "process_start_time_seconds",
+                    "gauge",
+                    "Start time of the process since the Unix epoch, in seconds",
+                    boot + start / ticks,
+                );
+            }
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            family(
+                "process_open_fds",
+                "gauge",
+                "Open file descriptors",
+                fds.count() as f64,
+            );
+        }
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit into the struct we own.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+            family(
+                "process_max_fds",
+                "gauge",
+                "Maximum number of open file descriptors",
+                limit.rlim_cur as f64,
+            );
+        }
+        out
+    }
+    #[cfg(not(target_os = "linux"))]
+    String::new()
 }
 
 /// Status codes tracked per label (100..=599).

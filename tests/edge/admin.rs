@@ -110,3 +110,104 @@ async fn the_edge_status_counts_requests_and_hits() {
     let status = e.node.as_ref().unwrap().edge_status().unwrap();
     assert_eq!((status.requests, status.hits, status.load), (10, 5, 0.0));
 }
+
+/// Every metric family the README names is exported with help text and a type, by a node of
+/// both roles that gossips; so are `meridian_build_info` and the `process_*` families.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_family_has_help_and_a_type() {
+    let o = Origin::start().await;
+    o.always("/a", Reply::ok("/a").header("cache-control", "max-age=60"));
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(
+        root.join("config/local/cluster.toml"),
+        dir.path().join("cluster.toml"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("origins.toml"),
+        site("demo", "demo.test", &format!("http://{}", o.addr), ""),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("admin.token"), format!("{TOKEN}\n")).unwrap();
+    let gossip = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    std::fs::write(
+        dir.path().join("node.toml"),
+        format!(
+            "id = \"metrics-all\"\nregion = \"eu-west\"\nroles = [\"edge\", \"dns\"]\norigin_map = \"origins.toml\"\ncluster_map = \"cluster.toml\"\n\
+[log]\naccess_log = false\n[edge]\nlisten = [\"127.0.0.1:0\"]\n[dns]\nlisten = [\"127.0.0.1:0\"]\ngeoip = {:?}\n\
+[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n[gossip]\nlisten = \"{gossip}\"\ninsecure = true\n",
+            root.join("geo/test-city.mmdb").display().to_string()
+        ),
+    )
+    .unwrap();
+    let config =
+        meridian::config::load(&dir.path().join("node.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let node = meridian::app::Node::start(config).await.unwrap();
+    // One request through the cache, one DNS query over TCP (always timed), one reload.
+    assert_eq!(
+        get(node.http_addrs()[0], "demo.test", "/a", &[])
+            .await
+            .status,
+        200
+    );
+    let dns = node.dns_addrs()[0];
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut q = vec![0x12, 0x34, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        q.extend_from_slice(b"\x04demo\x08meridian\x04test\x00\x00\x01\x00\x01");
+        let mut s = tokio::net::TcpStream::connect(dns).await.unwrap();
+        s.write_all(&(q.len() as u16).to_be_bytes()).await.unwrap();
+        s.write_all(&q).await.unwrap();
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).await.unwrap();
+    }
+    node.reload().unwrap();
+    let text = get(node.admin_addr().unwrap(), "admin", "/metrics", &[])
+        .await
+        .text();
+
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut families: Vec<String> = readme
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("meridian_") && w.len() > "meridian_".len())
+        .map(str::to_string)
+        .collect();
+    families.sort();
+    families.dedup();
+    assert!(families.len() > 20, "{families:?}");
+    families.extend(
+        [
+            "meridian_build_info",
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
+        ]
+        .map(str::to_string),
+    );
+    let missing: Vec<&String> = families
+        .iter()
+        .filter(|f| {
+            !(text.contains(&format!("# HELP {f} ")) && text.contains(&format!("# TYPE {f} ")))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "without # HELP and # TYPE: {missing:?}\n{text}"
+    );
+    let commit = text
+        .lines()
+        .find(|l| l.starts_with("meridian_build_info{"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        commit.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))),
+        "{commit}"
+    );
+    assert!(commit.contains("commit=\""), "{commit}");
+    drop(node);
+}
