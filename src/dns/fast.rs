@@ -23,6 +23,7 @@ const TYPE_SOA: u16 = 6;
 const TYPE_OPT: u16 = 41;
 const CLASS_IN: u16 = 1;
 const OPTION_ECS: u16 = 8;
+const OPTION_NSID: u16 = 3;
 /// Query flags this path accepts: RD, AD, CD. Anything else set goes to the general path.
 const ACCEPTED_FLAGS: u16 = 0x0100 | 0x0020 | 0x0010;
 
@@ -42,6 +43,10 @@ struct Ecs<'a> {
 struct Opt<'a> {
     payload: u16,
     ecs: Option<Ecs<'a>>,
+    /// An NSID request (empty data).
+    nsid: bool,
+    /// The client cookie of a well-formed COOKIE option.
+    cookie: Option<[u8; 8]>,
 }
 
 /// Reads an ECS option's data; `None` for anything the general path should judge.
@@ -78,8 +83,9 @@ fn ecs(data: &[u8]) -> Option<Ecs<'_>> {
     })
 }
 
-/// Reads the OPT record that ends the datagram; `None` for anything unusual (another option, a
-/// DO bit, a version, trailing bytes).
+/// Reads the OPT record that ends the datagram; `None` for anything unusual (an option other
+/// than ECS, NSID and COOKIE, one of them twice or malformed, a DO bit, a version, trailing
+/// bytes).
 fn opt(rest: &[u8]) -> Option<Opt<'_>> {
     if *rest.first()? != 0 || u16_at(rest, 1)? != TYPE_OPT {
         return None;
@@ -93,22 +99,31 @@ fn opt(rest: &[u8]) -> Option<Opt<'_>> {
     if options.len() != len {
         return None;
     }
-    let mut found = None;
+    let mut o = Opt {
+        payload,
+        ecs: None,
+        nsid: false,
+        cookie: None,
+    };
     let mut at = 0;
     while at < options.len() {
         let code = u16_at(options, at)?;
         let n = usize::from(u16_at(options, at + 2)?);
         let data = options.get(at + 4..at + 4 + n)?;
-        if code != OPTION_ECS || found.is_some() {
-            return None;
+        match code {
+            OPTION_ECS if o.ecs.is_none() => o.ecs = Some(ecs(data)?),
+            OPTION_NSID if !o.nsid && data.is_empty() => o.nsid = true,
+            // Malformed cookies are the general path's FORMERR to give.
+            super::cookie::OPTION
+                if o.cookie.is_none() && (n == 8 || (16..=40).contains(&n)) =>
+            {
+                o.cookie = Some(data[..8].try_into().ok()?);
+            }
+            _ => return None,
         }
-        found = Some(ecs(data)?);
         at += 4 + n;
     }
-    Some(Opt {
-        payload,
-        ecs: found,
-    })
+    Some(o)
 }
 
 /// What a UDP worker keeps from one query to the next: its own count of the answers this path
@@ -121,6 +136,8 @@ pub(crate) struct Worker {
     answers: u32,
     /// This thread's response-rate limiter, when the node has one.
     pub(crate) limiter: Option<Box<super::limit::Limiter>>,
+    /// The node's NSID and cookie secret.
+    identity: Option<std::sync::Arc<super::handler::Identity>>,
 }
 
 impl Worker {
@@ -128,6 +145,9 @@ impl Worker {
     pub(crate) fn begin(&mut self, handler: &DnsHandler) {
         self.memo
             .begin(&handler.tables.load(), &handler.view.load());
+        if self.identity.is_none() {
+            self.identity = Some(handler.identity.clone());
+        }
         if let (None, Some(config)) = (&self.limiter, handler.identity.rate_limit) {
             self.limiter = Some(Box::new(super::limit::Limiter::new(config)));
         }
@@ -280,19 +300,33 @@ pub(crate) fn answer(data: &[u8], src: SocketAddr, out: &mut Vec<u8>, worker: &m
             out.extend_from_slice(&TYPE_OPT.to_be_bytes());
             out.extend_from_slice(&ADVERTISED_PAYLOAD.to_be_bytes());
             out.extend_from_slice(&[0, 0, 0, 0]);
-            match &o.ecs {
-                Some(e) => {
-                    let len = 4 + e.addr.len() as u16;
-                    out.extend_from_slice(&(len + 4).to_be_bytes());
-                    out.extend_from_slice(&OPTION_ECS.to_be_bytes());
-                    out.extend_from_slice(&len.to_be_bytes());
-                    out.extend_from_slice(&e.family.to_be_bytes());
-                    let scope = if e.source == 0 { 0 } else { scope };
-                    out.extend_from_slice(&[e.source, scope]);
-                    out.extend_from_slice(e.addr);
-                }
-                None => out.extend_from_slice(&0u16.to_be_bytes()),
+            let rdlen_at = out.len();
+            out.extend_from_slice(&0u16.to_be_bytes());
+            let option = |out: &mut Vec<u8>, code: u16, parts: &[&[u8]]| {
+                let len: usize = parts.iter().map(|p| p.len()).sum();
+                out.extend_from_slice(&code.to_be_bytes());
+                out.extend_from_slice(&(len as u16).to_be_bytes());
+                parts.iter().for_each(|p| out.extend_from_slice(p));
+            };
+            // In the general path's order: NSID, COOKIE, ECS.
+            let identity = worker.identity.as_deref();
+            if let (true, Some(nsid)) = (o.nsid, identity.and_then(|i| i.nsid.as_ref())) {
+                option(out, OPTION_NSID, &[nsid.as_ref()]);
             }
+            if let (Some(client), Some(identity)) = (o.cookie, identity) {
+                let cookie = identity.cookies.answer(client, src.ip());
+                option(out, super::cookie::OPTION, &[&cookie]);
+            }
+            if let Some(e) = &o.ecs {
+                let scope = if e.source == 0 { 0 } else { scope };
+                option(
+                    out,
+                    OPTION_ECS,
+                    &[&e.family.to_be_bytes(), &[e.source, scope], e.addr],
+                );
+            }
+            let rdlen = (out.len() - rdlen_at - 2) as u16;
+            out[rdlen_at..rdlen_at + 2].copy_from_slice(&rdlen.to_be_bytes());
             o.payload.clamp(512, ADVERTISED_PAYLOAD)
         }
         None => 512,
@@ -565,5 +599,71 @@ mod tests {
         trailing.push(0);
         refuse(trailing, "trailing bytes");
         refuse(vec![0; 5], "too short");
+    }
+
+    /// A query with an OPT record holding `options` (raw option bytes) and `payload`.
+    fn with_options(id: u16, options: &[u8]) -> Vec<u8> {
+        let mut m = vec![(id >> 8) as u8, id as u8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1];
+        m.extend_from_slice(b"\x04demo\x08meridian\x04test\x00\x00\x01\x00\x01");
+        m.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0]);
+        m.extend_from_slice(&(options.len() as u16).to_be_bytes());
+        m.extend_from_slice(options);
+        m
+    }
+
+    #[test]
+    fn nsid_and_cookies_are_answered_here_as_the_general_path_answers_them() {
+        let h = handler();
+        let src: SocketAddr = "192.0.2.7:5300".parse().unwrap();
+        let nsid = [0u8, 3, 0, 0];
+        let mut cookie = vec![0u8, 10, 0, 8];
+        cookie.extend_from_slice(b"clientck");
+        let ecs = [0u8, 8, 0, 7, 0, 1, 24, 0, 81, 2, 69];
+        for (i, options) in [
+            nsid.to_vec(),
+            cookie.clone(),
+            [&ecs[..], &cookie[..], &nsid[..]].concat(),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let query = with_options(0x2000 + i as u16, options);
+            let mut worker = Worker::default();
+            worker.begin(&h);
+            let mut fast = Vec::new();
+            assert!(answer(&query, src, &mut fast, &mut worker), "case {i}");
+            let general = general_answer(&h, &query, src).unwrap();
+            // The same message; the server cookie holds the time in seconds, which may turn
+            // between the two answers, so its client part is compared and the rest left out.
+            let (mut ours, mut theirs) = (
+                Message::from_vec(&fast).unwrap(),
+                Message::from_vec(&general).unwrap(),
+            );
+            let code = hickory_proto::rr::rdata::opt::EdnsCode::Cookie;
+            let client = |m: &Message| match m.edns.as_ref().and_then(|e| e.option(code)) {
+                Some(EdnsOption::Unknown(_, d)) => Some(d[..8].to_vec()),
+                _ => None,
+            };
+            assert_eq!(client(&ours), client(&theirs), "case {i}");
+            assert_eq!(client(&ours).is_some(), options.windows(4).any(|w| w == [0, 10, 0, 8]));
+            for m in [&mut ours, &mut theirs] {
+                m.edns.as_mut().unwrap().options_mut().remove(code);
+            }
+            assert_eq!(ours, theirs, "case {i}");
+            let m = Message::from_vec(&fast).unwrap();
+            let edns = m.edns.as_ref().unwrap();
+            assert_eq!(
+                edns.option(hickory_proto::rr::rdata::opt::EdnsCode::NSID).is_some(),
+                options.starts_with(&nsid) || i == 2,
+                "case {i}"
+            );
+        }
+        // Malformed ones are the general path's (FORMERR), as are NSIDs with data.
+        for options in [vec![0u8, 10, 0, 9, 1, 2, 3, 4, 5, 6, 7, 8, 9], vec![0, 3, 0, 1, 7]] {
+            let mut worker = Worker::default();
+            worker.begin(&h);
+            let mut out = Vec::new();
+            assert!(!answer(&with_options(1, &options), src, &mut out, &mut worker));
+        }
     }
 }
