@@ -542,6 +542,11 @@ impl Node {
             admin = %admin_addr.map(|a| a.to_string()).unwrap_or_default(),
             "node started"
         );
+        if !DEMO.load(Ordering::Relaxed) {
+            for w in config.warnings() {
+                tracing::warn!(file = %w.file.display(), key = %w.key, "{}", w.reason);
+            }
+        }
         let reloader = Arc::new(Reloader {
             node_file: node.path.clone(),
             edge: edge_role,

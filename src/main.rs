@@ -189,6 +189,9 @@ fn main() -> ExitCode {
                     eprintln!("{}: {e}", config.display());
                     return ExitCode::FAILURE;
                 }
+                for w in c.warnings() {
+                    eprintln!("warning: {w}");
+                }
                 println!(
                     "{}: ok (node {}, region {}, {} site{})",
                     config.display(),

@@ -38,6 +38,44 @@ fn check_accepts_the_local_cluster() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+        // Loopback addresses pass, with a warning: DNS would hand them to users.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.starts_with(&format!(
+                "warning: config/local/{f}.toml: edge.public_addresses: 127.0.0.1"
+            )) && stderr.contains("loopback"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_says_nothing_of_public_addresses_users_can_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("origins.toml"),
+        site("s", "s.test", "http://127.0.0.1:1", ""),
+    )
+    .unwrap();
+    for (addresses, warned) in [
+        ("[\"192.0.2.10\", \"2001:db8::10\"]", false),
+        ("[\"10.1.2.3\"]", true),
+        ("[\"100.64.0.9\"]", true),
+        ("[\"fd00::1\"]", true),
+    ] {
+        std::fs::write(
+            dir.path().join("node.toml"),
+            format!("id = \"e\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[edge]\nlisten = [\"127.0.0.1:0\"]\npublic_addresses = {addresses}\n"),
+        )
+        .unwrap();
+        let out = meridian()
+            .args(["check", "-c"])
+            .arg(dir.path().join("node.toml"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.contains("warning:"), warned, "{addresses}: {stderr}");
     }
 }
 

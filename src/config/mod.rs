@@ -202,6 +202,46 @@ impl Config {
         files.dedup();
         files
     }
+
+    /// What is allowed but likely a mistake outside a local cluster: an edge that publishes
+    /// addresses users cannot reach (loopback, private, link-local), which DNS would hand them.
+    /// `meridian check` prints these; they do not fail it.
+    pub fn warnings(&self) -> Vec<Problem> {
+        let Some(edge) = &self.node.edge else {
+            return Vec::new();
+        };
+        edge.public_addresses
+            .iter()
+            .filter_map(|ip| unreachable_kind(*ip).map(|kind| (ip, kind)))
+            .map(|(ip, kind)| Problem {
+                file: self.node.path.clone(),
+                key: "edge.public_addresses".into(),
+                reason: format!(
+                    "{ip} is a {kind} address, which DNS hands to users: fine on one machine or a private network only (set the addresses users reach in edge.public_addresses or the cluster map)"
+                ),
+            })
+            .collect()
+    }
+}
+
+/// Why users on the internet could not reach `ip`, if they could not.
+fn unreachable_kind(ip: std::net::IpAddr) -> Option<&'static str> {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) if v4.is_loopback() => Some("loopback"),
+        IpAddr::V4(v4) if v4.is_unspecified() => Some("unspecified"),
+        IpAddr::V4(v4) if v4.is_private() => Some("private"),
+        IpAddr::V4(v4) if v4.is_link_local() => Some("link-local"),
+        // 100.64.0.0/10, carrier-grade NAT (RFC 6598).
+        IpAddr::V4(v4) if v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64 => {
+            Some("shared (carrier-grade NAT)")
+        }
+        IpAddr::V6(v6) if v6.is_loopback() => Some("loopback"),
+        IpAddr::V6(v6) if v6.is_unspecified() => Some("unspecified"),
+        IpAddr::V6(v6) if (v6.segments()[0] & 0xfe00) == 0xfc00 => Some("unique local"),
+        IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80 => Some("link-local"),
+        _ => None,
+    }
 }
 
 /// Loads and validates the node file at `path` and every map it names.

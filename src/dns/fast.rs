@@ -114,9 +114,7 @@ fn opt(rest: &[u8]) -> Option<Opt<'_>> {
             OPTION_ECS if o.ecs.is_none() => o.ecs = Some(ecs(data)?),
             OPTION_NSID if !o.nsid && data.is_empty() => o.nsid = true,
             // Malformed cookies are the general path's FORMERR to give.
-            super::cookie::OPTION
-                if o.cookie.is_none() && (n == 8 || (16..=40).contains(&n)) =>
-            {
+            super::cookie::OPTION if o.cookie.is_none() && (n == 8 || (16..=40).contains(&n)) => {
                 o.cookie = Some(data[..8].try_into().ok()?);
             }
             _ => return None,
@@ -645,7 +643,10 @@ mod tests {
                 _ => None,
             };
             assert_eq!(client(&ours), client(&theirs), "case {i}");
-            assert_eq!(client(&ours).is_some(), options.windows(4).any(|w| w == [0, 10, 0, 8]));
+            assert_eq!(
+                client(&ours).is_some(),
+                options.windows(4).any(|w| w == [0, 10, 0, 8])
+            );
             for m in [&mut ours, &mut theirs] {
                 m.edns.as_mut().unwrap().options_mut().remove(code);
             }
@@ -653,17 +654,26 @@ mod tests {
             let m = Message::from_vec(&fast).unwrap();
             let edns = m.edns.as_ref().unwrap();
             assert_eq!(
-                edns.option(hickory_proto::rr::rdata::opt::EdnsCode::NSID).is_some(),
+                edns.option(hickory_proto::rr::rdata::opt::EdnsCode::NSID)
+                    .is_some(),
                 options.starts_with(&nsid) || i == 2,
                 "case {i}"
             );
         }
         // Malformed ones are the general path's (FORMERR), as are NSIDs with data.
-        for options in [vec![0u8, 10, 0, 9, 1, 2, 3, 4, 5, 6, 7, 8, 9], vec![0, 3, 0, 1, 7]] {
+        for options in [
+            vec![0u8, 10, 0, 9, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+            vec![0, 3, 0, 1, 7],
+        ] {
             let mut worker = Worker::default();
             worker.begin(&h);
             let mut out = Vec::new();
-            assert!(!answer(&with_options(1, &options), src, &mut out, &mut worker));
+            assert!(!answer(
+                &with_options(1, &options),
+                src,
+                &mut out,
+                &mut worker
+            ));
         }
     }
 }
