@@ -79,6 +79,11 @@ fn render(template: &str, dir: &Path, values: &[(&str, &str)]) -> String {
         .replace(
             "/usr/share/meridian/geo",
             &repo().join("geo").display().to_string(),
+        )
+        // What geoipupdate fetches in a cluster: the test database stands in for it.
+        .replace(
+            "/var/lib/geoip/GeoLite2-City.mmdb",
+            &repo().join("geo/test-city.mmdb").display().to_string(),
         );
     for (k, v) in values {
         text = text.replace(k, v);
