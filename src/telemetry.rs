@@ -23,9 +23,15 @@ pub fn init_logging(log: &LogConfig) {
     } else {
         format!("{},hickory_server=warn,hickory_proto=warn", log.level)
     };
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // RUST_LOG, when set, wins; it goes through the same parser, which panics on some
+    // non-ASCII text, so only ASCII reaches it.
+    let from_env = match std::env::var("RUST_LOG") {
+        Ok(v) if v.is_ascii() => EnvFilter::try_new(v).ok(),
+        _ => None,
+    };
+    let filter = from_env
+        .or_else(|| EnvFilter::try_new(&level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
     // Colour codes only for a person at a terminal, never into files or a log collector.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -808,4 +808,13 @@ cache_key = { query = \"keep\", sceme = false }\n[[site]]\nname = \"b\"\nhosts=[
             assert!(problems[0].1.contains("printable"), "{problems:?}");
         }
     }
+
+    #[test]
+    fn a_log_level_that_is_not_ascii_is_a_problem_not_a_panic() {
+        let node = EDGE.replace("[edge]", "[log]\nlevel = \"red\u{39e}=H\"\n[edge]");
+        let problems = node_problems(&node, &[ORIGINS]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "log.level");
+        assert!(problems[0].1.contains("only ASCII"), "{problems:?}");
+    }
 }
