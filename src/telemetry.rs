@@ -13,6 +13,16 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use crate::config::LogConfig;
 use crate::http::response::Label;
 
+/// Whether a filter is levels and `target=level` pairs only: what `log.level` and `RUST_LOG`
+/// may hold here. Span and field filters (`[span{field=value}]`) are refused: the parser panics
+/// on some non-ASCII text and builds field patterns into DFAs that can take minutes.
+pub(crate) fn plain_filter(filter: &str) -> bool {
+    filter.len() <= 1024
+        && filter
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_:.-=,".contains(&b))
+}
+
 /// Installs the global tracing subscriber; later calls (more nodes in one process) are no-ops.
 pub fn init_logging(log: &LogConfig) {
     use std::io::IsTerminal;
@@ -23,10 +33,9 @@ pub fn init_logging(log: &LogConfig) {
     } else {
         format!("{},hickory_server=warn,hickory_proto=warn", log.level)
     };
-    // RUST_LOG, when set, wins; it goes through the same parser, which panics on some
-    // non-ASCII text, so only ASCII reaches it.
+    // RUST_LOG, when set, wins; it goes through the same parser (see `plain_filter`).
     let from_env = match std::env::var("RUST_LOG") {
-        Ok(v) if v.is_ascii() => EnvFilter::try_new(v).ok(),
+        Ok(v) if plain_filter(&v) => EnvFilter::try_new(v).ok(),
         _ => None,
     };
     let filter = from_env

@@ -287,11 +287,16 @@ pub(super) fn validate_node(path: &Path, raw: &RawNode, problems: &mut Vec<Probl
         access_log: raw.log.access_log.unwrap_or(true),
     };
     // Hazard: tracing-subscriber's filter parser panics on some non-ASCII text (it slices
-    // inside a character; found by the config fuzz target), so only ASCII reaches it.
-    if !log.level.is_ascii() {
+    // inside a character), and compiles span field values as regular expressions into DFAs
+    // that can take minutes to build (both found by the config fuzz target). Only levels and
+    // `target=level` lists reach it.
+    if !crate::telemetry::plain_filter(&log.level) {
         r.add(
             "log.level",
-            format!("{:?} is not a log filter: only ASCII is allowed", log.level),
+            format!(
+                "{:?} is not a log filter this node takes: a level, or `target=level` pairs separated by commas (letters, digits, _ : . - = ,)",
+                log.level
+            ),
         );
     } else if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log.level) {
         r.add(
