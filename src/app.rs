@@ -176,11 +176,16 @@ fn announce_geoip(node: &str, geoip: Option<&GeoIp>, path: Option<&std::path::Pa
     }
 }
 
+/// The DNS role's GeoIP database: the one the configuration read and verified when it was
+/// loaded (opened again only for a configuration built some other way).
 fn open_geoip(dns: &crate::config::DnsConfig) -> Result<Option<Arc<GeoIp>>, String> {
-    dns.geoip
-        .as_deref()
-        .map(|p| GeoIp::open(p).map(Arc::new).map_err(|e| e.to_string()))
-        .transpose()
+    match (&dns.geoip_db, &dns.geoip) {
+        (Some(db), _) => Ok(Some(db.clone())),
+        (None, Some(p)) => GeoIp::open(p)
+            .map(|db| Some(Arc::new(db)))
+            .map_err(|e| e.to_string()),
+        (None, None) => Ok(None),
+    }
 }
 
 /// Builds what a start or a reload would build from `config` (sites and their origin clients,
