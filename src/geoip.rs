@@ -14,7 +14,6 @@
 //! GeoIP2 and GeoLite2 City) and the flat one of DB-IP's City Lite (`country_code`, `latitude`,
 //! `longitude` as 32-bit floats), telling them apart record by record.
 
-use std::io::Read;
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -112,24 +111,7 @@ impl GeoIp {
             path: path.display().to_string(),
             reason,
         };
-        let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
-        let meta = file.metadata().map_err(|e| err(e.to_string()))?;
-        if !meta.is_file() {
-            return Err(err("not a regular file".into()));
-        }
-        if meta.len() > MAX_SIZE {
-            return Err(err(format!(
-                "{} bytes; a City database is at most {MAX_SIZE}",
-                meta.len()
-            )));
-        }
-        let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-        file.take(MAX_SIZE + 1)
-            .read_to_end(&mut data)
-            .map_err(|e| err(e.to_string()))?;
-        if data.len() as u64 > MAX_SIZE {
-            return Err(err(format!("larger than {MAX_SIZE} bytes")));
-        }
+        let data = crate::config::read_file(path, MAX_SIZE).map_err(err)?;
         GeoIp::from_bytes(data).map_err(err)
     }
 

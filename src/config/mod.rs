@@ -263,20 +263,33 @@ const MIN_TOKEN_LEN: usize = 16;
 
 /// Reads a configuration file: a regular file of at most [`MAX_FILE_SIZE`] bytes, in UTF-8.
 pub(crate) fn read_limited(path: &Path) -> Result<String, String> {
+    String::from_utf8(read_file(path, MAX_FILE_SIZE)?)
+        .map_err(|_| "cannot read: not UTF-8 text".to_string())
+}
+
+/// Reads a whole file that must be a regular file of at most `max` bytes (the configuration's
+/// files, the GeoIP database): a path naming a device, a pipe or a huge file is refused before
+/// anything is read, not read for minutes.
+pub(crate) fn read_file(path: &Path, max: u64) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
     let meta = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
     if !meta.is_file() {
         return Err("cannot read: not a regular file".into());
     }
-    let mut text = String::new();
-    file.take(MAX_FILE_SIZE + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    if text.len() as u64 > MAX_FILE_SIZE {
-        return Err(format!("larger than {} MiB", MAX_FILE_SIZE >> 20));
+    let too_large = || format!("larger than {} MiB", max >> 20);
+    if meta.len() > max {
+        return Err(too_large());
     }
-    Ok(text)
+    let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    // The file may grow between the two looks: never read past the limit.
+    file.take(max + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if data.len() as u64 > max {
+        return Err(too_large());
+    }
+    Ok(data)
 }
 
 fn read(path: &Path, problems: &mut Vec<Problem>) -> Option<String> {
