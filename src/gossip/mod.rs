@@ -381,7 +381,8 @@ async fn poll(
                 candidates.push(member(id, state, alive, entry.1, is_self));
             }
             heard.retain(|id, _| c.node_states().contains_key(id));
-            let (members, refused) = select_members(candidates, unix_ms(), ahead);
+            let (members, refused) =
+                select_members(candidates, unix_now().as_millis() as u64, ahead);
             gauges.refused.set(refused as f64);
             members
         };
@@ -411,12 +412,6 @@ async fn poll(
             !same
         });
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Longest member id and region accepted from gossip.
