@@ -10,7 +10,6 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::uri::{PathAndQuery, Uri};
 use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
@@ -278,49 +277,17 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Reads a response body whole, up to `limit` bytes.
-pub(crate) enum Collected {
-    /// The complete body, in an allocation of its own size.
-    Complete(Bytes),
-    /// The body passed `limit`: the rest, still streaming, with what was read put back in front.
-    TooLarge(Body),
-}
-
-/// Collects `body` (an origin's, see `Body::download`) up to `limit` bytes. A body cut off
-/// mid-way, or stalled past its read timeout, is an error, never a short body.
-///
-/// The body is copied into one allocation of exactly its size: the chunks hyper hands over are
-/// slices of its read buffers, and keeping one alive in the cache would keep the whole buffer.
-pub(crate) async fn collect(
-    mut body: Body,
-    limit: u64,
-    origin: &str,
-) -> Result<Collected, OriginError> {
-    use http_body_util::BodyExt;
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut total: u64 = 0;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| match e {
-            BodyError::OriginTimeout(timeout) => OriginError::BodyTimeout {
-                origin: origin.to_string(),
-                timeout,
-            },
-            e => OriginError::Body {
-                origin: origin.to_string(),
-                reason: error_chain(&e),
-            },
-        })?;
-        if let Ok(data) = frame.into_data() {
-            total += data.len() as u64;
-            chunks.push(data);
-            if total > limit {
-                return Ok(Collected::TooLarge(body.requeue(chunks)));
-            }
-        }
+/// The error of an origin's response body that failed mid-way (broke off, or stalled past its
+/// read timeout): an origin failure, never a short body.
+pub(crate) fn body_error(e: BodyError, origin: &str) -> OriginError {
+    match e {
+        BodyError::OriginTimeout(timeout) => OriginError::BodyTimeout {
+            origin: origin.to_string(),
+            timeout,
+        },
+        e => OriginError::Body {
+            origin: origin.to_string(),
+            reason: error_chain(&e),
+        },
     }
-    let mut buf = Vec::with_capacity(total as usize);
-    for c in chunks {
-        buf.extend_from_slice(&c);
-    }
-    Ok(Collected::Complete(Bytes::from(buf)))
 }

@@ -73,6 +73,12 @@ impl<T: Clone> Collapser<T> {
 }
 
 impl<T: Clone> Leader<T> {
+    /// Publishes an outcome to every follower, present and later, keeping the key: requests
+    /// that join until [`Leader::finish`] (or drop) get it at once, and fetch nothing.
+    pub(crate) fn publish(&self, outcome: T) {
+        self.tx.send_replace(Some(outcome));
+    }
+
     /// Publishes the outcome to every follower and retires the key.
     pub(crate) fn finish(self, outcome: T) {
         self.tx.send_replace(Some(outcome));

@@ -206,6 +206,24 @@ impl Entry {
         (self.body.len() + headers + variant + size_of::<Entry>() + STORE_OVERHEAD) as u64
     }
 
+    /// This entry with its body, now that it has arrived (and `Content-Length` to match).
+    pub(crate) fn with_body(&self, body: Bytes) -> Entry {
+        let mut headers = self.headers.clone();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        Entry {
+            status: self.status,
+            headers,
+            body,
+            freshness: self.freshness,
+            stored_at: self.stored_at,
+            vary: self.vary.clone(),
+            vary_values: self.vary_values.clone(),
+            tags: self.tags.clone(),
+            target_host: self.target_host.clone(),
+            target_https: self.target_https,
+        }
+    }
+
     pub(crate) fn etag(&self) -> Option<&HeaderValue> {
         self.headers.get(header::ETAG)
     }

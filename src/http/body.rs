@@ -1,5 +1,6 @@
-//! The one body type of the edge: a whole body from the cache, or a stream from the other end
-//! (a client's upload, an origin's response, with any chunks already read in front of it).
+//! The one body type of the edge: a whole body from the cache, a stream from the other end (a
+//! client's upload, an origin's response), or a reader of a response being filled into the
+//! cache (see `cache::fill`).
 //!
 //! Used for responses to clients and for requests to origins, so no boxing on the hit path.
 //! A stream is bounded in time: when the next frame does not come within its idle timeout the
@@ -7,7 +8,6 @@
 //! download: the client's response is aborted, never ended cleanly). A failure says which end
 //! caused it ([`BodyError`]), so a client's broken upload is never counted against the origin.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use super::framing::BodyFault;
+use crate::cache::fill::{FillFailed, Tail};
 
 /// Why a streamed body failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,9 @@ pub(crate) enum BodyError {
     /// The origin sent nothing for longer than its read timeout.
     #[error("the origin sent no body bytes for {0:?}")]
     OriginTimeout(Duration),
+    /// The shared fill this response was reading failed (its origin body broke off).
+    #[error(transparent)]
+    Fill(#[from] FillFailed),
 }
 
 impl BodyError {
@@ -67,12 +71,13 @@ pub(crate) enum Body {
     Full(Option<Bytes>),
     /// A body still arriving from the other end.
     Stream(Box<Streaming>),
+    /// A body being filled into the cache, read as it arrives (shared with other clients).
+    Fill(Box<Tail>),
 }
 
 /// A body arriving from a client or an origin.
 #[derive(Debug)]
 pub(crate) struct Streaming {
-    prefix: VecDeque<Bytes>,
     rest: Incoming,
     side: Side,
     /// Longest wait for the next frame.
@@ -105,7 +110,6 @@ impl Body {
 
     fn streaming(rest: Incoming, side: Side, idle: Duration) -> Body {
         Body::Stream(Box::new(Streaming {
-            prefix: VecDeque::new(),
             rest,
             side,
             idle,
@@ -127,6 +131,11 @@ impl Body {
         Body::streaming(rest, Side::Origin, idle)
     }
 
+    /// A reader of a body being filled.
+    pub(crate) fn fill(tail: Tail) -> Body {
+        Body::Fill(Box::new(tail))
+    }
+
     /// Attaches the connection's body-fault watch for request number `index`.
     pub(crate) fn watch_fault(mut self, fault: Option<(Arc<BodyFault>, u64)>) -> Body {
         if let Body::Stream(s) = &mut self {
@@ -139,23 +148,13 @@ impl Body {
     /// was dropped). `None` for a complete body.
     pub(crate) fn on_done(&mut self) -> Option<oneshot::Receiver<()>> {
         match self {
-            Body::Full(_) => None,
+            Body::Full(_) | Body::Fill(_) => None,
             Body::Stream(s) => {
                 let (tx, rx) = oneshot::channel();
                 s.done = Some(tx);
                 Some(rx)
             }
         }
-    }
-
-    /// Puts chunks already read back in front of a streamed body.
-    pub(crate) fn requeue(mut self, chunks: Vec<Bytes>) -> Body {
-        if let Body::Stream(s) = &mut self {
-            for c in chunks.into_iter().rev() {
-                s.prefix.push_front(c);
-            }
-        }
-        self
     }
 }
 
@@ -181,11 +180,13 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let s = match self.get_mut() {
             Body::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Body::Fill(t) => {
+                return t
+                    .poll_next(cx)
+                    .map(|o| o.map(|r| r.map(Frame::data).map_err(BodyError::Fill)))
+            }
             Body::Stream(s) => s,
         };
-        if let Some(chunk) = s.prefix.pop_front() {
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
-        }
         match Pin::new(&mut s.rest).poll_frame(cx) {
             Poll::Ready(next) => {
                 s.armed = false;
@@ -230,23 +231,18 @@ impl http_body::Body for Body {
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Full(b) => b.is_none(),
-            Body::Stream(s) => s.prefix.is_empty() && s.rest.is_end_stream(),
+            Body::Fill(t) => t.remaining() == Some(0),
+            Body::Stream(s) => s.rest.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Body::Stream(s) => {
-                let buffered: u64 = s.prefix.iter().map(|b| b.len() as u64).sum();
-                let h = s.rest.size_hint();
-                let mut out = SizeHint::new();
-                out.set_lower(h.lower() + buffered);
-                if let Some(u) = h.upper() {
-                    out.set_upper(u + buffered);
-                }
-                out
-            }
+            Body::Fill(t) => t
+                .remaining()
+                .map_or_else(SizeHint::new, SizeHint::with_exact),
+            Body::Stream(s) => s.rest.size_hint(),
         }
     }
 }

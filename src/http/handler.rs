@@ -4,7 +4,8 @@
 //! by Host (unknown: 421, never an open proxy), then either forwards it (unsafe and other
 //! uncacheable methods, invalidating on success) or walks the cache: key → store lookup → fresh
 //! hit | stale-while-revalidate | revalidation | miss → one collapsed origin fetch per key →
-//! `policy::storability` → store → respond. Uses `cache` for every decision and the store,
+//! `policy::storability` → respond from the head on, every client of the key reading the body
+//! as it arrives (`cache::fill`) → store once it is whole. Uses `cache` for every decision and the store,
 //! `origin` for upstream I/O, and `response` to shape what the client sees.
 
 use std::collections::HashMap;
@@ -26,12 +27,13 @@ use super::request::{self, Rejected};
 use super::response::{self, CacheStatus, Fwd, Label, Refusal};
 use crate::cache::collapse::{Collapser, Join, Leader};
 use crate::cache::entry::{compact, normalized, vary_names, Entry, Target};
+use crate::cache::fill::{FillFailed, Growing, Tail};
 use crate::cache::key;
 use crate::cache::policy::{self, Exchange, RequestDirectives, Reuse, SitePolicy};
 use crate::cache::store::Store;
 use crate::config::{EdgeConfig, QueryKey, SiteConfig};
 use crate::load::LoadCounters;
-use crate::origin::{collect, Collected, OriginError, Origins};
+use crate::origin::{OriginError, Origins};
 use crate::telemetry::EdgeMetrics;
 
 /// A site of the origin map, ready to serve.
@@ -120,8 +122,13 @@ pub(crate) struct Peer {
 /// What a fetch hands to followers.
 #[derive(Clone)]
 pub(crate) enum Outcome {
-    /// A stored (or just revalidated) response: serve it if the variant matches.
-    Fresh { entry: Arc<Entry>, fwd_status: u16 },
+    /// A stored (or just revalidated) response: serve it if the variant matches. With
+    /// `filling`, its body is still arriving: read it from there as it grows.
+    Fresh {
+        entry: Arc<Entry>,
+        fwd_status: u16,
+        filling: Option<Arc<Growing>>,
+    },
     /// The response was not storable: fetch on your own.
     Pass,
     /// The origin answered with an error status: serve stale if allowed, else fetch on your own.
@@ -138,6 +145,8 @@ enum Fetched {
         stored: bool,
         /// The response's cookies, for the leading client only.
         set_cookie: Vec<HeaderValue>,
+        /// The body, when it is still arriving: a reader from its first byte.
+        tail: Option<Tail>,
     },
     Response {
         resp: Response<Body>,
@@ -598,6 +607,7 @@ async fn fill(
                         leader.finish(Outcome::Fresh {
                             entry: entry.clone(),
                             fwd_status: 200,
+                            filling: None,
                         });
                         let s = CacheStatus::hit(entry.ttl(age));
                         return (
@@ -630,13 +640,14 @@ async fn fill(
                     fwd_status,
                     stored,
                     set_cookie,
+                    tail,
                 } => {
-                    let age = entry.age(Instant::now());
                     status.fwd_status = Some(fwd_status);
                     status.stored = stored;
-                    status.ttl = Some(entry.ttl(age));
-                    let mut resp =
-                        response::from_entry(&entry, req.method(), req.headers(), status, age);
+                    let mut resp = match answer_entry(&entry, tail, req, status).await {
+                        Ok(r) => r,
+                        Err(e) => return (Refusal::Origin(e).response(status), status),
+                    };
                     // The cookies go to the client whose request fetched the response, never
                     // into the stored copy.
                     for c in set_cookie {
@@ -666,16 +677,22 @@ async fn fill(
         Join::Follower(follower) => {
             status.collapsed = true;
             match follower.wait().await {
-                Some(Outcome::Fresh { entry, fwd_status })
-                    if entry.matches(req.headers(), target) =>
-                {
-                    let age = entry.age(Instant::now());
+                Some(Outcome::Fresh {
+                    entry,
+                    fwd_status,
+                    filling,
+                }) if entry.matches(req.headers(), target) => {
                     status.fwd_status = Some(fwd_status);
-                    status.ttl = Some(entry.ttl(age));
-                    (
-                        response::from_entry(&entry, req.method(), req.headers(), status, age),
-                        status,
-                    )
+                    // A fill that failed or dropped its start cannot be read: go on our own.
+                    let tail = match filling.map(|g| g.reader()) {
+                        Some(None) => return forward(state, site, client, status, false).await,
+                        Some(Some(t)) => Some(t),
+                        None => None,
+                    };
+                    match answer_entry(&entry, tail, req, status).await {
+                        Ok(r) => (r, status),
+                        Err(e) => (Refusal::Origin(e).response(status), status),
+                    }
                 }
                 Some(Outcome::Failed(e)) => {
                     match serve_stale_on_error(&stale, req, directives, status) {
@@ -694,6 +711,49 @@ async fn fill(
                 _ => forward(state, site, client, status, false).await,
             }
         }
+    }
+}
+
+/// Answers a request from an entry, reading the body from `tail` while it is still being
+/// filled. A range of a body of unknown length waits for the whole body; if that fill fails,
+/// the error to answer with.
+async fn answer_entry(
+    entry: &Arc<Entry>,
+    tail: Option<Tail>,
+    req: &Request<Incoming>,
+    mut status: CacheStatus,
+) -> Result<Response<Body>, OriginError> {
+    let age = entry.age(Instant::now());
+    status.ttl = Some(entry.ttl(age));
+    let Some(tail) = tail else {
+        return Ok(response::from_entry(
+            entry,
+            req.method(),
+            req.headers(),
+            status,
+            age,
+        ));
+    };
+    let tail = match response::from_fill(entry, tail, req.method(), req.headers(), status, age) {
+        Ok(resp) => return Ok(resp),
+        Err(tail) => tail,
+    };
+    match tail.source().finished().await {
+        Some(stored) => {
+            let age = stored.age(Instant::now());
+            status.ttl = Some(stored.ttl(age));
+            Ok(response::from_entry(
+                &stored,
+                req.method(),
+                req.headers(),
+                status,
+                age,
+            ))
+        }
+        None => Err(OriginError::Body {
+            origin: "the shared fetch".into(),
+            reason: FillFailed.to_string(),
+        }),
     }
 }
 
@@ -731,14 +791,15 @@ fn take_cookies(headers: &mut HeaderMap) -> Vec<HeaderValue> {
     all
 }
 
-/// Builds the stored form of an origin response: client-facing headers, tags, variant key.
+/// Builds the stored form of an origin response: client-facing headers, tags, variant key; the
+/// body (of `length` bytes, when the origin declared it) is added when it has arrived.
 #[allow(clippy::too_many_arguments)]
 fn new_entry(
     site: &Site,
     job: &Fill,
     status: StatusCode,
     mut headers: HeaderMap,
-    body: bytes::Bytes,
+    length: Option<u64>,
     freshness: policy::Freshness,
     stored_at: Instant,
     via: &HeaderValue,
@@ -749,7 +810,10 @@ fn new_entry(
     let tags = surrogate_keys(&headers);
     strip_cache_only(&mut headers);
     headers.remove(header::AGE);
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    match length {
+        Some(n) => headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n)),
+        None => headers.remove(header::CONTENT_LENGTH),
+    };
     if status == StatusCode::OK {
         // Ranges are served from stored full responses.
         headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -763,7 +827,7 @@ fn new_entry(
     Entry {
         status,
         headers,
-        body,
+        body: bytes::Bytes::new(),
         freshness,
         stored_at,
         vary,
@@ -887,12 +951,14 @@ async fn fetch(
             leader.finish(Outcome::Fresh {
                 entry: entry.clone(),
                 fwd_status: 304,
+                filling: None,
             });
             return answer(Fetched::Entry {
                 entry,
                 fwd_status: 304,
                 stored,
                 set_cookie,
+                tail: None,
             });
         }
     }
@@ -942,50 +1008,82 @@ async fn fetch(
         });
     }
     let (mut head, body) = resp.into_parts();
-    match collect(
-        Body::download(body, read_timeout),
-        state.max_object_size,
-        &origin,
-    )
-    .await
-    {
-        Ok(Collected::Complete(bytes)) => {
-            let set_cookie = take_cookies(&mut head.headers);
-            let entry = Arc::new(new_entry(
-                &site,
-                &job,
-                code,
-                head.headers,
-                bytes,
-                freshness,
-                stored_at,
-                &state.via,
-            ));
-            state.store.insert(key, entry.clone()).await;
-            leader.finish(Outcome::Fresh {
-                entry: entry.clone(),
-                fwd_status: code.as_u16(),
-            });
-            answer(Fetched::Entry {
-                entry,
-                fwd_status: code.as_u16(),
-                stored: true,
-                set_cookie,
-            });
+    let set_cookie = take_cookies(&mut head.headers);
+    let fwd_status = code.as_u16();
+    // Clients are answered from the head on: the leading request and every follower read the
+    // body as it arrives, while it is stored.
+    let head_entry = Arc::new(new_entry(
+        &site,
+        &job,
+        code,
+        head.headers,
+        declared,
+        freshness,
+        stored_at,
+        &state.via,
+    ));
+    let growing = Growing::new(declared);
+    // cannot fail: a new fill admits readers.
+    let tail = growing.reader();
+    leader.publish(Outcome::Fresh {
+        entry: head_entry.clone(),
+        fwd_status,
+        filling: Some(growing.clone()),
+    });
+    answer(Fetched::Entry {
+        entry: head_entry.clone(),
+        fwd_status,
+        stored: true,
+        set_cookie,
+        tail,
+    });
+    let mut body = Body::download(body, read_timeout);
+    let mut leader = Some(leader);
+    let mut total: u64 = 0;
+    loop {
+        // A released fill is read only for its readers; with none left it stops.
+        if leader.is_none() && growing.readers() == 0 {
+            growing.fail();
+            return;
         }
-        Ok(Collected::TooLarge(rest)) => {
-            state.store.mark_pass(key).await;
-            leader.finish(Outcome::Pass);
-            answer(Fetched::Response {
-                resp: Response::from_parts(head, rest),
-                reason: Some("too-large"),
-            });
-        }
-        Err(e) => {
-            // A body cut off mid-way (or stalled past the read timeout) is never stored.
-            state.metrics.origin_error(e.kind());
-            leader.finish(Outcome::Failed(e.clone()));
-            answer(Fetched::Failed(e));
+        let frame = match http_body_util::BodyExt::frame(&mut body).await {
+            None => break,
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => {
+                // A body cut off mid-way (or stalled past the read timeout) is never stored,
+                // and every client reading it sees its response aborted.
+                let e = crate::origin::body_error(e, &origin);
+                state.metrics.origin_error(e.kind());
+                growing.fail();
+                if let Some(l) = leader {
+                    l.finish(Outcome::Failed(e));
+                }
+                return;
+            }
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len() as u64;
+        growing.push(data);
+        if leader.is_some() && total > state.max_object_size {
+            // Larger than the store takes (only a body of unknown length gets here): its
+            // readers get the rest, later requests go to the origin on their own.
+            growing.release();
+            state.store.mark_pass(key.clone()).await;
+            leader = None;
         }
     }
+    let Some(leader) = leader else {
+        growing.ended();
+        return;
+    };
+    let entry = Arc::new(head_entry.with_body(growing.concat()));
+    state.store.insert(key, entry.clone()).await;
+    growing.stored(entry.clone());
+    leader.finish(Outcome::Fresh {
+        entry,
+        fwd_status,
+        filling: None,
+    });
 }

@@ -11,6 +11,7 @@ use super::body::Body;
 use super::headers::{strip_cache_only, strip_hop_by_hop, CACHE_STATUS};
 use super::range::{self, Ranges};
 use crate::cache::entry::Entry;
+use crate::cache::fill::Tail;
 use crate::origin::OriginError;
 
 /// Why the request went forward (RFC 9211 §2.2 `fwd`).
@@ -308,6 +309,90 @@ const NOT_MODIFIED_FIELDS: [header::HeaderName; 7] = [
     header::LAST_MODIFIED,
 ];
 
+/// What a request gets of a stored (or filling) response.
+enum Plan {
+    /// A satisfied conditional: 304.
+    NotModified,
+    /// The whole response (headers only for HEAD).
+    Whole,
+    /// No range overlaps the body: 416.
+    Unsatisfiable(u64),
+    /// One range: 206 with `Content-Range`.
+    One(u64, u64),
+    /// Several ranges: 206 `multipart/byteranges`.
+    Many(Vec<(u64, u64)>),
+    /// A range of a body whose length is not yet known: wait for the whole body.
+    NeedLength,
+}
+
+/// Decides what to send for a response with these stored headers and a body of `len` bytes
+/// (`None`: still arriving, length unknown).
+fn plan(entry: &Entry, method: &Method, req: &HeaderMap, len: Option<u64>) -> Plan {
+    let full = entry.status == StatusCode::OK;
+    if full && not_modified(req, &entry.headers) {
+        return Plan::NotModified;
+    }
+    if !full || *method != Method::GET {
+        return Plan::Whole;
+    }
+    let Some(r) = req.get(header::RANGE) else {
+        return Plan::Whole;
+    };
+    if !range::if_range_holds(req, &entry.headers) {
+        return Plan::Whole;
+    }
+    let Some(len) = len else {
+        return Plan::NeedLength;
+    };
+    match range::parse(r, len) {
+        Ranges::Ignore => Plan::Whole,
+        Ranges::Unsatisfiable => Plan::Unsatisfiable(len),
+        Ranges::Satisfiable(ranges) if ranges.len() == 1 => Plan::One(ranges[0].0, ranges[0].1),
+        Ranges::Satisfiable(ranges) => Plan::Many(ranges),
+    }
+}
+
+/// The 304 for a satisfied conditional: the validators and caching fields of the stored
+/// response (RFC 9110 §15.4.5).
+fn not_modified_response(entry: &Entry, age: Duration, status: CacheStatus) -> Response<Body> {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::NOT_MODIFIED;
+    let h = resp.headers_mut();
+    for name in NOT_MODIFIED_FIELDS {
+        for v in entry.headers.get_all(&name) {
+            h.append(name.clone(), v.clone());
+        }
+    }
+    h.insert(header::AGE, age_value(age));
+    h.insert(CACHE_STATUS, status.value());
+    resp
+}
+
+/// The stored headers with this request's `Age` and `Cache-Status`.
+fn entry_headers(entry: &Entry, age: Duration, status: CacheStatus) -> HeaderMap {
+    let mut headers = entry.headers.clone();
+    headers.insert(header::AGE, age_value(age));
+    headers.insert(CACHE_STATUS, status.value());
+    headers
+}
+
+fn unsatisfiable(headers: &mut HeaderMap, len: u64) {
+    headers.insert(
+        header::CONTENT_RANGE,
+        HeaderValue::from_str(&format!("bytes */{len}"))
+            .unwrap_or(HeaderValue::from_static("bytes */0")),
+    );
+    headers.remove(header::CONTENT_TYPE);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+}
+
+fn build(code: StatusCode, headers: HeaderMap, body: Body) -> Response<Body> {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = code;
+    *resp.headers_mut() = headers;
+    resp
+}
+
 /// Answers a request from a stored entry: a 304 for a satisfied conditional, a 206/416 for a
 /// range, otherwise the whole response (headers only for HEAD).
 pub(crate) fn from_entry(
@@ -317,78 +402,89 @@ pub(crate) fn from_entry(
     status: CacheStatus,
     age: Duration,
 ) -> Response<Body> {
-    let full = entry.status == StatusCode::OK;
-    if full && not_modified(req, &entry.headers) {
-        let mut resp = Response::new(Body::empty());
-        *resp.status_mut() = StatusCode::NOT_MODIFIED;
-        let h = resp.headers_mut();
-        for name in NOT_MODIFIED_FIELDS {
-            for v in entry.headers.get_all(&name) {
-                h.append(name.clone(), v.clone());
-            }
+    let len = entry.body.len() as u64;
+    let plan = plan(entry, method, req, Some(len));
+    if let Plan::NotModified = plan {
+        return not_modified_response(entry, age, status);
+    }
+    let mut headers = entry_headers(entry, age, status);
+    let (code, body) = match plan {
+        Plan::Unsatisfiable(len) => {
+            unsatisfiable(&mut headers, len);
+            (StatusCode::RANGE_NOT_SATISFIABLE, bytes::Bytes::new())
         }
-        h.insert(header::AGE, age_value(age));
-        h.insert(CACHE_STATUS, status.value());
-        return resp;
-    }
-
-    let mut headers = entry.headers.clone();
-    headers.insert(header::AGE, age_value(age));
-    headers.insert(CACHE_STATUS, status.value());
-    let mut code = entry.status;
-    let mut body = entry.body.clone();
-
-    if full && *method == Method::GET {
-        if let Some(r) = req.get(header::RANGE) {
-            if range::if_range_holds(req, &entry.headers) {
-                let len = body.len() as u64;
-                match range::parse(r, len) {
-                    Ranges::Ignore => {}
-                    Ranges::Unsatisfiable => {
-                        code = StatusCode::RANGE_NOT_SATISFIABLE;
-                        headers.insert(
-                            header::CONTENT_RANGE,
-                            HeaderValue::from_str(&format!("bytes */{len}"))
-                                .unwrap_or(HeaderValue::from_static("bytes */0")),
-                        );
-                        headers.remove(header::CONTENT_TYPE);
-                        body = bytes::Bytes::new();
-                    }
-                    Ranges::Satisfiable(ranges) if ranges.len() == 1 => {
-                        let (first, last) = ranges[0];
-                        code = StatusCode::PARTIAL_CONTENT;
-                        headers.insert(
-                            header::CONTENT_RANGE,
-                            range::content_range(first, last, len),
-                        );
-                        body = body.slice(first as usize..=last as usize);
-                    }
-                    Ranges::Satisfiable(ranges) => {
-                        code = StatusCode::PARTIAL_CONTENT;
-                        let (ct, multi) = range::multipart(
-                            &body,
-                            &ranges,
-                            entry.headers.get(header::CONTENT_TYPE),
-                        );
-                        headers.insert(header::CONTENT_TYPE, ct);
-                        body = multi;
-                    }
-                }
-            }
+        Plan::One(first, last) => {
+            headers.insert(
+                header::CONTENT_RANGE,
+                range::content_range(first, last, len),
+            );
+            let part = entry.body.slice(first as usize..=last as usize);
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(part.len()));
+            (StatusCode::PARTIAL_CONTENT, part)
         }
-    }
-    if body.len() != entry.body.len() {
-        // The stored Content-Length describes the whole body; a range or a 416 changed it.
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    }
-    let mut resp = Response::new(if *method == Method::HEAD {
+        Plan::Many(ranges) => {
+            let (ct, multi) = range::multipart(
+                &entry.body,
+                &ranges,
+                entry.headers.get(header::CONTENT_TYPE),
+            );
+            headers.insert(header::CONTENT_TYPE, ct);
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(multi.len()));
+            (StatusCode::PARTIAL_CONTENT, multi)
+        }
+        Plan::Whole | Plan::NotModified | Plan::NeedLength => (entry.status, entry.body.clone()),
+    };
+    let body = if *method == Method::HEAD {
         Body::empty()
     } else {
         Body::full(body)
-    });
-    *resp.status_mut() = code;
-    *resp.headers_mut() = headers;
-    resp
+    };
+    build(code, headers, body)
+}
+
+/// Answers a request from a response still being filled, reading its body as it arrives
+/// through `tail` (a reader from the first byte). A range is answered from the arriving bytes
+/// when the origin declared the length; otherwise (and for several ranges) the tail is handed
+/// back: the caller waits for the stored entry and answers from it.
+pub(crate) fn from_fill(
+    entry: &Entry,
+    tail: Tail,
+    method: &Method,
+    req: &HeaderMap,
+    status: CacheStatus,
+    age: Duration,
+) -> Result<Response<Body>, Tail> {
+    let declared = tail.remaining();
+    let plan = plan(entry, method, req, declared);
+    if let Plan::NotModified = plan {
+        return Ok(not_modified_response(entry, age, status));
+    }
+    let mut headers = entry_headers(entry, age, status);
+    let (code, body) = match (plan, declared) {
+        (Plan::NeedLength | Plan::Many(_), _) => return Err(tail),
+        (Plan::Unsatisfiable(len), _) => {
+            unsatisfiable(&mut headers, len);
+            (StatusCode::RANGE_NOT_SATISFIABLE, Body::empty())
+        }
+        (Plan::One(first, last), Some(len)) => {
+            headers.insert(
+                header::CONTENT_RANGE,
+                range::content_range(first, last, len),
+            );
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(last - first + 1));
+            (
+                StatusCode::PARTIAL_CONTENT,
+                Body::fill(tail.range(first, last)),
+            )
+        }
+        _ => (entry.status, Body::fill(tail)),
+    };
+    let body = if *method == Method::HEAD {
+        Body::empty()
+    } else {
+        body
+    };
+    Ok(build(code, headers, body))
 }
 
 /// Passes an origin response through to the client: hop-by-hop and cache-only fields removed,

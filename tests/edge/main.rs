@@ -16,5 +16,6 @@ mod reload;
 mod routing;
 mod stale;
 mod store;
+mod streaming;
 mod targeted;
 mod tls;

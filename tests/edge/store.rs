@@ -30,11 +30,15 @@ async fn objects_over_the_size_limit_stream_through_and_are_not_stored() {
         assert_eq!(r.status, 200);
         assert_eq!(r.body.len(), body.len(), "{path}: the whole body arrives");
         assert!(r.body[..] == body[..], "{path}: intact");
-        assert!(
-            r.cache_status().contains("detail=too-large"),
-            "{}",
-            r.cache_status()
-        );
+        if path == "/big" {
+            // A declared length over the limit is known at the head. A body of unknown length
+            // is found too large only as it streams, after its head went out.
+            assert!(
+                r.cache_status().contains("detail=too-large"),
+                "{}",
+                r.cache_status()
+            );
+        }
         let again = edge.get(path).await;
         assert!(!again.is_hit(), "{path}: not stored");
         assert_eq!(o.count(path), 2);

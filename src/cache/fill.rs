@@ -1,0 +1,380 @@
+//! A response body being filled from its origin while clients read it (read-while-write).
+//!
+//! The fetch task appends each chunk as it arrives ([`Growing::push`]); every client of the
+//! object (the request that caused the fetch and any collapsed onto it) reads through its own
+//! [`Tail`], which yields what has arrived and waits for more. When the body is complete and
+//! stored, the chunks are dropped and readers go on from the stored entry's one contiguous body,
+//! so an object is held twice only for the moment of the copy. When the origin body fails
+//! (ends short, errs, stalls past the read timeout) every reader fails with it: a client sees
+//! its response aborted, never a clean end of a partial body.
+//!
+//! A body of unknown length that outgrows `max_object_size` is not stored: the fill is
+//! *released*, chunks that every reader has passed are dropped at once, no new reader can
+//! join, and the fetch stops when the last reader goes.
+//!
+//! Concurrency: one `Mutex` per fill, held only to copy a `Bytes` handle or update a position,
+//! never across an await; wakers are woken after the lock is released.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+
+use super::entry::Entry;
+
+/// A body being received from an origin, shared by its readers.
+#[derive(Debug)]
+pub(crate) struct Growing {
+    inner: Mutex<Inner>,
+    /// The length the origin declared, if it did (the stream is held to it by hyper).
+    declared: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Chunks received and not yet dropped; `starts[i]` is the offset of `chunks[i]`.
+    chunks: VecDeque<Bytes>,
+    starts: VecDeque<u64>,
+    /// Bytes received so far.
+    len: u64,
+    state: State,
+    /// Readers waiting for more.
+    wakers: Vec<Waker>,
+    /// Each live reader's position, for dropping chunks every reader has passed once released.
+    readers: HashMap<u64, u64>,
+    next_id: u64,
+    released: bool,
+}
+
+#[derive(Debug, Default)]
+enum State {
+    #[default]
+    Open,
+    /// Complete and stored: readers go on from this entry's body.
+    Stored(Arc<Entry>),
+    /// Complete, not stored (the fill was released).
+    Ended,
+    /// The origin body failed, or nobody was left to read a released fill.
+    Failed,
+}
+
+/// Why a reader of a fill fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the origin's response body failed while it was being filled")]
+pub(crate) struct FillFailed;
+
+impl Growing {
+    pub(crate) fn new(declared: Option<u64>) -> Arc<Growing> {
+        Arc::new(Growing {
+            inner: Mutex::new(Inner::default()),
+            declared,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // cannot fail in practice: nothing panics under this lock; recover the guard anyway.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends a chunk and wakes the readers waiting for it.
+    pub(crate) fn push(&self, chunk: Bytes) {
+        if chunk.is_empty() {
+            return;
+        }
+        let wakers = {
+            let mut g = self.lock();
+            let at = g.len;
+            g.len += chunk.len() as u64;
+            g.chunks.push_back(chunk);
+            g.starts.push_back(at);
+            if g.released {
+                g.trim();
+            }
+            std::mem::take(&mut g.wakers)
+        };
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// All bytes received, in one contiguous buffer (the stored body).
+    pub(crate) fn concat(&self) -> Bytes {
+        let g = self.lock();
+        let mut buf = Vec::with_capacity(usize::try_from(g.len).unwrap_or(0));
+        for c in &g.chunks {
+            buf.extend_from_slice(c);
+        }
+        Bytes::from(buf)
+    }
+
+    fn end(&self, state: State) {
+        let wakers = {
+            let mut g = self.lock();
+            g.state = state;
+            if !matches!(g.state, State::Ended) {
+                g.chunks.clear();
+                g.starts.clear();
+            }
+            std::mem::take(&mut g.wakers)
+        };
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// The body is complete and stored as `entry`: readers go on from its body.
+    pub(crate) fn stored(&self, entry: Arc<Entry>) {
+        self.end(State::Stored(entry));
+    }
+
+    /// The body is complete but not stored.
+    pub(crate) fn ended(&self) {
+        self.end(State::Ended);
+    }
+
+    /// The body failed: every reader fails.
+    pub(crate) fn fail(&self) {
+        self.end(State::Failed);
+    }
+
+    /// The body will not be stored: drop what every reader has passed, admit no new reader.
+    pub(crate) fn release(&self) {
+        let mut g = self.lock();
+        g.released = true;
+        g.trim();
+    }
+
+    /// Live readers.
+    pub(crate) fn readers(&self) -> usize {
+        self.lock().readers.len()
+    }
+
+    /// A reader from the first byte, or `None` if that is no longer possible (the fill failed,
+    /// or was released and has dropped its start): the caller fetches on its own.
+    pub(crate) fn reader(self: &Arc<Self>) -> Option<Tail> {
+        let mut g = self.lock();
+        if matches!(g.state, State::Failed) || g.released {
+            return None;
+        }
+        let id = g.next_id;
+        g.next_id += 1;
+        g.readers.insert(id, 0);
+        Some(Tail {
+            src: self.clone(),
+            id,
+            pos: 0,
+            end: self.declared,
+        })
+    }
+
+    /// Waits until the body is complete; the stored entry, or `None` if it failed or was not
+    /// stored.
+    pub(crate) async fn finished(&self) -> Option<Arc<Entry>> {
+        std::future::poll_fn(|cx| {
+            let mut g = self.lock();
+            match &g.state {
+                State::Open => {
+                    if !g.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                        g.wakers.push(cx.waker().clone());
+                    }
+                    Poll::Pending
+                }
+                State::Stored(e) => Poll::Ready(Some(e.clone())),
+                State::Ended | State::Failed => Poll::Ready(None),
+            }
+        })
+        .await
+    }
+}
+
+impl Inner {
+    /// Drops the chunks every reader has passed (only once released).
+    fn trim(&mut self) {
+        let keep_from = self.readers.values().copied().min().unwrap_or(self.len);
+        while let (Some(c), Some(&s)) = (self.chunks.front(), self.starts.front()) {
+            if s + c.len() as u64 > keep_from {
+                break;
+            }
+            self.chunks.pop_front();
+            self.starts.pop_front();
+        }
+    }
+}
+
+/// One client's read position in a [`Growing`] body: yields bytes `pos..end` as they arrive.
+#[derive(Debug)]
+pub(crate) struct Tail {
+    src: Arc<Growing>,
+    id: u64,
+    pos: u64,
+    /// Exclusive end of what this reader wants; `None`: to the end of the body.
+    end: Option<u64>,
+}
+
+impl Tail {
+    /// Narrows this reader to bytes `first..=last` (a range request).
+    pub(crate) fn range(mut self, first: u64, last: u64) -> Tail {
+        self.pos = first;
+        self.end = Some(last.saturating_add(1));
+        self.src.lock().readers.insert(self.id, first);
+        self
+    }
+
+    /// The fill this reader reads.
+    pub(crate) fn source(&self) -> &Arc<Growing> {
+        &self.src
+    }
+
+    /// Bytes this reader has yet to yield, if known.
+    pub(crate) fn remaining(&self) -> Option<u64> {
+        self.end.map(|e| e.saturating_sub(self.pos))
+    }
+
+    /// The next piece of the body: `Ready(None)` at its end, an error if the fill failed.
+    pub(crate) fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, FillFailed>>> {
+        if self.end.is_some_and(|e| self.pos >= e) {
+            return Poll::Ready(None);
+        }
+        let mut g = self.src.lock();
+        if let State::Stored(entry) = &g.state {
+            let body = &entry.body;
+            let len = body.len() as u64;
+            let stop = self.end.map_or(len, |e| e.min(len));
+            if self.pos >= stop {
+                return Poll::Ready(if self.pos < self.end.unwrap_or(0) {
+                    Some(Err(FillFailed))
+                } else {
+                    None
+                });
+            }
+            // cannot truncate: both offsets are within a body held in memory.
+            let piece = body.slice(self.pos as usize..stop as usize);
+            self.pos = stop;
+            return Poll::Ready(Some(Ok(piece)));
+        }
+        if self.pos < g.len {
+            let Some(&first) = g.starts.front() else {
+                return Poll::Ready(Some(Err(FillFailed)));
+            };
+            if self.pos < first {
+                // Dropped before this reader got there (only when released).
+                return Poll::Ready(Some(Err(FillFailed)));
+            }
+            let i = g.starts.partition_point(|&s| s <= self.pos) - 1;
+            let (chunk, start) = (&g.chunks[i], g.starts[i]);
+            let from = (self.pos - start) as usize;
+            let to = self
+                .end
+                .map_or(chunk.len(), |e| chunk.len().min((e - start) as usize));
+            let piece = chunk.slice(from..to);
+            self.pos += piece.len() as u64;
+            let pos = self.pos;
+            g.readers.insert(self.id, pos);
+            if g.released {
+                g.trim();
+            }
+            return Poll::Ready(Some(Ok(piece)));
+        }
+        match g.state {
+            State::Open => {
+                if !g.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                    g.wakers.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            // A range past the end of a body that ended: the body was shorter than declared.
+            State::Ended if self.end.is_some_and(|e| self.pos < e) => {
+                Poll::Ready(Some(Err(FillFailed)))
+            }
+            State::Ended | State::Stored(_) => Poll::Ready(None),
+            State::Failed => Poll::Ready(Some(Err(FillFailed))),
+        }
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        let mut g = self.src.lock();
+        g.readers.remove(&self.id);
+        if g.released {
+            g.trim();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+
+    async fn next(t: &mut Tail) -> Option<Result<Bytes, FillFailed>> {
+        poll_fn(|cx| t.poll_next(cx)).await
+    }
+
+    #[tokio::test]
+    async fn readers_get_chunks_as_they_arrive_and_end_with_the_body() {
+        let g = Growing::new(None);
+        let mut a = g.reader().unwrap();
+        g.push(Bytes::from_static(b"hello "));
+        assert_eq!(next(&mut a).await.unwrap().unwrap(), "hello ");
+        let waiting = tokio::spawn(async move {
+            let mut out = Vec::new();
+            while let Some(p) = next(&mut a).await {
+                out.extend_from_slice(&p.unwrap());
+            }
+            out
+        });
+        tokio::task::yield_now().await;
+        g.push(Bytes::from_static(b"world"));
+        g.ended();
+        assert_eq!(waiting.await.unwrap(), b"world");
+    }
+
+    #[tokio::test]
+    async fn a_failed_fill_fails_every_reader_and_admits_none() {
+        let g = Growing::new(Some(10));
+        let mut a = g.reader().unwrap();
+        g.push(Bytes::from_static(b"12345"));
+        assert_eq!(next(&mut a).await.unwrap().unwrap(), "12345");
+        g.fail();
+        assert_eq!(next(&mut a).await, Some(Err(FillFailed)));
+        assert!(g.reader().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_range_reader_takes_only_its_bytes_across_chunks() {
+        let g = Growing::new(Some(9));
+        let mut r = g.reader().unwrap().range(2, 6);
+        assert_eq!(r.remaining(), Some(5));
+        g.push(Bytes::from_static(b"abc"));
+        g.push(Bytes::from_static(b"def"));
+        g.push(Bytes::from_static(b"ghi"));
+        let mut out = Vec::new();
+        while let Some(p) = next(&mut r).await {
+            out.extend_from_slice(&p.unwrap());
+        }
+        assert_eq!(out, b"cdefg");
+    }
+
+    #[test]
+    fn a_released_fill_drops_what_every_reader_has_passed() {
+        let g = Growing::new(None);
+        let mut a = g.reader().unwrap();
+        let b = g.reader().unwrap();
+        g.push(Bytes::from_static(b"aaaa"));
+        g.push(Bytes::from_static(b"bbbb"));
+        g.release();
+        assert!(g.reader().is_none(), "no reader joins a released fill");
+        let waker = futures_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(matches!(a.poll_next(&mut cx), Poll::Ready(Some(Ok(_)))));
+        assert_eq!(g.lock().chunks.len(), 2, "b still needs the first chunk");
+        drop(b);
+        assert_eq!(g.lock().chunks.len(), 1, "only a's unread chunk is left");
+        assert_eq!(g.readers(), 1);
+    }
+
+    fn futures_waker() -> Waker {
+        Waker::noop().clone()
+    }
+}

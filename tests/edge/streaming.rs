@@ -1,0 +1,324 @@
+//! Streaming fill (read-while-write): a cacheable miss reaches its clients as it arrives from
+//! the origin, the leader and every collapsed follower alike, while it is stored; a body that
+//! breaks off aborts every reader and stores nothing.
+//!
+//! The origin here holds its body at a gate the test opens, so "before the origin finished" is
+//! an order of events, not a timing.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
+
+use crate::common::*;
+
+const LEN: usize = 200_000;
+const FIRST: usize = 50_000;
+
+fn body() -> Vec<u8> {
+    (0..LEN).map(|i| (i % 251) as u8).collect()
+}
+
+/// How the held origin ends the body of its first answer once the gate opens.
+#[derive(Clone, Copy, PartialEq)]
+enum Then {
+    /// Sends the rest.
+    Finish,
+    /// Closes the connection short of the declared length.
+    Cut,
+}
+
+/// An HTTP/1.1 origin whose first answer sends its head and `FIRST` bytes of a `LEN`-byte
+/// cacheable body, then waits for the gate; later answers send the whole body at once.
+struct HeldOrigin {
+    addr: SocketAddr,
+    gate: Arc<Semaphore>,
+    requests: Arc<AtomicUsize>,
+}
+
+impl HeldOrigin {
+    async fn start(then: Then) -> HeldOrigin {
+        let gate = Arc::new(Semaphore::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (g, n) = (gate.clone(), requests.clone());
+        let addr = raw_origin(move |mut s| {
+            let (gate, requests) = (g.clone(), n.clone());
+            async move {
+                let body = body();
+                loop {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match s.read(&mut byte).await {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let nth = requests.fetch_add(1, Ordering::SeqCst);
+                    let resp_head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {LEN}\r\ncache-control: max-age=60\r\n\
+                         content-type: application/octet-stream\r\netag: \"v1\"\r\n\r\n"
+                    );
+                    if s.write_all(resp_head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    if nth > 0 {
+                        let _ = s.write_all(&body).await;
+                        continue;
+                    }
+                    let _ = s.write_all(&body[..FIRST]).await;
+                    let _ = s.flush().await;
+                    let _permit = gate.acquire().await;
+                    if then == Then::Cut {
+                        return;
+                    }
+                    let _ = s.write_all(&body[FIRST..]).await;
+                }
+            }
+        })
+        .await;
+        HeldOrigin {
+            addr,
+            gate,
+            requests,
+        }
+    }
+
+    fn open(&self) {
+        self.gate.add_permits(1000);
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+async fn edge_for(o: &HeldOrigin) -> Edge {
+    Edge::start(
+        &site(
+            "demo",
+            "demo.test",
+            &format!("http://{}", o.addr),
+            "origin_read_timeout = \"5s\"",
+        ),
+        "",
+    )
+    .await
+}
+
+/// Sends a GET and returns the response with its body still streaming.
+async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> http::Response<Incoming> {
+    let mut req = Request::get(format!("http://{addr}{path}")).header("host", "demo.test");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request(req.body(Empty::new()).unwrap()),
+    )
+    .await
+    .expect("the head arrives while the origin holds its body")
+    .expect("request failed")
+}
+
+/// Reads body bytes until at least `n` have come (or the body ends or fails).
+async fn read_at_least(body: &mut Incoming, n: usize) -> Result<Vec<u8>, String> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match tokio::time::timeout(Duration::from_secs(10), body.frame()).await {
+            Err(_) => return Err(format!("stalled after {} bytes", got.len())),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(format!("{e} after {} bytes", got.len())),
+            Ok(Some(Ok(f))) => {
+                if let Ok(d) = f.into_data() {
+                    got.extend_from_slice(&d);
+                }
+            }
+        }
+    }
+    Ok(got)
+}
+
+/// Reads the body to its end; an error if it was aborted.
+async fn read_rest(body: &mut Incoming) -> Result<Vec<u8>, String> {
+    read_at_least(body, usize::MAX).await
+}
+
+#[tokio::test]
+async fn the_leader_and_its_followers_read_the_body_while_it_arrives() {
+    let o = HeldOrigin::start(Then::Finish).await;
+    let edge = edge_for(&o).await;
+    let whole = body();
+
+    let mut leader = open(edge.addr, "/v", &[]).await;
+    assert_eq!(leader.status(), 200);
+    let cs = leader.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(cs.contains("fwd=miss") && cs.contains("stored"), "{cs}");
+    assert_eq!(leader.headers()["content-length"], LEN.to_string().as_str());
+    let first = read_at_least(leader.body_mut(), FIRST).await.unwrap();
+    assert_eq!(first[..], whole[..FIRST], "the leader got the first bytes");
+
+    // Followers that come while the body is still held get its head and what has arrived.
+    let mut followers = Vec::new();
+    for _ in 0..20 {
+        let mut f = open(edge.addr, "/v", &[]).await;
+        assert_eq!(f.status(), 200);
+        let cs = f.headers()["cache-status"].to_str().unwrap();
+        assert!(cs.contains("collapsed"), "{cs}");
+        let got = read_at_least(f.body_mut(), FIRST).await.unwrap();
+        assert_eq!(got[..], whole[..FIRST]);
+        followers.push((f, got));
+    }
+    // A HEAD joins too, and needs no body.
+    let head = request("HEAD", edge.addr, "demo.test", "/v", &[]).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(o.requests(), 1, "one origin request while the body is held");
+
+    o.open();
+    let rest = read_rest(leader.body_mut()).await.unwrap();
+    assert_eq!(
+        [first, rest].concat(),
+        whole,
+        "the leader got the whole body"
+    );
+    for (mut f, got) in followers {
+        let rest = read_rest(f.body_mut()).await.unwrap();
+        assert_eq!([got, rest].concat(), whole, "a follower got the whole body");
+    }
+    let hit = edge.get("/v").await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    assert_eq!(hit.body[..], whole[..]);
+    assert_eq!(o.requests(), 1);
+}
+
+#[tokio::test]
+async fn a_body_cut_off_while_filling_aborts_every_reader_and_is_not_stored() {
+    let o = HeldOrigin::start(Then::Cut).await;
+    let edge = edge_for(&o).await;
+
+    let mut leader = open(edge.addr, "/c", &[]).await;
+    read_at_least(leader.body_mut(), FIRST).await.unwrap();
+    let mut follower = open(edge.addr, "/c", &[]).await;
+    read_at_least(follower.body_mut(), FIRST).await.unwrap();
+    // An HTTP/2 follower too: its stream must be reset, not ended.
+    let mut send = h2c::<Empty<Bytes>>(edge.addr).await;
+    let req = Request::get("http://demo.test/c")
+        .version(http::Version::HTTP_2)
+        .body(Empty::new())
+        .unwrap();
+    let mut h2 = send.send_request(req).await.unwrap();
+    assert_eq!(h2.status(), 200);
+    read_at_least(h2.body_mut(), FIRST).await.unwrap();
+
+    o.open();
+    for (who, body) in [
+        ("leader", leader.body_mut()),
+        ("follower", follower.body_mut()),
+        ("h2 follower", h2.body_mut()),
+    ] {
+        let end = read_rest(body).await;
+        assert!(end.is_err(), "{who}: aborted, not a clean end: {end:?}");
+    }
+
+    // Nothing was stored: the next request fetches again and gets the whole body.
+    let again = edge.get("/c").await;
+    assert_eq!(again.status, 200);
+    assert!(!again.is_hit(), "{}", again.cache_status());
+    assert_eq!(again.body[..], body()[..]);
+    assert_eq!(o.requests(), 2);
+    let metrics = edge.admin_get("/metrics").await.text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("meridian_origin_errors_total") && l.contains("body")),
+        "the cut is counted as an origin body error"
+    );
+}
+
+#[tokio::test]
+async fn ranges_of_an_object_being_filled_come_from_the_fill() {
+    let o = HeldOrigin::start(Then::Finish).await;
+    let edge = edge_for(&o).await;
+    let whole = body();
+
+    let mut leader = open(edge.addr, "/r", &[]).await;
+    read_at_least(leader.body_mut(), FIRST).await.unwrap();
+
+    // A range within what has arrived is answered at once.
+    let mut early = open(edge.addr, "/r", &[("range", "bytes=1000-1999")]).await;
+    assert_eq!(early.status(), 206);
+    assert_eq!(
+        early.headers()["content-range"],
+        format!("bytes 1000-1999/{LEN}")
+    );
+    let got = read_rest(early.body_mut()).await.unwrap();
+    assert_eq!(got[..], whole[1000..2000]);
+
+    // A range past it waits for its bytes; several ranges wait for the whole body.
+    let late = tokio::spawn({
+        let addr = edge.addr;
+        async move {
+            let mut r = open(addr, "/r", &[("range", "bytes=-100")]).await;
+            let status = r.status();
+            (status, read_rest(r.body_mut()).await.unwrap())
+        }
+    });
+    let multi = tokio::spawn({
+        let addr = edge.addr;
+        async move {
+            let mut r = open(addr, "/r", &[("range", "bytes=0-9,150000-150009")]).await;
+            let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+            (r.status(), ct, read_rest(r.body_mut()).await.unwrap())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!late.is_finished(), "the suffix has not arrived yet");
+    o.open();
+    let (status, got) = late.await.unwrap();
+    assert_eq!(status, 206);
+    assert_eq!(got[..], whole[LEN - 100..]);
+    let (status, ct, _) = multi.await.unwrap();
+    assert_eq!(status, 206);
+    assert!(ct.starts_with("multipart/byteranges"), "{ct}");
+    read_rest(leader.body_mut()).await.unwrap();
+    assert_eq!(o.requests(), 1, "no range went to the origin");
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_body_does_not_stop_the_fill() {
+    let o = HeldOrigin::start(Then::Finish).await;
+    let edge = edge_for(&o).await;
+    let mut leader = open(edge.addr, "/l", &[]).await;
+    read_at_least(leader.body_mut(), FIRST).await.unwrap();
+    drop(leader);
+    o.open();
+    for _ in 0..100 {
+        let r = edge.get("/l").await;
+        if r.is_hit() {
+            assert_eq!(r.body[..], body()[..]);
+            assert_eq!(o.requests(), 1);
+            return;
+        }
+        // A request between the open gate and the stored entry reads the fill.
+        assert!(
+            r.cache_status().contains("collapsed"),
+            "{}",
+            r.cache_status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the fill never completed");
+}
