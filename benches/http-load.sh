@@ -2,13 +2,17 @@
 # Cache-hit throughput and latency of meridian, nginx (proxy_cache) and Varnish (malloc storage),
 # side by side, in front of the same local origin on this machine; then the collapsing latency
 # of each for a cold object whose origin takes 500 ms; then TLS cache hits of meridian and nginx
-# with the same certificate, over HTTP/1.1 (wrk) and HTTP/2 (h2load). Two reference rows: a bare hyper server
+# with the same certificate, over HTTP/1.1 (wrk) and HTTP/2 (h2load); then the time to first byte
+# of a cold 15 MiB object that its origin sends over 1.4 s, for the client that asks first and for
+# 100 more asking at once 100 ms later (streaming fill: do they wait for the whole body?), with
+# the origin asked directly by one client as the reference. Two reference rows: a bare hyper server
 # returning a fixed body (the ceiling for any hit path on hyper), and the slow origin asked
 # directly by the same burst client (what the client and origin alone cost).
 #
 #   benches/http-load.sh [ROUNDS] [DURATION]      defaults: 5 rounds of 8s per server and size
 #   CONNS=64 THREADS=2 benches/http-load.sh        wrk connections and threads
-#   PARTS="hits tls collapse" benches/http-load.sh  which measurements to run (default: all)
+#   PARTS="hits tls collapse stream" benches/http-load.sh  which measurements to run (default: all)
+#   FOLLOWERS=100 benches/http-load.sh             clients that join the leader in "stream"
 #
 # Installs nginx, varnish, wrk and h2load (nghttp2-client) from Debian if they are missing (needs root). Every address is
 # on loopback; every server started here is stopped on exit. Prints markdown tables of medians.
@@ -19,7 +23,8 @@ DURATION=${2:-8s}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
 BURST=${BURST:-200}
-PARTS=${PARTS:-hits tls collapse}
+PARTS=${PARTS:-hits tls collapse stream}
+FOLLOWERS=${FOLLOWERS:-100}
 want() { case " $PARTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -264,9 +269,25 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$RESULTS" "$COLLAPSE" "$CONNS" "$THREADS" "$DURATION" "$ROUNDS" "$BURST" "$TLS" <<'EOF'
+# --- streaming fill: a cold 15 MiB object sent over 1.4 s; one client, then FOLLOWERS at once ----
+STREAM="$WORK/stream.txt"
+: > "$STREAM"
+for round in $(seq 1 "$ROUNDS"); do
+  want stream || break
+  for entry in meridian:$P_MERIDIAN nginx:$P_NGINX varnish:$P_VARNISH origin-direct:$SLOW; do
+    name=${entry%%:*}; port=${entry##*:}
+    path="/trickle/$name-$round-$RANDOM"
+    n=$FOLLOWERS; [ "$name" = origin-direct ] && n=0   # the origin's own time, one client
+    line=$(python3 "$ROOT/benches/slow_origin.py" ttfb "$port" slow.test "$path" "$n")
+    fetches=$(python3 "$ROOT/benches/slow_origin.py" count $SLOW "$path")
+    echo "$name $line fetches=$fetches" >> "$STREAM"
+    echo "stream round $round $name: $line origin_fetches=$fetches" >&2
+  done
+done
+
+python3 - "$RESULTS" "$COLLAPSE" "$CONNS" "$THREADS" "$DURATION" "$ROUNDS" "$BURST" "$TLS" "$STREAM" "$FOLLOWERS" <<'EOF'
 import statistics, sys
-results, collapse, conns, threads, duration, rounds, burst, tls = sys.argv[1:]
+results, collapse, conns, threads, duration, rounds, burst, tls, stream, followers = sys.argv[1:]
 rows = {}
 for line in open(results):
     obj, name, rps, p50, p99 = line.split()
@@ -317,4 +338,21 @@ for name in ("meridian", "nginx", "varnish", "origin-direct"):
         continue
     ok = min(int(x["ok"]) for x in r)
     print(f"| {name} | {statistics.median(float(x['p50_ms']) for x in r):.0f} | {statistics.median(float(x['max_ms']) for x in r):.0f} | {statistics.median(int(x['fetches']) for x in r):.0f} |" + ("" if ok == int(burst) else f" (only {ok} of {burst} answered 200)"))
+st = {}
+for line in open(stream):
+    parts = line.split()
+    st.setdefault(parts[0], []).append(dict(p.split("=") for p in parts[1:]))
+if st:
+    print(f"\n### Streaming fill (cold 15 MiB object sent by its origin over 1.4 s; a first client, then {followers} at once 100 ms later; median of {rounds} rounds)\n")
+    print("| server | first client: first byte (ms) | whole body (ms) | followers: first byte, median (ms) | last (ms) | whole body, median (ms) | origin fetches |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name in ("meridian", "nginx", "varnish", "origin-direct"):
+        r = st.get(name, [])
+        if not r:
+            continue
+        n = 1 if name == "origin-direct" else int(followers) + 1
+        ok = min(int(x["ok"]) for x in r)
+        med = lambda k: statistics.median(float(x[k]) for x in r)
+        follow = "| - | - | - " if n == 1 else f"| {med('ttfb_p50_ms'):.1f} | {med('ttfb_max_ms'):.1f} | {med('full_p50_ms'):.0f} "
+        print(f"| {name} | {med('lead_ttfb_ms'):.1f} | {med('lead_full_ms'):.0f} {follow}| {statistics.median(int(x['fetches']) for x in r):.0f} |" + ("" if ok == n else f" (only {ok} of {n} got the whole body)"))
 EOF
