@@ -191,6 +191,13 @@ fn cluster(state: &AdminState) -> serde_json::Value {
     serde_json::json!({ "gossip": true, "members": members })
 }
 
+/// A purge that could not be recorded for the disk tier: the request fails rather than leave
+/// purged objects on disk to come back.
+fn on_disk(e: std::io::Error) -> String {
+    tracing::error!(error = %e, "a purge could not be recorded on disk");
+    format!("the purge could not be recorded on disk: {e}")
+}
+
 async fn purge_objects(edge: &EdgeState, purge: PurgeRequest) -> Result<usize, String> {
     let site_and_uri = |text: &str| -> Result<(Arc<crate::http::handler::Site>, Uri), String> {
         let uri: Uri = text
@@ -210,18 +217,23 @@ async fn purge_objects(edge: &EdgeState, purge: PurgeRequest) -> Result<usize, S
     match (purge.url, purge.prefix, purge.tag) {
         (Some(url), None, None) => {
             let (site, uri) = site_and_uri(&url)?;
-            Ok(usize::from(edge.store.invalidate(&site.key(&uri)).await))
+            let key = site.key(&uri);
+            edge.store
+                .purge(&key)
+                .await
+                .map(usize::from)
+                .map_err(on_disk)
         }
         (None, Some(prefix), None) => {
             let (site, uri) = site_and_uri(&prefix)?;
             let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-            Ok(edge
-                .store
-                .invalidate_prefix(&key::prefix(&site.name, path))
-                .await)
+            edge.store
+                .purge_prefix(&key::prefix(&site.name, path))
+                .await
+                .map_err(on_disk)
         }
         (None, None, Some(tag)) if !tag.trim().is_empty() => {
-            Ok(edge.store.invalidate_tag(tag.trim()).await)
+            edge.store.purge_tag(tag.trim()).await.map_err(on_disk)
         }
         _ => Err("give exactly one of \"url\", \"prefix\" or \"tag\"".into()),
     }

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
+use crate::cache::disk::Disk;
 use crate::config::{ClusterMap, Config};
 use crate::dns::handler::{DnsHandler, Tables};
 use crate::dns::metrics::DnsMetrics;
@@ -375,12 +376,33 @@ impl Node {
             grace = edge.shutdown_grace;
             drain_wait = edge.drain_wait.unwrap_or_default();
             let sites = Sites::new(&config.sites).map_err(StartError::Site)?;
+            let disk = match &edge.cache_disk {
+                None => None,
+                Some(d) => match Disk::open(&node.id, d).await {
+                    Ok(disk) => {
+                        tracing::info!(
+                            path = %d.path.display(),
+                            size = d.size,
+                            recovery_ms = disk.recovery.as_millis() as u64,
+                            "disk tier open"
+                        );
+                        Some(disk)
+                    }
+                    Err(e) => {
+                        // The edge still serves, from memory and the origin.
+                        tracing::error!(error = %e, "the disk tier could not open; serving memory-only");
+                        crate::cache::disk::count_open_error(&node.id);
+                        None
+                    }
+                },
+            };
             let state = Arc::new(EdgeState::new(
                 &node.id,
                 edge,
                 sites,
                 node.log.access_log,
                 tracker.clone(),
+                disk,
             ));
             let limits = Limits::from(edge);
             let certificates = Arc::new(ArcSwap::from_pointee(Certificates::new(
@@ -641,6 +663,15 @@ impl Node {
         let finished = tokio::time::timeout(self.grace, self.tracker.wait())
             .await
             .is_ok();
+        if let Some(disk) = self
+            .reloader
+            .edge
+            .as_ref()
+            .and_then(|e| e.state.store.disk())
+        {
+            // What is queued for the disk is written, so a restart finds it.
+            disk.close().await;
+        }
         if finished {
             tracing::info!("shutdown complete");
         } else {

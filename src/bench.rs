@@ -51,6 +51,7 @@ impl HitPath {
             tls_default_site: None,
             cache_memory: 1 << 30,
             max_object_size: 64 << 20,
+            cache_disk: None,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             client_body_timeout: Duration::from_secs(30),
@@ -70,6 +71,7 @@ impl HitPath {
             sites,
             false,
             TaskTracker::new(),
+            None,
         ));
         let mut resp = HeaderMap::new();
         resp.insert("cache-control", HeaderValue::from_static("max-age=3600"));
@@ -353,7 +355,7 @@ impl CoverageLookup {
     pub fn new(n: usize) -> CoverageLookup {
         let zone = |i: usize| {
             let a = 0x0a00_0000u32 | ((i as u32).wrapping_mul(2_654_435_761) & 0x00ff_ff00);
-            let prefix = if i % 4 == 0 { 20 } else { 24 };
+            let prefix = if i.is_multiple_of(4) { 20 } else { 24 };
             ipnet::IpNet::new(std::net::IpAddr::from(a.to_be_bytes()), prefix)
                 .map(|n| n.trunc())
                 .unwrap_or_else(|e| panic!("{e}"))

@@ -110,6 +110,12 @@ fn main() -> ExitCode {
     // Before any other thread exists: the allocator's arenas are chosen at a thread's first
     // allocation.
     meridian::memory::configure();
+    // A write past the file size limit (RLIMIT_FSIZE) fails with EFBIG instead of killing the
+    // process: the disk tier logs it and the edge goes on from memory.
+    // SAFETY: setting a signal's disposition to ignore, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Demo => {

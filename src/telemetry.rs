@@ -27,12 +27,15 @@ pub(crate) fn plain_filter(filter: &str) -> bool {
 pub fn init_logging(log: &LogConfig) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    // hickory's server logs two INFO lines per TCP query: quiet unless the level names it.
-    let level = if log.level.contains("hickory") {
-        log.level.clone()
-    } else {
-        format!("{},hickory_server=warn,hickory_proto=warn", log.level)
-    };
+    // hickory's server logs two INFO lines per TCP query, and foyer (the disk tier) its
+    // internals at start and stop: quiet unless the level names them.
+    let mut level = log.level.clone();
+    if !log.level.contains("hickory") {
+        level.push_str(",hickory_server=warn,hickory_proto=warn");
+    }
+    if !log.level.contains("foyer") {
+        level.push_str(",foyer=warn,foyer_storage=warn,foyer_memory=warn");
+    }
     // RUST_LOG, when set, wins; it goes through the same parser (see `plain_filter`).
     let from_env = match std::env::var("RUST_LOG") {
         Ok(v) if plain_filter(&v) => EnvFilter::try_new(v).ok(),
@@ -144,6 +147,54 @@ fn describe() {
     describe_counter!(
         "meridian_cache_purged_objects_total",
         "Objects removed by purge requests"
+    );
+    describe_counter!(
+        "meridian_cache_hits_total",
+        "Hits served from the store, by tier (memory, disk)"
+    );
+    describe_counter!(
+        "meridian_cache_disk_hits_total",
+        "Memory misses found on the disk tier (and put back in memory)"
+    );
+    describe_counter!(
+        "meridian_cache_disk_misses_total",
+        "Memory misses the disk tier did not have either"
+    );
+    describe_counter!(
+        "meridian_cache_disk_writes_total",
+        "Entries (object heads and body chunks) queued for the disk tier"
+    );
+    describe_counter!(
+        "meridian_cache_disk_written_bytes_total",
+        Unit::Bytes,
+        "Bytes of entries queued for the disk tier"
+    );
+    describe_counter!(
+        "meridian_cache_disk_read_bytes_total",
+        Unit::Bytes,
+        "Bytes of entries read from the disk tier"
+    );
+    describe_counter!(
+        "meridian_cache_disk_errors_total",
+        "Disk tier failures, by operation (open: the edge runs memory-only; read: a miss)"
+    );
+    describe_counter!(
+        "meridian_cache_disk_dropped_total",
+        "Disk entries dropped unread: failed their checksum, torn, unreadable, or a body with a chunk missing"
+    );
+    describe_counter!(
+        "meridian_cache_disk_purged_total",
+        "Disk reads that found purged variants (by a ban rule) and dropped them"
+    );
+    describe_gauge!(
+        "meridian_cache_disk_capacity_bytes",
+        Unit::Bytes,
+        "Bytes of disk the disk tier takes"
+    );
+    describe_gauge!(
+        "meridian_cache_disk_recovery_seconds",
+        Unit::Seconds,
+        "Time the disk tier took to open and recover its index at start"
     );
     describe_counter!(
         "meridian_tls_handshake_failures_total",
@@ -306,9 +357,16 @@ pub(crate) struct EdgeMetrics {
     pub(crate) stored_objects: Gauge,
     pub(crate) purged: Counter,
     pub(crate) tls_handshake_failures: Counter,
+    /// Hits served from the memory and the disk tier.
+    tier_hits: [Counter; 2],
 }
 
 impl EdgeMetrics {
+    /// Counts a hit served from `tier`.
+    pub(crate) fn tier_hit(&self, tier: crate::cache::store::Tier) {
+        self.tier_hits[usize::from(tier == crate::cache::store::Tier::Disk)].increment(1);
+    }
+
     pub(crate) fn new(node: &str) -> EdgeMetrics {
         prometheus();
         let n = || metrics::Label::new("node", node.to_string());
@@ -328,6 +386,9 @@ impl EdgeMetrics {
             origin_seconds: metrics::histogram!("meridian_origin_fetch_duration_seconds", vec![n()]),
             bytes_in: metrics::counter!("meridian_http_received_bytes_total", vec![n()]),
             bytes_out: metrics::counter!("meridian_http_sent_bytes_total", vec![n()]),
+            tier_hits: ["memory", "disk"].map(|tier| {
+                metrics::counter!("meridian_cache_hits_total", "node" => node.to_string(), "tier" => tier)
+            }),
             stored_bytes: metrics::gauge!("meridian_cache_stored_bytes", vec![n()]),
             stored_objects: metrics::gauge!("meridian_cache_stored_objects", vec![n()]),
             purged: metrics::counter!("meridian_cache_purged_objects_total", vec![n()]),

@@ -4,6 +4,7 @@
 //! the in-memory store, and none knows about origins or sockets.
 
 pub(crate) mod collapse;
+pub(crate) mod disk;
 pub(crate) mod entry;
 pub(crate) mod fill;
 pub(crate) mod key;

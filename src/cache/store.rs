@@ -1,7 +1,10 @@
-//! The in-memory store: the only place that knows about moka.
+//! The store: the memory tier (the only place that knows about moka) and, when configured, the
+//! disk tier behind it (`cache::disk`).
 //!
 //! Maps a primary key to an [`Object`], the set of stored variants of one URL, bounded by the
-//! bytes of the variants it holds (`cache_memory`). Each object expires when its longest-kept
+//! bytes of the variants it holds (`cache_memory`). With a disk tier, every object stored is
+//! also written to disk, and a memory miss looks there before it is a miss (a disk hit is put
+//! back in memory). Each object expires when its longest-kept
 //! variant may no longer be used (see `Entry::keep_for`); until then eviction is moka's
 //! TinyLFU by weight. Also keeps short-lived "hit-for-pass" markers for URLs whose responses
 //! proved uncacheable, so that requests for them are not queued behind one another.
@@ -12,6 +15,7 @@ use std::time::{Duration, Instant as StdInstant};
 use moka::future::Cache;
 use moka::Expiry;
 
+use super::disk::Disk;
 use super::entry::{Entry, Target};
 
 /// Variants of one URL kept at most; the oldest goes first.
@@ -63,15 +67,33 @@ impl Expiry<String, Arc<Object>> for KeepFor {
     }
 }
 
+/// Which tier answered a lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tier {
+    Memory,
+    Disk,
+}
+
+impl Tier {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Tier::Memory => "memory",
+            Tier::Disk => "disk",
+        }
+    }
+}
+
 /// The byte-bounded object store.
 pub(crate) struct Store {
     objects: Cache<String, Arc<Object>>,
     passes: Cache<String, ()>,
+    disk: Option<Disk>,
 }
 
 impl Store {
-    /// A store holding at most `capacity` bytes of stored responses.
-    pub(crate) fn new(capacity: u64) -> Store {
+    /// A store holding at most `capacity` bytes of stored responses in memory, and `disk`
+    /// behind it.
+    pub(crate) fn new(capacity: u64, disk: Option<Disk>) -> Store {
         crate::memory::watch(capacity);
         let objects = Cache::builder()
             .max_capacity(capacity)
@@ -95,18 +117,34 @@ impl Store {
             })
             .time_to_live(PASS_TTL)
             .build();
-        Store { objects, passes }
+        Store {
+            objects,
+            passes,
+            disk,
+        }
     }
 
-    pub(crate) async fn get(&self, key: &str) -> Option<Arc<Object>> {
-        self.objects.get(key).await
+    /// The disk tier, if there is one.
+    pub(crate) fn disk(&self) -> Option<&Disk> {
+        self.disk.as_ref()
+    }
+
+    /// The object stored for `key`, and the tier it came from.
+    pub(crate) async fn get(&self, key: &str) -> Option<(Arc<Object>, Tier)> {
+        if let Some(o) = self.objects.get(key).await {
+            return Some((o, Tier::Memory));
+        }
+        let object = Arc::new(self.disk.as_ref()?.get(key).await?);
+        self.objects.insert(key.to_string(), object.clone()).await;
+        Some((object, Tier::Disk))
     }
 
     /// Stores `entry` as a variant of `key`, replacing the same variant if present.
     pub(crate) async fn insert(&self, key: String, entry: Arc<Entry>) {
         self.passes.invalidate(&key).await;
-        self.objects
-            .entry(key)
+        let stored = self
+            .objects
+            .entry(key.clone())
             .and_upsert_with(|existing| {
                 let mut variants: Vec<Arc<Entry>> = existing
                     .map(|e| {
@@ -125,15 +163,45 @@ impl Store {
                 std::future::ready(Arc::new(Object { variants }))
             })
             .await;
+        if let Some(disk) = &self.disk {
+            disk.put(&key, stored.value());
+        }
     }
 
-    /// Removes every variant of `key`. Returns whether anything was stored.
+    /// Removes every variant of `key`. Returns whether anything was stored (in memory).
     pub(crate) async fn invalidate(&self, key: &str) -> bool {
+        if let Some(disk) = &self.disk {
+            disk.remove(key);
+        }
         self.objects.remove(key).await.is_some()
     }
 
-    /// Removes every object whose key starts with `prefix`; returns how many.
-    pub(crate) async fn invalidate_prefix(&self, prefix: &str) -> usize {
+    /// Purges every variant of `key`, on disk too and across restarts.
+    pub(crate) async fn purge(&self, key: &str) -> std::io::Result<bool> {
+        if let Some(disk) = &self.disk {
+            disk.ban_url(key)?;
+        }
+        Ok(self.objects.remove(key).await.is_some())
+    }
+
+    /// Purges every object whose key starts with `prefix`; returns how many were in memory.
+    pub(crate) async fn purge_prefix(&self, prefix: &str) -> std::io::Result<usize> {
+        if let Some(disk) = &self.disk {
+            disk.ban_prefix(prefix)?;
+        }
+        Ok(self.invalidate_prefix(prefix).await)
+    }
+
+    /// Purges every object with a variant tagged `tag`; returns how many were in memory.
+    pub(crate) async fn purge_tag(&self, tag: &str) -> std::io::Result<usize> {
+        if let Some(disk) = &self.disk {
+            disk.ban_tag(tag)?;
+        }
+        Ok(self.invalidate_tag(tag).await)
+    }
+
+    /// Removes every object in memory whose key starts with `prefix`; returns how many.
+    async fn invalidate_prefix(&self, prefix: &str) -> usize {
         let keys: Vec<Arc<String>> = self
             .objects
             .iter()
@@ -143,8 +211,9 @@ impl Store {
         self.remove_all(keys).await
     }
 
-    /// Removes every object with a variant tagged `tag` (from `Surrogate-Key`); returns how many.
-    pub(crate) async fn invalidate_tag(&self, tag: &str) -> usize {
+    /// Removes every object in memory with a variant tagged `tag` (from `Surrogate-Key`);
+    /// returns how many.
+    async fn invalidate_tag(&self, tag: &str) -> usize {
         let keys: Vec<Arc<String>> = self
             .objects
             .iter()
@@ -213,11 +282,11 @@ mod tests {
 
     #[tokio::test]
     async fn stale_entries_are_kept_for_a_while() {
-        let store = Store::new(1 << 20);
+        let store = Store::new(1 << 20, None);
         store.insert("k".into(), entry(1)).await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert!(store.get("k").await.is_some());
-        assert_eq!(store.invalidate_tag("t").await, 1);
+        assert_eq!(store.purge_tag("t").await.unwrap(), 1);
         assert!(store.get("k").await.is_none());
     }
 }

@@ -31,7 +31,8 @@ use cluster::*;
 pub use cluster::{load_cluster_map, ClusterMap, EdgeEntry, RegionConfig, SoaConfig, ZoneConfig};
 use node::*;
 pub use node::{
-    AdminConfig, DnsConfig, EdgeConfig, GossipConfig, LogConfig, NodeConfig, RateLimitConfig,
+    AdminConfig, DiskConfig, DnsConfig, EdgeConfig, GossipConfig, LogConfig, NodeConfig,
+    RateLimitConfig,
 };
 use origins::*;
 pub use origins::{QueryKey, SiteCertificate, SiteConfig};
@@ -210,7 +211,8 @@ impl Config {
         let Some(edge) = &self.node.edge else {
             return Vec::new();
         };
-        edge.public_addresses
+        let mut out: Vec<Problem> = edge
+            .public_addresses
             .iter()
             .filter_map(|ip| unreachable_kind(*ip).map(|kind| (ip, kind)))
             .map(|(ip, kind)| Problem {
@@ -220,7 +222,32 @@ impl Config {
                     "{ip} is a {kind} address, which DNS hands to users: fine on one machine or a private network only (set the addresses users reach in edge.public_addresses or the cluster map)"
                 ),
             })
-            .collect()
+            .collect();
+        if let Some(d) = &edge.cache_disk {
+            // What the store already holds counts as room: it is reused at start.
+            let held: u64 = std::fs::read_dir(&d.path)
+                .map(|dir| {
+                    dir.filter_map(Result::ok)
+                        .filter_map(|e| e.metadata().ok())
+                        .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+                        .sum()
+                })
+                .unwrap_or(0);
+            if let Some((_, free)) = nearest_existing(&d.path).and_then(|p| fs_space(p).ok()) {
+                if d.size > free + held {
+                    out.push(Problem {
+                        file: self.node.path.clone(),
+                        key: "edge.cache_disk.size".into(),
+                        reason: format!(
+                            "{} bytes, but the filesystem has {} bytes free: the edge reserves the size at start and runs memory-only if it cannot",
+                            d.size,
+                            free + held
+                        ),
+                    });
+                }
+            }
+        }
+        out
     }
 }
 

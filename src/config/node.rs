@@ -81,9 +81,16 @@ pub(super) struct RawEdge {
     shutdown_grace: Option<String>,
     drain_wait: Option<String>,
     tls: Option<RawEdgeTls>,
+    cache_disk: Option<RawDisk>,
     public_addresses: Option<Vec<String>>,
     #[serde(default)]
     capacity: RawCapacity,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RawDisk {
+    path: String,
+    size: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -207,6 +214,9 @@ pub struct EdgeConfig {
     pub cache_memory: u64,
     /// Largest object the cache stores; larger ones stream through.
     pub max_object_size: u64,
+    /// The disk tier, if any: objects stored in memory are also written here, and survive a
+    /// restart.
+    pub cache_disk: Option<DiskConfig>,
     /// Time a client has to send a complete request head.
     pub header_read_timeout: Duration,
     /// A connection with no traffic for this long is closed.
@@ -232,6 +242,18 @@ pub struct EdgeConfig {
     /// Egress bytes per second the edge is built for.
     pub capacity_egress_per_second: f64,
 }
+
+/// The disk tier of the cache (`edge.cache_disk`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// Directory of the store's files (created if missing).
+    pub path: PathBuf,
+    /// Bytes of disk the store takes (reserved at start where the filesystem allows).
+    pub size: u64,
+}
+
+/// The smallest disk tier: a few of the store's blocks.
+pub(crate) const MIN_DISK_SIZE: u64 = 64 << 20;
 
 /// The admin listener.
 #[derive(Debug, Clone)]
@@ -571,6 +593,89 @@ pub(super) fn default_client_body_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
+/// The disk tier's settings: a directory that is (or can be made) writable, and a size the
+/// filesystem can hold.
+fn validate_disk(r: &mut Report<'_>, d: &RawDisk) -> DiskConfig {
+    let path = resolve(r.file, &d.path);
+    let size = r.size("edge.cache_disk.size", &Some(d.size.clone()), 0);
+    if size < MIN_DISK_SIZE {
+        r.add(
+            "edge.cache_disk.size",
+            format!("{size} bytes is too small: the disk tier takes at least 64MiB"),
+        );
+    }
+    match nearest_existing(&path) {
+        Some(dir) if !dir.is_dir() => r.add(
+            "edge.cache_disk.path",
+            format!("{} is not a directory", dir.display()),
+        ),
+        Some(dir) => match fs_space(dir) {
+            Err(e) => r.add("edge.cache_disk.path", format!("{}: {e}", dir.display())),
+            Ok((total, _)) if size > total => r.add(
+                "edge.cache_disk.size",
+                format!(
+                    "{size} bytes is more than the filesystem of {} holds ({total} bytes)",
+                    dir.display()
+                ),
+            ),
+            Ok(_) => {
+                if !writable(dir) {
+                    r.add(
+                        "edge.cache_disk.path",
+                        format!("{} is not writable by this user", dir.display()),
+                    );
+                }
+            }
+        },
+        None => r.add(
+            "edge.cache_disk.path",
+            format!("{}: no part of the path exists", path.display()),
+        ),
+    }
+    DiskConfig { path, size }
+}
+
+/// `path`, or the nearest directory above it that exists (where it will be made).
+pub(crate) fn nearest_existing(path: &Path) -> Option<&Path> {
+    path.ancestors()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
+        .find(|p| p.exists())
+}
+
+/// (total, available) bytes of the filesystem holding `dir`.
+pub(crate) fn fs_space(dir: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("the path holds a NUL byte"))?;
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs the call fills.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let frsize = st.f_frsize as u64;
+    Ok((
+        (st.f_blocks as u64).saturating_mul(frsize),
+        (st.f_bavail as u64).saturating_mul(frsize),
+    ))
+}
+
+/// Whether this process may create files in `dir`.
+fn writable(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated path.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+}
+
 pub(super) fn validate_edge(r: &mut Report<'_>, e: &RawEdge) -> EdgeConfig {
     let listen: Vec<SocketAddr> = e
         .listen
@@ -616,6 +721,7 @@ pub(super) fn validate_edge(r: &mut Report<'_>, e: &RawEdge) -> EdgeConfig {
             "must be at least 8KiB (HTTP/1 request heads up to that size are always accepted)",
         );
     }
+    let cache_disk = e.cache_disk.as_ref().map(|d| validate_disk(r, d));
     let max_connections = e.max_connections.unwrap_or_else(default_max_connections);
     if max_connections == 0 {
         r.add("edge.max_connections", "must be greater than zero");
@@ -626,6 +732,7 @@ pub(super) fn validate_edge(r: &mut Report<'_>, e: &RawEdge) -> EdgeConfig {
         tls_default_site: e.tls.as_ref().and_then(|t| t.default_site.clone()),
         cache_memory,
         max_object_size,
+        cache_disk,
         header_read_timeout: r.positive_duration(
             "edge.header_read_timeout",
             &e.header_read_timeout,

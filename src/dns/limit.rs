@@ -109,7 +109,7 @@ impl Limiter {
         self.limited += 1;
         match self.config.slip {
             0 => Verdict::Drop,
-            n if self.limited % u64::from(n) == 0 => Verdict::Slip,
+            n if self.limited.is_multiple_of(u64::from(n)) => Verdict::Slip,
             _ => Verdict::Drop,
         }
     }

@@ -26,6 +26,7 @@ use super::headers::{add_forwarding, is_loop, strip_cache_only, strip_hop_by_hop
 use super::request::{self, Rejected};
 use super::response::{self, CacheStatus, Fwd, Label, Refusal};
 use crate::cache::collapse::{Collapser, Join, Leader};
+use crate::cache::disk::Disk;
 use crate::cache::entry::{compact, normalized, vary_names, Entry, Target};
 use crate::cache::fill::{FillFailed, Growing, Tail};
 use crate::cache::key;
@@ -180,6 +181,7 @@ impl EdgeState {
         sites: Sites,
         access_log: bool,
         tasks: TaskTracker,
+        disk: Option<Disk>,
     ) -> EdgeState {
         EdgeState {
             // cannot fail for ids validated by config; fall back to a generic token otherwise.
@@ -188,7 +190,7 @@ impl EdgeState {
             via2: HeaderValue::from_str(&format!("2 {node_id}"))
                 .unwrap_or(HeaderValue::from_static("2 meridian")),
             sites: arc_swap::ArcSwap::from_pointee(sites),
-            store: Store::new(edge.cache_memory),
+            store: Store::new(edge.cache_memory, disk),
             collapser: Collapser::new(),
             max_object_size: edge.max_object_size,
             client_body_timeout: edge.client_body_timeout,
@@ -225,6 +227,9 @@ pub(crate) async fn handle(
     if matches!(label, Label::Hit | Label::Stale | Label::Revalidated) {
         LoadCounters::add(&state.load.hits, 1);
     }
+    if let Some(tier) = status.tier {
+        state.metrics.tier_hit(tier);
+    }
     if let Some((method, uri, host)) = logged {
         let bytes = http_body::Body::size_hint(resp.body()).exact();
         tracing::info!(
@@ -235,6 +240,7 @@ pub(crate) async fn handle(
             uri = %uri,
             status = code,
             cache = label.as_str(),
+            tier = status.tier.map_or("-", |t| t.as_str()),
             bytes = bytes.unwrap_or(0),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
         );
@@ -491,7 +497,7 @@ pub(crate) async fn lookup(
     target: Target<'_>,
     directives: &RequestDirectives,
 ) -> Lookup {
-    let Some(object) = state.store.get(key).await else {
+    let Some((object, tier)) = state.store.get(key).await else {
         return Lookup::Forward(Fwd::Miss, None);
     };
     let Some(entry) = object.select(headers, target) else {
@@ -500,11 +506,13 @@ pub(crate) async fn lookup(
     let age = entry.age(Instant::now());
     match policy::reuse(&entry.freshness, age, directives) {
         Reuse::Hit => {
-            let s = CacheStatus::hit(entry.ttl(age));
+            let mut s = CacheStatus::hit(entry.ttl(age));
+            s.tier = Some(tier);
             Lookup::Served(response::from_entry(entry, method, headers, s, age), s)
         }
         Reuse::StaleWhileRevalidate => {
-            let s = CacheStatus::hit(entry.ttl(age)).detail("stale-while-revalidate");
+            let mut s = CacheStatus::hit(entry.ttl(age)).detail("stale-while-revalidate");
+            s.tier = Some(tier);
             let resp = response::from_entry(entry, method, headers, s, age);
             Lookup::Refresh(resp, s, entry.clone())
         }
@@ -600,7 +608,7 @@ async fn fill(
                     .store
                     .get(&key)
                     .await
-                    .and_then(|o| o.select(req.headers(), target).cloned())
+                    .and_then(|(o, _)| o.select(req.headers(), target).cloned())
                 {
                     let age = entry.age(Instant::now());
                     if policy::reuse(&entry.freshness, age, directives) == Reuse::Hit {

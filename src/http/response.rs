@@ -12,6 +12,7 @@ use super::headers::{strip_cache_only, strip_hop_by_hop, CACHE_STATUS};
 use super::range::{self, Ranges};
 use crate::cache::entry::Entry;
 use crate::cache::fill::Tail;
+use crate::cache::store::Tier;
 use crate::origin::OriginError;
 
 /// Why the request went forward (RFC 9211 §2.2 `fwd`).
@@ -54,6 +55,8 @@ pub(crate) struct CacheStatus {
     pub(crate) collapsed: bool,
     pub(crate) ttl: Option<i64>,
     pub(crate) detail: Option<&'static str>,
+    /// The store tier a hit came from (for logs and metrics; not part of the header).
+    pub(crate) tier: Option<Tier>,
 }
 
 /// What kind of answer a request got, for metrics and logs.

@@ -138,7 +138,7 @@ async fn every_metric_family_has_help_and_a_type() {
         dir.path().join("node.toml"),
         format!(
             "id = \"metrics-all\"\nregion = \"eu-west\"\nroles = [\"edge\", \"dns\"]\norigin_map = \"origins.toml\"\ncluster_map = \"cluster.toml\"\n\
-[log]\naccess_log = false\n[edge]\nlisten = [\"127.0.0.1:0\"]\n[dns]\nlisten = [\"127.0.0.1:0\"]\ngeoip = {:?}\n\
+[log]\naccess_log = false\n[edge]\nlisten = [\"127.0.0.1:0\"]\ncache_disk = {{ path = \"disk\", size = \"64MiB\" }}\n[dns]\nlisten = [\"127.0.0.1:0\"]\ngeoip = {:?}\n\
 [admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n[gossip]\nlisten = \"{gossip}\"\ninsecure = true\n",
             root.join("geo/test-city.mmdb").display().to_string()
         ),

@@ -1,0 +1,728 @@
+//! The disk tier (`edge.cache_disk`): every object the memory store keeps is also written here,
+//! and read back when memory no longer holds it, after a restart too.
+//!
+//! Storage is foyer's block engine on files under `PATH/store` (its own eviction, admission,
+//! 64-bit checksum of every entry verified on read, and recovery of its index at start). Of its
+//! hybrid cache only the disk side is used: writes go straight to the disk queue and reads load
+//! from disk, since the moka store in front is the memory tier.
+//!
+//! Layout: one entry per URL (`o` + primary key) holding every variant's head (status, headers,
+//! freshness, the wall-clock time it was stored, variant key, tags) and, up to [`CHUNK`] bytes,
+//! its body; a larger body is stored as chunks of [`CHUNK`] bytes, one entry each (`c` + body
+//! id + index), so that no entry outgrows a block. A chunk that is missing or of the wrong
+//! length makes the whole object a miss: never a body with a hole.
+//!
+//! Purges reach disk through a ban list (`PATH/bans.json`, written and synced before a purge
+//! answers): rules with a time, checked against each entry's store time as it is read, as
+//! Varnish does; entries older than [`MAX_AGE`] are misses, so rules older than that go.
+//!
+//! Failures never stop the edge: a disk tier that cannot open (unwritable path, no room to
+//! reserve) is logged and counted and the edge runs memory-only; a read error is a miss.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use foyer::{
+    BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder, Load,
+    PsyncIoEngineConfig, RecoverMode,
+};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use metrics::{Counter, Gauge};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::entry::Entry;
+use super::policy::Freshness;
+use super::store::Object;
+use crate::config::DiskConfig;
+
+/// Bodies up to this size are kept in their head entry; larger ones in chunks of this size.
+pub(crate) const CHUNK: usize = 1 << 20;
+/// foyer's unit of space and eviction: must hold the largest entry (a head with a whole
+/// [`CHUNK`] inline, and its headers).
+const BLOCK: usize = 4 << 20;
+/// A disk entry stored longer ago than this is a miss; ban rules older than it are dropped.
+const MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Ban rules kept at most; when more come, the oldest go and everything stored before them
+/// becomes a miss.
+const MAX_BANS: usize = 10_000;
+/// Bytes of writes queued for the disk at most; past it foyer drops writes (a cache may).
+const QUEUE: usize = 64 << 20;
+
+const MAGIC: &[u8; 4] = b"MRD1";
+
+/// The disk tier's counters.
+struct DiskMetrics {
+    hits: Counter,
+    misses: Counter,
+    writes: Counter,
+    written_bytes: Counter,
+    read_bytes: Counter,
+    read_errors: Counter,
+    dropped: Counter,
+    banned: Counter,
+    capacity: Gauge,
+}
+
+impl DiskMetrics {
+    fn new(node: &str) -> DiskMetrics {
+        crate::telemetry::prometheus();
+        let n = || metrics::Label::new("node", node.to_string());
+        DiskMetrics {
+            hits: metrics::counter!("meridian_cache_disk_hits_total", vec![n()]),
+            misses: metrics::counter!("meridian_cache_disk_misses_total", vec![n()]),
+            writes: metrics::counter!("meridian_cache_disk_writes_total", vec![n()]),
+            written_bytes: metrics::counter!("meridian_cache_disk_written_bytes_total", vec![n()]),
+            read_bytes: metrics::counter!("meridian_cache_disk_read_bytes_total", vec![n()]),
+            read_errors: metrics::counter!("meridian_cache_disk_errors_total", "node" => node.to_string(), "op" => "read"),
+            dropped: metrics::counter!("meridian_cache_disk_dropped_total", vec![n()]),
+            banned: metrics::counter!("meridian_cache_disk_purged_total", vec![n()]),
+            capacity: metrics::gauge!("meridian_cache_disk_capacity_bytes", vec![n()]),
+        }
+    }
+}
+
+/// Counts a disk tier that could not open (the edge then runs memory-only).
+pub(crate) fn count_open_error(node: &str) {
+    crate::telemetry::prometheus();
+    metrics::counter!("meridian_cache_disk_errors_total", "node" => node.to_string(), "op" => "open")
+        .increment(1);
+}
+
+/// What a purge rule matches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Rule {
+    Url(String),
+    Prefix(String),
+    Tag(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Ban {
+    /// Unix milliseconds of the purge: entries stored at or before it are purged.
+    at_ms: u64,
+    rule: Rule,
+}
+
+/// The persisted ban list.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Bans {
+    /// Entries stored at or before this (unix ms) are misses: rules before it were dropped.
+    floor_ms: u64,
+    bans: VecDeque<Ban>,
+}
+
+impl Bans {
+    /// Whether an entry of `key` with `tags`, stored at `stored_ms`, has been purged.
+    fn covers(&self, key: &str, tags: &[String], stored_ms: u64) -> bool {
+        stored_ms <= self.floor_ms
+            || self.bans.iter().rev().any(|b| {
+                stored_ms <= b.at_ms
+                    && match &b.rule {
+                        Rule::Url(u) => u == key,
+                        Rule::Prefix(p) => key.starts_with(p.as_str()),
+                        Rule::Tag(t) => tags.iter().any(|x| x == t),
+                    }
+            })
+    }
+
+    /// Drops rules older than [`MAX_AGE`] and beyond [`MAX_BANS`], raising the floor.
+    fn trim(&mut self, now_ms: u64) {
+        let oldest = now_ms.saturating_sub(MAX_AGE.as_millis() as u64);
+        self.floor_ms = self.floor_ms.max(oldest);
+        while let Some(b) = self.bans.front() {
+            if b.at_ms > self.floor_ms && self.bans.len() <= MAX_BANS {
+                break;
+            }
+            self.floor_ms = self.floor_ms.max(b.at_ms);
+            self.bans.pop_front();
+        }
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The disk tier of one edge.
+pub(crate) struct Disk {
+    cache: HybridCache<String, Vec<u8>>,
+    bans: Mutex<Bans>,
+    bans_path: PathBuf,
+    metrics: DiskMetrics,
+    /// Time the store took to open and recover its index.
+    pub(crate) recovery: Duration,
+}
+
+impl std::fmt::Debug for Disk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Disk")
+            .field("bans_path", &self.bans_path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reserves the store's files' space up front (`fallocate`), so a filling filesystem cannot
+/// fail its writes later. A filesystem without `fallocate` keeps sparse files (and a warning).
+fn reserve(dir: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let len = entry.metadata()?.len();
+        if !entry.file_type()?.is_file() || len == 0 {
+            continue;
+        }
+        let file = std::fs::OpenOptions::new().write(true).open(entry.path())?;
+        // SAFETY: a valid open descriptor; mode 0 allocates without changing the file's size.
+        let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                tracing::warn!(path = %dir.display(), "the filesystem cannot reserve space (no fallocate): the disk tier's files stay sparse");
+                return Ok(());
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+impl Disk {
+    /// Opens (or creates) the disk tier and recovers what it held.
+    pub(crate) async fn open(node: &str, cfg: &DiskConfig) -> Result<Disk, String> {
+        let started = std::time::Instant::now();
+        let store_dir = cfg.path.join("store");
+        std::fs::create_dir_all(&store_dir)
+            .map_err(|e| format!("cannot create {}: {e}", store_dir.display()))?;
+        let bans_path = cfg.path.join("bans.json");
+        let mut bans = match std::fs::read(&bans_path) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                // A ban list that cannot be read could hide a purge: treat everything stored
+                // so far as purged rather than serve it.
+                tracing::warn!(path = %bans_path.display(), error = %e, "unreadable ban list: everything on disk counts as purged");
+                Bans {
+                    floor_ms: unix_ms(SystemTime::now()),
+                    bans: VecDeque::new(),
+                }
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Bans::default(),
+            Err(e) => return Err(format!("cannot read {}: {e}", bans_path.display())),
+        };
+        bans.trim(unix_ms(SystemTime::now()));
+        let capacity = usize::try_from(cfg.size).unwrap_or(usize::MAX);
+        let device = FsDeviceBuilder::new(&store_dir)
+            .with_capacity(capacity)
+            .build()
+            .map_err(|e| format!("cannot open the store in {}: {e}", store_dir.display()))?;
+        // No tombstone log (with the psync engine its flush panics in foyer 0.22.6): a removal
+        // is written as a newer entry for the key that says "nothing here" (see `remove`),
+        // which recovery keeps over the older one, and purges are bans.
+        let engine = BlockEngineConfig::new(device)
+            .with_block_size(BLOCK)
+            .with_submit_queue_size_threshold(QUEUE);
+        let cache: HybridCache<String, Vec<u8>> = HybridCacheBuilder::new()
+            .with_name("meridian")
+            .memory(CHUNK * 2)
+            .storage()
+            .with_io_engine_config(PsyncIoEngineConfig::new())
+            .with_engine_config(engine)
+            .with_recover_mode(RecoverMode::Quiet)
+            .build()
+            .await
+            .map_err(|e| format!("cannot open the store in {}: {e}", store_dir.display()))?;
+        reserve(&store_dir).map_err(|e| {
+            format!(
+                "cannot reserve {} bytes in {}: {e}",
+                cfg.size,
+                store_dir.display()
+            )
+        })?;
+        let metrics = DiskMetrics::new(node);
+        metrics.capacity.set(cfg.size as f64);
+        let recovery = started.elapsed();
+        metrics::gauge!("meridian_cache_disk_recovery_seconds", "node" => node.to_string())
+            .set(recovery.as_secs_f64());
+        Ok(Disk {
+            cache,
+            bans: Mutex::new(bans),
+            bans_path,
+            metrics,
+            recovery,
+        })
+    }
+
+    /// Writes every variant of `object` (stored under `key`); the write itself happens in the
+    /// background.
+    pub(crate) fn put(&self, key: &str, object: &Object) {
+        let now = Instant::now();
+        let now_wall = SystemTime::now();
+        let mut head = Vec::new();
+        head.extend_from_slice(MAGIC);
+        put_u16(&mut head, object.variants.len() as u16);
+        let mut chunks = Vec::new();
+        for e in &object.variants {
+            let stored = now_wall - now.saturating_duration_since(e.stored_at);
+            encode_variant(&mut head, e, unix_ms(stored));
+            let len = e.body.len();
+            put_u64(&mut head, len as u64);
+            if len <= CHUNK {
+                head.push(0);
+                head.extend_from_slice(&e.body);
+            } else {
+                let id = body_id();
+                head.push(1);
+                put_u64(&mut head, id);
+                for (i, c) in e.body.chunks(CHUNK).enumerate() {
+                    chunks.push((chunk_key(id, i), c.to_vec()));
+                }
+            }
+        }
+        // Chunks first: a head is never readable before the chunks it names were queued.
+        for (k, v) in chunks {
+            self.write(k, v);
+        }
+        self.write(object_key(key), head);
+    }
+
+    fn write(&self, key: String, value: Vec<u8>) {
+        let n = value.len() as u64;
+        if self.cache.storage_writer(key).insert(value).is_some() {
+            self.metrics.writes.increment(1);
+            self.metrics.written_bytes.increment(n);
+        }
+    }
+
+    async fn load(&self, key: &String) -> Option<Vec<u8>> {
+        let indexed = self.cache.storage().may_contains(key);
+        match self.cache.storage().load(key).await {
+            Ok(Load::Entry { value, .. }) => {
+                self.metrics.read_bytes.increment(value.len() as u64);
+                Some(value)
+            }
+            Ok(Load::Piece { piece, .. }) => Some(piece.value().clone()),
+            Ok(_) => {
+                if indexed {
+                    // The index held it but it could not be read back: a checksum mismatch
+                    // (corrupted or torn), or reclaimed meanwhile.
+                    self.metrics.dropped.increment(1);
+                }
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "disk read failed");
+                self.metrics.read_errors.increment(1);
+                None
+            }
+        }
+    }
+
+    /// The object stored under `key`, if the disk has it whole and unpurged.
+    pub(crate) async fn get(&self, key: &str) -> Option<Object> {
+        let k = object_key(key);
+        let Some(head) = self.load(&k).await else {
+            self.metrics.misses.increment(1);
+            return None;
+        };
+        let now = Instant::now();
+        let now_wall = SystemTime::now();
+        let Some(variants) = decode(&head) else {
+            tracing::warn!(key, "unreadable disk entry dropped");
+            self.metrics.dropped.increment(1);
+            self.remove(key);
+            self.metrics.misses.increment(1);
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut purged = false;
+        for v in variants {
+            // cannot fail: the lock is never held across a panic point.
+            if self.bans.lock().unwrap_or_else(|e| e.into_inner()).covers(
+                key,
+                &v.entry.tags,
+                v.stored_ms,
+            ) {
+                purged = true;
+                continue;
+            }
+            let body = match v.body {
+                Stored::Inline(b) => b,
+                Stored::Chunks { id, len } => match self.chunks(id, len).await {
+                    Some(b) => b,
+                    None => continue,
+                },
+            };
+            let since = Duration::from_millis(unix_ms(now_wall).saturating_sub(v.stored_ms));
+            let mut entry = v.entry.with_body(body);
+            entry.stored_at = now.checked_sub(since).unwrap_or(now);
+            out.push(Arc::new(entry));
+        }
+        if purged {
+            self.metrics.banned.increment(1);
+        }
+        if out.is_empty() {
+            if purged {
+                self.remove(key);
+            }
+            self.metrics.misses.increment(1);
+            return None;
+        }
+        self.metrics.hits.increment(1);
+        Some(Object { variants: out })
+    }
+
+    /// A chunked body, whole, or `None` if any chunk is missing or of the wrong length.
+    async fn chunks(&self, id: u64, len: u64) -> Option<Bytes> {
+        let n = len.div_ceil(CHUNK as u64) as usize;
+        let mut body = Vec::with_capacity(usize::try_from(len).ok()?);
+        for i in 0..n {
+            let want = if i + 1 == n {
+                len as usize - i * CHUNK
+            } else {
+                CHUNK
+            };
+            let c = self.load(&chunk_key(id, i)).await?;
+            if c.len() != want {
+                self.metrics.dropped.increment(1);
+                return None;
+            }
+            body.extend_from_slice(&c);
+        }
+        Some(Bytes::from(body))
+    }
+
+    /// Removes `key` from disk: writes an empty head over it, which stays removed across a
+    /// restart (a plain delete would not: recovery would find the old entry). Its chunks go
+    /// with eviction.
+    pub(crate) fn remove(&self, key: &str) {
+        let mut head = Vec::with_capacity(6);
+        head.extend_from_slice(MAGIC);
+        put_u16(&mut head, 0);
+        self.write(object_key(key), head);
+    }
+
+    /// Records a purge so that it holds for entries on disk, across restarts: written and
+    /// synced before this returns.
+    fn ban(&self, rule: Rule) -> std::io::Result<()> {
+        let text = {
+            let mut bans = self.bans.lock().unwrap_or_else(|e| e.into_inner());
+            let now = unix_ms(SystemTime::now());
+            bans.bans.push_back(Ban { at_ms: now, rule });
+            bans.trim(now);
+            serde_json::to_vec(&*bans).map_err(std::io::Error::other)?
+        };
+        let tmp = self.bans_path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&text)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.bans_path)?;
+        if let Some(dir) = self.bans_path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn ban_url(&self, key: &str) -> std::io::Result<()> {
+        self.remove(key);
+        self.ban(Rule::Url(key.to_string()))
+    }
+
+    pub(crate) fn ban_prefix(&self, prefix: &str) -> std::io::Result<()> {
+        self.ban(Rule::Prefix(prefix.to_string()))
+    }
+
+    pub(crate) fn ban_tag(&self, tag: &str) -> std::io::Result<()> {
+        self.ban(Rule::Tag(tag.to_string()))
+    }
+
+    /// Writes what is queued and closes the store (a clean stop).
+    pub(crate) async fn close(&self) {
+        if let Err(e) = self.cache.close().await {
+            tracing::warn!(error = %e, "closing the disk tier failed");
+        }
+    }
+}
+
+fn object_key(key: &str) -> String {
+    format!("o{key}")
+}
+
+fn chunk_key(id: u64, i: usize) -> String {
+    format!("c{id:016x}.{i}")
+}
+
+/// A fresh id for a chunked body (its chunks' keys never collide with another body's).
+fn body_id() -> u64 {
+    let mut b = [0u8; 8];
+    // cannot fail in practice (the system's random source); a clock-based id is unique enough.
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        return unix_ms(SystemTime::now()) ^ u64::from(std::process::id()) << 40;
+    }
+    u64::from_le_bytes(b)
+}
+
+fn put_u16(b: &mut Vec<u8>, v: u16) {
+    b.extend_from_slice(&v.to_le_bytes());
+}
+fn put_u32(b: &mut Vec<u8>, v: u32) {
+    b.extend_from_slice(&v.to_le_bytes());
+}
+fn put_u64(b: &mut Vec<u8>, v: u64) {
+    b.extend_from_slice(&v.to_le_bytes());
+}
+fn put_bytes(b: &mut Vec<u8>, v: &[u8]) {
+    put_u32(b, v.len() as u32);
+    b.extend_from_slice(v);
+}
+fn put_opt(b: &mut Vec<u8>, v: Option<&[u8]>) {
+    match v {
+        None => b.push(0),
+        Some(v) => {
+            b.push(1);
+            put_bytes(b, v);
+        }
+    }
+}
+
+/// Appends one variant's head (everything but the body).
+fn encode_variant(b: &mut Vec<u8>, e: &Entry, stored_ms: u64) {
+    put_u16(b, e.status.as_u16());
+    put_u64(b, stored_ms);
+    let f = &e.freshness;
+    for d in [
+        f.lifetime,
+        f.initial_age,
+        f.stale_while_revalidate,
+        f.stale_if_error,
+    ] {
+        put_u64(b, d.as_millis() as u64);
+    }
+    b.push(u8::from(f.revalidate_strict) | u8::from(f.no_stale) << 1 | u8::from(f.no_cache) << 2);
+    b.push(match e.target_https {
+        None => 0,
+        Some(false) => 1,
+        Some(true) => 2,
+    });
+    put_opt(b, e.target_host.as_deref().map(str::as_bytes));
+    put_u32(b, e.headers.len() as u32);
+    for (n, v) in &e.headers {
+        put_bytes(b, n.as_str().as_bytes());
+        put_bytes(b, v.as_bytes());
+    }
+    put_u32(b, e.vary.len() as u32);
+    for (n, v) in e.vary.iter().zip(&e.vary_values) {
+        put_bytes(b, n.as_str().as_bytes());
+        put_opt(b, v.as_deref().map(str::as_bytes));
+    }
+    put_u32(b, e.tags.len() as u32);
+    for t in &e.tags {
+        put_bytes(b, t.as_bytes());
+    }
+}
+
+enum Stored {
+    Inline(Bytes),
+    Chunks { id: u64, len: u64 },
+}
+
+struct Decoded {
+    /// The variant, with an empty body and `stored_at` still to set.
+    entry: Entry,
+    stored_ms: u64,
+    body: Stored,
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.b.len() < n {
+            return None;
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Some(h)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn string(&mut self) -> Option<String> {
+        String::from_utf8(self.bytes()?.to_vec()).ok()
+    }
+    fn opt_string(&mut self) -> Option<Option<String>> {
+        match self.u8()? {
+            0 => Some(None),
+            1 => Some(Some(self.string()?)),
+            _ => None,
+        }
+    }
+}
+
+/// Reads a head entry; `None` if it is not one this version wrote whole.
+fn decode(buf: &[u8]) -> Option<Vec<Decoded>> {
+    let mut r = Reader { b: buf };
+    if r.take(4)? != MAGIC {
+        return None;
+    }
+    let n = r.u16()?;
+    let mut out = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let status = StatusCode::from_u16(r.u16()?).ok()?;
+        let stored_ms = r.u64()?;
+        let mut ms = || r.u64().map(Duration::from_millis);
+        let (lifetime, initial_age, swr, sie) = (ms()?, ms()?, ms()?, ms()?);
+        let flags = r.u8()?;
+        let target_https = match r.u8()? {
+            0 => None,
+            1 => Some(false),
+            2 => Some(true),
+            _ => return None,
+        };
+        let target_host = r.opt_string()?.map(String::into_boxed_str);
+        let mut headers = HeaderMap::new();
+        for _ in 0..r.u32()? {
+            let name = HeaderName::from_bytes(r.bytes()?).ok()?;
+            let value = HeaderValue::from_bytes(r.bytes()?).ok()?;
+            headers.append(name, value);
+        }
+        let mut vary = Vec::new();
+        let mut vary_values = Vec::new();
+        for _ in 0..r.u32()? {
+            vary.push(HeaderName::from_bytes(r.bytes()?).ok()?);
+            vary_values.push(r.opt_string()?);
+        }
+        let mut tags = Vec::new();
+        for _ in 0..r.u32()? {
+            tags.push(r.string()?);
+        }
+        let len = r.u64()?;
+        let body = match r.u8()? {
+            0 => Stored::Inline(Bytes::copy_from_slice(r.take(usize::try_from(len).ok()?)?)),
+            1 => Stored::Chunks { id: r.u64()?, len },
+            _ => return None,
+        };
+        out.push(Decoded {
+            entry: Entry {
+                status,
+                headers: super::entry::compact(&headers),
+                body: Bytes::new(),
+                freshness: Freshness {
+                    lifetime,
+                    initial_age,
+                    stale_while_revalidate: swr,
+                    stale_if_error: sie,
+                    revalidate_strict: flags & 1 != 0,
+                    no_stale: flags & 2 != 0,
+                    no_cache: flags & 4 != 0,
+                },
+                stored_at: Instant::now(),
+                vary,
+                vary_values,
+                tags,
+                target_host,
+                target_https,
+            },
+            stored_ms,
+            body,
+        });
+    }
+    r.b.is_empty().then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bans_cover_what_was_stored_before_them() {
+        let mut b = Bans::default();
+        b.bans.push_back(Ban {
+            at_ms: 1000,
+            rule: Rule::Prefix("site/a".into()),
+        });
+        b.bans.push_back(Ban {
+            at_ms: 2000,
+            rule: Rule::Tag("t".into()),
+        });
+        assert!(b.covers("site/a/x", &[], 999));
+        assert!(!b.covers("site/a/x", &[], 1001), "stored after the purge");
+        assert!(!b.covers("site/b", &[], 500));
+        assert!(b.covers("site/b", &["t".into()], 1500));
+        b.trim(MAX_AGE.as_millis() as u64 + 1500);
+        assert_eq!(b.bans.len(), 1, "the rule older than MAX_AGE went");
+        assert!(b.covers("site/zzz", &[], 1400), "and raised the floor");
+    }
+
+    #[test]
+    fn a_head_round_trips_and_a_torn_one_does_not_decode() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("text/plain"));
+        headers.append(
+            "x-b",
+            HeaderValue::from_bytes(b"\xff\x01").unwrap_or(HeaderValue::from_static("b")),
+        );
+        let e = Entry {
+            status: StatusCode::OK,
+            headers,
+            body: Bytes::from_static(b"hello"),
+            freshness: Freshness {
+                lifetime: Duration::from_secs(60),
+                initial_age: Duration::from_secs(2),
+                stale_while_revalidate: Duration::ZERO,
+                stale_if_error: Duration::from_secs(5),
+                revalidate_strict: true,
+                no_stale: false,
+                no_cache: true,
+            },
+            stored_at: Instant::now(),
+            vary: vec![HeaderName::from_static("accept-encoding")],
+            vary_values: vec![Some("gzip".into())],
+            tags: vec!["a".into(), "b".into()],
+            target_host: Some("x.test".into()),
+            target_https: Some(true),
+        };
+        let mut b = Vec::new();
+        b.extend_from_slice(MAGIC);
+        put_u16(&mut b, 1);
+        encode_variant(&mut b, &e, 1234);
+        put_u64(&mut b, 5);
+        b.push(0);
+        b.extend_from_slice(b"hello");
+        let d = decode(&b).expect("decodes");
+        assert_eq!(d.len(), 1);
+        let v = &d[0];
+        assert_eq!(v.stored_ms, 1234);
+        assert_eq!(v.entry.headers, e.headers);
+        assert_eq!(v.entry.freshness, e.freshness);
+        assert_eq!(v.entry.vary_values, e.vary_values);
+        assert_eq!(v.entry.tags, e.tags);
+        assert_eq!(v.entry.target(), e.target());
+        assert!(matches!(&v.body, Stored::Inline(x) if x == "hello"));
+        for cut in 0..b.len() {
+            assert!(
+                decode(&b[..cut]).is_none(),
+                "a head cut at {cut} must not decode"
+            );
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! The disk tier (`edge.cache_disk`), tried on the real binary: what it had is served as hits
+//! after a clean stop and after `kill -9`, with ages that kept growing; purges hold for entries
+//! on disk across restarts; a corrupted entry is dropped and counted, never served; a disk tier
+//! that cannot be written leaves the edge serving from memory.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+
+const TOKEN: &str = "disk-test-token-0123456789";
+
+/// A running `meridian run` whose files (and disk tier) live in `dir`.
+struct EdgeProcess {
+    child: Child,
+    http: SocketAddr,
+    admin: SocketAddr,
+    /// Every log line so far (JSON).
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+fn write_config(dir: &Path, origin: SocketAddr) {
+    std::fs::write(
+        dir.join("origins.toml"),
+        site("demo", "demo.test", &format!("http://{origin}"), ""),
+    )
+    .unwrap();
+    std::fs::write(dir.join("admin.token"), format!("{TOKEN}\n")).unwrap();
+    std::fs::write(
+        dir.join("node.toml"),
+        "id = \"disk\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[log]\nformat = \"json\"\naccess_log = true\n\
+[edge]\nlisten = [\"127.0.0.1:0\"]\ncache_memory = \"32MiB\"\ncache_disk = { path = \"disk\", size = \"64MiB\" }\n\
+[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n",
+    )
+    .unwrap();
+}
+
+impl EdgeProcess {
+    fn start(dir: &Path) -> EdgeProcess {
+        Self::start_limited(dir, None)
+    }
+
+    /// Starts with a file size limit (RLIMIT_FSIZE), if given.
+    fn start_limited(dir: &Path, fsize: Option<u64>) -> EdgeProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_meridian"));
+        cmd.args(["run", "-c"])
+            .arg(dir.join("node.toml"))
+            .stderr(Stdio::piped());
+        if let Some(limit) = fsize {
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let r = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_FSIZE, &r) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap())
+            .lines()
+            .map_while(Result::ok);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let started = loop {
+            let line = lines.next().expect("the edge exited before it started");
+            log.lock().unwrap().push(line.clone());
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["message"] == "node started" {
+                break v;
+            }
+        };
+        let sink = log.clone();
+        std::thread::spawn(move || lines.for_each(|l| sink.lock().unwrap().push(l)));
+        let addr = |k: &str| -> SocketAddr {
+            started[k]
+                .as_str()
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        EdgeProcess {
+            http: addr("http"),
+            admin: addr("admin"),
+            child,
+            log,
+        }
+    }
+
+    async fn get(&self, path: &str) -> Got {
+        get(self.http, "demo.test", path, &[]).await
+    }
+
+    async fn metric(&self, family: &str) -> f64 {
+        let text = get(self.admin, "admin", "/metrics", &[]).await.text();
+        text.lines()
+            .filter(|l| l.starts_with(family) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    async fn purge(&self, body: &str) -> Got {
+        let req = http::Request::post(format!("http://{}/purge", self.admin))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_string(),
+            )))
+            .unwrap();
+        send_request(req).await
+    }
+
+    /// The access log's `tier` of the last request for `path`.
+    fn tier_of(&self, path: &str) -> String {
+        for _ in 0..100 {
+            let found = self.log.lock().unwrap().iter().rev().find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                (v["uri"] == path).then(|| v["tier"].as_str().unwrap_or("").to_string())
+            });
+            if let Some(t) = found {
+                return t;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no access log line for {path}");
+    }
+
+    fn logged(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    fn stop(mut self) {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "clean stop: {status:?}");
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for EdgeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn big(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+async fn scripted_origin() -> Origin {
+    let o = Origin::start().await;
+    o.always(
+        "/a",
+        Reply::ok("alpha").header("cache-control", "max-age=600"),
+    );
+    o.always(
+        "/big",
+        Reply::ok("")
+            .body_bytes(big(3 << 20))
+            .header("cache-control", "max-age=600"),
+    );
+    o.always(
+        "/short",
+        Reply::ok("short").header("cache-control", "max-age=1"),
+    );
+    o
+}
+
+/// Waits until the disk tier has written what was queued (the flusher runs in the background).
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_the_edge_had_is_served_from_disk_after_a_clean_stop_and_after_kill_9() {
+    let o = scripted_origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), o.addr);
+
+    let edge = EdgeProcess::start(dir.path());
+    for path in ["/a", "/big", "/short"] {
+        assert_eq!(edge.get(path).await.status, 200);
+        assert!(edge.get(path).await.is_hit(), "{path}: a memory hit");
+    }
+    assert_eq!(edge.tier_of("/a"), "memory");
+    let age_before: u64 = edge.get("/a").await.header("age").parse().unwrap();
+    edge.stop();
+
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let edge = EdgeProcess::start(dir.path());
+    let a = edge.get("/a").await;
+    assert!(a.is_hit(), "after a clean stop: {}", a.cache_status());
+    assert_eq!(a.text(), "alpha");
+    assert_eq!(edge.tier_of("/a"), "disk");
+    let age: u64 = a.header("age").parse().unwrap();
+    assert!(
+        age > age_before,
+        "the age counts the time the edge was down: {age} after {age_before}"
+    );
+    let b = edge.get("/big").await;
+    assert!(b.is_hit(), "a chunked body: {}", b.cache_status());
+    assert!(b.body[..] == big(3 << 20)[..], "and it is whole");
+    let s = edge.get("/short").await;
+    assert!(
+        !s.is_hit(),
+        "expired while the edge was down: stale, not fresh: {}",
+        s.cache_status()
+    );
+    assert_eq!(
+        (o.count("/a"), o.count("/big"), o.count("/short")),
+        (1, 1, 2)
+    );
+    assert!(
+        edge.metric("meridian_cache_hits_total{node=\"disk\",tier=\"disk\"}")
+            .await
+            >= 2.0
+    );
+    assert!(edge.metric("meridian_cache_disk_recovery_seconds").await > 0.0);
+
+    // kill -9: what was written before it is still there.
+    o.always(
+        "/k",
+        Reply::ok("kept").header("cache-control", "max-age=600"),
+    );
+    assert_eq!(edge.get("/k").await.status, 200);
+    settle().await;
+    edge.kill();
+    let edge = EdgeProcess::start(dir.path());
+    let k = edge.get("/k").await;
+    assert!(k.is_hit(), "after kill -9: {}", k.cache_status());
+    assert_eq!(k.text(), "kept");
+    assert!(edge.get("/a").await.is_hit());
+    assert_eq!(o.count("/k"), 1);
+    edge.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn purges_and_invalidations_hold_for_entries_on_disk_across_restarts() {
+    let o = Origin::start().await;
+    for p in ["/p/1", "/p/2", "/keep", "/u", "/inv"] {
+        o.always(p, Reply::ok(p).header("cache-control", "max-age=600"));
+    }
+    o.always(
+        "/t",
+        Reply::ok("/t")
+            .header("cache-control", "max-age=600")
+            .header("surrogate-key", "tagx"),
+    );
+    o.script("/inv", |seen, _| {
+        if seen.method == "POST" {
+            Reply::ok("posted")
+        } else {
+            Reply::ok("/inv").header("cache-control", "max-age=600")
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), o.addr);
+    let paths = ["/p/1", "/p/2", "/keep", "/u", "/t", "/inv"];
+
+    let edge = EdgeProcess::start(dir.path());
+    for p in paths {
+        assert_eq!(edge.get(p).await.status, 200);
+    }
+    // An unsafe method invalidates its target (RFC 9111 §4.4), on disk too.
+    let posted = request_body("POST", edge.http, "demo.test", "/inv", "x").await;
+    assert_eq!(posted.text(), "posted");
+    edge.stop();
+
+    // The objects are on disk only now; purge them there, and stop hard right after.
+    let edge = EdgeProcess::start(dir.path());
+    for body in [
+        r#"{"prefix": "http://demo.test/p/"}"#,
+        r#"{"tag": "tagx"}"#,
+        r#"{"url": "http://demo.test/u"}"#,
+    ] {
+        assert_eq!(edge.purge(body).await.status, 200, "{body}");
+    }
+    edge.kill();
+
+    let edge = EdgeProcess::start(dir.path());
+    for p in paths {
+        let r = edge.get(p).await;
+        assert_eq!(r.status, 200);
+        if p == "/keep" {
+            assert!(r.is_hit(), "{p} was not purged: {}", r.cache_status());
+        } else {
+            assert!(!r.is_hit(), "{p} stays purged: {}", r.cache_status());
+        }
+    }
+    for p in ["/p/1", "/p/2", "/u", "/t", "/inv"] {
+        // /inv: its GET, the POST, and the GET after the restart.
+        let want = if p == "/inv" { 3 } else { 2 };
+        assert_eq!(o.count(p), want, "{p} fetched again");
+        assert!(
+            edge.get(p).await.is_hit(),
+            "{p} stored again after the purge"
+        );
+    }
+    // /p/1, /p/2 and /t by their bans (/u's removal may have reached the disk before the kill).
+    assert!(edge.metric("meridian_cache_disk_purged_total").await >= 3.0);
+    edge.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupted_disk_entry_is_dropped_and_counted_never_served() {
+    let o = Origin::start().await;
+    let body = "CORRUPT-ME-".repeat(2000);
+    o.always(
+        "/c",
+        Reply::ok(&body).header("cache-control", "max-age=600"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), o.addr);
+    let edge = EdgeProcess::start(dir.path());
+    assert_eq!(edge.get("/c").await.status, 200);
+    edge.stop();
+
+    // Flip one byte of the stored body where it lies in the store's files.
+    let mut flipped = false;
+    for f in std::fs::read_dir(dir.path().join("disk/store")).unwrap() {
+        let path: PathBuf = f.unwrap().path();
+        let mut data = std::fs::read(&path).unwrap();
+        if let Some(at) = data.windows(11).position(|w| w == b"CORRUPT-ME-") {
+            data[at + 5000] ^= 0x20;
+            std::fs::write(&path, &data).unwrap();
+            flipped = true;
+        }
+    }
+    assert!(flipped, "the body was found on disk");
+
+    let edge = EdgeProcess::start(dir.path());
+    let r = edge.get("/c").await;
+    assert!(!r.is_hit(), "never served: {}", r.cache_status());
+    assert_eq!(r.text(), body, "the client gets the origin's intact body");
+    assert_eq!(o.count("/c"), 2);
+    assert!(edge.metric("meridian_cache_disk_dropped_total").await >= 1.0);
+    assert!(edge.get("/c").await.is_hit());
+    edge.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disk_tier_that_cannot_be_written_leaves_the_edge_serving_from_memory() {
+    let o = scripted_origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), o.addr);
+    // A 1 MiB file size limit: the store cannot reserve its 64 MiB.
+    let edge = EdgeProcess::start_limited(dir.path(), Some(1 << 20));
+    assert!(edge.logged("the disk tier could not open"));
+    assert_eq!(edge.get("/a").await.text(), "alpha");
+    assert!(edge.get("/a").await.is_hit(), "served from memory");
+    let b = edge.get("/big").await;
+    assert_eq!(b.body.len(), 3 << 20);
+    assert_eq!(
+        edge.metric("meridian_cache_disk_errors_total{node=\"disk\",op=\"open\"}")
+            .await,
+        1.0
+    );
+    edge.stop();
+}
+
+#[test]
+fn check_validates_the_disk_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), "127.0.0.1:9".parse().unwrap());
+    let check = |disk: &str| {
+        let text = std::fs::read_to_string(dir.path().join("node.toml")).unwrap();
+        let start = text.find("cache_disk").unwrap();
+        let end = start + text[start..].find('\n').unwrap();
+        std::fs::write(
+            dir.path().join("node.toml"),
+            format!("{}{disk}{}", &text[..start], &text[end..]),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
+            .args(["check", "-c"])
+            .arg(dir.path().join("node.toml"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = check("cache_disk = { path = \"disk\", size = \"64MiB\" }");
+    assert!(ok, "{text}");
+    let (ok, text) = check("cache_disk = { path = \"disk\", size = \"1MiB\" }");
+    assert!(
+        !ok && text.contains("edge.cache_disk.size") && text.contains("at least 64MiB"),
+        "{text}"
+    );
+    let (ok, text) = check("cache_disk = { path = \"disk\", size = \"1000000TiB\" }");
+    assert!(!ok && text.contains("more than the filesystem"), "{text}");
+    std::fs::write(dir.path().join("plain"), "x").unwrap();
+    let (ok, text) = check("cache_disk = { path = \"plain/disk\", size = \"64MiB\" }");
+    assert!(
+        !ok && text.contains("edge.cache_disk.path") && text.contains("not a directory"),
+        "{text}"
+    );
+    let (ok, text) = check("cache_disk = { path = \"disk\" }");
+    assert!(!ok && text.contains("size"), "{text}");
+}
