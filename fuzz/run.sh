@@ -11,7 +11,8 @@
 # its verdict must not depend on how reads split the stream), cache_control (Cache-Control,
 # CDN-Cache-Control, Surrogate-Control, the structured-field dictionary), range (satisfiable
 # ranges are inside the body, ascending, disjoint, never more bytes than the body), policy (the
-# storage decision on arbitrary response heads: no-store, private, Set-Cookie never stored).
+# storage decision on arbitrary response heads: no-store, private, Set-Cookie never stored),
+# disk_head (a disk tier head read back: fails to decode, or round-trips).
 #
 # The committed corpus (fuzz/corpus/TARGET) seeds each run and is never written; what a run
 # finds goes to a scratch corpus under fuzz/target/corpus, and a crash to fuzz/artifacts/TARGET/.
@@ -22,7 +23,7 @@ set -euo pipefail
 SECONDS_EACH=${1:-600}
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(framing cache_control range policy dns config geoip gossip)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(framing cache_control range policy dns config geoip gossip disk_head)
 JOBS=${JOBS:-1}
 PARALLEL=""
 [ "$JOBS" -gt 1 ] && PARALLEL="-jobs=$JOBS -workers=$JOBS"

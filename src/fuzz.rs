@@ -324,3 +324,9 @@ pub fn gossip(data: &[u8]) {
     let mut rest = data;
     let _ = chitchat::ChitchatMessage::deserialize(&mut rest);
 }
+
+/// A disk tier head entry read back (as if torn or corrupted on disk). Properties: decoding
+/// never panics, and what decodes encodes and decodes to the same again.
+pub fn disk_head(data: &[u8]) {
+    crate::cache::disk::check_decode(data);
+}

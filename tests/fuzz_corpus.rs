@@ -59,3 +59,8 @@ fn geoip_corpus() {
 fn gossip_corpus() {
     replay("gossip", meridian::fuzz::gossip);
 }
+
+#[test]
+fn disk_head_corpus() {
+    replay("disk_head", meridian::fuzz::disk_head);
+}
