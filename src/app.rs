@@ -719,17 +719,31 @@ pub async fn terminated() {
 
 /// Runs the node of `config` until SIGTERM/SIGINT, then shuts it down gracefully. SIGHUP reloads.
 pub async fn run(config: Config) -> Result<(), StartError> {
+    // The handlers exist before the node says it started: a SIGTERM that comes at once is a
+    // clean stop, not the default action's kill.
+    #[cfg(unix)]
+    let (mut term, mut int, mut hup) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::hangup()).ok(),
+        )
+    };
     let node = Node::start(config).await?;
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = signal(SignalKind::hangup()).ok();
-        let stop = terminated();
-        tokio::pin!(stop);
+        async fn next(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+            match s {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        }
         loop {
             tokio::select! {
-                _ = &mut stop => break,
-                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                _ = next(&mut term) => break,
+                _ = next(&mut int) => break,
+                Some(()) = next(&mut hup) => {
                     match node.reload() {
                         Ok(()) => tracing::info!("reloaded"),
                         Err(e) => tracing::error!(error = %e, "reload rejected; the previous configuration stays in force"),

@@ -116,6 +116,7 @@ impl HitPath {
             tags: vec![],
             target_host: Some("bench.test".into()),
             target_https: Some(false),
+            on_disk: None,
         };
         state.store.insert(key, Arc::new(entry)).await;
         let mut headers = HeaderMap::new();

@@ -631,3 +631,39 @@ fn text_logs_have_no_colour_codes_or_per_query_lines_when_not_on_a_terminal() {
         "hickory's per-query lines: {all}"
     );
 }
+
+#[test]
+fn a_sigterm_the_moment_the_node_has_started_is_a_clean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("origins.toml"),
+        site("s", "demo.test", "http://127.0.0.1:9", ""),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("node.toml"),
+        "id = \"cli-term\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[log]\nformat = \"json\"\n[edge]\nlisten = [\"127.0.0.1:0\"]\n",
+    )
+    .unwrap();
+    // Several times: the window between the log line and a late handler is short.
+    for _ in 0..5 {
+        let mut child = meridian()
+            .args(["run", "-c"])
+            .arg(dir.path().join("node.toml"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        assert!(first.contains("node started"), "{first}");
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let status = child.wait().unwrap();
+        assert!(
+            status.success(),
+            "SIGTERM right after start must be a clean stop, not a kill: {status}"
+        );
+    }
+}

@@ -150,7 +150,9 @@ impl EdgeProcess {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
         let status = self.child.wait().unwrap();
-        assert!(status.success(), "clean stop: {status:?}");
+        let log = self.log.lock().unwrap();
+        let tail = log[log.len().saturating_sub(20)..].join("\n");
+        assert!(status.success(), "clean stop: {status:?}\n{tail}");
     }
 
     /// SIGKILL: no chance to flush anything.
@@ -423,4 +425,137 @@ fn check_validates_the_disk_settings() {
     );
     let (ok, text) = check("cache_disk = { path = \"disk\" }");
     assert!(!ok && text.contains("size"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_range_of_a_chunked_object_on_disk_reads_only_its_chunks() {
+    let o = scripted_origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), o.addr);
+    let edge = EdgeProcess::start(dir.path());
+    assert_eq!(edge.get("/big").await.status, 200);
+    edge.stop();
+
+    let edge = EdgeProcess::start(dir.path());
+    let before = edge.metric("meridian_cache_disk_read_bytes_total").await;
+    let first = 2 << 20;
+    let r = get(
+        edge.http,
+        "demo.test",
+        "/big",
+        &[("range", &format!("bytes={first}-{}", first + 9))],
+    )
+    .await;
+    assert_eq!(r.status, 206);
+    assert!(r.is_hit(), "{}", r.cache_status());
+    assert_eq!(r.body[..], big(3 << 20)[first..first + 10]);
+    let read = edge.metric("meridian_cache_disk_read_bytes_total").await - before;
+    assert!(
+        read < 1.5 * (1 << 20) as f64,
+        "one 1 MiB chunk and the head read, not the 3 MiB body: {read} bytes"
+    );
+    // The whole body streams from disk too.
+    let whole = edge.get("/big").await;
+    assert!(whole.is_hit());
+    assert!(whole.body[..] == big(3 << 20)[..]);
+    assert_eq!(o.count("/big"), 1);
+    edge.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupted_chunk_aborts_the_response_and_the_object_is_fetched_again() {
+    let o = scripted_origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), o.addr);
+    let edge = EdgeProcess::start(dir.path());
+    assert_eq!(edge.get("/big").await.status, 200);
+    edge.stop();
+
+    // Flip a byte in the middle of the body's second chunk.
+    let whole = big(3 << 20);
+    let needle = &whole[(1 << 20) + 4096..(1 << 20) + 4096 + 64];
+    let mut flipped = false;
+    for f in std::fs::read_dir(dir.path().join("disk/store")).unwrap() {
+        let path: PathBuf = f.unwrap().path();
+        let mut data = std::fs::read(&path).unwrap();
+        if let Some(at) = data.windows(64).position(|w| w == needle) {
+            data[at] ^= 0x01;
+            std::fs::write(&path, &data).unwrap();
+            flipped = true;
+            break;
+        }
+    }
+    assert!(flipped, "the chunk was found on disk");
+
+    let edge = EdgeProcess::start(dir.path());
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let req = http::Request::get(format!("http://{}/big", edge.http))
+        .header("host", "demo.test")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    // The head may or may not have gone out before the bad chunk: either way the response is
+    // aborted, never ended cleanly.
+    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+        use http_body_util::BodyExt;
+        let resp = client.request(req).await.map_err(|e| e.to_string())?;
+        assert_eq!(resp.status(), 200);
+        resp.into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes().len())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .expect("ends");
+    assert!(
+        outcome.is_err(),
+        "aborted, never a body with a hole: {outcome:?}"
+    );
+    assert!(edge.metric("meridian_cache_disk_dropped_total").await >= 1.0);
+    // The broken chunk is gone from the index: the object is a miss and is fetched again.
+    let again = edge.get("/big").await;
+    assert!(!again.is_hit(), "{}", again.cache_status());
+    assert!(again.body[..] == whole[..]);
+    assert_eq!(o.count("/big"), 2);
+    edge.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_larger_than_memory_is_kept_on_disk_and_served_from_there() {
+    let o = Origin::start().await;
+    let body = big(24 << 20);
+    o.always(
+        "/huge",
+        Reply::ok("")
+            .body_bytes(body.clone())
+            .header("cache-control", "max-age=600"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), o.addr);
+    let config = std::fs::read_to_string(dir.path().join("node.toml"))
+        .unwrap()
+        .replace(
+            "cache_memory = \"32MiB\"",
+            "cache_memory = \"8MiB\"\nmax_object_size = \"24MiB\"",
+        );
+    std::fs::write(dir.path().join("node.toml"), config).unwrap();
+    let edge = EdgeProcess::start(dir.path());
+    let first = edge.get("/huge").await;
+    assert!(first.body[..] == body[..]);
+    assert!(
+        first.cache_status().contains("stored"),
+        "{}",
+        first.cache_status()
+    );
+    settle().await;
+    let second = edge.get("/huge").await;
+    assert!(second.is_hit(), "{}", second.cache_status());
+    assert_eq!(edge.tier_of("/huge"), "disk");
+    assert!(second.body[..] == body[..]);
+    let part = get(edge.http, "demo.test", "/huge", &[("range", "bytes=-5")]).await;
+    assert_eq!(part.status, 206);
+    assert_eq!(part.body[..], body[body.len() - 5..]);
+    assert_eq!(o.count("/huge"), 1);
+    edge.stop();
 }

@@ -150,6 +150,158 @@ fn unix_ms(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Read access to the chunks of bodies on disk, for responses that stream them.
+#[derive(Clone)]
+pub(crate) struct Chunks {
+    cache: HybridCache<String, Vec<u8>>,
+    read_bytes: Counter,
+    dropped: Counter,
+}
+
+impl Chunks {
+    /// Chunk `i` of body `id`, if it is on disk and whole (`want` bytes).
+    async fn load(&self, id: u64, i: usize, want: usize) -> Option<Vec<u8>> {
+        let key = chunk_key(id, i);
+        let indexed = self.cache.storage().may_contains(&key);
+        let value = match self.cache.storage().load(&key).await {
+            Ok(Load::Entry { value, .. }) => value,
+            Ok(Load::Piece { piece, .. }) => piece.value().clone(),
+            Ok(_) => {
+                if indexed {
+                    // Failed its checksum (corrupted or torn), or reclaimed meanwhile.
+                    self.dropped.increment(1);
+                }
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "disk read failed");
+                return None;
+            }
+        };
+        self.read_bytes.increment(value.len() as u64);
+        if value.len() != want {
+            self.dropped.increment(1);
+            return None;
+        }
+        Some(value)
+    }
+
+    fn has(&self, id: u64, i: usize) -> bool {
+        self.cache.storage().may_contains(&chunk_key(id, i))
+    }
+}
+
+/// A body that lives on disk in chunks: a response reads only the chunks it sends.
+#[derive(Clone)]
+pub(crate) struct DiskBody {
+    chunks: Chunks,
+    id: u64,
+    /// The body's length.
+    pub(crate) len: u64,
+    /// Set when a reader found a chunk missing or corrupted: the entry must go.
+    broken: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::fmt::Debug for DiskBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskBody")
+            .field("id", &self.id)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl DiskBody {
+    /// A reader of bytes `from..to` of this body.
+    pub(crate) fn reader(&self, from: u64, to: u64) -> DiskTail {
+        DiskTail {
+            body: self.clone(),
+            pos: from,
+            end: to.min(self.len),
+            pending: None,
+        }
+    }
+
+    /// Whether a chunk was found missing or corrupted since this entry was read.
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn chunk_len(&self, i: usize) -> usize {
+        let start = (i * CHUNK) as u64;
+        (self.len - start).min(CHUNK as u64) as usize
+    }
+}
+
+/// Why a reader of a body on disk fails: a chunk went missing (evicted) or failed its checks
+/// after the response began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a chunk of the body could not be read from disk")]
+pub(crate) struct ChunkMissing;
+
+type ChunkLoad = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Vec<u8>>> + Send>>;
+
+/// Yields bytes `pos..end` of a body on disk, one chunk read at a time.
+pub(crate) struct DiskTail {
+    body: DiskBody,
+    pos: u64,
+    end: u64,
+    pending: Option<(usize, ChunkLoad)>,
+}
+
+impl std::fmt::Debug for DiskTail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskTail")
+            .field("body", &self.body)
+            .field("pos", &self.pos)
+            .field("end", &self.end)
+            .finish()
+    }
+}
+
+impl DiskTail {
+    /// Bytes left to yield.
+    pub(crate) fn remaining(&self) -> u64 {
+        self.end.saturating_sub(self.pos)
+    }
+
+    pub(crate) fn poll_next(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Bytes, ChunkMissing>>> {
+        use std::task::Poll;
+        if self.pos >= self.end {
+            return Poll::Ready(None);
+        }
+        let i = (self.pos / CHUNK as u64) as usize;
+        if self.pending.is_none() {
+            let chunks = self.body.chunks.clone();
+            let (id, want) = (self.body.id, self.body.chunk_len(i));
+            self.pending = Some((i, Box::pin(async move { chunks.load(id, i, want).await })));
+        }
+        let Some((_, load)) = self.pending.as_mut() else {
+            return Poll::Ready(Some(Err(ChunkMissing)));
+        };
+        let Poll::Ready(loaded) = std::future::Future::poll(load.as_mut(), cx) else {
+            return Poll::Pending;
+        };
+        self.pending = None;
+        let Some(chunk) = loaded else {
+            // Never a body with a hole: the response is aborted, and the entry goes.
+            self.body
+                .broken
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return Poll::Ready(Some(Err(ChunkMissing)));
+        };
+        let start = (i * CHUNK) as u64;
+        let from = (self.pos - start) as usize;
+        let to = ((self.end - start) as usize).min(chunk.len());
+        let piece = Bytes::from(chunk).slice(from..to);
+        self.pos += piece.len() as u64;
+        Poll::Ready(Some(Ok(piece)))
+    }
+}
+
 /// The disk tier of one edge.
 pub(crate) struct Disk {
     cache: HybridCache<String, Vec<u8>>,
@@ -257,18 +409,26 @@ impl Disk {
         })
     }
 
-    /// Writes every variant of `object` (stored under `key`); the write itself happens in the
-    /// background.
-    pub(crate) fn put(&self, key: &str, object: &Object) {
+    /// Writes every variant of `object` (stored under `key`). Small entries are queued and
+    /// written in the background; a chunked body is paced, waiting for the writer every
+    /// [`BLOCK`] bytes, since foyer drops what overflows its write buffer.
+    pub(crate) async fn put(&self, key: &str, object: &Object) {
         let now = Instant::now();
         let now_wall = SystemTime::now();
         let mut head = Vec::new();
         head.extend_from_slice(MAGIC);
         put_u16(&mut head, object.variants.len() as u16);
-        let mut chunks = Vec::new();
+        let mut chunked = Vec::new();
         for e in &object.variants {
             let stored = now_wall - now.saturating_duration_since(e.stored_at);
             encode_variant(&mut head, e, unix_ms(stored));
+            if let Some(d) = &e.on_disk {
+                // Its chunks are on disk already.
+                put_u64(&mut head, d.len);
+                head.push(1);
+                put_u64(&mut head, d.id);
+                continue;
+            }
             let len = e.body.len();
             put_u64(&mut head, len as u64);
             if len <= CHUNK {
@@ -278,14 +438,20 @@ impl Disk {
                 let id = body_id();
                 head.push(1);
                 put_u64(&mut head, id);
-                for (i, c) in e.body.chunks(CHUNK).enumerate() {
-                    chunks.push((chunk_key(id, i), c.to_vec()));
-                }
+                chunked.push((id, e.body.clone()));
             }
         }
-        // Chunks first: a head is never readable before the chunks it names were queued.
-        for (k, v) in chunks {
-            self.write(k, v);
+        // Chunks first: a head is never readable before the chunks it names were written.
+        let mut since = 0;
+        for (id, body) in chunked {
+            for (i, c) in body.chunks(CHUNK).enumerate() {
+                self.write(chunk_key(id, i), c.to_vec());
+                since += c.len();
+                if since >= BLOCK {
+                    self.cache.storage().wait().await;
+                    since = 0;
+                }
+            }
         }
         self.write(object_key(key), head);
     }
@@ -322,7 +488,16 @@ impl Disk {
         }
     }
 
-    /// The object stored under `key`, if the disk has it whole and unpurged.
+    fn chunks_handle(&self) -> Chunks {
+        Chunks {
+            cache: self.cache.clone(),
+            read_bytes: self.metrics.read_bytes.clone(),
+            dropped: self.metrics.dropped.clone(),
+        }
+    }
+
+    /// The object stored under `key`, if the disk has it whole and unpurged. A body stored in
+    /// chunks stays on disk (the entry refers to it); every chunk must be there.
     pub(crate) async fn get(&self, key: &str) -> Option<Object> {
         let k = object_key(key);
         let Some(head) = self.load(&k).await else {
@@ -350,15 +525,26 @@ impl Disk {
                 purged = true;
                 continue;
             }
-            let body = match v.body {
-                Stored::Inline(b) => b,
-                Stored::Chunks { id, len } => match self.chunks(id, len).await {
-                    Some(b) => b,
-                    None => continue,
-                },
+            let mut entry = match v.body {
+                Stored::Inline(b) => v.entry.with_body(b),
+                Stored::Chunks { id, len } => {
+                    let n = len.div_ceil(CHUNK as u64) as usize;
+                    let chunks = self.chunks_handle();
+                    if !(0..n).all(|i| chunks.has(id, i)) {
+                        // A chunk was evicted: the object is a miss, never served with a hole.
+                        continue;
+                    }
+                    let mut e = v.entry;
+                    e.on_disk = Some(DiskBody {
+                        chunks,
+                        id,
+                        len,
+                        broken: Arc::default(),
+                    });
+                    e
+                }
             };
             let since = Duration::from_millis(unix_ms(now_wall).saturating_sub(v.stored_ms));
-            let mut entry = v.entry.with_body(body);
             entry.stored_at = now.checked_sub(since).unwrap_or(now);
             out.push(Arc::new(entry));
         }
@@ -374,26 +560,6 @@ impl Disk {
         }
         self.metrics.hits.increment(1);
         Some(Object { variants: out })
-    }
-
-    /// A chunked body, whole, or `None` if any chunk is missing or of the wrong length.
-    async fn chunks(&self, id: u64, len: u64) -> Option<Bytes> {
-        let n = len.div_ceil(CHUNK as u64) as usize;
-        let mut body = Vec::with_capacity(usize::try_from(len).ok()?);
-        for i in 0..n {
-            let want = if i + 1 == n {
-                len as usize - i * CHUNK
-            } else {
-                CHUNK
-            };
-            let c = self.load(&chunk_key(id, i)).await?;
-            if c.len() != want {
-                self.metrics.dropped.increment(1);
-                return None;
-            }
-            body.extend_from_slice(&c);
-        }
-        Some(Bytes::from(body))
     }
 
     /// Removes `key` from disk: writes an empty head over it, which stays removed across a
@@ -641,6 +807,7 @@ fn decode(buf: &[u8]) -> Option<Vec<Decoded>> {
                 tags,
                 target_host,
                 target_https,
+                on_disk: None,
             },
             stored_ms,
             body,
@@ -747,6 +914,7 @@ mod tests {
             tags: vec!["a".into(), "b".into()],
             target_host: Some("x.test".into()),
             target_https: Some(true),
+            on_disk: None,
         };
         let mut b = Vec::new();
         b.extend_from_slice(MAGIC);

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use tokio::time::Instant;
 
+use super::disk::DiskBody;
 use super::policy::Freshness;
 
 /// Extra time an entry with validators is kept past its stale windows, so that a later request
@@ -99,6 +100,9 @@ pub(crate) struct Entry {
     pub(crate) target_host: Option<Box<str>>,
     /// The scheme this variant was fetched for (see [`Target`]).
     pub(crate) target_https: Option<bool>,
+    /// Where the body lives when it is on disk only (read back from the disk tier in chunks);
+    /// `body` is then empty.
+    pub(crate) on_disk: Option<DiskBody>,
 }
 
 /// The selecting value of request header `name`: all field lines joined, whitespace around
@@ -221,7 +225,15 @@ impl Entry {
             tags: self.tags.clone(),
             target_host: self.target_host.clone(),
             target_https: self.target_https,
+            on_disk: None,
         }
+    }
+
+    /// The body's length, wherever it lives.
+    pub(crate) fn body_len(&self) -> u64 {
+        self.on_disk
+            .as_ref()
+            .map_or(self.body.len() as u64, |d| d.len)
     }
 
     pub(crate) fn etag(&self) -> Option<&HeaderValue> {

@@ -24,6 +24,8 @@ const MAX_VARIANTS: usize = 32;
 const PASS_TTL: Duration = Duration::from_secs(30);
 /// What a hit-for-pass marker costs besides its key (moka's entry and bookkeeping).
 const PASS_OVERHEAD: u64 = 160;
+/// With a disk tier, an entry larger than this share of `cache_memory` is kept on disk only.
+const LARGE_SHARE: u64 = 8;
 
 /// The stored variants of one URL.
 #[derive(Debug, Default)]
@@ -88,6 +90,8 @@ pub(crate) struct Store {
     objects: Cache<String, Arc<Object>>,
     passes: Cache<String, ()>,
     disk: Option<Disk>,
+    /// Bytes the memory tier holds at most.
+    capacity: u64,
 }
 
 impl Store {
@@ -121,6 +125,7 @@ impl Store {
             objects,
             passes,
             disk,
+            capacity,
         }
     }
 
@@ -132,7 +137,16 @@ impl Store {
     /// The object stored for `key`, and the tier it came from.
     pub(crate) async fn get(&self, key: &str) -> Option<(Arc<Object>, Tier)> {
         if let Some(o) = self.objects.get(key).await {
-            return Some((o, Tier::Memory));
+            let broken = o
+                .variants
+                .iter()
+                .any(|e| e.on_disk.as_ref().is_some_and(|d| d.is_broken()));
+            if !broken {
+                return Some((o, Tier::Memory));
+            }
+            // A chunk of its body on disk was found missing: look again (the disk tier no
+            // longer has it whole either).
+            self.objects.remove(key).await;
         }
         let object = Arc::new(self.disk.as_ref()?.get(key).await?);
         self.objects.insert(key.to_string(), object.clone()).await;
@@ -142,6 +156,26 @@ impl Store {
     /// Stores `entry` as a variant of `key`, replacing the same variant if present.
     pub(crate) async fn insert(&self, key: String, entry: Arc<Entry>) {
         self.passes.invalidate(&key).await;
+        if let Some(disk) = &self.disk {
+            if entry.weight() > self.capacity / LARGE_SHARE {
+                // Too large to keep in memory: on disk only, read from there in chunks.
+                let mut variants: Vec<Arc<Entry>> = match self.objects.remove(&key).await {
+                    Some(o) => o
+                        .variants
+                        .iter()
+                        .filter(|v| !v.same_variant(&entry))
+                        .cloned()
+                        .collect(),
+                    None => Vec::new(),
+                };
+                if variants.len() >= MAX_VARIANTS {
+                    variants.remove(0);
+                }
+                variants.push(entry);
+                disk.put(&key, &Object { variants }).await;
+                return;
+            }
+        }
         let stored = self
             .objects
             .entry(key.clone())
@@ -164,7 +198,7 @@ impl Store {
             })
             .await;
         if let Some(disk) = &self.disk {
-            disk.put(&key, stored.value());
+            disk.put(&key, stored.value()).await;
         }
     }
 
@@ -277,6 +311,7 @@ mod tests {
             tags: vec!["t".into()],
             target_host: None,
             target_https: None,
+            on_disk: None,
         })
     }
 

@@ -701,11 +701,22 @@ pub(super) fn validate_edge(r: &mut Report<'_>, e: &RawEdge) -> EdgeConfig {
         &e.max_object_size,
         default_max_object_size(),
     );
-    if max_object_size > cache_memory {
-        r.add(
+    let cache_disk = e.cache_disk.as_ref().map(|d| validate_disk(r, d));
+    match &cache_disk {
+        // With a disk tier an object may outgrow memory: it is kept on disk and read from
+        // there in chunks.
+        Some(d) if max_object_size > d.size / 2 => r.add(
+            "edge.max_object_size",
+            format!(
+                "{max_object_size} bytes is larger than half of edge.cache_disk.size ({})",
+                d.size
+            ),
+        ),
+        None if max_object_size > cache_memory => r.add(
             "edge.max_object_size",
             format!("{max_object_size} bytes is larger than edge.cache_memory ({cache_memory})"),
-        );
+        ),
+        _ => {}
     }
     if max_object_size > u32::MAX as u64 {
         r.add("edge.max_object_size", "must be below 4GiB");
@@ -721,7 +732,6 @@ pub(super) fn validate_edge(r: &mut Report<'_>, e: &RawEdge) -> EdgeConfig {
             "must be at least 8KiB (HTTP/1 request heads up to that size are always accepted)",
         );
     }
-    let cache_disk = e.cache_disk.as_ref().map(|d| validate_disk(r, d));
     let max_connections = e.max_connections.unwrap_or_else(default_max_connections);
     if max_connections == 0 {
         r.add("edge.max_connections", "must be greater than zero");

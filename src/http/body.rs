@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use super::framing::BodyFault;
+use crate::cache::disk::{ChunkMissing, DiskTail};
 use crate::cache::fill::{FillFailed, Tail};
 
 /// Why a streamed body failed.
@@ -41,6 +42,9 @@ pub(crate) enum BodyError {
     /// The shared fill this response was reading failed (its origin body broke off).
     #[error(transparent)]
     Fill(#[from] FillFailed),
+    /// A chunk of a body on disk went missing after the response began.
+    #[error(transparent)]
+    Disk(#[from] ChunkMissing),
 }
 
 impl BodyError {
@@ -73,6 +77,8 @@ pub(crate) enum Body {
     Stream(Box<Streaming>),
     /// A body being filled into the cache, read as it arrives (shared with other clients).
     Fill(Box<Tail>),
+    /// A stored body on disk, read a chunk at a time.
+    Disk(Box<DiskTail>),
 }
 
 /// A body arriving from a client or an origin.
@@ -148,7 +154,7 @@ impl Body {
     /// was dropped). `None` for a complete body.
     pub(crate) fn on_done(&mut self) -> Option<oneshot::Receiver<()>> {
         match self {
-            Body::Full(_) | Body::Fill(_) => None,
+            Body::Full(_) | Body::Fill(_) | Body::Disk(_) => None,
             Body::Stream(s) => {
                 let (tx, rx) = oneshot::channel();
                 s.done = Some(tx);
@@ -184,6 +190,11 @@ impl http_body::Body for Body {
                 return t
                     .poll_next(cx)
                     .map(|o| o.map(|r| r.map(Frame::data).map_err(BodyError::Fill)))
+            }
+            Body::Disk(t) => {
+                return t
+                    .poll_next(cx)
+                    .map(|o| o.map(|r| r.map(Frame::data).map_err(BodyError::Disk)))
             }
             Body::Stream(s) => s,
         };
@@ -232,6 +243,7 @@ impl http_body::Body for Body {
         match self {
             Body::Full(b) => b.is_none(),
             Body::Fill(t) => t.remaining() == Some(0),
+            Body::Disk(t) => t.remaining() == 0,
             Body::Stream(s) => s.rest.is_end_stream(),
         }
     }
@@ -242,6 +254,7 @@ impl http_body::Body for Body {
             Body::Fill(t) => t
                 .remaining()
                 .map_or_else(SizeHint::new, SizeHint::with_exact),
+            Body::Disk(t) => SizeHint::with_exact(t.remaining()),
             Body::Stream(s) => s.rest.size_hint(),
         }
     }

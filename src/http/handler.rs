@@ -843,6 +843,7 @@ fn new_entry(
         tags,
         target_host: job.host.clone(),
         target_https: job.https,
+        on_disk: None,
     }
 }
 
@@ -942,6 +943,7 @@ async fn fetch(
                 status: old.status,
                 headers: compact(&merged),
                 body: old.body.clone(),
+                on_disk: old.on_disk.clone(),
                 freshness,
                 stored_at,
                 vary: old.vary.clone(),
@@ -1087,8 +1089,10 @@ async fn fetch(
         return;
     };
     let entry = Arc::new(head_entry.with_body(growing.concat()));
-    state.store.insert(key, entry.clone()).await;
+    // Readers get their end at once; the key stays claimed until the store (and a disk tier's
+    // writes) have it, so requests meanwhile read this fill.
     growing.stored(entry.clone());
+    state.store.insert(key, entry.clone()).await;
     leader.finish(Outcome::Fresh {
         entry,
         fwd_status,

@@ -405,12 +405,40 @@ pub(crate) fn from_entry(
     status: CacheStatus,
     age: Duration,
 ) -> Response<Body> {
-    let len = entry.body.len() as u64;
+    let len = entry.body_len();
     let plan = plan(entry, method, req, Some(len));
     if let Plan::NotModified = plan {
         return not_modified_response(entry, age, status);
     }
     let mut headers = entry_headers(entry, age, status);
+    if let Some(disk) = &entry.on_disk {
+        // The body is on disk: read only the chunks the answer needs.
+        let (code, from, to) = match plan {
+            Plan::Unsatisfiable(len) => {
+                unsatisfiable(&mut headers, len);
+                (StatusCode::RANGE_NOT_SATISFIABLE, 0, 0)
+            }
+            Plan::One(first, last) => {
+                headers.insert(
+                    header::CONTENT_RANGE,
+                    range::content_range(first, last, len),
+                );
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(last - first + 1));
+                (StatusCode::PARTIAL_CONTENT, first, last + 1)
+            }
+            // Several ranges of a body on disk get the whole body (RFC 9110 §14.2 lets a
+            // server ignore Range).
+            Plan::Many(_) | Plan::Whole | Plan::NotModified | Plan::NeedLength => {
+                (entry.status, 0, len)
+            }
+        };
+        let body = if *method == Method::HEAD || from >= to {
+            Body::empty()
+        } else {
+            Body::Disk(Box::new(disk.reader(from, to)))
+        };
+        return build(code, headers, body);
+    }
     let (code, body) = match plan {
         Plan::Unsatisfiable(len) => {
             unsatisfiable(&mut headers, len);
