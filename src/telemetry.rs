@@ -176,7 +176,7 @@ fn describe() {
     );
     describe_counter!(
         "meridian_cache_disk_errors_total",
-        "Disk tier failures, by operation (open: the edge runs memory-only; read: a miss)"
+        "Disk tier failures, by operation (open: the edge runs memory-only; read: a miss; write: a body not stored on disk)"
     );
     describe_counter!(
         "meridian_cache_disk_dropped_total",

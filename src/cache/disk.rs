@@ -63,6 +63,7 @@ struct DiskMetrics {
     written_bytes: Counter,
     read_bytes: Counter,
     read_errors: Counter,
+    write_errors: Counter,
     dropped: Counter,
     banned: Counter,
     capacity: Gauge,
@@ -79,6 +80,7 @@ impl DiskMetrics {
             written_bytes: metrics::counter!("meridian_cache_disk_written_bytes_total", vec![n()]),
             read_bytes: metrics::counter!("meridian_cache_disk_read_bytes_total", vec![n()]),
             read_errors: metrics::counter!("meridian_cache_disk_errors_total", "node" => node.to_string(), "op" => "read"),
+            write_errors: metrics::counter!("meridian_cache_disk_errors_total", "node" => node.to_string(), "op" => "write"),
             dropped: metrics::counter!("meridian_cache_disk_dropped_total", vec![n()]),
             banned: metrics::counter!("meridian_cache_disk_purged_total", vec![n()]),
             capacity: metrics::gauge!("meridian_cache_disk_capacity_bytes", vec![n()]),
@@ -443,14 +445,31 @@ impl Disk {
         }
         // Chunks first: a head is never readable before the chunks it names were written.
         let mut since = 0;
-        for (id, body) in chunked {
+        for (id, body) in &chunked {
             for (i, c) in body.chunks(CHUNK).enumerate() {
-                self.write(chunk_key(id, i), c.to_vec());
+                self.write(chunk_key(*id, i), c.to_vec());
                 since += c.len();
                 if since >= BLOCK {
                     self.cache.storage().wait().await;
                     since = 0;
                 }
+            }
+        }
+        if !chunked.is_empty() {
+            // Every chunk must have reached the disk (foyer drops a write that overflows its
+            // buffer or fails, and only logs it): otherwise the head is not written at all.
+            self.cache.storage().wait().await;
+            let chunks = self.chunks_handle();
+            let whole = chunked
+                .iter()
+                .all(|(id, body)| (0..body.len().div_ceil(CHUNK)).all(|i| chunks.has(*id, i)));
+            if !whole {
+                tracing::warn!(
+                    key,
+                    "a chunked body did not reach the disk whole; not stored there"
+                );
+                self.metrics.write_errors.increment(1);
+                return;
             }
         }
         self.write(object_key(key), head);
