@@ -540,7 +540,21 @@ async fn an_object_larger_than_memory_is_kept_on_disk_and_served_from_there() {
             "cache_memory = \"8MiB\"\nmax_object_size = \"24MiB\"",
         );
     std::fs::write(dir.path().join("node.toml"), config).unwrap();
+    o.always(
+        "/huge-chunked",
+        Reply::ok("")
+            .body_bytes(body.clone())
+            .chunked()
+            .header("cache-control", "max-age=600"),
+    );
     let edge = EdgeProcess::start(dir.path());
+    // Of unknown length: found too large as it arrives, then spooled to disk.
+    let first = edge.get("/huge-chunked").await;
+    assert!(first.body[..] == body[..]);
+    let again = edge.get("/huge-chunked").await;
+    assert!(again.is_hit(), "{}", again.cache_status());
+    assert!(again.body[..] == body[..]);
+    assert_eq!(edge.tier_of("/huge-chunked"), "disk");
     let first = edge.get("/huge").await;
     assert!(first.body[..] == body[..]);
     assert!(
@@ -557,5 +571,100 @@ async fn an_object_larger_than_memory_is_kept_on_disk_and_served_from_there() {
     assert_eq!(part.status, 206);
     assert_eq!(part.body[..], body[body.len() - 5..]);
     assert_eq!(o.count("/huge"), 1);
+    edge.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_larger_than_memory_goes_to_disk_as_it_arrives_and_late_readers_read_it_there() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const LEN: usize = 24 << 20;
+    const FIRST: usize = 12 << 20;
+    let body = Arc::new(big(LEN));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let (b, g, n) = (body.clone(), gate.clone(), requests.clone());
+    // Sends the head and the first half, then waits for the gate before the rest.
+    let origin = raw_origin(move |mut s| {
+        let (body, gate, requests) = (b.clone(), g.clone(), n.clone());
+        async move {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                head.push(byte[0]);
+            }
+            requests.fetch_add(1, Ordering::SeqCst);
+            let h = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {LEN}\r\ncache-control: max-age=600\r\n\r\n"
+            );
+            let _ = s.write_all(h.as_bytes()).await;
+            let _ = s.write_all(&body[..FIRST]).await;
+            let _permit = gate.acquire().await;
+            let _ = s.write_all(&body[FIRST..]).await;
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest).await;
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), origin);
+    let config = std::fs::read_to_string(dir.path().join("node.toml"))
+        .unwrap()
+        .replace(
+            "cache_memory = \"32MiB\"",
+            "cache_memory = \"8MiB\"\nmax_object_size = \"32MiB\"",
+        );
+    std::fs::write(dir.path().join("node.toml"), config).unwrap();
+    let edge = EdgeProcess::start(dir.path());
+
+    let fetch = |range: Option<&'static str>| {
+        let addr = edge.http;
+        tokio::spawn(async move {
+            let mut h = vec![];
+            if let Some(r) = range {
+                h.push(("range", r));
+            }
+            get(addr, "demo.test", "/large", &h).await
+        })
+    };
+    let leader = fetch(None);
+    // The first half reaches the disk while the origin still holds the rest.
+    let mut written = 0.0;
+    for _ in 0..200 {
+        written = edge.metric("meridian_cache_disk_written_bytes_total").await;
+        if written >= (FIRST - (1 << 20)) as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        written >= (FIRST - (1 << 20)) as f64,
+        "the body goes to disk as it arrives: {written} bytes written"
+    );
+    // Readers that come now start behind what memory still holds: they read it from disk.
+    let follower = fetch(None);
+    let early = fetch(Some("bytes=100-199"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gate.add_permits(10);
+    for (who, task, want) in [
+        ("leader", leader, &body[..]),
+        ("follower", follower, &body[..]),
+        ("early range", early, &body[100..200]),
+    ] {
+        let r = task.await.unwrap();
+        assert!(r.body[..] == want[..], "{who}: {} bytes", r.body.len());
+    }
+    let hit = edge.get("/large").await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    assert_eq!(
+        edge.tier_of("/large"),
+        "disk",
+        "the body is served from disk"
+    );
+    assert!(hit.body[..] == body[..]);
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
     edge.stop();
 }

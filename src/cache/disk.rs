@@ -214,6 +214,15 @@ impl std::fmt::Debug for DiskBody {
 }
 
 impl DiskBody {
+    fn new(chunks: Chunks, id: u64, len: u64) -> DiskBody {
+        DiskBody {
+            chunks,
+            id,
+            len,
+            broken: Arc::default(),
+        }
+    }
+
     /// A reader of bytes `from..to` of this body.
     pub(crate) fn reader(&self, from: u64, to: u64) -> DiskTail {
         DiskTail {
@@ -232,6 +241,31 @@ impl DiskBody {
     fn chunk_len(&self, i: usize) -> usize {
         let start = (i * CHUNK) as u64;
         (self.len - start).min(CHUNK as u64) as usize
+    }
+}
+
+/// A body being written to disk in chunks as it arrives from the origin, so that an object
+/// larger than memory never has to be held whole.
+pub(crate) struct Spool {
+    body: DiskBody,
+    /// The chunk being filled.
+    buf: Vec<u8>,
+    /// Index of the next chunk to write.
+    next: usize,
+    /// Bytes written since the writer was last waited for.
+    since: usize,
+    written: u64,
+}
+
+impl Spool {
+    /// Bytes already handed to the disk (readable from it).
+    pub(crate) fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The body on disk, for readers behind what is kept in memory.
+    pub(crate) fn body(&self) -> DiskBody {
+        self.body.clone()
     }
 }
 
@@ -554,12 +588,7 @@ impl Disk {
                         continue;
                     }
                     let mut e = v.entry;
-                    e.on_disk = Some(DiskBody {
-                        chunks,
-                        id,
-                        len,
-                        broken: Arc::default(),
-                    });
+                    e.on_disk = Some(DiskBody::new(chunks, id, len));
                     e
                 }
             };
@@ -579,6 +608,62 @@ impl Disk {
         }
         self.metrics.hits.increment(1);
         Some(Object { variants: out })
+    }
+
+    /// Starts writing a body of `len` bytes (`u64::MAX` when not yet known) to disk in chunks
+    /// as it arrives (see [`Spool`]).
+    pub(crate) fn spool(&self, len: u64) -> Spool {
+        Spool {
+            body: DiskBody::new(self.chunks_handle(), body_id(), len),
+            buf: Vec::with_capacity(CHUNK),
+            next: 0,
+            since: 0,
+            written: 0,
+        }
+    }
+
+    /// Appends `data` to a spooled body, writing each chunk as it completes (paced).
+    pub(crate) async fn spool_push(&self, spool: &mut Spool, mut data: &[u8]) {
+        while !data.is_empty() {
+            let take = (CHUNK - spool.buf.len()).min(data.len());
+            spool.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if spool.buf.len() == CHUNK {
+                self.spool_chunk(spool).await;
+            }
+        }
+    }
+
+    async fn spool_chunk(&self, spool: &mut Spool) {
+        let chunk = std::mem::replace(&mut spool.buf, Vec::with_capacity(CHUNK));
+        let n = chunk.len();
+        self.write(chunk_key(spool.body.id, spool.next), chunk);
+        spool.next += 1;
+        spool.written += n as u64;
+        spool.since += n;
+        if spool.since >= BLOCK {
+            self.cache.storage().wait().await;
+            spool.since = 0;
+        }
+    }
+
+    /// Ends a spooled body of `len` bytes: the last chunk written, every chunk checked on disk.
+    /// `None` (and a write error counted) if the body did not reach the disk whole.
+    pub(crate) async fn spool_finish(&self, mut spool: Spool, len: u64) -> Option<DiskBody> {
+        if !spool.buf.is_empty() {
+            self.spool_chunk(&mut spool).await;
+        }
+        self.cache.storage().wait().await;
+        let mut body = spool.body;
+        body.len = len;
+        body.broken = Arc::default();
+        let whole = spool.written == len && (0..spool.next).all(|i| body.chunks.has(body.id, i));
+        if !whole {
+            tracing::warn!("a body spooled to disk did not reach it whole; not stored");
+            self.metrics.write_errors.increment(1);
+            return None;
+        }
+        Some(body)
     }
 
     /// Removes `key` from disk: writes an empty head over it, which stays removed across a

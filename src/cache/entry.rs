@@ -229,6 +229,15 @@ impl Entry {
         }
     }
 
+    /// This entry with its body on disk (and `Content-Length` to match).
+    pub(crate) fn with_disk_body(&self, body: DiskBody) -> Entry {
+        let mut e = self.with_body(Bytes::new());
+        e.headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len));
+        e.on_disk = Some(body);
+        e
+    }
+
     /// The body's length, wherever it lives.
     pub(crate) fn body_len(&self) -> u64 {
         self.on_disk

@@ -21,6 +21,7 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 
+use super::disk::{DiskBody, DiskTail};
 use super::entry::Entry;
 
 /// A body being received from an origin, shared by its readers.
@@ -45,6 +46,10 @@ struct Inner {
     readers: HashMap<u64, u64>,
     next_id: u64,
     released: bool,
+    /// When the body is also being written to disk: where, and how much of it is there (the
+    /// chunks before that are dropped from memory; readers behind read them from disk).
+    spill: Option<DiskBody>,
+    spilled: u64,
 }
 
 #[derive(Debug, Default)]
@@ -134,6 +139,24 @@ impl Growing {
         self.end(State::Failed);
     }
 
+    /// The body is also being written to disk as `body`.
+    pub(crate) fn spill_to(&self, body: DiskBody) {
+        self.lock().spill = Some(body);
+    }
+
+    /// The first `upto` bytes are on disk: drop them from memory.
+    pub(crate) fn spilled(&self, upto: u64) {
+        let mut g = self.lock();
+        g.spilled = upto;
+        while let (Some(c), Some(&s)) = (g.chunks.front(), g.starts.front()) {
+            if s + c.len() as u64 > upto {
+                break;
+            }
+            g.chunks.pop_front();
+            g.starts.pop_front();
+        }
+    }
+
     /// The body will not be stored: drop what every reader has passed, admit no new reader.
     pub(crate) fn release(&self) {
         let mut g = self.lock();
@@ -161,6 +184,7 @@ impl Growing {
             id,
             pos: 0,
             end: self.declared,
+            disk: None,
         })
     }
 
@@ -206,6 +230,8 @@ pub(crate) struct Tail {
     pos: u64,
     /// Exclusive end of what this reader wants; `None`: to the end of the body.
     end: Option<u64>,
+    /// While reading what is on disk rather than in memory.
+    disk: Option<Box<DiskTail>>,
 }
 
 impl Tail {
@@ -235,8 +261,31 @@ impl Tail {
         if self.end.is_some_and(|e| self.pos >= e) {
             return Poll::Ready(None);
         }
+        if let Some(d) = &mut self.disk {
+            match d.poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(piece))) => {
+                    self.pos += piece.len() as u64;
+                    let pos = self.pos;
+                    self.src.lock().readers.insert(self.id, pos);
+                    return Poll::Ready(Some(Ok(piece)));
+                }
+                Poll::Ready(Some(Err(_))) => return Poll::Ready(Some(Err(FillFailed))),
+                // What was on disk is read: back to memory.
+                Poll::Ready(None) => self.disk = None,
+            }
+        }
         let mut g = self.src.lock();
         if let State::Stored(entry) = &g.state {
+            if let Some(body) = &entry.on_disk {
+                let stop = self.end.map_or(body.len, |e| e.min(body.len));
+                if self.pos >= stop {
+                    return Poll::Ready(None);
+                }
+                self.disk = Some(Box::new(body.reader(self.pos, stop)));
+                drop(g);
+                return self.poll_next(cx);
+            }
             let body = &entry.body;
             let len = body.len() as u64;
             let stop = self.end.map_or(len, |e| e.min(len));
@@ -253,11 +302,19 @@ impl Tail {
             return Poll::Ready(Some(Ok(piece)));
         }
         if self.pos < g.len {
-            let Some(&first) = g.starts.front() else {
-                return Poll::Ready(Some(Err(FillFailed)));
-            };
+            // Everything received is dropped when it is all on disk.
+            let first = g.starts.front().copied().unwrap_or(g.len);
             if self.pos < first {
-                // Dropped before this reader got there (only when released).
+                // On disk: read it from there.
+                if let Some(body) = &g.spill {
+                    let stop = self.end.map_or(g.spilled, |e| e.min(g.spilled));
+                    if self.pos < stop {
+                        self.disk = Some(Box::new(body.reader(self.pos, stop)));
+                        drop(g);
+                        return self.poll_next(cx);
+                    }
+                }
+                // Dropped before this reader got there (a released fill).
                 return Poll::Ready(Some(Err(FillFailed)));
             }
             let i = g.starts.partition_point(|&s| s <= self.pos) - 1;

@@ -129,6 +129,12 @@ impl Store {
         }
     }
 
+    /// Whether an object of `len` bytes is kept on disk only (there is a disk tier, and it
+    /// is too large for memory).
+    pub(crate) fn disk_only(&self, len: u64) -> bool {
+        self.disk.is_some() && len > self.capacity / LARGE_SHARE
+    }
+
     /// The disk tier, if there is one.
     pub(crate) fn disk(&self) -> Option<&Disk> {
         self.disk.as_ref()

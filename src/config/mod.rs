@@ -811,6 +811,32 @@ cache_key = { query = \"keep\", sceme = false }\n[[site]]\nname = \"b\"\nhosts=[
     }
 
     #[test]
+    fn a_disk_tier_raises_the_default_object_size_and_allows_more_than_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(ORIGINS.0), ORIGINS.1).unwrap();
+        let max = |node: &str| {
+            std::fs::write(dir.path().join("node.toml"), node).unwrap();
+            let c = load(&dir.path().join("node.toml")).unwrap_or_else(|e| panic!("{e}"));
+            c.node.edge.unwrap().max_object_size
+        };
+        assert_eq!(max(EDGE), 16 << 20);
+        let disk = format!("{EDGE}cache_disk = {{ path = \"d\", size = \"4GiB\" }}\n");
+        assert_eq!(max(&disk), 1 << 30);
+        let small = format!("{EDGE}cache_disk = {{ path = \"d\", size = \"64MiB\" }}\n");
+        assert_eq!(max(&small), 32 << 20, "at most half the disk tier");
+        let over = format!("{EDGE}cache_memory = \"64MiB\"\nmax_object_size = \"512MiB\"\n");
+        let problems = node_problems(&over, &[ORIGINS]);
+        assert!(
+            problems[0].1.contains("larger than edge.cache_memory"),
+            "{problems:?}"
+        );
+        let with_disk = format!(
+            "{EDGE}cache_memory = \"64MiB\"\nmax_object_size = \"512MiB\"\ncache_disk = {{ path = \"d\", size = \"4GiB\" }}\n"
+        );
+        assert!(node_problems(&with_disk, &[ORIGINS]).is_empty());
+    }
+
+    #[test]
     fn an_origin_that_is_the_edge_itself_is_refused() {
         let node = "id = \"e\"\nregion = \"r\"\norigin_map = \"o.toml\"\n[edge]\nlisten = [\"127.0.0.1:18080\", \"0.0.0.0:18081\"]\n";
         let origins = "[[site]]\nname = \"s\"\nhosts = [\"s.test\"]\norigins = [\"http://127.0.0.1:18080\", \"http://localhost:18080/\", \"http://127.0.0.9:18081\", \"http://127.0.0.1:18082\", \"http://[::1]:18080\"]\n";

@@ -696,12 +696,14 @@ pub(super) fn validate_edge(r: &mut Report<'_>, e: &RawEdge) -> EdgeConfig {
         );
     }
     let cache_memory = r.size("edge.cache_memory", &e.cache_memory, default_cache_memory());
-    let max_object_size = r.size(
-        "edge.max_object_size",
-        &e.max_object_size,
-        default_max_object_size(),
-    );
     let cache_disk = e.cache_disk.as_ref().map(|d| validate_disk(r, d));
+    // With a disk tier, large objects go to disk as they arrive: 1GiB by default (at most
+    // half the disk tier).
+    let default_max = match &cache_disk {
+        Some(d) => (1 << 30).min(d.size / 2),
+        None => default_max_object_size(),
+    };
+    let max_object_size = r.size("edge.max_object_size", &e.max_object_size, default_max);
     match &cache_disk {
         // With a disk tier an object may outgrow memory: it is kept on disk and read from
         // there in chunks.

@@ -31,7 +31,7 @@ use crate::cache::entry::{compact, normalized, vary_names, Entry, Target};
 use crate::cache::fill::{FillFailed, Growing, Tail};
 use crate::cache::key;
 use crate::cache::policy::{self, Exchange, RequestDirectives, Reuse, SitePolicy};
-use crate::cache::store::Store;
+use crate::cache::store::{Store, Tier};
 use crate::config::{EdgeConfig, QueryKey, SiteConfig};
 use crate::load::LoadCounters;
 use crate::origin::{OriginError, Origins};
@@ -504,6 +504,12 @@ pub(crate) async fn lookup(
         return Lookup::Forward(Fwd::VaryMiss, None);
     };
     let age = entry.age(Instant::now());
+    // A body kept on disk is served from there, whichever tier held the head.
+    let tier = if entry.on_disk.is_some() {
+        Tier::Disk
+    } else {
+        tier
+    };
     match policy::reuse(&entry.freshness, age, directives) {
         Reuse::Hit => {
             let mut s = CacheStatus::hit(entry.ttl(age));
@@ -1047,6 +1053,16 @@ async fn fetch(
         set_cookie,
         tail,
     });
+    // An object too large for memory goes to disk as it arrives, and only the part not yet
+    // there is held (readers behind read the rest from disk).
+    let mut spool = match (state.store.disk(), declared) {
+        (Some(disk), Some(n)) if state.store.disk_only(n) => {
+            let s = disk.spool(n);
+            growing.spill_to(s.body());
+            Some((disk, s))
+        }
+        _ => None,
+    };
     let mut body = Body::download(body, read_timeout);
     let mut leader = Some(leader);
     let mut total: u64 = 0;
@@ -1075,20 +1091,47 @@ async fn fetch(
             continue;
         };
         total += data.len() as u64;
-        growing.push(data);
+        growing.push(data.clone());
+        if let Some((disk, s)) = &mut spool {
+            disk.spool_push(s, &data).await;
+            growing.spilled(s.written());
+        } else if leader.is_some() && state.store.disk_only(total) {
+            // A body of unknown length that turns out too large for memory: what has arrived
+            // goes to disk, and the rest as it comes.
+            if let Some(disk) = state.store.disk() {
+                let mut s = disk.spool(u64::MAX);
+                growing.spill_to(s.body());
+                disk.spool_push(&mut s, &growing.concat()).await;
+                growing.spilled(s.written());
+                spool = Some((disk, s));
+            }
+        }
         if leader.is_some() && total > state.max_object_size {
             // Larger than the store takes (only a body of unknown length gets here): its
             // readers get the rest, later requests go to the origin on their own.
             growing.release();
             state.store.mark_pass(key.clone()).await;
             leader = None;
+            // Nothing more goes to disk; readers behind still read what is there.
+            spool = None;
         }
     }
     let Some(leader) = leader else {
         growing.ended();
         return;
     };
-    let entry = Arc::new(head_entry.with_body(growing.concat()));
+    let entry = match spool {
+        None => Arc::new(head_entry.with_body(growing.concat())),
+        Some((disk, s)) => match disk.spool_finish(s, total).await {
+            Some(on_disk) => Arc::new(head_entry.with_disk_body(on_disk)),
+            None => {
+                // Not on disk whole, and no longer in memory: readers behind fail, nothing is
+                // stored, the next request fetches again.
+                growing.fail();
+                return;
+            }
+        },
+    };
     // Readers get their end at once; the key stays claimed until the store (and a disk tier's
     // writes) have it, so requests meanwhile read this fill.
     growing.stored(entry.clone());
