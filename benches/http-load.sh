@@ -43,9 +43,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # The Debian packages start their own daemons on port 80 / 6081; ours use 18xxx.
 
-cargo build --release --quiet --bin meridian --example bare_hyper
+cargo build --release --quiet --bin meridian --example bare_hyper --example ttfb
 MERIDIAN=$ROOT/target/release/meridian
 BARE=$ROOT/target/release/examples/bare_hyper
+TTFB=$ROOT/target/release/examples/ttfb
 
 WORK=$(mktemp -d)
 chmod 755 "$WORK"   # varnishd reads its VCL after dropping privileges
@@ -278,7 +279,7 @@ for round in $(seq 1 "$ROUNDS"); do
     name=${entry%%:*}; port=${entry##*:}
     path="/trickle/$name-$round-$RANDOM"
     n=$FOLLOWERS; [ "$name" = origin-direct ] && n=0   # the origin's own time, one client
-    line=$(python3 "$ROOT/benches/slow_origin.py" ttfb "$port" slow.test "$path" "$n")
+    line=$("$TTFB" "127.0.0.1:$port" slow.test "$path" "$n")
     fetches=$(python3 "$ROOT/benches/slow_origin.py" count $SLOW "$path")
     echo "$name $line fetches=$fetches" >> "$STREAM"
     echo "stream round $round $name: $line origin_fetches=$fetches" >&2
