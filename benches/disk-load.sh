@@ -24,21 +24,12 @@ ZIPF=${ZIPF:-0.9}
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-missing=()
-command -v nginx >/dev/null || missing+=(nginx)
-command -v wrk >/dev/null || missing+=(wrk)
-command -v curl >/dev/null || missing+=(curl)
-if [ ${#missing[@]} -gt 0 ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
+need nginx:nginx wrk:wrk curl:curl
 cargo build --release --quiet --bin meridian
 MERIDIAN=$ROOT/target/release/meridian
 
-bytes() { # 64MiB -> bytes
-  local n=${1%[KMG]iB}
-  case $1 in *KiB) echo $((n << 10)) ;; *MiB) echo $((n << 20)) ;; *GiB) echo $((n << 30)) ;; *) echo "$1" ;; esac
-}
 CACHE_BYTES=$(bytes "$CACHE")
 OBJECTS=${OBJECTS:-$((CACHE_BYTES * 4 / 102400))}
 

@@ -192,6 +192,21 @@ async fn scripted_origin() -> Origin {
     o
 }
 
+/// Flips a bit of the byte `offset` bytes past the first place `needle` lies in the disk
+/// tier's files under `dir`; whether it was found.
+fn flip_on_disk(dir: &Path, needle: &[u8], offset: usize) -> bool {
+    for f in std::fs::read_dir(dir.join("disk/store")).unwrap() {
+        let path: PathBuf = f.unwrap().path();
+        let mut data = std::fs::read(&path).unwrap();
+        if let Some(at) = data.windows(needle.len()).position(|w| w == needle) {
+            data[at + offset] ^= 0x01;
+            std::fs::write(&path, &data).unwrap();
+            return true;
+        }
+    }
+    false
+}
+
 /// Waits until the disk tier has written what was queued (the flusher runs in the background).
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -342,17 +357,10 @@ async fn a_corrupted_disk_entry_is_dropped_and_counted_never_served() {
     edge.stop();
 
     // Flip one byte of the stored body where it lies in the store's files.
-    let mut flipped = false;
-    for f in std::fs::read_dir(dir.path().join("disk/store")).unwrap() {
-        let path: PathBuf = f.unwrap().path();
-        let mut data = std::fs::read(&path).unwrap();
-        if let Some(at) = data.windows(11).position(|w| w == b"CORRUPT-ME-") {
-            data[at + 5000] ^= 0x20;
-            std::fs::write(&path, &data).unwrap();
-            flipped = true;
-        }
-    }
-    assert!(flipped, "the body was found on disk");
+    assert!(
+        flip_on_disk(dir.path(), b"CORRUPT-ME-", 5000),
+        "the body was found on disk"
+    );
 
     let edge = EdgeProcess::start(dir.path());
     let r = edge.get("/c").await;
@@ -474,18 +482,7 @@ async fn a_corrupted_chunk_aborts_the_response_and_the_object_is_fetched_again()
     // Flip a byte in the middle of the body's second chunk.
     let whole = big(3 << 20);
     let needle = &whole[(1 << 20) + 4096..(1 << 20) + 4096 + 64];
-    let mut flipped = false;
-    for f in std::fs::read_dir(dir.path().join("disk/store")).unwrap() {
-        let path: PathBuf = f.unwrap().path();
-        let mut data = std::fs::read(&path).unwrap();
-        if let Some(at) = data.windows(64).position(|w| w == needle) {
-            data[at] ^= 0x01;
-            std::fs::write(&path, &data).unwrap();
-            flipped = true;
-            break;
-        }
-    }
-    assert!(flipped, "the chunk was found on disk");
+    assert!(flip_on_disk(dir.path(), needle, 0), "the chunk was found on disk");
 
     let edge = EdgeProcess::start(dir.path());
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
