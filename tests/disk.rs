@@ -482,7 +482,10 @@ async fn a_corrupted_chunk_aborts_the_response_and_the_object_is_fetched_again()
     // Flip a byte in the middle of the body's second chunk.
     let whole = big(3 << 20);
     let needle = &whole[(1 << 20) + 4096..(1 << 20) + 4096 + 64];
-    assert!(flip_on_disk(dir.path(), needle, 0), "the chunk was found on disk");
+    assert!(
+        flip_on_disk(dir.path(), needle, 0),
+        "the chunk was found on disk"
+    );
 
     let edge = EdgeProcess::start(dir.path());
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())

@@ -559,7 +559,7 @@ impl Disk {
         };
         let now = Instant::now();
         let now_wall = SystemTime::now();
-        let Some(variants) = decode(&head) else {
+        let Some(variants) = decode(&Bytes::from(head)) else {
             tracing::warn!(key, "unreadable disk entry dropped");
             self.metrics.dropped.increment(1);
             self.remove(key);
@@ -848,8 +848,9 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Reads a head entry; `None` if it is not one this version wrote whole.
-fn decode(buf: &[u8]) -> Option<Vec<Decoded>> {
+/// Reads a head entry; `None` if it is not one this version wrote whole. An inline body is a
+/// slice of `buf`, not a copy.
+fn decode(buf: &Bytes) -> Option<Vec<Decoded>> {
     let mut r = Reader { b: buf };
     if r.take(4)? != MAGIC {
         return None;
@@ -887,7 +888,11 @@ fn decode(buf: &[u8]) -> Option<Vec<Decoded>> {
         }
         let len = r.u64()?;
         let body = match r.u8()? {
-            0 => Stored::Inline(Bytes::copy_from_slice(r.take(usize::try_from(len).ok()?)?)),
+            0 => {
+                let at = buf.len() - r.b.len();
+                r.take(usize::try_from(len).ok()?)?;
+                Stored::Inline(buf.slice(at..buf.len() - r.b.len()))
+            }
             1 => Stored::Chunks { id: r.u64()?, len },
             _ => return None,
         };
@@ -923,7 +928,7 @@ fn decode(buf: &[u8]) -> Option<Vec<Decoded>> {
 /// For the `disk_head` fuzz target: any bytes read back as a head either fail to decode or
 /// decode to variants that encode and decode to the same again.
 pub(crate) fn check_decode(data: &[u8]) {
-    let Some(first) = decode(data) else {
+    let Some(first) = decode(&Bytes::copy_from_slice(data)) else {
         return;
     };
     let mut again = Vec::new();
@@ -944,7 +949,7 @@ pub(crate) fn check_decode(data: &[u8]) {
             }
         }
     }
-    let second = decode(&again).expect("a re-encoded head decodes");
+    let second = decode(&Bytes::from(again)).expect("a re-encoded head decodes");
     assert_eq!(first.len(), second.len());
     for (a, b) in first.iter().zip(&second) {
         assert_eq!(a.stored_ms, b.stored_ms);
@@ -967,7 +972,7 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/disk_head");
         for name in ["inline", "chunked", "two-variants", "removed"] {
             let data = std::fs::read(dir.join(name)).unwrap();
-            assert!(decode(&data).is_some(), "{name}");
+            assert!(decode(&Bytes::from(data)).is_some(), "{name}");
         }
     }
 
@@ -1027,6 +1032,7 @@ mod tests {
         put_u64(&mut b, 5);
         b.push(0);
         b.extend_from_slice(b"hello");
+        let b = Bytes::from(b);
         let d = decode(&b).expect("decodes");
         assert_eq!(d.len(), 1);
         let v = &d[0];
@@ -1039,7 +1045,7 @@ mod tests {
         assert!(matches!(&v.body, Stored::Inline(x) if x == "hello"));
         for cut in 0..b.len() {
             assert!(
-                decode(&b[..cut]).is_none(),
+                decode(&b.slice(..cut)).is_none(),
                 "a head cut at {cut} must not decode"
             );
         }
