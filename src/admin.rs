@@ -98,6 +98,11 @@ async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> AdminResponse 
                 let (bytes, objects) = edge.store.usage().await;
                 edge.metrics.stored_bytes.set(bytes as f64);
                 edge.metrics.stored_objects.set(objects as f64);
+                edge.metrics.utilisation.set(f64::from_bits(
+                    edge.load
+                        .utilisation
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                ));
                 edge.metrics
                     .bytes_in
                     .absolute(LoadCounters::get(&edge.load.bytes_in));

@@ -148,6 +148,10 @@ fn describe() {
         "meridian_cache_purged_objects_total",
         "Objects removed by purge requests"
     );
+    describe_gauge!(
+        "meridian_edge_utilisation",
+        "The load this edge publishes by gossip: the busiest of requests/s, connections and egress over edge.capacity, smoothed (1.0 = at capacity; 0 without gossip)"
+    );
     describe_counter!(
         "meridian_cache_hits_total",
         "Hits served from the store, by tier (memory, disk)"
@@ -355,6 +359,8 @@ pub(crate) struct EdgeMetrics {
     pub(crate) bytes_out: Counter,
     pub(crate) stored_bytes: Gauge,
     pub(crate) stored_objects: Gauge,
+    /// The smoothed utilisation this edge publishes by gossip.
+    pub(crate) utilisation: Gauge,
     pub(crate) purged: Counter,
     pub(crate) tls_handshake_failures: Counter,
     /// Hits served from the memory and the disk tier.
@@ -391,6 +397,7 @@ impl EdgeMetrics {
             }),
             stored_bytes: metrics::gauge!("meridian_cache_stored_bytes", vec![n()]),
             stored_objects: metrics::gauge!("meridian_cache_stored_objects", vec![n()]),
+            utilisation: metrics::gauge!("meridian_edge_utilisation", vec![n()]),
             purged: metrics::counter!("meridian_cache_purged_objects_total", vec![n()]),
             tls_handshake_failures: metrics::counter!("meridian_tls_handshake_failures_total", vec![n()]),
         }

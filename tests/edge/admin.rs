@@ -200,6 +200,41 @@ async fn every_metric_family_has_help_and_a_type() {
         missing.is_empty(),
         "without # HELP and # TYPE: {missing:?}\n{text}"
     );
+    // Every family the Grafana dashboard queries is exported, and every label it groups by.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("deploy/grafana/meridian.json")).unwrap(),
+    )
+    .unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect();
+    assert!(exprs.len() >= 14, "{exprs:?}");
+    for expr in &exprs {
+        let words = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+        for w in words.filter(|w| w.starts_with("meridian_") || w.starts_with("process_")) {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| w.strip_suffix(s))
+                .unwrap_or(w);
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "the dashboard queries {w}, which is not exported: {expr}"
+            );
+        }
+        for clause in expr.split("by (").skip(1) {
+            let labels = clause.split(')').next().unwrap();
+            for label in labels.split(',').map(str::trim).filter(|l| *l != "le") {
+                assert!(
+                    text.contains(&format!("{label}=\"")),
+                    "the dashboard groups by {label:?}, which no family has: {expr}"
+                );
+            }
+        }
+    }
     let commit = text
         .lines()
         .find(|l| l.starts_with("meridian_build_info{"))
