@@ -938,6 +938,11 @@ async fn an_overloaded_region_spills_a_proportional_share_and_takes_it_back() {
             .unwrap();
         let resp = send.send_request(req).await.unwrap();
         assert_eq!(resp.status(), 200);
+        // Read to its end: a client that drops a body still arriving (a miss streams) closes
+        // the connection.
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap();
         conns.push(send);
     }
     let m = dns
