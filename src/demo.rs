@@ -24,8 +24,58 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{terminated, Node, StartError};
 use crate::config;
 
-/// Address of the sample origin.
+/// Address of the sample origin (before `--port-offset`).
 pub const ORIGIN: &str = "127.0.0.1:8000";
+
+/// Moves every port written after an IPv4 address (`127.0.0.11:8080`) in `text` by `offset`,
+/// outside comments; `None` if a port would pass 65535.
+fn shift_ports(text: &str, offset: u16) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        if line.trim_start().starts_with('#') || offset == 0 {
+            out.push_str(line);
+            continue;
+        }
+        let b = line.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            // An address: four dotted numbers, a colon, digits.
+            let start = i;
+            let mut j = i;
+            let mut dots = 0;
+            while j < b.len() && (b[j].is_ascii_digit() || b[j] == b'.') {
+                dots += usize::from(b[j] == b'.');
+                j += 1;
+            }
+            let is_addr = j > start
+                && dots == 3
+                && (start == 0 || !(b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'.'))
+                && b.get(j) == Some(&b':')
+                && b.get(j + 1).is_some_and(u8::is_ascii_digit);
+            if !is_addr {
+                // The run of digits and dots, or one character.
+                let next = if j > i {
+                    j
+                } else {
+                    i + line[i..].chars().next().map_or(1, char::len_utf8)
+                };
+                out.push_str(&line[i..next]);
+                i = next;
+                continue;
+            }
+            let mut k = j + 1;
+            while k < b.len() && b[k].is_ascii_digit() {
+                k += 1;
+            }
+            let port: u32 = line[j + 1..k].parse().ok()?;
+            let shifted = u16::try_from(port + u32::from(offset)).ok()?;
+            out.push_str(&line[start..=j]);
+            out.push_str(&shifted.to_string());
+            i = k;
+        }
+    }
+    Some(out)
+}
 
 /// The files of `config/local/` (and the test GeoIP database they name), compiled in, at the
 /// same relative places as in the repository.
@@ -101,11 +151,22 @@ pub enum DemoError {
     #[error("{0}")]
     Config(#[from] config::ConfigError),
     /// A node could not start (typically: an address is in use).
-    #[error("{0}")]
+    #[error("{0}{hint}", hint = bind_hint(.0))]
     Start(#[from] StartError),
     /// The sample origin could not listen.
-    #[error("cannot listen on {ORIGIN} for the sample origin: {0} (is another demo running?)")]
-    Origin(std::io::Error),
+    #[error("cannot listen on {0} for the sample origin: {1} (another demo or program has it: `meridian demo --port-offset 100` moves every port the demo uses)")]
+    Origin(SocketAddr, std::io::Error),
+    /// `--port-offset` would move a port past 65535.
+    #[error("--port-offset {0} moves a port of the demo past 65535")]
+    Offset(u16),
+}
+
+/// What to do when a listener's address is taken.
+fn bind_hint(e: &StartError) -> &'static str {
+    match e {
+        StartError::Bind { .. } => " (another demo or program has it: `meridian demo --port-offset 100` moves every port the demo uses)",
+        _ => "",
+    }
 }
 
 /// The demo's scratch directory, removed when dropped: on every exit, a failed start included.
@@ -129,7 +190,7 @@ impl std::ops::Deref for Scratch {
 /// Hazard: the files hold the admin token and the gossip key. The directory has a name nobody
 /// can guess, is created new (never an existing directory or a link someone planted in the
 /// shared temporary directory) and is readable by this user only.
-fn write_files() -> Result<Scratch, DemoError> {
+fn write_files(port_offset: u16) -> Result<Scratch, DemoError> {
     let mut suffix = [0u8; 8];
     let _ = aws_lc_rs::rand::fill(&mut suffix);
     let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
@@ -148,15 +209,26 @@ fn write_files() -> Result<Scratch, DemoError> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(err)?;
         }
+        let bytes = match std::str::from_utf8(bytes) {
+            Ok(text) if name.ends_with(".toml") => shift_ports(text, port_offset)
+                .ok_or(DemoError::Offset(port_offset))?
+                .into_bytes(),
+            _ => bytes.to_vec(),
+        };
         std::fs::write(path, bytes).map_err(err)?;
     }
     Ok(scratch)
 }
 
-/// Runs the demo until Ctrl-C.
-pub async fn run() -> Result<(), DemoError> {
-    let dir = write_files()?;
-    let listener = TcpListener::bind(ORIGIN).await.map_err(DemoError::Origin)?;
+/// Runs the demo until Ctrl-C, every port moved by `port_offset`.
+pub async fn run(port_offset: u16) -> Result<(), DemoError> {
+    let dir = write_files(port_offset)?;
+    let origin_addr: SocketAddr = shift_ports(ORIGIN, port_offset)
+        .and_then(|a| a.parse().ok())
+        .ok_or(DemoError::Offset(port_offset))?;
+    let listener = TcpListener::bind(origin_addr)
+        .await
+        .map_err(|e| DemoError::Origin(origin_addr, e))?;
     let stop = CancellationToken::new();
     let origin = tokio::spawn(serve_origin(listener, stop.clone()));
 
@@ -172,7 +244,7 @@ pub async fn run() -> Result<(), DemoError> {
     // Everything is read: the token and key need not stay on disk.
     drop(dir);
 
-    println!("\nMeridian demo: a sample origin on http://{ORIGIN}, three edges in front of it and a DNS node.\n");
+    println!("\nMeridian demo: a sample origin on http://{origin_addr}, three edges in front of it and a DNS node.\n");
     for (name, node) in &nodes {
         if let (Some(http), Some(admin)) = (node.http_addrs().first(), node.admin_addr()) {
             println!("  {name}: http://{http}  (admin http://{admin})");
@@ -424,8 +496,8 @@ mod tests {
 
     #[test]
     fn the_scratch_directory_is_private_new_and_removed() {
-        let a = write_files().unwrap();
-        let b = write_files().unwrap();
+        let a = write_files(0).unwrap();
+        let b = write_files(0).unwrap();
         assert_ne!(*a, *b, "unguessable, new each time");
         assert!(a.join("config/local/admin.token").is_file());
         #[cfg(unix)]
@@ -437,5 +509,16 @@ mod tests {
         let path = a.to_path_buf();
         drop(a);
         assert!(!path.exists(), "removed on drop");
+    }
+
+    #[test]
+    fn ports_move_after_addresses_only() {
+        let text = "# at 127.0.0.1:8000\nlisten = [\"127.0.0.11:8080\"]\nseeds = [\"127.0.0.10:7946\", \"10.0.0.1:1\"]\nname = \"São 1.2:3\"\nv = 1.2.3.4.5:6\n";
+        assert_eq!(
+            shift_ports(text, 100).unwrap(),
+            "# at 127.0.0.1:8000\nlisten = [\"127.0.0.11:8180\"]\nseeds = [\"127.0.0.10:8046\", \"10.0.0.1:101\"]\nname = \"São 1.2:3\"\nv = 1.2.3.4.5:6\n"
+        );
+        assert_eq!(shift_ports("a = \"127.0.0.1:65535\"", 1), None);
+        assert_eq!(shift_ports(ORIGIN, 0).as_deref(), Some(ORIGIN));
     }
 }

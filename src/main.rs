@@ -15,7 +15,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the embedded default: a sample origin and the edges of config/local/ on loopback.
-    Demo,
+    Demo {
+        /// Add this to every port the demo listens on (when one of them is taken).
+        #[arg(long, default_value_t = 0)]
+        port_offset: u16,
+    },
     /// Run the roles that NODE.toml configures.
     Run {
         /// The node file.
@@ -118,13 +122,13 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     match cli.command {
-        Command::Demo => {
+        Command::Demo { port_offset } => {
             meridian::telemetry::init_logging(&meridian::config::LogConfig {
                 json: false,
                 level: "warn".into(),
                 access_log: false,
             });
-            block_on("meridian demo", meridian::demo::run())
+            block_on("meridian demo", meridian::demo::run(port_offset))
         }
         Command::Route {
             config,

@@ -667,3 +667,56 @@ fn a_sigterm_the_moment_the_node_has_started_is_a_clean_stop() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_moves_every_port_by_the_offset_and_names_a_busy_one() {
+    // A port of the demo taken: the error names it and the way out.
+    let busy = std::net::TcpListener::bind("127.0.0.1:29000").unwrap();
+    let out = meridian()
+        .args(["demo", "--port-offset", "21000"])
+        .output()
+        .unwrap();
+    drop(busy);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("127.0.0.1:29000") && text.contains("--port-offset"),
+        "{text}"
+    );
+
+    // Moved by 22000: the edges listen on 30080, the sample origin on 30000.
+    let mut child = meridian()
+        .args(["demo", "--port-offset", "22000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let lines: Vec<String> = tokio::task::block_in_place(|| {
+        stdout
+            .by_ref()
+            .map_while(Result::ok)
+            .take_while(|l| !l.contains("Ctrl-C stops the demo"))
+            .collect()
+    });
+    // Keep reading: the demo prints as it stops.
+    std::thread::spawn(move || stdout.for_each(drop));
+    let all = lines.join("\n");
+    assert!(all.contains("http://127.0.0.1:30000"), "{all}");
+    assert!(all.contains("edge-b: http://127.0.0.12:30080"), "{all}");
+    assert!(all.contains("-p 27353"), "the DNS port moved too: {all}");
+    let r = get(
+        "127.0.0.12:30080".parse().unwrap(),
+        "demo.meridian.test",
+        "/",
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "the edge reaches the moved origin");
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let status = tokio::task::block_in_place(|| child.wait()).unwrap();
+    assert!(status.success(), "{status}");
+}
