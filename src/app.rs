@@ -694,26 +694,72 @@ impl Drop for Node {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn terminated() {
+/// SIGTERM and SIGINT (and SIGHUP, for reloads), caught from the moment this is made: a signal
+/// that comes before anyone waits for it is kept, never the default action's kill. Make it
+/// before announcing anything a user or a supervisor could answer with a signal.
+pub struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+#[cfg(unix)]
+async fn next(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match s {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Signals {
+    /// Starts catching the signals now.
+    pub fn new() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Signals {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
+                hup: signal(SignalKind::hangup()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    #[cfg(not(unix))]
-    {
+
+    /// Resolves on the next SIGTERM or SIGINT.
+    pub async fn stop(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = next(&mut self.term) => {}
+            _ = next(&mut self.int) => {}
+        }
+        #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
+    }
+
+    /// The next SIGTERM or SIGINT (`true`), or SIGHUP (`false`).
+    pub async fn stop_or_hangup(&mut self) -> bool {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = next(&mut self.term) => true,
+            _ = next(&mut self.int) => true,
+            _ = next(&mut self.hup) => false,
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            true
+        }
+    }
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Signals::new()
     }
 }
 
@@ -721,39 +767,16 @@ pub async fn terminated() {
 pub async fn run(config: Config) -> Result<(), StartError> {
     // The handlers exist before the node says it started: a SIGTERM that comes at once is a
     // clean stop, not the default action's kill.
-    #[cfg(unix)]
-    let (mut term, mut int, mut hup) = {
-        use tokio::signal::unix::{signal, SignalKind};
-        (
-            signal(SignalKind::terminate()).ok(),
-            signal(SignalKind::interrupt()).ok(),
-            signal(SignalKind::hangup()).ok(),
-        )
-    };
+    let mut signals = Signals::new();
     let node = Node::start(config).await?;
-    #[cfg(unix)]
-    {
-        async fn next(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
-            match s {
-                Some(s) => s.recv().await,
-                None => std::future::pending().await,
-            }
-        }
-        loop {
-            tokio::select! {
-                _ = next(&mut term) => break,
-                _ = next(&mut int) => break,
-                Some(()) = next(&mut hup) => {
-                    match node.reload() {
-                        Ok(()) => tracing::info!("reloaded"),
-                        Err(e) => tracing::error!(error = %e, "reload rejected; the previous configuration stays in force"),
-                    }
-                }
+    while !signals.stop_or_hangup().await {
+        match node.reload() {
+            Ok(()) => tracing::info!("reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "reload rejected; the previous configuration stays in force")
             }
         }
     }
-    #[cfg(not(unix))]
-    terminated().await;
     tracing::info!("signal received; draining");
     node.shutdown().await;
     Ok(())

@@ -21,7 +21,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{terminated, Node, StartError};
+use crate::app::{Node, Signals, StartError};
 use crate::config;
 
 /// Address of the sample origin (before `--port-offset`).
@@ -222,6 +222,8 @@ fn write_files(port_offset: u16) -> Result<Scratch, DemoError> {
 
 /// Runs the demo until Ctrl-C, every port moved by `port_offset`.
 pub async fn run(port_offset: u16) -> Result<(), DemoError> {
+    // Caught from now on: a Ctrl-C as soon as the instructions show is a clean stop.
+    let mut signals = Signals::new();
     let dir = write_files(port_offset)?;
     let origin_addr: SocketAddr = shift_ports(ORIGIN, port_offset)
         .and_then(|a| a.parse().ok())
@@ -279,11 +281,9 @@ pub async fn run(port_offset: u16) -> Result<(), DemoError> {
     // A live status line, when someone is watching.
     let live = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let stop_signal = terminated();
-    tokio::pin!(stop_signal);
     loop {
         tokio::select! {
-            _ = &mut stop_signal => break,
+            () = signals.stop() => break,
             _ = tick.tick(), if live => {
                 use std::io::Write;
                 let line = status_line(&nodes);
@@ -302,7 +302,7 @@ pub async fn run(port_offset: u16) -> Result<(), DemoError> {
     let all_stopped = async { while stopping.join_next().await.is_some() {} };
     tokio::select! {
         () = all_stopped => {}
-        () = terminated() => {
+        () = signals.stop() => {
             println!("stopped at once");
             std::process::exit(130);
         }

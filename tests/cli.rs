@@ -720,3 +720,38 @@ async fn the_demo_moves_every_port_by_the_offset_and_names_a_busy_one() {
     let status = tokio::task::block_in_place(|| child.wait()).unwrap();
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn a_second_ctrl_c_stops_the_demo_at_once() {
+    let mut child = meridian()
+        .args(["demo", "--port-offset", "24000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let sigint = |child: &std::process::Child| {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGINT);
+        }
+    };
+    let mut wait_for = |what: &str| {
+        for line in stdout.by_ref().map_while(Result::ok) {
+            if line.contains(what) {
+                return;
+            }
+        }
+        panic!("the demo never printed {what:?}");
+    };
+    wait_for("Ctrl-C stops the demo");
+    sigint(&child);
+    // The edges drain for 2 s; the second Ctrl-C does not wait for them.
+    wait_for("stopping");
+    let t = Instant::now();
+    sigint(&child);
+    wait_for("stopped at once");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status}");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+}
