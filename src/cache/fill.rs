@@ -12,6 +12,10 @@
 //! *released*, chunks that every reader has passed are dropped at once, no new reader can
 //! join, and the fetch stops when the last reader goes.
 //!
+//! A body too large for memory (with a disk tier) is *spilled*: the fetch task writes it to disk
+//! as it arrives (`disk::Spool`) and drops from memory what is there; a reader behind reads
+//! those bytes from disk, then goes on from memory.
+//!
 //! Concurrency: one `Mutex` per fill, held only to copy a `Bytes` handle or update a position,
 //! never across an await; wakers are woken after the lock is released.
 
