@@ -22,6 +22,15 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{Node, Signals, StartError};
+
+/// `println!` that gives up quietly when stdout is gone (`meridian demo | head`): the demo goes
+/// on, and stops on Ctrl-C as before.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 use crate::config;
 
 /// Address of the sample origin (before `--port-offset`).
@@ -246,28 +255,28 @@ pub async fn run(port_offset: u16) -> Result<(), DemoError> {
     // Everything is read: the token and key need not stay on disk.
     drop(dir);
 
-    println!("\nMeridian demo: a sample origin on http://{origin_addr}, three edges in front of it and a DNS node.\n");
+    say!("\nMeridian demo: a sample origin on http://{origin_addr}, three edges in front of it and a DNS node.\n");
     for (name, node) in &nodes {
         if let (Some(http), Some(admin)) = (node.http_addrs().first(), node.admin_addr()) {
-            println!("  {name}: http://{http}  (admin http://{admin})");
+            say!("  {name}: http://{http}  (admin http://{admin})");
         }
     }
     for (_, node) in &nodes {
         if let Some(dns) = node.dns_addrs().first() {
-            println!("  dns:    {dns} (UDP and TCP), authoritative for meridian.test");
-            println!("\nAsk where a client would be sent (London, Seattle, Tokyo):\n");
+            say!("  dns:    {dns} (UDP and TCP), authoritative for meridian.test");
+            say!("\nAsk where a client would be sent (London, Seattle, Tokyo):\n");
             for (who, subnet) in [
                 ("London", "81.2.69.142/32"),
                 ("Seattle", "216.160.83.56/29"),
                 ("Tokyo", "2001:218::/32"),
             ] {
-                println!(
+                say!(
                     "  dig @{} -p {} demo.meridian.test +subnet={subnet} +short    # {who}",
                     dns.ip(),
                     dns.port()
                 );
             }
-            println!("  meridian route -c config/local/dns.toml 81.2.69.142                      # and why");
+            say!("  meridian route -c config/local/dns.toml 81.2.69.142                      # and why");
         }
     }
     // edge-b, in eu-west: where the London client is sent.
@@ -276,7 +285,7 @@ pub async fn run(port_offset: u16) -> Result<(), DemoError> {
             print_tries(*a, node.admin_addr());
         }
     }
-    println!("\nCtrl-C stops the demo.\n");
+    say!("\nCtrl-C stops the demo.\n");
 
     // A live status line, when someone is watching.
     let live = std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -293,7 +302,7 @@ pub async fn run(port_offset: u16) -> Result<(), DemoError> {
             }
         }
     }
-    println!("\nstopping… (Ctrl-C again stops at once)");
+    say!("\nstopping… (Ctrl-C again stops at once)");
     // All at once, as separate machines would: each announces draining, waits, drains, leaves.
     let mut stopping = tokio::task::JoinSet::new();
     for (_, node) in nodes {
@@ -303,7 +312,7 @@ pub async fn run(port_offset: u16) -> Result<(), DemoError> {
     tokio::select! {
         () = all_stopped => {}
         () = signals.stop() => {
-            println!("stopped at once");
+            say!("stopped at once");
             std::process::exit(130);
         }
     }
@@ -336,23 +345,21 @@ fn print_tries(edge: SocketAddr, admin: Option<SocketAddr>) {
     let (ip, port) = (edge.ip(), edge.port());
     let url = format!("http://demo.meridian.test:{port}");
     let resolve = format!("--resolve demo.meridian.test:{port}:{ip}");
-    println!("\nThen fetch through the edge the answer names (London's is {ip}); run each twice:");
-    println!("Cache-Status goes from fwd=miss to hit.\n");
-    println!("  curl -si {resolve} {url}/ | grep -i -e '^HTTP' -e cache-status -e '^age'");
-    println!(
-        "  curl -si {resolve} {url}/news | grep -i cache-status        # stale-while-revalidate"
-    );
-    println!("  curl -si {resolve} -H 'Accept-Language: fr' {url}/hello   # Vary");
-    println!("  curl -si {resolve} -r 0-99 {url}/large.bin | head -12     # ranges from cache");
-    println!(
+    say!("\nThen fetch through the edge the answer names (London's is {ip}); run each twice:");
+    say!("Cache-Status goes from fwd=miss to hit.\n");
+    say!("  curl -si {resolve} {url}/ | grep -i -e '^HTTP' -e cache-status -e '^age'");
+    say!("  curl -si {resolve} {url}/news | grep -i cache-status        # stale-while-revalidate");
+    say!("  curl -si {resolve} -H 'Accept-Language: fr' {url}/hello   # Vary");
+    say!("  curl -si {resolve} -r 0-99 {url}/large.bin | head -12     # ranges from cache");
+    say!(
         "  curl -si --cacert config/local/tls/ca.pem --resolve demo.meridian.test:8443:{ip} https://demo.meridian.test:8443/ | head -1   # HTTPS, HTTP/2"
     );
     if let Some(admin) = admin {
-        println!(
+        say!(
             "  curl -s -X POST -H \"Authorization: Bearer $(cat config/local/admin.token)\" \\\n       -d '{{\"tag\":\"products\"}}' http://{admin}/purge          # purge by Surrogate-Key"
         );
-        println!("  curl -s http://{admin}/metrics | grep meridian_http_requests_total");
-        println!("  curl -s http://{admin}/cluster                                  # members, health, load");
+        say!("  curl -s http://{admin}/metrics | grep meridian_http_requests_total");
+        say!("  curl -s http://{admin}/cluster                                  # members, health, load");
     }
 }
 

@@ -755,3 +755,28 @@ fn a_second_ctrl_c_stops_the_demo_at_once() {
     assert_eq!(status.code(), Some(130), "{status}");
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
 }
+
+#[test]
+fn the_demo_survives_its_output_being_closed() {
+    let mut child = meridian()
+        .args(["demo", "--port-offset", "25000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        // Read until the instructions are out, then close the pipe (as `| head` does).
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        for line in stdout.lines().map_while(Result::ok) {
+            if line.contains("Ctrl-C stops the demo") {
+                break;
+            }
+        }
+    }
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "a closed stdout is no crash: {status}");
+}
