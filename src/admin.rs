@@ -252,6 +252,11 @@ pub async fn drain(config: &crate::config::Config, on: bool) -> Result<String, S
 }
 
 /// The members the running node of `config` hears, from its admin API's `/cluster`.
+/// GET `path` from the running node of `config`'s admin API (no token); the body.
+pub(crate) async fn get(config: &crate::config::Config, path: &str) -> Result<String, String> {
+    call(config, Method::GET, path, false).await
+}
+
 pub(crate) async fn members(
     config: &crate::config::Config,
 ) -> Result<Vec<crate::model::Member>, String> {

@@ -82,4 +82,5 @@ pub(crate) mod model;
 pub(crate) mod origin;
 pub mod route;
 pub(crate) mod steering;
+pub mod top;
 pub(crate) mod units;

@@ -50,6 +50,19 @@ enum Command {
         #[arg(long)]
         undo: bool,
     },
+    /// The running node's numbers in the terminal, refreshing: members, load, requests/s, hit
+    /// ratio, origin fetches, cache bytes, DNS answers per region.
+    Top {
+        /// The node file.
+        #[arg(short, long, value_name = "NODE.toml")]
+        config: PathBuf,
+        /// Print once (totals since start) and exit.
+        #[arg(long)]
+        once: bool,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+    },
     /// GeoIP database tools.
     Geo {
         #[command(subcommand)]
@@ -171,6 +184,24 @@ fn main() -> ExitCode {
                 let answer = meridian::admin::drain(&cfg, !undo).await?;
                 println!("{answer}");
                 Ok::<(), String>(())
+            })
+        }
+        Command::Top {
+            config,
+            once,
+            interval,
+        } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let every = std::time::Duration::from_secs_f64(if interval.is_finite() {
+                interval.clamp(0.1, 3600.0)
+            } else {
+                1.0
+            });
+            block_on("meridian top", async move {
+                meridian::top::run(&cfg, once, every).await
             })
         }
         Command::Geo {

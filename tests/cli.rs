@@ -780,3 +780,102 @@ fn the_demo_survives_its_output_being_closed() {
     let status = child.wait().unwrap();
     assert!(status.success(), "a closed stdout is no crash: {status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_shows_the_members_and_the_nodes_numbers() {
+    let origin = Origin::start().await;
+    origin.always("/t", Reply::ok("top").header("cache-control", "max-age=60"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("origins.toml"),
+        site("s", "demo.test", &format!("http://{}", origin.addr), ""),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("admin.token"),
+        "top-test-token-0123456789\n",
+    )
+    .unwrap();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gossip = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    std::fs::write(
+        dir.path().join("node.toml"),
+        format!(
+            "id = \"top-edge\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[log]\nformat = \"json\"\n\
+[edge]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"{admin}\"\ntoken_file = \"admin.token\"\n\
+[gossip]\nlisten = \"{gossip}\"\ninsecure = true\n"
+        ),
+    )
+    .unwrap();
+    let mut node = meridian()
+        .args(["run", "-c"])
+        .arg(dir.path().join("node.toml"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(node.stderr.take().unwrap()).lines();
+    let started: serde_json::Value = loop {
+        let line = lines.next().unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["message"] == "node started" {
+            break v;
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    let http: std::net::SocketAddr = started["http"].as_str().unwrap().parse().unwrap();
+    for _ in 0..4 {
+        assert_eq!(get(http, "demo.test", "/t", &[]).await.status, 200);
+    }
+
+    let out = tokio::task::block_in_place(|| {
+        meridian()
+            .args(["top", "--once", "-c"])
+            .arg(dir.path().join("node.toml"))
+            .output()
+            .unwrap()
+    });
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("top-edge"), "the member is listed: {text}");
+    assert!(text.contains("alive"), "{text}");
+    assert!(text.contains("requests        4"), "{text}");
+    assert!(text.contains("hit ratio 75%"), "three hits of four: {text}");
+
+    // Refreshing: rates over each refresh, until Ctrl-C.
+    let mut top = meridian()
+        .args(["top", "--interval", "0.2", "-c"])
+        .arg(dir.path().join("node.toml"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut screen = BufReader::new(top.stdout.take().unwrap()).lines();
+    let found = tokio::task::block_in_place(|| {
+        screen
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("rates over the last refresh"))
+    });
+    assert!(found);
+    std::thread::spawn(move || screen.for_each(drop));
+    // SAFETY: signalling our own children.
+    unsafe {
+        libc::kill(top.id() as i32, libc::SIGINT);
+        libc::kill(node.id() as i32, libc::SIGTERM);
+    }
+    assert!(tokio::task::block_in_place(|| top.wait())
+        .unwrap()
+        .success());
+    assert!(tokio::task::block_in_place(|| node.wait())
+        .unwrap()
+        .success());
+}
