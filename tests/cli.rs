@@ -9,6 +9,16 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// `meridian run -c NODE` with its log on a pipe.
+fn spawn_run(node: &std::path::Path) -> std::process::Child {
+    meridian()
+        .args(["run", "-c"])
+        .arg(node)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn meridian() -> Command {
     Command::new(env!("CARGO_BIN_EXE_meridian"))
 }
@@ -151,12 +161,7 @@ async fn run_logs_json_and_drains_on_sigterm() {
         "id = \"cli-edge\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[log]\nformat = \"json\"\n[edge]\nlisten = [\"127.0.0.1:0\"]\nshutdown_grace = \"5s\"\n",
     )
     .unwrap();
-    let mut child = meridian()
-        .args(["run", "-c"])
-        .arg(dir.path().join("node.toml"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&dir.path().join("node.toml"));
     let stderr = child.stderr.take().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     std::thread::spawn(move || {
@@ -647,12 +652,7 @@ fn a_sigterm_the_moment_the_node_has_started_is_a_clean_stop() {
     .unwrap();
     // Several times: the window between the log line and a late handler is short.
     for _ in 0..5 {
-        let mut child = meridian()
-            .args(["run", "-c"])
-            .arg(dir.path().join("node.toml"))
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_run(&dir.path().join("node.toml"));
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let first = lines.next().unwrap().unwrap();
         assert!(first.contains("node started"), "{first}");
@@ -813,12 +813,7 @@ async fn top_shows_the_members_and_the_nodes_numbers() {
         ),
     )
     .unwrap();
-    let mut node = meridian()
-        .args(["run", "-c"])
-        .arg(dir.path().join("node.toml"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut node = spawn_run(&dir.path().join("node.toml"));
     let mut lines = BufReader::new(node.stderr.take().unwrap()).lines();
     let started: serde_json::Value = loop {
         let line = lines.next().unwrap().unwrap();
