@@ -157,30 +157,38 @@ fn unix_ms(t: SystemTime) -> u64 {
 pub(crate) struct Chunks {
     cache: HybridCache<String, Vec<u8>>,
     read_bytes: Counter,
+    read_errors: Counter,
     dropped: Counter,
 }
 
 impl Chunks {
-    /// Chunk `i` of body `id`, if it is on disk and whole (`want` bytes).
-    async fn load(&self, id: u64, i: usize, want: usize) -> Option<Vec<u8>> {
-        let key = chunk_key(id, i);
-        let indexed = self.cache.storage().may_contains(&key);
-        let value = match self.cache.storage().load(&key).await {
+    /// The entry stored under `key` (a head or a chunk), read from disk or the write queue.
+    async fn entry(&self, key: &String) -> Option<Vec<u8>> {
+        let indexed = self.cache.storage().may_contains(key);
+        let value = match self.cache.storage().load(key).await {
             Ok(Load::Entry { value, .. }) => value,
             Ok(Load::Piece { piece, .. }) => piece.value().clone(),
             Ok(_) => {
                 if indexed {
-                    // Failed its checksum (corrupted or torn), or reclaimed meanwhile.
+                    // The index held it but it could not be read back: a checksum mismatch
+                    // (corrupted or torn), or reclaimed meanwhile.
                     self.dropped.increment(1);
                 }
                 return None;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "disk read failed");
+                self.read_errors.increment(1);
                 return None;
             }
         };
         self.read_bytes.increment(value.len() as u64);
+        Some(value)
+    }
+
+    /// Chunk `i` of body `id`, if it is on disk and whole (`want` bytes).
+    async fn load(&self, id: u64, i: usize, want: usize) -> Option<Vec<u8>> {
+        let value = self.entry(&chunk_key(id, i)).await?;
         if value.len() != want {
             self.dropped.increment(1);
             return None;
@@ -344,6 +352,8 @@ pub(crate) struct Disk {
     bans: Mutex<Bans>,
     bans_path: PathBuf,
     metrics: DiskMetrics,
+    /// Reads of entries, shared with the responses that stream bodies from disk.
+    reads: Chunks,
     /// Time the store took to open and recover its index.
     pub(crate) recovery: Duration,
 }
@@ -436,11 +446,18 @@ impl Disk {
         let recovery = started.elapsed();
         metrics::gauge!("meridian_cache_disk_recovery_seconds", "node" => node.to_string())
             .set(recovery.as_secs_f64());
+        let reads = Chunks {
+            cache: cache.clone(),
+            read_bytes: metrics.read_bytes.clone(),
+            read_errors: metrics.read_errors.clone(),
+            dropped: metrics.dropped.clone(),
+        };
         Ok(Disk {
             cache,
             bans: Mutex::new(bans),
             bans_path,
             metrics,
+            reads,
             recovery,
         })
     }
@@ -518,35 +535,11 @@ impl Disk {
     }
 
     async fn load(&self, key: &String) -> Option<Vec<u8>> {
-        let indexed = self.cache.storage().may_contains(key);
-        match self.cache.storage().load(key).await {
-            Ok(Load::Entry { value, .. }) => {
-                self.metrics.read_bytes.increment(value.len() as u64);
-                Some(value)
-            }
-            Ok(Load::Piece { piece, .. }) => Some(piece.value().clone()),
-            Ok(_) => {
-                if indexed {
-                    // The index held it but it could not be read back: a checksum mismatch
-                    // (corrupted or torn), or reclaimed meanwhile.
-                    self.metrics.dropped.increment(1);
-                }
-                None
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "disk read failed");
-                self.metrics.read_errors.increment(1);
-                None
-            }
-        }
+        self.reads.entry(key).await
     }
 
     fn chunks_handle(&self) -> Chunks {
-        Chunks {
-            cache: self.cache.clone(),
-            read_bytes: self.metrics.read_bytes.clone(),
-            dropped: self.metrics.dropped.clone(),
-        }
+        self.reads.clone()
     }
 
     /// The object stored under `key`, if the disk has it whole and unpurged. A body stored in
