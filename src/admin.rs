@@ -143,7 +143,7 @@ async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> AdminResponse 
                     }
                     json(StatusCode::OK, serde_json::json!({ "purged": n }))
                 }
-                Err(message) => error(StatusCode::BAD_REQUEST, &message),
+                Err((status, message)) => error(status, &message),
             }
         }
         (&Method::GET, "/cluster") => json(StatusCode::OK, cluster(&state)),
@@ -196,14 +196,25 @@ fn cluster(state: &AdminState) -> serde_json::Value {
     serde_json::json!({ "gossip": true, "members": members })
 }
 
-/// A purge that could not be recorded for the disk tier: the request fails rather than leave
-/// purged objects on disk to come back.
-fn on_disk(e: std::io::Error) -> String {
+/// A purge that could not be recorded for the disk tier: it holds until a restart, and the
+/// request fails so that the operator knows it may not hold after one.
+fn on_disk(e: std::io::Error) -> (StatusCode, String) {
     tracing::error!(error = %e, "a purge could not be recorded on disk");
-    format!("the purge could not be recorded on disk: {e}")
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("purged, but the purge could not be recorded on disk ({e}): purged objects on disk may come back after a restart"),
+    )
 }
 
-async fn purge_objects(edge: &EdgeState, purge: PurgeRequest) -> Result<usize, String> {
+/// A purge request the API cannot take.
+fn bad(message: String) -> (StatusCode, String) {
+    (StatusCode::BAD_REQUEST, message)
+}
+
+async fn purge_objects(
+    edge: &EdgeState,
+    purge: PurgeRequest,
+) -> Result<usize, (StatusCode, String)> {
     let site_and_uri = |text: &str| -> Result<(Arc<crate::http::handler::Site>, Uri), String> {
         let uri: Uri = text
             .parse()
@@ -221,7 +232,7 @@ async fn purge_objects(edge: &EdgeState, purge: PurgeRequest) -> Result<usize, S
     };
     match (purge.url, purge.prefix, purge.tag) {
         (Some(url), None, None) => {
-            let (site, uri) = site_and_uri(&url)?;
+            let (site, uri) = site_and_uri(&url).map_err(bad)?;
             let key = site.key(&uri);
             edge.store
                 .purge(&key)
@@ -230,7 +241,7 @@ async fn purge_objects(edge: &EdgeState, purge: PurgeRequest) -> Result<usize, S
                 .map_err(on_disk)
         }
         (None, Some(prefix), None) => {
-            let (site, uri) = site_and_uri(&prefix)?;
+            let (site, uri) = site_and_uri(&prefix).map_err(bad)?;
             let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
             edge.store
                 .purge_prefix(&key::prefix(&site.name, path))
@@ -240,7 +251,9 @@ async fn purge_objects(edge: &EdgeState, purge: PurgeRequest) -> Result<usize, S
         (None, None, Some(tag)) if !tag.trim().is_empty() => {
             edge.store.purge_tag(tag.trim()).await.map_err(on_disk)
         }
-        _ => Err("give exactly one of \"url\", \"prefix\" or \"tag\"".into()),
+        _ => Err(bad(
+            "give exactly one of \"url\", \"prefix\" or \"tag\"".into()
+        )),
     }
 }
 

@@ -668,3 +668,28 @@ async fn an_object_larger_than_memory_goes_to_disk_as_it_arrives_and_late_reader
     assert_eq!(requests.load(Ordering::SeqCst), 1);
     edge.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_purge_the_disk_cannot_record_still_holds_and_says_so() {
+    let o = scripted_origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), o.addr);
+    let edge = EdgeProcess::start(dir.path());
+    assert_eq!(edge.get("/a").await.status, 200);
+    assert!(edge.get("/a").await.is_hit());
+    settle().await;
+    // The ban list cannot be written (its temporary file's name is taken by a directory).
+    std::fs::create_dir(dir.path().join("disk/bans.json.tmp")).unwrap();
+    let r = edge.purge(r#"{"url": "http://demo.test/a"}"#).await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(
+        r.text().contains("could not be recorded on disk"),
+        "{}",
+        r.text()
+    );
+    // Purged all the same: neither memory nor the disk copy answers.
+    let again = edge.get("/a").await;
+    assert!(!again.is_hit(), "{}", again.cache_status());
+    assert_eq!(o.count("/a"), 2);
+    edge.stop();
+}

@@ -217,27 +217,28 @@ impl Store {
     }
 
     /// Purges every variant of `key`, on disk too and across restarts.
+    ///
+    /// The rule is in force in this process before memory lets go of anything (so no read
+    /// from disk brings a purged object back); if it cannot be written to disk (a full disk),
+    /// the purge still holds until a restart and the error says so.
     pub(crate) async fn purge(&self, key: &str) -> std::io::Result<bool> {
-        if let Some(disk) = &self.disk {
-            disk.ban_url(key)?;
-        }
-        Ok(self.objects.remove(key).await.is_some())
+        let recorded = self.disk.as_ref().map_or(Ok(()), |d| d.ban_url(key));
+        let n = self.objects.remove(key).await.is_some();
+        recorded.map(|()| n)
     }
 
     /// Purges every object whose key starts with `prefix`; returns how many were in memory.
     pub(crate) async fn purge_prefix(&self, prefix: &str) -> std::io::Result<usize> {
-        if let Some(disk) = &self.disk {
-            disk.ban_prefix(prefix)?;
-        }
-        Ok(self.invalidate_prefix(prefix).await)
+        let recorded = self.disk.as_ref().map_or(Ok(()), |d| d.ban_prefix(prefix));
+        let n = self.invalidate_prefix(prefix).await;
+        recorded.map(|()| n)
     }
 
     /// Purges every object with a variant tagged `tag`; returns how many were in memory.
     pub(crate) async fn purge_tag(&self, tag: &str) -> std::io::Result<usize> {
-        if let Some(disk) = &self.disk {
-            disk.ban_tag(tag)?;
-        }
-        Ok(self.invalidate_tag(tag).await)
+        let recorded = self.disk.as_ref().map_or(Ok(()), |d| d.ban_tag(tag));
+        let n = self.invalidate_tag(tag).await;
+        recorded.map(|()| n)
     }
 
     /// Removes every object in memory whose key starts with `prefix`; returns how many.
