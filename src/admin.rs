@@ -1,6 +1,7 @@
 //! The admin API on its own listener: `GET /healthz`, `GET /metrics` (Prometheus text),
-//! `GET /cluster` (the members gossip reports), `POST /purge` (by url, prefix or `Surrogate-Key`
-//! tag) and `POST /drain` (`DELETE /drain` takes it back).
+//! `GET /cluster` (the members gossip reports), `GET /` (the status page, see [`crate::status`])
+//! and `GET /status.json`, `POST /purge` (by url, prefix or `Surrogate-Key` tag) and
+//! `POST /drain` (`DELETE /drain` takes it back).
 //!
 //! Mutations need `Authorization: Bearer TOKEN` with the token from the node file's
 //! `admin.token_file`; without it the answer is 401 and nothing changes. Reads the edge's store
@@ -10,6 +11,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
@@ -26,6 +28,7 @@ use crate::cache::key;
 use crate::gossip::Gossip;
 use crate::http::handler::EdgeState;
 use crate::load::LoadCounters;
+use crate::status::{History, RegionPoint};
 use crate::telemetry::prometheus;
 
 /// Largest admin request body.
@@ -38,6 +41,12 @@ pub(crate) struct AdminState {
     pub(crate) gossip: Option<Arc<Gossip>>,
     /// Whether this node drains; gossip announces every change.
     pub(crate) drain: Arc<tokio::sync::watch::Sender<bool>>,
+    /// This node's id.
+    pub(crate) node: String,
+    /// The cluster map's regions (a reload swaps them).
+    pub(crate) regions: Arc<ArcSwap<Vec<RegionPoint>>>,
+    /// This node's counters over the last minutes, for the status page.
+    pub(crate) history: Arc<History>,
 }
 
 #[derive(Deserialize)]
@@ -57,6 +66,26 @@ fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>)
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// A part of the status page: only what it names may load, and never in a frame.
+fn page(content_type: &'static str, body: &'static str) -> AdminResponse {
+    let mut r = reply(StatusCode::OK, content_type, body);
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(crate::status::POLICY),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     r
 }
 
@@ -147,6 +176,18 @@ async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> AdminResponse 
             }
         }
         (&Method::GET, "/cluster") => json(StatusCode::OK, cluster(&state)),
+        (&Method::GET | &Method::HEAD, "/") => {
+            page("text/html; charset=utf-8", crate::status::PAGE)
+        }
+        (&Method::GET, "/status.js") => {
+            page("text/javascript; charset=utf-8", crate::status::SCRIPT)
+        }
+        (&Method::GET, "/status.css") => page("text/css; charset=utf-8", crate::status::STYLE),
+        (&Method::GET, "/favicon.svg") => page("image/svg+xml", crate::status::ICON),
+        (&Method::GET, "/status.json") => json(
+            StatusCode::OK,
+            crate::status::json(&state.node, cluster(&state), &state.regions, &state.history),
+        ),
         (&Method::POST | &Method::DELETE, "/drain") => {
             if !authorized(&state, &req) {
                 return error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
@@ -157,9 +198,11 @@ async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> AdminResponse 
             }
             json(StatusCode::OK, serde_json::json!({ "draining": on }))
         }
-        (_, "/healthz" | "/metrics" | "/purge" | "/cluster" | "/drain") => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-        }
+        (
+            _,
+            "/healthz" | "/metrics" | "/purge" | "/cluster" | "/drain" | "/" | "/status.js"
+            | "/status.css" | "/status.json" | "/favicon.svg",
+        ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
     }
 }
@@ -189,6 +232,8 @@ fn cluster(state: &AdminState) -> serde_json::Value {
                 "generation": m.generation,
                 "version": m.version,
                 "started": m.started,
+                "requests_per_second": m.requests_per_second,
+                "hit_ratio": m.hit_ratio,
                 "last_heard_ms": now.saturating_duration_since(m.last_heard).as_millis() as u64,
             })
         })
@@ -264,12 +309,12 @@ pub async fn drain(config: &crate::config::Config, on: bool) -> Result<String, S
     call(config, method, "/drain", true).await
 }
 
-/// The members the running node of `config` hears, from its admin API's `/cluster`.
 /// GET `path` from the running node of `config`'s admin API (no token); the body.
 pub(crate) async fn get(config: &crate::config::Config, path: &str) -> Result<String, String> {
     call(config, Method::GET, path, false).await
 }
 
+/// The members the running node of `config` hears, from its admin API's `/cluster`.
 pub(crate) async fn members(
     config: &crate::config::Config,
 ) -> Result<Vec<crate::model::Member>, String> {
@@ -319,6 +364,8 @@ pub(crate) async fn members(
                 },
                 version: m["version"].as_str().unwrap_or("").into(),
                 started: m["started"].as_u64().unwrap_or(0),
+                requests_per_second: m["requests_per_second"].as_f64().unwrap_or(0.0),
+                hit_ratio: m["hit_ratio"].as_f64(),
                 last_heard: now
                     .checked_sub(std::time::Duration::from_millis(
                         m["last_heard_ms"].as_u64().unwrap_or(0),
@@ -398,6 +445,10 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    tracker.spawn(crate::status::sample(
+        state.history.clone(),
+        shutdown.clone(),
+    ));
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let (stream, peer): (_, SocketAddr) = tokio::select! {

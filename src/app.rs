@@ -228,6 +228,8 @@ struct Reloader {
     edge: Option<EdgeRole>,
     dns: Option<Arc<DnsRole>>,
     gossip: Option<Arc<Gossip>>,
+    /// The cluster map's regions, as the status page shows them.
+    regions: Arc<ArcSwap<Vec<crate::status::RegionPoint>>>,
     /// Reloads by result: `[ok, rejected]`.
     reloads: [metrics::Counter; 2],
     files: std::sync::Mutex<Vec<std::path::PathBuf>>,
@@ -291,6 +293,9 @@ impl Reloader {
         if let (Some(g), Some(k)) = (&self.gossip, keys) {
             g.set_keys(k);
         }
+        self.regions.store(Arc::new(crate::status::RegionPoint::of(
+            config.cluster.as_ref(),
+        )));
         *self.files.lock().unwrap_or_else(|e| e.into_inner()) = config.files();
         Ok(())
     }
@@ -534,6 +539,9 @@ impl Node {
         if let (Some(role), Some(agent)) = (&dns_role, &gossip) {
             tracker.spawn(role.clone().follow(agent.settle, shutdown.clone()));
         }
+        let regions = Arc::new(ArcSwap::from_pointee(crate::status::RegionPoint::of(
+            config.cluster.as_ref(),
+        )));
         let mut admin_addr = None;
         if let Some(admin) = &node.admin {
             let listener = bind(admin.listen, "admin.listen").await?;
@@ -543,6 +551,9 @@ impl Node {
                 edge: edge_state.clone(),
                 gossip: gossip.clone(),
                 drain: drain.clone(),
+                node: node.id.clone(),
+                regions: regions.clone(),
+                history: Arc::default(),
             });
             tracker.spawn(admin::serve(
                 listener,
@@ -579,6 +590,7 @@ impl Node {
             edge: edge_role,
             dns: dns_role,
             gossip: gossip.clone(),
+            regions,
             reloads: ["ok", "rejected"].map(|result| {
                 metrics::counter!("meridian_reloads_total", "node" => node.id.clone(), "result" => result)
             }),

@@ -278,6 +278,12 @@ pub async fn run(port_offset: u16) -> Result<(), DemoError> {
             }
             say!("  meridian route -c config/local/dns.toml 81.2.69.142                      # and why");
         }
+        if let (Some(_), Some(admin)) = (node.dns_addrs().first(), node.admin_addr()) {
+            say!(
+                "\nThe cluster at a glance (members, load, requests/s, hit ratio, DNS answers):\n"
+            );
+            say!("  http://{admin}/    (a status page; in a terminal: meridian top -c config/local/dns.toml)");
+        }
     }
     // edge-b, in eu-west: where the London client is sent.
     if let Some((_, node)) = nodes.get(1) {

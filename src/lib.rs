@@ -81,6 +81,7 @@ pub mod metro;
 pub(crate) mod model;
 pub(crate) mod origin;
 pub mod route;
+pub(crate) mod status;
 pub(crate) mod steering;
 pub mod top;
 pub(crate) mod units;

@@ -101,6 +101,10 @@ pub(crate) struct Member {
     pub(crate) version: String,
     /// Unix time the node started.
     pub(crate) started: u64,
+    /// An edge's requests/s over the last second it reported.
+    pub(crate) requests_per_second: f64,
+    /// An edge's share of requests answered from its cache over that second (none if idle).
+    pub(crate) hit_ratio: Option<f64>,
     /// When this node last heard a new heartbeat of it (now, for itself).
     pub(crate) last_heard: Instant,
     pub(crate) is_self: bool,
@@ -111,10 +115,13 @@ impl Member {
         self.roles.iter().any(|r| r == "edge")
     }
 
-    /// Equal in everything the cluster view or `/cluster` state depends on, `last_heard` aside.
+    /// Equal in everything the cluster view depends on: `last_heard` and the traffic report
+    /// aside (they change every second and steer nothing; readers of the latest list see them).
     pub(crate) fn same_state(&self, other: &Member) -> bool {
         Member {
             last_heard: other.last_heard,
+            requests_per_second: other.requests_per_second,
+            hit_ratio: other.hit_ratio,
             ..self.clone()
         } == *other
     }
@@ -236,6 +243,8 @@ mod tests {
             state,
             version: "0".into(),
             started: 0,
+            requests_per_second: 0.0,
+            hit_ratio: None,
             last_heard: Instant::now(),
             is_self: false,
         }

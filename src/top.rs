@@ -11,13 +11,13 @@ use crate::config::Config;
 
 /// What one scrape of `/metrics` says, summed over labels except those kept.
 #[derive(Debug, Default, Clone)]
-struct Sample {
-    requests: f64,
-    hits: f64,
-    origin_fetches: f64,
-    stored_bytes: f64,
-    dns_queries: f64,
-    answers: BTreeMap<String, f64>,
+pub(crate) struct Sample {
+    pub(crate) requests: f64,
+    pub(crate) hits: f64,
+    pub(crate) origin_fetches: f64,
+    pub(crate) stored_bytes: f64,
+    pub(crate) dns_queries: f64,
+    pub(crate) answers: BTreeMap<String, f64>,
 }
 
 /// The value of a label in a sample line's label set, if present.
@@ -27,7 +27,8 @@ fn label<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     Some(&line[start..end])
 }
 
-fn parse(text: &str) -> Sample {
+/// Sums the families `top` and the status page show from Prometheus text.
+pub(crate) fn parse(text: &str) -> Sample {
     let mut s = Sample::default();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {

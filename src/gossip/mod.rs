@@ -42,7 +42,13 @@ mod key {
     pub(super) const LEFT: &str = "left";
     pub(super) const VERSION: &str = "version";
     pub(super) const STARTED: &str = "started";
+    /// An edge's requests/s and hit ratio over the last second: `"12.5,0.875"` (no ratio
+    /// after a second without requests: `"0.0,"`).
+    pub(super) const TRAFFIC: &str = "traffic";
 }
+
+/// How many load samples make one traffic report (requests/s and hit ratio).
+const TRAFFIC_SAMPLES: u32 = 4;
 
 /// How often an edge samples its counters; a changed load is published at the next sample.
 const LOAD_SAMPLE: Duration = Duration::from_millis(250);
@@ -222,10 +228,22 @@ impl Gossip {
             let mut tick = tokio::time::interval(LOAD_SAMPLE);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut published = String::from("0");
+            let mut traffic = TrafficMeter::default();
+            let mut samples = 0u32;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
                         let c = &*counters;
+                        samples = samples.wrapping_add(1);
+                        if samples.is_multiple_of(TRAFFIC_SAMPLES) {
+                            if let Some(text) = traffic.sample(
+                                Instant::now(),
+                                LoadCounters::get(&c.requests),
+                                LoadCounters::get(&c.hits),
+                            ) {
+                                set(&chitchat, key::TRAFFIC, text).await;
+                            }
+                        }
                         let load = meter.sample(
                             Instant::now(),
                             LoadCounters::get(&c.requests),
@@ -303,6 +321,51 @@ impl Drop for Gossip {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Turns samples of the request and hit counters into the traffic report an edge gossips;
+/// `None` when the report has not changed since the last one.
+#[derive(Default)]
+struct TrafficMeter {
+    last: Option<(Instant, u64, u64)>,
+    published: String,
+}
+
+impl TrafficMeter {
+    fn sample(&mut self, now: Instant, requests: u64, hits: u64) -> Option<String> {
+        let (then, last_requests, last_hits) = self.last.replace((now, requests, hits))?;
+        let dt = now.duration_since(then).as_secs_f64();
+        if dt <= 0.0 {
+            return None;
+        }
+        let n = requests.saturating_sub(last_requests);
+        let h = hits.saturating_sub(last_hits).min(n);
+        let text = if n == 0 {
+            "0.0,".to_string()
+        } else {
+            format!("{:.1},{:.3}", n as f64 / dt, h as f64 / n as f64)
+        };
+        if text == self.published {
+            return None;
+        }
+        self.published = text.clone();
+        Some(text)
+    }
+}
+
+/// Reads a traffic report: requests/s (finite, not negative) and the hit ratio (0..1) if any.
+fn parse_traffic(text: &str) -> (f64, Option<f64>) {
+    let (rps, ratio) = text.split_once(',').unwrap_or((text, ""));
+    let rps = rps
+        .parse::<f64>()
+        .ok()
+        .filter(|r| r.is_finite() && *r >= 0.0)
+        .unwrap_or(0.0);
+    let ratio = ratio
+        .parse::<f64>()
+        .ok()
+        .filter(|r| (0.0..=1.0).contains(r));
+    (rps, ratio)
 }
 
 fn draining_value(on: bool) -> String {
@@ -492,6 +555,8 @@ fn member(
         state: state_of,
         version: get(key::VERSION).to_string(),
         started: get(key::STARTED).parse().unwrap_or(0),
+        requests_per_second: parse_traffic(get(key::TRAFFIC)).0,
+        hit_ratio: parse_traffic(get(key::TRAFFIC)).1,
         last_heard: heard,
         is_self,
     }
@@ -515,6 +580,8 @@ mod tests {
             state: MemberState::Alive,
             version: String::new(),
             started: 0,
+            requests_per_second: 0.0,
+            hit_ratio: None,
             last_heard: Instant::now(),
             is_self,
         }
@@ -528,6 +595,29 @@ mod tests {
             .iter()
             .map(|m| (m.id.clone(), m.generation, m.is_self))
             .collect()
+    }
+
+    #[test]
+    fn traffic_reports_are_rates_over_the_window_and_read_back_within_bounds() {
+        let mut t = TrafficMeter::default();
+        let start = Instant::now();
+        assert_eq!(
+            t.sample(start, 100, 50),
+            None,
+            "the first sample is a baseline"
+        );
+        let text = t.sample(start + Duration::from_secs(2), 300, 200).unwrap();
+        assert_eq!(text, "100.0,0.750");
+        assert_eq!(parse_traffic(&text), (100.0, Some(0.75)));
+        // Unchanged: nothing new to gossip.
+        assert_eq!(t.sample(start + Duration::from_secs(4), 500, 350), None);
+        // Idle: no ratio.
+        let idle = t.sample(start + Duration::from_secs(5), 500, 350).unwrap();
+        assert_eq!(parse_traffic(&idle), (0.0, None));
+        // What a peer says is taken only within bounds.
+        assert_eq!(parse_traffic("-5,2"), (0.0, None));
+        assert_eq!(parse_traffic("NaN,0.5"), (0.0, Some(0.5)));
+        assert_eq!(parse_traffic(""), (0.0, None));
     }
 
     #[test]

@@ -973,3 +973,68 @@ async fn an_overloaded_region_spills_a_proportional_share_and_takes_it_back() {
     drop(a);
     drop(dns.node);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_edge_gossips_its_requests_per_second_and_hit_ratio_to_the_status_page() {
+    let Two {
+        c: _c,
+        dns,
+        a,
+        b: _b,
+        a_file: _,
+        _origin,
+    } = Two::start("traffic", "", ["k1.key", "k1.key", "k1.key"], "").await;
+    // Traffic on edge-a until the DNS node has heard of it (bounded): one miss, then hits.
+    let edge = a.http;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let load = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            for _ in 0..1000 {
+                if stop.is_cancelled() {
+                    break;
+                }
+                assert_eq!(get(edge, "demo.meridian.test", "/", &[]).await.status, 200);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
+    let m = dns
+        .wait_member("edge-a", "busy", Duration::from_secs(10), |m| {
+            m["requests_per_second"].as_f64().unwrap_or(0.0) > 5.0
+                && m["hit_ratio"].as_f64().unwrap_or(0.0) > 0.9
+        })
+        .await;
+    stop.cancel();
+    load.await.unwrap();
+    println!("edge-a as the DNS node hears it: {m}");
+    let idle = dns.member("edge-b").await.unwrap();
+    assert_eq!(idle["requests_per_second"], 0.0, "{idle}");
+    assert!(
+        idle["hit_ratio"].is_null(),
+        "an idle edge has no ratio: {idle}"
+    );
+
+    // The status page's JSON: the same members, the map's regions with their coordinates.
+    let status = admin_json(dns.admin, "/status.json").await;
+    let ids: Vec<&str> = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["dns-traffic", "edge-a", "edge-b"], "{status}");
+    let regions: Vec<&str> = status["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(regions, ["us-west", "eu-west"], "{status}");
+    assert!(status["regions"][0]["lat"].is_f64(), "{status}");
+    let page = get(dns.admin, "admin", "/", &[]).await;
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("<script src=\"/status.js\""));
+    let policy = page.headers["content-security-policy"].to_str().unwrap();
+    assert!(policy.contains("script-src 'self'"), "{policy}");
+}
