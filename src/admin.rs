@@ -446,6 +446,7 @@ pub(crate) async fn serve(
     tracker: TaskTracker,
 ) {
     tracker.spawn(crate::status::sample(
+        state.node.clone(),
         state.history.clone(),
         shutdown.clone(),
     ));

@@ -107,8 +107,9 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Samples this node's metrics into `history` now and every [`SAMPLE_EVERY`] until `stop`.
-pub(crate) async fn sample(history: Arc<History>, stop: CancellationToken) {
+/// Samples the metrics of node `node` into `history` now and every [`SAMPLE_EVERY`] until
+/// `stop`.
+pub(crate) async fn sample(node: String, history: Arc<History>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -116,7 +117,7 @@ pub(crate) async fn sample(history: Arc<History>, stop: CancellationToken) {
             _ = tick.tick() => {}
             _ = stop.cancelled() => break,
         }
-        let sample = crate::top::parse(&crate::telemetry::prometheus().render());
+        let sample = crate::top::parse(&crate::telemetry::prometheus().render(), &node);
         history.record(unix_now(), sample);
     }
 }

@@ -27,10 +27,14 @@ fn label<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     Some(&line[start..end])
 }
 
-/// Sums the families `top` and the status page show from Prometheus text.
-pub(crate) fn parse(text: &str) -> Sample {
+/// Sums the families `top` and the status page show from Prometheus text, over the series of
+/// node `node` (one process can run several: the demo) and those without a node label.
+pub(crate) fn parse(text: &str, node: &str) -> Sample {
     let mut s = Sample::default();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
+        if label(line, "node").is_some_and(|n| n != node) {
+            continue;
+        }
         let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
             continue;
         };
@@ -151,7 +155,7 @@ async fn scrape(config: &Config) -> Result<(serde_json::Value, Sample), String> 
     let cluster: serde_json::Value =
         serde_json::from_str(&cluster).map_err(|e| format!("/cluster: not JSON: {e}"))?;
     let metrics = crate::admin::get(config, "/metrics").await?;
-    Ok((cluster, parse(&metrics)))
+    Ok((cluster, parse(&metrics, &config.node.id)))
 }
 
 /// Runs `meridian top`: once, or refreshing every `every` until Ctrl-C.
@@ -198,8 +202,9 @@ mod tests {
             "# HELP x\nmeridian_http_requests_total{node=\"a\",cache=\"hit\",code=\"200\"} 8\n\
 meridian_http_requests_total{node=\"a\",cache=\"miss\",code=\"200\"} 2\n\
 meridian_dns_answers_total{node=\"a\",region=\"eu-west\"} 5\n\
-meridian_cache_stored_bytes{node=\"a\"} 2097152\n";
-        let s = parse(text);
+meridian_cache_stored_bytes{node=\"a\"} 2097152\n\
+meridian_http_requests_total{node=\"b\",cache=\"hit\",code=\"200\"} 1000\n";
+        let s = parse(text, "a");
         assert_eq!((s.requests, s.hits, s.stored_bytes), (10.0, 8.0, 2097152.0));
         let cluster = serde_json::json!({"gossip": true, "members": [
             {"id": "a", "region": "eu-west", "roles": ["edge"], "state": "alive", "load": 0.5, "draining": true}

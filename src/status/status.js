@@ -149,7 +149,7 @@ function drawHistory(tbody, note, history, every) {
   }
   const minutes = ((history.length * every) / 60).toFixed(1);
   note.textContent = history.length
-    ? `${history.length} samples of ${every} s (${minutes} min), oldest left.`
+    ? `${history.length} interval${history.length === 1 ? "" : "s"} of ${every} s (${minutes} min), oldest on the left.`
     : `The first rates appear ${every} s after the node starts.`;
 }
 
