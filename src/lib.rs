@@ -74,6 +74,7 @@ pub mod geobuild;
 pub mod geoip;
 pub(crate) mod gossip;
 pub(crate) mod http;
+pub mod kube;
 pub(crate) mod load;
 #[doc(hidden)]
 pub mod memory;

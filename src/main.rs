@@ -63,6 +63,21 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         interval: f64,
     },
+    /// Print, as a TOML array for `edge.public_addresses`, the addresses users reach this
+    /// Kubernetes node at: its `meridian.dev/public-addresses` annotation, else its ExternalIP
+    /// addresses (asked of the Kubernetes API with the pod's service account).
+    KubeAddress {
+        /// The node's name (the edge DaemonSet passes spec.nodeName).
+        #[arg(long, value_name = "NAME")]
+        node: String,
+        /// The API server, `https://HOST:PORT` (default: from KUBERNETES_SERVICE_HOST and
+        /// KUBERNETES_SERVICE_PORT).
+        #[arg(long, value_name = "URL")]
+        api: Option<String>,
+        /// The service account's directory (its `token` and `ca.crt`).
+        #[arg(long, value_name = "DIR", default_value = meridian::kube::SERVICE_ACCOUNT)]
+        service_account: PathBuf,
+    },
     /// GeoIP database tools.
     Geo {
         #[command(subcommand)]
@@ -202,6 +217,30 @@ fn main() -> ExitCode {
             });
             block_on("meridian top", async move {
                 meridian::top::run(&cfg, once, every).await
+            })
+        }
+        Command::KubeAddress {
+            node,
+            api,
+            service_account,
+        } => {
+            let api = match api {
+                Some(base) => Ok(meridian::kube::Api {
+                    base: base.trim_end_matches('/').to_string(),
+                    token_file: service_account.join("token"),
+                    ca_file: service_account.join("ca.crt"),
+                }),
+                None => meridian::kube::Api::in_cluster(&service_account),
+            };
+            block_on("meridian kube-address", async move {
+                let addresses = meridian::kube::addresses(&api?, &node).await?;
+                for a in &addresses {
+                    if let Some(kind) = meridian::config::unreachable_kind(*a) {
+                        eprintln!("warning: node {node}: {a} is a {kind} address; users on the internet cannot reach it");
+                    }
+                }
+                println!("{}", meridian::kube::toml_array(&addresses));
+                Ok::<(), String>(())
             })
         }
         Command::Geo {

@@ -115,7 +115,7 @@ fn system_roots() -> &'static Vec<CertificateDer<'static>> {
     })
 }
 
-fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+pub(crate) fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
     let mut roots = RootCertStore::empty();
     let certs = match ca_file {
         Some(path) => read_ca_file(path)?,

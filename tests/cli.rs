@@ -874,3 +874,127 @@ async fn top_shows_the_members_and_the_nodes_numbers() {
         .unwrap()
         .success());
 }
+
+/// An API server stand-in over HTTPS (the Kubernetes API cannot run here): node objects at
+/// `/api/v1/nodes/NAME` for the bearer token `sa-token`, signed by a CA of its own; the service
+/// account directory a pod would have.
+async fn kube_api() -> (Origin, tempfile::TempDir) {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let server = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    let api = Origin::start_tls(std::sync::Arc::new(server)).await;
+    let node = |annotations: serde_json::Value, addresses: serde_json::Value| {
+        move |seen: &Seen, _: usize| {
+            if seen
+                .headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                != Some("Bearer sa-token")
+            {
+                return Reply::ok("{\"kind\":\"Status\",\"code\":401}").status(401);
+            }
+            Reply::ok(
+                &serde_json::json!({
+                    "kind": "Node",
+                    "metadata": {"name": "n", "annotations": annotations},
+                    "status": {"addresses": addresses},
+                })
+                .to_string(),
+            )
+            .header("content-type", "application/json")
+        }
+    };
+    let internal = serde_json::json!({"type": "InternalIP", "address": "10.128.0.7"});
+    let external = serde_json::json!({"type": "ExternalIP", "address": "198.51.100.7"});
+    api.script(
+        "/api/v1/nodes/annotated",
+        node(
+            serde_json::json!({"meridian.dev/public-addresses": "203.0.113.7,2001:db8::7"}),
+            serde_json::json!([internal, external]),
+        ),
+    );
+    api.script(
+        "/api/v1/nodes/external",
+        node(
+            serde_json::json!({}),
+            serde_json::json!([internal, external]),
+        ),
+    );
+    api.script(
+        "/api/v1/nodes/private-only",
+        node(serde_json::json!({}), serde_json::json!([internal])),
+    );
+    api.always("/api/v1/nodes/forbidden", Reply::ok("{}").status(403));
+    let sa = tempfile::tempdir().unwrap();
+    std::fs::write(sa.path().join("token"), "sa-token\n").unwrap();
+    std::fs::write(sa.path().join("ca.crt"), ca.pem()).unwrap();
+    (api, sa)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_address_takes_the_nodes_annotation_else_its_external_ip_never_its_private_one() {
+    let (api, sa) = kube_api().await;
+    let run = |node: &str, token: Option<&str>| {
+        let dir = tempfile::tempdir().unwrap();
+        let sa_dir = match token {
+            Some(t) => {
+                std::fs::copy(sa.path().join("ca.crt"), dir.path().join("ca.crt")).unwrap();
+                std::fs::write(dir.path().join("token"), t).unwrap();
+                dir.path().to_path_buf()
+            }
+            None => sa.path().to_path_buf(),
+        };
+        let out = tokio::task::block_in_place(|| {
+            meridian()
+                .args(["kube-address", "--node", node, "--api"])
+                .arg(format!("https://127.0.0.1:{}", api.addr.port()))
+                .arg("--service-account")
+                .arg(&sa_dir)
+                .output()
+                .unwrap()
+        });
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        )
+    };
+    let (code, out, _) = run("annotated", None);
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), r#"["203.0.113.7", "2001:db8::7"]"#)
+    );
+    let (code, out, _) = run("external", None);
+    assert_eq!((code, out.as_str()), (Some(0), r#"["198.51.100.7"]"#));
+    // Only a private address: no answer that DNS would hand to users, and what to do instead.
+    let (code, out, err) = run("private-only", None);
+    assert_eq!((code, out.as_str()), (Some(1), ""));
+    assert!(
+        err.contains("kubectl annotate node private-only meridian.dev/public-addresses="),
+        "{err}"
+    );
+    let (code, _, err) = run("forbidden", None);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("rbac.yaml"), "{err}");
+    let (code, _, err) = run("annotated", Some("wrong-token"));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("401"), "{err}");
+    // The answer is a valid value for edge.public_addresses.
+    let (_, out, _) = run("annotated", None);
+    let v: toml::Value = toml::from_str(&format!("public_addresses = {out}")).unwrap();
+    assert_eq!(v["public_addresses"].as_array().unwrap().len(), 2);
+}

@@ -28,6 +28,7 @@ fn kubernetes_manifests_match_the_schemas() {
     let files = [
         "namespace.yaml",
         "gossip-service.yaml",
+        "rbac.yaml",
         "edges.yaml",
         "dns.yaml",
     ];
@@ -43,8 +44,8 @@ fn kubernetes_manifests_match_the_schemas() {
     );
     assert!(out.status.success(), "{text}");
     // Every resource was checked: 3 edge DaemonSets, the DNS Deployment and its Service, the
-    // gossip Service and the Namespace.
-    assert_eq!(text.matches(" passed for resource ").count(), 7, "{text}");
+    // gossip Service, the edges' ServiceAccount, ClusterRole and binding, and the Namespace.
+    assert_eq!(text.matches(" passed for resource ").count(), 10, "{text}");
 }
 
 #[test]
@@ -128,6 +129,8 @@ fn kubernetes_node_file_templates_pass_check() {
         &[
             ("@NODE@", "node-1"),
             ("@IP@", "10.0.0.7"),
+            // What `meridian kube-address` prints for the node.
+            ("@PUBLIC@", r#"["203.0.113.7", "2001:db8::7"]"#),
             ("@REGION@", "us-west"),
         ],
     );
@@ -144,12 +147,41 @@ fn kubernetes_node_file_templates_pass_check() {
             .arg(d.join(node))
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{node}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{node}: {err}");
+        // Users are handed the public addresses, not the node's private one.
+        assert!(!err.contains("public_addresses"), "{node}: {err}");
     }
+}
+
+#[test]
+fn edges_publish_the_nodes_public_address_never_its_private_one() {
+    let dir = repo().join("deploy/kubernetes");
+    let edges = std::fs::read_to_string(dir.join("edges.yaml")).unwrap();
+    let template = std::fs::read_to_string(dir.join("config/edge.toml.in")).unwrap();
+    assert!(
+        template.contains("public_addresses = @PUBLIC@"),
+        "{template}"
+    );
+    // Every edge pool fills it from its node, with the account that may read the node.
+    for pool in edges
+        .split("\n---\n")
+        .filter(|d| d.contains("kind: DaemonSet"))
+    {
+        assert!(
+            pool.contains("PUBLIC=$(meridian kube-address --node \"$NODE_NAME\")"),
+            "{pool}"
+        );
+        assert!(pool.contains("-e \"s/@PUBLIC@/$PUBLIC/g\""), "{pool}");
+        assert!(pool.contains("serviceAccountName: meridian-edge"), "{pool}");
+    }
+    let rbac = std::fs::read_to_string(dir.join("rbac.yaml")).unwrap();
+    assert!(
+        rbac.contains("resources: [\"nodes\"]\n    verbs: [\"get\"]"),
+        "{rbac}"
+    );
+    let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+    assert!(kustomization.contains("  - rbac.yaml\n"));
 }
 
 #[test]

@@ -252,7 +252,7 @@ impl Config {
 }
 
 /// Why users on the internet could not reach `ip`, if they could not.
-fn unreachable_kind(ip: std::net::IpAddr) -> Option<&'static str> {
+pub fn unreachable_kind(ip: std::net::IpAddr) -> Option<&'static str> {
     use std::net::IpAddr;
     match ip {
         IpAddr::V4(v4) if v4.is_loopback() => Some("loopback"),
