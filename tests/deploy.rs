@@ -233,3 +233,72 @@ fn systemd_units_are_hardened_and_reload_on_sighup() {
         assert!(real.is_empty(), "{}: {complaints}", path.display());
     }
 }
+
+/// The target triple rustc builds for here.
+fn host() -> String {
+    let out = Command::new("rustc").arg("-vV").output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn the_image_builds_its_dependencies_in_a_layer_of_their_own() {
+    let dockerfile = std::fs::read_to_string(repo().join("deploy/Dockerfile")).unwrap();
+    // The dependency layer comes before the sources are copied, and the binary is stripped.
+    let deps = dockerfile.find("COPY Cargo.toml Cargo.lock ./").unwrap();
+    let sources = dockerfile.find("COPY . .").unwrap();
+    assert!(deps < sources);
+    assert!(dockerfile.contains("strip target/release/meridian"));
+    assert!(!dockerfile.contains("cmake") || dockerfile.contains("no cmake"));
+    // What that layer builds: the manifest as the Dockerfile's awk program trims it, over stub
+    // sources, must still resolve against the lock file unchanged (--locked).
+    let program = dockerfile
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("RUN awk '"))
+        .and_then(|l| l.split('\'').next())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("awk")
+        .arg(program)
+        .arg(repo().join("Cargo.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let manifest = String::from_utf8(out.stdout).unwrap();
+    assert!(!manifest.contains("[[bench]]") && !manifest.contains("[[test]]"));
+    assert!(manifest.contains("[dependencies]") && manifest.contains("[profile.release]"));
+    std::fs::write(dir.path().join("Cargo.toml"), manifest).unwrap();
+    std::fs::copy(repo().join("Cargo.lock"), dir.path().join("Cargo.lock")).unwrap();
+    std::fs::create_dir(dir.path().join("src")).unwrap();
+    std::fs::write(dir.path().join("src/main.rs"), "fn main() {}\n").unwrap();
+    std::fs::write(dir.path().join("src/lib.rs"), "").unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["metadata", "--locked", "--offline", "--format-version", "1"])
+        // Only what this platform builds (the cache here holds no Windows crates).
+        .args(["--filter-platform", &host()])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let targets: Vec<&str> = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "meridian")
+        .unwrap()["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(targets.contains(&"meridian"), "{targets:?}");
+}
