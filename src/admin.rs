@@ -13,21 +13,20 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cache::key;
 use crate::gossip::Gossip;
 use crate::http::handler::EdgeState;
 use crate::load::LoadCounters;
+use crate::purge::{self, Purge};
 use crate::status::{History, RegionPoint};
 use crate::telemetry::prometheus;
 
@@ -47,14 +46,6 @@ pub(crate) struct AdminState {
     pub(crate) regions: Arc<ArcSwap<Vec<RegionPoint>>>,
     /// This node's counters over the last minutes, for the status page.
     pub(crate) history: Arc<History>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PurgeRequest {
-    url: Option<String>,
-    prefix: Option<String>,
-    tag: Option<String>,
 }
 
 type AdminResponse = Response<Full<Bytes>>;
@@ -147,33 +138,24 @@ async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> AdminResponse 
             if !authorized(&state, &req) {
                 return error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
             }
-            let Some(edge) = state.edge.clone() else {
-                return error(StatusCode::NOT_FOUND, "this node runs no edge");
-            };
+            if state.edge.is_none() && state.gossip.is_none() {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "this node runs no edge and does not gossip: it has nothing to purge",
+                );
+            }
             let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
             };
-            let purge: PurgeRequest = match serde_json::from_slice(&body) {
+            let purge = match Purge::parse(&body) {
                 Ok(p) => p,
-                Err(e) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        &format!("expected {{\"url\"|\"prefix\"|\"tag\": \"...\"}}: {e}"),
-                    )
-                }
+                Err(e) => return error(StatusCode::BAD_REQUEST, &e),
             };
-            match purge_objects(&edge, purge).await {
-                Ok(n) => {
-                    edge.metrics.purged.increment(n as u64);
-                    if n > 0 {
-                        // What was purged is freed now; hand the pages back without waiting.
-                        tokio::task::spawn_blocking(crate::memory::trim);
-                    }
-                    json(StatusCode::OK, serde_json::json!({ "purged": n }))
-                }
-                Err((status, message)) => error(status, &message),
-            }
+            purge_everywhere(&state, purge).await
+        }
+        (&Method::GET, path) if path.starts_with("/purge/") => {
+            purge_status(&state, &path["/purge/".len()..])
         }
         (&Method::GET, "/cluster") => json(StatusCode::OK, cluster(&state)),
         (&Method::GET | &Method::HEAD, "/") => {
@@ -207,6 +189,84 @@ async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> AdminResponse 
     }
 }
 
+/// Applies `purge` here (if this node is an edge) and, if it gossips, issues it to every edge
+/// of the cluster.
+async fn purge_everywhere(state: &AdminState, purge: Purge) -> AdminResponse {
+    let issued = match &state.gossip {
+        Some(g) => {
+            let value = serde_json::to_string(&purge).unwrap_or_default();
+            match g.issue_purge(value).await {
+                Ok(at) => Some(at),
+                Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e),
+            }
+        }
+        None => None,
+    };
+    let here = match &state.edge {
+        Some(edge) => match purge::apply(edge, &purge, issued, issued.is_none()).await {
+            Ok(n) => Some(n),
+            Err((status, message)) => return error(status, &message),
+        },
+        None => None,
+    };
+    let mut answer = serde_json::json!({ "purged": here.unwrap_or(0) });
+    if let Some(at) = issued {
+        answer["id"] = purge::id(at, &state.node).into();
+        answer["cluster"] = true.into();
+    }
+    json(StatusCode::OK, answer)
+}
+
+/// Which edges have applied the cluster purge `id`.
+fn purge_status(state: &AdminState, id: &str) -> AdminResponse {
+    let Some(gossip) = &state.gossip else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this node does not gossip: its purges are its own",
+        );
+    };
+    let Some((at, issuer)) = purge::parse_id(id) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a purge id is <issue time>.<issuer>, as POST /purge answered",
+        );
+    };
+    let members = gossip.members();
+    let edges: Vec<&crate::model::Member> = members
+        .iter()
+        .filter(|m| m.is_edge() && m.state != crate::model::MemberState::Left)
+        .collect();
+    let applied = |m: &crate::model::Member| m.purged.get(issuer).is_some_and(|w| *w >= at);
+    let waiting: Vec<&str> = edges
+        .iter()
+        .filter(|m| m.state == crate::model::MemberState::Alive && !applied(m))
+        .map(|m| m.id.as_str())
+        .collect();
+    let list: Vec<serde_json::Value> = edges
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "id": m.id,
+                "region": m.region,
+                "state": m.state.as_str(),
+                "applied": applied(m),
+            })
+        })
+        .collect();
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "id": id,
+            "issuer": issuer,
+            "issued_ms": at,
+            "edges": list,
+            "applied": edges.iter().filter(|m| applied(m)).count(),
+            "waiting": waiting,
+            "complete": waiting.is_empty(),
+        }),
+    )
+}
+
 /// The members as this node last heard them.
 fn cluster(state: &AdminState) -> serde_json::Value {
     let Some(gossip) = &state.gossip else {
@@ -234,6 +294,7 @@ fn cluster(state: &AdminState) -> serde_json::Value {
                 "started": m.started,
                 "requests_per_second": m.requests_per_second,
                 "hit_ratio": m.hit_ratio,
+                "purged": m.purged,
                 "last_heard_ms": now.saturating_duration_since(m.last_heard).as_millis() as u64,
             })
         })
@@ -241,72 +302,68 @@ fn cluster(state: &AdminState) -> serde_json::Value {
     serde_json::json!({ "gossip": true, "members": members })
 }
 
-/// A purge that could not be recorded for the disk tier: it holds until a restart, and the
-/// request fails so that the operator knows it may not hold after one.
-fn on_disk(e: std::io::Error) -> (StatusCode, String) {
-    tracing::error!(error = %e, "a purge could not be recorded on disk");
-    (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        format!("purged, but the purge could not be recorded on disk ({e}): purged objects on disk may come back after a restart"),
-    )
-}
-
-/// A purge request the API cannot take.
-fn bad(message: String) -> (StatusCode, String) {
-    (StatusCode::BAD_REQUEST, message)
-}
-
-async fn purge_objects(
-    edge: &EdgeState,
-    purge: PurgeRequest,
-) -> Result<usize, (StatusCode, String)> {
-    let site_and_uri = |text: &str| -> Result<(Arc<crate::http::handler::Site>, Uri), String> {
-        let uri: Uri = text
-            .parse()
-            .map_err(|e| format!("{text:?} is not a URL: {e}"))?;
-        let host = uri
-            .host()
-            .ok_or_else(|| format!("{text:?} must be an absolute URL (http://host/path)"))?;
-        let site = edge
-            .sites
-            .load()
-            .lookup(host)
-            .cloned()
-            .ok_or_else(|| format!("no site serves host {host:?}"))?;
-        Ok((site, uri))
-    };
-    match (purge.url, purge.prefix, purge.tag) {
-        (Some(url), None, None) => {
-            let (site, uri) = site_and_uri(&url).map_err(bad)?;
-            let key = site.key(&uri);
-            edge.store
-                .purge(&key)
-                .await
-                .map(usize::from)
-                .map_err(on_disk)
-        }
-        (None, Some(prefix), None) => {
-            let (site, uri) = site_and_uri(&prefix).map_err(bad)?;
-            let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-            edge.store
-                .purge_prefix(&key::prefix(&site.name, path))
-                .await
-                .map_err(on_disk)
-        }
-        (None, None, Some(tag)) if !tag.trim().is_empty() => {
-            edge.store.purge_tag(tag.trim()).await.map_err(on_disk)
-        }
-        _ => Err(bad(
-            "give exactly one of \"url\", \"prefix\" or \"tag\"".into()
-        )),
-    }
-}
-
 /// Asks the node of `config` to drain (`on`) or to stop draining, through its own admin API
 /// with its own token; returns the API's answer.
 pub async fn drain(config: &crate::config::Config, on: bool) -> Result<String, String> {
     let method = if on { Method::POST } else { Method::DELETE };
     call(config, method, "/drain", true).await
+}
+
+/// `meridian purge`: asks the node of `config` to purge `what` (`{"url": ...}`, ...) through its
+/// admin API and token; with `wait`, follows `GET /purge/{id}` until every live edge has
+/// applied it or `timeout` passes (an error naming the edges still waiting). Prints progress.
+pub async fn purge(
+    config: &crate::config::Config,
+    what: serde_json::Value,
+    wait: Option<std::time::Duration>,
+) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    let text = call_with(
+        config,
+        Method::POST,
+        "/purge",
+        true,
+        what.to_string().into(),
+    )
+    .await?;
+    let answer: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("/purge: not JSON: {e}: {text}"))?;
+    let here = answer["purged"].as_u64().unwrap_or(0);
+    let Some(id) = answer["id"].as_str() else {
+        println!("purged {here} objects (this node only: it does not gossip)");
+        return Ok(());
+    };
+    println!("purge {id} issued to the cluster; {here} objects purged on this node");
+    let Some(timeout) = wait else {
+        return Ok(());
+    };
+    loop {
+        let status: serde_json::Value =
+            serde_json::from_str(&get(config, &format!("/purge/{id}")).await?)
+                .map_err(|e| format!("/purge/{id}: not JSON: {e}"))?;
+        let edges = status["edges"].as_array().map_or(0, Vec::len);
+        let applied = status["applied"].as_u64().unwrap_or(0);
+        if status["complete"] == true {
+            println!(
+                "applied on every live edge ({applied} of {edges} edges) in {} ms",
+                started.elapsed().as_millis()
+            );
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            let waiting: Vec<&str> = status["waiting"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|w| w.as_str())
+                .collect();
+            return Err(format!(
+                "not applied within {timeout:?} by {} ({applied} of {edges} edges have it): GET /purge/{id} follows it",
+                waiting.join(", ")
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// GET `path` from the running node of `config`'s admin API (no token); the body.
@@ -366,6 +423,7 @@ pub(crate) async fn members(
                 started: m["started"].as_u64().unwrap_or(0),
                 requests_per_second: m["requests_per_second"].as_f64().unwrap_or(0.0),
                 hit_ratio: m["hit_ratio"].as_f64(),
+                purged: serde_json::from_value(m["purged"].clone()).unwrap_or_default(),
                 last_heard: now
                     .checked_sub(std::time::Duration::from_millis(
                         m["last_heard_ms"].as_u64().unwrap_or(0),
@@ -384,6 +442,17 @@ async fn call(
     method: Method,
     path: &str,
     auth: bool,
+) -> Result<String, String> {
+    call_with(config, method, path, auth, Bytes::new()).await
+}
+
+/// [`call`] with a request body.
+pub(crate) async fn call_with(
+    config: &crate::config::Config,
+    method: Method,
+    path: &str,
+    auth: bool,
+    body: Bytes,
 ) -> Result<String, String> {
     let admin = config
         .node
@@ -408,9 +477,7 @@ async fn call(
             .ok_or("the node file names no admin.token_file")?;
         req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }
-    let req = req
-        .body(http_body_util::Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
+    let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
     let stream = tokio::time::timeout(
         std::time::Duration::from_secs(5),
         tokio::net::TcpStream::connect(addr),

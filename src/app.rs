@@ -529,6 +529,13 @@ impl Node {
             .await?;
             if let (Some(state), Some(capacity)) = (&edge_state, capacity) {
                 agent.publish_edge(state.load.clone(), capacity, drain.subscribe());
+                tracker.spawn(crate::purge::follow(
+                    state.clone(),
+                    agent.clone(),
+                    g.interval,
+                    g.failure_timeout,
+                    shutdown.clone(),
+                ));
             }
             if let Some(role) = dns_role.as_mut() {
                 role.members = Some(agent.subscribe());

@@ -298,6 +298,7 @@ impl GossipNode {
             key_file: Some(key_file.to_path_buf()),
             interval,
             failure_timeout: interval * 8,
+            purge_retention: Duration::from_secs(3600),
         };
         let me = crate::gossip::SelfInfo {
             id: id.into(),

@@ -81,6 +81,7 @@ pub mod memory;
 pub mod metro;
 pub(crate) mod model;
 pub(crate) mod origin;
+pub(crate) mod purge;
 pub mod route;
 pub(crate) mod status;
 pub(crate) mod steering;

@@ -50,6 +50,29 @@ enum Command {
         #[arg(long)]
         undo: bool,
     },
+    /// Purge by URL, URL prefix or Surrogate-Key tag through the running node of NODE.toml (its
+    /// admin API and token): on every edge of the cluster when the node gossips.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["url", "prefix", "tag"])))]
+    Purge {
+        /// The node file.
+        #[arg(short, long, value_name = "NODE.toml")]
+        config: PathBuf,
+        /// One URL, every variant (http://host/path?query).
+        #[arg(long)]
+        url: Option<String>,
+        /// Every URL starting with this one.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Every object its origin tagged so (Surrogate-Key).
+        #[arg(long)]
+        tag: Option<String>,
+        /// Return when every live edge has applied it (exit 1 naming those that have not).
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, in seconds.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+    },
     /// The running node's numbers in the terminal, refreshing: members, load, requests/s, hit
     /// ratio, origin fetches, cache bytes, DNS answers per region.
     Top {
@@ -199,6 +222,35 @@ fn main() -> ExitCode {
                 let answer = meridian::admin::drain(&cfg, !undo).await?;
                 println!("{answer}");
                 Ok::<(), String>(())
+            })
+        }
+        Command::Purge {
+            config,
+            url,
+            prefix,
+            tag,
+            wait,
+            timeout,
+        } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let what = match (url, prefix, tag) {
+                (Some(u), _, _) => serde_json::json!({ "url": u }),
+                (_, Some(p), _) => serde_json::json!({ "prefix": p }),
+                (_, _, Some(t)) => serde_json::json!({ "tag": t }),
+                _ => unreachable!("clap requires one of --url, --prefix, --tag"),
+            };
+            let wait = wait.then(|| {
+                std::time::Duration::from_secs_f64(if timeout.is_finite() {
+                    timeout.clamp(0.1, 3600.0)
+                } else {
+                    10.0
+                })
+            });
+            block_on("meridian purge", async move {
+                meridian::admin::purge(&cfg, what, wait).await
             })
         }
         Command::Top {

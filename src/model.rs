@@ -105,6 +105,8 @@ pub(crate) struct Member {
     pub(crate) requests_per_second: f64,
     /// An edge's share of requests answered from its cache over that second (none if idle).
     pub(crate) hit_ratio: Option<f64>,
+    /// An edge's applied cluster purges: the latest issue time (unix ms) per issuer.
+    pub(crate) purged: std::collections::BTreeMap<String, u64>,
     /// When this node last heard a new heartbeat of it (now, for itself).
     pub(crate) last_heard: Instant,
     pub(crate) is_self: bool,
@@ -122,6 +124,7 @@ impl Member {
             last_heard: other.last_heard,
             requests_per_second: other.requests_per_second,
             hit_ratio: other.hit_ratio,
+            purged: other.purged.clone(),
             ..self.clone()
         } == *other
     }
@@ -245,6 +248,7 @@ mod tests {
             started: 0,
             requests_per_second: 0.0,
             hit_ratio: None,
+            purged: Default::default(),
             last_heard: Instant::now(),
             is_self: false,
         }

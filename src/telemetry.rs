@@ -148,6 +148,14 @@ fn describe() {
         "meridian_cache_purged_objects_total",
         "Objects removed by purge requests"
     );
+    describe_counter!(
+        "meridian_purges_applied_total",
+        "Cluster purges (issued on any node, spread by gossip) this edge has applied"
+    );
+    describe_histogram!(
+        "meridian_purge_apply_delay_seconds",
+        "Time from a cluster purge's issue (on the issuer's clock) to its application on this edge"
+    );
     describe_gauge!(
         "meridian_edge_utilisation",
         "The load this edge publishes by gossip: the busiest of requests/s, connections and egress over edge.capacity, smoothed (1.0 = at capacity; 0 without gossip)"

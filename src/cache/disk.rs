@@ -670,10 +670,17 @@ impl Disk {
     }
 
     /// Records a purge so that it holds for entries on disk, across restarts: written and
-    /// synced before this returns.
-    fn ban(&self, rule: Rule) -> std::io::Result<()> {
+    /// synced before this returns. A cluster purge issued at `issued_ms` that is already
+    /// recorded (the same rule at or after that time: one heard again after a restart) is not
+    /// written again.
+    fn ban(&self, rule: Rule, issued_ms: Option<u64>) -> std::io::Result<()> {
         let text = {
             let mut bans = self.bans.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(t) = issued_ms {
+                if bans.bans.iter().any(|b| b.at_ms >= t && b.rule == rule) {
+                    return Ok(());
+                }
+            }
             let now = unix_ms(SystemTime::now());
             bans.bans.push_back(Ban { at_ms: now, rule });
             bans.trim(now);
@@ -690,17 +697,17 @@ impl Disk {
         Ok(())
     }
 
-    pub(crate) fn ban_url(&self, key: &str) -> std::io::Result<()> {
+    pub(crate) fn ban_url(&self, key: &str, issued_ms: Option<u64>) -> std::io::Result<()> {
         self.remove(key);
-        self.ban(Rule::Url(key.to_string()))
+        self.ban(Rule::Url(key.to_string()), issued_ms)
     }
 
-    pub(crate) fn ban_prefix(&self, prefix: &str) -> std::io::Result<()> {
-        self.ban(Rule::Prefix(prefix.to_string()))
+    pub(crate) fn ban_prefix(&self, prefix: &str, issued_ms: Option<u64>) -> std::io::Result<()> {
+        self.ban(Rule::Prefix(prefix.to_string()), issued_ms)
     }
 
-    pub(crate) fn ban_tag(&self, tag: &str) -> std::io::Result<()> {
-        self.ban(Rule::Tag(tag.to_string()))
+    pub(crate) fn ban_tag(&self, tag: &str, issued_ms: Option<u64>) -> std::io::Result<()> {
+        self.ban(Rule::Tag(tag.to_string()), issued_ms)
     }
 
     /// Writes what is queued and closes the store (a clean stop).

@@ -90,6 +90,9 @@ pub(crate) struct Store {
     objects: Cache<String, Arc<Object>>,
     passes: Cache<String, ()>,
     disk: Option<Disk>,
+    /// While set, the disk tier is not read (a restarted edge has not yet heard the cluster's
+    /// purges: what it kept from before may have been purged meanwhile).
+    disk_held: std::sync::atomic::AtomicBool,
     /// Bytes the memory tier holds at most.
     capacity: u64,
 }
@@ -125,6 +128,7 @@ impl Store {
             objects,
             passes,
             disk,
+            disk_held: std::sync::atomic::AtomicBool::new(false),
             capacity,
         }
     }
@@ -133,6 +137,12 @@ impl Store {
     /// is too large for memory).
     pub(crate) fn disk_only(&self, len: u64) -> bool {
         self.disk.is_some() && len > self.capacity / LARGE_SHARE
+    }
+
+    /// Holds reads from the disk tier (`true`) or lets them go on (`false`).
+    pub(crate) fn hold_disk(&self, held: bool) {
+        self.disk_held
+            .store(held, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The disk tier, if there is one.
@@ -153,6 +163,9 @@ impl Store {
             // A chunk of its body on disk was found missing: look again (the disk tier no
             // longer has it whole either).
             self.objects.remove(key).await;
+        }
+        if self.disk_held.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
         }
         let object = Arc::new(self.disk.as_ref()?.get(key).await?);
         self.objects.insert(key.to_string(), object.clone()).await;
@@ -221,22 +234,41 @@ impl Store {
     /// The rule is in force in this process before memory lets go of anything (so no read
     /// from disk brings a purged object back); if it cannot be written to disk (a full disk),
     /// the purge still holds until a restart and the error says so.
-    pub(crate) async fn purge(&self, key: &str) -> std::io::Result<bool> {
-        let recorded = self.disk.as_ref().map_or(Ok(()), |d| d.ban_url(key));
+    ///
+    /// `issued_ms`: when a cluster purge was issued (see [`Disk::ban_url`]).
+    pub(crate) async fn purge(&self, key: &str, issued_ms: Option<u64>) -> std::io::Result<bool> {
+        let recorded = self
+            .disk
+            .as_ref()
+            .map_or(Ok(()), |d| d.ban_url(key, issued_ms));
         let n = self.objects.remove(key).await.is_some();
         recorded.map(|()| n)
     }
 
     /// Purges every object whose key starts with `prefix`; returns how many were in memory.
-    pub(crate) async fn purge_prefix(&self, prefix: &str) -> std::io::Result<usize> {
-        let recorded = self.disk.as_ref().map_or(Ok(()), |d| d.ban_prefix(prefix));
+    pub(crate) async fn purge_prefix(
+        &self,
+        prefix: &str,
+        issued_ms: Option<u64>,
+    ) -> std::io::Result<usize> {
+        let recorded = self
+            .disk
+            .as_ref()
+            .map_or(Ok(()), |d| d.ban_prefix(prefix, issued_ms));
         let n = self.invalidate_prefix(prefix).await;
         recorded.map(|()| n)
     }
 
     /// Purges every object with a variant tagged `tag`; returns how many were in memory.
-    pub(crate) async fn purge_tag(&self, tag: &str) -> std::io::Result<usize> {
-        let recorded = self.disk.as_ref().map_or(Ok(()), |d| d.ban_tag(tag));
+    pub(crate) async fn purge_tag(
+        &self,
+        tag: &str,
+        issued_ms: Option<u64>,
+    ) -> std::io::Result<usize> {
+        let recorded = self
+            .disk
+            .as_ref()
+            .map_or(Ok(()), |d| d.ban_tag(tag, issued_ms));
         let n = self.invalidate_tag(tag).await;
         recorded.map(|()| n)
     }
@@ -328,7 +360,7 @@ mod tests {
         store.insert("k".into(), entry(1)).await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert!(store.get("k").await.is_some());
-        assert_eq!(store.purge_tag("t").await.unwrap(), 1);
+        assert_eq!(store.purge_tag("t", None).await.unwrap(), 1);
         assert!(store.get("k").await.is_none());
     }
 }

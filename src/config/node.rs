@@ -38,6 +38,7 @@ pub(super) struct RawGossip {
     insecure: bool,
     interval: Option<String>,
     failure_timeout: Option<String>,
+    purge_retention: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,6 +188,9 @@ pub struct GossipConfig {
     /// A node not heard from for about this long is declared dead (sooner in small clusters,
     /// where its news arrives more often than once a round).
     pub failure_timeout: Duration,
+    /// How long a purge issued by this node stays in the gossip state (edges that come back
+    /// within it apply it; after it, what it purged has expired anyway, if no TTL is longer).
+    pub purge_retention: Duration,
 }
 
 /// Log format and level.
@@ -557,6 +561,11 @@ pub(super) fn validate_gossip(r: &mut Report<'_>, g: &RawGossip) -> GossipConfig
             ),
         );
     }
+    let purge_retention = r.positive_duration(
+        "gossip.purge_retention",
+        &g.purge_retention,
+        Duration::from_secs(24 * 3600),
+    );
     GossipConfig {
         listen,
         advertise,
@@ -565,6 +574,7 @@ pub(super) fn validate_gossip(r: &mut Report<'_>, g: &RawGossip) -> GossipConfig
         key_file,
         interval,
         failure_timeout,
+        purge_retention,
     }
 }
 

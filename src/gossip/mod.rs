@@ -45,6 +45,26 @@ mod key {
     /// An edge's requests/s and hit ratio over the last second: `"12.5,0.875"` (no ratio
     /// after a second without requests: `"0.0,"`).
     pub(super) const TRAFFIC: &str = "traffic";
+    /// A purge this node issued: `purge/<unix ms>` = the purge as JSON (`{"url": ...}`).
+    pub(super) const PURGE_PREFIX: &str = "purge/";
+    /// An edge's applied purges: the latest issue time (unix ms) applied per issuer, as JSON.
+    pub(super) const PURGED: &str = "purged";
+}
+
+/// Most purges one node keeps in its gossip state at once (within the retention).
+pub(crate) const MAX_PURGES: usize = 10_000;
+/// Largest purge value gossiped.
+const MAX_PURGE_LEN: usize = 8 << 10;
+
+/// A purge some node issued, as gossip holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PurgeRecord {
+    /// The issuing node's id.
+    pub(crate) issuer: String,
+    /// When it was issued (unix ms; unique and increasing per issuer).
+    pub(crate) at_ms: u64,
+    /// The purge, as JSON.
+    pub(crate) value: String,
 }
 
 /// How many load samples make one traffic report (requests/s and hit ratio).
@@ -82,6 +102,8 @@ pub(crate) struct Gossip {
     pub(crate) totals: Arc<WireTotals>,
     stop: CancellationToken,
     tracker: TaskTracker,
+    /// Issue time of this node's last purge (unix ms).
+    last_purge: std::sync::atomic::AtomicU64,
 }
 
 fn unix_now() -> Duration {
@@ -186,7 +208,13 @@ impl Gossip {
             totals,
             stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            last_purge: std::sync::atomic::AtomicU64::new(0),
         });
+        gossip.tracker.spawn(expire_purges(
+            chitchat.clone(),
+            config.purge_retention,
+            gossip.stop.clone(),
+        ));
         gossip.tracker.spawn(poll(
             chitchat,
             members_tx,
@@ -274,6 +302,71 @@ impl Gossip {
     /// Publishes the draining flag now (the edge's publisher also follows the drain switch).
     pub(crate) async fn publish_draining(&self, on: bool) {
         self.set(key::DRAINING, draining_value(on)).await;
+    }
+
+    /// Puts a purge (`value`, JSON) in this node's gossip state; its issue time (unix ms,
+    /// later than any before it from this node), or why not.
+    pub(crate) async fn issue_purge(&self, value: String) -> Result<u64, String> {
+        use std::sync::atomic::Ordering;
+        if value.len() > MAX_PURGE_LEN {
+            return Err(format!("a purge is at most {MAX_PURGE_LEN} bytes"));
+        }
+        let mut c = self.chitchat.lock().await;
+        let state = c.self_node_state();
+        if state.iter_prefix(key::PURGE_PREFIX).count() >= MAX_PURGES {
+            return Err(format!(
+                "this node holds {MAX_PURGES} purges within gossip.purge_retention already: purge by prefix or tag, or wait"
+            ));
+        }
+        let now = unix_now().as_millis() as u64;
+        let at = now.max(self.last_purge.load(Ordering::Relaxed) + 1);
+        self.last_purge.store(at, Ordering::Relaxed);
+        state.set(format!("{}{at}", key::PURGE_PREFIX), value);
+        Ok(at)
+    }
+
+    /// Every purge gossip holds that was issued after `after[issuer]` (all when the issuer is
+    /// not in `after`), in issue order. Gossip hands a node's keys over in the order they were
+    /// set, so a purge heard implies every earlier one of its issuer was heard too.
+    pub(crate) async fn purges_after(&self, after: &HashMap<String, u64>) -> Vec<PurgeRecord> {
+        let c = self.chitchat.lock().await;
+        let mut out = Vec::new();
+        for (id, state) in c.node_states() {
+            let issuer: &str = &id.node_id;
+            if issuer.len() > MAX_NAME || !issuer.bytes().all(|b| b.is_ascii_graphic()) {
+                continue;
+            }
+            let floor = after.get(issuer).copied().unwrap_or(0);
+            for (k, v) in state.iter_prefix(key::PURGE_PREFIX) {
+                let Some(at) = k[key::PURGE_PREFIX.len()..].parse::<u64>().ok() else {
+                    continue;
+                };
+                if at > floor && v.value.len() <= MAX_PURGE_LEN {
+                    out.push(PurgeRecord {
+                        issuer: issuer.to_string(),
+                        at_ms: at,
+                        value: v.value.clone(),
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| (a.at_ms, &a.issuer).cmp(&(b.at_ms, &b.issuer)));
+        out.dedup();
+        out
+    }
+
+    /// Publishes which purges this edge has applied (latest issue time per issuer).
+    pub(crate) async fn publish_purged(&self, applied: &HashMap<String, u64>) {
+        let text = serde_json::to_string(applied).unwrap_or_default();
+        self.set(key::PURGED, text).await;
+    }
+
+    /// Whether gossip has heard any other node (its state is then being caught up).
+    pub(crate) async fn heard_others(&self) -> bool {
+        let c = self.chitchat.lock().await;
+        let me = c.self_chitchat_id().clone();
+        let heard = c.live_nodes().any(|id| *id != me);
+        heard
     }
 
     /// Publishes a load figure now (the edge's publisher does this from its meter).
@@ -367,6 +460,57 @@ fn parse_traffic(text: &str) -> (f64, Option<f64>) {
         .filter(|r| (0.0..=1.0).contains(r));
     (rps, ratio)
 }
+
+/// Deletes this node's purges older than `retention`, once a minute, until `stop`.
+async fn expire_purges(
+    chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
+    retention: Duration,
+    stop: CancellationToken,
+) {
+    let every = (retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => break,
+        }
+        let oldest = unix_now().saturating_sub(retention).as_millis() as u64;
+        let mut c = chitchat.lock().await;
+        let state = c.self_node_state();
+        let old: Vec<String> = state
+            .iter_prefix(key::PURGE_PREFIX)
+            .filter(|(k, _)| {
+                k[key::PURGE_PREFIX.len()..]
+                    .parse::<u64>()
+                    .is_ok_and(|at| at < oldest)
+            })
+            .map(|(k, _)| k.to_string())
+            .collect();
+        for k in &old {
+            state.delete(k);
+        }
+        if !old.is_empty() {
+            tracing::debug!(
+                expired = old.len(),
+                "purges past their retention left gossip"
+            );
+        }
+    }
+}
+
+/// Reads an edge's applied purges: at most [`MAX_PURGE_ISSUERS`] issuers with printable names.
+fn parse_purged(text: &str) -> std::collections::BTreeMap<String, u64> {
+    serde_json::from_str::<std::collections::BTreeMap<String, u64>>(text)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k.len() <= MAX_NAME && k.bytes().all(|b| b.is_ascii_graphic()))
+        .take(MAX_PURGE_ISSUERS)
+        .collect()
+}
+
+/// Most issuers an edge's applied purges are read for.
+const MAX_PURGE_ISSUERS: usize = 1024;
 
 fn draining_value(on: bool) -> String {
     if on { "1" } else { "0" }.to_string()
@@ -555,6 +699,7 @@ fn member(
         state: state_of,
         version: get(key::VERSION).to_string(),
         started: get(key::STARTED).parse().unwrap_or(0),
+        purged: parse_purged(get(key::PURGED)),
         requests_per_second: parse_traffic(get(key::TRAFFIC)).0,
         hit_ratio: parse_traffic(get(key::TRAFFIC)).1,
         last_heard: heard,
@@ -582,6 +727,7 @@ mod tests {
             started: 0,
             requests_per_second: 0.0,
             hit_ratio: None,
+            purged: Default::default(),
             last_heard: Instant::now(),
             is_self,
         }

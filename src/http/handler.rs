@@ -158,6 +158,8 @@ enum Fetched {
 
 /// Everything the edge's request path shares.
 pub(crate) struct EdgeState {
+    /// This node's id.
+    pub(crate) node: String,
     /// `Via` for requests received over HTTP/1.1 and HTTP/2.
     pub(crate) via: HeaderValue,
     pub(crate) via2: HeaderValue,
@@ -184,6 +186,7 @@ impl EdgeState {
         disk: Option<Disk>,
     ) -> EdgeState {
         EdgeState {
+            node: node_id.to_string(),
             // cannot fail for ids validated by config; fall back to a generic token otherwise.
             via: HeaderValue::from_str(&format!("1.1 {node_id}"))
                 .unwrap_or(HeaderValue::from_static("1.1 meridian")),

@@ -1038,3 +1038,201 @@ async fn each_edge_gossips_its_requests_per_second_and_hit_ratio_to_the_status_p
     let policy = page.headers["content-security-policy"].to_str().unwrap();
     assert!(policy.contains("script-src 'self'"), "{policy}");
 }
+
+/// `POST /purge` with the cluster's token on `admin`; the answer.
+async fn purge_via(admin: SocketAddr, body: &str) -> serde_json::Value {
+    let auth = format!("Bearer {TOKEN}");
+    let r = common::request_with_body(
+        "POST",
+        admin,
+        "admin",
+        "/purge",
+        &[("authorization", auth.as_str())],
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+/// Follows `GET /purge/{id}` on `admin` until every live edge has applied it (bounded);
+/// returns the last answer and how long it took.
+async fn wait_applied(
+    admin: SocketAddr,
+    id: &str,
+    limit: Duration,
+) -> (serde_json::Value, Duration) {
+    let t = Instant::now();
+    loop {
+        let s = admin_json(admin, &format!("/purge/{id}")).await;
+        if s["complete"] == true {
+            return (s, t.elapsed());
+        }
+        assert!(t.elapsed() < limit, "not applied within {limit:?}: {s}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_sent_to_any_node_applies_on_every_edge_and_says_when() {
+    let Two {
+        c: _c,
+        dns,
+        a,
+        b,
+        a_file: _,
+        _origin,
+    } = Two::start("purge", "", ["k1.key", "k1.key", "k1.key"], "").await;
+    let warm = |edge: SocketAddr| async move {
+        get(edge, "demo.meridian.test", "/", &[]).await;
+        for _ in 0..100 {
+            if get(edge, "demo.meridian.test", "/", &[]).await.is_hit() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{edge}: no hit");
+    };
+    warm(a.http).await;
+    warm(b.http).await;
+
+    // Without the token: refused, and nothing purged anywhere.
+    let r = common::request_with_body(
+        "POST",
+        dns.admin,
+        "admin",
+        "/purge",
+        &[],
+        r#"{"url": "http://demo.meridian.test/"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    // Not even by gossip, a round later.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(get(a.http, "demo.meridian.test", "/", &[]).await.is_hit());
+
+    // On the DNS node, which caches nothing: every edge applies it, and the answer says when.
+    let answer = purge_via(dns.admin, r#"{"url": "http://demo.meridian.test/"}"#).await;
+    let id = answer["id"].as_str().unwrap().to_string();
+    assert!(id.ends_with(".dns-purge"), "{answer}");
+    let (status, took) = wait_applied(dns.admin, &id, Duration::from_secs(5)).await;
+    println!("purge {id} applied on every edge in {took:?}: {status}");
+    assert_eq!(status["applied"], 2, "{status}");
+    for edge in [a.http, b.http] {
+        let r = get(edge, "demo.meridian.test", "/", &[]).await;
+        assert!(!r.is_hit(), "{edge} still serves it: {}", r.cache_status());
+    }
+    // Every member shows its applied purges in /cluster.
+    let m = dns.member("edge-b").await.unwrap();
+    assert!(
+        m["purged"]["dns-purge"].as_u64().unwrap()
+            >= id.split('.').next().unwrap().parse::<u64>().unwrap(),
+        "{m}"
+    );
+
+    // The command line, through an edge's node file, by tag; --wait returns once all have it.
+    warm(a.http).await;
+    warm(b.http).await;
+    let out = tokio::task::spawn_blocking({
+        let file = dns.file.clone();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_meridian"))
+                .args([
+                    "purge",
+                    "--url",
+                    "http://demo.meridian.test/",
+                    "--wait",
+                    "-c",
+                ])
+                .arg(file)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("applied on every live edge (2 of 2 edges)"),
+        "{text}"
+    );
+    for edge in [a.http, b.http] {
+        assert!(!get(edge, "demo.meridian.test", "/", &[]).await.is_hit());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_that_was_down_applies_the_purges_it_missed_before_serving_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = format!(
+        "cache_disk = {{ path = {:?}, size = \"64MiB\" }}\n",
+        dir.path().join("disk").display().to_string()
+    );
+    let Two {
+        c: _c,
+        dns,
+        a,
+        b: _b,
+        a_file,
+        _origin,
+    } = Two::start("missed", "", ["k1.key", "k1.key", "k1.key"], &disk).await;
+    _origin.always(
+        "/kept",
+        Reply::ok("kept").header("cache-control", "max-age=60"),
+    );
+    for path in ["/", "/kept"] {
+        assert_eq!(
+            get(a.http, "demo.meridian.test", path, &[]).await.status,
+            200
+        );
+    }
+    // Written to disk, then a clean stop.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    a.signal("TERM");
+    let mut a = a;
+    assert_eq!(a.wait(Duration::from_secs(20)), Some(0));
+    dns.wait_member("edge-a", "left", Duration::from_secs(10), |m| {
+        m["state"] != "alive"
+    })
+    .await;
+
+    // Purged while edge-a was down: only the DNS node and edge-b heard it.
+    let answer = purge_via(dns.admin, r#"{"url": "http://demo.meridian.test/"}"#).await;
+    let id = answer["id"].as_str().unwrap().to_string();
+
+    // Back: the first request for the purged URL is not the old copy from disk.
+    let a = Proc::start(&a_file);
+    let r = get(a.http, "demo.meridian.test", "/", &[]).await;
+    assert!(
+        !r.is_hit(),
+        "a purged object came back from disk: {}",
+        r.cache_status()
+    );
+    // Back in the cluster, it says it has applied it.
+    let at: u64 = id.split('.').next().unwrap().parse().unwrap();
+    dns.wait_member("edge-a", "caught up", Duration::from_secs(10), |m| {
+        m["state"] == "alive" && m["purged"]["dns-missed"].as_u64().is_some_and(|w| w >= at)
+    })
+    .await;
+    let (status, _) = wait_applied(dns.admin, &id, Duration::from_secs(10)).await;
+    assert_eq!(status["applied"], 2, "{status}");
+    // What was not purged is served from disk once the edge has caught up (disk reads resume).
+    let t = Instant::now();
+    loop {
+        let r = get(a.http, "demo.meridian.test", "/kept", &[]).await;
+        if r.is_hit() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{}",
+            r.cache_status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

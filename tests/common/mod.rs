@@ -583,13 +583,29 @@ pub async fn request_body(
     path: &str,
     body: &str,
 ) -> Got {
-    let req = Request::builder()
+    request_with_body(method, addr, host, path, &[], body).await
+}
+
+pub async fn request_with_body(
+    method: &str,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Got {
+    let mut req = Request::builder()
         .method(method)
         .uri(format!("http://{addr}{path}"))
-        .header("host", host)
-        .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
-        .unwrap();
-    send(req).await
+        .header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(
+        req.body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+            .unwrap(),
+    )
+    .await
 }
 
 /// Sends raw bytes on a new connection and returns what comes back until the server closes or

@@ -1,0 +1,292 @@
+//! Purges by URL, URL prefix or `Surrogate-Key` tag: on this edge, and through gossip on every
+//! edge of the cluster.
+//!
+//! A node that gossips and is asked to purge (`POST /purge`, any role) puts the purge in its own
+//! gossip state as `purge/<issue time>` (see [`crate::gossip::Gossip::issue_purge`]); every
+//! edge's [`follow`] task reads the purges gossip holds, applies the ones it has not (in issue
+//! order, idempotently) and publishes, per issuer, the issue time of the latest it applied.
+//! Gossip hands a node's keys over in the order they were set, so that watermark says exactly
+//! which of the issuer's purges an edge has applied: `GET /purge/{id}` reads it off every edge.
+//!
+//! An edge that starts with a disk tier holds reads from disk until it has caught up with the
+//! cluster's purges (what it kept may have been purged while it was down); it serves from
+//! memory and the origin meanwhile. The issuer removes its purges from gossip after
+//! `gossip.purge_retention`.
+//!
+//! Hazard: purges travel in the sealed gossip state, so only key holders can issue them; a
+//! purge names URLs by host, and an edge applies it to the site serving that host, if any.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{StatusCode, Uri};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::key;
+use crate::gossip::Gossip;
+use crate::http::handler::EdgeState;
+
+/// What a purge removes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Purge {
+    /// One URL (every variant of it).
+    Url(String),
+    /// Every URL that starts with this one.
+    Prefix(String),
+    /// Every object tagged so by its origin (`Surrogate-Key`).
+    Tag(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    url: Option<String>,
+    prefix: Option<String>,
+    tag: Option<String>,
+}
+
+fn absolute(text: &str) -> Result<Uri, String> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    if uri.host().is_none() {
+        return Err(format!(
+            "{text:?} must be an absolute URL (http://host/path)"
+        ));
+    }
+    Ok(uri)
+}
+
+impl Purge {
+    /// Reads a purge request body (`{"url"|"prefix"|"tag": "..."}`), checked as far as any
+    /// node can: URLs absolute, a tag not empty.
+    pub(crate) fn parse(body: &[u8]) -> Result<Purge, String> {
+        let r: PurgeRequest = serde_json::from_slice(body)
+            .map_err(|e| format!("expected {{\"url\"|\"prefix\"|\"tag\": \"...\"}}: {e}"))?;
+        let p = match (r.url, r.prefix, r.tag) {
+            (Some(u), None, None) => Purge::Url(u),
+            (None, Some(p), None) => Purge::Prefix(p),
+            (None, None, Some(t)) if !t.trim().is_empty() => Purge::Tag(t.trim().to_string()),
+            _ => return Err("give exactly one of \"url\", \"prefix\" or \"tag\"".into()),
+        };
+        match &p {
+            Purge::Url(u) | Purge::Prefix(u) => {
+                absolute(u)?;
+            }
+            Purge::Tag(_) => {}
+        }
+        Ok(p)
+    }
+}
+
+/// Why a purge could not be applied here: the status and the message for the API.
+pub(crate) type Refused = (StatusCode, String);
+
+/// A purge that could not be recorded for the disk tier: it holds until a restart, and the
+/// request fails so that the operator knows it may not hold after one.
+fn on_disk(e: std::io::Error) -> Refused {
+    tracing::error!(error = %e, "a purge could not be recorded on disk");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("purged, but the purge could not be recorded on disk ({e}): purged objects on disk may come back after a restart"),
+    )
+}
+
+/// Applies `purge` to this edge's store; how many objects memory held. `issued_ms`: when a
+/// cluster purge was issued. A URL of a host no site here serves is an error for a purge of
+/// this edge alone (`strict`), and nothing to do for a cluster purge (another edge may serve
+/// it).
+pub(crate) async fn apply(
+    edge: &EdgeState,
+    purge: &Purge,
+    issued_ms: Option<u64>,
+    strict: bool,
+) -> Result<usize, Refused> {
+    let site_of = |text: &str| -> Result<Option<(Arc<crate::http::handler::Site>, Uri)>, Refused> {
+        let uri = absolute(text).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+        let host = uri.host().unwrap_or_default();
+        match edge.sites.load().lookup(host).cloned() {
+            Some(site) => Ok(Some((site, uri))),
+            None if strict => Err((
+                StatusCode::BAD_REQUEST,
+                format!("no site serves host {host:?}"),
+            )),
+            None => Ok(None),
+        }
+    };
+    let n = match purge {
+        Purge::Url(url) => match site_of(url)? {
+            Some((site, uri)) => usize::from(
+                edge.store
+                    .purge(&site.key(&uri), issued_ms)
+                    .await
+                    .map_err(on_disk)?,
+            ),
+            None => 0,
+        },
+        Purge::Prefix(prefix) => match site_of(prefix)? {
+            Some((site, uri)) => {
+                let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                edge.store
+                    .purge_prefix(&key::prefix(&site.name, path), issued_ms)
+                    .await
+                    .map_err(on_disk)?
+            }
+            None => 0,
+        },
+        Purge::Tag(tag) => edge
+            .store
+            .purge_tag(tag, issued_ms)
+            .await
+            .map_err(on_disk)?,
+    };
+    edge.metrics.purged.increment(n as u64);
+    if n > 0 {
+        // What was purged is freed now; hand the pages back without waiting.
+        tokio::task::spawn_blocking(crate::memory::trim);
+    }
+    Ok(n)
+}
+
+/// The id of a cluster purge: its issue time and its issuer, `<unix ms>.<node id>`.
+pub(crate) fn id(at_ms: u64, issuer: &str) -> String {
+    format!("{at_ms}.{issuer}")
+}
+
+/// Reads a purge id back: (issue time, issuer).
+pub(crate) fn parse_id(id: &str) -> Option<(u64, &str)> {
+    let (at, issuer) = id.split_once('.')?;
+    if issuer.is_empty() {
+        return None;
+    }
+    Some((at.parse().ok()?, issuer))
+}
+
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// How often an edge looks for purges gossip brought.
+const FOLLOW_EVERY: Duration = Duration::from_millis(50);
+
+/// Applies the cluster's purges to this edge as gossip brings them, and publishes what it has
+/// applied, until `stop`. Reads from the disk tier are held until the first catch-up: gossip
+/// has heard another node and brought no new purge for two rounds (or, alone, for `settle`).
+pub(crate) async fn follow(
+    edge: Arc<EdgeState>,
+    gossip: Arc<Gossip>,
+    round: Duration,
+    settle: Duration,
+    stop: CancellationToken,
+) {
+    let node = edge.node.clone();
+    let applied_total = metrics::counter!("meridian_purges_applied_total", "node" => node.clone());
+    let delay = metrics::histogram!("meridian_purge_apply_delay_seconds", "node" => node.clone());
+    let held = edge.store.disk().is_some();
+    if held {
+        edge.store.hold_disk(true);
+        tracing::info!("disk reads held until this edge has caught up with the cluster's purges");
+    }
+    let mut synced = !held;
+    let start = Instant::now();
+    let mut quiet_since: Option<Instant> = None;
+    let mut applied: HashMap<String, u64> = HashMap::new();
+    let mut tick = tokio::time::interval(FOLLOW_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => break,
+        }
+        let records = gossip.purges_after(&applied).await;
+        let news = !records.is_empty();
+        for r in records {
+            match serde_json::from_str::<Purge>(&r.value) {
+                Ok(p) => {
+                    if let Err((_, e)) = apply(&edge, &p, Some(r.at_ms), false).await {
+                        tracing::warn!(purge = %id(r.at_ms, &r.issuer), error = %e, "a cluster purge did not apply whole");
+                    }
+                    applied_total.increment(1);
+                    let now = unix_now_ms();
+                    if !synced {
+                        // Catching up: how late it is says nothing about gossip.
+                    } else if now >= r.at_ms {
+                        delay.record((now - r.at_ms) as f64 / 1000.0);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(purge = %id(r.at_ms, &r.issuer), error = %e, "a gossiped purge this version cannot read; skipped")
+                }
+            }
+            let w = applied.entry(r.issuer).or_insert(0);
+            *w = (*w).max(r.at_ms);
+        }
+        if news {
+            gossip.publish_purged(&applied).await;
+        }
+        if !synced {
+            let now = Instant::now();
+            let caught_up = if gossip.heard_others().await {
+                if news {
+                    quiet_since = None;
+                }
+                let quiet = *quiet_since.get_or_insert(now);
+                now.duration_since(quiet) >= round * 2
+            } else {
+                now.duration_since(start) >= settle
+            };
+            if caught_up {
+                synced = true;
+                edge.store.hold_disk(false);
+                tracing::info!(
+                    purges = applied.len(),
+                    after_ms = start.elapsed().as_millis() as u64,
+                    "caught up with the cluster's purges; disk reads go on"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_ids_read_back() {
+        assert_eq!(
+            Purge::parse(br#"{"url": "http://a.test/x"}"#),
+            Ok(Purge::Url("http://a.test/x".into()))
+        );
+        assert_eq!(
+            Purge::parse(br#"{"tag": " products "}"#),
+            Ok(Purge::Tag("products".into()))
+        );
+        for bad in [
+            &br#"{"url": "/x"}"#[..],
+            br#"{"url": "http://a/", "tag": "t"}"#,
+            br#"{"tag": " "}"#,
+            br#"{"host": "a"}"#,
+            b"nonsense",
+        ] {
+            assert!(
+                Purge::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let p = Purge::Prefix("http://a.test/static/".into());
+        let gossiped = serde_json::to_string(&p).unwrap();
+        assert_eq!(gossiped, r#"{"prefix":"http://a.test/static/"}"#);
+        assert_eq!(Purge::parse(gossiped.as_bytes()), Ok(p));
+        assert_eq!(parse_id(&id(1700, "edge-a.x")), Some((1700, "edge-a.x")));
+        assert_eq!(parse_id("x.edge"), None);
+        assert_eq!(parse_id("17."), None);
+    }
+}
