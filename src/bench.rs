@@ -328,6 +328,26 @@ impl GossipNode {
             .map(|m| m.load)
     }
 
+    /// Issues a cluster purge of `url` from this node; its issue time (unix ms).
+    pub async fn issue_purge(&self, url: &str) -> u64 {
+        let value = serde_json::json!({ "url": url }).to_string();
+        self.gossip
+            .issue_purge(value)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Whether this node's gossip holds the purge `issuer` issued at `at_ms` (what an edge
+    /// applies within its next look, every 50 ms).
+    pub async fn holds_purge(&self, issuer: &str, at_ms: u64) -> bool {
+        let after = std::collections::HashMap::from([(issuer.to_string(), at_ms - 1)]);
+        self.gossip
+            .purges_after(&after)
+            .await
+            .iter()
+            .any(|r| r.issuer == issuer && r.at_ms == at_ms)
+    }
+
     /// Members this node holds alive (itself included).
     pub fn alive(&self) -> usize {
         self.gossip
