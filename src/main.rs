@@ -138,6 +138,15 @@ fn load(path: &std::path::Path) -> Result<meridian::config::Config, ExitCode> {
 }
 
 /// Runs `work` on a multi-threaded runtime; `what` names it in errors.
+/// A command-line number of seconds as a duration: 0.1 s to an hour, `default` if not finite.
+fn seconds(s: f64, default: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64(if s.is_finite() {
+        s.clamp(0.1, 3600.0)
+    } else {
+        default
+    })
+}
+
 fn block_on<E: std::fmt::Display>(
     what: &str,
     work: impl std::future::Future<Output = Result<(), E>>,
@@ -242,13 +251,7 @@ fn main() -> ExitCode {
                 (_, _, Some(t)) => serde_json::json!({ "tag": t }),
                 _ => unreachable!("clap requires one of --url, --prefix, --tag"),
             };
-            let wait = wait.then(|| {
-                std::time::Duration::from_secs_f64(if timeout.is_finite() {
-                    timeout.clamp(0.1, 3600.0)
-                } else {
-                    10.0
-                })
-            });
+            let wait = wait.then(|| seconds(timeout, 10.0));
             block_on("meridian purge", async move {
                 meridian::admin::purge(&cfg, what, wait).await
             })
@@ -262,11 +265,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let every = std::time::Duration::from_secs_f64(if interval.is_finite() {
-                interval.clamp(0.1, 3600.0)
-            } else {
-                1.0
-            });
+            let every = seconds(interval, 1.0);
             block_on("meridian top", async move {
                 meridian::top::run(&cfg, once, every).await
             })

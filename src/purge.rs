@@ -197,6 +197,7 @@ pub(crate) async fn follow(
     let start = Instant::now();
     let mut quiet_since: Option<Instant> = None;
     let mut applied: HashMap<String, u64> = HashMap::new();
+    let mut seen_version = None;
     let mut tick = tokio::time::interval(FOLLOW_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -204,7 +205,14 @@ pub(crate) async fn follow(
             _ = tick.tick() => {}
             _ = stop.cancelled() => break,
         }
-        let records = gossip.purges_after(&applied).await;
+        // Heartbeats do not move it; only a new or changed key (or member) does.
+        let version = gossip.state_version().await;
+        let records = if seen_version == Some(version) {
+            Vec::new()
+        } else {
+            seen_version = Some(version);
+            gossip.purges_after(&applied).await
+        };
         let news = !records.is_empty();
         for r in records {
             match serde_json::from_str::<Purge>(&r.value) {

@@ -879,23 +879,7 @@ async fn top_shows_the_members_and_the_nodes_numbers() {
 /// `/api/v1/nodes/NAME` for the bearer token `sa-token`, signed by a CA of its own; the service
 /// account directory a pod would have.
 async fn kube_api() -> (Origin, tempfile::TempDir) {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca, &ca_key)
-        .unwrap();
-    let server = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
-        )
-        .unwrap();
+    let (ca_pem, server) = server_signed_by_a_new_ca("127.0.0.1");
     let api = Origin::start_tls(std::sync::Arc::new(server)).await;
     let node = |annotations: serde_json::Value, addresses: serde_json::Value| {
         move |seen: &Seen, _: usize| {
@@ -941,7 +925,7 @@ async fn kube_api() -> (Origin, tempfile::TempDir) {
     api.always("/api/v1/nodes/forbidden", Reply::ok("{}").status(403));
     let sa = tempfile::tempdir().unwrap();
     std::fs::write(sa.path().join("token"), "sa-token\n").unwrap();
-    std::fs::write(sa.path().join("ca.crt"), ca.pem()).unwrap();
+    std::fs::write(sa.path().join("ca.crt"), ca_pem).unwrap();
     (api, sa)
 }
 

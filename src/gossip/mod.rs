@@ -55,6 +55,9 @@ mod key {
 pub(crate) const MAX_PURGES: usize = 10_000;
 /// Largest purge value gossiped.
 const MAX_PURGE_LEN: usize = 8 << 10;
+/// Most bytes of purges one node keeps in its gossip state (every node holds them all, and a
+/// joining node receives them all).
+pub(crate) const MAX_PURGE_BYTES: usize = 2 << 20;
 
 /// A purge some node issued, as gossip holds it.
 #[derive(Debug, Clone, PartialEq)]
@@ -313,9 +316,12 @@ impl Gossip {
         }
         let mut c = self.chitchat.lock().await;
         let state = c.self_node_state();
-        if state.iter_prefix(key::PURGE_PREFIX).count() >= MAX_PURGES {
+        let (count, bytes) = state
+            .iter_prefix(key::PURGE_PREFIX)
+            .fold((0, 0), |(n, b), (_, v)| (n + 1, b + v.value.len()));
+        if count >= MAX_PURGES || bytes + value.len() > MAX_PURGE_BYTES {
             return Err(format!(
-                "this node holds {MAX_PURGES} purges within gossip.purge_retention already: purge by prefix or tag, or wait"
+                "this node holds {count} purges ({bytes} bytes) within gossip.purge_retention already (at most {MAX_PURGES}, {MAX_PURGE_BYTES} bytes): purge by prefix or tag, or wait"
             ));
         }
         let now = unix_now().as_millis() as u64;
@@ -353,6 +359,15 @@ impl Gossip {
         out.sort_by(|a, b| (a.at_ms, &a.issuer).cmp(&(b.at_ms, &b.issuer)));
         out.dedup();
         out
+    }
+
+    /// A number that changes whenever gossip's state does (any node's key set or changed, a
+    /// node come or gone): readers skip a scan when it has not moved.
+    pub(crate) async fn state_version(&self) -> u64 {
+        let c = self.chitchat.lock().await;
+        c.node_states().values().fold(0u64, |acc, st| {
+            acc.wrapping_mul(31).wrapping_add(st.max_version())
+        }) ^ c.node_states().len() as u64
     }
 
     /// Publishes which purges this edge has applied (latest issue time per issuer).

@@ -626,3 +626,26 @@ pub fn param<'a>(cache_status: &'a str, key: &str) -> Option<&'a str> {
         .map(str::trim)
         .find_map(|p| p.strip_prefix(key)?.strip_prefix('='))
 }
+
+/// A TLS server configuration for `name` (a host name or an IP address), signed by a CA made
+/// for it; and that CA's certificate as PEM, for the client to trust.
+pub fn server_signed_by_a_new_ca(name: &str) -> (String, rustls::ServerConfig) {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let server = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    (ca.pem(), server)
+}

@@ -162,23 +162,7 @@ async fn a_request_that_loops_back_is_refused() {
 #[tokio::test]
 async fn https_origin_with_a_ca_file() {
     use std::sync::Arc;
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca, &ca_key)
-        .unwrap();
-    let server_config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
-        )
-        .unwrap();
+    let (ca_pem, server_config) = server_signed_by_a_new_ca("localhost");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -205,7 +189,7 @@ async fn https_origin_with_a_ca_file() {
     });
     let dir = tempfile::tempdir().unwrap();
     let ca_path = dir.path().join("ca.pem");
-    std::fs::write(&ca_path, ca.pem()).unwrap();
+    std::fs::write(&ca_path, ca_pem).unwrap();
     let edge = Edge::start(
         &site(
             "s",
