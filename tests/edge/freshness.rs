@@ -178,6 +178,7 @@ async fn upstream_age_counts_against_freshness() {
 #[tokio::test]
 async fn heuristic_freshness_only_where_the_site_enables_it() {
     let o = Origin::start().await;
+    let began = std::time::Instant::now();
     let lm = httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(10_000));
     o.always("/lm", Reply::ok("x").header("last-modified", &lm));
     let off = Edge::for_origin(&o).await;
@@ -196,7 +197,10 @@ async fn heuristic_freshness_only_where_the_site_enables_it() {
     .await;
     let r = on.get("/lm").await;
     let ttl: i64 = param(r.cache_status(), "ttl").unwrap().parse().unwrap();
-    assert!((990..=1000).contains(&ttl), "10% of 10000s: {ttl}");
+    // The origin sends no Date: the edge dates the answer on arrival, so a slow machine adds
+    // a tenth of the time this test has run so far (plus a second of rounding).
+    let most = (10_000 + began.elapsed().as_secs() as i64 + 1) / 10;
+    assert!((990..=most).contains(&ttl), "10% of 10000s: {ttl}");
     assert!(on.get("/lm").await.is_hit());
 }
 
