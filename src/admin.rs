@@ -158,6 +158,21 @@ async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> AdminResponse 
             purge_status(&state, &path["/purge/".len()..])
         }
         (&Method::GET, "/cluster") => json(StatusCode::OK, cluster(&state)),
+        (&Method::GET, "/owner") => {
+            let Some(edge) = &state.edge else {
+                return error(StatusCode::NOT_FOUND, "this node runs no edge: ask an edge");
+            };
+            let url = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("url="))
+                .map(percent_decode)
+                .unwrap_or_default();
+            match crate::http::handler::owner_report(edge, &url) {
+                Ok(v) => json(StatusCode::OK, v),
+                Err(e) => error(StatusCode::BAD_REQUEST, &e),
+            }
+        }
         (&Method::GET | &Method::HEAD, "/") => {
             page("text/html; charset=utf-8", crate::status::PAGE)
         }
@@ -182,8 +197,8 @@ async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> AdminResponse 
         }
         (
             _,
-            "/healthz" | "/metrics" | "/purge" | "/cluster" | "/drain" | "/" | "/status.js"
-            | "/status.css" | "/status.json" | "/favicon.svg",
+            "/healthz" | "/metrics" | "/purge" | "/cluster" | "/drain" | "/owner" | "/"
+            | "/status.js" | "/status.css" | "/status.json" | "/favicon.svg",
         ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
     }
@@ -295,11 +310,103 @@ fn cluster(state: &AdminState) -> serde_json::Value {
                 "requests_per_second": m.requests_per_second,
                 "hit_ratio": m.hit_ratio,
                 "purged": m.purged,
+                "peer": m.peer.map(|a| a.to_string()),
                 "last_heard_ms": now.saturating_duration_since(m.last_heard).as_millis() as u64,
             })
         })
         .collect();
     serde_json::json!({ "gossip": true, "members": members })
+}
+
+/// `%XX` escapes decoded (others kept as they are).
+fn percent_decode(text: &str) -> String {
+    let b = text.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `%XX` escapes for what a query parameter cannot hold as it is.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' | b':' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `meridian owner`: which edges own `url` now, as the running edge of `config` sees the
+/// cluster; printed for people.
+pub async fn owner(config: &crate::config::Config, url: &str) -> Result<(), String> {
+    let text = get(config, &format!("/owner?url={}", percent_encode(url))).await?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("/owner: not JSON: {e}: {text}"))?;
+    let list = |k: &str| -> String {
+        let ids: Vec<&str> = v[k]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str())
+            .collect();
+        if ids.is_empty() {
+            "no live edge".into()
+        } else {
+            ids.join(", then ")
+        }
+    };
+    println!(
+        "{url}: site {}, cache key {}",
+        v["site"].as_str().unwrap_or("?"),
+        v["key"].as_str().unwrap_or("?")
+    );
+    println!(
+        "owners in region {}: {}",
+        v["region"].as_str().unwrap_or("?"),
+        list("owners")
+    );
+    if let Some(r) = v["shield_region"].as_str() {
+        println!("owners in the shield region {r}: {}", list("shield_owners"));
+    }
+    if v["shield"] != true {
+        println!("the site does not shield: each edge asks the origin itself");
+        return Ok(());
+    }
+    let asks: Vec<String> = v["asks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            format!(
+                "{} ({})",
+                a["edge"].as_str().unwrap_or("?"),
+                a["tier"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    if asks.is_empty() {
+        println!("a miss on this edge goes to the origin (this edge owns it)");
+    } else {
+        println!(
+            "a miss on this edge asks {}, then the origin",
+            asks.join(", then ")
+        );
+    }
+    Ok(())
 }
 
 /// Asks the node of `config` to drain (`on`) or to stop draining, through its own admin API
@@ -424,6 +531,7 @@ pub(crate) async fn members(
                 requests_per_second: m["requests_per_second"].as_f64().unwrap_or(0.0),
                 hit_ratio: m["hit_ratio"].as_f64(),
                 purged: serde_json::from_value(m["purged"].clone()).unwrap_or_default(),
+                peer: m["peer"].as_str().and_then(|a| a.parse().ok()),
                 last_heard: now
                     .checked_sub(std::time::Duration::from_millis(
                         m["last_heard_ms"].as_u64().unwrap_or(0),

@@ -524,9 +524,26 @@ impl Node {
                         .unwrap_or_default(),
                     weight,
                     capacity,
+                    // Peers reach the edge at its first plain HTTP listener, on the gossip
+                    // address's host where it listens on every address.
+                    peer: http_addrs.first().map(|a| {
+                        if a.ip().is_unspecified() {
+                            SocketAddr::new(g.advertise.ip(), a.port())
+                        } else {
+                            *a
+                        }
+                    }),
                 },
             )
             .await?;
+            if let (Some(state), Some(edge)) = (&edge_state, &node.edge) {
+                let _ = state.peers.set(Arc::new(crate::shield::Peers::new(
+                    &node.id,
+                    &node.region,
+                    edge.peer_timeout,
+                    agent.clone(),
+                )));
+            }
             if let (Some(state), Some(capacity)) = (&edge_state, capacity) {
                 agent.publish_edge(state.load.clone(), capacity, drain.subscribe());
                 tracker.spawn(crate::purge::follow(

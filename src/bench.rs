@@ -39,6 +39,8 @@ fn site() -> SiteConfig {
         query_key: QueryKey::Keep,
         key_headers: vec![],
         tls: None,
+        shield: false,
+        shield_region: None,
     }
 }
 
@@ -59,6 +61,7 @@ impl HitPath {
             max_connections: 1000,
             shutdown_grace: Duration::from_secs(1),
             drain_wait: Some(Duration::ZERO),
+            peer_timeout: Duration::from_secs(1),
             public_addresses: vec![],
             capacity_requests_per_second: 10_000.0,
             capacity_connections: 1000.0,
@@ -307,6 +310,7 @@ impl GossipNode {
             addresses: vec![listen.ip()],
             weight: 1.0,
             capacity: None,
+            peer: None,
         };
         let gossip = crate::gossip::Gossip::start(&config, me)
             .await

@@ -83,6 +83,7 @@ pub(crate) mod model;
 pub(crate) mod origin;
 pub(crate) mod purge;
 pub mod route;
+pub(crate) mod shield;
 pub(crate) mod status;
 pub(crate) mod steering;
 pub mod top;

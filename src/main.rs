@@ -73,6 +73,15 @@ enum Command {
         #[arg(long, default_value_t = 10.0)]
         timeout: f64,
     },
+    /// Which edges own a URL now (tiered caching: `shield` in the origin map), as the running
+    /// edge of NODE.toml sees the cluster, and whom a miss there asks.
+    Owner {
+        /// The node file of an edge.
+        #[arg(short, long, value_name = "NODE.toml")]
+        config: PathBuf,
+        /// The URL (http://host/path?query).
+        url: String,
+    },
     /// The running node's numbers in the terminal, refreshing: members, load, requests/s, hit
     /// ratio, origin fetches, cache bytes, DNS answers per region.
     Top {
@@ -254,6 +263,15 @@ fn main() -> ExitCode {
             let wait = wait.then(|| seconds(timeout, 10.0));
             block_on("meridian purge", async move {
                 meridian::admin::purge(&cfg, what, wait).await
+            })
+        }
+        Command::Owner { config, url } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            block_on("meridian owner", async move {
+                meridian::admin::owner(&cfg, &url).await
             })
         }
         Command::Top {

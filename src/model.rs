@@ -107,6 +107,8 @@ pub(crate) struct Member {
     pub(crate) hit_ratio: Option<f64>,
     /// An edge's applied cluster purges: the latest issue time (unix ms) per issuer.
     pub(crate) purged: std::collections::BTreeMap<String, u64>,
+    /// An edge's address for peer requests (`shield`), if it takes them.
+    pub(crate) peer: Option<SocketAddr>,
     /// When this node last heard a new heartbeat of it (now, for itself).
     pub(crate) last_heard: Instant,
     pub(crate) is_self: bool,
@@ -249,6 +251,7 @@ mod tests {
             requests_per_second: 0.0,
             hit_ratio: None,
             purged: Default::default(),
+            peer: None,
             last_heard: Instant::now(),
             is_self: false,
         }

@@ -501,7 +501,27 @@ fn check_placement(
         .chain(&edge.tls_listen)
         .copied()
         .collect();
+    let map_file = || origin_map.map_or_else(|| node.path.clone(), Path::to_path_buf);
     for (i, site) in sites.iter().enumerate() {
+        if site.shield && !node.gossip.as_ref().is_some_and(|g| g.key_file.is_some()) {
+            problems.push(Problem {
+                file: map_file(),
+                key: format!("site[{i}].shield"),
+                reason: format!(
+                    "this edge ({}) does not gossip with a key_file: peers sign their requests with a key derived from the gossip key, and find each other by gossip",
+                    node.path.display()
+                ),
+            });
+        }
+        if let (Some(region), Some(map)) = (&site.shield_region, cluster) {
+            if !map.regions.iter().any(|r| &r.name == region) {
+                problems.push(Problem {
+                    file: map_file(),
+                    key: format!("site[{i}].shield_region"),
+                    reason: format!("{region:?} is not a region of the cluster map"),
+                });
+            }
+        }
         for (j, origin) in site.origins.iter().enumerate() {
             let Some(host) = origin.host() else { continue };
             let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -519,7 +539,7 @@ fn check_placement(
             });
             if let Some(l) = own {
                 problems.push(Problem {
-                    file: origin_map.map_or_else(|| node.path.clone(), Path::to_path_buf),
+                    file: map_file(),
                     key: format!("site[{i}].origins[{j}]"),
                     reason: format!(
                         "{origin} is this edge's own listener {l}: every miss would come back to it"
@@ -798,6 +818,42 @@ cache_key = { query = \"keep\", sceme = false }\n[[site]]\nname = \"b\"\nhosts=[
         );
         let node = EDGE.replace("region = \"r\"", "region = \"r\"\ncluster_map = \"c.toml\"");
         assert!(node_problems(&node, &[ORIGINS, ("c.toml", MAP)]).is_empty());
+    }
+
+    #[test]
+    fn shielding_is_checked_against_the_node_and_the_cluster_map() {
+        let site = |extra: &str| ("o.toml", format!("{}{extra}\n", ORIGINS.1));
+        let node = EDGE.replace("region = \"r\"", "region = \"r\"\ncluster_map = \"c.toml\"");
+        let keyed = format!("{node}[gossip]\nlisten = \"127.0.0.1:7946\"\nkey_file = \"g.key\"\n");
+        let key = ("g.key", "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\n");
+        let problems = |node: &str, extra: &str| {
+            let (name, text) = site(extra);
+            node_problems(node, &[(name, &text), ("c.toml", MAP), key])
+        };
+        assert!(problems(&keyed, "shield = \"region\"\nshield_region = \"r\"").is_empty());
+        // Without gossip (or its key) there is no one to ask and nothing to sign with.
+        let p = problems(&node, "shield = \"region\"");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].0, "site[0].shield");
+        assert!(p[0].1.contains("key_file"), "{p:?}");
+        let p = problems(&keyed, "shield = \"regoin\"");
+        assert_eq!(p[0].0, "site[0].shield");
+        assert!(p[0].1.contains("\"regoin\" is not one of"), "{p:?}");
+        let p = problems(&keyed, "shield_region = \"r\"");
+        assert_eq!(p[0].0, "site[0].shield_region");
+        let p = problems(&keyed, "shield = \"region\"\nshield_region = \"eu\"");
+        assert_eq!(
+            p,
+            [(
+                "site[0].shield_region".to_string(),
+                "\"eu\" is not a region of the cluster map".to_string()
+            )]
+        );
+        let p = node_problems(
+            &EDGE.replace("[edge]", "[edge]\npeer_timeout = \"0s\""),
+            &[ORIGINS],
+        );
+        assert_eq!(p[0].0, "edge.peer_timeout");
     }
 
     #[test]

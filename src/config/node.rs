@@ -81,6 +81,7 @@ pub(super) struct RawEdge {
     max_connections: Option<usize>,
     shutdown_grace: Option<String>,
     drain_wait: Option<String>,
+    peer_timeout: Option<String>,
     tls: Option<RawEdgeTls>,
     cache_disk: Option<RawDisk>,
     public_addresses: Option<Vec<String>>,
@@ -236,6 +237,9 @@ pub struct EdgeConfig {
     /// On shutdown, time between announcing draining and closing the listeners, so resolvers
     /// that cached this edge stop sending users (at most the DNS TTL; the TTL by default).
     pub drain_wait: Option<Duration>,
+    /// Longest wait for a peer's response head on a shielded miss; past it the edge asks the
+    /// next owner or the origin.
+    pub peer_timeout: Duration,
     /// Addresses users reach this edge at, as published by gossip (by default the cluster
     /// map's entry for this node id, else the listen addresses).
     pub public_addresses: Vec<std::net::IpAddr>,
@@ -781,6 +785,11 @@ pub(super) fn validate_edge(r: &mut Report<'_>, e: &RawEdge) -> EdgeConfig {
             .drain_wait
             .as_ref()
             .map(|_| r.duration("edge.drain_wait", &e.drain_wait, Duration::ZERO)),
+        peer_timeout: r.positive_duration(
+            "edge.peer_timeout",
+            &e.peer_timeout,
+            Duration::from_secs(1),
+        ),
         public_addresses: e
             .public_addresses
             .iter()

@@ -28,6 +28,8 @@ pub(super) struct RawSite {
     tls_key: Option<String>,
     #[serde(default)]
     cache_key: RawCacheKey,
+    shield: Option<String>,
+    shield_region: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -82,6 +84,11 @@ pub struct SiteConfig {
     pub key_headers: Vec<String>,
     /// The certificate served for the site's hosts on the TLS listeners.
     pub tls: Option<SiteCertificate>,
+    /// Tiered caching (`shield = "region"`): a miss asks the key's owner among the live edges
+    /// of this edge's region rather than the origin.
+    pub shield: bool,
+    /// The region whose owners alone ask the origin; every other region's owners ask them.
+    pub shield_region: Option<String>,
 }
 
 /// A site's certificate, checked (key matches, within its validity, covers the site's hosts)
@@ -249,6 +256,23 @@ pub(super) fn parse_origin_map(
             }
             (None, None) => None,
         };
+        let shield = match s.shield.as_deref() {
+            None | Some("off") => false,
+            Some("region") => true,
+            Some(other) => {
+                r.add(
+                    k("shield"),
+                    format!("{other:?} is not one of \"region\", \"off\""),
+                );
+                false
+            }
+        };
+        if s.shield_region.is_some() && !shield {
+            r.add(
+                k("shield_region"),
+                "needs shield = \"region\" (the region tier asks the shield region's owners)",
+            );
+        }
         sites.push(SiteConfig {
             name: s.name.clone(),
             hosts,
@@ -277,6 +301,8 @@ pub(super) fn parse_origin_map(
             query_key,
             key_headers,
             tls,
+            shield,
+            shield_region: s.shield_region.clone(),
         });
     }
     sites

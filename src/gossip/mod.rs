@@ -11,7 +11,7 @@
 pub(crate) mod transport;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -49,6 +49,9 @@ mod key {
     pub(super) const PURGE_PREFIX: &str = "purge/";
     /// An edge's applied purges: the latest issue time (unix ms) applied per issuer, as JSON.
     pub(super) const PURGED: &str = "purged";
+    /// Where an edge takes requests from its peers (`shield`): `ip:port` of a plain HTTP
+    /// listener.
+    pub(super) const PEER: &str = "peer";
 }
 
 /// Most purges one node keeps in its gossip state at once (within the retention).
@@ -87,6 +90,8 @@ pub(crate) struct SelfInfo {
     /// Relative capacity (the cluster map's weight of this edge's load in its region).
     pub(crate) weight: f64,
     pub(crate) capacity: Option<Capacity>,
+    /// An edge's address for peer requests (`shield`).
+    pub(crate) peer: Option<SocketAddr>,
 }
 
 /// Why gossip could not start.
@@ -185,6 +190,9 @@ impl Gossip {
             ),
             (key::STARTED.to_string(), started.as_secs().to_string()),
         ];
+        if let Some(p) = me.peer {
+            values.push((key::PEER.to_string(), p.to_string()));
+        }
         if let Some(c) = me.capacity {
             values.push((
                 key::CAPACITY.to_string(),
@@ -228,6 +236,11 @@ impl Gossip {
         ));
         tracing::info!(listen = %config.listen, advertise = %config.advertise, seeds = ?config.seeds, cluster = %config.cluster, generation, "gossip started");
         Ok(gossip)
+    }
+
+    /// The keyring, for signing and checking peer requests.
+    pub(crate) fn keyring(&self) -> Arc<Keyring> {
+        self.keyring.load_full()
     }
 
     /// The members as last polled (this node included).
@@ -715,6 +728,7 @@ fn member(
         version: get(key::VERSION).to_string(),
         started: get(key::STARTED).parse().unwrap_or(0),
         purged: parse_purged(get(key::PURGED)),
+        peer: get(key::PEER).parse().ok(),
         requests_per_second: parse_traffic(get(key::TRAFFIC)).0,
         hit_ratio: parse_traffic(get(key::TRAFFIC)).1,
         last_heard: heard,
@@ -743,6 +757,7 @@ mod tests {
             requests_per_second: 0.0,
             hit_ratio: None,
             purged: Default::default(),
+            peer: None,
             last_heard: Instant::now(),
             is_self,
         }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use aws_lc_rs::aead::{Aad, Nonce, RandomizedNonceKey, AES_256_GCM, NONCE_LEN};
+use aws_lc_rs::hmac;
 use base64::Engine;
 use chitchat::transport::{Socket, Transport};
 use chitchat::{ChitchatMessage, Deserializable, Serializable};
@@ -28,8 +29,15 @@ const TAG_LEN: usize = 16;
 const MAX_DATAGRAM: usize = 65_507;
 
 /// Gossip keys: the first seals, all open.
+/// What the peer-request key is derived with, so that it differs from the sealing key.
+const PEER_KEY_LABEL: &[u8] = b"meridian peer request v1";
+
 pub(crate) struct Keyring {
     keys: Vec<RandomizedNonceKey>,
+    /// One HMAC key per gossip key, derived from it for signing peer requests (`shield`), in
+    /// the same order: the first signs, any verifies. A request signature never reveals the
+    /// gossip key itself.
+    peer: Vec<hmac::Key>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -41,7 +49,10 @@ impl std::fmt::Debug for Keyring {
 impl Keyring {
     /// A ring that neither seals nor accepts sealed packets (`insecure = true`).
     pub(crate) fn insecure() -> Keyring {
-        Keyring { keys: Vec::new() }
+        Keyring {
+            keys: Vec::new(),
+            peer: Vec::new(),
+        }
     }
 
     /// Builds a ring from raw 32-byte keys, the sealing key first.
@@ -51,7 +62,24 @@ impl Keyring {
                 .iter()
                 .map(|k| RandomizedNonceKey::new(&AES_256_GCM, k).expect("32-byte AES key"))
                 .collect(),
+            peer: keys
+                .iter()
+                .map(|k| {
+                    let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, k), PEER_KEY_LABEL);
+                    hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref())
+                })
+                .collect(),
         }
+    }
+
+    /// Signs a peer request's text with the first key; `None` for an insecure ring.
+    pub(crate) fn sign_peer(&self, text: &[u8]) -> Option<hmac::Tag> {
+        self.peer.first().map(|k| hmac::sign(k, text))
+    }
+
+    /// Whether any key of the ring made `tag` for `text`.
+    pub(crate) fn verify_peer(&self, text: &[u8], tag: &[u8]) -> bool {
+        self.peer.iter().any(|k| hmac::verify(k, text, tag).is_ok())
     }
 
     /// Parses a key file: one base64 key of 32 bytes per line (`openssl rand -base64 32`), the

@@ -35,6 +35,7 @@ use crate::cache::store::{Store, Tier};
 use crate::config::{EdgeConfig, QueryKey, SiteConfig};
 use crate::load::LoadCounters;
 use crate::origin::{OriginError, Origins};
+use crate::shield::{Hop, Peers, PEER};
 use crate::telemetry::EdgeMetrics;
 
 /// A site of the origin map, ready to serve.
@@ -49,6 +50,10 @@ pub(crate) struct Site {
     fixed_host: bool,
     /// The scheme reaches the origin (`Forwarded: proto=`) and selects the variant.
     key_scheme: bool,
+    /// Misses ask the key's owner among this region's edges (`shield = "region"`).
+    shield: bool,
+    /// The region whose owners alone ask the origin.
+    shield_region: Option<String>,
 }
 
 impl Site {
@@ -65,6 +70,8 @@ impl Site {
             origins: Origins::new(cfg).map_err(|e| format!("site {:?}: {e}", cfg.name))?,
             fixed_host: cfg.host_header.is_some(),
             key_scheme: cfg.key_scheme,
+            shield: cfg.shield,
+            shield_region: cfg.shield_region.clone(),
         })
     }
 
@@ -148,6 +155,8 @@ enum Fetched {
         set_cookie: Vec<HeaderValue>,
         /// The body, when it is still arriving: a reader from its first byte.
         tail: Option<Tail>,
+        /// The `Cache-Status` of the peer that answered, for the leading client.
+        upstream: Option<HeaderValue>,
     },
     Response {
         resp: Response<Body>,
@@ -174,6 +183,8 @@ pub(crate) struct EdgeState {
     pub(crate) metrics: EdgeMetrics,
     pub(crate) load: Arc<LoadCounters>,
     pub(crate) access_log: bool,
+    /// The other edges, once gossip runs (`shield`).
+    pub(crate) peers: std::sync::OnceLock<Arc<Peers>>,
 }
 
 impl EdgeState {
@@ -201,8 +212,56 @@ impl EdgeState {
             metrics: EdgeMetrics::new(node_id),
             load: Arc::default(),
             access_log,
+            peers: std::sync::OnceLock::new(),
         }
     }
+}
+
+/// Which edges own `url` now, as `GET /owner` on the admin API says it (`meridian owner`).
+pub(crate) fn owner_report(state: &EdgeState, url: &str) -> Result<serde_json::Value, String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    let host = uri
+        .authority()
+        .map(|a| a.host())
+        .ok_or_else(|| format!("{url:?} names no host (http://host/path)"))?;
+    let sites = state.sites.load();
+    let site = sites
+        .lookup(host)
+        .ok_or_else(|| format!("no site of this edge serves {host:?}"))?;
+    let key = site.key(&uri);
+    let peers = state
+        .peers
+        .get()
+        .ok_or("this edge does not gossip: it has no peers, and asks the origin itself")?;
+    let members = peers.members();
+    let ids = |region: &str| -> Vec<String> {
+        crate::shield::owners(&members, region, &key)
+            .into_iter()
+            .map(|m| m.id.clone())
+            .collect()
+    };
+    let asks: Vec<serde_json::Value> = if site.shield {
+        peers
+            .plan(&key, site.shield_region.as_deref(), None)
+            .into_iter()
+            .map(|(m, hop)| serde_json::json!({ "edge": m.id, "tier": hop.as_str() }))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(serde_json::json!({
+        "url": url,
+        "site": site.name,
+        "key": key,
+        "shield": site.shield,
+        "region": peers.region(),
+        "owners": ids(peers.region()),
+        "shield_region": site.shield_region,
+        "shield_owners": site.shield_region.as_deref().map(ids),
+        "asks": asks,
+    }))
 }
 
 /// Answers one request; never fails (errors become responses).
@@ -275,6 +334,8 @@ pub(crate) struct ClientRequest {
     peer: Peer,
     host: String,
     fault: BodyWatch,
+    /// The tier a signed peer request asks (see `shield`); `None` for a client's.
+    hop: Option<Hop>,
 }
 
 async fn route(
@@ -309,14 +370,25 @@ async fn route(
     if is_loop(req.headers(), &state.via) {
         return refused(Refusal::Loop);
     }
+    // A peer's mark never goes further; it counts only where its signature holds.
+    let hop = req.headers_mut().remove(PEER).and_then(|mark| {
+        let peers = state.peers.get()?;
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        peers.verify(&mark, req.method(), &host, target)
+    });
     let incoming = ClientRequest {
         req,
         peer,
         host,
         fault,
+        hop,
     };
     if *incoming.req.method() == Method::GET || *incoming.req.method() == Method::HEAD {
-        cache_path(state, &site, incoming).await
+        let (mut resp, s) = cache_path(state, &site, incoming).await;
+        if let (Some(_), Some(peers)) = (hop, state.peers.get()) {
+            peers.rename_cache_status(resp.headers_mut());
+        }
+        (resp, s)
     } else {
         let invalidate = policy::invalidates(incoming.req.method());
         let s = CacheStatus::forward(Fwd::Method);
@@ -328,7 +400,17 @@ async fn route(
 /// fields of the client's (the origin client frames what it actually sends). `parts.version`
 /// is the client's; the origin client picks its own (HTTP/2 where the origin offers it), so it
 /// leaves as HTTP/1.1. Hop-by-hop fields went at intake, and `Host` is the normalised one.
-fn to_origin(parts: &mut Parts, peer: Peer, host: &str, site: &Site, state: &EdgeState) {
+///
+/// A signed peer hop (`hop`) keeps the forwarding fields the first edge wrote: they name the
+/// user, and the peer only adds itself to `Via`.
+fn to_origin(
+    parts: &mut Parts,
+    peer: Peer,
+    host: &str,
+    site: &Site,
+    state: &EdgeState,
+    hop: Option<Hop>,
+) {
     let via = if parts.version == http::Version::HTTP_2 {
         &state.via2
     } else {
@@ -337,9 +419,13 @@ fn to_origin(parts: &mut Parts, peer: Peer, host: &str, site: &Site, state: &Edg
     parts.version = http::Version::HTTP_11;
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.remove(header::TRANSFER_ENCODING);
-    // The origin learns of the host and the scheme only where the variant holds them.
-    let target = site.target(host, peer.secure);
-    add_forwarding(&mut parts.headers, peer.addr.ip(), target, via);
+    if hop.is_some() {
+        parts.headers.append(header::VIA, via.clone());
+    } else {
+        // The origin learns of the host and the scheme only where the variant holds them.
+        let target = site.target(host, peer.secure);
+        add_forwarding(&mut parts.headers, peer.addr.ip(), target, via);
+    }
     if let Some(pq) = parts.uri.path_and_query() {
         if let Ok(u) = Uri::builder().path_and_query(pq.clone()).build() {
             parts.uri = u;
@@ -363,6 +449,7 @@ async fn forward(
         peer,
         host,
         fault,
+        hop,
     } = client;
     let (mut parts, body) = req.into_parts();
     let method = parts.method.clone();
@@ -372,7 +459,7 @@ async fn forward(
     // connection (request smuggling). It is dropped, as most caches do.
     let no_body =
         method == Method::GET || method == Method::HEAD || http_body::Body::is_end_stream(&body);
-    to_origin(&mut parts, peer, &host, site, state);
+    to_origin(&mut parts, peer, &host, site, state, hop);
     state.metrics.origin_fetches.increment(1);
     let t = Instant::now();
     let sent = site
@@ -562,6 +649,8 @@ struct Fill {
     host: Option<Box<str>>,
     https: Option<bool>,
     key: String,
+    /// The tier the request that caused the fetch came over, if from a peer.
+    hop: Option<Hop>,
 }
 
 impl Fill {
@@ -585,7 +674,14 @@ impl Fill {
         ] {
             parts.headers.remove(name);
         }
-        to_origin(&mut parts, client.peer, &client.host, site, state);
+        to_origin(
+            &mut parts,
+            client.peer,
+            &client.host,
+            site,
+            state,
+            client.hop,
+        );
         let target = site.target(&client.host, client.peer.secure);
         Fill {
             parts,
@@ -593,6 +689,7 @@ impl Fill {
             host: target.host.map(Box::from),
             https: target.https,
             key: key.to_string(),
+            hop: client.hop,
         }
     }
 }
@@ -658,6 +755,7 @@ async fn fill(
                     stored,
                     set_cookie,
                     tail,
+                    upstream,
                 } => {
                     status.fwd_status = Some(fwd_status);
                     status.stored = stored;
@@ -665,6 +763,9 @@ async fn fill(
                         Ok(r) => r,
                         Err(e) => return (Refusal::Origin(e).response(status), status),
                     };
+                    if let Some(u) = upstream {
+                        response::after_upstream(resp.headers_mut(), &u);
+                    }
                     // The cookies go to the client whose request fetched the response, never
                     // into the stored copy.
                     for c in set_cookie {
@@ -827,6 +928,8 @@ fn new_entry(
     let tags = surrogate_keys(&headers);
     strip_cache_only(&mut headers);
     headers.remove(header::AGE);
+    // An upstream cache's entry describes this one fetch, not later hits.
+    headers.remove(super::headers::CACHE_STATUS);
     match length {
         Some(n) => headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n)),
         None => headers.remove(header::CONTENT_LENGTH),
@@ -854,6 +957,35 @@ fn new_entry(
         target_https: job.https,
         on_disk: None,
     }
+}
+
+/// Sends a fill's request upstream: to the key's owners among the peers first where the site
+/// shields (each in turn, passing over any that fails or is slow), then to the origin. Returns
+/// the response, what answered (for errors and logs), and a peer's `Cache-Status`.
+async fn upstream(
+    state: &EdgeState,
+    site: &Site,
+    job: &Fill,
+) -> Result<(Response<Incoming>, String, Option<HeaderValue>), OriginError> {
+    if let (true, Some(peers)) = (site.shield, state.peers.get()) {
+        for (member, hop) in peers.plan(&job.key, site.shield_region.as_deref(), job.hop) {
+            if let Some(resp) = peers.send(&member, hop, &job.parts).await {
+                let status = resp.headers().get(super::headers::CACHE_STATUS).cloned();
+                return Ok((resp, format!("peer {}", member.id), status));
+            }
+        }
+    }
+    let t = Instant::now();
+    state.metrics.origin_fetches.increment(1);
+    let sent = site
+        .origins
+        .send(Request::from_parts(job.parts.clone(), Body::empty()))
+        .await;
+    state
+        .metrics
+        .origin_seconds
+        .record(t.elapsed().as_secs_f64());
+    sent.map(|(resp, origin)| (resp, origin.to_string(), None))
 }
 
 /// The shared fetch: one per key at a time, run as its own task. Publishes an [`Outcome`] to
@@ -885,24 +1017,15 @@ async fn fetch(
         }
     }
     let request_time = SystemTime::now();
-    let t = Instant::now();
-    state.metrics.origin_fetches.increment(1);
-    let sent = site
-        .origins
-        .send(Request::from_parts(job.parts.clone(), Body::empty()))
-        .await;
-    state
-        .metrics
-        .origin_seconds
-        .record(t.elapsed().as_secs_f64());
+    let sent = upstream(&state, &site, &job).await;
     let exchange = Exchange {
         request_time,
         response_time: SystemTime::now(),
     };
     let stored_at = Instant::now();
     let key = std::mem::take(&mut job.key);
-    let (resp, origin) = match sent {
-        Ok((resp, origin)) => (resp, origin.to_string()),
+    let (resp, origin, upstream) = match sent {
+        Ok(sent) => sent,
         Err(e) => {
             state.metrics.origin_error(e.kind());
             leader.finish(Outcome::Failed(e.clone()));
@@ -947,6 +1070,7 @@ async fn fetch(
             let set_cookie = take_cookies(&mut merged);
             strip_cache_only(&mut merged);
             merged.remove(header::AGE);
+            merged.remove(super::headers::CACHE_STATUS);
             let freshness = refreshed.unwrap_or(old.freshness);
             let entry = Arc::new(Entry {
                 status: old.status,
@@ -978,6 +1102,7 @@ async fn fetch(
                 stored,
                 set_cookie,
                 tail: None,
+                upstream,
             });
         }
     }
@@ -1055,6 +1180,7 @@ async fn fetch(
         stored: true,
         set_cookie,
         tail,
+        upstream,
     });
     // An object too large for memory goes to disk as it arrives, and only the part not yet
     // there is held (readers behind read the rest from disk).

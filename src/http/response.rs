@@ -518,8 +518,36 @@ pub(crate) fn from_fill(
     Ok(build(code, headers, body))
 }
 
+/// Every value of a field as one list value.
+fn joined(headers: &HeaderMap, name: &http::HeaderName) -> Option<HeaderValue> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?.clone();
+    values.try_fold(first, |acc, v| {
+        let mut b = acc.as_bytes().to_vec();
+        b.extend_from_slice(b", ");
+        b.extend_from_slice(v.as_bytes());
+        HeaderValue::from_bytes(&b).ok()
+    })
+}
+
+/// Puts the `Cache-Status` of the caches upstream (a peer edge, or an origin that is itself a
+/// cache) before this cache's entry: RFC 9211 §2 lists the cache nearest the origin first and
+/// asks caches to keep what is there.
+pub(crate) fn after_upstream(headers: &mut HeaderMap, upstream: &HeaderValue) {
+    let Some(ours) = headers.get(CACHE_STATUS) else {
+        return;
+    };
+    let mut v = upstream.as_bytes().to_vec();
+    v.extend_from_slice(b", ");
+    v.extend_from_slice(ours.as_bytes());
+    if let Ok(v) = HeaderValue::from_bytes(&v) {
+        headers.insert(CACHE_STATUS, v);
+    }
+}
+
 /// Passes an origin response through to the client: hop-by-hop and cache-only fields removed,
-/// `Via` and `Cache-Status` added; the body streams (dropped for HEAD).
+/// `Via` and `Cache-Status` added (after any upstream cache's); the body streams (dropped for
+/// HEAD).
 pub(crate) fn from_origin(
     mut resp: Response<Body>,
     method: &Method,
@@ -530,7 +558,11 @@ pub(crate) fn from_origin(
     strip_hop_by_hop(h);
     strip_cache_only(h);
     h.append(header::VIA, via.clone());
+    let upstream = joined(h, &CACHE_STATUS);
     h.insert(CACHE_STATUS, status.value());
+    if let Some(u) = upstream {
+        after_upstream(h, &u);
+    }
     if *method == Method::HEAD {
         *resp.body_mut() = Body::empty();
     }

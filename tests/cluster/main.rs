@@ -1236,3 +1236,215 @@ async fn an_edge_that_was_down_applies_the_purges_it_missed_before_serving_from_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Three shielding edges, as real processes: edge-a1 and edge-a2 in us-west, edge-b in eu-west,
+/// the shield region. Returns once every edge hears the three alive with their peer addresses.
+async fn shielded(c: &mut Cluster, origin: SocketAddr) -> Vec<(String, Proc, PathBuf)> {
+    std::fs::write(
+        c.path("origins.toml"),
+        common::site(
+            "demo",
+            "demo.meridian.test",
+            &format!("http://{origin}"),
+            "shield = \"region\"\nshield_region = \"eu-west\"",
+        ),
+    )
+    .unwrap();
+    let mut edges = Vec::new();
+    for (id, region) in [
+        ("edge-a1", "us-west"),
+        ("edge-a2", "us-west"),
+        ("edge-b", "eu-west"),
+    ] {
+        let file = c.edge_file(id, region, "k1.key", "peer_timeout = \"500ms\"\n");
+        edges.push((id.to_string(), Proc::start(&file), file));
+    }
+    let t = Instant::now();
+    for (_, p, _) in &edges {
+        loop {
+            let v = admin_json(p.admin, "/cluster").await;
+            let ready = v["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["state"] == "alive" && m["peer"].is_string())
+                .count();
+            if ready == 3 {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(15), "not converged: {v}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    edges
+}
+
+/// `meridian owner` through an edge's node file: its stdout.
+fn owner(file: &Path, url: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["owner", "-c"])
+        .arg(file)
+        .arg(url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+fn metric(text: &str, family: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(family) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shielded_misses_make_one_origin_fetch_for_the_whole_cluster() {
+    let origin = Origin::start().await;
+    let slow = |body: &str| {
+        Reply::ok(body)
+            .header("cache-control", "max-age=60")
+            .delay(Duration::from_millis(300))
+    };
+    for path in ["/cold", "/x", "/forged", "/late"] {
+        origin.always(path, slow(&path[1..]));
+    }
+    let mut c = Cluster::new(
+        &[
+            ("edge-a1", "us-west", "127.0.0.11"),
+            ("edge-a2", "us-west", "127.0.0.14"),
+            ("edge-b", "eu-west", "127.0.0.12"),
+        ],
+        "",
+        "shield",
+    );
+    let edges = shielded(&mut c, origin.addr).await;
+    let http: Vec<SocketAddr> = edges.iter().map(|(_, p, _)| p.http).collect();
+
+    // 300 concurrent requests for one cold object, spread over the three edges: one origin
+    // fetch (each region's owner asks eu-west's owner, which alone asks the origin).
+    let all: Vec<_> = (0..300)
+        .map(|i| {
+            let edge = http[i % 3];
+            tokio::spawn(async move { get(edge, "demo.meridian.test", "/cold", &[]).await })
+        })
+        .collect();
+    for r in all {
+        let r = r.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.cache_status());
+        assert_eq!(r.text(), "cold");
+    }
+    assert_eq!(origin.count("/cold"), 1, "origin fetches for 300 requests");
+
+    // Who owns /x, and the hop seen from an edge that does not: both caches in Cache-Status.
+    let a1_file = &edges[0].2;
+    let told = owner(a1_file, "http://demo.meridian.test/x");
+    println!("{told}");
+    let region_owner = told
+        .lines()
+        .find_map(|l| l.strip_prefix("owners in region us-west: "))
+        .and_then(|l| l.split(", then ").next())
+        .unwrap_or_else(|| panic!("{told}"))
+        .to_string();
+    assert!(
+        told.contains("owners in the shield region eu-west: edge-b"),
+        "{told}"
+    );
+    let (not_owner, _, _) = edges[..2]
+        .iter()
+        .find(|(id, _, _)| *id != region_owner)
+        .unwrap();
+    let at = edges
+        .iter()
+        .find(|(id, _, _)| id == not_owner)
+        .unwrap()
+        .1
+        .http;
+    let r = get(at, "demo.meridian.test", "/x", &[]).await;
+    assert_eq!(r.text(), "x");
+    let cs = r.cache_status().to_string();
+    assert!(
+        cs.contains(&format!("meridian-{region_owner}; fwd=miss"))
+            && cs.contains("meridian-edge-b; fwd=miss")
+            && cs.ends_with("stored; ttl=60")
+            && cs.matches(", ").count() == 2,
+        "{cs}"
+    );
+    // The origin saw the user, not the edges in between, and every hop in Via.
+    let seen = origin.last("/x");
+    let xff = seen.headers["x-forwarded-for"].to_str().unwrap();
+    assert!(!xff.contains(','), "{xff}");
+    let via: Vec<&str> = seen
+        .headers
+        .get_all("via")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    let via = via.join(", ");
+    for id in [not_owner.as_str(), region_owner.as_str(), "edge-b"] {
+        assert!(via.contains(id), "{via}");
+    }
+    assert!(seen.headers.get("meridian-peer").is_none());
+    // Now a hit on the requesting edge, with only its own entry.
+    let r = get(at, "demo.meridian.test", "/x", &[]).await;
+    assert!(
+        r.is_hit() && !r.cache_status().contains(','),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(origin.count("/x"), 1);
+
+    // A forged peer mark is a client's request like any other: dropped before the origin, and
+    // the client's forwarding fields are not taken as a peer's.
+    let b = &edges[2].1;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mark = format!("2.{now}.{}", "00".repeat(32));
+    let r = get(
+        b.http,
+        "demo.meridian.test",
+        "/forged",
+        &[("meridian-peer", &mark), ("x-forwarded-for", "6.6.6.6")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        !r.cache_status().contains("meridian-edge-b"),
+        "{}",
+        r.cache_status()
+    );
+    let seen = origin.last("/forged");
+    assert!(seen.headers.get("meridian-peer").is_none());
+    let xff = seen.headers["x-forwarded-for"].to_str().unwrap();
+    assert!(xff.starts_with("6.6.6.6, "), "{xff}");
+    let m = get(b.admin, "admin", "/metrics", &[]).await.text();
+    assert!(
+        metric(&m, "meridian_peer_served_total", "signature=\"invalid\"") >= 1.0,
+        "{m}"
+    );
+    assert!(metric(&m, "meridian_peer_served_total", "signature=\"valid\"") >= 1.0);
+    let m = get(edges[0].1.admin, "admin", "/metrics", &[]).await.text();
+    assert!(
+        metric(&m, "meridian_peer_requests_total", "result=") >= 1.0,
+        "{m}"
+    );
+
+    // A stalled shield owner (SIGSTOP: it accepts connections and never answers) is passed
+    // over after peer_timeout, without waiting for gossip to call it dead.
+    b.signal("STOP");
+    let t = Instant::now();
+    let r = get(http[0], "demo.meridian.test", "/late", &[]).await;
+    let took = t.elapsed();
+    b.signal("CONT");
+    assert_eq!(r.text(), "late");
+    assert_eq!(origin.count("/late"), 1);
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    println!("stalled owner passed over in {took:?}");
+}

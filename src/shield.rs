@@ -1,0 +1,597 @@
+//! Tiered caching (`shield`): which edge owns a cache key, and the signed hop to it.
+//!
+//! On a miss for a shielded site an edge asks the key's *owner* among the live, non-draining
+//! edges of its region instead of the origin: rendezvous hashing of the key over the members
+//! gossip heard, so that edges with the same view pick the same owner and a member leaving moves
+//! only its own keys. Where the site names a `shield_region`, a region's owner asks the owner in
+//! that region, which alone asks the origin. An owner that cannot be reached or does not answer
+//! within `edge.peer_timeout` is passed over for the next one, then the origin: nothing waits
+//! for gossip to declare it dead.
+//!
+//! Each hop carries `Meridian-Peer: <tier>.<unix s>.<hex HMAC-SHA256>`, signed with a key derived
+//! from the gossip key over the tier, the time, the method, the host and the target. A request
+//! whose signature holds (and whose time is within a minute of ours) is a peer's: its forwarding
+//! fields are kept (they name the user, not the peer) and it is never passed on within its tier
+//! again, so a hop can only go up (region, then shield, then origin) and loops are impossible.
+//! Anything else is an ordinary client request: the header only ever grants what a client could
+//! ask for anyway, so a peer port is never an open proxy. `Via` marks each hop as well.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::request::Parts;
+use http::{header, HeaderName, HeaderValue, Method, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use metrics::Counter;
+
+use crate::gossip::transport::Keyring;
+use crate::gossip::Gossip;
+use crate::http::body::Body;
+use crate::model::{Member, MemberState};
+
+/// The request field that marks (and authenticates) a peer hop.
+pub(crate) const PEER: HeaderName = HeaderName::from_static("meridian-peer");
+
+/// How far a signed hop's time may be from ours.
+const MAX_SKEW_SECS: u64 = 60;
+
+/// Owners asked per tier before the next tier (or the origin).
+const OWNERS_PER_TIER: usize = 2;
+
+/// Which tier a hop asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hop {
+    /// An edge asks its region's owner of the key.
+    Region,
+    /// A region's owner asks the owner in the site's shield region.
+    Shield,
+}
+
+impl Hop {
+    fn digit(self) -> char {
+        match self {
+            Hop::Region => '1',
+            Hop::Shield => '2',
+        }
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Hop::Region => "region",
+            Hop::Shield => "shield",
+        }
+    }
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// What a hop's signature covers.
+fn signed_text(hop: char, at: u64, method: &Method, host: &str, target: &str) -> String {
+    format!("{hop}.{at}.{method} {host} {target}")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// The `Meridian-Peer` value for a hop; `None` when the ring has no key (insecure gossip).
+pub(crate) fn sign(
+    keyring: &Keyring,
+    hop: Hop,
+    at: u64,
+    method: &Method,
+    host: &str,
+    target: &str,
+) -> Option<HeaderValue> {
+    let tag = keyring.sign_peer(signed_text(hop.digit(), at, method, host, target).as_bytes())?;
+    HeaderValue::from_str(&format!("{}.{at}.{}", hop.digit(), hex(tag.as_ref()))).ok()
+}
+
+/// The hop a `Meridian-Peer` value proves, if its signature holds for this request and its
+/// time is within [`MAX_SKEW_SECS`] of `now`.
+pub(crate) fn verify(
+    keyring: &Keyring,
+    value: &HeaderValue,
+    now: u64,
+    method: &Method,
+    host: &str,
+    target: &str,
+) -> Option<Hop> {
+    let text = value.to_str().ok()?;
+    let mut parts = text.splitn(3, '.');
+    let (tier, at, sig) = (parts.next()?, parts.next()?, parts.next()?);
+    let hop = match tier {
+        "1" => Hop::Region,
+        "2" => Hop::Shield,
+        _ => return None,
+    };
+    let at: u64 = at.parse().ok()?;
+    if at.abs_diff(now) > MAX_SKEW_SECS {
+        return None;
+    }
+    let sig = unhex(sig)?;
+    keyring
+        .verify_peer(
+            signed_text(hop.digit(), at, method, host, target).as_bytes(),
+            &sig,
+        )
+        .then_some(hop)
+}
+
+/// A stable 64-bit score of (member, key): FNV-1a, then a finaliser that spreads its bits
+/// (stable across builds and platforms, unlike std's hasher, so every node agrees).
+fn score(id: &str, key: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.bytes().chain([0xff]).chain(key.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// The edges that may own `key` in `region`, best first: live, not draining, taking peer
+/// requests, ordered by rendezvous score.
+pub(crate) fn owners<'a>(members: &'a [Member], region: &str, key: &str) -> Vec<&'a Member> {
+    let mut m: Vec<(u64, &Member)> = members
+        .iter()
+        .filter(|m| {
+            m.is_edge()
+                && m.state == MemberState::Alive
+                && !m.draining
+                && m.region == region
+                && m.peer.is_some()
+        })
+        .map(|m| (score(&m.id, key), m))
+        .collect();
+    m.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.id.cmp(&b.1.id)));
+    m.into_iter().map(|(_, m)| m).collect()
+}
+
+/// The peers to ask for `key` before the origin, in order, by an edge of `region` for a request
+/// that came from a client (`came` = `None`) or over a hop.
+pub(crate) fn plan(
+    members: &[Member],
+    region: &str,
+    shield_region: Option<&str>,
+    key: &str,
+    came: Option<Hop>,
+) -> Vec<(Member, Hop)> {
+    let mut out = Vec::new();
+    if came.is_none() {
+        // Until this edge itself: past it, this edge is the owner (for this request).
+        for m in owners(members, region, key)
+            .into_iter()
+            .take(OWNERS_PER_TIER)
+        {
+            if m.is_self {
+                break;
+            }
+            out.push((m.clone(), Hop::Region));
+        }
+    }
+    if came != Some(Hop::Shield) {
+        if let Some(shield) = shield_region.filter(|s| *s != region) {
+            for m in owners(members, shield, key)
+                .into_iter()
+                .take(OWNERS_PER_TIER)
+            {
+                if m.is_self {
+                    break;
+                }
+                out.push((m.clone(), Hop::Shield));
+            }
+        }
+    }
+    out
+}
+
+/// Peer-request counters of one edge.
+struct PeerMetrics {
+    hit: Counter,
+    miss: Counter,
+    failed: Counter,
+    served: Counter,
+    refused: Counter,
+}
+
+/// How an edge reaches its peers.
+pub(crate) struct Peers {
+    gossip: Arc<Gossip>,
+    region: String,
+    timeout: Duration,
+    client: Client<HttpConnector, Body>,
+    metrics: PeerMetrics,
+    /// This edge's name in a `Cache-Status` entry it gives a peer.
+    cache_name: HeaderValue,
+}
+
+impl Peers {
+    pub(crate) fn new(node: &str, region: &str, timeout: Duration, gossip: Arc<Gossip>) -> Peers {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(timeout));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(http);
+        let c = |result: &'static str| metrics::counter!("meridian_peer_requests_total", "node" => node.to_string(), "result" => result);
+        let s = |signature: &'static str| metrics::counter!("meridian_peer_served_total", "node" => node.to_string(), "signature" => signature);
+        Peers {
+            gossip,
+            region: region.to_string(),
+            timeout,
+            client,
+            metrics: PeerMetrics {
+                hit: c("hit"),
+                miss: c("miss"),
+                failed: c("failed"),
+                served: s("valid"),
+                refused: s("invalid"),
+            },
+            cache_name: HeaderValue::from_str(&cache_name(node))
+                .unwrap_or(HeaderValue::from_static("meridian")),
+        }
+    }
+
+    /// The peers to ask for `key`, in order (see [`plan`]).
+    pub(crate) fn plan(
+        &self,
+        key: &str,
+        shield_region: Option<&str>,
+        came: Option<Hop>,
+    ) -> Vec<(Member, Hop)> {
+        plan(
+            &self.gossip.members(),
+            &self.region,
+            shield_region,
+            key,
+            came,
+        )
+    }
+
+    /// The members as gossip last reported them.
+    pub(crate) fn members(&self) -> Arc<Vec<Member>> {
+        self.gossip.members()
+    }
+
+    pub(crate) fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// The hop a request's `Meridian-Peer` field proves (counted either way), if any.
+    pub(crate) fn verify(
+        &self,
+        value: &HeaderValue,
+        method: &Method,
+        host: &str,
+        target: &str,
+    ) -> Option<Hop> {
+        let hop = verify(
+            &self.gossip.keyring(),
+            value,
+            unix_secs(),
+            method,
+            host,
+            target,
+        );
+        match hop {
+            Some(_) => self.metrics.served.increment(1),
+            None => self.metrics.refused.increment(1),
+        }
+        hop
+    }
+
+    /// Names this edge's `Cache-Status` entry in an answer to a peer: the peer adds its own
+    /// entry after it (RFC 9211 §2), and two entries both named `meridian` could not be told
+    /// apart.
+    pub(crate) fn rename_cache_status(&self, headers: &mut http::HeaderMap) {
+        let name = crate::http::headers::CACHE_STATUS;
+        let Some(v) = headers.get(&name) else { return };
+        // Ours is the last member; those before it are the caches upstream.
+        let bytes = v.as_bytes();
+        let start = bytes
+            .windows(2)
+            .rposition(|w| w == b", ")
+            .map_or(0, |i| i + 2);
+        let Some(rest) = bytes[start..].strip_prefix(b"meridian") else {
+            return;
+        };
+        let mut out = bytes[..start].to_vec();
+        out.extend_from_slice(self.cache_name.as_bytes());
+        out.extend_from_slice(rest);
+        if let Ok(v) = HeaderValue::from_bytes(&out) {
+            headers.insert(name, v);
+        }
+    }
+
+    /// Asks `member` for the object of `parts` (an origin-bound GET with its `Host`) over
+    /// `hop`; the response head must come within the peer timeout. A peer that refuses the
+    /// request as misdirected or as a loop counts as failed: `None`, logged and counted.
+    pub(crate) async fn send(
+        &self,
+        member: &Member,
+        hop: Hop,
+        parts: &Parts,
+    ) -> Option<Response<Incoming>> {
+        let fail = |why: String| {
+            self.metrics.failed.increment(1);
+            tracing::warn!(peer = %member.id, tier = hop.as_str(), "peer passed over: {why}");
+            None
+        };
+        let Some(addr) = member.peer else {
+            return fail("it gossips no peer address".into());
+        };
+        let target = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let Some(mark) = sign(
+            &self.gossip.keyring(),
+            hop,
+            unix_secs(),
+            &parts.method,
+            &host,
+            &target,
+        ) else {
+            return fail("gossip has no key to sign with".into());
+        };
+        let mut req = Request::new(Body::empty());
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = match peer_uri(addr, &target) {
+            Ok(u) => u,
+            Err(e) => return fail(e),
+        };
+        *req.headers_mut() = parts.headers.clone();
+        req.headers_mut().insert(PEER, mark);
+        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => fail(format!("no response head within {:?}", self.timeout)),
+            Ok(Err(e)) => fail(crate::origin::error_chain(&e)),
+            Ok(Ok(resp))
+                if matches!(
+                    resp.status(),
+                    http::StatusCode::MISDIRECTED_REQUEST | http::StatusCode::LOOP_DETECTED
+                ) =>
+            {
+                fail(format!("it answered {}", resp.status()))
+            }
+            Ok(Ok(resp)) => {
+                let hit = resp
+                    .headers()
+                    .get_all(crate::http::headers::CACHE_STATUS)
+                    .iter()
+                    .last()
+                    .is_some_and(|v| {
+                        v.as_bytes()
+                            .rsplit(|&b| b == b',')
+                            .next()
+                            .is_some_and(|entry| {
+                                entry
+                                    .split(|&b| b == b';')
+                                    .any(|p| p.trim_ascii() == b"hit")
+                            })
+                    });
+                if hit {
+                    self.metrics.hit.increment(1);
+                } else {
+                    self.metrics.miss.increment(1);
+                }
+                Some(resp)
+            }
+        }
+    }
+}
+
+fn peer_uri(addr: SocketAddr, target: &str) -> Result<Uri, String> {
+    format!("http://{addr}{target}")
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| e.to_string())
+}
+
+/// An edge's `Cache-Status` name towards its peers: `meridian-<id>` (an sf-token where the id
+/// allows, else an sf-string).
+fn cache_name(node: &str) -> String {
+    let name = format!("meridian-{node}");
+    let token = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&b));
+    if token {
+        name
+    } else {
+        format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn edge(id: &str, region: &str, is_self: bool) -> Member {
+        Member {
+            id: id.into(),
+            generation: 1,
+            gossip_addr: SocketAddr::from(([127, 0, 0, 1], 7946)),
+            roles: vec!["edge".into()],
+            region: region.into(),
+            addresses: vec![],
+            weight: 1.0,
+            load: 0.0,
+            draining: false,
+            state: MemberState::Alive,
+            version: String::new(),
+            started: 0,
+            requests_per_second: 0.0,
+            hit_ratio: None,
+            purged: Default::default(),
+            peer: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            last_heard: Instant::now(),
+            is_self,
+        }
+    }
+
+    #[test]
+    fn signatures_hold_only_for_their_request_key_and_time() {
+        let ring = Keyring::from_keys(&[[7; 32]]);
+        let v = sign(&ring, Hop::Shield, 1000, &Method::GET, "a.test", "/x?y").unwrap();
+        assert_eq!(
+            verify(&ring, &v, 1010, &Method::GET, "a.test", "/x?y"),
+            Some(Hop::Shield)
+        );
+        // Another target, host, method, a stale time, another key, a changed tier: refused.
+        assert_eq!(verify(&ring, &v, 1010, &Method::GET, "a.test", "/x"), None);
+        assert_eq!(
+            verify(&ring, &v, 1010, &Method::GET, "b.test", "/x?y"),
+            None
+        );
+        assert_eq!(
+            verify(&ring, &v, 1010, &Method::HEAD, "a.test", "/x?y"),
+            None
+        );
+        assert_eq!(
+            verify(&ring, &v, 1061, &Method::GET, "a.test", "/x?y"),
+            None
+        );
+        let other = Keyring::from_keys(&[[8; 32]]);
+        assert_eq!(
+            verify(&other, &v, 1010, &Method::GET, "a.test", "/x?y"),
+            None
+        );
+        let forged = HeaderValue::from_str(&v.to_str().unwrap().replacen('2', "1", 1)).unwrap();
+        assert_eq!(
+            verify(&ring, &forged, 1010, &Method::GET, "a.test", "/x?y"),
+            None
+        );
+        // A ring in rotation (new key first) still takes the old key's signatures.
+        let rotated = Keyring::from_keys(&[[8; 32], [7; 32]]);
+        assert!(verify(&rotated, &v, 1010, &Method::GET, "a.test", "/x?y").is_some());
+        // No key, no signature; garbage is refused, never a panic.
+        assert!(sign(&Keyring::insecure(), Hop::Region, 1, &Method::GET, "a", "/").is_none());
+        for junk in [
+            "",
+            "1",
+            "1.2",
+            "3.1000.00",
+            "1.x.zz",
+            "1.1000.0g",
+            "2.1000.é",
+        ] {
+            if let Ok(v) = HeaderValue::from_str(junk) {
+                assert_eq!(
+                    verify(&ring, &v, 1000, &Method::GET, "a", "/"),
+                    None,
+                    "{junk}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn owners_agree_across_views_and_a_leaver_moves_only_its_keys() {
+        let view_a = vec![
+            edge("a", "r", true),
+            edge("b", "r", false),
+            edge("c", "r", false),
+        ];
+        let view_b = vec![
+            edge("a", "r", false),
+            edge("b", "r", true),
+            edge("c", "r", false),
+        ];
+        let keys: Vec<String> = (0..3000).map(|i| format!("site|/o/{i}")).collect();
+        let mut count = std::collections::HashMap::new();
+        for k in &keys {
+            let a = owners(&view_a, "r", k)[0].id.clone();
+            assert_eq!(a, owners(&view_b, "r", k)[0].id, "{k}");
+            *count.entry(a).or_insert(0) += 1;
+        }
+        // Spread: each of 3 owns about a third.
+        for (id, n) in &count {
+            assert!((800..1200).contains(n), "{id} owns {n} of 3000");
+        }
+        // "c" drains: only its keys move.
+        let mut drained = view_a.clone();
+        drained[2].draining = true;
+        for k in &keys {
+            let before = owners(&view_a, "r", k)[0].id.clone();
+            let after = owners(&drained, "r", k)[0].id.clone();
+            if before != "c" {
+                assert_eq!(before, after, "{k}");
+            } else {
+                assert_ne!(after, "c");
+            }
+        }
+    }
+
+    #[test]
+    fn plans_go_up_the_tiers_and_never_back() {
+        let view = vec![
+            edge("a1", "us", true),
+            edge("a2", "us", false),
+            edge("s1", "eu", false),
+            edge("s2", "eu", false),
+        ];
+        let key = (0..100)
+            .map(|i| format!("k{i}"))
+            .find(|k| owners(&view, "us", k)[0].id == "a2")
+            .unwrap();
+        let ids = |p: Vec<(Member, Hop)>| -> Vec<(String, Hop)> {
+            p.into_iter().map(|(m, h)| (m.id, h)).collect()
+        };
+        // From a client: the region owner, then (a1 being next) the shield tier.
+        let p = ids(plan(&view, "us", Some("eu"), &key, None));
+        assert_eq!(p[0], ("a2".into(), Hop::Region));
+        assert!(p[1..]
+            .iter()
+            .all(|(id, h)| *h == Hop::Shield && id.starts_with('s')));
+        assert_eq!(p.len(), 3);
+        // Over a region hop: only the shield tier; over a shield hop: nothing (the origin).
+        let p = ids(plan(&view, "us", Some("eu"), &key, Some(Hop::Region)));
+        assert!(p.iter().all(|(_, h)| *h == Hop::Shield));
+        assert!(plan(&view, "us", Some("eu"), &key, Some(Hop::Shield)).is_empty());
+        // Without a shield region, a region hop goes to the origin.
+        assert!(plan(&view, "us", None, &key, Some(Hop::Region)).is_empty());
+        // Dead and draining edges own nothing.
+        let mut down = view.clone();
+        down[1].state = MemberState::Dead;
+        assert!(plan(&down, "us", None, &key, None).is_empty());
+    }
+
+    #[test]
+    fn cache_names_are_structured_field_items() {
+        assert_eq!(cache_name("edge-b"), "meridian-edge-b");
+        assert_eq!(cache_name("edge b"), "\"meridian-edge b\"");
+    }
+}
