@@ -982,3 +982,75 @@ async fn kube_address_takes_the_nodes_annotation_else_its_external_ip_never_its_
     let v: toml::Value = toml::from_str(&format!("public_addresses = {out}")).unwrap();
     assert_eq!(v["public_addresses"].as_array().unwrap().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_cluster_makes_one_origin_fetch_for_300_requests_over_its_three_edges() {
+    // config/local shields (shield_region = "eu-west"): edge-a and edge-c ask edge-b, which
+    // alone asks the origin, and every edge collapses its own requests.
+    let mut child = meridian()
+        .args(["demo", "--port-offset", "28000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::task::block_in_place(|| {
+        stdout
+            .by_ref()
+            .map_while(Result::ok)
+            .find(|l| l.contains("Ctrl-C stops the demo"))
+    })
+    .expect("the demo started");
+    std::thread::spawn(move || stdout.for_each(drop));
+    let edges: Vec<std::net::SocketAddr> = ["127.0.0.11", "127.0.0.12", "127.0.0.13"]
+        .iter()
+        .map(|ip| format!("{ip}:36080").parse().unwrap())
+        .collect();
+    let admin: std::net::SocketAddr = "127.0.0.11:37090".parse().unwrap();
+    // Until each edge hears the three with their peer addresses.
+    let t = Instant::now();
+    loop {
+        let v: serde_json::Value =
+            serde_json::from_slice(&get(admin, "admin", "/cluster", &[]).await.body).unwrap();
+        let peers = v["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["state"] == "alive" && m["peer"].is_string())
+            .count();
+        if peers == 3 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "{v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fetches = || async move {
+        let text = get(admin, "admin", "/metrics", &[]).await.text();
+        text.lines()
+            .filter(|l| l.starts_with("meridian_origin_fetches_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let before = fetches().await;
+    let all: Vec<_> = (0..300)
+        .map(|i| {
+            let edge = edges[i % 3];
+            tokio::spawn(async move { get(edge, "demo.meridian.test", "/products/2", &[]).await })
+        })
+        .collect();
+    for r in all {
+        let r = r.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.cache_status());
+    }
+    assert_eq!(
+        fetches().await - before,
+        1.0,
+        "origin fetches for 300 requests"
+    );
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let status = tokio::task::block_in_place(|| child.wait()).unwrap();
+    assert!(status.success(), "{status}");
+}
