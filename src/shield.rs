@@ -392,7 +392,7 @@ impl Peers {
                     .headers()
                     .get_all(crate::http::headers::CACHE_STATUS)
                     .iter()
-                    .last()
+                    .next_back()
                     .is_some_and(|v| {
                         v.as_bytes()
                             .rsplit(|&b| b == b',')

@@ -152,6 +152,14 @@ fn describe() {
         "meridian_purges_applied_total",
         "Cluster purges (issued on any node, spread by gossip) this edge has applied"
     );
+    describe_counter!(
+        "meridian_peer_requests_total",
+        "Shielded misses this edge sent to a peer: answered from the peer's cache (hit), fetched by it (miss), or passed over (failed: unreachable, slow or refusing; the next owner or the origin is asked)"
+    );
+    describe_counter!(
+        "meridian_peer_served_total",
+        "Requests carrying a peer mark: with a valid signature (served as a peer's) or not (served as a client's)"
+    );
     describe_histogram!(
         "meridian_purge_apply_delay_seconds",
         "Time from a cluster purge's issue (on the issuer's clock) to its application on this edge"

@@ -988,7 +988,8 @@ async fn the_local_cluster_makes_one_origin_fetch_for_300_requests_over_its_thre
     // config/local shields (shield_region = "eu-west"): edge-a and edge-c ask edge-b, which
     // alone asks the origin, and every edge collapses its own requests.
     let mut child = meridian()
-        .args(["demo", "--port-offset", "28000"])
+        // Every port below the ephemeral range (32768 up), where other tests bind at random.
+        .args(["demo", "--port-offset", "12000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -1004,9 +1005,9 @@ async fn the_local_cluster_makes_one_origin_fetch_for_300_requests_over_its_thre
     std::thread::spawn(move || stdout.for_each(drop));
     let edges: Vec<std::net::SocketAddr> = ["127.0.0.11", "127.0.0.12", "127.0.0.13"]
         .iter()
-        .map(|ip| format!("{ip}:36080").parse().unwrap())
+        .map(|ip| format!("{ip}:20080").parse().unwrap())
         .collect();
-    let admin: std::net::SocketAddr = "127.0.0.11:37090".parse().unwrap();
+    let admin: std::net::SocketAddr = "127.0.0.11:21090".parse().unwrap();
     // Until each edge hears the three with their peer addresses.
     let t = Instant::now();
     loop {

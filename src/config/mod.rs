@@ -503,7 +503,7 @@ fn check_placement(
         .collect();
     let map_file = || origin_map.map_or_else(|| node.path.clone(), Path::to_path_buf);
     for (i, site) in sites.iter().enumerate() {
-        if site.shield && !node.gossip.as_ref().is_some_and(|g| g.key_file.is_some()) {
+        if site.shield && node.gossip.as_ref().is_none_or(|g| g.key_file.is_none()) {
             problems.push(Problem {
                 file: map_file(),
                 key: format!("site[{i}].shield"),

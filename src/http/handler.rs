@@ -155,7 +155,8 @@ enum Fetched {
         set_cookie: Vec<HeaderValue>,
         /// The body, when it is still arriving: a reader from its first byte.
         tail: Option<Tail>,
-        /// The `Cache-Status` of the peer that answered, for the leading client.
+        /// The `Cache-Status` of the cache upstream (a peer, or an origin that is a cache), for
+        /// the leading client.
         upstream: Option<HeaderValue>,
     },
     Response {
@@ -961,7 +962,8 @@ fn new_entry(
 
 /// Sends a fill's request upstream: to the key's owners among the peers first where the site
 /// shields (each in turn, passing over any that fails or is slow), then to the origin. Returns
-/// the response, what answered (for errors and logs), and a peer's `Cache-Status`.
+/// the response, what answered (for errors and logs), and its `Cache-Status` (a peer's, or an
+/// origin's that is a cache itself).
 async fn upstream(
     state: &EdgeState,
     site: &Site,
@@ -985,7 +987,11 @@ async fn upstream(
         .metrics
         .origin_seconds
         .record(t.elapsed().as_secs_f64());
-    sent.map(|(resp, origin)| (resp, origin.to_string(), None))
+    sent.map(|(resp, origin)| {
+        // An origin that is a cache itself may say what it did, too.
+        let status = resp.headers().get(super::headers::CACHE_STATUS).cloned();
+        (resp, origin.to_string(), status)
+    })
 }
 
 /// The shared fetch: one per key at a time, run as its own task. Publishes an [`Outcome`] to

@@ -224,3 +224,42 @@ async fn a_post_that_timed_out_is_not_sent_to_the_next_origin() {
     let r = request("PUT", edge.addr, "demo.test", "/pay", &[]).await;
     assert_eq!(r.text(), "fast");
 }
+
+#[tokio::test]
+async fn an_origin_caches_cache_status_comes_first_and_is_not_stored() {
+    // An origin that is a cache itself (RFC 9211 §2: keep what is there, nearest the origin
+    // first); a later hit is this edge's alone.
+    let o = Origin::start().await;
+    o.always(
+        "/c",
+        Reply::ok("c")
+            .header("cache-control", "max-age=60")
+            .header("cache-status", "OriginCache; hit; ttl=100"),
+    );
+    o.always(
+        "/p",
+        Reply::ok("p")
+            .header("cache-control", "private")
+            .header("cache-status", "OriginCache; fwd=uri-miss"),
+    );
+    let edge = Edge::for_origin(&o).await;
+    let r = edge.get("/c").await;
+    assert_eq!(
+        r.cache_status(),
+        "OriginCache; hit; ttl=100, meridian; fwd=miss; fwd-status=200; stored; ttl=60"
+    );
+    let r = edge.get("/c").await;
+    assert!(r.is_hit());
+    assert!(
+        r.cache_status().starts_with("meridian; hit"),
+        "{}",
+        r.cache_status()
+    );
+    let r = edge.get("/p").await;
+    assert!(
+        r.cache_status()
+            .starts_with("OriginCache; fwd=uri-miss, meridian; fwd=miss"),
+        "{}",
+        r.cache_status()
+    );
+}
