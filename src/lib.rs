@@ -21,6 +21,9 @@
 //! cache/         key.rs, policy.rs (pure RFC 9111/5861/9213 decisions), entry.rs,
 //!                store.rs (the only moka import), collapse.rs
 //! origin.rs      upstream client: pools, TLS, timeouts, failover; knows nothing of caching
+//! shield.rs      tiered caching: a key's owner among the region's edges (rendezvous), the signed
+//!                peer hop (Meridian-Peer), the peer client with its timeout and counters
+//! purge.rs       cluster purges: parse, apply on an edge, follow what gossip brings
 //! model.rs       ClusterView: regions and edges with health, draining, load (the roles' meeting point);
 //!                Member (a node as gossip reports it) and ClusterView::from_members
 //! gossip/        mod.rs (chitchat agent: publish own state, poll members, leave), transport.rs
@@ -32,14 +35,15 @@
 //!                bytes), server.rs (UDP workers, TCP), batch.rs (recvmmsg/sendmmsg), metrics.rs
 //! route.rs       `meridian route`: a decision explained
 //! geobuild.rs    `meridian geo build`: CSV → MaxMind City database
-//! admin.rs       /healthz /metrics /cluster /purge /drain
+//! admin.rs       /healthz /metrics /cluster /purge /drain /owner, the status page
 //! demo.rs        `meridian demo`: sample origin + the edges of config/local/, embedded
 //! ```
 //!
 //! # HTTP data flow
 //! accept → site by Host (unknown: 421) → cache key → store lookup → fresh hit |
 //! stale (stale-while-revalidate, or conditional revalidation) | miss → one collapsed origin
-//! fetch per key → storability decision → store → respond with `Age` and `Cache-Status`.
+//! fetch per key (to the key's owner among the peers first where the site shields, see `shield`)
+//! → storability decision → store → respond with `Age` and `Cache-Status`.
 //!
 //! # DNS data flow
 //! datagram (one blocking thread per `SO_REUSEPORT` socket, batches by recvmmsg/sendmmsg) →

@@ -328,6 +328,7 @@ impl Gossip {
             return Err(format!("a purge is at most {MAX_PURGE_LEN} bytes"));
         }
         let mut c = self.chitchat.lock().await;
+        let me = c.self_chitchat_id().node_id.clone();
         let state = c.self_node_state();
         let (count, bytes) = state
             .iter_prefix(key::PURGE_PREFIX)
@@ -337,8 +338,26 @@ impl Gossip {
                 "this node holds {count} purges ({bytes} bytes) within gossip.purge_retention already (at most {MAX_PURGES}, {MAX_PURGE_BYTES} bytes): purge by prefix or tag, or wait"
             ));
         }
-        let now = unix_now().as_millis() as u64;
-        let at = now.max(self.last_purge.load(Ordering::Relaxed) + 1);
+        // MERIDIAN_TEST_PURGE_CLOCK_BEHIND_MS (a test hook, undocumented on purpose): this node's
+        // clock as if it were that far behind, as after a restart on a host whose clock stepped
+        // back.
+        let behind: u64 = std::env::var("MERIDIAN_TEST_PURGE_CLOCK_BEHIND_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let now = (unix_now().as_millis() as u64).saturating_sub(behind);
+        // Edges skip what is not later than what they applied of this node's: after a restart
+        // on a clock behind the purges of its last run, issue after those.
+        let applied = self
+            .members
+            .borrow()
+            .iter()
+            .filter_map(|m| m.purged.get(&*me).copied())
+            .max()
+            .unwrap_or(0);
+        let at = now
+            .max(self.last_purge.load(Ordering::Relaxed) + 1)
+            .max(applied + 1);
         self.last_purge.store(at, Ordering::Relaxed);
         state.set(format!("{}{at}", key::PURGE_PREFIX), value);
         Ok(at)

@@ -1448,3 +1448,72 @@ async fn shielded_misses_make_one_origin_fetch_for_the_whole_cluster() {
     assert!(took < Duration::from_secs(3), "{took:?}");
     println!("stalled owner passed over in {took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_restarted_on_a_clock_behind_its_last_purges_is_still_heard() {
+    let Two {
+        c: _c,
+        dns,
+        a,
+        b,
+        a_file,
+        _origin,
+    } = Two::start("behind", "", ["k1.key", "k1.key", "k1.key"], "").await;
+    let warm = |edge: SocketAddr| async move {
+        for _ in 0..100 {
+            if get(edge, "demo.meridian.test", "/", &[]).await.is_hit() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{edge}: no hit");
+    };
+    // edge-a issues a purge; edge-b applies it and publishes its watermark for edge-a.
+    let first = purge_via(a.admin, r#"{"url": "http://demo.meridian.test/"}"#).await;
+    let (_, _) = wait_applied(
+        a.admin,
+        first["id"].as_str().unwrap(),
+        Duration::from_secs(5),
+    )
+    .await;
+    let w1: u64 = first["id"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // edge-a comes back on a clock a minute behind (a stepped clock, a replaced host).
+    a.signal("TERM");
+    let mut a = a;
+    assert_eq!(a.wait(Duration::from_secs(20)), Some(0));
+    let a = Proc::start_env(&a_file, &[("MERIDIAN_TEST_PURGE_CLOCK_BEHIND_MS", "60000")]);
+    // Until it hears what edge-b applied of its purges.
+    let t = Instant::now();
+    loop {
+        let v = admin_json(a.admin, "/cluster").await;
+        let heard = v["members"].as_array().unwrap().iter().any(|m| {
+            m["id"] == "edge-b" && m["purged"]["edge-a"].as_u64().is_some_and(|w| w >= w1)
+        });
+        if heard {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    warm(b.http).await;
+    let second = purge_via(a.admin, r#"{"url": "http://demo.meridian.test/"}"#).await;
+    let id = second["id"].as_str().unwrap();
+    let at: u64 = id.split('.').next().unwrap().parse().unwrap();
+    assert!(at > w1, "issued at {at}, before its last purge {w1}");
+    let (status, _) = wait_applied(dns.admin, id, Duration::from_secs(5)).await;
+    assert_eq!(status["applied"], 2, "{status}");
+    let r = get(b.http, "demo.meridian.test", "/", &[]).await;
+    assert!(
+        !r.is_hit(),
+        "edge-b skipped the purge: {}",
+        r.cache_status()
+    );
+}
