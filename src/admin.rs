@@ -372,7 +372,11 @@ pub async fn owner(config: &crate::config::Config, url: &str) -> Result<(), Stri
     println!(
         "{url}: site {}, cache key {}",
         v["site"].as_str().unwrap_or("?"),
-        v["key"].as_str().unwrap_or("?")
+        // The key's separator is a control character; a space reads the same.
+        v["key"]
+            .as_str()
+            .unwrap_or("?")
+            .replace(|c: char| c.is_control(), " ")
     );
     println!(
         "owners in region {}: {}",
