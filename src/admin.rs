@@ -46,6 +46,10 @@ pub(crate) struct AdminState {
     pub(crate) regions: Arc<ArcSwap<Vec<RegionPoint>>>,
     /// This node's counters over the last minutes, for the status page.
     pub(crate) history: Arc<History>,
+    /// The edges, for pushing purges ahead of gossip (a node that gossips).
+    pub(crate) peers: Option<Arc<crate::shield::Peers>>,
+    /// Which edges answered those pushes.
+    pub(crate) acks: Arc<purge::Acks>,
 }
 
 type AdminResponse = Response<Full<Bytes>>;
@@ -217,9 +221,24 @@ async fn purge_everywhere(state: &AdminState, purge: Purge) -> AdminResponse {
         }
         None => None,
     };
+    if let (Some(at), Some(peers)) = (issued, &state.peers) {
+        tokio::spawn(purge::push(
+            peers.clone(),
+            state.acks.clone(),
+            state.node.clone(),
+            at,
+            purge.clone(),
+        ));
+    }
     let here = match &state.edge {
         Some(edge) => match purge::apply(edge, &purge, issued, issued.is_none()).await {
-            Ok(n) => Some(n),
+            Ok(n) => {
+                if let Some(at) = issued {
+                    // Applied: not again when gossip brings it back.
+                    edge.pushed.insert(at, &state.node);
+                }
+                Some(n)
+            }
             Err((status, message)) => return error(status, &message),
         },
         None => None,
@@ -251,7 +270,11 @@ fn purge_status(state: &AdminState, id: &str) -> AdminResponse {
         .iter()
         .filter(|m| m.is_edge() && m.state != crate::model::MemberState::Left)
         .collect();
-    let applied = |m: &crate::model::Member| m.purged.get(issuer).is_some_and(|w| *w >= at);
+    // By its watermark (gossip), or by its answer to this node's push.
+    let applied = |m: &crate::model::Member| {
+        m.purged.get(issuer).is_some_and(|w| *w >= at)
+            || (issuer == state.node && state.acks.has(at, &m.id))
+    };
     let waiting: Vec<&str> = edges
         .iter()
         .filter(|m| m.state == crate::model::MemberState::Alive && !applied(m))

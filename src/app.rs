@@ -493,6 +493,7 @@ impl Node {
         }
         let drain = Arc::new(watch::channel(false).0);
         let mut gossip = None;
+        let mut peers = None;
         if let Some(g) = &node.gossip {
             let mut roles = Vec::new();
             if node.edge.is_some() {
@@ -536,14 +537,18 @@ impl Node {
                 },
             )
             .await?;
-            if let (Some(state), Some(edge)) = (&edge_state, &node.edge) {
-                let _ = state.peers.set(Arc::new(crate::shield::Peers::new(
-                    &node.id,
-                    &node.region,
-                    edge.peer_timeout,
-                    agent.clone(),
-                )));
+            let p = Arc::new(crate::shield::Peers::new(
+                &node.id,
+                &node.region,
+                node.edge
+                    .as_ref()
+                    .map_or(Duration::from_secs(1), |e| e.peer_timeout),
+                agent.clone(),
+            ));
+            if let Some(state) = &edge_state {
+                let _ = state.peers.set(p.clone());
             }
+            peers = Some(p);
             if let (Some(state), Some(capacity)) = (&edge_state, capacity) {
                 agent.publish_edge(state.load.clone(), capacity, drain.subscribe());
                 tracker.spawn(crate::purge::follow(
@@ -578,6 +583,8 @@ impl Node {
                 node: node.id.clone(),
                 regions: regions.clone(),
                 history: Arc::default(),
+                peers: peers.clone(),
+                acks: Arc::default(),
             });
             tracker.spawn(admin::serve(
                 listener,

@@ -8,6 +8,11 @@
 //! Gossip hands a node's keys over in the order they were set, so that watermark says exactly
 //! which of the issuer's purges an edge has applied: `GET /purge/{id}` reads it off every edge.
 //!
+//! The issuer also pushes each purge to every live edge it knows at once (a signed `POST` to the
+//! edge's peer listener, see `shield`), which applies it without waiting for gossip's rounds;
+//! gossip stays the path that every edge eventually gets it by, and the watermark moves only
+//! with it. The issuer counts the edges that answered, for `GET /purge/{id}`.
+//!
 //! An edge that starts with a disk tier holds reads from disk until it has caught up with the
 //! cluster's purges (what it kept may have been purged while it was down); it serves from
 //! memory and the origin meanwhile. The issuer removes its purges from gossip after
@@ -172,6 +177,132 @@ fn unix_now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Most pushed purges an edge remembers until gossip brings them.
+const MAX_PUSHED: usize = 10_000;
+
+/// Cluster purges pushed to this edge by their issuer ahead of gossip: applied at once, and
+/// not again when gossip brings them (which then only moves the watermark).
+#[derive(Default)]
+pub(crate) struct Pushed(std::sync::Mutex<std::collections::BTreeSet<(u64, String)>>);
+
+impl Pushed {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<(u64, String)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records a purge applied here ahead of gossip (pushed, or issued here); false if it was
+    /// already.
+    pub(crate) fn insert(&self, at_ms: u64, issuer: &str) -> bool {
+        let mut set = self.lock();
+        let new = set.insert((at_ms, issuer.to_string()));
+        while set.len() > MAX_PUSHED {
+            set.pop_first();
+        }
+        new
+    }
+
+    /// Whether gossip's record was pushed here before (forgotten from then on).
+    fn take(&self, at_ms: u64, issuer: &str) -> bool {
+        self.lock().remove(&(at_ms, issuer.to_string()))
+    }
+}
+
+/// Which edges answered the pushes of this node's latest purges (for `GET /purge/{id}`).
+#[derive(Default)]
+pub(crate) struct Acks(std::sync::Mutex<std::collections::VecDeque<(u64, Vec<String>)>>);
+
+/// Purges whose acknowledgements an issuer keeps.
+const MAX_ACKED: usize = 1000;
+
+impl Acks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(u64, Vec<String>)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn add(&self, at_ms: u64, edge: &str) {
+        let mut q = self.lock();
+        match q.iter_mut().find(|(at, _)| *at == at_ms) {
+            Some((_, edges)) => edges.push(edge.to_string()),
+            None => {
+                q.push_back((at_ms, vec![edge.to_string()]));
+                if q.len() > MAX_ACKED {
+                    q.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Whether `edge` answered that it applied this node's purge issued at `at_ms`.
+    pub(crate) fn has(&self, at_ms: u64, edge: &str) -> bool {
+        self.lock()
+            .iter()
+            .any(|(at, edges)| *at == at_ms && edges.iter().any(|e| e == edge))
+    }
+}
+
+/// Pushes this node's purge to every live edge gossip reports, all at once, and notes which
+/// answered that they applied it. Best effort: gossip brings it to the rest.
+pub(crate) async fn push(
+    peers: Arc<crate::shield::Peers>,
+    acks: Arc<Acks>,
+    issuer: String,
+    at: u64,
+    purge: Purge,
+) {
+    let body = match serde_json::to_vec(&PushedPurge { issuer, at, purge }) {
+        Ok(b) => bytes::Bytes::from(b),
+        Err(_) => return,
+    };
+    let mut all = tokio::task::JoinSet::new();
+    for m in peers.live_edges() {
+        let (peers, body) = (peers.clone(), body.clone());
+        all.spawn(async move { peers.push_purge(&m, body).await.then_some(m.id) });
+    }
+    while let Some(done) = all.join_next().await {
+        if let Ok(Some(edge)) = done {
+            acks.add(at, &edge);
+        }
+    }
+}
+
+/// What an issuer pushes to each edge.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct PushedPurge {
+    pub(crate) issuer: String,
+    pub(crate) at: u64,
+    pub(crate) purge: Purge,
+}
+
+/// Applies a purge its issuer pushed (the signature held): at once, unless this edge has it
+/// already (pushed before, or applied from gossip); how many objects memory held.
+pub(crate) async fn apply_pushed(
+    edge: &EdgeState,
+    gossip: &Gossip,
+    pushed: PushedPurge,
+) -> Result<usize, Refused> {
+    let me = gossip.members();
+    let applied = me
+        .iter()
+        .find(|m| m.is_self)
+        .and_then(|m| m.purged.get(&pushed.issuer).copied())
+        .is_some_and(|w| w >= pushed.at);
+    if applied || !edge.pushed.insert(pushed.at, &pushed.issuer) {
+        return Ok(0);
+    }
+    let n = apply(edge, &pushed.purge, Some(pushed.at), false).await?;
+    metrics::counter!("meridian_purges_applied_total", "node" => edge.node.clone()).increment(1);
+    let now = unix_now_ms();
+    if now >= pushed.at {
+        metrics::histogram!("meridian_purge_apply_delay_seconds", "node" => edge.node.clone())
+            .record((now - pushed.at) as f64 / 1000.0);
+    }
+    Ok(n)
+}
+
 /// How often an edge looks for purges gossip brought.
 const FOLLOW_EVERY: Duration = Duration::from_millis(50);
 
@@ -198,6 +329,9 @@ pub(crate) async fn follow(
     let mut quiet_since: Option<Instant> = None;
     let mut applied: HashMap<String, u64> = HashMap::new();
     let mut seen_version = None;
+    // MERIDIAN_TEST_PURGES_BY_PUSH_ONLY (a test hook, undocumented on purpose): apply nothing
+    // gossip brings, so that a test sees what pushes alone do.
+    let push_only = std::env::var_os("MERIDIAN_TEST_PURGES_BY_PUSH_ONLY").is_some();
     let mut tick = tokio::time::interval(FOLLOW_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -213,8 +347,15 @@ pub(crate) async fn follow(
             seen_version = Some(version);
             gossip.purges_after(&applied).await
         };
+        let records = if push_only { Vec::new() } else { records };
         let news = !records.is_empty();
         for r in records {
+            if edge.pushed.take(r.at_ms, &r.issuer) {
+                // Applied when its issuer pushed it.
+                let w = applied.entry(r.issuer).or_insert(0);
+                *w = (*w).max(r.at_ms);
+                continue;
+            }
             match serde_json::from_str::<Purge>(&r.value) {
                 Ok(p) => {
                     if let Err((_, e)) = apply(&edge, &p, Some(r.at_ms), false).await {

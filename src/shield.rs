@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderName, HeaderValue, Method, Request, Response, Uri};
 use hyper::body::Incoming;
@@ -49,6 +50,25 @@ pub(crate) enum Hop {
     Region,
     /// A region's owner asks the owner in the site's shield region.
     Shield,
+    /// A node that issued a cluster purge hands it to an edge at once ([`PURGE_PATH`]), ahead
+    /// of gossip.
+    Purge,
+}
+
+/// Where an edge takes purges pushed by the node that issued them: `POST` with a signed mark
+/// of [`Hop::Purge`] and `?sha256=<hex>` of the body, on the peer listener. Without a valid
+/// mark it is an ordinary request for a site.
+pub(crate) const PURGE_PATH: &str = "/.meridian/purge";
+
+/// The `Host` of a pushed purge (it is for the edge, not for a site).
+pub(crate) const PURGE_HOST: &str = "meridian.peer";
+
+/// Largest pushed purge body.
+pub(crate) const MAX_PUSH: usize = 16 << 10;
+
+/// Lower-case hex SHA-256 of `body`.
+pub(crate) fn sha256_hex(body: &[u8]) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body).as_ref())
 }
 
 impl Hop {
@@ -56,6 +76,7 @@ impl Hop {
         match self {
             Hop::Region => '1',
             Hop::Shield => '2',
+            Hop::Purge => '3',
         }
     }
 
@@ -63,6 +84,7 @@ impl Hop {
         match self {
             Hop::Region => "region",
             Hop::Shield => "shield",
+            Hop::Purge => "purge",
         }
     }
 }
@@ -122,6 +144,7 @@ pub(crate) fn verify(
     let hop = match tier {
         "1" => Hop::Region,
         "2" => Hop::Shield,
+        "3" => Hop::Purge,
         _ => return None,
     };
     let at: u64 = at.parse().ok()?;
@@ -275,6 +298,11 @@ impl Peers {
         )
     }
 
+    /// The gossip agent the peers are known by.
+    pub(crate) fn gossip(&self) -> &Arc<Gossip> {
+        &self.gossip
+    }
+
     /// The members as gossip last reported them.
     pub(crate) fn members(&self) -> Arc<Vec<Member>> {
         self.gossip.members()
@@ -411,6 +439,63 @@ impl Peers {
                 Some(resp)
             }
         }
+    }
+}
+
+impl Peers {
+    /// Hands a cluster purge (`body`: `{"issuer", "at", "purge"}`) to `member` at once; whether
+    /// it answered that it applied it within the peer timeout.
+    pub(crate) async fn push_purge(&self, member: &Member, body: Bytes) -> bool {
+        let Some(addr) = member.peer else {
+            return false;
+        };
+        let target = format!("{PURGE_PATH}?sha256={}", sha256_hex(&body));
+        let Some(mark) = sign(
+            &self.gossip.keyring(),
+            Hop::Purge,
+            unix_secs(),
+            &Method::POST,
+            PURGE_HOST,
+            &target,
+        ) else {
+            return false;
+        };
+        let Ok(uri) = peer_uri(addr, &target) else {
+            return false;
+        };
+        let mut req = Request::new(Body::full(body));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = uri;
+        let h = req.headers_mut();
+        h.insert(header::HOST, HeaderValue::from_static(PURGE_HOST));
+        h.insert(PEER, mark);
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Ok(Ok(resp)) if resp.status() == http::StatusCode::OK => true,
+            Ok(Ok(resp)) => {
+                tracing::warn!(edge = %member.id, status = %resp.status(), "a pushed purge was refused; gossip brings it");
+                false
+            }
+            _ => {
+                tracing::debug!(edge = %member.id, "a pushed purge got no answer; gossip brings it");
+                false
+            }
+        }
+    }
+
+    /// The members gossip reports, for pushing purges to the live edges.
+    pub(crate) fn live_edges(&self) -> Vec<Member> {
+        self.gossip
+            .members()
+            .iter()
+            .filter(|m| {
+                m.is_edge() && !m.is_self && m.state == MemberState::Alive && m.peer.is_some()
+            })
+            .cloned()
+            .collect()
     }
 }
 

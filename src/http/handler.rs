@@ -186,6 +186,8 @@ pub(crate) struct EdgeState {
     pub(crate) access_log: bool,
     /// The other edges, once gossip runs (`shield`).
     pub(crate) peers: std::sync::OnceLock<Arc<Peers>>,
+    /// Cluster purges their issuers pushed here ahead of gossip.
+    pub(crate) pushed: crate::purge::Pushed,
 }
 
 impl EdgeState {
@@ -214,6 +216,7 @@ impl EdgeState {
             load: Arc::default(),
             access_log,
             peers: std::sync::OnceLock::new(),
+            pushed: crate::purge::Pushed::default(),
         }
     }
 }
@@ -364,6 +367,14 @@ async fn route(
         Err(Rejected::Bad(why)) => return refused(Refusal::BadRequest(why)),
         Err(Rejected::NoSite) => return refused(Refusal::Misdirected),
     };
+    if req.method() == Method::POST && req.uri().path() == crate::shield::PURGE_PATH {
+        if let (Some(peers), Some(mark)) = (state.peers.get(), req.headers().get(PEER)) {
+            let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            if peers.verify(mark, req.method(), &host, target) == Some(Hop::Purge) {
+                return pushed_purge(state, peers, req).await;
+            }
+        }
+    }
     let sites = state.sites.load();
     let Some(site) = sites.lookup(&host).cloned() else {
         return refused(Refusal::Misdirected);
@@ -394,6 +405,60 @@ async fn route(
         let invalidate = policy::invalidates(incoming.req.method());
         let s = CacheStatus::forward(Fwd::Method);
         Box::pin(forward(state, &site, incoming, s, invalidate)).await
+    }
+}
+
+/// Takes a cluster purge its issuer pushed (the mark's signature held): the body must be what
+/// the signed target's digest says; applied at once (see `purge::apply_pushed`).
+async fn pushed_purge(
+    state: &EdgeState,
+    peers: &Peers,
+    req: Request<Incoming>,
+) -> (Response<Body>, CacheStatus) {
+    let status = CacheStatus::default().detail("purge");
+    let answer = |code: StatusCode, body: serde_json::Value| {
+        let mut r = Response::new(Body::full(body.to_string()));
+        *r.status_mut() = code;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        (r, status)
+    };
+    let digest = req
+        .uri()
+        .query()
+        .and_then(|q| q.strip_prefix("sha256="))
+        .unwrap_or("")
+        .to_string();
+    let limited = http_body_util::Limited::new(req.into_body(), crate::shield::MAX_PUSH);
+    let body = match http_body_util::BodyExt::collect(limited).await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return answer(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                serde_json::json!({ "error": "too large" }),
+            )
+        }
+    };
+    if crate::shield::sha256_hex(&body) != digest {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "error": "the body is not what was signed" }),
+        );
+    }
+    let pushed: crate::purge::PushedPurge = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => {
+            return answer(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "error": e.to_string() }),
+            )
+        }
+    };
+    match crate::purge::apply_pushed(state, peers.gossip(), pushed).await {
+        Ok(n) => answer(StatusCode::OK, serde_json::json!({ "purged": n })),
+        Err((code, e)) => answer(code, serde_json::json!({ "error": e })),
     }
 }
 
