@@ -115,6 +115,31 @@ pub(crate) struct Member {
 }
 
 impl Member {
+    /// An alive edge of `region` taking peer requests on 127.0.0.1:8080, for tests.
+    #[cfg(test)]
+    pub(crate) fn test_edge(id: &str, region: &str, is_self: bool) -> Member {
+        Member {
+            id: id.into(),
+            generation: 1,
+            gossip_addr: SocketAddr::from(([127, 0, 0, 1], 7946)),
+            roles: vec!["edge".into()],
+            region: region.into(),
+            addresses: vec![],
+            weight: 1.0,
+            load: 0.0,
+            draining: false,
+            state: MemberState::Alive,
+            version: String::new(),
+            started: 0,
+            requests_per_second: 0.0,
+            hit_ratio: None,
+            purged: Default::default(),
+            peer: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            last_heard: Instant::now(),
+            is_self,
+        }
+    }
+
     pub(crate) fn is_edge(&self) -> bool {
         self.roles.iter().any(|r| r == "edge")
     }

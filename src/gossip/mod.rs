@@ -761,24 +761,11 @@ mod tests {
 
     fn m(id: &str, generation: u64, is_self: bool) -> Member {
         Member {
-            id: id.into(),
             generation,
-            gossip_addr: "127.0.0.1:7946".parse().unwrap(),
-            roles: vec!["edge".into()],
             region: "eu-west".into(),
             addresses: vec!["127.0.0.12".parse().unwrap()],
-            weight: 1.0,
-            load: 0.0,
-            draining: false,
-            state: MemberState::Alive,
-            version: String::new(),
-            started: 0,
-            requests_per_second: 0.0,
-            hit_ratio: None,
-            purged: Default::default(),
             peer: None,
-            last_heard: Instant::now(),
-            is_self,
+            ..Member::test_edge(id, "eu-west", is_self)
         }
     }
 
