@@ -234,8 +234,9 @@ async fn purge_everywhere(state: &AdminState, purge: Purge) -> AdminResponse {
         Some(edge) => match purge::apply(edge, &purge, issued, issued.is_none()).await {
             Ok(n) => {
                 if let Some(at) = issued {
-                    // Applied: not again when gossip brings it back.
+                    // Applied: not again when gossip brings it back, and this edge is done.
                     edge.pushed.insert(at, &state.node);
+                    state.acks.add(at, &state.node);
                 }
                 Some(n)
             }

@@ -223,7 +223,8 @@ impl Acks {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn add(&self, at_ms: u64, edge: &str) {
+    /// Notes that `edge` applied this node's purge issued at `at_ms`.
+    pub(crate) fn add(&self, at_ms: u64, edge: &str) {
         let mut q = self.lock();
         match q.iter_mut().find(|(at, _)| *at == at_ms) {
             Some((_, edges)) => edges.push(edge.to_string()),
