@@ -205,7 +205,8 @@ impl Config {
     }
 
     /// What is allowed but likely a mistake outside a local cluster: an edge that publishes
-    /// addresses users cannot reach (loopback, private, link-local), which DNS would hand them.
+    /// addresses users cannot reach (loopback, private, link-local), which DNS would hand them;
+    /// a disk tier larger than the free space; a shielding edge that peers cannot reach.
     /// `meridian check` prints these; they do not fail it.
     pub fn warnings(&self) -> Vec<Problem> {
         let Some(edge) = &self.node.edge else {
@@ -223,6 +224,18 @@ impl Config {
                 ),
             })
             .collect();
+        if edge.listen.is_empty() {
+            if let Some(i) = self.sites.iter().position(|s| s.shield) {
+                out.push(Problem {
+                    file: self.node.path.clone(),
+                    key: "edge.listen".into(),
+                    reason: format!(
+                        "site {:?} shields, but peers reach an edge on its first plain HTTP listener and this edge has none: it asks its owners, and owns no key itself",
+                        self.sites[i].name
+                    ),
+                });
+            }
+        }
         if let Some(d) = &edge.cache_disk {
             // What the store already holds counts as room: it is reused at start.
             let held: u64 = std::fs::read_dir(&d.path)
