@@ -168,6 +168,11 @@ impl Origins {
         })
     }
 
+    /// Longest wait for a response head once the request is sent.
+    pub(crate) fn first_byte_timeout(&self) -> Duration {
+        self.first_byte_timeout
+    }
+
     /// Longest wait between two reads of a response body.
     pub(crate) fn read_timeout(&self) -> Duration {
         self.read_timeout

@@ -60,7 +60,11 @@ pub(crate) enum Hop {
 /// mark it is an ordinary request for a site.
 pub(crate) const PURGE_PATH: &str = "/.meridian/purge";
 
-/// The `Host` of a pushed purge (it is for the edge, not for a site).
+/// Where an edge answers its peers' pings (`GET`, `Host:` [`PURGE_HOST`]): `200` while its
+/// request path runs. It tells nothing but that.
+pub(crate) const PING_PATH: &str = "/.meridian/ping";
+
+/// The `Host` of a pushed purge and of a ping (they are for the edge, not for a site).
 pub(crate) const PURGE_HOST: &str = "meridian.peer";
 
 /// Largest pushed purge body.
@@ -359,14 +363,19 @@ impl Peers {
     }
 
     /// Asks `member` for the object of `parts` (an origin-bound GET with its `Host`) over
-    /// `hop`; the response head must come within the peer timeout. A peer that refuses the
-    /// request as misdirected or as a loop counts as failed: `None`, logged and counted.
+    /// `hop`. A response head may take as long as the origin behind the owner does (up to
+    /// `limit`, the site's first-byte timeout), but every peer timeout without one the owner
+    /// must answer a ping ([`PING_PATH`]) within a peer timeout: one that does not (dead, hung,
+    /// cut off) is passed over then. A peer that refuses the request as misdirected or
+    /// as a loop counts as failed too: `None`, logged and counted.
     pub(crate) async fn send(
         &self,
         member: &Member,
         hop: Hop,
         parts: &Parts,
+        limit: Duration,
     ) -> Option<Response<Incoming>> {
+        let timeout = self.timeout;
         let fail = |why: String| {
             self.metrics.failed.increment(1);
             tracing::warn!(peer = %member.id, tier = hop.as_str(), "peer passed over: {why}");
@@ -404,10 +413,25 @@ impl Peers {
         };
         *req.headers_mut() = parts.headers.clone();
         req.headers_mut().insert(PEER, mark);
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
-            Err(_) => fail(format!("no response head within {:?}", self.timeout)),
-            Ok(Err(e)) => fail(crate::origin::error_chain(&e)),
-            Ok(Ok(resp))
+        let started = tokio::time::Instant::now();
+        let answer = self.client.request(req);
+        tokio::pin!(answer);
+        let got = loop {
+            match tokio::time::timeout(timeout, &mut answer).await {
+                Ok(got) => break Some(got),
+                Err(_) if started.elapsed() >= limit => break None,
+                // Waiting on its origin, or gone? Ask it on a connection of its own.
+                Err(_) if self.alive(addr, timeout).await => {}
+                Err(_) => break None,
+            }
+        };
+        match got {
+            None => fail(format!(
+                "no response head in {:?}, and no answer to a ping",
+                started.elapsed()
+            )),
+            Some(Err(e)) => fail(crate::origin::error_chain(&e)),
+            Some(Ok(resp))
                 if matches!(
                     resp.status(),
                     http::StatusCode::MISDIRECTED_REQUEST | http::StatusCode::LOOP_DETECTED
@@ -415,7 +439,7 @@ impl Peers {
             {
                 fail(format!("it answered {}", resp.status()))
             }
-            Ok(Ok(resp)) => {
+            Some(Ok(resp)) => {
                 let hit = resp
                     .headers()
                     .get_all(crate::http::headers::CACHE_STATUS)
@@ -443,6 +467,26 @@ impl Peers {
 }
 
 impl Peers {
+    /// Whether the edge at `addr` answers a ping within `within`, on a new connection (the
+    /// pooled ones may all be busy).
+    async fn alive(&self, addr: SocketAddr, within: Duration) -> bool {
+        let ping = async {
+            let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .ok()?;
+            tokio::spawn(conn);
+            let req = Request::get(PING_PATH)
+                .header(header::HOST, PURGE_HOST)
+                .body(Body::empty())
+                .ok()?;
+            let resp = send.send_request(req).await.ok()?;
+            Some(resp.status() == http::StatusCode::OK)
+        };
+        matches!(tokio::time::timeout(within, ping).await, Ok(Some(true)))
+    }
+
     /// Hands a cluster purge (`body`: `{"issuer", "at", "purge"}`) to `member` at once; whether
     /// it answered that it applied it within the peer timeout.
     pub(crate) async fn push_purge(&self, member: &Member, body: Bytes) -> bool {

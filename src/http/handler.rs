@@ -367,6 +367,15 @@ async fn route(
         Err(Rejected::Bad(why)) => return refused(Refusal::BadRequest(why)),
         Err(Rejected::NoSite) => return refused(Refusal::Misdirected),
     };
+    if host == crate::shield::PURGE_HOST
+        && req.method() == Method::GET
+        && req.uri().path() == crate::shield::PING_PATH
+    {
+        let mut r = Response::new(Body::full("ok\n"));
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        return (r, CacheStatus::default().detail("ping"));
+    }
     if req.method() == Method::POST && req.uri().path() == crate::shield::PURGE_PATH {
         if let (Some(peers), Some(mark)) = (state.peers.get(), req.headers().get(PEER)) {
             let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -1036,7 +1045,8 @@ async fn upstream(
 ) -> Result<(Response<Incoming>, String, Option<HeaderValue>), OriginError> {
     if let (true, Some(peers)) = (site.shield, state.peers.get()) {
         for (member, hop) in peers.plan(&job.key, site.shield_region.as_deref(), job.hop) {
-            if let Some(resp) = peers.send(&member, hop, &job.parts).await {
+            let limit = site.origins.first_byte_timeout();
+            if let Some(resp) = peers.send(&member, hop, &job.parts, limit).await {
                 let status = resp.headers().get(super::headers::CACHE_STATUS).cloned();
                 return Ok((resp, format!("peer {}", member.id), status));
             }

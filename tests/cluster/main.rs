@@ -1312,8 +1312,23 @@ async fn shielded_misses_make_one_origin_fetch_for_the_whole_cluster() {
             .header("cache-control", "max-age=60")
             .delay(Duration::from_millis(300))
     };
-    for path in ["/cold", "/x", "/forged", "/late"] {
+    for path in ["/x", "/forged"] {
         origin.always(path, slow(&path[1..]));
+    }
+    // Slower than peer_timeout (500 ms): owners waiting on it answer pings, and are waited for.
+    origin.always(
+        "/cold",
+        Reply::ok("cold")
+            .header("cache-control", "max-age=60")
+            .delay(Duration::from_millis(800)),
+    );
+    for i in 0..16 {
+        origin.always(
+            &format!("/late{i}"),
+            Reply::ok("late")
+                .header("cache-control", "max-age=60")
+                .delay(Duration::from_millis(100)),
+        );
     }
     let mut c = Cluster::new(
         &[
@@ -1438,13 +1453,22 @@ async fn shielded_misses_make_one_origin_fetch_for_the_whole_cluster() {
     );
 
     // A stalled shield owner (SIGSTOP: it accepts connections and never answers) is passed
-    // over after peer_timeout, without waiting for gossip to call it dead.
+    // over once it fails a ping, without waiting for gossip to call it dead; asked for an
+    // object edge-a2 owns, edge-a1 waits for edge-a2 (which answers pings) while edge-a2 passes
+    // edge-b over and fetches: one origin fetch.
+    let late = (0..16)
+        .map(|i| format!("/late{i}"))
+        .find(|p| {
+            owner(a1_file, &format!("http://demo.meridian.test{p}"))
+                .contains("owners in region us-west: edge-a2")
+        })
+        .expect("edge-a2 owns one of 16 paths");
     b.signal("STOP");
     let t = Instant::now();
-    let r = get(http[0], "demo.meridian.test", "/late", &[]).await;
+    let r = get(http[0], "demo.meridian.test", &late, &[]).await;
     let took = t.elapsed();
     assert_eq!(r.text(), "late");
-    assert_eq!(origin.count("/late"), 1);
+    assert_eq!(origin.count(&late), 1);
     assert!(took < Duration::from_secs(3), "{took:?}");
     println!("stalled owner passed over in {took:?}");
     // (Woken, it still answers the request it had taken: a second fetch, after the fact.)
