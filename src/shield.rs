@@ -4,9 +4,10 @@
 //! edges of its region instead of the origin: rendezvous hashing of the key over the members
 //! gossip heard, so that edges with the same view pick the same owner and a member leaving moves
 //! only its own keys. Where the site names a `shield_region`, a region's owner asks the owner in
-//! that region, which alone asks the origin. An owner that cannot be reached or does not answer
-//! within `edge.peer_timeout` is passed over for the next one, then the origin: nothing waits
-//! for gossip to declare it dead.
+//! that region, which alone asks the origin. An owner that cannot be reached, or sends no
+//! response head within `edge.peer_timeout` and then fails a ping, is passed over for the next
+//! one, then the origin: nothing waits for gossip to declare it dead, and an owner that is only
+//! waiting on a slow origin is waited for.
 //!
 //! Each hop carries `Meridian-Peer: <tier>.<unix s>.<hex HMAC-SHA256>`, signed with a key derived
 //! from the gossip key over the tier, the time, the method, the host and the target. A request

@@ -237,8 +237,9 @@ pub struct EdgeConfig {
     /// On shutdown, time between announcing draining and closing the listeners, so resolvers
     /// that cached this edge stop sending users (at most the DNS TTL; the TTL by default).
     pub drain_wait: Option<Duration>,
-    /// Longest wait for a peer's response head on a shielded miss; past it the edge asks the
-    /// next owner or the origin.
+    /// On a shielded miss, how long a peer may take to send a response head before it must
+    /// answer a ping within as long again; one that fails it is passed over for the next owner
+    /// or the origin.
     pub peer_timeout: Duration,
     /// Addresses users reach this edge at, as published by gossip (by default the cluster
     /// map's entry for this node id, else the listen addresses).
