@@ -99,24 +99,10 @@ async fn run(n: usize) {
     }
     let client: Http = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     // Until every edge hears all N alive with their peer addresses.
-    let deadline = Instant::now() + Duration::from_secs(300);
     for node in &nodes {
-        let admin = node.admin_addr().unwrap();
-        loop {
-            let v: serde_json::Value =
-                serde_json::from_str(&call(&client, "GET", admin, "/cluster", "").await).unwrap();
-            let ready = v["members"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|m| m["state"] == "alive" && m["peer"].is_string())
-                .count();
-            if ready == n {
-                break;
-            }
-            assert!(Instant::now() < deadline, "not converged in 300 s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        meridian::bench::wait_for_peers(node.admin_addr().unwrap(), n, Duration::from_secs(300))
+            .await
+            .unwrap_or_else(|e| panic!("not converged: {e}"));
     }
     println!(
         "  converged (every edge hears {n} alive): {:.1} s after the first start",

@@ -145,25 +145,10 @@ async fn cluster(origin: SocketAddr, shield: bool) -> Cluster {
         nodes.push(meridian::app::Node::start(config).await.unwrap());
     }
     // Until every edge hears the three with their peer addresses.
-    let client = client();
-    let t = Instant::now();
     for n in &nodes {
-        let admin = n.admin_addr().unwrap();
-        loop {
-            let (_, body) = fetch(&client, admin, "/cluster", "admin").await;
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            let ready = v["members"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|m| m["state"] == "alive" && m["peer"].is_string())
-                .count();
-            if ready == 3 {
-                break;
-            }
-            assert!(t.elapsed() < Duration::from_secs(20), "not converged: {v}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        meridian::bench::wait_for_peers(n.admin_addr().unwrap(), 3, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("not converged: {e}"));
     }
     Cluster {
         http: nodes.iter().map(|n| n.http_addrs()[0]).collect(),

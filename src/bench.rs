@@ -403,3 +403,52 @@ impl CoverageLookup {
         self.coverage.find(self.probes[i % self.probes.len()]).guard
     }
 }
+
+/// Waits until the node whose admin API listens on `admin` hears `n` members alive that take
+/// peer requests (every edge of a shielding cluster), asking `GET /cluster` every 50 ms; the
+/// time it took, or the last answer when `limit` passes first. For benches and tests that start
+/// edges and must not measure before they know each other.
+pub async fn wait_for_peers(
+    admin: std::net::SocketAddr,
+    n: usize,
+    limit: Duration,
+) -> Result<Duration, String> {
+    let t = std::time::Instant::now();
+    loop {
+        let text = admin_get(admin, "/cluster").await.unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let ready = v["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["state"] == "alive" && m["peer"].is_string())
+            .count();
+        if ready == n {
+            return Ok(t.elapsed());
+        }
+        if t.elapsed() >= limit {
+            return Err(format!(
+                "{admin}: {ready} of {n} peers within {limit:?}: {text}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The body of `GET path` from an admin API.
+async fn admin_get(admin: std::net::SocketAddr, path: &str) -> Option<String> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(admin).await.ok()?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .ok()?;
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header(http::header::HOST, "admin")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .ok()?;
+    let body = send.send_request(req).await.ok()?.into_body();
+    let bytes = body.collect().await.ok()?.to_bytes();
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}

@@ -1009,22 +1009,9 @@ async fn the_local_cluster_makes_one_origin_fetch_for_300_requests_over_its_thre
         .collect();
     let admin: std::net::SocketAddr = "127.0.0.11:21090".parse().unwrap();
     // Until each edge hears the three with their peer addresses.
-    let t = Instant::now();
-    loop {
-        let v: serde_json::Value =
-            serde_json::from_slice(&get(admin, "admin", "/cluster", &[]).await.body).unwrap();
-        let peers = v["members"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|m| m["state"] == "alive" && m["peer"].is_string())
-            .count();
-        if peers == 3 {
-            break;
-        }
-        assert!(t.elapsed() < Duration::from_secs(15), "{v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    meridian::bench::wait_for_peers(admin, 3, Duration::from_secs(15))
+        .await
+        .unwrap();
     let fetches = || async move {
         let text = get(admin, "admin", "/metrics", &[]).await.text();
         text.lines()

@@ -1260,22 +1260,10 @@ async fn shielded(c: &mut Cluster, origin: SocketAddr) -> Vec<(String, Proc, Pat
         let file = c.edge_file(id, region, "k1.key", "peer_timeout = \"500ms\"\n");
         edges.push((id.to_string(), Proc::start(&file), file));
     }
-    let t = Instant::now();
     for (_, p, _) in &edges {
-        loop {
-            let v = admin_json(p.admin, "/cluster").await;
-            let ready = v["members"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|m| m["state"] == "alive" && m["peer"].is_string())
-                .count();
-            if ready == 3 {
-                break;
-            }
-            assert!(t.elapsed() < Duration::from_secs(15), "not converged: {v}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        meridian::bench::wait_for_peers(p.admin, 3, Duration::from_secs(15))
+            .await
+            .unwrap();
     }
     edges
 }
