@@ -659,3 +659,51 @@ HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: max-age=60\r\n\r\nok",
     assert_eq!(second.status, 200);
     assert!(second.headers.get("link").is_none());
 }
+
+#[tokio::test]
+async fn a_peer_mark_from_a_client_never_reaches_the_origin_nor_purges() {
+    // An edge that does not gossip has no peers: a client's `Meridian-Peer` is dropped, its
+    // forwarding fields are not trusted, and the peer endpoints are nobody's.
+    let o = Origin::start().await;
+    o.always("/p", Reply::ok("p").header("cache-control", "max-age=60"));
+    let edge = Edge::for_origin(&o).await;
+    let mark = format!("1.{}.{}", 1_800_000_000u64, "00".repeat(32));
+    let r = edge
+        .get_with(
+            "/p",
+            &[("meridian-peer", &mark), ("x-forwarded-for", "6.6.6.6")],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let seen = o.last("/p");
+    assert!(seen.headers.get("meridian-peer").is_none());
+    assert!(
+        seen.headers["x-forwarded-for"]
+            .to_str()
+            .unwrap()
+            .starts_with("6.6.6.6, "),
+        "{:?}",
+        seen.headers
+    );
+    assert!(edge.get("/p").await.is_hit());
+    let body = r#"{"issuer":"x","at":1,"purge":{"url":"http://demo.test/p"}}"#;
+    for (host, path) in [
+        ("meridian.peer", "/.meridian/purge?sha256=00"),
+        ("demo.test", "/.meridian/purge?sha256=00"),
+    ] {
+        let r = request_with_body(
+            "POST",
+            edge.addr,
+            host,
+            path,
+            &[(
+                "meridian-peer",
+                &format!("3.1800000000.{}", "00".repeat(32)),
+            )],
+            body,
+        )
+        .await;
+        assert_ne!(r.status, 200, "{host}{path}");
+    }
+    assert!(edge.get("/p").await.is_hit(), "purged by an unsigned push");
+}
