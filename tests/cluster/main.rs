@@ -1580,3 +1580,61 @@ async fn the_issuer_pushes_each_purge_to_the_live_edges_ahead_of_gossip() {
         assert!(!r.is_hit(), "{edge} still serves it: {}", r.cache_status());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_outlives_its_issuer_for_an_edge_that_was_down() {
+    // edge-b is down when edge-a issues a purge; edge-a dies (SIGKILL) before edge-b is back;
+    // the DNS node still holds edge-a's gossip state (a dead member's state is kept), so
+    // edge-b, back, gets the purge from it.
+    let Two {
+        c,
+        dns,
+        a,
+        b,
+        a_file: _,
+        _origin,
+    } = Two::start("outlive", "", ["k1.key", "k1.key", "k1.key"], "").await;
+    let b_file = c
+        .dir
+        .path()
+        .read_dir()
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("edge-b-"))
+        })
+        .unwrap();
+    b.signal("TERM");
+    let mut b = b;
+    assert_eq!(b.wait(Duration::from_secs(20)), Some(0));
+    dns.wait_member("edge-b", "gone", Duration::from_secs(10), |m| {
+        m["state"] != "alive"
+    })
+    .await;
+    let answer = purge_via(a.admin, r#"{"url": "http://demo.meridian.test/"}"#).await;
+    let at: u64 = answer["id"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Five gossip rounds: the DNS node holds the purge in its copy of edge-a's state.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    a.signal("KILL");
+    dns.wait_member("edge-a", "dead", Duration::from_secs(10), |m| {
+        m["state"] == "dead"
+    })
+    .await;
+    let _b = Proc::start(&b_file);
+    dns.wait_member(
+        "edge-b",
+        "back, with edge-a's purge applied",
+        Duration::from_secs(10),
+        |m| m["state"] == "alive" && m["purged"]["edge-a"].as_u64().is_some_and(|w| w >= at),
+    )
+    .await;
+}
