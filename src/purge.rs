@@ -259,9 +259,9 @@ pub(crate) async fn push(
         Err(_) => return,
     };
     let mut all = tokio::task::JoinSet::new();
-    for m in peers.live_edges() {
+    for (edge, addr) in peers.live_edges() {
         let (peers, body) = (peers.clone(), body.clone());
-        all.spawn(async move { peers.push_purge(&m, body).await.then_some(m.id) });
+        all.spawn(async move { peers.push_purge(&edge, addr, body).await.then_some(edge) });
     }
     while let Some(done) = all.join_next().await {
         if let Ok(Some(edge)) = done {

@@ -198,6 +198,14 @@ pub(crate) fn owners<'a>(members: &'a [Member], region: &str, key: &str) -> Vec<
     m.into_iter().map(|(_, m)| m).collect()
 }
 
+/// A peer to ask: its id, where it takes peer requests, and over which tier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Ask {
+    pub(crate) id: String,
+    pub(crate) addr: SocketAddr,
+    pub(crate) hop: Hop,
+}
+
 /// The peers to ask for `key` before the origin, in order, by an edge of `region` for a request
 /// that came from a client (`came` = `None`) or over a hop.
 pub(crate) fn plan(
@@ -206,31 +214,31 @@ pub(crate) fn plan(
     shield_region: Option<&str>,
     key: &str,
     came: Option<Hop>,
-) -> Vec<(Member, Hop)> {
+) -> Vec<Ask> {
     let mut out = Vec::new();
-    if came.is_none() {
-        // Until this edge itself: past it, this edge is the owner (for this request).
+    // A tier's owners in order, until this edge itself: past it, this edge is the owner (for
+    // this request).
+    let mut tier = |region: &str, hop: Hop| {
         for m in owners(members, region, key)
             .into_iter()
             .take(OWNERS_PER_TIER)
         {
-            if m.is_self {
-                break;
+            match (m.is_self, m.peer) {
+                (false, Some(addr)) => out.push(Ask {
+                    id: m.id.clone(),
+                    addr,
+                    hop,
+                }),
+                _ => break,
             }
-            out.push((m.clone(), Hop::Region));
         }
+    };
+    if came.is_none() {
+        tier(region, Hop::Region);
     }
     if came != Some(Hop::Shield) {
         if let Some(shield) = shield_region.filter(|s| *s != region) {
-            for m in owners(members, shield, key)
-                .into_iter()
-                .take(OWNERS_PER_TIER)
-            {
-                if m.is_self {
-                    break;
-                }
-                out.push((m.clone(), Hop::Shield));
-            }
+            tier(shield, Hop::Shield);
         }
     }
     out
@@ -293,7 +301,7 @@ impl Peers {
         key: &str,
         shield_region: Option<&str>,
         came: Option<Hop>,
-    ) -> Vec<(Member, Hop)> {
+    ) -> Vec<Ask> {
         plan(
             &self.gossip.members(),
             &self.region,
@@ -371,19 +379,16 @@ impl Peers {
     /// as a loop counts as failed too: `None`, logged and counted.
     pub(crate) async fn send(
         &self,
-        member: &Member,
-        hop: Hop,
+        ask: &Ask,
         parts: &Parts,
         limit: Duration,
     ) -> Option<Response<Incoming>> {
+        let (addr, hop) = (ask.addr, ask.hop);
         let timeout = self.timeout;
         let fail = |why: String| {
             self.metrics.failed.increment(1);
-            tracing::warn!(peer = %member.id, tier = hop.as_str(), "peer passed over: {why}");
+            tracing::warn!(peer = %ask.id, tier = hop.as_str(), "peer passed over: {why}");
             None
-        };
-        let Some(addr) = member.peer else {
-            return fail("it gossips no peer address".into());
         };
         let target = parts
             .uri
@@ -490,10 +495,7 @@ impl Peers {
 
     /// Hands a cluster purge (`body`: `{"issuer", "at", "purge"}`) to `member` at once; whether
     /// it answered that it applied it within the peer timeout.
-    pub(crate) async fn push_purge(&self, member: &Member, body: Bytes) -> bool {
-        let Some(addr) = member.peer else {
-            return false;
-        };
+    pub(crate) async fn push_purge(&self, edge: &str, addr: SocketAddr, body: Bytes) -> bool {
         let target = format!("{PURGE_PATH}?sha256={}", sha256_hex(&body));
         let Some(mark) = sign(
             &self.gossip.keyring(),
@@ -521,25 +523,24 @@ impl Peers {
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Ok(Ok(resp)) if resp.status() == http::StatusCode::OK => true,
             Ok(Ok(resp)) => {
-                tracing::warn!(edge = %member.id, status = %resp.status(), "a pushed purge was refused; gossip brings it");
+                tracing::warn!(edge = %edge, status = %resp.status(), "a pushed purge was refused; gossip brings it");
                 false
             }
             _ => {
-                tracing::debug!(edge = %member.id, "a pushed purge got no answer; gossip brings it");
+                tracing::debug!(edge = %edge, "a pushed purge got no answer; gossip brings it");
                 false
             }
         }
     }
 
-    /// The members gossip reports, for pushing purges to the live edges.
-    pub(crate) fn live_edges(&self) -> Vec<Member> {
+    /// The live edges gossip reports (this one aside) and where they take peer requests, for
+    /// pushing purges.
+    pub(crate) fn live_edges(&self) -> Vec<(String, SocketAddr)> {
         self.gossip
             .members()
             .iter()
-            .filter(|m| {
-                m.is_edge() && !m.is_self && m.state == MemberState::Alive && m.peer.is_some()
-            })
-            .cloned()
+            .filter(|m| m.is_edge() && !m.is_self && m.state == MemberState::Alive)
+            .filter_map(|m| Some((m.id.clone(), m.peer?)))
             .collect()
     }
 }
@@ -677,9 +678,8 @@ mod tests {
             .map(|i| format!("k{i}"))
             .find(|k| owners(&view, "us", k)[0].id == "a2")
             .unwrap();
-        let ids = |p: Vec<(Member, Hop)>| -> Vec<(String, Hop)> {
-            p.into_iter().map(|(m, h)| (m.id, h)).collect()
-        };
+        let ids =
+            |p: Vec<Ask>| -> Vec<(String, Hop)> { p.into_iter().map(|a| (a.id, a.hop)).collect() };
         // From a client: the region owner, then (a1 being next) the shield tier.
         let p = ids(plan(&view, "us", Some("eu"), &key, None));
         assert_eq!(p[0], ("a2".into(), Hop::Region));

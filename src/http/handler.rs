@@ -250,7 +250,7 @@ pub(crate) fn owner_report(state: &EdgeState, url: &str) -> Result<serde_json::V
         peers
             .plan(&key, site.shield_region.as_deref(), None)
             .into_iter()
-            .map(|(m, hop)| serde_json::json!({ "edge": m.id, "tier": hop.as_str() }))
+            .map(|a| serde_json::json!({ "edge": a.id, "tier": a.hop.as_str() }))
             .collect()
     } else {
         Vec::new()
@@ -395,7 +395,10 @@ async fn route(
     let hop = req.headers_mut().remove(PEER).and_then(|mark| {
         let peers = state.peers.get()?;
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        peers.verify(&mark, req.method(), &host, target)
+        // A purge's mark is good for its endpoint alone (above).
+        peers
+            .verify(&mark, req.method(), &host, target)
+            .filter(|h| *h != Hop::Purge)
     });
     let incoming = ClientRequest {
         req,
@@ -1044,11 +1047,11 @@ async fn upstream(
     job: &Fill,
 ) -> Result<(Response<Incoming>, String, Option<HeaderValue>), OriginError> {
     if let (true, Some(peers)) = (site.shield, state.peers.get()) {
-        for (member, hop) in peers.plan(&job.key, site.shield_region.as_deref(), job.hop) {
+        for ask in peers.plan(&job.key, site.shield_region.as_deref(), job.hop) {
             let limit = site.origins.first_byte_timeout();
-            if let Some(resp) = peers.send(&member, hop, &job.parts, limit).await {
+            if let Some(resp) = peers.send(&ask, &job.parts, limit).await {
                 let status = resp.headers().get(super::headers::CACHE_STATUS).cloned();
-                return Ok((resp, format!("peer {}", member.id), status));
+                return Ok((resp, format!("peer {}", ask.id), status));
             }
         }
     }

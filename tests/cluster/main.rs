@@ -46,6 +46,8 @@ struct Cluster {
     dir: tempfile::TempDir,
     seeds: Vec<SocketAddr>,
     name: String,
+    /// edge-b's node file, where `Two` wrote one.
+    b_file: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -98,6 +100,7 @@ serial = 1
             dir,
             seeds: Vec::new(),
             name: name.to_string(),
+            b_file: None,
         }
     }
 
@@ -434,6 +437,17 @@ impl Two {
     /// `keys`: the key files of the DNS node, edge-a and edge-b; `a_extra`: edge-a's extra
     /// `[edge]` lines.
     async fn start(name: &str, map_extra: &str, keys: [&str; 3], a_extra: &str) -> Two {
+        Two::start_with(name, map_extra, keys, a_extra, &[]).await
+    }
+
+    /// The same, with `a_env` in edge-a's environment.
+    async fn start_with(
+        name: &str,
+        map_extra: &str,
+        keys: [&str; 3],
+        a_extra: &str,
+        a_env: &[(&str, &str)],
+    ) -> Two {
         let origin = origin().await;
         let mut c = Cluster::new(
             &[
@@ -447,11 +461,12 @@ impl Two {
         let dns = c.dns_with_key(keys[0]).await;
         let a_file = c.edge_file("edge-a", "us-west", keys[1], a_extra);
         let b_file = c.edge_file("edge-b", "eu-west", keys[2], "");
-        let a = Proc::start(&a_file);
+        let a = Proc::start_env(&a_file, a_env);
         let b = Proc::start(&b_file);
+        c.b_file = Some(b_file);
         for id in ["edge-a", "edge-b"] {
             dns.wait_member(id, "alive", Duration::from_secs(10), |m| {
-                m["state"] == "alive"
+                m["state"] == "alive" && m["peer"].is_string()
             })
             .await;
         }
@@ -1525,30 +1540,22 @@ async fn an_issuer_restarted_on_a_clock_behind_its_last_purges_is_still_heard() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_issuer_pushes_each_purge_to_the_live_edges_ahead_of_gossip() {
-    let origin = origin().await;
-    let mut c = Cluster::new(
-        &[
-            ("edge-a", "us-west", "127.0.0.11"),
-            ("edge-b", "eu-west", "127.0.0.12"),
-        ],
-        "",
-        "push",
-    );
-    c.origins(origin.addr);
-    let dns = c.dns_with_key("k1.key").await;
     // edge-a applies nothing gossip brings: only the issuer's push can purge it.
-    let a_file = c.edge_file("edge-a", "us-west", "k1.key", "");
-    let a = Proc::start_env(&a_file, &[("MERIDIAN_TEST_PURGES_BY_PUSH_ONLY", "1")]);
-    let b = Proc::start(&c.edge_file("edge-b", "eu-west", "k1.key", ""));
-    for id in ["edge-a", "edge-b"] {
-        dns.wait_member(
-            id,
-            "alive with its peer address",
-            Duration::from_secs(10),
-            |m| m["state"] == "alive" && m["peer"].is_string(),
-        )
-        .await;
-    }
+    let Two {
+        c: _c,
+        dns,
+        a,
+        b,
+        a_file: _,
+        _origin,
+    } = Two::start_with(
+        "push",
+        "",
+        ["k1.key", "k1.key", "k1.key"],
+        "",
+        &[("MERIDIAN_TEST_PURGES_BY_PUSH_ONLY", "1")],
+    )
+    .await;
     warm(a.http).await;
     warm(b.http).await;
 
@@ -1594,18 +1601,7 @@ async fn a_purge_outlives_its_issuer_for_an_edge_that_was_down() {
         a_file: _,
         _origin,
     } = Two::start("outlive", "", ["k1.key", "k1.key", "k1.key"], "").await;
-    let b_file = c
-        .dir
-        .path()
-        .read_dir()
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("edge-b-"))
-        })
-        .unwrap();
+    let b_file = c.b_file.clone().unwrap();
     b.signal("TERM");
     let mut b = b;
     assert_eq!(b.wait(Duration::from_secs(20)), Some(0));
