@@ -1042,3 +1042,43 @@ async fn the_local_cluster_makes_one_origin_fetch_for_300_requests_over_its_thre
     let status = tokio::task::block_in_place(|| child.wait()).unwrap();
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn check_warns_when_a_shielding_edge_has_no_listener_for_its_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/local");
+    std::fs::copy(local.join("gossip.key"), dir.path().join("gossip.key")).unwrap();
+    std::fs::write(
+        dir.path().join("origins.toml"),
+        site(
+            "demo",
+            "demo.meridian.test",
+            "http://127.0.0.1:1",
+            &format!(
+                "shield = \"region\"\ntls_cert = {:?}\ntls_key = {:?}",
+                local.join("tls/demo.pem").display().to_string(),
+                local.join("tls/demo.key").display().to_string()
+            ),
+        ),
+    )
+    .unwrap();
+    for (listen, warned) in [("[]", true), ("[\"127.0.0.1:0\"]", false)] {
+        std::fs::write(
+            dir.path().join("node.toml"),
+            format!("id = \"e\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[edge]\nlisten = {listen}\npublic_addresses = [\"192.0.2.1\"]\n[edge.tls]\nlisten = [\"127.0.0.1:0\"]\ndefault_site = \"demo\"\n[gossip]\nlisten = \"127.0.0.1:7946\"\nkey_file = \"gossip.key\"\n"),
+        )
+        .unwrap();
+        let out = meridian()
+            .args(["check", "-c"])
+            .arg(dir.path().join("node.toml"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(
+            stderr.contains("edge.listen: site \"demo\" shields"),
+            warned,
+            "{listen}: {stderr}"
+        );
+    }
+}
