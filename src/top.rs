@@ -1,5 +1,6 @@
 //! `meridian top -c NODE.toml`: the running node's numbers in the terminal, refreshing (like
-//! `varnishstat`): the cluster's members with state, load and draining flags (from `/cluster`),
+//! `varnishstat`): the cluster's members with state, load, each edge's requests/s and hit ratio
+//! (as it gossips them) and draining flags (from `/cluster`),
 //! and this node's requests/s, hit ratio, origin fetches, cache bytes, DNS queries and answers
 //! per region (from `/metrics`). Rates are over the last refresh; `--once` prints totals.
 
@@ -77,8 +78,8 @@ fn render(
     if cluster["gossip"] == true {
         let _ = writeln!(
             out,
-            "\n{:<14} {:<10} {:<9} {:<8} {:<28} draining",
-            "member", "region", "roles", "state", "load"
+            "\n{:<14} {:<10} {:<9} {:<8} {:<28} {:>9} {:>5} draining",
+            "member", "region", "roles", "state", "load", "req/s", "hit"
         );
         for m in cluster["members"].as_array().into_iter().flatten() {
             let load = m["load"].as_f64().unwrap_or(0.0);
@@ -88,9 +89,20 @@ fn render(
                 .flatten()
                 .filter_map(|r| r.as_str())
                 .collect();
+            // What each edge last gossiped of its traffic (over its last second).
+            let (rps, hit) = if roles.contains(&"edge") {
+                (
+                    format!("{:.1}", m["requests_per_second"].as_f64().unwrap_or(0.0)),
+                    m["hit_ratio"]
+                        .as_f64()
+                        .map_or("-".into(), |r| format!("{:.0}%", r * 100.0)),
+                )
+            } else {
+                ("-".into(), "-".into())
+            };
             let _ = writeln!(
                 out,
-                "{:<14} {:<10} {:<9} {:<8} {} {:>4.0}% {}",
+                "{:<14} {:<10} {:<9} {:<8} {} {:>4.0}% {rps:>9} {hit:>5} {}",
                 m["id"].as_str().unwrap_or("-"),
                 m["region"].as_str().unwrap_or("-"),
                 roles.join(","),
@@ -207,13 +219,20 @@ meridian_http_requests_total{node=\"b\",cache=\"hit\",code=\"200\"} 1000\n";
         let s = parse(text, "a");
         assert_eq!((s.requests, s.hits, s.stored_bytes), (10.0, 8.0, 2097152.0));
         let cluster = serde_json::json!({"gossip": true, "members": [
-            {"id": "a", "region": "eu-west", "roles": ["edge"], "state": "alive", "load": 0.5, "draining": true}
+            {"id": "a", "region": "eu-west", "roles": ["edge"], "state": "alive", "load": 0.5, "draining": true,
+             "requests_per_second": 12.5, "hit_ratio": 0.9},
+            {"id": "d", "region": "eu-west", "roles": ["dns"], "state": "alive", "load": 0.0, "draining": false,
+             "requests_per_second": 0.0, "hit_ratio": null}
         ]});
         let screen = render("a", &cluster, &s, None);
         assert!(screen.contains("hit ratio 80%"), "{screen}");
         assert!(
-            screen.contains("[##########          ]   50% yes"),
-            "{screen}"
+            screen.contains("[##########          ]   50%      12.5   90% yes"),
+            "each edge's gossiped traffic: {screen}"
+        );
+        assert!(
+            screen.contains("   0%         -     - \n"),
+            "no traffic columns for a DNS node: {screen}"
         );
         assert!(screen.contains("answers eu-west 5"), "{screen}");
         let mut later = s.clone();
