@@ -8,12 +8,15 @@
 //! smallest cache has been released since the last trim (checked every second), and a purge
 //! trims at once.
 //!
-//! Fragmentation: every glibc arena keeps partly used pages of its own, so the more arenas, the
-//! more memory a churning cache leaves scattered. [`configure`] allows one arena per four cores
-//! (at least one) unless `MALLOC_ARENA_MAX` says otherwise; the hit path's small allocations
-//! come from per-thread caches that need no arena lock. Measured with `benches/memory.sh`
-//! (floods of 1 KiB objects: 96 MiB RSS for a 64 MiB cache with glibc's default of eight
-//! arenas per core, 86 MiB with one; hit throughput unchanged on two cores).
+//! Arenas: every glibc arena keeps partly used pages of its own, so the more arenas, the more
+//! memory a churning cache leaves scattered; but threads that share an arena queue on its lock
+//! for every allocation their per-thread cache cannot serve. One arena for the whole process cost
+//! HTTP/2 hits a quarter of their time in futex calls (h2 frames, HPACK and TLS records allocate
+//! on one worker and free on the other), so [`configure`] allows four arenas per core unless
+//! `MALLOC_ARENA_MAX` says otherwise. Measured on two cores (`benches/memory.sh` with
+//! `EDGE_ENV=MALLOC_ARENA_MAX=N`, and `h2load -c64 -m10` of a 1 KiB hit over TLS): one arena,
+//! 34,000 HTTP/2 hits/s and 83.5 MiB RSS after floods into a 64 MiB cache; eight, 48,000 and
+//! about 86 MiB (sixteen: 86.5 MiB); the bound (1.25 x cache + base) holds for all of them.
 //!
 //! Process-wide, like the allocator: several edges in one process (the demo, tests) share it.
 //! Elsewhere than glibc this is a no-op.
@@ -35,7 +38,7 @@ pub fn configure() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let arenas = i32::try_from((cores / 4).max(1)).unwrap_or(1);
+        let arenas = i32::try_from(cores.saturating_mul(4)).unwrap_or(i32::MAX);
         // SAFETY: mallopt takes two integers; called before other threads allocate.
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, arenas);
