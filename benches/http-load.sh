@@ -5,13 +5,18 @@
 # with the same certificate, over HTTP/1.1 (wrk) and HTTP/2 (h2load); then the time to first byte
 # of a cold 15 MiB object that its origin sends over 1.4 s, for the client that asks first and for
 # 100 more asking at once 100 ms later (streaming fill: do they wait for the whole body?), with
-# the origin asked directly by one client as the reference. Two reference rows: a bare hyper server
+# the origin asked directly by one client as the reference; then pass-through (answers the origin
+# marks `private`, and POSTs) against nginx `proxy_pass` with keep-alive upstreams and Varnish,
+# with meridian's RSS sampled over a PASS_SECS run of them; then tail latency: the p99 of hits
+# and of misses at a fixed rate, half the lower of meridian's and nginx's peak rate, with an
+# open-loop client (examples/rate.rs: latency from each request's due time). Two reference rows: a bare hyper server
 # returning a fixed body (the ceiling for any hit path on hyper), and the slow origin asked
 # directly by the same burst client (what the client and origin alone cost).
 #
 #   benches/http-load.sh [ROUNDS] [DURATION]      defaults: 5 rounds of 8s per server and size
 #   CONNS=64 THREADS=2 benches/http-load.sh        wrk connections and threads
-#   PARTS="hits tls collapse stream" benches/http-load.sh  which measurements to run (default: all)
+#   PARTS="hits tls collapse stream pass tail" benches/http-load.sh  which to run (default: all)
+#   PASS_SECS=300 benches/http-load.sh             length of the pass-through RSS run (part "pass")
 #   FOLLOWERS=100 benches/http-load.sh             clients that join the leader in "stream"
 #
 # Installs nginx, varnish, wrk and h2load (nghttp2-client) from Debian if they are missing (needs root). Every address is
@@ -23,7 +28,8 @@ DURATION=${2:-8s}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
 BURST=${BURST:-200}
-PARTS=${PARTS:-hits tls collapse stream}
+PARTS=${PARTS:-hits tls collapse stream pass tail}
+PASS_SECS=${PASS_SECS:-300}
 FOLLOWERS=${FOLLOWERS:-100}
 want() { case " $PARTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 cd "$(dirname "$0")/.."
@@ -43,10 +49,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # The Debian packages start their own daemons on port 80 / 6081; ours use 18xxx.
 
-cargo build --release --quiet --bin meridian --example bare_hyper --example ttfb
+cargo build --release --quiet --bin meridian --example bare_hyper --example ttfb --example rate
 MERIDIAN=$ROOT/target/release/meridian
 BARE=$ROOT/target/release/examples/bare_hyper
 TTFB=$ROOT/target/release/examples/ttfb
+RATE=$ROOT/target/release/examples/rate
 
 WORK=$(mktemp -d)
 chmod 755 "$WORK"   # varnishd reads its VCL after dropping privileges
@@ -89,6 +96,11 @@ http {
     listen 127.0.0.1:$ORIGIN;
     root $WORK/www;
     expires 1h;
+    # Pass-through: answers no cache may keep, and a POST endpoint.
+    location /private/ { alias $WORK/www/; expires off; add_header Cache-Control private; }
+    location = /post { return 200 "posted\n"; }
+    # Misses: every path below /miss/ is a new 1 KiB object.
+    location /miss/ { try_files /1k =404; }
   }
 }
 EOF
@@ -123,7 +135,7 @@ max_connections = 100000
 listen = ["127.0.0.1:$P_MERIDIAN_TLS"]
 default_site = "bench"
 EOF
-"$MERIDIAN" run -c "$WORK/meridian.toml" 2>"$WORK/logs/meridian.log" & PIDS+=($!)
+"$MERIDIAN" run -c "$WORK/meridian.toml" 2>"$WORK/logs/meridian.log" & PIDS+=($!); MERIDIAN_PID=$!
 "$BARE" 127.0.0.1:$P_BARE 1024 & PIDS+=($!)
 
 # --- nginx proxy_cache (2 workers, like the 2 cores) --------------------------------------------
@@ -286,9 +298,91 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$RESULTS" "$COLLAPSE" "$CONNS" "$THREADS" "$DURATION" "$ROUNDS" "$BURST" "$TLS" "$STREAM" "$FOLLOWERS" <<'EOF'
+# --- pass-through: private answers and POSTs, every request to the origin ------------------------
+PASS="$WORK/pass.txt"
+: > "$PASS"
+cat > "$WORK/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = string.rep("x", 64)
+wrk.headers["Content-Type"] = "text/plain"
+LUA
+rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
+for round in $(seq 1 "$ROUNDS"); do
+  want pass || break
+  for kind in private post; do
+    for entry in meridian:$P_MERIDIAN nginx:$P_NGINX varnish:$P_VARNISH; do
+      name=${entry%%:*}; port=${entry##*:}
+      if [ "$kind" = post ]; then
+        out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" -H 'Host: bench.test' "http://127.0.0.1:$port/post")
+      else
+        out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -H 'Host: bench.test' "http://127.0.0.1:$port/private/1k")
+      fi
+      rps=$(echo "$out" | awk '/Requests\/sec/ { print $2 }')
+      p99=$(to_ms "$(echo "$out" | awk '$1 == "99%" { print $2 }')")
+      errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ { print }' | tr '\n' ' ')
+      echo "$kind $name $rps $p99" >> "$PASS"
+      echo "pass round $round $kind $name: $rps req/s, p99 ${p99} ms $errors" >&2
+    done
+  done
+done
+PASS_RSS=""
+if want pass && [ -n "$MERIDIAN_PID" ]; then
+  # meridian's RSS over a long run of pass-through requests (half private GETs, half POSTs).
+  start_rss=$(rss_kib "$MERIDIAN_PID")
+  samples="$start_rss"
+  half=$((CONNS / 2))
+  wrk -t1 -c"$half" -d"${PASS_SECS}s" -H 'Host: bench.test' "http://127.0.0.1:$P_MERIDIAN/private/1k" >/dev/null & w1=$!
+  wrk -t1 -c"$half" -d"${PASS_SECS}s" -s "$WORK/post.lua" -H 'Host: bench.test' "http://127.0.0.1:$P_MERIDIAN/post" >/dev/null & w2=$!
+  for _ in $(seq 1 10); do
+    sleep $((PASS_SECS / 10))
+    samples="$samples $(rss_kib "$MERIDIAN_PID")"
+  done
+  wait $w1 $w2 || true
+  PASS_RSS="$samples"
+  echo "pass-through RSS over ${PASS_SECS}s (KiB): $samples" >&2
+fi
+
+# --- tail latency: p99 at a fixed rate, half the lower peak of meridian and nginx ---------------
+TAIL="$WORK/tail.txt"
+: > "$TAIL"
+if want tail; then
+  for kind in hit miss; do
+    if [ "$kind" = hit ]; then path=/1k; else path="/miss/{n}"; fi
+    # Peaks, closed loop (wrk); misses on paths of their own so no one's are hits.
+    peak() {
+      local p=$1 url
+      if [ "$kind" = hit ]; then url="http://127.0.0.1:$p/1k"; else url="http://127.0.0.1:$p/miss/peak-$p-$RANDOM"; fi
+      if [ "$kind" = miss ]; then
+        cat > "$WORK/miss.lua" <<LUA
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format(nil, "/miss/peak-$p-$RANDOM-" .. counter)
+end
+LUA
+        wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" -s "$WORK/miss.lua" -H 'Host: bench.test' "$url" | awk '/Requests\/sec/ { print $2 }'
+      else
+        wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" -H 'Host: bench.test' "$url" | awk '/Requests\/sec/ { print $2 }'
+      fi
+    }
+    pm=$(peak $P_MERIDIAN); pn=$(peak $P_NGINX)
+    rate=$(awk -v a="$pm" -v b="$pn" 'BEGIN { m = a < b ? a : b; printf "%d", m / 2 }')
+    echo "tail $kind: peaks meridian $pm, nginx $pn req/s; fixed rate $rate" >&2
+    for round in $(seq 1 "$ROUNDS"); do
+      for entry in meridian:$P_MERIDIAN nginx:$P_NGINX varnish:$P_VARNISH; do
+        name=${entry%%:*}; port=${entry##*:}
+        p=$path; [ "$kind" = miss ] && p="/miss/$name-$round-$RANDOM-{n}"
+        line=$("$RATE" "127.0.0.1:$port" bench.test "$p" "$rate" "$CONNS" "${DURATION%s}")
+        echo "$kind $name $line" >> "$TAIL"
+        echo "tail round $round $kind $name: $line" >&2
+      done
+    done
+  done
+fi
+
+python3 - "$RESULTS" "$COLLAPSE" "$CONNS" "$THREADS" "$DURATION" "$ROUNDS" "$BURST" "$TLS" "$STREAM" "$FOLLOWERS" "$PASS" "$PASS_RSS" "$PASS_SECS" "$TAIL" <<'EOF'
 import statistics, sys
-results, collapse, conns, threads, duration, rounds, burst, tls, stream, followers = sys.argv[1:]
+results, collapse, conns, threads, duration, rounds, burst, tls, stream, followers, passes, pass_rss, pass_secs, tail = sys.argv[1:]
 rows = {}
 for line in open(results):
     obj, name, rps, p50, p99 = line.split()
@@ -356,4 +450,40 @@ if st:
         med = lambda k: statistics.median(float(x[k]) for x in r)
         follow = "| - | - | - " if n == 1 else f"| {med('ttfb_p50_ms'):.1f} | {med('ttfb_max_ms'):.1f} | {med('full_p50_ms'):.0f} "
         print(f"| {name} | {med('lead_ttfb_ms'):.1f} | {med('lead_full_ms'):.0f} {follow}| {statistics.median(int(x['fetches']) for x in r):.0f} |" + ("" if ok == n else f" (only {ok} of {n} got the whole body)"))
+pa = {}
+for line in open(passes):
+    kind, name, rps, p99 = line.split()
+    pa.setdefault((kind, name), []).append((float(rps), float(p99)))
+if pa:
+    print(f"\n### Pass-through (every request to the origin; wrk -c{conns}, median of {rounds} rounds)\n")
+    print("| request | server | req/s | p99 ms |")
+    print("|---|---|---:|---:|")
+    for kind, label in (("private", "GET, origin says private"), ("post", "POST")):
+        for name in ("meridian", "nginx", "varnish"):
+            r = pa.get((kind, name), [])
+            if r:
+                print(f"| {label} | {name} | {statistics.median(x[0] for x in r):,.0f} | {statistics.median(x[1] for x in r):.2f} |")
+        m = statistics.median(x[0] for x in pa.get((kind, "meridian"), [(0, 0)]))
+        n = statistics.median(x[0] for x in pa.get((kind, "nginx"), [(0, 0)]))
+        if n:
+            print(f"| {label} | meridian / nginx | {m / n:.2f}× | |")
+if pass_rss:
+    kib = [int(x) for x in pass_rss.split()]
+    print(f"\nmeridian RSS over {pass_secs} s of pass-through (KiB, every tenth): {' '.join(map(str, kib))} (first {kib[0] / 1024:.1f} MiB, last {kib[-1] / 1024:.1f} MiB)")
+ta = {}
+for line in open(tail):
+    parts = line.split()
+    ta.setdefault((parts[0], parts[1]), []).append(dict(p.split("=") for p in parts[2:]))
+if ta:
+    print(f"\n### Tail latency at a fixed rate (half the lower peak of meridian and nginx; examples/rate.rs, {conns} connections, median of {rounds} rounds)\n")
+    print("| request | server | rate req/s | p50 ms | p99 ms | p99.9 ms | max ms | errors |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for kind in ("hit", "miss"):
+        for name in ("meridian", "nginx", "varnish"):
+            r = ta.get((kind, name), [])
+            if not r:
+                continue
+            med = lambda k: statistics.median(float(x[k]) for x in r)
+            print(f"| {kind} | {name} | {med('rate'):,.0f} | {med('p50_ms'):.2f} | {med('p99_ms'):.2f} | {med('p999_ms'):.2f} | {med('max_ms'):.1f} | {sum(int(x['errors']) for x in r)} |")
+
 EOF
