@@ -110,7 +110,7 @@ impl HitPath {
             .unwrap_or_default();
         let entry = Entry {
             status: StatusCode::OK,
-            headers: resp,
+            headers: crate::cache::entry::Fields::new(&resp),
             body: Bytes::from(vec![b'x'; size]),
             freshness,
             stored_at: tokio::time::Instant::now(),

@@ -581,7 +581,7 @@ impl Disk {
                         continue;
                     }
                     let mut e = v.entry;
-                    e.on_disk = Some(DiskBody::new(chunks, id, len));
+                    e.on_disk = Some(Box::new(DiskBody::new(chunks, id, len)));
                     e
                 }
             };
@@ -780,7 +780,7 @@ fn encode_variant(b: &mut Vec<u8>, e: &Entry, stored_ms: u64) {
     });
     put_opt(b, e.target_host.as_deref().map(str::as_bytes));
     put_u32(b, e.headers.len() as u32);
-    for (n, v) in &e.headers {
+    for (n, v) in e.headers.iter() {
         put_bytes(b, n.as_str().as_bytes());
         put_bytes(b, v.as_bytes());
     }
@@ -899,7 +899,7 @@ fn decode(buf: &Bytes) -> Option<Vec<Decoded>> {
         out.push(Decoded {
             entry: Entry {
                 status,
-                headers: super::entry::compact(&headers),
+                headers: super::entry::Fields::new(&headers),
                 body: Bytes::new(),
                 freshness: Freshness {
                     lifetime,
@@ -1006,7 +1006,7 @@ mod tests {
         );
         let e = Entry {
             status: StatusCode::OK,
-            headers,
+            headers: super::super::entry::Fields::new(&headers),
             body: Bytes::from_static(b"hello"),
             freshness: Freshness {
                 lifetime: Duration::from_secs(60),

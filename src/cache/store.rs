@@ -333,7 +333,7 @@ mod tests {
     fn entry(lifetime: u64) -> Arc<Entry> {
         Arc::new(Entry {
             status: http::StatusCode::OK,
-            headers: http::HeaderMap::new(),
+            headers: crate::cache::entry::Fields::default(),
             body: bytes::Bytes::from_static(b"x"),
             freshness: Freshness {
                 lifetime: Duration::from_secs(lifetime),

@@ -27,7 +27,7 @@ use super::request::{self, Rejected};
 use super::response::{self, CacheStatus, Fwd, Label, Refusal};
 use crate::cache::collapse::{Collapser, Join, Leader};
 use crate::cache::disk::Disk;
-use crate::cache::entry::{compact, normalized, vary_names, Entry, Target};
+use crate::cache::entry::{normalized, vary_names, Entry, Fields, Target};
 use crate::cache::fill::{FillFailed, Growing, Tail};
 use crate::cache::key;
 use crate::cache::policy::{self, Exchange, RequestDirectives, Reuse, SitePolicy};
@@ -1017,7 +1017,7 @@ fn new_entry(
         headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     }
     headers.append(header::VIA, via.clone());
-    let headers = compact(&headers);
+    let headers = Fields::new(&headers);
     let vary_values = vary
         .iter()
         .map(|n| normalized(&job.client_headers, n))
@@ -1158,7 +1158,7 @@ async fn fetch(
             let freshness = refreshed.unwrap_or(old.freshness);
             let entry = Arc::new(Entry {
                 status: old.status,
-                headers: compact(&merged),
+                headers: Fields::new(&merged),
                 body: old.body.clone(),
                 on_disk: old.on_disk.clone(),
                 freshness,

@@ -7,6 +7,7 @@
 //! server coalesce), so the parts never hold a byte twice, and more than [`MAX_RANGES`] ranges get
 //! the whole object.
 
+use crate::cache::entry::Fields;
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue};
 
@@ -97,14 +98,14 @@ fn coalesce(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
 
 /// Whether `If-Range` lets the ranges apply to a stored response with these headers: an entity
 /// tag must match strongly, a date must equal Last-Modified (RFC 9110 §13.1.5).
-pub(crate) fn if_range_holds(req: &HeaderMap, stored: &HeaderMap) -> bool {
+pub(crate) fn if_range_holds(req: &HeaderMap, stored: &Fields) -> bool {
     let Some(cond) = req.get(header::IF_RANGE) else {
         return true;
     };
     let cond = cond.as_bytes();
     if cond.starts_with(b"\"") {
         return stored
-            .get(header::ETAG)
+            .get(&header::ETAG)
             .is_some_and(|e| e.as_bytes() == cond);
     }
     if cond.starts_with(b"W/") {
@@ -115,7 +116,8 @@ pub(crate) fn if_range_holds(req: &HeaderMap, stored: &HeaderMap) -> bool {
             .ok()
             .and_then(|s| httpdate::parse_http_date(s).ok()),
         stored
-            .get(header::LAST_MODIFIED)
+            .get(&header::LAST_MODIFIED)
+            .as_ref()
             .and_then(|v| v.to_str().ok())
             .and_then(|s| httpdate::parse_http_date(s).ok()),
     ) {

@@ -10,7 +10,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use super::body::Body;
 use super::headers::{strip_cache_only, strip_hop_by_hop, CACHE_STATUS};
 use super::range::{self, Ranges};
-use crate::cache::entry::Entry;
+use crate::cache::entry::{Entry, Fields};
 use crate::cache::fill::Tail;
 use crate::cache::store::Tier;
 use crate::origin::OriginError;
@@ -283,8 +283,8 @@ fn none_match(cond: &HeaderMap, etag: Option<&HeaderValue>) -> Option<bool> {
 
 /// Whether a client's conditional request is satisfied by a stored 200 (RFC 9110 §13.2.2):
 /// If-None-Match first, If-Modified-Since only without it.
-fn not_modified(req: &HeaderMap, stored: &HeaderMap) -> bool {
-    if let Some(m) = none_match(req, stored.get(header::ETAG)) {
+fn not_modified(req: &HeaderMap, stored: &Fields) -> bool {
+    if let Some(m) = none_match(req, stored.get(&header::ETAG).as_ref()) {
         return m;
     }
     let Some(ims) = req.get(header::IF_MODIFIED_SINCE) else {
@@ -295,7 +295,8 @@ fn not_modified(req: &HeaderMap, stored: &HeaderMap) -> bool {
         .ok()
         .and_then(|s| httpdate::parse_http_date(s).ok());
     let lm = stored
-        .get(header::LAST_MODIFIED)
+        .get(&header::LAST_MODIFIED)
+        .as_ref()
         .and_then(|v| v.to_str().ok())
         .and_then(|s| httpdate::parse_http_date(s).ok());
     matches!((ims, lm), (Some(ims), Some(lm)) if lm <= ims)
@@ -363,7 +364,7 @@ fn not_modified_response(entry: &Entry, age: Duration, status: CacheStatus) -> R
     let h = resp.headers_mut();
     for name in NOT_MODIFIED_FIELDS {
         for v in entry.headers.get_all(&name) {
-            h.append(name.clone(), v.clone());
+            h.append(name.clone(), v);
         }
     }
     h.insert(header::AGE, age_value(age));
@@ -373,7 +374,7 @@ fn not_modified_response(entry: &Entry, age: Duration, status: CacheStatus) -> R
 
 /// The stored headers with this request's `Age` and `Cache-Status`.
 fn entry_headers(entry: &Entry, age: Duration, status: CacheStatus) -> HeaderMap {
-    let mut headers = entry.headers.clone();
+    let mut headers = entry.headers.to_map(2);
     headers.insert(header::AGE, age_value(age));
     headers.insert(CACHE_STATUS, status.value());
     headers
@@ -457,7 +458,7 @@ pub(crate) fn from_entry(
             let (ct, multi) = range::multipart(
                 &entry.body,
                 &ranges,
-                entry.headers.get(header::CONTENT_TYPE),
+                entry.headers.get(&header::CONTENT_TYPE).as_ref(),
             );
             headers.insert(header::CONTENT_TYPE, ct);
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(multi.len()));
@@ -597,6 +598,7 @@ mod tests {
         stored.insert(header::ETAG, "\"v1\"".parse().unwrap());
         let mut req = HeaderMap::new();
         req.insert(header::IF_NONE_MATCH, "\"v0\", W/\"v1\"".parse().unwrap());
+        let stored = Fields::new(&stored);
         assert!(not_modified(&req, &stored));
         req.insert(header::IF_NONE_MATCH, "\"v2\"".parse().unwrap());
         assert!(!not_modified(&req, &stored));
