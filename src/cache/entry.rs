@@ -54,6 +54,9 @@ pub(crate) struct Fields {
     /// Where each value ends in `values` (value `i` starts where value `i - 1` ends).
     ends: Box<[u32]>,
     values: Bytes,
+    /// Whether `values` is UTF-8 (as nearly every response's fields are): then a hit takes each
+    /// value without checking its bytes again.
+    utf8: bool,
 }
 
 impl Fields {
@@ -71,16 +74,26 @@ impl Fields {
             );
             ends.push(u32::try_from(buf.len()).unwrap_or(u32::MAX));
         }
+        // Each value on its own (two halves of a character in two values make a UTF-8 whole).
+        let utf8 = headers
+            .values()
+            .all(|v| std::str::from_utf8(v.as_bytes()).is_ok());
         Fields {
             names: names.into_boxed_slice(),
             ends: ends.into_boxed_slice(),
             values: buf.freeze(),
+            utf8,
         }
     }
 
     fn value(&self, i: usize) -> HeaderValue {
         let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
         let slice = self.values.slice(start..self.ends[i] as usize);
+        if self.utf8 {
+            // SAFETY: the bytes were a valid header value when stored (`new` copied them from
+            // one), and they are UTF-8, which is all this constructor asks of them.
+            return unsafe { HeaderValue::from_maybe_shared_unchecked(slice) };
+        }
         // Cannot fail: the bytes were a valid header value when stored.
         HeaderValue::from_maybe_shared(slice).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
@@ -401,6 +414,19 @@ mod tests {
             read_buffer.is_unique(),
             "the stored fields hold no slice of the read buffer"
         );
+        // obs-text (RFC 9110 §5.5), even halves of a character split over two fields.
+        let mut odd = HeaderMap::new();
+        odd.append(
+            HeaderName::from_static("x-a"),
+            HeaderValue::from_bytes(b"caf\xc3").unwrap(),
+        );
+        odd.append(
+            HeaderName::from_static("x-b"),
+            HeaderValue::from_bytes(b"\xa9").unwrap(),
+        );
+        let o = Fields::new(&odd);
+        assert!(!o.utf8);
+        assert_eq!(o.to_map(0), odd);
         let g = f.with(header::SET_COOKIE, HeaderValue::from_static("c=3"));
         assert_eq!(g.get_all(&header::SET_COOKIE).collect::<Vec<_>>(), ["c=3"]);
         assert_eq!(g.len(), 3);
