@@ -220,19 +220,22 @@ RESULTS="$WORK/results.txt"
 to_ms() { # wrk latency like 1.23ms / 456.00us / 1.02s -> ms
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
 }
+# wrk's report -> WRK_RPS, WRK_P50 and WRK_P99 (ms) and WRK_ERRORS (non-2xx or socket errors).
+wrk_stats() {
+  WRK_RPS=$(echo "$1" | awk '/Requests\/sec/ { print $2 }')
+  WRK_P50=$(to_ms "$(echo "$1" | awk '$1 == "50%" { print $2 }')")
+  WRK_P99=$(to_ms "$(echo "$1" | awk '$1 == "99%" { print $2 }')")
+  WRK_ERRORS=$(echo "$1" | awk '/Non-2xx|Socket errors/ { print }' | tr '\n' ' ')
+}
 for round in $(seq 1 "$ROUNDS"); do
   want hits || break
   for obj in 1k 100k; do
     for entry in meridian:$P_MERIDIAN nginx:$P_NGINX varnish:$P_VARNISH bare-hyper:$P_BARE; do
       name=${entry%%:*}; port=${entry##*:}
       [ "$name" = bare-hyper ] && [ "$obj" != 1k ] && continue
-      out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -H 'Host: bench.test' "http://127.0.0.1:$port/$obj")
-      rps=$(echo "$out" | awk '/Requests\/sec/ { print $2 }')
-      p99=$(to_ms "$(echo "$out" | awk '$1 == "99%" { print $2 }')")
-      p50=$(to_ms "$(echo "$out" | awk '$1 == "50%" { print $2 }')")
-      errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ { print }' | tr '\n' ' ')
-      echo "$obj $name $rps $p50 $p99" >> "$RESULTS"
-      echo "round $round $obj $name: $rps req/s, p50 ${p50} ms, p99 ${p99} ms $errors" >&2
+      wrk_stats "$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -H 'Host: bench.test' "http://127.0.0.1:$port/$obj")"
+      echo "$obj $name $WRK_RPS $WRK_P50 $WRK_P99" >> "$RESULTS"
+      echo "round $round $obj $name: $WRK_RPS req/s, p50 ${WRK_P50} ms, p99 ${WRK_P99} ms $WRK_ERRORS" >&2
     done
   done
 done
@@ -252,11 +255,9 @@ for round in $(seq 1 "$ROUNDS"); do
   for obj in 1k 100k; do
     for entry in meridian:$P_MERIDIAN_TLS nginx:$P_NGINX_TLS; do
       name=${entry%%:*}; port=${entry##*:}
-      out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -H 'Host: bench.test' "https://127.0.0.1:$port/$obj")
-      rps=$(echo "$out" | awk '/Requests\/sec/ { print $2 }')
-      p99=$(to_ms "$(echo "$out" | awk '$1 == "99%" { print $2 }')")
-      echo "$obj h1 $name $rps $p99" >> "$TLS"
-      echo "tls round $round $obj h1 $name: $rps req/s, p99 ${p99} ms" >&2
+      wrk_stats "$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -H 'Host: bench.test' "https://127.0.0.1:$port/$obj")"
+      echo "$obj h1 $name $WRK_RPS $WRK_P99" >> "$TLS"
+      echo "tls round $round $obj h1 $name: $WRK_RPS req/s, p99 ${WRK_P99} ms $WRK_ERRORS" >&2
       out=$(h2load -t"$THREADS" -c"$CONNS" -m10 -D "$secs" -H ':authority: bench.test' "https://127.0.0.1:$port/$obj" 2>&1)
       rps=$(echo "$out" | awk '/^finished in/ { gsub(",", "", $4); print $4 }')
       ok=$(echo "$out" | awk '/^requests:/ { print $8 }')
@@ -313,15 +314,12 @@ for round in $(seq 1 "$ROUNDS"); do
     for entry in meridian:$P_MERIDIAN nginx:$P_NGINX varnish:$P_VARNISH; do
       name=${entry%%:*}; port=${entry##*:}
       if [ "$kind" = post ]; then
-        out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" -H 'Host: bench.test' "http://127.0.0.1:$port/post")
+        wrk_stats "$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" -H 'Host: bench.test' "http://127.0.0.1:$port/post")"
       else
-        out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -H 'Host: bench.test' "http://127.0.0.1:$port/private/1k")
+        wrk_stats "$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -H 'Host: bench.test' "http://127.0.0.1:$port/private/1k")"
       fi
-      rps=$(echo "$out" | awk '/Requests\/sec/ { print $2 }')
-      p99=$(to_ms "$(echo "$out" | awk '$1 == "99%" { print $2 }')")
-      errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ { print }' | tr '\n' ' ')
-      echo "$kind $name $rps $p99" >> "$PASS"
-      echo "pass round $round $kind $name: $rps req/s, p99 ${p99} ms $errors" >&2
+      echo "$kind $name $WRK_RPS $WRK_P99" >> "$PASS"
+      echo "pass round $round $kind $name: $WRK_RPS req/s, p99 ${WRK_P99} ms $WRK_ERRORS" >&2
     done
   done
 done
@@ -387,10 +385,11 @@ rows = {}
 for line in open(results):
     obj, name, rps, p50, p99 = line.split()
     rows.setdefault((obj, name), []).append((float(rps), float(p50), float(p99)))
-print(f"\n### Cache hits (wrk -t{threads} -c{conns} -d{duration}, median of {rounds} rounds)\n")
-print("| object | server | req/s | p50 ms | p99 ms |")
-print("|---|---|---:|---:|---:|")
-for obj in ("1k", "100k"):
+if rows:
+    print(f"\n### Cache hits (wrk -t{threads} -c{conns} -d{duration}, median of {rounds} rounds)\n")
+    print("| object | server | req/s | p50 ms | p99 ms |")
+    print("|---|---|---:|---:|---:|")
+for obj in ("1k", "100k") if rows else ():
     best_other = 0
     for name in ("meridian", "nginx", "varnish", "bare-hyper"):
         r = rows.get((obj, name), [])
@@ -403,14 +402,15 @@ for obj in ("1k", "100k"):
     m = statistics.median(x[0] for x in rows.get((obj, "meridian"), [(0, 0, 0)]))
     if best_other:
         print(f"| {obj} | meridian / best other | {m / best_other:.2f}× | | |")
-print(f"\n### TLS cache hits ({conns} connections, median of {rounds} rounds; HTTP/1.1: wrk, p99; HTTP/2: h2load -m10, mean)\n")
-print("| object | protocol | meridian req/s | nginx req/s | meridian / nginx | meridian latency ms | nginx latency ms |")
-print("|---|---|---:|---:|---:|---:|---:|")
 t = {}
 for line in open(tls):
     obj, proto, name, rps, lat = line.split()
     t.setdefault((obj, proto, name), []).append((float(rps), float(lat)))
-for obj in ("1k", "100k"):
+if t:
+    print(f"\n### TLS cache hits ({conns} connections, median of {rounds} rounds; HTTP/1.1: wrk, p99; HTTP/2: h2load -m10, mean)\n")
+    print("| object | protocol | meridian req/s | nginx req/s | meridian / nginx | meridian latency ms | nginx latency ms |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+for obj in ("1k", "100k") if t else ():
     for proto in ("h1", "h2"):
         m = t.get((obj, proto, "meridian"), [(0, 0)])
         n = t.get((obj, proto, "nginx"), [(0, 0)])
@@ -418,15 +418,16 @@ for obj in ("1k", "100k"):
         ratio = f"{mr / nr:.2f}×" if nr else "-"
         label = "HTTP/1.1" if proto == "h1" else "HTTP/2"
         print(f"| {obj} | {label} | {mr:,.0f} | {nr:,.0f} | {ratio} | {statistics.median(x[1] for x in m):.2f} | {statistics.median(x[1] for x in n):.2f} |")
-print(f"\n### Collapsing ({burst} concurrent requests, cold object, origin answers after 500 ms; median of {rounds} rounds)\n")
-print("| server | median answer (ms) | last answer (max ms) | origin fetches |")
-print("|---|---:|---:|---:|")
 coll = {}
 for line in open(collapse):
     parts = line.split()
     name = parts[0]
     kv = dict(p.split("=") for p in parts[1:])
     coll.setdefault(name, []).append(kv)
+if coll:
+    print(f"\n### Collapsing ({burst} concurrent requests, cold object, origin answers after 500 ms; median of {rounds} rounds)\n")
+    print("| server | median answer (ms) | last answer (max ms) | origin fetches |")
+    print("|---|---:|---:|---:|")
 for name in ("meridian", "nginx", "varnish", "origin-direct"):
     r = coll.get(name, [])
     if not r:
