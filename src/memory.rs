@@ -15,8 +15,9 @@
 //! on one worker and free on the other), so [`configure`] allows four arenas per core unless
 //! `MALLOC_ARENA_MAX` says otherwise. Measured on two cores (`benches/memory.sh` with
 //! `EDGE_ENV=MALLOC_ARENA_MAX=N`, and `h2load -c64 -m10` of a 1 KiB hit over TLS): one arena,
-//! 34,000 HTTP/2 hits/s and 83.5 MiB RSS after floods into a 64 MiB cache; eight, 48,000 and
-//! about 86 MiB (sixteen: 86.5 MiB); the bound (1.25 x cache + base) holds for all of them.
+//! 34,000 HTTP/2 hits/s and 83.5 MiB RSS after a flood of 1 KiB objects into a 64 MiB cache;
+//! eight, 48,000 and 94.7 MiB in one run, 88.3 in another (four: 90.2, sixteen: 86.5); the bound
+//! (1.25 x cache + base, 96 MiB) held in every run.
 //!
 //! Process-wide, like the allocator: several edges in one process (the demo, tests) share it.
 //! Elsewhere than glibc this is a no-op.
