@@ -54,8 +54,9 @@ pub(crate) struct Fields {
     /// Where each value ends in `values` (value `i` starts where value `i - 1` ends).
     ends: Box<[u32]>,
     values: Bytes,
-    /// Whether `values` is UTF-8 (as nearly every response's fields are): then a hit takes each
-    /// value without checking its bytes again.
+    /// Whether every value is UTF-8 on its own (as nearly every response's are): then a hit
+    /// takes each value without checking its bytes again. (Sensitivity marks are not kept:
+    /// nothing that reaches the store has one.)
     utf8: bool,
 }
 
