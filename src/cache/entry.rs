@@ -291,12 +291,23 @@ impl Entry {
 
     /// This entry with its body, now that it has arrived (and `Content-Length` to match).
     pub(crate) fn with_body(&self, body: Bytes) -> Entry {
-        let headers = self
-            .headers
-            .with(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let len = body.len() as u64;
+        self.with_parts(body, None, len)
+    }
+
+    /// This entry with its body on disk (and `Content-Length` to match).
+    pub(crate) fn with_disk_body(&self, body: DiskBody) -> Entry {
+        let len = body.len;
+        self.with_parts(Bytes::new(), Some(Box::new(body)), len)
+    }
+
+    /// This entry with a body in memory or on disk, of `len` bytes.
+    fn with_parts(&self, body: Bytes, on_disk: Option<Box<DiskBody>>, len: u64) -> Entry {
         Entry {
             status: self.status,
-            headers,
+            headers: self
+                .headers
+                .with(header::CONTENT_LENGTH, HeaderValue::from(len)),
             body,
             freshness: self.freshness,
             stored_at: self.stored_at,
@@ -305,18 +316,8 @@ impl Entry {
             tags: self.tags.clone(),
             target_host: self.target_host.clone(),
             target_https: self.target_https,
-            on_disk: None,
+            on_disk,
         }
-    }
-
-    /// This entry with its body on disk (and `Content-Length` to match).
-    pub(crate) fn with_disk_body(&self, body: DiskBody) -> Entry {
-        let mut e = self.with_body(Bytes::new());
-        e.headers = e
-            .headers
-            .with(header::CONTENT_LENGTH, HeaderValue::from(body.len));
-        e.on_disk = Some(Box::new(body));
-        e
     }
 
     /// The body's length, wherever it lives.
