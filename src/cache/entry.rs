@@ -39,18 +39,61 @@ pub(crate) struct Target<'a> {
     pub(crate) https: Option<bool>,
 }
 
-/// A stored response's header fields, kept compact: the names (a standard one is a byte behind
-/// its handle, a custom one shares its bytes) and every value a slice of one buffer of exactly
+/// Response field names a stored entry keeps as their index here (a byte) instead of a 32-byte
+/// name: what origins send on nearly every response.
+static COMMON: [HeaderName; 32] = [
+    header::ACCEPT_RANGES,
+    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+    header::ACCESS_CONTROL_ALLOW_ORIGIN,
+    header::ACCESS_CONTROL_EXPOSE_HEADERS,
+    header::AGE,
+    header::ALT_SVC,
+    header::CACHE_CONTROL,
+    header::CONTENT_DISPOSITION,
+    header::CONTENT_ENCODING,
+    header::CONTENT_LANGUAGE,
+    header::CONTENT_LENGTH,
+    header::CONTENT_LOCATION,
+    header::CONTENT_RANGE,
+    header::CONTENT_SECURITY_POLICY,
+    header::CONTENT_TYPE,
+    header::DATE,
+    header::ETAG,
+    header::EXPIRES,
+    header::LAST_MODIFIED,
+    header::LINK,
+    header::LOCATION,
+    header::REFERRER_POLICY,
+    header::RETRY_AFTER,
+    header::SERVER,
+    header::SET_COOKIE,
+    header::STRICT_TRANSPORT_SECURITY,
+    header::VARY,
+    header::VIA,
+    header::WARNING,
+    header::X_CONTENT_TYPE_OPTIONS,
+    header::X_FRAME_OPTIONS,
+    header::X_XSS_PROTECTION,
+];
+/// The code of a name not in [`COMMON`]: the next of `Fields::custom`.
+const CUSTOM: u8 = u8::MAX;
+
+/// A stored response's header fields, kept compact: each name a byte (its place in
+/// [`COMMON`], or [`CUSTOM`] and kept whole), and every value a slice of one buffer of exactly
 /// their total size. A `HeaderMap` of ten fields takes about 1.3 KB of slots and index for
-/// 300 bytes of fields; this takes 36 bytes a field besides them. Hits rebuild the map they
-/// send ([`Fields::to_map`]): each value is a shared slice of the buffer, not a copy.
+/// 300 bytes of fields; this takes 5 bytes a field besides them (and a name for each uncommon
+/// one). Hits rebuild the map they send ([`Fields::to_map`]): each value is a shared slice of
+/// the buffer, not a copy.
 ///
 /// Hazard: a header value from hyper's parser shares the connection's read buffer (8 KiB or
 /// more); a stored entry that kept one would keep the whole buffer, so the cache would hold
 /// several times the bytes it counts. [`Fields::new`] copies.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Fields {
-    names: Box<[HeaderName]>,
+    /// Each field's name: a place in [`COMMON`], or [`CUSTOM`].
+    codes: Box<[u8]>,
+    /// The names coded [`CUSTOM`], in order.
+    custom: Box<[HeaderName]>,
     /// Where each value ends in `values` (value `i` starts where value `i - 1` ends).
     ends: Box<[u32]>,
     values: Bytes,
@@ -65,14 +108,22 @@ impl Fields {
     pub(crate) fn new(headers: &HeaderMap) -> Fields {
         let total: usize = headers.values().map(HeaderValue::len).sum();
         let mut buf = bytes::BytesMut::with_capacity(total);
-        let mut names = Vec::with_capacity(headers.len());
+        let mut codes = Vec::with_capacity(headers.len());
+        let mut custom = Vec::new();
         let mut ends = Vec::with_capacity(headers.len());
         for (name, value) in headers {
             buf.extend_from_slice(value.as_bytes());
-            // Standard names are static; a custom one is copied out of whatever held it.
-            names.push(
-                HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or_else(|_| name.clone()),
-            );
+            match COMMON.iter().position(|c| c == name) {
+                Some(i) => codes.push(i as u8),
+                None => {
+                    codes.push(CUSTOM);
+                    // Copied out of whatever held it (a custom name shares its bytes).
+                    custom.push(
+                        HeaderName::from_bytes(name.as_str().as_bytes())
+                            .unwrap_or_else(|_| name.clone()),
+                    );
+                }
+            }
             ends.push(u32::try_from(buf.len()).unwrap_or(u32::MAX));
         }
         // Each value on its own (two halves of a character in two values make a UTF-8 whole).
@@ -80,7 +131,8 @@ impl Fields {
             .values()
             .all(|v| std::str::from_utf8(v.as_bytes()).is_ok());
         Fields {
-            names: names.into_boxed_slice(),
+            codes: codes.into_boxed_slice(),
+            custom: custom.into_boxed_slice(),
             ends: ends.into_boxed_slice(),
             values: buf.freeze(),
             utf8,
@@ -99,20 +151,26 @@ impl Fields {
         HeaderValue::from_maybe_shared(slice).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
+    /// The names, in order.
+    fn names(&self) -> impl Iterator<Item = &HeaderName> + '_ {
+        let mut custom = self.custom.iter();
+        self.codes
+            .iter()
+            .map(move |&c| match COMMON.get(usize::from(c)) {
+                Some(n) => n,
+                // `new` keeps as many custom names as CUSTOM codes.
+                None => custom.next().unwrap_or(&COMMON[0]),
+            })
+    }
+
     /// The fields, in order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&HeaderName, HeaderValue)> + '_ {
-        self.names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n, self.value(i)))
+        self.names().enumerate().map(|(i, n)| (n, self.value(i)))
     }
 
     /// The first value of `name`.
     pub(crate) fn get(&self, name: &HeaderName) -> Option<HeaderValue> {
-        self.names
-            .iter()
-            .position(|n| n == name)
-            .map(|i| self.value(i))
+        self.get_all(name).next()
     }
 
     /// Every value of `name`, in order.
@@ -120,8 +178,7 @@ impl Fields {
         &'a self,
         name: &'a HeaderName,
     ) -> impl Iterator<Item = HeaderValue> + 'a {
-        self.names
-            .iter()
+        self.names()
             .enumerate()
             .filter(move |(_, n)| *n == name)
             .map(|(i, _)| self.value(i))
@@ -129,13 +186,13 @@ impl Fields {
 
     /// How many fields.
     pub(crate) fn len(&self) -> usize {
-        self.names.len()
+        self.codes.len()
     }
 
     /// A header map of these fields with room for `extra` more (what a response sends).
     pub(crate) fn to_map(&self, extra: usize) -> HeaderMap {
-        let mut map = HeaderMap::with_capacity(self.names.len() + extra);
-        for (i, name) in self.names.iter().enumerate() {
+        let mut map = HeaderMap::with_capacity(self.codes.len() + extra);
+        for (i, name) in self.names().enumerate() {
             map.append(name.clone(), self.value(i));
         }
         map
@@ -148,10 +205,10 @@ impl Fields {
         Fields::new(&map)
     }
 
-    /// Bytes these fields hold besides the entry: names, values and each field's slot.
+    /// Bytes these fields hold besides the entry: values, uncommon names and each field's slot.
     fn weight(&self) -> usize {
-        let names: usize = self.names.iter().map(|n| n.as_str().len()).sum();
-        self.values.len() + names + self.names.len() * FIELD_SLOT
+        let custom: usize = self.custom.iter().map(|n| n.as_str().len() + 32).sum();
+        self.values.len() + custom + self.codes.len() * FIELD_SLOT
     }
 }
 
@@ -159,8 +216,8 @@ impl Fields {
 /// write-order and expiry nodes, the key's `Arc`, the variant list and allocator rounding.
 /// Calibrated with `benches/memory.sh` (RSS per stored 1 KiB object, nothing evicted).
 const STORE_OVERHEAD: usize = 900;
-/// What each stored field costs besides its bytes: its name's handle and its value's end.
-const FIELD_SLOT: usize = 36;
+/// What each stored field costs besides its bytes: its name's code and its value's end.
+const FIELD_SLOT: usize = 5;
 
 /// One stored variant of a response.
 #[derive(Debug)]
@@ -432,7 +489,16 @@ mod tests {
         let g = f.with(header::SET_COOKIE, HeaderValue::from_static("c=3"));
         assert_eq!(g.get_all(&header::SET_COOKIE).collect::<Vec<_>>(), ["c=3"]);
         assert_eq!(g.len(), 3);
+        assert_eq!(f.custom.len(), 1, "only x-custom is kept whole");
         assert!(f.weight() < 4 * 64 + 64, "{}", f.weight());
+        // Every common name is one byte, and comes back as itself.
+        let mut all = HeaderMap::new();
+        for (i, n) in COMMON.iter().enumerate() {
+            all.append(n.clone(), HeaderValue::from(i));
+        }
+        let a = Fields::new(&all);
+        assert!(a.custom.is_empty());
+        assert_eq!(a.to_map(0), all);
     }
 
     #[test]
