@@ -12,12 +12,13 @@
 //! memory a churning cache leaves scattered; but threads that share an arena queue on its lock
 //! for every allocation their per-thread cache cannot serve. One arena for the whole process cost
 //! HTTP/2 hits a quarter of their time in futex calls (h2 frames, HPACK and TLS records allocate
-//! on one worker and free on the other), so [`configure`] allows four arenas per core unless
+//! on one worker and free on the other), so [`configure`] allows two arenas per core unless
 //! `MALLOC_ARENA_MAX` says otherwise. Measured on two cores (`benches/memory.sh` with
 //! `EDGE_ENV=MALLOC_ARENA_MAX=N`, and `h2load -c64 -m10` of a 1 KiB hit over TLS): one arena,
-//! 34,000 HTTP/2 hits/s and 83.5 MiB RSS after a flood of 1 KiB objects into a 64 MiB cache;
-//! eight, 48,000 and 94.7 MiB in one run, 88.3 in another (four: 90.2, sixteen: 86.5); the bound
-//! (1.25 x cache + base, 96 MiB) held in every run.
+//! about 34,000 HTTP/2 hits/s, and 83.5 MiB RSS after a flood of 1 KiB objects into a 64 MiB
+//! cache (bound: 1.25 x cache + base, about 96 MiB); four, about 44,000 hits/s, and at most
+//! 90.8 MiB after any flood; eight, about 48,000, but one run's flood of 100 KiB objects
+//! reached 101.1 MiB, over the bound (another's 84.4): more arenas, more scattered free space.
 //!
 //! Process-wide, like the allocator: several edges in one process (the demo, tests) share it.
 //! Elsewhere than glibc this is a no-op.
@@ -39,7 +40,7 @@ pub fn configure() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let arenas = i32::try_from(cores.saturating_mul(4)).unwrap_or(i32::MAX);
+        let arenas = i32::try_from(cores.saturating_mul(2)).unwrap_or(i32::MAX);
         // SAFETY: mallopt takes two integers; called before other threads allocate.
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, arenas);
