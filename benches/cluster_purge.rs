@@ -85,25 +85,19 @@ async fn run(n: usize) {
     let t = Instant::now();
     let mut nodes = Vec::new();
     for (i, (ip, g)) in ips.iter().zip(&gossip).enumerate() {
-        let file = p(&format!("edge-{i:03}.toml"));
-        std::fs::write(
-            &file,
-            format!(
+        let node = meridian::bench::start_node(
+            &p(&format!("edge-{i:03}.toml")),
+            &format!(
                 "id = \"edge-{i:03}\"\nregion = \"r\"\nroles = [\"edge\"]\norigin_map = \"origins.toml\"\n[log]\nlevel = \"error\"\n[edge]\nlisten = [\"{ip}:0\"]\ncache_memory = \"16MiB\"\nmax_object_size = \"1MiB\"\ndrain_wait = \"0s\"\nshutdown_grace = \"1s\"\n[admin]\nlisten = \"{ip}:0\"\ntoken_file = \"admin.token\"\n[gossip]\nlisten = \"{g}\"\nseeds = [{}]\ncluster = \"bench\"\nkey_file = \"gossip.key\"\n",
                 seeds.join(", ")
             ),
         )
-        .unwrap();
-        let config = meridian::config::load(&file).unwrap_or_else(|e| panic!("{e}"));
-        nodes.push(meridian::app::Node::start(config).await.unwrap());
+        .await;
+        nodes.push(node);
     }
     let client: Http = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     // Until every edge hears all N alive with their peer addresses.
-    for node in &nodes {
-        meridian::bench::wait_for_peers(node.admin_addr().unwrap(), n, Duration::from_secs(300))
-            .await
-            .unwrap_or_else(|e| panic!("not converged: {e}"));
-    }
+    meridian::bench::wait_for_all_peers(&nodes, n, Duration::from_secs(300)).await;
     println!(
         "  converged (every edge hears {n} alive): {:.1} s after the first start",
         t.elapsed().as_secs_f64()

@@ -72,13 +72,11 @@ fn loopback(c: &mut Criterion) {
                 format!("[[site]]\nname = \"b\"\nhosts = [\"*\"]\norigins = [\"http://{o}\"]\n"),
             )
             .unwrap();
-            std::fs::write(
-                dir.path().join("node.toml"),
+            let node = meridian::bench::start_node(
+                &dir.path().join("node.toml"),
                 "id = \"bench\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[log]\naccess_log = false\nlevel = \"warn\"\n[edge]\nlisten = [\"127.0.0.1:0\"]\n",
             )
-            .unwrap();
-            let cfg = meridian::config::load(&dir.path().join("node.toml")).unwrap();
-            let node = meridian::app::Node::start(cfg).await.unwrap();
+            .await;
             let uri: http::Uri = format!("http://{}/object", node.http_addrs()[0]).parse().unwrap();
             let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
             (node, client, uri)

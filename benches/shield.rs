@@ -132,24 +132,18 @@ async fn cluster(origin: SocketAddr, shield: bool) -> Cluster {
     let seeds: Vec<String> = gossip.iter().map(|g| format!("\"{g}\"")).collect();
     let mut nodes = Vec::new();
     for ((id, region, ip), g) in EDGES.iter().zip(&gossip) {
-        let file = p(&format!("{id}.toml"));
-        std::fs::write(
-            &file,
-            format!(
+        let node = meridian::bench::start_node(
+            &p(&format!("{id}.toml")),
+            &format!(
                 "id = \"{id}\"\nregion = \"{region}\"\nroles = [\"edge\"]\norigin_map = \"origins.toml\"\ncluster_map = \"cluster.toml\"\n[edge]\nlisten = [\"{ip}:0\"]\ncache_memory = \"512MiB\"\ndrain_wait = \"0s\"\nshutdown_grace = \"1s\"\n[admin]\nlisten = \"{ip}:0\"\n[gossip]\nlisten = \"{g}\"\nseeds = [{}]\ncluster = \"bench\"\nkey_file = \"gossip.key\"\n",
                 seeds.join(", ")
             ),
         )
-        .unwrap();
-        let config = meridian::config::load(&file).unwrap_or_else(|e| panic!("{e}"));
-        nodes.push(meridian::app::Node::start(config).await.unwrap());
+        .await;
+        nodes.push(node);
     }
     // Until every edge hears the three with their peer addresses.
-    for n in &nodes {
-        meridian::bench::wait_for_peers(n.admin_addr().unwrap(), 3, Duration::from_secs(20))
-            .await
-            .unwrap_or_else(|e| panic!("not converged: {e}"));
-    }
+    meridian::bench::wait_for_all_peers(&nodes, 3, Duration::from_secs(20)).await;
     Cluster {
         http: nodes.iter().map(|n| n.http_addrs()[0]).collect(),
         nodes,

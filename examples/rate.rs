@@ -89,9 +89,26 @@ struct Job {
     method: String,
     every: Duration,
     until: Instant,
+    /// The request when the path has no `{n}`.
+    request: String,
     next_n: AtomicU64,
     errors: AtomicU64,
     ok: AtomicU64,
+}
+
+/// The request for `path` (POST with a 64-byte body).
+fn request(job: &Job, path: &str) -> String {
+    let body = if job.method == "POST" {
+        "x".repeat(64)
+    } else {
+        String::new()
+    };
+    format!(
+        "{} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n{body}",
+        job.method,
+        job.host,
+        body.len()
+    )
 }
 
 /// One connection's share: requests due at `start + k * every`, latencies in ms.
@@ -103,18 +120,14 @@ async fn connection(job: Arc<Job>, start: Instant) -> Vec<f64> {
     while due < job.until {
         tokio::time::sleep_until(due.into()).await;
         let n = job.next_n.fetch_add(1, Ordering::Relaxed);
-        let path = job.path.replace("{n}", &n.to_string());
-        let body = if job.method == "POST" {
-            "x".repeat(64)
+        // The request: written once unless each one has a path of its own.
+        let unique;
+        let req = if job.path.contains("{n}") {
+            unique = request(&job, &job.path.replace("{n}", &n.to_string()));
+            &unique
         } else {
-            String::new()
+            &job.request
         };
-        let req = format!(
-            "{} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n{body}",
-            job.method,
-            job.host,
-            body.len()
-        );
         let done = async {
             if conn.is_none() {
                 let s = TcpStream::connect(&job.addr).await?;
@@ -155,17 +168,20 @@ async fn main() {
     let conns: usize = args[4].parse().expect("CONNS: a number");
     let secs: f64 = args[5].parse().expect("SECS: seconds");
     let start = Instant::now() + Duration::from_millis(100);
-    let job = Arc::new(Job {
+    let mut job = Job {
         addr: args[0].clone(),
         host: args[1].clone(),
         path: args[2].clone(),
         method: args.get(6).cloned().unwrap_or_else(|| "GET".into()),
         every: Duration::from_secs_f64(conns as f64 / rate),
         until: start + Duration::from_secs_f64(secs),
+        request: String::new(),
         next_n: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         ok: AtomicU64::new(0),
-    });
+    };
+    job.request = request(&job, &job.path);
+    let job = Arc::new(job);
     let tasks: Vec<_> = (0..conns)
         .map(|i| {
             // Connection i's requests fall between the others': the rate is even, not bursts.

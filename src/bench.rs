@@ -404,6 +404,29 @@ impl CoverageLookup {
     }
 }
 
+/// Writes `text` as the node file `path` and starts the node it describes in this process
+/// (panics on a bad file: benches set their own up).
+pub async fn start_node(path: &std::path::Path, text: &str) -> crate::app::Node {
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let config = crate::config::load(path).unwrap_or_else(|e| panic!("{e}"));
+    crate::app::Node::start(config)
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Waits until every one of `nodes` hears `n` members alive that take peer requests (see
+/// [`wait_for_peers`]); panics when one does not within `limit`.
+pub async fn wait_for_all_peers(nodes: &[crate::app::Node], n: usize, limit: Duration) {
+    for node in nodes {
+        let admin = node
+            .admin_addr()
+            .expect("bench nodes have an admin listener");
+        wait_for_peers(admin, n, limit)
+            .await
+            .unwrap_or_else(|e| panic!("not converged: {e}"));
+    }
+}
+
 /// Waits until the node whose admin API listens on `admin` hears `n` members alive that take
 /// peer requests (every edge of a shielding cluster), asking `GET /cluster` every 50 ms; the
 /// time it took, or the last answer when `limit` passes first. For benches and tests that start

@@ -23,6 +23,20 @@ fn meridian() -> Command {
     Command::new(env!("CARGO_BIN_EXE_meridian"))
 }
 
+/// Writes `text` as `DIR/node.toml` and runs `meridian check` on it, which must accept it;
+/// returns its stderr (warnings).
+fn check_passes(dir: &std::path::Path, text: &str) -> String {
+    std::fs::write(dir.join("node.toml"), text).unwrap();
+    let out = meridian()
+        .args(["check", "-c"])
+        .arg(dir.join("node.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    stderr
+}
+
 /// Runs `meridian check -c NODE`, expects exit status 1 and every `expected` line on stderr;
 /// returns stderr.
 fn check_lists(node: &std::path::Path, expected: &[&str]) -> String {
@@ -73,18 +87,10 @@ fn check_says_nothing_of_public_addresses_users_can_reach() {
         ("[\"100.64.0.9\"]", true),
         ("[\"fd00::1\"]", true),
     ] {
-        std::fs::write(
-            dir.path().join("node.toml"),
-            format!("id = \"e\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[edge]\nlisten = [\"127.0.0.1:0\"]\npublic_addresses = {addresses}\n"),
-        )
-        .unwrap();
-        let out = meridian()
-            .args(["check", "-c"])
-            .arg(dir.path().join("node.toml"))
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = check_passes(
+            dir.path(),
+            &format!("id = \"e\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[edge]\nlisten = [\"127.0.0.1:0\"]\npublic_addresses = {addresses}\n"),
+        );
         assert_eq!(stderr.contains("warning:"), warned, "{addresses}: {stderr}");
     }
 }
@@ -1063,18 +1069,10 @@ fn check_warns_when_a_shielding_edge_has_no_listener_for_its_peers() {
     )
     .unwrap();
     for (listen, warned) in [("[]", true), ("[\"127.0.0.1:0\"]", false)] {
-        std::fs::write(
-            dir.path().join("node.toml"),
-            format!("id = \"e\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[edge]\nlisten = {listen}\npublic_addresses = [\"192.0.2.1\"]\n[edge.tls]\nlisten = [\"127.0.0.1:0\"]\ndefault_site = \"demo\"\n[gossip]\nlisten = \"127.0.0.1:7946\"\nkey_file = \"gossip.key\"\n"),
-        )
-        .unwrap();
-        let out = meridian()
-            .args(["check", "-c"])
-            .arg(dir.path().join("node.toml"))
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{stderr}");
+        let stderr = check_passes(
+            dir.path(),
+            &format!("id = \"e\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[edge]\nlisten = {listen}\npublic_addresses = [\"192.0.2.1\"]\n[edge.tls]\nlisten = [\"127.0.0.1:0\"]\ndefault_site = \"demo\"\n[gossip]\nlisten = \"127.0.0.1:7946\"\nkey_file = \"gossip.key\"\n"),
+        );
         assert_eq!(
             stderr.contains("edge.listen: site \"demo\" shields"),
             warned,

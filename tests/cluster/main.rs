@@ -263,6 +263,14 @@ impl DnsNode {
             .cloned()
     }
 
+    /// Waits (10 s at most) until member `id` is no longer alive here.
+    async fn wait_gone(&self, id: &str) {
+        self.wait_member(id, "gone", Duration::from_secs(10), |m| {
+            m["state"] != "alive"
+        })
+        .await;
+    }
+
     async fn wait_member(
         &self,
         id: &str,
@@ -370,6 +378,12 @@ impl Proc {
             .status()
             .unwrap()
             .success());
+    }
+
+    /// A clean stop: SIGTERM, and the process exits 0 (within 20 s).
+    fn stop(mut self) {
+        self.signal("TERM");
+        assert_eq!(self.wait(Duration::from_secs(20)), Some(0));
     }
 
     /// Waits (bounded) for the process to exit; returns its exit code.
@@ -1209,13 +1223,8 @@ async fn an_edge_that_was_down_applies_the_purges_it_missed_before_serving_from_
     }
     // Written to disk, then a clean stop.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    a.signal("TERM");
-    let mut a = a;
-    assert_eq!(a.wait(Duration::from_secs(20)), Some(0));
-    dns.wait_member("edge-a", "left", Duration::from_secs(10), |m| {
-        m["state"] != "alive"
-    })
-    .await;
+    a.stop();
+    dns.wait_gone("edge-a").await;
 
     // Purged while edge-a was down: only the DNS node and edge-b heard it.
     let answer = purge_via(dns.admin, r#"{"url": "http://demo.meridian.test/"}"#).await;
@@ -1506,9 +1515,7 @@ async fn an_issuer_restarted_on_a_clock_behind_its_last_purges_is_still_heard() 
         .unwrap();
 
     // edge-a comes back on a clock a minute behind (a stepped clock, a replaced host).
-    a.signal("TERM");
-    let mut a = a;
-    assert_eq!(a.wait(Duration::from_secs(20)), Some(0));
+    a.stop();
     let a = Proc::start_env(&a_file, &[("MERIDIAN_TEST_PURGE_CLOCK_BEHIND_MS", "60000")]);
     // Until it hears what edge-b applied of its purges.
     let t = Instant::now();
@@ -1602,13 +1609,8 @@ async fn a_purge_outlives_its_issuer_for_an_edge_that_was_down() {
         _origin,
     } = Two::start("outlive", "", ["k1.key", "k1.key", "k1.key"], "").await;
     let b_file = c.b_file.clone().unwrap();
-    b.signal("TERM");
-    let mut b = b;
-    assert_eq!(b.wait(Duration::from_secs(20)), Some(0));
-    dns.wait_member("edge-b", "gone", Duration::from_secs(10), |m| {
-        m["state"] != "alive"
-    })
-    .await;
+    b.stop();
+    dns.wait_gone("edge-b").await;
     let answer = purge_via(a.admin, r#"{"url": "http://demo.meridian.test/"}"#).await;
     let at: u64 = answer["id"]
         .as_str()
