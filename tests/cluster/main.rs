@@ -1080,6 +1080,12 @@ async fn warm(edge: SocketAddr) {
     panic!("{edge}: no hit");
 }
 
+/// When a purge was issued (ms): the first part of its id (`<ms>.<node>`), from a purge id or
+/// a `POST /purge` answer.
+fn issued_at(id: &str) -> u64 {
+    id.split('.').next().unwrap().parse().unwrap()
+}
+
 async fn purge_via(admin: SocketAddr, body: &str) -> serde_json::Value {
     let auth = format!("Bearer {TOKEN}");
     let r = common::request_with_body(
@@ -1154,7 +1160,7 @@ async fn a_purge_sent_to_any_node_applies_on_every_edge_and_says_when() {
     }
     // Every member shows its applied purges in /cluster (its watermark moves with gossip, a
     // round or so after the push).
-    let at: u64 = id.split('.').next().unwrap().parse().unwrap();
+    let at = issued_at(&id);
     dns.wait_member("edge-b", "its watermark", Duration::from_secs(5), |m| {
         m["purged"]["dns-purge"].as_u64().is_some_and(|w| w >= at)
     })
@@ -1239,7 +1245,7 @@ async fn an_edge_that_was_down_applies_the_purges_it_missed_before_serving_from_
         r.cache_status()
     );
     // Back in the cluster, it says it has applied it.
-    let at: u64 = id.split('.').next().unwrap().parse().unwrap();
+    let at = issued_at(&id);
     dns.wait_member("edge-a", "caught up", Duration::from_secs(10), |m| {
         m["state"] == "alive" && m["purged"]["dns-missed"].as_u64().is_some_and(|w| w >= at)
     })
@@ -1505,14 +1511,7 @@ async fn an_issuer_restarted_on_a_clock_behind_its_last_purges_is_still_heard() 
         Duration::from_secs(5),
     )
     .await;
-    let w1: u64 = first["id"]
-        .as_str()
-        .unwrap()
-        .split('.')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let w1 = issued_at(first["id"].as_str().unwrap());
 
     // edge-a comes back on a clock a minute behind (a stepped clock, a replaced host).
     a.stop();
@@ -1533,7 +1532,7 @@ async fn an_issuer_restarted_on_a_clock_behind_its_last_purges_is_still_heard() 
     warm(b.http).await;
     let second = purge_via(a.admin, r#"{"url": "http://demo.meridian.test/"}"#).await;
     let id = second["id"].as_str().unwrap();
-    let at: u64 = id.split('.').next().unwrap().parse().unwrap();
+    let at = issued_at(id);
     assert!(at > w1, "issued at {at}, before its last purge {w1}");
     let (status, _) = wait_applied(dns.admin, id, Duration::from_secs(5)).await;
     assert_eq!(status["applied"], 2, "{status}");
@@ -1612,14 +1611,7 @@ async fn a_purge_outlives_its_issuer_for_an_edge_that_was_down() {
     b.stop();
     dns.wait_gone("edge-b").await;
     let answer = purge_via(a.admin, r#"{"url": "http://demo.meridian.test/"}"#).await;
-    let at: u64 = answer["id"]
-        .as_str()
-        .unwrap()
-        .split('.')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let at = issued_at(answer["id"].as_str().unwrap());
     // Five gossip rounds: the DNS node holds the purge in its copy of edge-a's state.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     a.signal("KILL");
