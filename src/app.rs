@@ -24,6 +24,7 @@ use crate::dns::metrics::DnsMetrics;
 use crate::geoip::GeoIp;
 use crate::gossip::{Gossip, SelfInfo};
 use crate::http::handler::{EdgeState, Sites};
+use crate::http::quic;
 use crate::http::server::{self, Limits};
 use crate::http::tls::{self, Certificates};
 use crate::load::Capacity;
@@ -134,7 +135,9 @@ impl EdgeRole {
     fn prepare(&self, config: &Config) -> Result<(Sites, Certificates), String> {
         let next = build_edge(config)?.ok_or("the node file no longer configures the edge role")?;
         if self.tls && next.1.is_empty() {
-            return Err("no site has a certificate any more; the TLS listeners need one".into());
+            return Err(
+                "no site has a certificate any more; the TLS and QUIC listeners need one".into(),
+            );
         }
         Ok(next)
     }
@@ -210,6 +213,9 @@ fn build_edge(config: &Config) -> Result<Option<(Sites, Certificates)>, String> 
     let certificates = Certificates::new(&config.sites, edge.tls_default_site.as_deref());
     if !edge.tls_listen.is_empty() && certificates.is_empty() {
         return Err("no site has a certificate; the TLS listeners need one".into());
+    }
+    if edge.quic.is_some() && certificates.is_empty() {
+        return Err("no site has a certificate; HTTP/3 (edge.quic) needs one".into());
     }
     Ok(Some((sites, certificates)))
 }
@@ -347,6 +353,7 @@ pub struct EdgeStatus {
 pub struct Node {
     http_addrs: Vec<SocketAddr>,
     https_addrs: Vec<SocketAddr>,
+    h3_addrs: Vec<SocketAddr>,
     reloader: Arc<Reloader>,
     dns_addrs: Vec<SocketAddr>,
     admin_addr: Option<SocketAddr>,
@@ -373,6 +380,7 @@ impl Node {
         let node = &config.node;
         let mut http_addrs = Vec::new();
         let mut https_addrs = Vec::new();
+        let mut h3_addrs = Vec::new();
         let mut edge_state = None;
         let mut edge_role = None;
         let mut grace = Duration::from_secs(10);
@@ -401,6 +409,29 @@ impl Node {
                     }
                 },
             };
+            // QUIC sockets first: a port the kernel picks is what Alt-Svc must name.
+            let mut edge = edge.clone();
+            let mut udp = Vec::new();
+            if let Some(q) = &mut edge.quic {
+                for addr in &q.listen {
+                    let socket = quic::bind(*addr).map_err(|source| StartError::Bind {
+                        addr: *addr,
+                        what: "edge.quic.listen",
+                        source,
+                    })?;
+                    let bound = socket.local_addr().map_err(|source| StartError::Bind {
+                        addr: *addr,
+                        what: "edge.quic.listen",
+                        source,
+                    })?;
+                    h3_addrs.push(bound);
+                    udp.push(socket);
+                }
+                if q.advertise_port == 0 {
+                    q.advertise_port = h3_addrs.first().map_or(0, SocketAddr::port);
+                }
+            }
+            let edge = &edge;
             let state = Arc::new(EdgeState::new(
                 &node.id,
                 edge,
@@ -414,6 +445,13 @@ impl Node {
                 &config.sites,
                 edge.tls_default_site.as_deref(),
             )));
+            if (!edge.tls_listen.is_empty() || edge.quic.is_some())
+                && certificates.load().is_empty()
+            {
+                return Err(StartError::Site(
+                    "no site has a certificate; the TLS and QUIC listeners need one".into(),
+                ));
+            }
             let acceptor = tokio_rustls::TlsAcceptor::from(
                 tls::server_config(certificates.clone()).map_err(StartError::Site)?,
             );
@@ -442,10 +480,27 @@ impl Node {
                     shutdown.clone(),
                 ));
             }
+            if let Some(q) = &edge.quic {
+                let limits = quic::QuicLimits {
+                    handshake_timeout: edge.header_read_timeout,
+                    max_header_size: edge.max_header_size,
+                    max_connections: edge.max_connections,
+                };
+                for socket in udp {
+                    let endpoint = quic::endpoint(socket, q, certificates.clone())
+                        .map_err(StartError::Site)?;
+                    tracker.spawn(quic::serve(
+                        endpoint,
+                        state.clone(),
+                        limits.clone(),
+                        shutdown.clone(),
+                    ));
+                }
+            }
             edge_role = Some(EdgeRole {
                 state: state.clone(),
                 certificates,
-                tls: !edge.tls_listen.is_empty(),
+                tls: !edge.tls_listen.is_empty() || edge.quic.is_some(),
             });
             edge_state = Some(state);
         }
@@ -607,6 +662,7 @@ impl Node {
             region = %node.region,
             http = %list(&http_addrs),
             https = %list(&https_addrs),
+            h3 = %list(&h3_addrs),
             dns = %list(&dns_addrs),
             admin = %admin_addr.map(|a| a.to_string()).unwrap_or_default(),
             "node started"
@@ -633,6 +689,7 @@ impl Node {
         Ok(Node {
             http_addrs,
             https_addrs,
+            h3_addrs,
             reloader,
             dns_addrs,
             admin_addr,
@@ -664,6 +721,11 @@ impl Node {
     /// Addresses of the edge's HTTPS listeners, in config order.
     pub fn https_addrs(&self) -> &[SocketAddr] {
         &self.https_addrs
+    }
+
+    /// Addresses of the HTTP/3 (QUIC, UDP) listeners, in config order.
+    pub fn h3_addrs(&self) -> &[SocketAddr] {
+        &self.h3_addrs
     }
 
     /// Addresses of the DNS listeners (UDP and TCP on each), in config order.

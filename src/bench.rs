@@ -51,6 +51,7 @@ impl HitPath {
             listen: vec![],
             tls_listen: vec![],
             tls_default_site: None,
+            quic: None,
             cache_memory: 1 << 30,
             max_object_size: 64 << 20,
             cache_disk: None,

@@ -17,7 +17,7 @@
 //! memory.rs      gives memory the store released back to the system (malloc_trim on glibc)
 //! http/          server.rs (accept, limits, hyper conn), handler.rs (the one orchestrator),
 //!                response.rs (Cache-Status, conditionals, error → status), range.rs, headers.rs,
-//!                body.rs
+//!                body.rs, quic.rs (HTTP/3: quinn + h3 in front of the same handler), tls.rs
 //! cache/         key.rs, policy.rs (pure RFC 9111/5861/9213 decisions), entry.rs,
 //!                store.rs (the only moka import), collapse.rs
 //! origin.rs      upstream client: pools, TLS, timeouts, failover; knows nothing of caching
@@ -37,6 +37,7 @@
 //! geobuild.rs    `meridian geo build`: CSV → MaxMind City database
 //! admin.rs       /healthz /metrics /cluster /purge /drain /owner, the status page
 //! demo.rs        `meridian demo`: sample origin + the edges of config/local/, embedded
+//! h3client.rs    a small HTTP/3 client (tests, benches, examples/h3get.rs, the demo's h3 line)
 //! ```
 //!
 //! # HTTP data flow
@@ -77,6 +78,7 @@ pub(crate) mod dns;
 pub mod geobuild;
 pub mod geoip;
 pub(crate) mod gossip;
+pub mod h3client;
 pub(crate) mod http;
 pub mod kube;
 pub(crate) mod load;

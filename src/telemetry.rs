@@ -221,6 +221,18 @@ fn describe() {
         "TLS handshakes that failed"
     );
     describe_counter!(
+        "meridian_http_protocol_requests_total",
+        "HTTP requests answered, by protocol (http/1.0, http/1.1, h2, h3)"
+    );
+    describe_counter!(
+        "meridian_quic_connections_total",
+        "QUIC connections (HTTP/3), by outcome (accepted: handshake done; failed: handshake failed, timed out or named no site; refused: over edge.max_connections)"
+    );
+    describe_counter!(
+        "meridian_quic_stream_errors_total",
+        "HTTP/3 request streams that ended in an error before a response (malformed or oversized heads, resets)"
+    );
+    describe_counter!(
         "meridian_reloads_total",
         "Configuration reloads, by result (ok, rejected)"
     );
@@ -381,9 +393,27 @@ pub(crate) struct EdgeMetrics {
     pub(crate) tls_handshake_failures: Counter,
     /// Hits served from the memory and the disk tier.
     tier_hits: [Counter; 2],
+    /// Requests by protocol: HTTP/1.0, HTTP/1.1, HTTP/2, HTTP/3.
+    protocols: [Counter; 4],
+    /// QUIC connections accepted, failed in the handshake, refused at the limit.
+    pub(crate) quic_accepted: Counter,
+    pub(crate) quic_failed: Counter,
+    pub(crate) quic_refused: Counter,
+    pub(crate) quic_stream_errors: Counter,
 }
 
 impl EdgeMetrics {
+    /// Counts a request that came over `version`.
+    pub(crate) fn protocol(&self, version: http::Version) {
+        let i = match version {
+            http::Version::HTTP_10 | http::Version::HTTP_09 => 0,
+            http::Version::HTTP_2 => 2,
+            http::Version::HTTP_3 => 3,
+            _ => 1,
+        };
+        self.protocols[i].increment(1);
+    }
+
     /// Counts a hit served from `tier`.
     pub(crate) fn tier_hit(&self, tier: crate::cache::store::Tier) {
         self.tier_hits[usize::from(tier == crate::cache::store::Tier::Disk)].increment(1);
@@ -416,6 +446,13 @@ impl EdgeMetrics {
             utilisation: metrics::gauge!("meridian_edge_utilisation", vec![n()]),
             purged: metrics::counter!("meridian_cache_purged_objects_total", vec![n()]),
             tls_handshake_failures: metrics::counter!("meridian_tls_handshake_failures_total", vec![n()]),
+            protocols: ["http/1.0", "http/1.1", "h2", "h3"].map(|p| {
+                metrics::counter!("meridian_http_protocol_requests_total", "node" => node.to_string(), "protocol" => p)
+            }),
+            quic_accepted: metrics::counter!("meridian_quic_connections_total", "node" => node.to_string(), "outcome" => "accepted"),
+            quic_failed: metrics::counter!("meridian_quic_connections_total", "node" => node.to_string(), "outcome" => "failed"),
+            quic_refused: metrics::counter!("meridian_quic_connections_total", "node" => node.to_string(), "outcome" => "refused"),
+            quic_stream_errors: metrics::counter!("meridian_quic_stream_errors_total", vec![n()]),
         }
     }
 

@@ -32,7 +32,7 @@ pub use cluster::{load_cluster_map, ClusterMap, EdgeEntry, RegionConfig, SoaConf
 use node::*;
 pub use node::{
     AdminConfig, DiskConfig, DnsConfig, EdgeConfig, GossipConfig, LogConfig, NodeConfig,
-    RateLimitConfig,
+    QuicConfig, RateLimitConfig,
 };
 use origins::*;
 pub use origins::{QueryKey, SiteCertificate, SiteConfig};
@@ -793,6 +793,30 @@ cache_key = { query = \"keep\", sceme = false }\n[[site]]\nname = \"b\"\nhosts=[
                 ("edge.tls.default_sit".into(), "unknown key".into()),
             ]
         );
+    }
+
+    #[test]
+    fn quic_settings_are_checked_with_their_keys() {
+        let node = format!(
+            "{EDGE}[edge.quic]\nlisten = [\"nope\"]\nmax_udp_payload = 1000\nmax_concurrent_streams = 0\nadvertise_port = 0\nidle_timeout = \"0s\"\nzero_rtt = true\n"
+        );
+        let keys: Vec<String> = node_problems(&node, &[ORIGINS])
+            .into_iter()
+            .map(|p| p.0)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "edge.quic.zero_rtt",
+                "edge.quic.listen[0]",
+                "edge.quic.advertise_port",
+                "edge.quic.max_concurrent_streams",
+                "edge.quic.max_udp_payload",
+                "edge.quic.idle_timeout",
+            ]
+        );
+        let good = format!("{EDGE}[edge.quic]\nlisten = [\"127.0.0.1:8443\"]\n");
+        assert!(node_problems(&good, &[ORIGINS]).is_empty());
     }
 
     #[test]

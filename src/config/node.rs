@@ -83,6 +83,7 @@ pub(super) struct RawEdge {
     drain_wait: Option<String>,
     peer_timeout: Option<String>,
     tls: Option<RawEdgeTls>,
+    quic: Option<RawEdgeQuic>,
     cache_disk: Option<RawDisk>,
     public_addresses: Option<Vec<String>>,
     #[serde(default)]
@@ -99,6 +100,16 @@ pub(super) struct RawDisk {
 pub(super) struct RawEdgeTls {
     listen: Vec<String>,
     default_site: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RawEdgeQuic {
+    listen: Vec<String>,
+    advertise_port: Option<u16>,
+    alt_svc_max_age: Option<String>,
+    max_concurrent_streams: Option<u32>,
+    idle_timeout: Option<String>,
+    max_udp_payload: Option<u16>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -215,6 +226,8 @@ pub struct EdgeConfig {
     /// The site whose certificate answers clients without SNI (or with a name no site serves);
     /// without one, their handshakes are refused.
     pub tls_default_site: Option<String>,
+    /// HTTP/3 over QUIC, with the certificates of the TLS listeners.
+    pub quic: Option<QuicConfig>,
     /// Bytes of response bodies and headers the cache may hold.
     pub cache_memory: u64,
     /// Largest object the cache stores; larger ones stream through.
@@ -250,6 +263,39 @@ pub struct EdgeConfig {
     pub capacity_connections: f64,
     /// Egress bytes per second the edge is built for.
     pub capacity_egress_per_second: f64,
+}
+
+/// HTTP/3 over QUIC (`edge.quic`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuicConfig {
+    /// UDP addresses.
+    pub listen: Vec<SocketAddr>,
+    /// The port `Alt-Svc` names (by default the first listen address's: set it when a load
+    /// balancer or NAT maps another port to it).
+    pub advertise_port: u16,
+    /// How long clients may remember the `Alt-Svc` advertisement; zero advertises nothing.
+    pub alt_svc_max_age: Duration,
+    /// Requests a client may have open on one connection.
+    pub max_concurrent_streams: u32,
+    /// A connection with no packet for this long is closed (by default `edge.idle_timeout`).
+    pub idle_timeout: Duration,
+    /// Largest UDP payload this edge accepts (QUIC's own minimum is 1200).
+    pub max_udp_payload: u16,
+}
+
+impl QuicConfig {
+    /// The `Alt-Svc` field that advertises HTTP/3 over TLS responses, if any.
+    pub(crate) fn alt_svc(&self) -> Option<http::HeaderValue> {
+        if self.alt_svc_max_age.is_zero() {
+            return None;
+        }
+        http::HeaderValue::from_str(&format!(
+            "h3=\":{}\"; ma={}",
+            self.advertise_port,
+            self.alt_svc_max_age.as_secs()
+        ))
+        .ok()
+    }
 }
 
 /// The disk tier of the cache (`edge.cache_disk`).
@@ -691,6 +737,57 @@ fn writable(dir: &Path) -> bool {
     unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
 }
 
+fn validate_quic(r: &mut Report<'_>, q: &RawEdgeQuic, idle: Duration) -> QuicConfig {
+    let listen: Vec<SocketAddr> = q
+        .listen
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| r.addr(&format!("edge.quic.listen[{i}]"), a))
+        .collect();
+    if q.listen.is_empty() {
+        r.add("edge.quic.listen", "must name at least one UDP address");
+    }
+    let advertise_port = match (q.advertise_port, listen.first()) {
+        (Some(0), _) => {
+            r.add("edge.quic.advertise_port", "must not be 0");
+            0
+        }
+        (Some(p), _) => p,
+        (None, Some(a)) if a.port() == 0 => {
+            // A port the kernel picks (tests) is only known once bound; the server fills it in.
+            0
+        }
+        (None, Some(a)) => a.port(),
+        (None, None) => 0,
+    };
+    let max_concurrent_streams = q.max_concurrent_streams.unwrap_or(100);
+    if max_concurrent_streams == 0 {
+        r.add(
+            "edge.quic.max_concurrent_streams",
+            "must be greater than zero",
+        );
+    }
+    let max_udp_payload = q.max_udp_payload.unwrap_or(1452);
+    if !(1200..=65527).contains(&max_udp_payload) {
+        r.add(
+            "edge.quic.max_udp_payload",
+            format!("{max_udp_payload} is outside 1200..=65527 (QUIC needs at least 1200 bytes)"),
+        );
+    }
+    QuicConfig {
+        listen,
+        advertise_port,
+        alt_svc_max_age: r.duration(
+            "edge.quic.alt_svc_max_age",
+            &q.alt_svc_max_age,
+            Duration::from_secs(86_400),
+        ),
+        max_concurrent_streams: max_concurrent_streams.max(1),
+        idle_timeout: r.positive_duration("edge.quic.idle_timeout", &q.idle_timeout, idle),
+        max_udp_payload: max_udp_payload.clamp(1200, 65527),
+    }
+}
+
 pub(super) fn validate_edge(r: &mut Report<'_>, e: &RawEdge) -> EdgeConfig {
     let listen: Vec<SocketAddr> = e
         .listen
@@ -710,6 +807,9 @@ pub(super) fn validate_edge(r: &mut Report<'_>, e: &RawEdge) -> EdgeConfig {
             "must name at least one address (or edge.tls.listen)",
         );
     }
+    let idle_timeout =
+        r.positive_duration("edge.idle_timeout", &e.idle_timeout, default_idle_timeout());
+    let quic = e.quic.as_ref().map(|q| validate_quic(r, q, idle_timeout));
     let cache_memory = r.size("edge.cache_memory", &e.cache_memory, default_cache_memory());
     let cache_disk = e.cache_disk.as_ref().map(|d| validate_disk(r, d));
     // With a disk tier, large objects go to disk as they arrive: 1GiB by default (at most
@@ -757,6 +857,7 @@ pub(super) fn validate_edge(r: &mut Report<'_>, e: &RawEdge) -> EdgeConfig {
         listen,
         tls_listen,
         tls_default_site: e.tls.as_ref().and_then(|t| t.default_site.clone()),
+        quic,
         cache_memory,
         max_object_size,
         cache_disk,
@@ -765,11 +866,7 @@ pub(super) fn validate_edge(r: &mut Report<'_>, e: &RawEdge) -> EdgeConfig {
             &e.header_read_timeout,
             default_header_read_timeout(),
         ),
-        idle_timeout: r.positive_duration(
-            "edge.idle_timeout",
-            &e.idle_timeout,
-            default_idle_timeout(),
-        ),
+        idle_timeout,
         client_body_timeout: r.positive_duration(
             "edge.client_body_timeout",
             &e.client_body_timeout,

@@ -81,10 +81,55 @@ pub(crate) enum Body {
     Disk(Box<DiskTail>),
 }
 
+/// A client's request body: from hyper (HTTP/1.1 and HTTP/2) or from an HTTP/3 request stream.
+#[derive(Debug)]
+pub(crate) enum RequestBody {
+    Hyper(Incoming),
+    H3(Box<super::quic::RecvBody>),
+}
+
+/// Why a request body (or an origin's response body, read as one) failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RecvError {
+    #[error(transparent)]
+    Hyper(hyper::Error),
+    #[error("{0}")]
+    H3(String),
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = RecvError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RecvError>>> {
+        match self.get_mut() {
+            RequestBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(RecvError::Hyper),
+            RequestBody::H3(b) => b.poll_frame(cx).map_err(RecvError::H3),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Hyper(b) => b.is_end_stream(),
+            RequestBody::H3(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Hyper(b) => b.size_hint(),
+            RequestBody::H3(b) => b.size_hint(),
+        }
+    }
+}
+
 /// A body arriving from a client or an origin.
 #[derive(Debug)]
 pub(crate) struct Streaming {
-    rest: Incoming,
+    rest: RequestBody,
     side: Side,
     /// Longest wait for the next frame.
     idle: Duration,
@@ -114,7 +159,7 @@ impl Body {
         }
     }
 
-    fn streaming(rest: Incoming, side: Side, idle: Duration) -> Body {
+    fn streaming(rest: RequestBody, side: Side, idle: Duration) -> Body {
         Body::Stream(Box::new(Streaming {
             rest,
             side,
@@ -127,14 +172,14 @@ impl Body {
     }
 
     /// A client's request body on its way to an origin, failing after `idle` without a byte.
-    pub(crate) fn upload(rest: Incoming, idle: Duration) -> Body {
+    pub(crate) fn upload(rest: RequestBody, idle: Duration) -> Body {
         Body::streaming(rest, Side::Client, idle)
     }
 
     /// An origin's response body on its way to a client (or the cache), failing after `idle`
     /// without a byte.
     pub(crate) fn download(rest: Incoming, idle: Duration) -> Body {
-        Body::streaming(rest, Side::Origin, idle)
+        Body::streaming(RequestBody::Hyper(rest), Side::Origin, idle)
     }
 
     /// A reader of a body being filled.
@@ -208,9 +253,9 @@ impl http_body::Body for Body {
                 }
                 match next {
                     Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
-                    Some(Err(e)) => s.fail(match s.side {
-                        Side::Client => BodyError::Client(e.to_string()),
-                        Side::Origin => BodyError::Origin(e),
+                    Some(Err(e)) => s.fail(match (s.side, e) {
+                        (Side::Origin, RecvError::Hyper(e)) => BodyError::Origin(e),
+                        (_, e) => BodyError::Client(e.to_string()),
                     }),
                     None => {
                         s.done.take().map(|tx| tx.send(()));

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use super::body::Body;
+use super::body::{Body, RequestBody};
 use super::framing::BodyFault;
 use super::headers::{add_forwarding, is_loop, strip_cache_only, strip_hop_by_hop, surrogate_keys};
 use super::request::{self, Rejected};
@@ -170,9 +170,12 @@ enum Fetched {
 pub(crate) struct EdgeState {
     /// This node's id.
     pub(crate) node: String,
-    /// `Via` for requests received over HTTP/1.1 and HTTP/2.
+    /// `Via` for requests received over HTTP/1.1, HTTP/2 and HTTP/3.
     pub(crate) via: HeaderValue,
     pub(crate) via2: HeaderValue,
+    pub(crate) via3: HeaderValue,
+    /// `Alt-Svc` for responses over TLS when HTTP/3 is served (`edge.quic`).
+    pub(crate) alt_svc: Option<HeaderValue>,
     /// Swapped whole on reload; a request keeps the sites it started with.
     pub(crate) sites: arc_swap::ArcSwap<Sites>,
     pub(crate) store: Store,
@@ -206,6 +209,9 @@ impl EdgeState {
                 .unwrap_or(HeaderValue::from_static("1.1 meridian")),
             via2: HeaderValue::from_str(&format!("2 {node_id}"))
                 .unwrap_or(HeaderValue::from_static("2 meridian")),
+            via3: HeaderValue::from_str(&format!("3 {node_id}"))
+                .unwrap_or(HeaderValue::from_static("3 meridian")),
+            alt_svc: edge.quic.as_ref().and_then(|q| q.alt_svc()),
             sites: arc_swap::ArcSwap::from_pointee(sites),
             store: Store::new(edge.cache_memory, disk),
             collapser: Collapser::new(),
@@ -271,7 +277,7 @@ pub(crate) fn owner_report(state: &EdgeState, url: &str) -> Result<serde_json::V
 /// Answers one request; never fails (errors become responses).
 pub(crate) async fn handle(
     state: Arc<EdgeState>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     peer: Peer,
     framing: Option<&'static str>,
     fault: BodyWatch,
@@ -284,7 +290,12 @@ pub(crate) async fn handle(
             req.headers().get(header::HOST).cloned(),
         )
     });
-    let (resp, status) = route(&state, req, peer, framing, fault).await;
+    let version = req.version();
+    let (mut resp, status) = route(&state, req, peer, framing, fault).await;
+    if let (true, Some(v)) = (peer.secure, &state.alt_svc) {
+        resp.headers_mut().insert(header::ALT_SVC, v.clone());
+    }
+    state.metrics.protocol(version);
     let label = status.label();
     let code = resp.status().as_u16();
     let elapsed = start.elapsed();
@@ -301,6 +312,7 @@ pub(crate) async fn handle(
         tracing::info!(
             target: "meridian::access",
             client = %peer.addr.ip(),
+            protocol = protocol_name(version),
             method = %method,
             host = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-"),
             uri = %uri,
@@ -312,6 +324,17 @@ pub(crate) async fn handle(
         );
     }
     Ok(resp)
+}
+
+/// The protocol a request came over, as the access log and the metrics name it.
+pub(crate) fn protocol_name(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "http/0.9",
+        http::Version::HTTP_10 => "http/1.0",
+        http::Version::HTTP_2 => "h2",
+        http::Version::HTTP_3 => "h3",
+        _ => "http/1.1",
+    }
 }
 
 /// Rejects messages whose length is ambiguous (request smuggling, RFC 9112 §6.3).
@@ -334,7 +357,7 @@ pub(crate) type BodyWatch = Option<(Arc<BodyFault>, u64)>;
 /// A request as the handler passes it on: checked and normalised by `request::intake`, with
 /// the client end and the normalised host it named.
 pub(crate) struct ClientRequest {
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     peer: Peer,
     host: String,
     fault: BodyWatch,
@@ -344,7 +367,7 @@ pub(crate) struct ClientRequest {
 
 async fn route(
     state: &Arc<EdgeState>,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     peer: Peer,
     framing: Option<&'static str>,
     fault: BodyWatch,
@@ -425,7 +448,7 @@ async fn route(
 async fn pushed_purge(
     state: &EdgeState,
     peers: &Peers,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> (Response<Body>, CacheStatus) {
     let status = CacheStatus::default().detail("purge");
     let answer = |code: StatusCode, body: serde_json::Value| {
@@ -489,10 +512,10 @@ fn to_origin(
     state: &EdgeState,
     hop: Option<Hop>,
 ) {
-    let via = if parts.version == http::Version::HTTP_2 {
-        &state.via2
-    } else {
-        &state.via
+    let via = match parts.version {
+        http::Version::HTTP_2 => &state.via2,
+        http::Version::HTTP_3 => &state.via3,
+        _ => &state.via,
     };
     parts.version = http::Version::HTTP_11;
     parts.headers.remove(header::CONTENT_LENGTH);
@@ -916,7 +939,7 @@ async fn fill(
 async fn answer_entry(
     entry: &Arc<Entry>,
     tail: Option<Tail>,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
     mut status: CacheStatus,
 ) -> Result<Response<Body>, OriginError> {
     let age = entry.age(Instant::now());
@@ -956,7 +979,7 @@ async fn answer_entry(
 /// Answers from the stale entry if stale-if-error allows it (RFC 5861 §4).
 fn serve_stale_on_error(
     stale: &Option<Arc<Entry>>,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
     directives: &RequestDirectives,
     mut status: CacheStatus,
 ) -> Option<(Response<Body>, CacheStatus)> {

@@ -7,6 +7,7 @@ pub(crate) mod body;
 pub(crate) mod framing;
 pub(crate) mod handler;
 pub(crate) mod headers;
+pub(crate) mod quic;
 pub(crate) mod range;
 pub(crate) mod request;
 pub(crate) mod response;

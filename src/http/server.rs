@@ -31,6 +31,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::body::RequestBody;
 use super::framing::{BodyFault, Conflict, FramingGuard};
 use super::handler::{handle, EdgeState, Peer};
 use crate::config::EdgeConfig;
@@ -325,7 +326,7 @@ where
         };
         let fault = Some((activity.body_fault.clone(), index));
         async move {
-            let r = handle(state, req, client, framing, fault).await;
+            let r = handle(state, req.map(RequestBody::Hyper), client, framing, fault).await;
             activity.in_flight.fetch_sub(1, Ordering::Relaxed);
             activity.touch();
             r

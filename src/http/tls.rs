@@ -20,7 +20,7 @@ use rustls::sign::CertifiedKey;
 
 use crate::config::{SiteCertificate, SiteConfig};
 
-fn provider() -> rustls::crypto::CryptoProvider {
+pub(crate) fn provider() -> rustls::crypto::CryptoProvider {
     rustls::crypto::aws_lc_rs::default_provider()
 }
 

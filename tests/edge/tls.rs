@@ -15,20 +15,20 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use crate::common::{get, h2c, site, Edge, Origin, Reply};
 
 /// A test CA that issues leaf certificates.
-struct Ca {
+pub(crate) struct Ca {
     cert: rcgen::Certificate,
     key: KeyPair,
 }
 
 /// A leaf certificate and its key, as PEM and DER.
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
+pub(crate) struct Leaf {
+    pub(crate) cert_pem: String,
+    pub(crate) key_pem: String,
+    pub(crate) der: CertificateDer<'static>,
 }
 
 impl Ca {
-    fn new() -> Ca {
+    pub(crate) fn new() -> Ca {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -41,7 +41,7 @@ impl Ca {
         }
     }
 
-    fn issue(&self, names: &[&str]) -> Leaf {
+    pub(crate) fn issue(&self, names: &[&str]) -> Leaf {
         self.issue_with(names, |_| {})
     }
 
@@ -60,7 +60,7 @@ impl Ca {
     }
 
     /// A client configuration that trusts this CA, for `versions`.
-    fn client(
+    pub(crate) fn client(
         &self,
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> rustls::ClientConfig {
@@ -81,7 +81,7 @@ impl Ca {
 }
 
 /// Writes a leaf's PEM files into `dir` as `NAME.pem` and `NAME.key`; returns their paths.
-fn write(dir: &Path, name: &str, leaf: &Leaf) -> (PathBuf, PathBuf) {
+pub(crate) fn write(dir: &Path, name: &str, leaf: &Leaf) -> (PathBuf, PathBuf) {
     let (cert, key) = (
         dir.join(format!("{name}.pem")),
         dir.join(format!("{name}.key")),
@@ -91,7 +91,12 @@ fn write(dir: &Path, name: &str, leaf: &Leaf) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
-fn tls_site(name: &str, host: &str, origin: &Origin, files: &(PathBuf, PathBuf)) -> String {
+pub(crate) fn tls_site(
+    name: &str,
+    host: &str,
+    origin: &Origin,
+    files: &(PathBuf, PathBuf),
+) -> String {
     site(
         name,
         host,
@@ -101,20 +106,20 @@ fn tls_site(name: &str, host: &str, origin: &Origin, files: &(PathBuf, PathBuf))
 }
 
 /// A TLS client connection: what the server presented and an HTTP sender on it.
-struct Client {
-    leaf: CertificateDer<'static>,
-    alpn: Option<Vec<u8>>,
+pub(crate) struct Client {
+    pub(crate) leaf: CertificateDer<'static>,
+    pub(crate) alpn: Option<Vec<u8>>,
     send: Sender,
 }
 
-enum Sender {
+pub(crate) enum Sender {
     H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
     H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
 }
 
 /// Connects to `addr` over TLS, trusting `ca`, sending SNI `sni` (none when `None`), offering
 /// ALPN `alpn`; speaks HTTP/2 when the server chose `h2`.
-async fn connect(
+pub(crate) async fn connect(
     addr: std::net::SocketAddr,
     ca: &Ca,
     sni: Option<&str>,
@@ -148,8 +153,8 @@ async fn connect(
 }
 
 impl Client {
-    /// GET `path` from `host`; returns the status, version, Cache-Status and body.
-    async fn get(&mut self, host: &str, path: &str) -> (StatusCode, Version, String, String) {
+    /// GET `path` from `host`: the whole response.
+    pub(crate) async fn response(&mut self, host: &str, path: &str) -> http::Response<Bytes> {
         let resp = match &mut self.send {
             Sender::H1(s) => {
                 let req = Request::get(path)
@@ -166,28 +171,37 @@ impl Client {
                 s.send_request(req).await.unwrap()
             }
         };
-        let status = resp.status();
-        let version = resp.version();
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        http::Response::from_parts(parts, body)
+    }
+
+    /// GET `path` from `host`; returns the status, version, Cache-Status and body.
+    pub(crate) async fn get(
+        &mut self,
+        host: &str,
+        path: &str,
+    ) -> (StatusCode, Version, String, String) {
+        let resp = self.response(host, path).await;
         let cache = resp
             .headers()
             .get("cache-status")
             .map(|v| v.to_str().unwrap().to_string())
             .unwrap_or_default();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
         (
-            status,
-            version,
+            resp.status(),
+            resp.version(),
             cache,
-            String::from_utf8_lossy(&body).into_owned(),
+            String::from_utf8_lossy(resp.body()).into_owned(),
         )
     }
 }
 
-fn https(edge: &Edge) -> std::net::SocketAddr {
+pub(crate) fn https(edge: &Edge) -> std::net::SocketAddr {
     edge.node.as_ref().unwrap().https_addrs()[0]
 }
 
-async fn origin_with_pages() -> Origin {
+pub(crate) async fn origin_with_pages() -> Origin {
     let origin = Origin::start().await;
     origin.always("/", Reply::ok("site").header("cache-control", "max-age=60"));
     origin

@@ -1,0 +1,375 @@
+//! HTTP/3 over QUIC (`[edge.quic]`): the same sites, cache, handler and certificates (chosen
+//! by SNI, swapped on reload) as the TLS listeners.
+//!
+//! quinn runs QUIC on a UDP socket and h3 the HTTP/3 framing over it. Each request stream
+//! becomes a `Request<RequestBody>` for [`handle`]; its answer goes back as a HEADERS frame,
+//! DATA frames as the body yields them, and a clean end, or a stream reset
+//! (`H3_INTERNAL_ERROR`) when the body fails (a broken fill, a missing disk chunk), never a
+//! clean end over a cut body. hyper writes `Date` and `Content-Length` itself for HTTP/1.1 and
+//! HTTP/2; here [`finish_head`] does.
+//!
+//! Limits: `max_concurrent_streams` requests open per connection (QUIC stream credit, so a
+//! client cannot open more), three unidirectional streams (HTTP/3's control and QPACK streams),
+//! the idle timeout, the largest UDP payload, the request head size (QPACK field section,
+//! larger heads get 431), the handshake within `header_read_timeout`, and
+//! `edge.max_connections` connections (more are refused with CONNECTION_REFUSED and counted).
+//!
+//! 0-RTT is not offered: early data can be replayed by anyone who captured it, and a replayed
+//! POST or purge would reach the origin twice. Resumed connections still save a round trip of
+//! the certificate exchange (session tickets), as on TCP.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::{Buf, Bytes};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::body::{Body, RequestBody};
+use super::handler::{handle, EdgeState, Peer};
+use super::tls::{provider, Certificates, SniResolver};
+use crate::config::QuicConfig;
+use crate::load::LoadCounters;
+
+/// HTTP/3's unidirectional streams: control, QPACK encoder and decoder.
+const UNI_STREAMS: u32 = 3;
+
+type RecvStream = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
+type SendStream = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+
+/// The limits of one QUIC listener.
+#[derive(Debug, Clone)]
+pub(crate) struct QuicLimits {
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) max_header_size: usize,
+    pub(crate) max_connections: usize,
+}
+
+/// The TLS side of QUIC: TLS 1.3 only, ALPN `h3`, the listeners' certificates by SNI, session
+/// tickets for resumption, no early data.
+fn tls_config(certificates: Arc<ArcSwap<Certificates>>) -> Result<rustls::ServerConfig, String> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver(certificates)));
+    config.alpn_protocols = vec![b"h3".to_vec()];
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| e.to_string())?;
+    config.max_early_data_size = 0;
+    Ok(config)
+}
+
+/// A QUIC endpoint on `socket` (already bound) serving HTTP/3.
+pub(crate) fn endpoint(
+    socket: UdpSocket,
+    quic: &QuicConfig,
+    certificates: Arc<ArcSwap<Certificates>>,
+) -> Result<quinn::Endpoint, String> {
+    let tls = tls_config(certificates)?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| format!("TLS for QUIC: {e}"))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(quic.max_concurrent_streams.into())
+        .max_concurrent_uni_streams(UNI_STREAMS.into())
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(quic.idle_timeout)
+                .map_err(|_| "edge.quic.idle_timeout is too long for QUIC".to_string())?,
+        ));
+    server.transport_config(Arc::new(transport));
+    server.migration(true);
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(quic.max_udp_payload)
+        .map_err(|e| format!("edge.quic.max_udp_payload: {e}"))?;
+    quinn::Endpoint::new(config, Some(server), socket, Arc::new(quinn::TokioRuntime))
+        .map_err(|e| e.to_string())
+}
+
+/// Binds a UDP socket for `addr`.
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    UdpSocket::bind(addr)
+}
+
+/// Serves HTTP/3 on `endpoint` until `shutdown` fires; then each connection sends GOAWAY,
+/// finishes its open requests and closes (`app` bounds the wait).
+pub(crate) async fn serve(
+    endpoint: quinn::Endpoint,
+    state: Arc<EdgeState>,
+    limits: QuicLimits,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => match i { Some(i) => i, None => break },
+            _ = shutdown.cancelled() => break,
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            state.metrics.quic_refused.increment(1);
+            incoming.refuse();
+            continue;
+        };
+        let state2 = state.clone();
+        let limits = limits.clone();
+        let shutdown = shutdown.clone();
+        state.tasks.spawn(async move {
+            let _permit = permit;
+            connection(incoming, state2, limits, shutdown).await;
+        });
+    }
+    // New connections are refused from here on; open ones finish in their tasks.
+    endpoint.set_server_config(None);
+}
+
+async fn connection(
+    incoming: quinn::Incoming,
+    state: Arc<EdgeState>,
+    limits: QuicLimits,
+    shutdown: CancellationToken,
+) {
+    let remote = incoming.remote_address();
+    let handshake = async {
+        let connecting = incoming.accept()?;
+        connecting.await
+    };
+    let conn = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            state.metrics.quic_failed.increment(1);
+            tracing::debug!(client = %remote, error = %e, "QUIC handshake failed");
+            return;
+        }
+        Err(_) => {
+            state.metrics.quic_failed.increment(1);
+            tracing::debug!(client = %remote, "QUIC handshake timed out");
+            return;
+        }
+    };
+    state.metrics.quic_accepted.increment(1);
+    LoadCounters::add(&state.load.connections, 1);
+    let peer = Peer {
+        addr: conn.remote_address(),
+        secure: true,
+    };
+    let h3 = h3::server::builder()
+        .max_field_section_size(limits.max_header_size as u64)
+        .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
+        .await;
+    let mut h3 = match h3 {
+        Ok(h3) => h3,
+        Err(e) => {
+            tracing::debug!(client = %peer.addr, error = %e, "HTTP/3 setup failed");
+            state.load.connections.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let mut closing = false;
+    loop {
+        let next = tokio::select! {
+            r = h3.accept() => r,
+            _ = shutdown.cancelled(), if !closing => {
+                // GOAWAY: no new requests; those already sent are answered, then accept
+                // says the connection is done.
+                closing = true;
+                if h3.shutdown(0).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+        };
+        match next {
+            Ok(Some(resolver)) => {
+                let state = state.clone();
+                state.clone().tasks.spawn(async move {
+                    match resolver.resolve_request().await {
+                        Ok((req, stream)) => request(state, req, stream, peer).await,
+                        Err(e) => {
+                            state.metrics.quic_stream_errors.increment(1);
+                            tracing::debug!(client = %peer.addr, error = %e, "bad HTTP/3 request");
+                        }
+                    }
+                });
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!(client = %peer.addr, error = %e, "HTTP/3 connection ended");
+                break;
+            }
+        }
+    }
+    state.load.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Answers one request stream.
+async fn request(
+    state: Arc<EdgeState>,
+    req: Request<()>,
+    stream: h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+    peer: Peer,
+) {
+    let (mut send, recv) = stream.split();
+    let length = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let method = req.method().clone();
+    let body = RequestBody::H3(Box::new(RecvBody::new(recv, length)));
+    let Ok(resp) = handle(state.clone(), req.map(|()| body), peer, None, None).await;
+    let (mut parts, body) = resp.into_parts();
+    let bodiless = method == Method::HEAD
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED
+        || parts.status.is_informational();
+    finish_head(&mut parts.headers, &body, bodiless);
+    if let Err(e) = send.send_response(Response::from_parts(parts, ())).await {
+        state.metrics.quic_stream_errors.increment(1);
+        tracing::debug!(client = %peer.addr, error = %e, "HTTP/3 response head not sent");
+        return;
+    }
+    if !bodiless {
+        if let Err(why) = send_body(&mut send, body).await {
+            tracing::debug!(client = %peer.addr, error = %why, "HTTP/3 response body aborted");
+            send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+            return;
+        }
+    }
+    let _ = send.finish().await;
+}
+
+/// Sends `body` as DATA frames (and trailers); an error means the stream must be reset.
+async fn send_body(send: &mut SendStream, mut body: Body) -> Result<(), String> {
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        match frame.into_data() {
+            Ok(data) => send.send_data(data).await.map_err(|e| e.to_string())?,
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    send.send_trailers(trailers)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What hyper adds to an HTTP/1.1 or HTTP/2 response head, and HTTP/3 needs too: `Date`, and
+/// `Content-Length` when the body's length is known; the connection-specific fields HTTP/3
+/// forbids (RFC 9114 §4.2) go.
+fn finish_head(headers: &mut HeaderMap, body: &Body, bodiless: bool) {
+    for name in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+    if !headers.contains_key(header::DATE) {
+        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now())) {
+            headers.insert(header::DATE, v);
+        }
+    }
+    if !bodiless && !headers.contains_key(header::CONTENT_LENGTH) {
+        if let Some(n) = http_body::Body::size_hint(body).exact() {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
+}
+
+/// The request body of an HTTP/3 stream, read as the handler asks for it.
+pub(crate) struct RecvBody {
+    stream: RecvStream,
+    /// The request's `Content-Length`, if it gave one.
+    length: Option<u64>,
+    phase: Phase,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Data,
+    Trailers,
+    Done,
+}
+
+impl std::fmt::Debug for RecvBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBody")
+            .field("length", &self.length)
+            .field("phase", &self.phase)
+            .finish()
+    }
+}
+
+impl RecvBody {
+    fn new(stream: RecvStream, length: Option<u64>) -> RecvBody {
+        RecvBody {
+            stream,
+            length,
+            phase: if length == Some(0) {
+                Phase::Done
+            } else {
+                Phase::Data
+            },
+        }
+    }
+
+    pub(crate) fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, String>>> {
+        loop {
+            match self.phase {
+                Phase::Data => match std::task::ready!(self.stream.poll_recv_data(cx)) {
+                    Ok(Some(mut buf)) => {
+                        let data = buf.copy_to_bytes(buf.remaining());
+                        if let Some(n) = &mut self.length {
+                            *n = n.saturating_sub(data.len() as u64);
+                        }
+                        if !data.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                    }
+                    Ok(None) => self.phase = Phase::Trailers,
+                    Err(e) => {
+                        self.phase = Phase::Done;
+                        return Poll::Ready(Some(Err(e.to_string())));
+                    }
+                },
+                Phase::Trailers => {
+                    let r = std::task::ready!(self.stream.poll_recv_trailers(cx));
+                    self.phase = Phase::Done;
+                    return Poll::Ready(match r {
+                        Ok(Some(t)) => Some(Ok(Frame::trailers(t))),
+                        Ok(None) => None,
+                        Err(e) => Some(Err(e.to_string())),
+                    });
+                }
+                Phase::Done => return Poll::Ready(None),
+            }
+        }
+    }
+
+    pub(crate) fn is_end_stream(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    pub(crate) fn size_hint(&self) -> SizeHint {
+        match (self.phase, self.length) {
+            (Phase::Done, _) => SizeHint::with_exact(0),
+            (_, Some(n)) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}

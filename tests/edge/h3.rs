@@ -1,0 +1,331 @@
+//! HTTP/3 (`[edge.quic]`) with a real QUIC client (quinn + h3, `meridian::h3client`): the same
+//! cache, collapsing, ranges, certificates and reload as the TCP listeners.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use meridian::h3client::H3Client;
+
+use crate::common::{get, Edge, Origin, Reply};
+use crate::tls::{connect, https, tls_site, write, Ca};
+
+const LISTENERS: &str =
+    "[edge.tls]\nlisten = [\"127.0.0.1:0\"]\n[edge.quic]\nlisten = [\"127.0.0.1:0\"]\n";
+
+fn h3_addr(edge: &Edge) -> SocketAddr {
+    edge.node.as_ref().unwrap().h3_addrs()[0]
+}
+
+async fn h3(edge: &Edge, ca: &Ca, name: &str) -> Result<H3Client, String> {
+    H3Client::connect(h3_addr(edge), name, ca.client(&[&rustls::version::TLS13])).await
+}
+
+/// An edge serving site `a` (`a.test`) over HTTP, TLS and QUIC, with a certificate from a new CA.
+struct Setup {
+    ca: Ca,
+    edge: Edge,
+    dir: tempfile::TempDir,
+    origin: Origin,
+}
+
+impl Setup {
+    async fn start(extra: &str) -> Setup {
+        let (ca, dir) = (Ca::new(), tempfile::tempdir().unwrap());
+        let files = write(dir.path(), "a", &ca.issue(&["a.test"]));
+        let origin = Origin::start().await;
+        let site = tls_site("a", "a.test", &origin, &files) + "origin_read_timeout = \"500ms\"\n";
+        let edge = Edge::start(&site, &format!("{LISTENERS}{extra}")).await;
+        Setup {
+            ca,
+            edge,
+            dir,
+            origin,
+        }
+    }
+
+    async fn metrics(&self) -> String {
+        get(self.edge.admin, "admin", "/metrics", &[]).await.text()
+    }
+
+    /// The value of this edge's sample of `name` whose labels include `label`.
+    async fn sample(&self, name: &str, label: &str) -> Option<f64> {
+        let node = format!("node=\"{}\"", self.edge.id);
+        self.metrics()
+            .await
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains(&node) && l.contains(label))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+}
+
+fn header<'a>(resp: &'a http::Response<()>, name: &str) -> &'a str {
+    resp.headers().get(name).map_or("", |v| v.to_str().unwrap())
+}
+
+#[tokio::test]
+async fn a_hit_stored_over_http1_is_served_over_http3_and_tls_responses_advertise_it() {
+    let s = Setup::start("").await;
+    s.origin.always(
+        "/page",
+        Reply::ok("shared").header("cache-control", "max-age=60"),
+    );
+    let plain = get(s.edge.addr, "a.test", "/page", &[]).await;
+    assert_eq!(plain.status, 200);
+    assert!(
+        plain.header("alt-svc").is_empty(),
+        "plain HTTP does not advertise HTTP/3"
+    );
+    // The scheme is part of the cache key by default: an https request stores its own.
+    let mut tls = connect(https(&s.edge), &s.ca, Some("a.test"), &["http/1.1"])
+        .await
+        .unwrap();
+    let first = tls.response("a.test", "/page").await;
+    assert!(
+        first.headers()["cache-status"]
+            .to_str()
+            .unwrap()
+            .contains("; fwd="),
+        "{first:?}"
+    );
+
+    let mut client = h3(&s.edge, &s.ca, "a.test").await.unwrap();
+    let (resp, body) = client.get("https://a.test/page").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_3);
+    assert_eq!(body, "shared");
+    assert!(
+        header(&resp, "cache-status").starts_with("meridian; hit"),
+        "{resp:?}"
+    );
+    assert_eq!(header(&resp, "content-length"), "6");
+    assert!(!header(&resp, "date").is_empty(), "{resp:?}");
+    assert!(!header(&resp, "age").is_empty(), "{resp:?}");
+    assert_eq!(s.origin.count("/page"), 2, "one for http, one for https");
+
+    let port = h3_addr(&s.edge).port();
+    let advert = format!("h3=\":{port}\"; ma=86400");
+    for alpn in ["http/1.1", "h2"] {
+        let mut tls = connect(https(&s.edge), &s.ca, Some("a.test"), &[alpn])
+            .await
+            .unwrap();
+        let resp = tls.response("a.test", "/page").await;
+        assert_eq!(resp.headers()["alt-svc"], advert.as_str(), "over {alpn}");
+    }
+
+    let h3_requests = s
+        .sample("meridian_http_protocol_requests_total", "protocol=\"h3\"")
+        .await;
+    assert_eq!(h3_requests, Some(1.0));
+    let accepted = s
+        .sample("meridian_quic_connections_total", "outcome=\"accepted\"")
+        .await;
+    assert_eq!(accepted, Some(1.0));
+    client.close().await;
+}
+
+#[tokio::test]
+async fn one_origin_fetch_serves_an_object_asked_over_http1_http2_and_http3_at_once() {
+    let s = Setup::start("").await;
+    s.origin.always(
+        "/slow",
+        Reply::ok("collapsed")
+            .header("cache-control", "max-age=60")
+            .delay(Duration::from_millis(500)),
+    );
+    let mut client = h3(&s.edge, &s.ca, "a.test").await.unwrap();
+    let mut tls = connect(https(&s.edge), &s.ca, Some("a.test"), &["h2"])
+        .await
+        .unwrap();
+    let mut tls1 = connect(https(&s.edge), &s.ca, Some("a.test"), &["http/1.1"])
+        .await
+        .unwrap();
+    let (h1, h2, h3) = tokio::join!(
+        tls1.get("a.test", "/slow"),
+        tls.get("a.test", "/slow"),
+        client.get("https://a.test/slow"),
+    );
+    let (h3_resp, h3_body) = h3.unwrap();
+    assert_eq!((h1.1, h1.3.as_str()), (http::Version::HTTP_11, "collapsed"));
+    assert_eq!(h2.1, http::Version::HTTP_2);
+    assert_eq!((h2.0, h2.3.as_str()), (http::StatusCode::OK, "collapsed"));
+    assert_eq!(
+        (h3_resp.status(), &h3_body[..]),
+        (http::StatusCode::OK, &b"collapsed"[..])
+    );
+    assert_eq!(s.origin.count("/slow"), 1, "one origin fetch for all three");
+    client.close().await;
+}
+
+#[tokio::test]
+async fn ranges_head_and_uploads_work_over_http3() {
+    let s = Setup::start("").await;
+    s.origin.always(
+        "/r",
+        Reply::ok("0123456789").header("cache-control", "max-age=60"),
+    );
+    s.origin.always(
+        "/post",
+        Reply::ok("taken").header("cache-control", "no-store"),
+    );
+    let mut client = h3(&s.edge, &s.ca, "a.test").await.unwrap();
+
+    let req = Request::get("https://a.test/r")
+        .header("range", "bytes=2-4")
+        .body(Bytes::new())
+        .unwrap();
+    let (resp, body) = client.send(req).await.unwrap();
+    assert_eq!(resp.status(), 206);
+    assert_eq!(body, "234");
+    assert_eq!(header(&resp, "content-range"), "bytes 2-4/10");
+
+    let req = Request::head("https://a.test/r")
+        .body(Bytes::new())
+        .unwrap();
+    let (resp, body) = client.send(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "content-length"), "10");
+    assert!(body.is_empty());
+
+    let req = Request::post("https://a.test/post")
+        .header("content-type", "text/plain")
+        .body(Bytes::from_static(b"hello over quic"))
+        .unwrap();
+    let (resp, body) = client.send(req).await.unwrap();
+    assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"taken"[..]));
+    let seen = s.origin.last("/post");
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.body, "hello over quic");
+    assert!(
+        seen.headers["via"].to_str().unwrap().starts_with("3 "),
+        "{:?}",
+        seen.headers
+    );
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_stalled_origin_body_resets_the_http3_stream_and_nothing_is_stored() {
+    let s = Setup::start("").await;
+    let big = vec![b'x'; 200_000];
+    s.origin.always(
+        "/cut",
+        Reply::ok("")
+            .body_bytes(big)
+            .header("cache-control", "max-age=60")
+            .stall_after(50_000),
+    );
+    let mut client = h3(&s.edge, &s.ca, "a.test").await.unwrap();
+    let err = match client.get("https://a.test/cut").await {
+        Ok((resp, body)) => panic!("a clean end: {} and {} bytes", resp.status(), body.len()),
+        Err(e) => e,
+    };
+    assert!(err.contains("cut off"), "{err}");
+    let again = client.get("https://a.test/cut").await;
+    assert!(again.is_err(), "never a clean end over a cut body");
+    assert_eq!(s.origin.count("/cut"), 2, "nothing stored: fetched again");
+    // The connection survives a reset stream.
+    s.origin.always("/ok", Reply::ok("fine"));
+    assert_eq!(client.get("https://a.test/ok").await.unwrap().1, "fine");
+    client.close().await;
+}
+
+#[tokio::test]
+async fn certificates_reload_for_new_http3_connections_and_bad_handshakes_are_counted() {
+    let s = Setup::start("").await;
+    s.origin.always("/", Reply::ok("site"));
+    let mut old = h3(&s.edge, &s.ca, "a.test").await.unwrap();
+    let first = old.server_certificate().unwrap();
+
+    let second = s.ca.issue(&["a.test"]);
+    write(s.dir.path(), "a", &second);
+    s.edge.node.as_ref().unwrap().reload().unwrap();
+    let mut new = h3(&s.edge, &s.ca, "a.test").await.unwrap();
+    assert_eq!(new.server_certificate().unwrap(), second.der);
+    assert_ne!(first, second.der);
+    assert_eq!(new.get("https://a.test/").await.unwrap().1, "site");
+    assert_eq!(
+        old.get("https://a.test/").await.unwrap().1,
+        "site",
+        "the old connection keeps working"
+    );
+
+    // Garbage datagrams are dropped; a handshake for a name no site serves (no default site)
+    // fails; the listener keeps serving.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for n in [0usize, 1, 20, 1200, 1500] {
+        udp.send_to(&vec![0xc3; n], h3_addr(&s.edge)).unwrap();
+    }
+    let err = h3(&s.edge, &s.ca, "nobody.test").await.err().unwrap();
+    assert!(err.contains("handshake"), "{err}");
+    assert_eq!(new.get("https://a.test/").await.unwrap().1, "site");
+    let failed = s
+        .sample("meridian_quic_connections_total", "outcome=\"failed\"")
+        .await;
+    assert!(failed >= Some(1.0), "{failed:?}");
+    old.close().await;
+    new.close().await;
+}
+
+#[tokio::test]
+async fn alt_svc_names_the_advertised_port_and_max_age_and_zero_turns_it_off() {
+    let s = Setup::start("advertise_port = 443\nalt_svc_max_age = \"1h\"\n").await;
+    s.origin.always("/", Reply::ok("site"));
+    let mut tls = connect(https(&s.edge), &s.ca, Some("a.test"), &["http/1.1"])
+        .await
+        .unwrap();
+    let resp = tls.response("a.test", "/").await;
+    assert_eq!(resp.headers()["alt-svc"], "h3=\":443\"; ma=3600");
+
+    let off = Setup::start("alt_svc_max_age = \"0s\"\n").await;
+    off.origin.always("/", Reply::ok("site"));
+    let mut tls = connect(https(&off.edge), &off.ca, Some("a.test"), &["http/1.1"])
+        .await
+        .unwrap();
+    assert!(tls
+        .response("a.test", "/")
+        .await
+        .headers()
+        .get("alt-svc")
+        .is_none());
+}
+
+#[tokio::test]
+async fn a_request_over_http3_reaches_the_origin_with_its_body_streamed() {
+    // An upload the origin reads as it comes: the body crosses as DATA frames, not collected.
+    let s = Setup::start("").await;
+    s.origin.always("/up", Reply::ok("ok"));
+    let mut client = h3(&s.edge, &s.ca, "a.test").await.unwrap();
+    let body = Bytes::from(vec![b'u'; 300_000]);
+    let req = Request::put("https://a.test/up")
+        .body(body.clone())
+        .unwrap();
+    let (resp, _) = client.send(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(s.origin.last("/up").body, body);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn http3_without_any_certificate_is_refused_at_check_and_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("origins.toml"),
+        crate::common::site("a", "a.test", "http://127.0.0.1:1", ""),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("node.toml"),
+        "id = \"e\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[edge]\nlisten = [\"127.0.0.1:0\"]\n[edge.quic]\nlisten = [\"127.0.0.1:0\"]\n",
+    )
+    .unwrap();
+    let config = meridian::config::load(&dir.path().join("node.toml")).unwrap();
+    let err = meridian::app::validate(&config).unwrap_err();
+    assert!(err.contains("HTTP/3 (edge.quic) needs one"), "{err}");
+    let err = match meridian::app::Node::start(config).await {
+        Ok(_) => panic!("started without a certificate"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("QUIC listeners need one"), "{err}");
+}
