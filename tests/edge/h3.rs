@@ -122,6 +122,23 @@ async fn a_hit_stored_over_http1_is_served_over_http3_and_tls_responses_advertis
         .sample("meridian_quic_connections_total", "outcome=\"accepted\"")
         .await;
     assert_eq!(accepted, Some(1.0));
+
+    // A purge reaches what HTTP/3 reads: the next request goes to the origin.
+    let purged = s
+        .edge
+        .admin_post(
+            "/purge",
+            Some(crate::common::TOKEN),
+            r#"{"prefix":"https://a.test/"}"#,
+        )
+        .await;
+    assert_eq!(purged.text().trim(), r#"{"purged":1}"#);
+    let (resp, _) = client.get("https://a.test/page").await.unwrap();
+    assert!(
+        header(&resp, "cache-status").contains("fwd=miss"),
+        "{resp:?}"
+    );
+    assert_eq!(s.origin.count("/page"), 3);
     client.close().await;
 }
 
@@ -328,4 +345,42 @@ async fn http3_without_any_certificate_is_refused_at_check_and_at_start() {
         Err(e) => e.to_string(),
     };
     assert!(err.contains("QUIC listeners need one"), "{err}");
+}
+
+/// A raw QUIC connection offering ALPN h3, for the transport limits.
+async fn quic(edge: &Edge, ca: &Ca) -> (quinn::Endpoint, quinn::Connection) {
+    let mut tls = ca.client(&[&rustls::version::TLS13]);
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let conn = endpoint
+        .connect(h3_addr(edge), "a.test")
+        .unwrap()
+        .await
+        .unwrap();
+    (endpoint, conn)
+}
+
+#[tokio::test]
+async fn a_client_cannot_open_more_streams_than_allowed_and_idle_connections_close() {
+    let s = Setup::start("max_concurrent_streams = 2\nidle_timeout = \"1500ms\"\n").await;
+    let (_endpoint, conn) = quic(&s.edge, &s.ca).await;
+    let _a = conn.open_bi().await.unwrap();
+    let _b = conn.open_bi().await.unwrap();
+    let third = tokio::time::timeout(Duration::from_millis(300), conn.open_bi()).await;
+    assert!(
+        third.is_err(),
+        "a third stream opened past the limit of 2: {:?}",
+        third.map(|r| r.map(|(send, _)| send.id()))
+    );
+
+    // Silence past the idle timeout closes the connection (the client's own default is 30 s).
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .expect("the edge kept an idle connection");
+    assert!(
+        matches!(closed, quinn::ConnectionError::TimedOut),
+        "{closed:?}"
+    );
 }
