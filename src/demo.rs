@@ -288,7 +288,12 @@ pub async fn run(port_offset: u16) -> Result<(), DemoError> {
     // edge-b, in eu-west: where the London client is sent.
     if let Some((_, node)) = nodes.get(1) {
         if let Some(a) = node.http_addrs().first() {
-            print_tries(*a, node.admin_addr());
+            print_tries(
+                *a,
+                node.https_addrs().first().copied(),
+                node.h3_addrs().first().copied(),
+                node.admin_addr(),
+            );
         }
     }
     say!("\nCtrl-C stops the demo.\n");
@@ -347,7 +352,12 @@ fn status_line(nodes: &[(String, Node)]) -> String {
         .join(" | ")
 }
 
-fn print_tries(edge: SocketAddr, admin: Option<SocketAddr>) {
+fn print_tries(
+    edge: SocketAddr,
+    tls: Option<SocketAddr>,
+    h3: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+) {
     let (ip, port) = (edge.ip(), edge.port());
     let url = format!("http://demo.meridian.test:{port}");
     let resolve = format!("--resolve demo.meridian.test:{port}:{ip}");
@@ -357,15 +367,45 @@ fn print_tries(edge: SocketAddr, admin: Option<SocketAddr>) {
     say!("  curl -si {resolve} {url}/news | grep -i cache-status        # stale-while-revalidate");
     say!("  curl -si {resolve} -H 'Accept-Language: fr' {url}/hello   # Vary");
     say!("  curl -si {resolve} -r 0-99 {url}/large.bin | head -12     # ranges from cache");
-    say!(
-        "  curl -si --cacert config/local/tls/ca.pem --resolve demo.meridian.test:8443:{ip} https://demo.meridian.test:8443/ | head -1   # HTTPS, HTTP/2"
-    );
+    if let Some(tls) = tls {
+        let (ip, port) = (tls.ip(), tls.port());
+        say!(
+            "  curl -si --cacert config/local/tls/ca.pem --resolve demo.meridian.test:{port}:{ip} https://demo.meridian.test:{port}/ | head -1   # HTTPS, HTTP/2"
+        );
+    }
+    if let Some(h3) = h3 {
+        say!("{}", h3_line(h3, curl_has_http3()));
+    }
     if let Some(admin) = admin {
         say!(
             "  curl -s -X POST -H \"Authorization: Bearer $(cat config/local/admin.token)\" \\\n       -d '{{\"tag\":\"products\"}}' http://{admin}/purge          # purge by Surrogate-Key"
         );
         say!("  curl -s http://{admin}/metrics | grep meridian_http_requests_total");
         say!("  curl -s http://{admin}/cluster                                  # members, health, load");
+    }
+}
+
+/// Whether the `curl` on this machine speaks HTTP/3 (its `--version` lists the feature).
+fn curl_has_http3() -> bool {
+    std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("HTTP3"))
+}
+
+/// The line that fetches the demo site over HTTP/3 from the edge at `tls` (UDP, the TLS port):
+/// with curl where it has HTTP/3, else with the project's own client.
+fn h3_line(tls: SocketAddr, curl: bool) -> String {
+    let (ip, port) = (tls.ip(), tls.port());
+    let target = format!(
+        "--cacert config/local/tls/ca.pem --resolve demo.meridian.test:{port}:{ip} https://demo.meridian.test:{port}/"
+    );
+    if curl {
+        format!("  curl -si --http3-only {target} | head -1   # HTTP/3")
+    } else {
+        format!(
+            "  cargo run -q --release --example h3get -- -I {target} | head -1   # HTTP/3 (this curl has none)"
+        )
     }
 }
 

@@ -719,6 +719,30 @@ async fn the_demo_moves_every_port_by_the_offset_and_names_a_busy_one() {
     )
     .await;
     assert_eq!(r.status, 200, "the edge reaches the moved origin");
+    // The HTTPS and HTTP/3 lines name the moved TLS port, and HTTP/3 answers there.
+    assert!(
+        all.contains(
+            "--resolve demo.meridian.test:30443:127.0.0.12 https://demo.meridian.test:30443/"
+        ),
+        "{all}"
+    );
+    let h3_line = all.lines().find(|l| l.contains("# HTTP/3")).unwrap_or("");
+    assert!(
+        h3_line.contains("--example h3get") || h3_line.contains("--http3-only"),
+        "{all}"
+    );
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tls = meridian::h3client::tls_config(Some(&root.join("config/local/tls/ca.pem"))).unwrap();
+    let mut h3 = meridian::h3client::H3Client::connect(
+        "127.0.0.12:30443".parse().unwrap(),
+        "demo.meridian.test",
+        tls,
+    )
+    .await
+    .unwrap();
+    let (resp, _) = h3.get("https://demo.meridian.test:30443/").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    h3.close().await;
     // SAFETY: signalling our own child.
     unsafe {
         libc::kill(child.id() as i32, libc::SIGINT);
