@@ -68,7 +68,7 @@ async fn run(args: Args) -> Result<(), String> {
             .ok_or_else(|| format!("{host}: no address"))?,
     };
     let tls = tls_config(args.cacert.as_deref())?;
-    let mut client = H3Client::connect(addr, &host, tls).await?;
+    let client = H3Client::connect(addr, &host, tls).await?;
     let method = if args.head_only {
         http::Method::HEAD
     } else {

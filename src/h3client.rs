@@ -61,11 +61,12 @@ impl H3Client {
         chain.first().cloned()
     }
 
-    /// Sends `req` with its body (none when empty) and reads the whole response.
-    pub async fn send(&mut self, req: Request<Bytes>) -> Result<(Response<()>, Bytes), String> {
+    /// Sends `req` with its body (none when empty) and reads the whole response. Requests sent
+    /// at once from several tasks share the connection, one stream each.
+    pub async fn send(&self, req: Request<Bytes>) -> Result<(Response<()>, Bytes), String> {
         let (parts, body) = req.into_parts();
-        let mut stream = self
-            .send
+        let mut sender = self.send.clone();
+        let mut stream = sender
             .send_request(Request::from_parts(parts, ()))
             .await
             .map_err(|e| format!("request not sent: {e}"))?;
@@ -95,7 +96,7 @@ impl H3Client {
     }
 
     /// A GET of `url` (`https://host/path`).
-    pub async fn get(&mut self, url: &str) -> Result<(Response<()>, Bytes), String> {
+    pub async fn get(&self, url: &str) -> Result<(Response<()>, Bytes), String> {
         let req = Request::get(url)
             .body(Bytes::new())
             .map_err(|e| e.to_string())?;

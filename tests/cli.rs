@@ -733,7 +733,7 @@ async fn the_demo_moves_every_port_by_the_offset_and_names_a_busy_one() {
     );
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let tls = meridian::h3client::tls_config(Some(&root.join("config/local/tls/ca.pem"))).unwrap();
-    let mut h3 = meridian::h3client::H3Client::connect(
+    let h3 = meridian::h3client::H3Client::connect(
         "127.0.0.12:30443".parse().unwrap(),
         "demo.meridian.test",
         tls,

@@ -90,7 +90,7 @@ async fn a_hit_stored_over_http1_is_served_over_http3_and_tls_responses_advertis
         "{first:?}"
     );
 
-    let mut client = h3(&s.edge, &s.ca, "a.test").await.unwrap();
+    let client = h3(&s.edge, &s.ca, "a.test").await.unwrap();
     let (resp, body) = client.get("https://a.test/page").await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), http::Version::HTTP_3);
@@ -151,7 +151,7 @@ async fn one_origin_fetch_serves_an_object_asked_over_http1_http2_and_http3_at_o
             .header("cache-control", "max-age=60")
             .delay(Duration::from_millis(500)),
     );
-    let mut client = h3(&s.edge, &s.ca, "a.test").await.unwrap();
+    let client = h3(&s.edge, &s.ca, "a.test").await.unwrap();
     let mut tls = connect(https(&s.edge), &s.ca, Some("a.test"), &["h2"])
         .await
         .unwrap();
@@ -186,7 +186,7 @@ async fn ranges_head_and_uploads_work_over_http3() {
         "/post",
         Reply::ok("taken").header("cache-control", "no-store"),
     );
-    let mut client = h3(&s.edge, &s.ca, "a.test").await.unwrap();
+    let client = h3(&s.edge, &s.ca, "a.test").await.unwrap();
 
     let req = Request::get("https://a.test/r")
         .header("range", "bytes=2-4")
@@ -233,7 +233,7 @@ async fn a_stalled_origin_body_resets_the_http3_stream_and_nothing_is_stored() {
             .header("cache-control", "max-age=60")
             .stall_after(50_000),
     );
-    let mut client = h3(&s.edge, &s.ca, "a.test").await.unwrap();
+    let client = h3(&s.edge, &s.ca, "a.test").await.unwrap();
     let err = match client.get("https://a.test/cut").await {
         Ok((resp, body)) => panic!("a clean end: {} and {} bytes", resp.status(), body.len()),
         Err(e) => e,
@@ -252,13 +252,13 @@ async fn a_stalled_origin_body_resets_the_http3_stream_and_nothing_is_stored() {
 async fn certificates_reload_for_new_http3_connections_and_bad_handshakes_are_counted() {
     let s = Setup::start("").await;
     s.origin.always("/", Reply::ok("site"));
-    let mut old = h3(&s.edge, &s.ca, "a.test").await.unwrap();
+    let old = h3(&s.edge, &s.ca, "a.test").await.unwrap();
     let first = old.server_certificate().unwrap();
 
     let second = s.ca.issue(&["a.test"]);
     write(s.dir.path(), "a", &second);
     s.edge.node.as_ref().unwrap().reload().unwrap();
-    let mut new = h3(&s.edge, &s.ca, "a.test").await.unwrap();
+    let new = h3(&s.edge, &s.ca, "a.test").await.unwrap();
     assert_eq!(new.server_certificate().unwrap(), second.der);
     assert_ne!(first, second.der);
     assert_eq!(new.get("https://a.test/").await.unwrap().1, "site");
@@ -313,7 +313,7 @@ async fn a_request_over_http3_reaches_the_origin_with_its_body_streamed() {
     // An upload the origin reads as it comes: the body crosses as DATA frames, not collected.
     let s = Setup::start("").await;
     s.origin.always("/up", Reply::ok("ok"));
-    let mut client = h3(&s.edge, &s.ca, "a.test").await.unwrap();
+    let client = h3(&s.edge, &s.ca, "a.test").await.unwrap();
     let body = Bytes::from(vec![b'u'; 300_000]);
     let req = Request::put("https://a.test/up")
         .body(body.clone())
