@@ -61,9 +61,10 @@ impl H3Client {
         chain.first().cloned()
     }
 
-    /// Sends `req` with its body (none when empty) and reads the whole response. Requests sent
-    /// at once from several tasks share the connection, one stream each.
-    pub async fn send(&self, req: Request<Bytes>) -> Result<(Response<()>, Bytes), String> {
+    /// Sends `req` with its body (none when empty) and waits for the response head; the body
+    /// is read from the [`H3Response`] as it comes. Requests sent at once from several tasks
+    /// share the connection, one stream each.
+    pub async fn open(&self, req: Request<Bytes>) -> Result<H3Response, String> {
         let (parts, body) = req.into_parts();
         let mut sender = self.send.clone();
         let mut stream = sender
@@ -80,19 +81,25 @@ impl H3Client {
             .finish()
             .await
             .map_err(|e| format!("request not finished: {e}"))?;
-        let resp = stream
+        let head = stream
             .recv_response()
             .await
             .map_err(|e| format!("no response: {e}"))?;
+        Ok(H3Response {
+            head,
+            stream,
+            received: 0,
+        })
+    }
+
+    /// Sends `req` and reads the whole response.
+    pub async fn send(&self, req: Request<Bytes>) -> Result<(Response<()>, Bytes), String> {
+        let mut resp = self.open(req).await?;
         let mut body = BytesMut::new();
-        while let Some(mut chunk) = stream
-            .recv_data()
-            .await
-            .map_err(|e| format!("response body cut off after {} bytes: {e}", body.len()))?
-        {
-            body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+        while let Some(chunk) = resp.chunk().await? {
+            body.extend_from_slice(&chunk);
         }
-        Ok((resp, body.freeze()))
+        Ok((resp.head, body.freeze()))
     }
 
     /// A GET of `url` (`https://host/path`).
@@ -109,6 +116,33 @@ impl H3Client {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle())
             .await;
         self.driver.abort();
+    }
+}
+
+/// A response whose body is read as it arrives.
+pub struct H3Response {
+    /// Status and fields.
+    pub head: Response<()>,
+    stream: h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+    received: usize,
+}
+
+impl H3Response {
+    /// The next piece of the body; `None` at its clean end; an error if the server reset the
+    /// stream (or the connection failed) first.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, String> {
+        match self.stream.recv_data().await {
+            Ok(Some(mut data)) => {
+                let bytes = data.copy_to_bytes(data.remaining());
+                self.received += bytes.len();
+                Ok(Some(bytes))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(format!(
+                "response body cut off after {} bytes: {e}",
+                self.received
+            )),
+        }
     }
 }
 

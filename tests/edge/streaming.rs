@@ -322,3 +322,76 @@ async fn a_client_that_leaves_mid_body_does_not_stop_the_fill() {
     }
     panic!("the fill never completed");
 }
+
+/// Reads an HTTP/3 body until at least `n` bytes have come (or it ends or fails).
+async fn read_h3(resp: &mut meridian::h3client::H3Response, n: usize) -> Result<Vec<u8>, String> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match tokio::time::timeout(Duration::from_secs(10), resp.chunk()).await {
+            Err(_) => return Err(format!("stalled after {} bytes", got.len())),
+            Ok(Ok(Some(b))) => got.extend_from_slice(&b),
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+#[tokio::test]
+async fn http3_clients_read_a_fill_as_it_arrives_and_see_a_cut_one_reset() {
+    for then in [Then::Finish, Then::Cut] {
+        let o = HeldOrigin::start(then).await;
+        let (ca, dir) = (crate::tls::Ca::new(), tempfile::tempdir().unwrap());
+        let files = crate::tls::write(dir.path(), "demo", &ca.issue(&["demo.test"]));
+        let site = site(
+            "demo",
+            "demo.test",
+            &format!("http://{}", o.addr),
+            &format!(
+                "origin_read_timeout = \"5s\"\ntls_cert = {:?}\ntls_key = {:?}\n",
+                files.0, files.1
+            ),
+        );
+        let edge = Edge::start(&site, "[edge.quic]\nlisten = [\"127.0.0.1:0\"]\n").await;
+        let quic = edge.node.as_ref().unwrap().h3_addrs()[0];
+        let client = meridian::h3client::H3Client::connect(
+            quic,
+            "demo.test",
+            ca.client(&[&rustls::version::TLS13]),
+        )
+        .await
+        .unwrap();
+        let get = || {
+            Request::get("https://demo.test/h")
+                .body(Bytes::new())
+                .unwrap()
+        };
+        let whole = body();
+
+        // The leader and a follower over HTTP/3 get the first bytes while the origin holds the
+        // rest.
+        let mut leader = client.open(get()).await.unwrap();
+        assert_eq!(leader.head.status(), 200);
+        let first = read_h3(&mut leader, FIRST).await.unwrap();
+        assert_eq!(first[..], whole[..FIRST]);
+        let mut follower = client.open(get()).await.unwrap();
+        let cs = follower.head.headers()["cache-status"].to_str().unwrap();
+        assert!(cs.contains("collapsed"), "{cs}");
+        let got = read_h3(&mut follower, FIRST).await.unwrap();
+        assert_eq!(got[..], whole[..FIRST]);
+        assert_eq!(o.requests(), 1);
+
+        o.open();
+        for (who, resp, got) in [
+            ("leader", &mut leader, first),
+            ("follower", &mut follower, got),
+        ] {
+            let rest = read_h3(resp, usize::MAX).await;
+            match then {
+                Then::Finish => assert_eq!([got, rest.unwrap()].concat(), whole, "{who}"),
+                Then::Cut => assert!(rest.is_err(), "{who}: a clean end over a cut body"),
+            }
+        }
+        client.close().await;
+    }
+}
