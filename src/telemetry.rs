@@ -203,6 +203,10 @@ fn describe() {
         "Disk entries dropped unread: failed their checksum, torn, unreadable, or a body with a chunk missing"
     );
     describe_counter!(
+        "meridian_cache_disk_write_drops_total",
+        "Disk writes foyer dropped, by reason (queue_full: more than the queue's threshold waiting; buffer_full: the flusher's buffer full); the entry stays in memory only"
+    );
+    describe_counter!(
         "meridian_cache_disk_purged_total",
         "Disk reads that found purged variants (by a ban rule) and dropped them"
     );

@@ -221,6 +221,7 @@ async fn run_logs_json_and_drains_on_sigterm() {
     assert_eq!(access["status"], 200);
     assert_eq!(access["cache"], "miss");
     assert_eq!(access["uri"], "/slow");
+    assert_eq!(access["protocol"], "http/1.1");
     assert_eq!(access["bytes"], 7);
     assert!(access["duration_ms"].as_f64().unwrap() >= 700.0);
 }

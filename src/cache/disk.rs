@@ -426,6 +426,7 @@ impl Disk {
             .with_submit_queue_size_threshold(QUEUE);
         let cache: HybridCache<String, Vec<u8>> = HybridCacheBuilder::new()
             .with_name("meridian")
+            .with_metrics_registry(Box::new(super::disk_metrics::DropRegistry::new(node)))
             .memory(CHUNK * 2)
             .storage()
             .with_io_engine_config(PsyncIoEngineConfig::new())
@@ -966,6 +967,41 @@ pub(crate) fn check_decode(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes foyer drops (its queue or write buffer full) are counted: a burst of 1 MiB
+    /// entries far past the 64 MiB queue leaves some unwritten, and the count says how many.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_foyer_drops_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = "disk-drops-test";
+        let cfg = DiskConfig {
+            path: dir.path().to_path_buf(),
+            size: 512 << 20,
+        };
+        let disk = Disk::open(node, &cfg).await.unwrap();
+        const N: usize = 300;
+        for i in 0..N {
+            disk.write(format!("burst/{i}"), vec![i as u8; CHUNK - 64]);
+        }
+        disk.cache.storage().wait().await;
+        let mut missing = 0;
+        for i in 0..N {
+            if disk.load(&format!("burst/{i}")).await.is_none() {
+                missing += 1;
+            }
+        }
+        let text = crate::telemetry::prometheus().render();
+        let dropped: f64 = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("meridian_cache_disk_write_drops_total")
+                    && l.contains(&format!("node=\"{node}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(missing > 0, "the burst did not overflow foyer's queue");
+        assert_eq!(dropped as usize, missing, "{text}");
+    }
 
     #[test]
     fn the_fuzz_seeds_decode() {

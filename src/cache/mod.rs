@@ -5,6 +5,7 @@
 
 pub(crate) mod collapse;
 pub(crate) mod disk;
+mod disk_metrics;
 pub(crate) mod entry;
 pub(crate) mod fill;
 pub(crate) mod key;
