@@ -121,14 +121,14 @@ struct Bans {
 
 impl Bans {
     /// Whether an entry of `key` with `tags`, stored at `stored_ms`, has been purged.
-    fn covers(&self, key: &str, tags: &[String], stored_ms: u64) -> bool {
+    fn covers(&self, key: &str, tags: &[Box<str>], stored_ms: u64) -> bool {
         stored_ms <= self.floor_ms
             || self.bans.iter().rev().any(|b| {
                 stored_ms <= b.at_ms
                     && match &b.rule {
                         Rule::Url(u) => u == key,
                         Rule::Prefix(p) => key.starts_with(p.as_str()),
-                        Rule::Tag(t) => tags.iter().any(|x| x == t),
+                        Rule::Tag(t) => tags.iter().any(|x| **x == **t),
                     }
             })
     }
@@ -764,7 +764,7 @@ fn put_opt(b: &mut Vec<u8>, v: Option<&[u8]>) {
 fn encode_variant(b: &mut Vec<u8>, e: &Entry, stored_ms: u64) {
     put_u16(b, e.status.as_u16());
     put_u64(b, stored_ms);
-    let f = &e.freshness;
+    let f = e.freshness();
     for d in [
         f.lifetime,
         f.initial_age,
@@ -881,11 +881,11 @@ fn decode(buf: &Bytes) -> Option<Vec<Decoded>> {
         let mut vary_values = Vec::new();
         for _ in 0..r.u32()? {
             vary.push(HeaderName::from_bytes(r.bytes()?).ok()?);
-            vary_values.push(r.opt_string()?);
+            vary_values.push(r.opt_string()?.map(String::into_boxed_str));
         }
         let mut tags = Vec::new();
         for _ in 0..r.u32()? {
-            tags.push(r.string()?);
+            tags.push(r.string()?.into_boxed_str());
         }
         let len = r.u64()?;
         let body = match r.u8()? {
@@ -902,7 +902,7 @@ fn decode(buf: &Bytes) -> Option<Vec<Decoded>> {
                 status,
                 headers: super::entry::Fields::new(&headers),
                 body: Bytes::new(),
-                freshness: Freshness {
+                fresh: Freshness {
                     lifetime,
                     initial_age,
                     stale_while_revalidate: swr,
@@ -910,11 +910,12 @@ fn decode(buf: &Bytes) -> Option<Vec<Decoded>> {
                     revalidate_strict: flags & 1 != 0,
                     no_stale: flags & 2 != 0,
                     no_cache: flags & 4 != 0,
-                },
+                }
+                .into(),
                 stored_at: Instant::now(),
-                vary,
-                vary_values,
-                tags,
+                vary: vary.into(),
+                vary_values: vary_values.into(),
+                tags: tags.into(),
                 target_host,
                 target_https,
                 on_disk: None,
@@ -956,7 +957,7 @@ pub(crate) fn check_decode(data: &[u8]) {
         assert_eq!(a.stored_ms, b.stored_ms);
         assert_eq!(a.entry.status, b.entry.status);
         assert_eq!(a.entry.headers, b.entry.headers);
-        assert_eq!(a.entry.freshness, b.entry.freshness);
+        assert_eq!(a.entry.freshness(), b.entry.freshness());
         assert_eq!(a.entry.vary, b.entry.vary);
         assert_eq!(a.entry.vary_values, b.entry.vary_values);
         assert_eq!(a.entry.tags, b.entry.tags);
@@ -1044,7 +1045,7 @@ mod tests {
             status: StatusCode::OK,
             headers: super::super::entry::Fields::new(&headers),
             body: Bytes::from_static(b"hello"),
-            freshness: Freshness {
+            fresh: Freshness {
                 lifetime: Duration::from_secs(60),
                 initial_age: Duration::from_secs(2),
                 stale_while_revalidate: Duration::ZERO,
@@ -1052,11 +1053,12 @@ mod tests {
                 revalidate_strict: true,
                 no_stale: false,
                 no_cache: true,
-            },
+            }
+            .into(),
             stored_at: Instant::now(),
-            vary: vec![HeaderName::from_static("accept-encoding")],
-            vary_values: vec![Some("gzip".into())],
-            tags: vec!["a".into(), "b".into()],
+            vary: Box::new([HeaderName::from_static("accept-encoding")]),
+            vary_values: Box::new([Some("gzip".into())]),
+            tags: Box::new(["a".into(), "b".into()]),
             target_host: Some("x.test".into()),
             target_https: Some(true),
             on_disk: None,
@@ -1074,7 +1076,7 @@ mod tests {
         let v = &d[0];
         assert_eq!(v.stored_ms, 1234);
         assert_eq!(v.entry.headers, e.headers);
-        assert_eq!(v.entry.freshness, e.freshness);
+        assert_eq!(v.entry.freshness(), e.freshness());
         assert_eq!(v.entry.vary_values, e.vary_values);
         assert_eq!(v.entry.tags, e.tags);
         assert_eq!(v.entry.target(), e.target());

@@ -290,7 +290,7 @@ impl Store {
         let keys: Vec<Arc<String>> = self
             .objects
             .iter()
-            .filter(|(_, o)| o.variants.iter().any(|e| e.tags.iter().any(|t| t == tag)))
+            .filter(|(_, o)| o.variants.iter().any(|e| e.tags.iter().any(|t| **t == *tag)))
             .map(|(k, _)| k)
             .collect();
         self.remove_all(keys).await
@@ -335,7 +335,7 @@ mod tests {
             status: http::StatusCode::OK,
             headers: crate::cache::entry::Fields::default(),
             body: bytes::Bytes::from_static(b"x"),
-            freshness: Freshness {
+            fresh: Freshness {
                 lifetime: Duration::from_secs(lifetime),
                 initial_age: Duration::ZERO,
                 stale_while_revalidate: Duration::ZERO,
@@ -343,11 +343,12 @@ mod tests {
                 revalidate_strict: false,
                 no_stale: false,
                 no_cache: false,
-            },
+            }
+            .into(),
             stored_at: tokio::time::Instant::now(),
-            vary: vec![],
-            vary_values: vec![],
-            tags: vec!["t".into()],
+            vary: Box::new([]),
+            vary_values: Box::new([]),
+            tags: Box::new(["t".into()]),
             target_host: None,
             target_https: None,
             on_disk: None,

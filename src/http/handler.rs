@@ -701,7 +701,7 @@ pub(crate) async fn lookup(
     } else {
         tier
     };
-    match policy::reuse(&entry.freshness, age, directives) {
+    match policy::reuse(&entry.freshness(), age, directives) {
         Reuse::Hit => {
             let mut s = CacheStatus::hit(entry.ttl(age));
             s.tier = Some(tier);
@@ -818,7 +818,7 @@ async fn fill(
                     .and_then(|(o, _)| o.select(req.headers(), target).cloned())
                 {
                     let age = entry.age(Instant::now());
-                    if policy::reuse(&entry.freshness, age, directives) == Reuse::Hit {
+                    if policy::reuse(&entry.freshness(), age, directives) == Reuse::Hit {
                         leader.finish(Outcome::Fresh {
                             entry: entry.clone(),
                             fwd_status: 200,
@@ -985,7 +985,7 @@ fn serve_stale_on_error(
 ) -> Option<(Response<Body>, CacheStatus)> {
     let entry = stale.as_ref()?;
     let age = entry.age(Instant::now());
-    if !policy::stale_if_error(&entry.freshness, age, directives) {
+    if !policy::stale_if_error(&entry.freshness(), age, directives) {
         return None;
     }
     status.fwd = Some(Fwd::Stale);
@@ -1043,15 +1043,15 @@ fn new_entry(
     let headers = Fields::new(&headers);
     let vary_values = vary
         .iter()
-        .map(|n| normalized(&job.client_headers, n))
+        .map(|n| normalized(&job.client_headers, n).map(String::into_boxed_str))
         .collect();
     Entry {
         status,
         headers,
         body: bytes::Bytes::new(),
-        freshness,
+        fresh: freshness.into(),
         stored_at,
-        vary,
+        vary: vary.into(),
         vary_values,
         tags,
         target_host: job.host.clone(),
@@ -1178,13 +1178,13 @@ async fn fetch(
             strip_cache_only(&mut merged);
             merged.remove(header::AGE);
             merged.remove(super::headers::CACHE_STATUS);
-            let freshness = refreshed.unwrap_or(old.freshness);
+            let freshness = refreshed.unwrap_or(old.freshness());
             let entry = Arc::new(Entry {
                 status: old.status,
                 headers: Fields::new(&merged),
                 body: old.body.clone(),
                 on_disk: old.on_disk.clone(),
-                freshness,
+                fresh: freshness.into(),
                 stored_at,
                 vary: old.vary.clone(),
                 vary_values: old.vary_values.clone(),

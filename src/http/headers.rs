@@ -55,13 +55,13 @@ pub(crate) fn strip_cache_only(headers: &mut HeaderMap) {
 }
 
 /// Purge tags from `Surrogate-Key` (space-separated).
-pub(crate) fn surrogate_keys(headers: &HeaderMap) -> Vec<String> {
+pub(crate) fn surrogate_keys(headers: &HeaderMap) -> Box<[Box<str>]> {
     headers
         .get_all(SURROGATE_KEY)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(str::split_ascii_whitespace)
-        .map(str::to_string)
+        .map(Box::from)
         .collect()
 }
 
