@@ -471,9 +471,9 @@ impl Disk {
         let now_wall = SystemTime::now();
         let mut head = Vec::new();
         head.extend_from_slice(MAGIC);
-        put_u16(&mut head, object.variants.len() as u16);
+        put_u16(&mut head, object.variants().len() as u16);
         let mut chunked = Vec::new();
-        for e in &object.variants {
+        for e in object.variants() {
             let stored = now_wall - now.saturating_duration_since(e.stored_at);
             encode_variant(&mut head, e, unix_ms(stored));
             if let Some(d) = &e.on_disk {
@@ -601,7 +601,7 @@ impl Disk {
             return None;
         }
         self.metrics.hits.increment(1);
-        Some(Object { variants: out })
+        Some(Object::new(out))
     }
 
     /// Starts writing a body of `len` bytes (`u64::MAX` when not yet known) to disk in chunks

@@ -30,19 +30,49 @@ const LARGE_SHARE: u64 = 8;
 /// The stored variants of one URL.
 #[derive(Debug, Default)]
 pub(crate) struct Object {
-    pub(crate) variants: Vec<Arc<Entry>>,
+    variants: Variants,
+}
+
+/// One variant inline (nearly every URL has one), more in a boxed slice: a single-variant
+/// object takes one allocation fewer than a `Vec` would.
+#[derive(Debug)]
+enum Variants {
+    One(Arc<Entry>),
+    Many(Box<[Arc<Entry>]>),
+}
+
+impl Default for Variants {
+    fn default() -> Variants {
+        Variants::Many(Box::new([]))
+    }
 }
 
 impl Object {
+    pub(crate) fn new(variants: Vec<Arc<Entry>>) -> Object {
+        let variants = match <[Arc<Entry>; 1]>::try_from(variants) {
+            Ok([one]) => Variants::One(one),
+            Err(many) => Variants::Many(many.into_boxed_slice()),
+        };
+        Object { variants }
+    }
+
+    /// The variants, oldest first.
+    pub(crate) fn variants(&self) -> &[Arc<Entry>] {
+        match &self.variants {
+            Variants::One(e) => std::slice::from_ref(e),
+            Variants::Many(v) => v,
+        }
+    }
+
     /// The variant stored for a request to `target` with headers like these, if any (RFC 9111
     /// §4.1).
     pub(crate) fn select(&self, req: &http::HeaderMap, target: Target<'_>) -> Option<&Arc<Entry>> {
         // Newest first: a refreshed variant is pushed last.
-        self.variants.iter().rev().find(|e| e.matches(req, target))
+        self.variants().iter().rev().find(|e| e.matches(req, target))
     }
 
     fn weight(&self) -> u64 {
-        self.variants.iter().map(|e| e.weight()).sum()
+        self.variants().iter().map(|e| e.weight()).sum()
     }
 }
 
@@ -55,7 +85,7 @@ impl Expiry<String, Arc<Object>> for KeepFor {
         value: &Arc<Object>,
         _: StdInstant,
     ) -> Option<Duration> {
-        value.variants.iter().map(|e| e.keep_for()).max()
+        value.variants().iter().map(|e| e.keep_for()).max()
     }
 
     fn expire_after_update(
@@ -65,7 +95,7 @@ impl Expiry<String, Arc<Object>> for KeepFor {
         _: StdInstant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        value.variants.iter().map(|e| e.keep_for()).max()
+        value.variants().iter().map(|e| e.keep_for()).max()
     }
 }
 
@@ -154,7 +184,7 @@ impl Store {
     pub(crate) async fn get(&self, key: &str) -> Option<(Arc<Object>, Tier)> {
         if let Some(o) = self.objects.get(key).await {
             let broken = o
-                .variants
+                .variants()
                 .iter()
                 .any(|e| e.on_disk.as_ref().is_some_and(|d| d.is_broken()));
             if !broken {
@@ -180,7 +210,7 @@ impl Store {
                 // Too large to keep in memory: on disk only, read from there in chunks.
                 let mut variants: Vec<Arc<Entry>> = match self.objects.remove(&key).await {
                     Some(o) => o
-                        .variants
+                        .variants()
                         .iter()
                         .filter(|v| !v.same_variant(&entry))
                         .cloned()
@@ -191,7 +221,7 @@ impl Store {
                     variants.remove(0);
                 }
                 variants.push(entry);
-                disk.put(&key, &Object { variants }).await;
+                disk.put(&key, &Object::new(variants)).await;
                 return;
             }
         }
@@ -202,7 +232,7 @@ impl Store {
                 let mut variants: Vec<Arc<Entry>> = existing
                     .map(|e| {
                         e.into_value()
-                            .variants
+                            .variants()
                             .iter()
                             .filter(|v| !v.same_variant(&entry))
                             .cloned()
@@ -213,7 +243,7 @@ impl Store {
                     variants.remove(0);
                 }
                 variants.push(entry);
-                std::future::ready(Arc::new(Object { variants }))
+                std::future::ready(Arc::new(Object::new(variants)))
             })
             .await;
         if let Some(disk) = &self.disk {
@@ -290,7 +320,7 @@ impl Store {
         let keys: Vec<Arc<String>> = self
             .objects
             .iter()
-            .filter(|(_, o)| o.variants.iter().any(|e| e.tags.iter().any(|t| **t == *tag)))
+            .filter(|(_, o)| o.variants().iter().any(|e| e.tags.iter().any(|t| **t == *tag)))
             .map(|(k, _)| k)
             .collect();
         self.remove_all(keys).await
