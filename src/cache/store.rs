@@ -68,7 +68,10 @@ impl Object {
     /// §4.1).
     pub(crate) fn select(&self, req: &http::HeaderMap, target: Target<'_>) -> Option<&Arc<Entry>> {
         // Newest first: a refreshed variant is pushed last.
-        self.variants().iter().rev().find(|e| e.matches(req, target))
+        self.variants()
+            .iter()
+            .rev()
+            .find(|e| e.matches(req, target))
     }
 
     fn weight(&self) -> u64 {
@@ -320,7 +323,11 @@ impl Store {
         let keys: Vec<Arc<String>> = self
             .objects
             .iter()
-            .filter(|(_, o)| o.variants().iter().any(|e| e.tags.iter().any(|t| **t == *tag)))
+            .filter(|(_, o)| {
+                o.variants()
+                    .iter()
+                    .any(|e| e.tags.iter().any(|t| **t == *tag))
+            })
             .map(|(k, _)| k)
             .collect();
         self.remove_all(keys).await

@@ -292,7 +292,12 @@ pub(crate) async fn handle(
     });
     let version = req.version();
     let (mut resp, status) = route(&state, req, peer, framing, fault).await;
-    if let (true, Some(v)) = (peer.secure, &state.alt_svc) {
+    // Over TLS on TCP only: a client on HTTP/3 already uses it.
+    if let (true, true, Some(v)) = (
+        peer.secure,
+        version != http::Version::HTTP_3,
+        &state.alt_svc,
+    ) {
         resp.headers_mut().insert(header::ALT_SVC, v.clone());
     }
     state.metrics.protocol(version);

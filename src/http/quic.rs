@@ -13,6 +13,8 @@
 //! the idle timeout, the largest UDP payload, the request head size (QPACK field section,
 //! larger heads get 431), the handshake within `header_read_timeout`, and
 //! `edge.max_connections` connections (more are refused with CONNECTION_REFUSED and counted).
+//! On shutdown each connection sends GOAWAY and finishes what it has; new connections are
+//! refused meanwhile.
 //!
 //! 0-RTT is not offered: early data can be replayed by anyone who captured it, and a replayed
 //! POST or purge would reach the origin twice. Resumed connections still save a round trip of
@@ -126,8 +128,20 @@ pub(crate) async fn serve(
             connection(incoming, state2, limits, shutdown).await;
         });
     }
-    // New connections are refused from here on; open ones finish in their tasks.
-    endpoint.set_server_config(None);
+    // Draining: open connections finish in their tasks; new ones are refused at once
+    // (CONNECTION_REFUSED, so a client turns elsewhere without waiting for a timeout) until the
+    // last open one has closed. Not tracked: the drain does not wait on it.
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                i = endpoint.accept() => match i {
+                    Some(i) => i.refuse(),
+                    None => break,
+                },
+                () = endpoint.wait_idle() => break,
+            }
+        }
+    });
 }
 
 async fn connection(

@@ -102,6 +102,10 @@ async fn a_hit_stored_over_http1_is_served_over_http3_and_tls_responses_advertis
     assert_eq!(header(&resp, "content-length"), "6");
     assert!(!header(&resp, "date").is_empty(), "{resp:?}");
     assert!(!header(&resp, "age").is_empty(), "{resp:?}");
+    assert!(
+        header(&resp, "alt-svc").is_empty(),
+        "HTTP/3 needs no advertisement"
+    );
     assert_eq!(s.origin.count("/page"), 2, "one for http, one for https");
 
     let port = h3_addr(&s.edge).port();
@@ -383,4 +387,42 @@ async fn a_client_cannot_open_more_streams_than_allowed_and_idle_connections_clo
         matches!(closed, quinn::ConnectionError::TimedOut),
         "{closed:?}"
     );
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_http3_request_in_flight_finish_and_refuses_new_connections() {
+    let mut s = Setup::start("").await;
+    s.origin.always(
+        "/slow",
+        Reply::ok("finished").delay(Duration::from_millis(600)),
+    );
+    let client = h3(&s.edge, &s.ca, "a.test").await.unwrap();
+    let inflight = tokio::spawn(async move {
+        let r = client.get("https://a.test/slow").await;
+        client.close().await;
+        r
+    });
+    // Until the origin has the request (bounded).
+    for _ in 0..200 {
+        if s.origin.count("/slow") == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(s.origin.count("/slow"), 1);
+    let addr = h3_addr(&s.edge);
+    let node = s.edge.node.take().unwrap();
+    let done = tokio::spawn(node.shutdown());
+    // While the request finishes, a new connection is refused at once (not left to time out).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let refused = tokio::time::timeout(
+        Duration::from_secs(5),
+        H3Client::connect(addr, "a.test", s.ca.client(&[&rustls::version::TLS13])),
+    )
+    .await
+    .expect("a new connection during the drain was left to time out");
+    assert!(refused.is_err(), "a new connection during the drain");
+    let (_, body) = inflight.await.unwrap().unwrap();
+    assert_eq!(body, "finished");
+    assert!(done.await.unwrap(), "finished within the grace period");
 }
