@@ -482,7 +482,7 @@ impl Node {
             }
             if let Some(q) = &edge.quic {
                 let limits = quic::QuicLimits {
-                    handshake_timeout: edge.header_read_timeout,
+                    header_read_timeout: edge.header_read_timeout,
                     max_header_size: edge.max_header_size,
                     max_connections: edge.max_connections,
                 };

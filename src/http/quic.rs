@@ -11,7 +11,8 @@
 //! Limits: `max_concurrent_streams` requests open per connection (QUIC stream credit, so a
 //! client cannot open more), three unidirectional streams (HTTP/3's control and QPACK streams),
 //! the idle timeout, the largest UDP payload, the request head size (QPACK field section,
-//! larger heads get 431), the handshake within `header_read_timeout`, and
+//! larger heads get 431), the handshake and each request head within `header_read_timeout`,
+//! and
 //! `edge.max_connections` connections (more are refused with CONNECTION_REFUSED and counted).
 //! On shutdown each connection sends GOAWAY and finishes what it has; new connections are
 //! refused meanwhile.
@@ -49,7 +50,7 @@ type SendStream = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 /// The limits of one QUIC listener.
 #[derive(Debug, Clone)]
 pub(crate) struct QuicLimits {
-    pub(crate) handshake_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
     pub(crate) max_header_size: usize,
     pub(crate) max_connections: usize,
 }
@@ -155,7 +156,7 @@ async fn connection(
         let connecting = incoming.accept()?;
         connecting.await
     };
-    let conn = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
+    let conn = match tokio::time::timeout(limits.header_read_timeout, handshake).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             state.metrics.quic_failed.increment(1);
@@ -203,12 +204,19 @@ async fn connection(
         match next {
             Ok(Some(resolver)) => {
                 let state = state.clone();
+                let head_timeout = limits.header_read_timeout;
                 state.clone().tasks.spawn(async move {
-                    match resolver.resolve_request().await {
-                        Ok((req, stream)) => request(state, req, stream, peer).await,
-                        Err(e) => {
+                    // A request head must be whole within header_read_timeout, as over TCP: a
+                    // stream that never finishes one gives its slot back (the stream is reset).
+                    match tokio::time::timeout(head_timeout, resolver.resolve_request()).await {
+                        Ok(Ok((req, stream))) => request(state, req, stream, peer).await,
+                        Ok(Err(e)) => {
                             state.metrics.quic_stream_errors.increment(1);
                             tracing::debug!(client = %peer.addr, error = %e, "bad HTTP/3 request");
+                        }
+                        Err(_) => {
+                            state.metrics.quic_stream_errors.increment(1);
+                            tracing::debug!(client = %peer.addr, "HTTP/3 request head not complete in time");
                         }
                     }
                 });

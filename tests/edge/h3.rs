@@ -31,12 +31,18 @@ struct Setup {
 }
 
 impl Setup {
+    /// `extra` goes in `[edge.quic]`.
     async fn start(extra: &str) -> Setup {
+        Setup::start_with("", extra).await
+    }
+
+    /// `edge` goes in `[edge]`, `quic` in `[edge.quic]`.
+    async fn start_with(edge: &str, quic: &str) -> Setup {
         let (ca, dir) = (Ca::new(), tempfile::tempdir().unwrap());
         let files = write(dir.path(), "a", &ca.issue(&["a.test"]));
         let origin = Origin::start().await;
         let site = tls_site("a", "a.test", &origin, &files) + "origin_read_timeout = \"500ms\"\n";
-        let edge = Edge::start(&site, &format!("{LISTENERS}{extra}")).await;
+        let edge = Edge::start(&site, &format!("{edge}{LISTENERS}{quic}")).await;
         Setup {
             ca,
             edge,
@@ -425,4 +431,20 @@ async fn shutdown_lets_an_http3_request_in_flight_finish_and_refuses_new_connect
     let (_, body) = inflight.await.unwrap().unwrap();
     assert_eq!(body, "finished");
     assert!(done.await.unwrap(), "finished within the grace period");
+}
+
+#[tokio::test]
+async fn a_request_stream_that_never_finishes_its_head_is_let_go_in_time() {
+    let s = Setup::start_with("header_read_timeout = \"300ms\"\n", "").await;
+    let (_endpoint, conn) = quic(&s.edge, &s.ca).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    // A HEADERS frame type and the first byte of a two-byte length, and then nothing.
+    send.write_all(&[0x01, 0x40]).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1024)).await;
+    assert!(
+        ended.is_ok(),
+        "the edge kept a stream with half a head past header_read_timeout"
+    );
+    let errors = s.sample("meridian_quic_stream_errors_total", "").await;
+    assert_eq!(errors, Some(1.0));
 }
