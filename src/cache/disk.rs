@@ -870,7 +870,7 @@ fn decode(buf: &Bytes) -> Option<Vec<Decoded>> {
             2 => Some(true),
             _ => return None,
         };
-        let target_host = r.opt_string()?.map(String::into_boxed_str);
+        let target_host = r.opt_string()?.map(Arc::from);
         let mut headers = HeaderMap::new();
         for _ in 0..r.u32()? {
             let name = HeaderName::from_bytes(r.bytes()?).ok()?;

@@ -295,7 +295,7 @@ pub(crate) struct Entry {
     /// Purge tags from `Surrogate-Key`.
     pub(crate) tags: Box<[Box<str>]>,
     /// The host this variant was fetched for (see [`Target`]).
-    pub(crate) target_host: Option<Box<str>>,
+    pub(crate) target_host: Option<std::sync::Arc<str>>,
     /// The scheme this variant was fetched for (see [`Target`]).
     pub(crate) target_https: Option<bool>,
     /// Where the body lives when it is on disk only (read back from the disk tier in chunks);
