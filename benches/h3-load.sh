@@ -22,15 +22,9 @@ TTFB_COUNT=${TTFB_COUNT:-200}
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-missing=()
-command -v nginx >/dev/null || missing+=(nginx)
-command -v h2load >/dev/null || missing+=(nghttp2-client)
-command -v curl >/dev/null || missing+=(curl)
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing ${missing[*]} from Debian" >&2
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
+need nginx:nginx h2load:nghttp2-client curl:curl
 if nginx -V 2>&1 | grep -q http_v3_module; then
   echo "note: this nginx has http_v3_module; comparing it is not scripted yet" >&2
 else
@@ -41,16 +35,7 @@ cargo build --release --quiet --bin meridian --example h3load
 MERIDIAN=$ROOT/target/release/meridian
 LOAD=$ROOT/target/release/examples/h3load
 
-WORK=$(mktemp -d)
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$WORK/origin.pid" ] && kill "$(cat "$WORK/origin.pid")" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+workdir
 
 ORIGIN=19100
 EDGE=19101

@@ -18,3 +18,18 @@ bytes() {
   local n=${1%[KMG]iB}
   case $1 in *KiB) echo $((n << 10)) ;; *MiB) echo $((n << 20)) ;; *GiB) echo $((n << 30)) ;; *) echo "$1" ;; esac
 }
+
+# workdir: a scratch folder in WORK (readable by nginx's workers), removed on exit after every
+# process whose pid is in PIDS and the nginx whose pid file is $WORK/origin.pid are stopped.
+workdir() {
+  WORK=$(mktemp -d)
+  chmod 755 "$WORK"
+  PIDS=()
+  trap cleanup EXIT
+}
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$WORK/origin.pid" ] && kill "$(cat "$WORK/origin.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
