@@ -184,7 +184,6 @@ impl Growing {
         g.next_id += 1;
         g.readers.insert(id, 0);
         Some(Tail {
-            burst: 0,
             src: self.clone(),
             id,
             pos: 0,
@@ -237,16 +236,7 @@ pub(crate) struct Tail {
     end: Option<u64>,
     /// While reading what is on disk rather than in memory.
     disk: Option<Box<DiskTail>>,
-    /// Bytes yielded since this reader last waited (see [`BURST`]).
-    burst: u64,
 }
-
-/// A reader that has this much ready yields its task before taking more: a follower that
-/// joins a fill with megabytes already arrived would otherwise write them all in one turn of
-/// its task (tokio's budget allows about 128 socket writes), while the connections of later
-/// followers wait to be answered at all. With a turn each of at most this, a hundred
-/// followers joining at once all get their first bytes before any one gets its whole backlog.
-const BURST: u64 = 256 << 10;
 
 impl Tail {
     /// Narrows this reader to bytes `first..=last` (a range request).
@@ -274,11 +264,6 @@ impl Tail {
     ) -> Poll<Option<Result<Bytes, FillFailed>>> {
         if self.end.is_some_and(|e| self.pos >= e) {
             return Poll::Ready(None);
-        }
-        if self.burst >= BURST {
-            self.burst = 0;
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
         }
         if let Some(d) = &mut self.disk {
             match d.poll_next(cx) {
@@ -344,7 +329,6 @@ impl Tail {
                 .map_or(chunk.len(), |e| chunk.len().min((e - start) as usize));
             let piece = chunk.slice(from..to);
             self.pos += piece.len() as u64;
-            self.burst += piece.len() as u64;
             let pos = self.pos;
             g.readers.insert(self.id, pos);
             if g.released {
@@ -354,7 +338,6 @@ impl Tail {
         }
         match g.state {
             State::Open => {
-                self.burst = 0;
                 if !g.wakers.iter().any(|w| w.will_wake(cx.waker())) {
                     g.wakers.push(cx.waker().clone());
                 }
