@@ -33,18 +33,7 @@ MERIDIAN=$ROOT/target/release/meridian
 CACHE_BYTES=$(bytes "$CACHE")
 OBJECTS=${OBJECTS:-$((CACHE_BYTES * 4 / 102400))}
 
-WORK=$(mktemp -d)
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for f in origin cache; do
-    [ -f "$WORK/$f.pid" ] && kill "$(cat "$WORK/$f.pid")" 2>/dev/null || true
-  done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+workdir
 
 ORIGIN=18200
 EDGE=18201

@@ -35,15 +35,9 @@ service gdnsd stop >/dev/null 2>&1 || true
 cargo build --release --quiet --bin meridian
 MERIDIAN=$ROOT/target/release/meridian
 
-WORK=$(mktemp -d)
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
+workdir
 
 P_MERIDIAN=15353
 P_GDNSD=15354

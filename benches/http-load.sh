@@ -55,18 +55,9 @@ BARE=$ROOT/target/release/examples/bare_hyper
 TTFB=$ROOT/target/release/examples/ttfb
 RATE=$ROOT/target/release/examples/rate
 
-WORK=$(mktemp -d)
-chmod 755 "$WORK"   # varnishd reads its VCL after dropping privileges
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$WORK/origin.pid" ] && kill "$(cat "$WORK/origin.pid")" 2>/dev/null || true
-  [ -f "$WORK/cache.pid" ] && kill "$(cat "$WORK/cache.pid")" 2>/dev/null || true
-  pkill -f "varnishd.*$WORK" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
+workdir
 
 ORIGIN=18000      # nginx serving static files
 SLOW=18010        # python origin answering after 500 ms

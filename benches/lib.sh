@@ -19,8 +19,9 @@ bytes() {
   case $1 in *KiB) echo $((n << 10)) ;; *MiB) echo $((n << 20)) ;; *GiB) echo $((n << 30)) ;; *) echo "$1" ;; esac
 }
 
-# workdir: a scratch folder in WORK (readable by nginx's workers), removed on exit after every
-# process whose pid is in PIDS and the nginx whose pid file is $WORK/origin.pid are stopped.
+# workdir: a scratch folder in WORK (readable by nginx's and varnishd's workers), removed on
+# exit after every process whose pid is in PIDS or in a WORK/*.pid file (the nginx instances),
+# and any varnishd working below WORK, are stopped.
 workdir() {
   WORK=$(mktemp -d)
   chmod 755 "$WORK"
@@ -28,8 +29,12 @@ workdir() {
   trap cleanup EXIT
 }
 cleanup() {
+  local p f
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$WORK/origin.pid" ] && kill "$(cat "$WORK/origin.pid")" 2>/dev/null || true
+  for f in "$WORK"/*.pid; do
+    [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
+  done
+  pkill -f "varnishd.*$WORK" 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$WORK"
 }
