@@ -25,16 +25,7 @@ need nginx:nginx wrk:wrk curl:curl
 cargo build --release --quiet --bin meridian
 MERIDIAN=$ROOT/target/release/meridian
 
-WORK=$(mktemp -d)
-chmod 755 "$WORK"   # the origin's workers read files below it
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$WORK/origin.pid" ] && kill "$(cat "$WORK/origin.pid")" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+workdir
 
 ORIGIN=18100
 EDGE=18101
