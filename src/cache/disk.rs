@@ -989,34 +989,6 @@ pub(crate) fn check_decode(data: &[u8]) {
 mod tests {
     use super::*;
 
-    /// An entry of `len` body bytes, fresh for a minute.
-    fn entry_of(len: usize) -> Entry {
-        let mut headers = HeaderMap::new();
-        headers.insert("content-type", HeaderValue::from_static("text/plain"));
-        Entry {
-            status: StatusCode::OK,
-            headers: super::super::entry::Fields::new(&headers),
-            body: Bytes::from(vec![b'x'; len]),
-            fresh: Freshness {
-                lifetime: Duration::from_secs(60),
-                initial_age: Duration::ZERO,
-                stale_while_revalidate: Duration::ZERO,
-                stale_if_error: Duration::ZERO,
-                revalidate_strict: false,
-                no_stale: false,
-                no_cache: false,
-            }
-            .into(),
-            stored_at: Instant::now(),
-            vary: Box::new([]),
-            vary_values: Box::new([]),
-            tags: Box::new([]),
-            target_host: None,
-            target_https: None,
-            on_disk: None,
-        }
-    }
-
     /// A burst of objects stored at once all reach the disk: heads are paced, not dropped.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_burst_of_stored_objects_all_reaches_the_disk() {
@@ -1027,7 +999,10 @@ mod tests {
         };
         let disk = Arc::new(Disk::open("disk-burst-test", &cfg).await.unwrap());
         const N: usize = 200;
-        let object = Arc::new(Object::new(vec![Arc::new(entry_of(CHUNK - 4096))]));
+        let object = Arc::new(Object::new(vec![Arc::new(Entry::for_test(
+            Bytes::from(vec![b'x'; CHUNK - 4096]),
+            Duration::from_secs(60),
+        ))]));
         let mut puts = tokio::task::JoinSet::new();
         for i in 0..N {
             let (disk, object) = (disk.clone(), object.clone());

@@ -346,6 +346,34 @@ pub(crate) fn vary_names(resp: &HeaderMap, key_headers: &[String]) -> Vec<Header
 }
 
 impl Entry {
+    /// For tests: a 200 with `body`, no fields, fresh for `lifetime` from now, no variant
+    /// selectors, tags or target.
+    #[cfg(test)]
+    pub(crate) fn for_test(body: Bytes, lifetime: Duration) -> Entry {
+        Entry {
+            status: StatusCode::OK,
+            headers: Fields::default(),
+            body,
+            fresh: Freshness {
+                lifetime,
+                initial_age: Duration::ZERO,
+                stale_while_revalidate: Duration::ZERO,
+                stale_if_error: Duration::ZERO,
+                revalidate_strict: false,
+                no_stale: false,
+                no_cache: false,
+            }
+            .into(),
+            stored_at: Instant::now(),
+            vary: Box::new([]),
+            vary_values: Box::new([]),
+            tags: Box::new([]),
+            target_host: None,
+            target_https: None,
+            on_disk: None,
+        }
+    }
+
     /// The freshness this entry was stored with.
     pub(crate) fn freshness(&self) -> Freshness {
         self.fresh.get()

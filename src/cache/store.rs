@@ -365,31 +365,14 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::policy::Freshness;
 
     fn entry(lifetime: u64) -> Arc<Entry> {
-        Arc::new(Entry {
-            status: http::StatusCode::OK,
-            headers: crate::cache::entry::Fields::default(),
-            body: bytes::Bytes::from_static(b"x"),
-            fresh: Freshness {
-                lifetime: Duration::from_secs(lifetime),
-                initial_age: Duration::ZERO,
-                stale_while_revalidate: Duration::ZERO,
-                stale_if_error: Duration::ZERO,
-                revalidate_strict: false,
-                no_stale: false,
-                no_cache: false,
-            }
-            .into(),
-            stored_at: tokio::time::Instant::now(),
-            vary: Box::new([]),
-            vary_values: Box::new([]),
-            tags: Box::new(["t".into()]),
-            target_host: None,
-            target_https: None,
-            on_disk: None,
-        })
+        let mut e = Entry::for_test(
+            bytes::Bytes::from_static(b"x"),
+            Duration::from_secs(lifetime),
+        );
+        e.tags = Box::new(["t".into()]);
+        Arc::new(e)
     }
 
     #[tokio::test]
