@@ -379,11 +379,11 @@ async fn a_client_cannot_open_more_streams_than_allowed_and_idle_connections_clo
     let _a = conn.open_bi().await.unwrap();
     let _b = conn.open_bi().await.unwrap();
     let third = tokio::time::timeout(Duration::from_millis(300), conn.open_bi()).await;
-    assert!(
-        third.is_err(),
-        "a third stream opened past the limit of 2: {:?}",
-        third.map(|r| r.map(|(send, _)| send.id()))
-    );
+    // Not opened: still waiting for credit (or, on a machine slow enough to reach the idle
+    // timeout meanwhile, the connection gone).
+    if let Ok(Ok((send, _))) = third {
+        panic!("a third stream ({}) opened past the limit of 2", send.id());
+    }
 
     // Silence past the idle timeout closes the connection (the client's own default is 30 s).
     let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed())
@@ -400,7 +400,7 @@ async fn shutdown_lets_an_http3_request_in_flight_finish_and_refuses_new_connect
     let mut s = Setup::start("").await;
     s.origin.always(
         "/slow",
-        Reply::ok("finished").delay(Duration::from_millis(600)),
+        Reply::ok("finished").delay(Duration::from_millis(1500)),
     );
     let client = h3(&s.edge, &s.ca, "a.test").await.unwrap();
     let inflight = tokio::spawn(async move {
@@ -420,7 +420,14 @@ async fn shutdown_lets_an_http3_request_in_flight_finish_and_refuses_new_connect
     let node = s.edge.node.take().unwrap();
     let done = tokio::spawn(node.shutdown());
     // While the request finishes, a new connection is refused at once (not left to time out).
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The drain has begun once the TCP listener refuses (bounded wait).
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(s.edge.addr).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
     let refused = tokio::time::timeout(
         Duration::from_secs(5),
         H3Client::connect(addr, "a.test", s.ca.client(&[&rustls::version::TLS13])),
@@ -435,7 +442,7 @@ async fn shutdown_lets_an_http3_request_in_flight_finish_and_refuses_new_connect
 
 #[tokio::test]
 async fn a_request_stream_that_never_finishes_its_head_is_let_go_in_time() {
-    let s = Setup::start_with("header_read_timeout = \"300ms\"\n", "").await;
+    let s = Setup::start_with("header_read_timeout = \"1s\"\n", "").await;
     let (_endpoint, conn) = quic(&s.edge, &s.ca).await;
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     // A HEADERS frame type and the first byte of a two-byte length, and then nothing.
