@@ -261,6 +261,16 @@ impl From<Freshness> for StoredFreshness {
 }
 
 impl StoredFreshness {
+    /// The freshness lifetime alone (the hit path's `ttl`).
+    fn lifetime(&self) -> Duration {
+        Duration::from_millis(self.ms[0])
+    }
+
+    /// The corrected initial age alone (the hit path's `age`).
+    fn initial_age(&self) -> Duration {
+        Duration::from_millis(self.ms[1])
+    }
+
     pub(crate) fn get(&self) -> Freshness {
         let d = Duration::from_millis;
         Freshness {
@@ -381,14 +391,14 @@ impl Entry {
 
     /// Current age (RFC 9111 §4.2.3): corrected initial age plus resident time.
     pub(crate) fn age(&self, now: Instant) -> Duration {
-        self.freshness().initial_age + now.saturating_duration_since(self.stored_at)
+        self.fresh.initial_age() + now.saturating_duration_since(self.stored_at)
     }
 
     /// Remaining freshness in whole seconds; negative once stale (RFC 9211 `ttl`).
     /// Rounded away from zero, so that a just-stored `max-age=60` reads 60 and a response half a
     /// second past its lifetime reads -1, never 0.
     pub(crate) fn ttl(&self, age: Duration) -> i64 {
-        let lifetime = self.freshness().lifetime;
+        let lifetime = self.fresh.lifetime();
         if age < lifetime {
             (lifetime - age).as_secs_f64().ceil() as i64
         } else {
