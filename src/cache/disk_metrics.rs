@@ -1,6 +1,6 @@
 //! The part of foyer's own metrics the edge exports: the writes foyer drops without telling its
 //! caller. foyer reports through a `mixtrics` registry; this one hands out a counter of ours
-//! for the two drop points and a no-op for everything else (its histograms and per-operation
+//! for the two drop points and mixtrics' no-op for everything else (its histograms and per-operation
 //! counters duplicate what `disk.rs` counts itself).
 //!
 //! - `channel_overflow`: an entry arrived while more than the submit queue's threshold was
@@ -14,9 +14,10 @@ use std::borrow::Cow;
 
 use metrics::Counter;
 use mixtrics::metrics::{
-    BoxedCounter, BoxedCounterVec, BoxedGauge, BoxedGaugeVec, BoxedHistogram, BoxedHistogramVec,
-    CounterOps, CounterVecOps, GaugeOps, GaugeVecOps, HistogramOps, HistogramVecOps, RegistryOps,
+    BoxedCounter, BoxedCounterVec, BoxedGaugeVec, BoxedHistogramVec, CounterOps, CounterVecOps,
+    RegistryOps,
 };
+use mixtrics::registry::noop::NoopMetricsRegistry;
 
 /// The registry given to foyer's builder.
 #[derive(Debug, Clone)]
@@ -55,44 +56,8 @@ impl CounterVecOps for InnerOps {
         match labels.get(1).map(|l| l.as_ref()) {
             Some("channel_overflow") => Box::new(Ours(self.0.queue_full.clone())),
             Some("buffer_overflow") => Box::new(Ours(self.0.buffer_full.clone())),
-            _ => Box::new(Noop),
+            _ => Box::new(NoopMetricsRegistry),
         }
-    }
-}
-
-/// Everything else foyer reports.
-#[derive(Debug)]
-struct Noop;
-
-impl CounterOps for Noop {
-    fn increase(&self, _: u64) {}
-}
-
-impl CounterVecOps for Noop {
-    fn counter(&self, _: &[Cow<'static, str>]) -> BoxedCounter {
-        Box::new(Noop)
-    }
-}
-
-impl GaugeOps for Noop {
-    fn increase(&self, _: u64) {}
-    fn decrease(&self, _: u64) {}
-    fn absolute(&self, _: u64) {}
-}
-
-impl GaugeVecOps for Noop {
-    fn gauge(&self, _: &[Cow<'static, str>]) -> BoxedGauge {
-        Box::new(Noop)
-    }
-}
-
-impl HistogramOps for Noop {
-    fn record(&self, _: f64) {}
-}
-
-impl HistogramVecOps for Noop {
-    fn histogram(&self, _: &[Cow<'static, str>]) -> BoxedHistogram {
-        Box::new(Noop)
     }
 }
 
@@ -106,7 +71,7 @@ impl RegistryOps for DropRegistry {
         if name == "foyer_storage_inner_op_total" {
             Box::new(InnerOps(self.clone()))
         } else {
-            Box::new(Noop)
+            Box::new(NoopMetricsRegistry)
         }
     }
 
@@ -116,7 +81,7 @@ impl RegistryOps for DropRegistry {
         _: Cow<'static, str>,
         _: &'static [&'static str],
     ) -> BoxedGaugeVec {
-        Box::new(Noop)
+        Box::new(NoopMetricsRegistry)
     }
 
     fn register_histogram_vec(
@@ -125,7 +90,7 @@ impl RegistryOps for DropRegistry {
         _: Cow<'static, str>,
         _: &'static [&'static str],
     ) -> BoxedHistogramVec {
-        Box::new(Noop)
+        Box::new(NoopMetricsRegistry)
     }
 
     fn register_histogram_vec_with_buckets(
@@ -135,6 +100,6 @@ impl RegistryOps for DropRegistry {
         _: &'static [&'static str],
         _: Vec<f64>,
     ) -> BoxedHistogramVec {
-        Box::new(Noop)
+        Box::new(NoopMetricsRegistry)
     }
 }
