@@ -324,7 +324,9 @@ fn finish_head(headers: &mut HeaderMap, body: &Body, bodiless: bool) {
 /// The request body of an HTTP/3 stream, read as the handler asks for it.
 pub(crate) struct RecvBody {
     stream: RecvStream,
-    /// The request's `Content-Length`, if it gave one.
+    /// What is left of the request's `Content-Length`, if it gave one. A body that runs past
+    /// it or ends short of it is malformed (RFC 9114 §4.1.2) and fails: forwarded, an origin
+    /// would read the excess on a pooled connection as the next request.
     length: Option<u64>,
     phase: Phase,
 }
@@ -368,11 +370,23 @@ impl RecvBody {
                     Ok(Some(mut buf)) => {
                         let data = buf.copy_to_bytes(buf.remaining());
                         if let Some(n) = &mut self.length {
-                            *n = n.saturating_sub(data.len() as u64);
+                            let Some(left) = n.checked_sub(data.len() as u64) else {
+                                self.phase = Phase::Done;
+                                return Poll::Ready(Some(Err(
+                                    "the request body is longer than its Content-Length".into(),
+                                )));
+                            };
+                            *n = left;
                         }
                         if !data.is_empty() {
                             return Poll::Ready(Some(Ok(Frame::data(data))));
                         }
+                    }
+                    Ok(None) if self.length.is_some_and(|n| n > 0) => {
+                        self.phase = Phase::Done;
+                        return Poll::Ready(Some(Err(
+                            "the request body ended short of its Content-Length".into(),
+                        )));
                     }
                     Ok(None) => self.phase = Phase::Trailers,
                     Err(e) => {

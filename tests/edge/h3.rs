@@ -455,3 +455,32 @@ async fn a_request_stream_that_never_finishes_its_head_is_let_go_in_time() {
     let errors = s.sample("meridian_quic_stream_errors_total", "").await;
     assert_eq!(errors, Some(1.0));
 }
+
+#[tokio::test]
+async fn an_http3_body_that_disagrees_with_its_content_length_never_reaches_the_origin_whole() {
+    // RFC 9114 §4.1.2: such a request is malformed. An origin must not get a body other than
+    // the one the length declared (on a pooled HTTP/1.1 connection the rest would be read as
+    // the next request).
+    let s = Setup::start("").await;
+    s.origin.always("/post", Reply::ok("taken"));
+    let client = h3(&s.edge, &s.ca, "a.test").await.unwrap();
+    for (declared, sent) in [("3", "hello over quic"), ("40", "hello over quic")] {
+        let req = Request::post("https://a.test/post")
+            .header("content-length", declared)
+            .body(Bytes::from_static(sent.as_bytes()))
+            .unwrap();
+        let got = client.send(req).await;
+        let status = got.as_ref().map(|(r, _)| r.status().as_u16());
+        assert!(
+            !matches!(status, Ok(200..=299)),
+            "declared {declared}, sent {}: {status:?}",
+            sent.len()
+        );
+    }
+    assert!(
+        s.origin.seen().iter().all(|r| r.path != "/post"),
+        "{:?}",
+        s.origin.seen()
+    );
+    client.close().await;
+}
