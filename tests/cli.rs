@@ -19,6 +19,28 @@ fn spawn_run(node: &std::path::Path) -> std::process::Child {
         .unwrap()
 }
 
+/// Stops a child process when dropped, so a test that fails does not leave it holding ports
+/// that the next run needs.
+struct Kill(u32);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.to_string()).status();
+    }
+}
+
+/// The same, only when the test is failing (a passing test stops its child itself, and after it
+/// has been waited for its pid may belong to another process).
+struct KillOnPanic(u32);
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("kill").arg(self.0.to_string()).status();
+        }
+    }
+}
+
 fn meridian() -> Command {
     Command::new(env!("CARGO_BIN_EXE_meridian"))
 }
@@ -581,12 +603,6 @@ fn text_logs_have_no_colour_codes_or_per_query_lines_when_not_on_a_terminal() {
         .spawn()
         .unwrap();
     let mut stderr = child.stderr.take().unwrap();
-    struct Kill(u32);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = Command::new("kill").arg(self.0.to_string()).status();
-        }
-    }
     let _kill = Kill(child.id());
     let mut first = Vec::new();
     let mut byte = [0u8; 1];
@@ -698,6 +714,7 @@ async fn the_demo_moves_every_port_by_the_offset_and_names_a_busy_one() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let _stop = KillOnPanic(child.id());
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
     let lines: Vec<String> = tokio::task::block_in_place(|| {
         stdout
@@ -1025,6 +1042,7 @@ async fn the_local_cluster_makes_one_origin_fetch_for_300_requests_over_its_thre
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let _stop = KillOnPanic(child.id());
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
     tokio::task::block_in_place(|| {
         stdout
