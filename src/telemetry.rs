@@ -216,6 +216,11 @@ fn describe() {
         "Bytes of disk the disk tier takes"
     );
     describe_gauge!(
+        "meridian_cache_disk_used_bytes",
+        Unit::Bytes,
+        "Bytes of the disk tier in blocks that hold entries (whole 4 MiB blocks, including entries written before a restart)"
+    );
+    describe_gauge!(
         "meridian_cache_disk_recovery_seconds",
         Unit::Seconds,
         "Time the disk tier took to open and recover its index at start"

@@ -292,6 +292,36 @@ async fn what_the_edge_had_is_served_from_disk_after_a_clean_stop_and_after_kill
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_disk_tier_reports_the_bytes_it_holds_also_after_a_restart() {
+    let o = scripted_origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), o.addr);
+    const BLOCK: f64 = (4 << 20) as f64;
+
+    let edge = EdgeProcess::start(dir.path());
+    assert_eq!(edge.metric("meridian_cache_disk_used_bytes").await, 0.0);
+    assert_eq!(edge.get("/big").await.status, 200);
+    assert!(edge.get_after_fill("/big").await.is_hit());
+    settle().await;
+    let used = edge.metric("meridian_cache_disk_used_bytes").await;
+    assert!(
+        (BLOCK..=64.0 * 1048576.0).contains(&used),
+        "3 MiB stored: at least one 4 MiB block in use, at most the tier: {used}"
+    );
+    edge.stop();
+
+    // The level is read back from the disk at start, before any request.
+    let edge = EdgeProcess::start(dir.path());
+    let after = edge.metric("meridian_cache_disk_used_bytes").await;
+    assert!(
+        after >= BLOCK && after <= used,
+        "after a restart the blocks holding /big still count: {after} (before: {used})"
+    );
+    assert!(edge.get("/big").await.is_hit());
+    edge.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn purges_and_invalidations_hold_for_entries_on_disk_across_restarts() {
     let o = Origin::start().await;
     for p in ["/p/1", "/p/2", "/keep", "/u", "/inv"] {

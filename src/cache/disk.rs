@@ -435,7 +435,9 @@ impl Disk {
             .with_submit_queue_size_threshold(QUEUE);
         let cache: HybridCache<String, Vec<u8>> = HybridCacheBuilder::new()
             .with_name("meridian")
-            .with_metrics_registry(Box::new(super::disk_metrics::DropRegistry::new(node)))
+            .with_metrics_registry(Box::new(super::disk_metrics::FoyerRegistry::new(
+                node, BLOCK,
+            )))
             .memory(CHUNK * 2)
             .storage()
             .with_io_engine_config(PsyncIoEngineConfig::new())

@@ -1,7 +1,7 @@
 //! The part of foyer's own metrics the edge exports: the writes foyer drops without telling its
-//! caller. foyer reports through a `mixtrics` registry; this one hands out a counter of ours
-//! for the two drop points and mixtrics' no-op for everything else (its histograms and per-operation
-//! counters duplicate what `disk.rs` counts itself).
+//! caller, and how much of the disk holds entries. foyer reports through a `mixtrics` registry;
+//! this one hands out metrics of ours for those and mixtrics' no-op for everything else (its
+//! histograms and per-operation counters duplicate what `disk.rs` counts itself).
 //!
 //! - `channel_overflow`: an entry arrived while more than the submit queue's threshold was
 //!   waiting to be written (`QUEUE` in `disk.rs`): not queued at all.
@@ -9,31 +9,103 @@
 //!
 //! Either way the entry is simply absent on disk (a later read is a miss), so the count is the
 //! only sign of it: `meridian_cache_disk_write_drops_total{reason="queue_full"|"buffer_full"}`.
+//!
+//! foyer's block gauges (blocks clean, being written, evictable, being reclaimed) are set whole
+//! by its recovery at start and moved by one as blocks change state, so the blocks that are not
+//! clean, times the block size, are the bytes of the disk that hold entries, also those written
+//! before a restart: `meridian_cache_disk_used_bytes`. A block counts whole as soon as its
+//! first entry is written, and until it is reclaimed even when its entries were overwritten or
+//! purged. (foyer keeps no count of entries a caller can read, so objects on disk are not
+//! exported.)
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
-use metrics::Counter;
+use metrics::{Counter, Gauge};
 use mixtrics::metrics::{
-    BoxedCounter, BoxedCounterVec, BoxedGaugeVec, BoxedHistogramVec, CounterOps, CounterVecOps,
-    RegistryOps,
+    BoxedCounter, BoxedCounterVec, BoxedGauge, BoxedGaugeVec, BoxedHistogramVec, CounterOps,
+    CounterVecOps, GaugeOps, GaugeVecOps, RegistryOps,
 };
 use mixtrics::registry::noop::NoopMetricsRegistry;
 
 /// The registry given to foyer's builder.
 #[derive(Debug, Clone)]
-pub(crate) struct DropRegistry {
+pub(crate) struct FoyerRegistry {
     queue_full: Counter,
     buffer_full: Counter,
+    blocks: Arc<Blocks>,
 }
 
-impl DropRegistry {
-    pub(crate) fn new(node: &str) -> DropRegistry {
+impl FoyerRegistry {
+    /// `block`: the block size the engine is built with.
+    pub(crate) fn new(node: &str, block: usize) -> FoyerRegistry {
         crate::telemetry::prometheus();
         let c = |reason: &'static str| metrics::counter!("meridian_cache_disk_write_drops_total", "node" => node.to_string(), "reason" => reason);
-        DropRegistry {
+        FoyerRegistry {
             queue_full: c("queue_full"),
             buffer_full: c("buffer_full"),
+            blocks: Arc::new(Blocks {
+                held: Default::default(),
+                block: i64::try_from(block).unwrap_or(i64::MAX),
+                used: metrics::gauge!("meridian_cache_disk_used_bytes", "node" => node.to_string()),
+            }),
         }
+    }
+}
+
+/// The blocks that hold entries, by foyer's state: being written, evictable, being reclaimed.
+#[derive(Debug)]
+struct Blocks {
+    held: [AtomicI64; 3],
+    block: i64,
+    used: Gauge,
+}
+
+impl Blocks {
+    fn publish(&self) {
+        let held: i64 = self.held.iter().map(|n| n.load(Ordering::Relaxed)).sum();
+        self.used.set(held.max(0).saturating_mul(self.block) as f64);
+    }
+}
+
+/// One of foyer's block states behind our used-bytes gauge.
+#[derive(Debug)]
+struct BlockState(Arc<Blocks>, usize);
+
+impl GaugeOps for BlockState {
+    fn increase(&self, val: u64) {
+        let val = i64::try_from(val).unwrap_or(i64::MAX);
+        self.0.held[self.1].fetch_add(val, Ordering::Relaxed);
+        self.0.publish();
+    }
+
+    fn decrease(&self, val: u64) {
+        let val = i64::try_from(val).unwrap_or(i64::MAX);
+        self.0.held[self.1].fetch_sub(val, Ordering::Relaxed);
+        self.0.publish();
+    }
+
+    fn absolute(&self, val: u64) {
+        let val = i64::try_from(val).unwrap_or(i64::MAX);
+        self.0.held[self.1].store(val, Ordering::Relaxed);
+        self.0.publish();
+    }
+}
+
+/// foyer's `foyer_storage_block_engine_block{name, type}`.
+#[derive(Debug)]
+struct BlockGauges(Arc<Blocks>);
+
+impl GaugeVecOps for BlockGauges {
+    fn gauge(&self, labels: &[Cow<'static, str>]) -> BoxedGauge {
+        let state = match labels.get(1).map(|l| l.as_ref()) {
+            Some("writing") => 0,
+            Some("evictable") => 1,
+            Some("reclaiming") => 2,
+            _ => return Box::new(NoopMetricsRegistry),
+        };
+        Box::new(BlockState(self.0.clone(), state))
     }
 }
 
@@ -49,7 +121,7 @@ impl CounterOps for Ours {
 
 /// foyer's `foyer_storage_inner_op_total{name, op}`: two of its ops are drops.
 #[derive(Debug)]
-struct InnerOps(DropRegistry);
+struct InnerOps(FoyerRegistry);
 
 impl CounterVecOps for InnerOps {
     fn counter(&self, labels: &[Cow<'static, str>]) -> BoxedCounter {
@@ -61,7 +133,7 @@ impl CounterVecOps for InnerOps {
     }
 }
 
-impl RegistryOps for DropRegistry {
+impl RegistryOps for FoyerRegistry {
     fn register_counter_vec(
         &self,
         name: Cow<'static, str>,
@@ -77,11 +149,15 @@ impl RegistryOps for DropRegistry {
 
     fn register_gauge_vec(
         &self,
-        _: Cow<'static, str>,
+        name: Cow<'static, str>,
         _: Cow<'static, str>,
         _: &'static [&'static str],
     ) -> BoxedGaugeVec {
-        Box::new(NoopMetricsRegistry)
+        if name == "foyer_storage_block_engine_block" {
+            Box::new(BlockGauges(self.blocks.clone()))
+        } else {
+            Box::new(NoopMetricsRegistry)
+        }
     }
 
     fn register_histogram_vec(
