@@ -9,9 +9,11 @@
 # marks `private`, and POSTs) against nginx `proxy_pass` with keep-alive upstreams and Varnish,
 # with meridian's RSS sampled over a PASS_SECS run of them; then tail latency: the p99 of hits
 # and of misses at a fixed rate, half the lower of meridian's and nginx's peak rate, with an
-# open-loop client (examples/rate.rs: latency from each request's due time). Two reference rows: a bare hyper server
-# returning a fixed body (the ceiling for any hit path on hyper), and the slow origin asked
-# directly by the same burst client (what the client and origin alone cost).
+# open-loop client (examples/rate.rs: latency from each request's due time). Three reference rows: a bare hyper server
+# returning a fixed body (the ceiling for any hit path on hyper), a bare hyper proxy with
+# hyper-util's pooled client and no cache logic (examples/bare_proxy.rs: the ceiling for
+# pass-through on the client the edge uses), and the slow origin asked directly by the same
+# burst client (what the client and origin alone cost).
 #
 #   benches/http-load.sh [ROUNDS] [DURATION]      defaults: 5 rounds of 8s per server and size
 #   CONNS=64 THREADS=2 benches/http-load.sh        wrk connections and threads
@@ -49,9 +51,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # The Debian packages start their own daemons on port 80 / 6081; ours use 18xxx.
 
-cargo build --release --quiet --bin meridian --example bare_hyper --example ttfb --example rate
+cargo build --release --quiet --bin meridian --example bare_hyper --example bare_proxy --example ttfb --example rate
 MERIDIAN=$ROOT/target/release/meridian
 BARE=$ROOT/target/release/examples/bare_hyper
+BARE_PROXY=$ROOT/target/release/examples/bare_proxy
 TTFB=$ROOT/target/release/examples/ttfb
 RATE=$ROOT/target/release/examples/rate
 
@@ -65,6 +68,7 @@ P_MERIDIAN=18001
 P_NGINX=18002
 P_VARNISH=18003
 P_BARE=18004      # bare hyper with a fixed body: the ceiling for any hit path built on hyper
+P_BARE_PROXY=18007  # bare hyper proxy (hyper-util's pooled client, no cache logic): the pass-through ceiling
 P_MERIDIAN_TLS=18005
 P_NGINX_TLS=18006
 
@@ -128,6 +132,7 @@ default_site = "bench"
 EOF
 "$MERIDIAN" run -c "$WORK/meridian.toml" 2>"$WORK/logs/meridian.log" & PIDS+=($!); MERIDIAN_PID=$!
 "$BARE" 127.0.0.1:$P_BARE 1024 & PIDS+=($!)
+"$BARE_PROXY" 127.0.0.1:$P_BARE_PROXY 127.0.0.1:$ORIGIN pooled & PIDS+=($!)
 
 # --- nginx proxy_cache (2 workers, like the 2 cores) --------------------------------------------
 cat > "$WORK/cache.conf" <<EOF
@@ -192,7 +197,7 @@ wait_port() {
   done
   echo "port $1 did not come up" >&2; return 1
 }
-for p in $ORIGIN $P_MERIDIAN $P_NGINX $P_VARNISH $P_BARE; do wait_port $p; done
+for p in $ORIGIN $P_MERIDIAN $P_NGINX $P_VARNISH $P_BARE $P_BARE_PROXY; do wait_port $p; done
 
 # --- warm every cache and check the second answer is a hit --------------------------------------
 for p in $P_MERIDIAN $P_NGINX $P_VARNISH; do
@@ -302,7 +307,7 @@ rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 for round in $(seq 1 "$ROUNDS"); do
   want pass || break
   for kind in private post; do
-    for entry in meridian:$P_MERIDIAN nginx:$P_NGINX varnish:$P_VARNISH; do
+    for entry in meridian:$P_MERIDIAN nginx:$P_NGINX varnish:$P_VARNISH bare-proxy:$P_BARE_PROXY; do
       name=${entry%%:*}; port=${entry##*:}
       if [ "$kind" = post ]; then
         wrk_stats "$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$WORK/post.lua" -H 'Host: bench.test' "http://127.0.0.1:$port/post")"
@@ -451,14 +456,16 @@ if pa:
     print("| request | server | req/s | p99 ms |")
     print("|---|---|---:|---:|")
     for kind, label in (("private", "GET, origin says private"), ("post", "POST")):
-        for name in ("meridian", "nginx", "varnish"):
+        for name in ("meridian", "nginx", "varnish", "bare-proxy"):
             r = pa.get((kind, name), [])
             if r:
                 print(f"| {label} | {name} | {statistics.median(x[0] for x in r):,.0f} | {statistics.median(x[1] for x in r):.2f} |")
         m = statistics.median(x[0] for x in pa.get((kind, "meridian"), [(0, 0)]))
         n = statistics.median(x[0] for x in pa.get((kind, "nginx"), [(0, 0)]))
+        b = statistics.median(x[0] for x in pa.get((kind, "bare-proxy"), [(0, 0)]))
         if n:
             print(f"| {label} | meridian / nginx | {m / n:.2f}× | |")
+            print(f"| {label} | bare-proxy / nginx | {b / n:.2f}× | |")
 if pass_rss:
     kib = [int(x) for x in pass_rss.split()]
     print(f"\nmeridian RSS over {pass_secs} s of pass-through (KiB, every tenth): {' '.join(map(str, kib))} (first {kib[0] / 1024:.1f} MiB, last {kib[-1] / 1024:.1f} MiB)")
