@@ -1057,10 +1057,15 @@ async fn the_local_cluster_makes_one_origin_fetch_for_300_requests_over_its_thre
         .map(|ip| format!("{ip}:20080").parse().unwrap())
         .collect();
     let admin: std::net::SocketAddr = "127.0.0.11:21090".parse().unwrap();
-    // Until each edge hears the three with their peer addresses.
-    meridian::bench::wait_for_peers(admin, 3, Duration::from_secs(15))
-        .await
-        .unwrap();
+    // Until each edge hears the three with their peer addresses: an edge that has not heard of
+    // the key's owner yet fetches from the origin itself (this test once saw 2 fetches when
+    // only edge-a's view was awaited).
+    for ip in ["127.0.0.11", "127.0.0.12", "127.0.0.13"] {
+        let each: std::net::SocketAddr = format!("{ip}:21090").parse().unwrap();
+        meridian::bench::wait_for_peers(each, 3, Duration::from_secs(15))
+            .await
+            .unwrap();
+    }
     let fetches = || async move {
         let text = get(admin, "admin", "/metrics", &[]).await.text();
         text.lines()
