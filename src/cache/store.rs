@@ -200,6 +200,12 @@ impl Store {
         if self.disk_held.load(std::sync::atomic::Ordering::Relaxed) {
             return None;
         }
+        // Boxed: the disk read's state machine is large, and this future is part of every
+        // request's (hits from memory included), which hyper moves and h2 spawns per request.
+        Box::pin(self.read_disk(key)).await
+    }
+
+    async fn read_disk(&self, key: &str) -> Option<(Arc<Object>, Tier)> {
         let object = Arc::new(self.disk.as_ref()?.get(key).await?);
         self.objects.insert(key.to_string(), object.clone()).await;
         Some((object, Tier::Disk))

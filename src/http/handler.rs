@@ -421,7 +421,9 @@ async fn route(
         if let (Some(peers), Some(mark)) = (state.peers.get(), req.headers().get(PEER)) {
             let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
             if peers.verify(mark, req.method(), &host, target) == Some(Hop::Purge) {
-                return pushed_purge(state, peers, req).await;
+                // Boxed, as the other rare paths: it reads a body, and its state machine
+                // would otherwise be part of every request's future.
+                return Box::pin(pushed_purge(state, peers, req)).await;
             }
         }
     }
