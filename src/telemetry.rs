@@ -204,7 +204,7 @@ fn describe() {
     );
     describe_counter!(
         "meridian_cache_disk_write_drops_total",
-        "Disk writes foyer dropped, by reason (queue_full: more than the queue's threshold waiting; buffer_full: the flusher's buffer full); the entry stays in memory only"
+        "Disk writes dropped, by reason (queue_full: more than foyer's queue threshold waiting; buffer_full: its flusher's buffer full; disk_stalled: no flush completed for 5 s); the entry stays in memory only"
     );
     describe_counter!(
         "meridian_cache_disk_purged_total",

@@ -22,6 +22,7 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -66,6 +67,8 @@ struct DiskMetrics {
     write_errors: Counter,
     dropped: Counter,
     banned: Counter,
+    /// Writes given up because the disk made no progress (see [`STALL`]).
+    behind: Counter,
     capacity: Gauge,
 }
 
@@ -83,6 +86,7 @@ impl DiskMetrics {
             write_errors: metrics::counter!("meridian_cache_disk_errors_total", "node" => node.to_string(), "op" => "write"),
             dropped: metrics::counter!("meridian_cache_disk_dropped_total", vec![n()]),
             banned: metrics::counter!("meridian_cache_disk_purged_total", vec![n()]),
+            behind: metrics::counter!("meridian_cache_disk_write_drops_total", "node" => node.to_string(), "reason" => "disk_stalled"),
             capacity: metrics::gauge!("meridian_cache_disk_capacity_bytes", vec![n()]),
         }
     }
@@ -243,7 +247,7 @@ impl DiskBody {
 
     /// Whether a chunk was found missing or corrupted since this entry was read.
     pub(crate) fn is_broken(&self) -> bool {
-        self.broken.load(std::sync::atomic::Ordering::Relaxed)
+        self.broken.load(Ordering::Relaxed)
     }
 
     fn chunk_len(&self, i: usize) -> usize {
@@ -332,9 +336,7 @@ impl DiskTail {
         self.pending = None;
         let Some(chunk) = loaded else {
             // Never a body with a hole: the response is aborted, and the entry goes.
-            self.body
-                .broken
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            self.body.broken.store(true, Ordering::Relaxed);
             return Poll::Ready(Some(Err(ChunkMissing)));
         };
         let start = (i * CHUNK) as u64;
@@ -356,7 +358,9 @@ pub(crate) struct Disk {
     reads: Chunks,
     /// Room for object heads (and the bodies inline in them) queued but not yet flushed, in
     /// KiB (see [`Disk::put`]).
-    unflushed: tokio::sync::Semaphore,
+    unflushed: Arc<tokio::sync::Semaphore>,
+    /// Flushes the heads' room has seen complete: progress, for the wait for room.
+    flushes: Arc<std::sync::atomic::AtomicU64>,
     /// Time the store took to open and recover its index.
     pub(crate) recovery: Duration,
 }
@@ -366,6 +370,15 @@ pub(crate) struct Disk {
 /// silently but for its metrics: a burst of 300 fills of 1 MiB lost about 270 of their disk
 /// copies before heads were paced.
 const UNFLUSHED_KIB: usize = (BLOCK * 2) >> 10;
+
+/// A disk that makes no progress for this long (no flush completes) is stalled: a write
+/// waiting on it is given up and counted (`reason="disk_stalled"`), so that the requests whose
+/// fills store objects never hang on a disk that hangs.
+const STALL: Duration = if cfg!(test) {
+    Duration::from_secs(1)
+} else {
+    Duration::from_secs(5)
+};
 
 impl std::fmt::Debug for Disk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -470,7 +483,8 @@ impl Disk {
             bans_path,
             metrics,
             reads,
-            unflushed: tokio::sync::Semaphore::new(UNFLUSHED_KIB),
+            unflushed: Arc::new(tokio::sync::Semaphore::new(UNFLUSHED_KIB)),
+            flushes: Arc::default(),
             recovery,
         })
     }
@@ -478,7 +492,9 @@ impl Disk {
     /// Writes every variant of `object` (stored under `key`). foyer drops what overflows its
     /// write buffer, so writes are paced: a chunked body waits for the writer every [`BLOCK`]
     /// bytes, and a head (with the bodies inline in it) takes room among the heads waiting to
-    /// be flushed ([`UNFLUSHED_KIB`]) and gives it back once a flush has taken it.
+    /// be flushed ([`UNFLUSHED_KIB`]), given back by a task of its own once a flush has taken
+    /// it. The caller waits only while the disk is behind, and never past [`STALL`] without
+    /// progress: then the write is given up and counted.
     pub(crate) async fn put(&self, key: &str, object: &Object) {
         let now = Instant::now();
         let now_wall = SystemTime::now();
@@ -515,7 +531,9 @@ impl Disk {
                 self.write(chunk_key(*id, i), c.to_vec());
                 since += c.len();
                 if since >= BLOCK {
-                    self.cache.storage().wait().await;
+                    if !self.flushed().await {
+                        return;
+                    }
                     since = 0;
                 }
             }
@@ -523,7 +541,9 @@ impl Disk {
         if !chunked.is_empty() {
             // Every chunk must have reached the disk (foyer drops a write that overflows its
             // buffer or fails, and only logs it): otherwise the head is not written at all.
-            self.cache.storage().wait().await;
+            if !self.flushed().await {
+                return;
+            }
             let chunks = self.chunks_handle();
             let whole = chunked
                 .iter()
@@ -540,13 +560,47 @@ impl Disk {
         let kib = u32::try_from(head.len().div_ceil(1024))
             .unwrap_or(u32::MAX)
             .min(UNFLUSHED_KIB as u32);
-        // Never closed, so the permits always come.
-        let Ok(room) = self.unflushed.acquire_many(kib).await else {
-            return;
+        let mut seen = self.flushes.load(Ordering::Relaxed);
+        let room = loop {
+            match tokio::time::timeout(STALL, self.unflushed.clone().acquire_many_owned(kib)).await
+            {
+                Ok(Ok(room)) => break room,
+                // Never closed.
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    let now = self.flushes.load(Ordering::Relaxed);
+                    if now == seen {
+                        self.stalled(key);
+                        return;
+                    }
+                    seen = now;
+                }
+            }
         };
         self.write(object_key(key), head);
-        self.cache.storage().wait().await;
-        drop(room);
+        let (cache, flushes) = (self.cache.clone(), self.flushes.clone());
+        tokio::spawn(async move {
+            cache.storage().wait().await;
+            flushes.fetch_add(1, Ordering::Relaxed);
+            drop(room);
+        });
+    }
+
+    /// Waits for what was queued to be written; false (counted) if the disk stalled.
+    async fn flushed(&self) -> bool {
+        if tokio::time::timeout(STALL, self.cache.storage().wait())
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        self.stalled("");
+        false
+    }
+
+    fn stalled(&self, key: &str) {
+        tracing::warn!(key, stall = ?STALL, "the disk made no progress; a write was given up (the object stays in memory)");
+        self.metrics.behind.increment(1);
     }
 
     fn write(&self, key: String, value: Vec<u8>) {
@@ -1019,6 +1073,44 @@ mod tests {
             }
         }
         assert_eq!(missing, 0, "of {N} objects stored at once");
+    }
+
+    /// A disk that makes no progress never holds a store for longer than [`STALL`]: with the
+    /// heads' room all taken and no flush completing, a write is given up and counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_to_a_stalled_disk_is_given_up_in_time_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = "disk-stall-test";
+        let cfg = DiskConfig {
+            path: dir.path().to_path_buf(),
+            size: 64 << 20,
+        };
+        let disk = Disk::open(node, &cfg).await.unwrap();
+        // What heads queued behind a hung flush would hold.
+        let _held = disk
+            .unflushed
+            .clone()
+            .acquire_many_owned(UNFLUSHED_KIB as u32)
+            .await
+            .unwrap();
+        let object = Object::new(vec![Arc::new(Entry::for_test(
+            Bytes::from_static(b"hello"),
+            Duration::from_secs(60),
+        ))]);
+        let t = Instant::now();
+        tokio::time::timeout(STALL * 3, disk.put("stalled", &object))
+            .await
+            .expect("a store waited on a stalled disk past its bound");
+        assert!(t.elapsed() >= STALL, "it waited for progress first");
+        assert!(disk.get("stalled").await.is_none());
+        let text = crate::telemetry::prometheus().render();
+        let counted = text.lines().any(|l| {
+            l.starts_with("meridian_cache_disk_write_drops_total")
+                && l.contains(&format!("node=\"{node}\""))
+                && l.contains("reason=\"disk_stalled\"")
+                && l.ends_with(" 1")
+        });
+        assert!(counted, "{text}");
     }
 
     /// Writes foyer drops (its queue or write buffer full) are counted: a burst of 1 MiB
