@@ -19,8 +19,7 @@
 //! exported.)
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use metrics::{Counter, Gauge};
 use mixtrics::metrics::{
@@ -55,17 +54,21 @@ impl FoyerRegistry {
 }
 
 /// The blocks that hold entries, by foyer's state: being written, evictable, being reclaimed.
+/// Under one lock with the gauge's update, so two changes at once cannot leave the gauge at the
+/// older sum (blocks change state once per 4 MiB written or reclaimed: no contention).
 #[derive(Debug)]
 struct Blocks {
-    held: [AtomicI64; 3],
+    held: Mutex<[i64; 3]>,
     block: i64,
     used: Gauge,
 }
 
 impl Blocks {
-    fn publish(&self) {
-        let held: i64 = self.held.iter().map(|n| n.load(Ordering::Relaxed)).sum();
-        self.used.set(held.max(0).saturating_mul(self.block) as f64);
+    fn update(&self, state: usize, change: impl FnOnce(&mut i64)) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        change(&mut held[state]);
+        let sum: i64 = held.iter().sum();
+        self.used.set(sum.max(0).saturating_mul(self.block) as f64);
     }
 }
 
@@ -73,23 +76,23 @@ impl Blocks {
 #[derive(Debug)]
 struct BlockState(Arc<Blocks>, usize);
 
+fn signed(val: u64) -> i64 {
+    i64::try_from(val).unwrap_or(i64::MAX)
+}
+
 impl GaugeOps for BlockState {
     fn increase(&self, val: u64) {
-        let val = i64::try_from(val).unwrap_or(i64::MAX);
-        self.0.held[self.1].fetch_add(val, Ordering::Relaxed);
-        self.0.publish();
+        self.0
+            .update(self.1, |n| *n = n.saturating_add(signed(val)));
     }
 
     fn decrease(&self, val: u64) {
-        let val = i64::try_from(val).unwrap_or(i64::MAX);
-        self.0.held[self.1].fetch_sub(val, Ordering::Relaxed);
-        self.0.publish();
+        self.0
+            .update(self.1, |n| *n = n.saturating_sub(signed(val)));
     }
 
     fn absolute(&self, val: u64) {
-        let val = i64::try_from(val).unwrap_or(i64::MAX);
-        self.0.held[self.1].store(val, Ordering::Relaxed);
-        self.0.publish();
+        self.0.update(self.1, |n| *n = signed(val));
     }
 }
 
