@@ -1103,14 +1103,21 @@ mod tests {
             .expect("a store waited on a stalled disk past its bound");
         assert!(t.elapsed() >= STALL, "it waited for progress first");
         assert!(disk.get("stalled").await.is_none());
-        let text = crate::telemetry::prometheus().render();
-        let counted = text.lines().any(|l| {
-            l.starts_with("meridian_cache_disk_write_drops_total")
-                && l.contains(&format!("node=\"{node}\""))
-                && l.contains("reason=\"disk_stalled\"")
-                && l.ends_with(" 1")
-        });
-        assert!(counted, "{text}");
+        assert_eq!(write_drops(node, "disk_stalled"), 1.0);
+    }
+
+    /// `meridian_cache_disk_write_drops_total` of `node` whose reason contains `reason`.
+    fn write_drops(node: &str, reason: &str) -> f64 {
+        crate::telemetry::prometheus()
+            .render()
+            .lines()
+            .filter(|l| {
+                l.starts_with("meridian_cache_disk_write_drops_total")
+                    && l.contains(&format!("node=\"{node}\""))
+                    && l.contains(&format!("reason=\"{reason}"))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     /// Writes foyer drops (its queue or write buffer full) are counted: a burst of 1 MiB
@@ -1135,17 +1142,9 @@ mod tests {
                 missing += 1;
             }
         }
-        let text = crate::telemetry::prometheus().render();
-        let dropped: f64 = text
-            .lines()
-            .filter(|l| {
-                l.starts_with("meridian_cache_disk_write_drops_total")
-                    && l.contains(&format!("node=\"{node}\""))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
+        let dropped = write_drops(node, "");
         assert!(missing > 0, "the burst did not overflow foyer's queue");
-        assert_eq!(dropped as usize, missing, "{text}");
+        assert_eq!(dropped as usize, missing);
     }
 
     #[test]
