@@ -1048,12 +1048,8 @@ mod tests {
     /// A burst of objects stored at once all reach the disk: heads are paced, not dropped.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_burst_of_stored_objects_all_reaches_the_disk() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = DiskConfig {
-            path: dir.path().to_path_buf(),
-            size: 512 << 20,
-        };
-        let disk = Arc::new(Disk::open("disk-burst-test", &cfg).await.unwrap());
+        let (_dir, disk) = open_for_test("disk-burst-test", 512 << 20).await;
+        let disk = Arc::new(disk);
         const N: usize = 200;
         let object = Arc::new(Object::new(vec![Arc::new(Entry::for_test(
             Bytes::from(vec![b'x'; CHUNK - 4096]),
@@ -1079,13 +1075,8 @@ mod tests {
     /// heads' room all taken and no flush completing, a write is given up and counted.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_to_a_stalled_disk_is_given_up_in_time_and_counted() {
-        let dir = tempfile::tempdir().unwrap();
         let node = "disk-stall-test";
-        let cfg = DiskConfig {
-            path: dir.path().to_path_buf(),
-            size: 64 << 20,
-        };
-        let disk = Disk::open(node, &cfg).await.unwrap();
+        let (_dir, disk) = open_for_test(node, 64 << 20).await;
         // What heads queued behind a hung flush would hold.
         let _held = disk
             .unflushed
@@ -1106,6 +1097,17 @@ mod tests {
         assert_eq!(write_drops(node, "disk_stalled"), 1.0);
     }
 
+    /// A disk tier of `size` bytes in a fresh folder (kept while the folder lives).
+    async fn open_for_test(node: &str, size: u64) -> (tempfile::TempDir, Disk) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = DiskConfig {
+            path: dir.path().to_path_buf(),
+            size,
+        };
+        let disk = Disk::open(node, &cfg).await.unwrap();
+        (dir, disk)
+    }
+
     /// `meridian_cache_disk_write_drops_total` of `node` whose reason contains `reason`.
     fn write_drops(node: &str, reason: &str) -> f64 {
         crate::telemetry::prometheus()
@@ -1124,13 +1126,8 @@ mod tests {
     /// entries far past the 64 MiB queue leaves some unwritten, and the count says how many.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writes_foyer_drops_are_counted() {
-        let dir = tempfile::tempdir().unwrap();
         let node = "disk-drops-test";
-        let cfg = DiskConfig {
-            path: dir.path().to_path_buf(),
-            size: 512 << 20,
-        };
-        let disk = Disk::open(node, &cfg).await.unwrap();
+        let (_dir, disk) = open_for_test(node, 512 << 20).await;
         const N: usize = 300;
         for i in 0..N {
             disk.write(format!("burst/{i}"), vec![i as u8; CHUNK - 64]);
