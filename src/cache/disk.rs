@@ -531,7 +531,7 @@ impl Disk {
                 self.write(chunk_key(*id, i), c.to_vec());
                 since += c.len();
                 if since >= BLOCK {
-                    if !self.flushed().await {
+                    if !self.flushed(key).await {
                         return;
                     }
                     since = 0;
@@ -541,7 +541,7 @@ impl Disk {
         if !chunked.is_empty() {
             // Every chunk must have reached the disk (foyer drops a write that overflows its
             // buffer or fails, and only logs it): otherwise the head is not written at all.
-            if !self.flushed().await {
+            if !self.flushed(key).await {
                 return;
             }
             let chunks = self.chunks_handle();
@@ -587,14 +587,14 @@ impl Disk {
     }
 
     /// Waits for what was queued to be written; false (counted) if the disk stalled.
-    async fn flushed(&self) -> bool {
+    async fn flushed(&self, key: &str) -> bool {
         if tokio::time::timeout(STALL, self.cache.storage().wait())
             .await
             .is_ok()
         {
             return true;
         }
-        self.stalled("");
+        self.stalled(key);
         false
     }
 
