@@ -5,7 +5,8 @@
 # with the same certificate, over HTTP/1.1 (wrk) and HTTP/2 (h2load); then the time to first byte
 # of a cold 15 MiB object that its origin sends over 1.4 s, for the client that asks first and for
 # 100 more asking at once 100 ms later (streaming fill: do they wait for the whole body?), with
-# the origin asked directly by one client as the reference; then pass-through (answers the origin
+# the origin asked directly by one client as the reference and bare hyper answering the same
+# burst of new connections with a fixed 1 KiB as the floor; then pass-through (answers the origin
 # marks `private`, and POSTs) against nginx `proxy_pass` with keep-alive upstreams and Varnish,
 # with meridian's RSS sampled over a PASS_SECS run of them; then tail latency: the p99 of hits
 # and of misses at a fixed rate, half the lower of meridian's and nginx's peak rate, with an
@@ -284,7 +285,9 @@ STREAM="$WORK/stream.txt"
 : > "$STREAM"
 for round in $(seq 1 "$ROUNDS"); do
   want stream || break
-  for entry in meridian:$P_MERIDIAN nginx:$P_NGINX varnish:$P_VARNISH origin-direct:$SLOW; do
+  # bare-hyper: the same client's connections answered at once with a fixed 1 KiB, no backlog
+  # to send: how soon this machine and client see the first byte of FOLLOWERS new connections.
+  for entry in meridian:$P_MERIDIAN nginx:$P_NGINX varnish:$P_VARNISH origin-direct:$SLOW bare-hyper:$P_BARE; do
     name=${entry%%:*}; port=${entry##*:}
     path="/trickle/$name-$round-$RANDOM"
     n=$FOLLOWERS; [ "$name" = origin-direct ] && n=0   # the origin's own time, one client
@@ -438,7 +441,7 @@ if st:
     print(f"\n### Streaming fill (cold 15 MiB object sent by its origin over 1.4 s; a first client, then {followers} at once 100 ms later; median of {rounds} rounds)\n")
     print("| server | first client: first byte (ms) | whole body (ms) | followers: first byte, median (ms) | last (ms) | whole body, median (ms) | origin fetches |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for name in ("meridian", "nginx", "varnish", "origin-direct"):
+    for name in ("meridian", "nginx", "varnish", "origin-direct", "bare-hyper"):
         r = st.get(name, [])
         if not r:
             continue
@@ -446,7 +449,9 @@ if st:
         ok = min(int(x["ok"]) for x in r)
         med = lambda k: statistics.median(float(x[k]) for x in r)
         follow = "| - | - | - " if n == 1 else f"| {med('ttfb_p50_ms'):.1f} | {med('ttfb_max_ms'):.1f} | {med('full_p50_ms'):.0f} "
-        print(f"| {name} | {med('lead_ttfb_ms'):.1f} | {med('lead_full_ms'):.0f} {follow}| {statistics.median(int(x['fetches']) for x in r):.0f} |" + ("" if ok == n else f" (only {ok} of {n} got the whole body)"))
+        fetches = "-" if name == "bare-hyper" else f"{statistics.median(int(x['fetches']) for x in r):.0f}"
+        label = "bare-hyper (fixed 1 KiB, the floor)" if name == "bare-hyper" else name
+        print(f"| {label} | {med('lead_ttfb_ms'):.1f} | {med('lead_full_ms'):.0f} {follow}| {fetches} |" + ("" if ok == n else f" (only {ok} of {n} got the whole body)"))
 pa = {}
 for line in open(passes):
     kind, name, rps, p99 = line.split()

@@ -16,6 +16,12 @@
 //! as it arrives (`disk::Spool`) and drops from memory what is there; a reader behind reads
 //! those bytes from disk, then goes on from memory.
 //!
+//! Fairness: a reader takes at most [`BURST`] bytes of a fill in progress per poll and then lets
+//! the other tasks of its thread run before it takes more (its connection writes them first). A client that joins an object while
+//! it is arriving finds a backlog (a megabyte a hundred milliseconds into a 15 MiB body); without
+//! the yield its connection's task would write all of it at once, and a hundred clients joining
+//! together would each wait for the others' backlogs before their first byte went out.
+//!
 //! Concurrency: one `Mutex` per fill, held only to copy a `Bytes` handle or update a position,
 //! never across an await; wakers are woken after the lock is released.
 
@@ -27,6 +33,9 @@ use bytes::Bytes;
 
 use super::disk::{DiskBody, DiskTail};
 use super::entry::Entry;
+
+/// Bytes of a fill in progress a reader takes before it yields to other tasks.
+pub(crate) const BURST: usize = 16 * 1024;
 
 /// A body being received from an origin, shared by its readers.
 #[derive(Debug)]
@@ -189,6 +198,7 @@ impl Growing {
             pos: 0,
             end: self.declared,
             disk: None,
+            burst: 0,
         })
     }
 
@@ -236,6 +246,8 @@ pub(crate) struct Tail {
     end: Option<u64>,
     /// While reading what is on disk rather than in memory.
     disk: Option<Box<DiskTail>>,
+    /// Bytes taken from the fill since this reader last waited or yielded.
+    burst: usize,
 }
 
 impl Tail {
@@ -264,6 +276,12 @@ impl Tail {
     ) -> Poll<Option<Result<Bytes, FillFailed>>> {
         if self.end.is_some_and(|e| self.pos >= e) {
             return Poll::Ready(None);
+        }
+        if self.burst >= BURST {
+            // Let the thread's other tasks run (the task is queued behind them), then go on.
+            self.burst = 0;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
         }
         if let Some(d) = &mut self.disk {
             match d.poll_next(cx) {
@@ -326,9 +344,11 @@ impl Tail {
             let from = (self.pos - start) as usize;
             let to = self
                 .end
-                .map_or(chunk.len(), |e| chunk.len().min((e - start) as usize));
+                .map_or(chunk.len(), |e| chunk.len().min((e - start) as usize))
+                .min(from + BURST);
             let piece = chunk.slice(from..to);
             self.pos += piece.len() as u64;
+            self.burst += piece.len();
             let pos = self.pos;
             g.readers.insert(self.id, pos);
             if g.released {
@@ -341,6 +361,7 @@ impl Tail {
                 if !g.wakers.iter().any(|w| w.will_wake(cx.waker())) {
                     g.wakers.push(cx.waker().clone());
                 }
+                self.burst = 0;
                 Poll::Pending
             }
             // A range past the end of a body that ended: the body was shorter than declared.
@@ -433,6 +454,44 @@ mod tests {
         drop(b);
         assert_eq!(g.lock().chunks.len(), 1, "only a's unread chunk is left");
         assert_eq!(g.readers(), 1);
+    }
+
+    #[test]
+    fn a_reader_joining_a_backlog_takes_it_in_bursts_and_yields_between_them() {
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let count = Arc::new(Count(Default::default()));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let g = Growing::new(None);
+        // A megabyte has arrived in four chunks before this reader joins.
+        for _ in 0..4 {
+            g.push(Bytes::from(vec![7u8; 256 * 1024]));
+        }
+        let mut r = g.reader().unwrap();
+        let (mut got, mut yields) = (0, 0);
+        for _ in 0..1000 {
+            match r.poll_next(&mut cx) {
+                Poll::Ready(Some(Ok(piece))) => {
+                    assert!(piece.len() <= BURST, "a piece of {} bytes", piece.len());
+                    got += piece.len();
+                }
+                // A yield: the reader woke itself, so its task runs again after the others.
+                Poll::Pending if count.0.load(std::sync::atomic::Ordering::Relaxed) > yields => {
+                    yields += 1;
+                }
+                // Waiting for bytes that have not arrived.
+                Poll::Pending => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(got, 1024 * 1024);
+        assert_eq!(yields, 1024 * 1024 / BURST);
+        assert_eq!(r.pos, 1024 * 1024);
     }
 
     fn futures_waker() -> Waker {
