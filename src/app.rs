@@ -363,6 +363,10 @@ pub struct Node {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     grace: Duration,
+    /// Fired when the node stops waiting for its tasks: the edge's HTTP threads end.
+    stopped: CancellationToken,
+    /// Told when each HTTP thread has ended.
+    threads: Vec<tokio::sync::oneshot::Receiver<()>>,
 }
 
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
@@ -376,6 +380,10 @@ impl Node {
     /// addresses are available from [`Node::http_addrs`] and [`Node::admin_addr`].
     pub async fn start(config: Config) -> Result<Node, StartError> {
         let shutdown = CancellationToken::new();
+        let stopped = CancellationToken::new();
+        // A start that fails half way stops what it started (listeners, HTTP threads).
+        let unstarted = (shutdown.clone().drop_guard(), stopped.clone().drop_guard());
+        let mut threads = Vec::new();
         let tracker = TaskTracker::new();
         let node = &config.node;
         let mut http_addrs = Vec::new();
@@ -472,13 +480,37 @@ impl Node {
                 } else {
                     http_addrs.push(bound);
                 }
-                tracker.spawn(server::serve(
-                    listener,
-                    state.clone(),
-                    limits.clone(),
-                    tls,
-                    shutdown.clone(),
-                ));
+                if edge.threads == 0 {
+                    tracker.spawn(server::serve(
+                        listener,
+                        state.clone(),
+                        limits.clone(),
+                        tls,
+                        shutdown.clone(),
+                    ));
+                    continue;
+                }
+                let started = listener.into_std().and_then(|listener| {
+                    server::serve_on_threads(
+                        listener,
+                        edge.threads,
+                        state.clone(),
+                        limits.clone(),
+                        tls,
+                        shutdown.clone(),
+                        stopped.clone(),
+                    )
+                });
+                match started {
+                    Ok(ended) => threads.extend(ended),
+                    Err(source) => {
+                        return Err(StartError::Bind {
+                            addr: *addr,
+                            what,
+                            source,
+                        });
+                    }
+                }
             }
             if let Some(q) = &edge.quic {
                 let limits = quic::QuicLimits {
@@ -686,6 +718,7 @@ impl Node {
         if let Some(every) = node.watch {
             tracker.spawn(reloader.clone().watch(every, shutdown.clone()));
         }
+        let _ = (unstarted.0.disarm(), unstarted.1.disarm());
         Ok(Node {
             http_addrs,
             https_addrs,
@@ -699,6 +732,8 @@ impl Node {
             shutdown,
             tracker,
             grace,
+            stopped,
+            threads,
         })
     }
 
@@ -768,6 +803,11 @@ impl Node {
         let finished = tokio::time::timeout(self.grace, self.tracker.wait())
             .await
             .is_ok();
+        // The HTTP threads end now (their tasks are done, or abandoned with the grace period).
+        self.stopped.cancel();
+        for ended in std::mem::take(&mut self.threads) {
+            let _ = ended.await;
+        }
         if let Some(disk) = self
             .reloader
             .edge
@@ -793,6 +833,7 @@ impl Drop for Node {
     /// A node dropped without [`Node::shutdown`] still stops: its listeners and tasks end.
     fn drop(&mut self) {
         self.shutdown.cancel();
+        self.stopped.cancel();
         if let Some(g) = &self.gossip {
             g.stop();
         }

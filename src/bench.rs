@@ -60,6 +60,7 @@ impl HitPath {
             client_body_timeout: Duration::from_secs(30),
             max_header_size: 16 << 10,
             max_connections: 1000,
+            threads: 0,
             shutdown_grace: Duration::from_secs(1),
             drain_wait: Some(Duration::ZERO),
             peer_timeout: Duration::from_secs(1),

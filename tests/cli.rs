@@ -1,5 +1,6 @@
 //! The `meridian` binary itself: `check` lists every problem with file and key; `run` logs JSON
-//! access lines when configured and drains in-flight requests on SIGTERM, exiting 0.
+//! access lines when configured, serves HTTP on threads of its own and drains in-flight requests
+//! on SIGTERM, exiting 0.
 
 mod common;
 
@@ -133,6 +134,7 @@ format = "xml"
 listen = ["not-an-address"]
 cache_memory = "4XB"
 idle_timeout = "soon"
+threads = 5000
 [admin]
 listen = "127.0.0.1:0"
 token_file = "missing.token"
@@ -152,11 +154,12 @@ token_file = "missing.token"
             "node.toml: edge.listen[0]: \"not-an-address\" is not a socket address",
             "node.toml: edge.cache_memory: \"4XB\" has an unknown size unit",
             "node.toml: edge.idle_timeout: \"soon\" has an unknown duration unit",
+            "node.toml: edge.threads: 5000 is more than 1024",
             "node.toml: admin.token_file: cannot read",
             "origins.toml: site[0].origins[0]: \"gopher://x\" must start with http:// or https://",
         ],
     );
-    assert!(err.starts_with("7 configuration problems"), "{err}");
+    assert!(err.starts_with("8 configuration problems"), "{err}");
 }
 
 #[test]
@@ -186,10 +189,11 @@ async fn run_logs_json_and_drains_on_sigterm() {
     .unwrap();
     std::fs::write(
         dir.path().join("node.toml"),
-        "id = \"cli-edge\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[log]\nformat = \"json\"\n[edge]\nlisten = [\"127.0.0.1:0\"]\nshutdown_grace = \"5s\"\n",
+        "id = \"cli-edge\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[log]\nformat = \"json\"\n[edge]\nlisten = [\"127.0.0.1:0\"]\nshutdown_grace = \"5s\"\nthreads = 3\n",
     )
     .unwrap();
     let mut child = spawn_run(&dir.path().join("node.toml"));
+    let _stop = KillOnPanic(child.id());
     let stderr = child.stderr.take().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     std::thread::spawn(move || {
@@ -209,6 +213,34 @@ async fn run_logs_json_and_drains_on_sigterm() {
     assert!(!http.contains('['), "{http}");
     assert_eq!(started["https"], "");
     let addr: std::net::SocketAddr = http.parse().unwrap();
+
+    // HTTP is served on `edge.threads` threads of its own, named so that `ps -T` and `top -H`
+    // tell them apart; the drain below is theirs. (A thread names itself once it runs.)
+    #[cfg(target_os = "linux")]
+    {
+        let http_threads = || {
+            let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+                .unwrap()
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|n| n.trim().to_string())
+                .filter(|n| n.starts_with("meridian-http"))
+                .collect();
+            names.sort();
+            names
+        };
+        let mut names = http_threads();
+        for _ in 0..100 {
+            if names.len() >= 3 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            names = http_threads();
+        }
+        assert_eq!(
+            names,
+            ["meridian-http-0", "meridian-http-1", "meridian-http-2"]
+        );
+    }
 
     let inflight = tokio::spawn(async move { get(addr, "demo.test", "/slow", &[]).await });
     tokio::time::sleep(Duration::from_millis(200)).await;

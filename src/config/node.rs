@@ -79,6 +79,7 @@ pub(super) struct RawEdge {
     client_body_timeout: Option<String>,
     max_header_size: Option<String>,
     max_connections: Option<usize>,
+    threads: Option<usize>,
     shutdown_grace: Option<String>,
     drain_wait: Option<String>,
     peer_timeout: Option<String>,
@@ -243,8 +244,11 @@ pub struct EdgeConfig {
     pub client_body_timeout: Duration,
     /// Largest request head accepted; larger ones get 431.
     pub max_header_size: usize,
-    /// Open client connections at most; further connections wait to be accepted.
+    /// Open client connections at most per listener; further connections wait to be accepted.
     pub max_connections: usize,
+    /// Threads that accept and serve the HTTP and HTTPS listeners, each with a runtime of its
+    /// own (by default one per core); 0 serves them on the shared runtime.
+    pub threads: usize,
     /// Time in-flight requests get to finish on shutdown.
     pub shutdown_grace: Duration,
     /// On shutdown, time between announcing draining and closing the listeners, so resolvers
@@ -647,6 +651,9 @@ pub(super) fn default_max_header_size() -> u64 {
 pub(super) fn default_max_connections() -> usize {
     10_000
 }
+pub(super) fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(64))
+}
 pub(super) fn default_shutdown_grace() -> Duration {
     Duration::from_secs(10)
 }
@@ -853,7 +860,12 @@ pub(super) fn validate_edge(r: &mut Report<'_>, e: &RawEdge) -> EdgeConfig {
     if max_connections == 0 {
         r.add("edge.max_connections", "must be greater than zero");
     }
+    let threads = e.threads.unwrap_or_else(default_threads);
+    if threads > 1024 {
+        r.add("edge.threads", format!("{threads} is more than 1024"));
+    }
     EdgeConfig {
+        threads: threads.min(1024),
         listen,
         tls_listen,
         tls_default_site: e.tls.as_ref().and_then(|t| t.default_site.clone()),
