@@ -21,6 +21,7 @@
 #   PARTS="hits tls collapse stream pass tail" benches/http-load.sh  which to run (default: all)
 #   PASS_SECS=300 benches/http-load.sh             length of the pass-through RSS run (part "pass")
 #   FOLLOWERS=100 benches/http-load.sh             clients that join the leader in "stream"
+#   EDGE_THREADS=0 benches/http-load.sh            meridian's edge.threads (default: one per core)
 #
 # Installs nginx, varnish, wrk and h2load (nghttp2-client) from Debian if they are missing (needs root). Every address is
 # on loopback; every server started here is stopped on exit. Prints markdown tables of medians.
@@ -34,6 +35,7 @@ BURST=${BURST:-200}
 PARTS=${PARTS:-hits tls collapse stream pass tail}
 PASS_SECS=${PASS_SECS:-300}
 FOLLOWERS=${FOLLOWERS:-100}
+EDGE_THREADS=${EDGE_THREADS:-$(nproc)}
 want() { case " $PARTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -127,6 +129,7 @@ access_log = false
 listen = ["127.0.0.1:$P_MERIDIAN"]
 cache_memory = "1GiB"
 max_connections = 100000
+threads = $EDGE_THREADS
 [edge.tls]
 listen = ["127.0.0.1:$P_MERIDIAN_TLS"]
 default_site = "bench"

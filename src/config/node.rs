@@ -247,7 +247,8 @@ pub struct EdgeConfig {
     /// Open client connections at most per listener; further connections wait to be accepted.
     pub max_connections: usize,
     /// Threads that accept and serve the HTTP and HTTPS listeners, each with a runtime of its
-    /// own (by default one per core); 0 serves them on the shared runtime.
+    /// own; 0 (the default) serves them on the shared runtime. Faster hits, but with two of
+    /// them a flood of new small objects left RSS over its bound (see the README).
     pub threads: usize,
     /// Time in-flight requests get to finish on shutdown.
     pub shutdown_grace: Duration,
@@ -651,9 +652,6 @@ pub(super) fn default_max_header_size() -> u64 {
 pub(super) fn default_max_connections() -> usize {
     10_000
 }
-pub(super) fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(64))
-}
 pub(super) fn default_shutdown_grace() -> Duration {
     Duration::from_secs(10)
 }
@@ -860,7 +858,7 @@ pub(super) fn validate_edge(r: &mut Report<'_>, e: &RawEdge) -> EdgeConfig {
     if max_connections == 0 {
         r.add("edge.max_connections", "must be greater than zero");
     }
-    let threads = e.threads.unwrap_or_else(default_threads);
+    let threads = e.threads.unwrap_or(0);
     if threads > 1024 {
         r.add("edge.threads", format!("{threads} is more than 1024"));
     }
