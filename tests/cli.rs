@@ -97,6 +97,39 @@ fn check_accepts_the_local_cluster() {
 }
 
 #[test]
+fn check_warns_of_http_threads_run_with_glibcs_per_thread_caches() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("origins.toml"),
+        site("s", "s.test", "http://127.0.0.1:1", ""),
+    )
+    .unwrap();
+    let node = "id = \"e\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[edge]\nlisten = [\"127.0.0.1:0\"]\npublic_addresses = [\"192.0.2.10\"]\nthreads = 2\n";
+    std::fs::write(dir.path().join("node.toml"), node).unwrap();
+    let check = |tunables: Option<&str>| {
+        let mut cmd = meridian();
+        cmd.args(["check", "-c"]).arg(dir.path().join("node.toml"));
+        cmd.env_remove("GLIBC_TUNABLES");
+        if let Some(t) = tunables {
+            cmd.env("GLIBC_TUNABLES", t);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let warned = check(None);
+    if cfg!(all(target_os = "linux", target_env = "gnu")) {
+        assert!(
+            warned.contains("node.toml: edge.threads: HTTP threads without GLIBC_TUNABLES=glibc.malloc.tcache_count=0"),
+            "{warned}"
+        );
+    }
+    // With the setting (among others), nothing to say.
+    let quiet = check(Some("glibc.malloc.arena_max=4:glibc.malloc.tcache_count=0"));
+    assert!(!quiet.contains("warning:"), "{quiet}");
+}
+
+#[test]
 fn check_says_nothing_of_public_addresses_users_can_reach() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -192,7 +225,14 @@ async fn run_logs_json_and_drains_on_sigterm() {
         "id = \"cli-edge\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[log]\nformat = \"json\"\n[edge]\nlisten = [\"127.0.0.1:0\"]\nshutdown_grace = \"5s\"\nthreads = 3\n",
     )
     .unwrap();
-    let mut child = spawn_run(&dir.path().join("node.toml"));
+    // As an edge with HTTP threads should run (see `edge.threads`): no warning comes first.
+    let mut child = meridian()
+        .args(["run", "-c"])
+        .arg(dir.path().join("node.toml"))
+        .env("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let _stop = KillOnPanic(child.id());
     let stderr = child.stderr.take().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();

@@ -206,8 +206,9 @@ impl Config {
 
     /// What is allowed but likely a mistake outside a local cluster: an edge that publishes
     /// addresses users cannot reach (loopback, private, link-local), which DNS would hand them;
-    /// a disk tier larger than the free space; a shielding edge that peers cannot reach.
-    /// `meridian check` prints these; they do not fail it.
+    /// a disk tier larger than the free space; a shielding edge that peers cannot reach; HTTP
+    /// threads without the allocator setting that keeps their memory within its bound (read
+    /// from this process's environment). `meridian check` prints these; they do not fail it.
     pub fn warnings(&self) -> Vec<Problem> {
         let Some(edge) = &self.node.edge else {
             return Vec::new();
@@ -235,6 +236,16 @@ impl Config {
                     ),
                 });
             }
+        }
+        if edge.threads > 0 && !crate::memory::thread_caches_off() {
+            out.push(Problem {
+                file: self.node.path.clone(),
+                key: "edge.threads".into(),
+                reason: format!(
+                    "HTTP threads without {} in the environment: glibc's per-thread caches then let a churning cache hold memory well above cache_memory",
+                    crate::memory::THREAD_CACHES_OFF
+                ),
+            });
         }
         if let Some(d) = &edge.cache_disk {
             // What the store already holds counts as room: it is reused at start.

@@ -247,8 +247,8 @@ pub struct EdgeConfig {
     /// Open client connections at most per listener; further connections wait to be accepted.
     pub max_connections: usize,
     /// Threads that accept and serve the HTTP and HTTPS listeners, each with a runtime of its
-    /// own; 0 (the default) serves them on the shared runtime. Faster hits, but with two of
-    /// them a flood of new small objects left RSS over its bound (see the README).
+    /// own; 0 (the default) serves them on the shared runtime. Faster hits; the edge then needs
+    /// glibc's per-thread caches off to hold its memory bound (`memory::THREAD_CACHES_OFF`).
     pub threads: usize,
     /// Time in-flight requests get to finish on shutdown.
     pub shutdown_grace: Duration,
