@@ -134,7 +134,9 @@ threads = $EDGE_THREADS
 listen = ["127.0.0.1:$P_MERIDIAN_TLS"]
 default_site = "bench"
 EOF
-"$MERIDIAN" run -c "$WORK/meridian.toml" 2>"$WORK/logs/meridian.log" & PIDS+=($!); MERIDIAN_PID=$!
+# With HTTP threads, glibc's per-thread caches off, as edge.threads asks (README).
+tunables=$([ "$EDGE_THREADS" -gt 0 ] && echo glibc.malloc.tcache_count=0 || true)
+GLIBC_TUNABLES=$tunables "$MERIDIAN" run -c "$WORK/meridian.toml" 2>"$WORK/logs/meridian.log" & PIDS+=($!); MERIDIAN_PID=$!
 "$BARE" 127.0.0.1:$P_BARE 1024 & PIDS+=($!)
 "$BARE_PROXY" 127.0.0.1:$P_BARE_PROXY 127.0.0.1:$ORIGIN pooled & PIDS+=($!)
 
