@@ -243,6 +243,9 @@ pub(crate) fn serve_on_threads(
         let (slots, state, limits, tls) =
             (slots.clone(), state.clone(), limits.clone(), tls.clone());
         let (shutdown, stopped) = (shutdown.clone(), stopped.clone());
+        // Held while the thread accepts (taken here, before it runs): the node's wait cannot
+        // end between an accept and the spawn of its connection.
+        let accepting = state.tasks.token();
         std::thread::Builder::new()
             .name(format!("meridian-http-{i}"))
             .spawn(move || {
@@ -251,12 +254,10 @@ pub(crate) fn serve_on_threads(
                         Ok(l) => l,
                         Err(e) => {
                             tracing::error!(error = %e, "an HTTP thread cannot use its listener");
+                            drop(accepting);
                             return;
                         }
                     };
-                    // Held while accepting: the node's wait cannot end between an accept and
-                    // the spawn of its connection.
-                    let accepting = state.tasks.token();
                     accept(listener, slots, state.clone(), limits, tls, shutdown).await;
                     drop(accepting);
                     tokio::select! {
