@@ -81,15 +81,21 @@ pub(crate) fn released(bytes: u64) {
 pub const THREAD_CACHES_OFF: &str = "GLIBC_TUNABLES=glibc.malloc.tcache_count=0";
 
 /// Whether this process runs with glibc's per-thread caches off (always true elsewhere than
-/// glibc, where there are none to turn off).
+/// glibc, where there are none to turn off). glibc ignores its tunables in a process started
+/// in secure mode (a binary with file capabilities, as in the container image, or setuid).
 pub fn thread_caches_off() -> bool {
-    if !cfg!(all(target_os = "linux", target_env = "gnu")) {
-        return true;
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: getauxval reads a value of the process's auxiliary vector; no pointers.
+        let secure = unsafe { libc::getauxval(libc::AT_SECURE) } != 0;
+        !secure
+            && std::env::var("GLIBC_TUNABLES").is_ok_and(|t| {
+                t.split(':')
+                    .any(|kv| kv.trim() == "glibc.malloc.tcache_count=0")
+            })
     }
-    std::env::var("GLIBC_TUNABLES").is_ok_and(|t| {
-        t.split(':')
-            .any(|kv| kv.trim() == "glibc.malloc.tcache_count=0")
-    })
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    true
 }
 
 /// Returns free memory to the operating system now (call off the async threads: it walks the
