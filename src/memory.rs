@@ -76,7 +76,8 @@ pub(crate) fn released(bytes: u64) {
 /// threads (`edge.threads`). With two of them and the caches on, `benches/memory.sh`'s flood of
 /// new 1 KiB objects left 116–150 MiB of RSS against a bound of about 97 (malloc_stats: 56 MB in
 /// use either way, the rest free but resident in the two arenas' heaps); with the caches off,
-/// 84 MiB, as with the shared runtime, and no measurable cost in hits/s. glibc reads its tunables
+/// 84 MiB, as with the shared runtime, at a cost in hits/s within the noise for cleartext and
+/// perhaps a tenth for HTTP/2 over TLS (the README has the figures). glibc reads its tunables
 /// only at the start of a process, so this is for the environment the edge starts in.
 pub const THREAD_CACHES_OFF: &str = "GLIBC_TUNABLES=glibc.malloc.tcache_count=0";
 
