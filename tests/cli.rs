@@ -49,12 +49,19 @@ fn meridian() -> Command {
 /// Writes `text` as `DIR/node.toml` and runs `meridian check` on it, which must accept it;
 /// returns its stderr (warnings).
 fn check_passes(dir: &std::path::Path, text: &str) -> String {
+    check_passes_with(dir, text, None)
+}
+
+/// The same, with `GLIBC_TUNABLES` set to `tunables` (or unset) in its environment.
+fn check_passes_with(dir: &std::path::Path, text: &str, tunables: Option<&str>) -> String {
     std::fs::write(dir.join("node.toml"), text).unwrap();
-    let out = meridian()
-        .args(["check", "-c"])
-        .arg(dir.join("node.toml"))
-        .output()
-        .unwrap();
+    let mut cmd = meridian();
+    cmd.args(["check", "-c"]).arg(dir.join("node.toml"));
+    match tunables {
+        Some(t) => cmd.env("GLIBC_TUNABLES", t),
+        None => cmd.env_remove("GLIBC_TUNABLES"),
+    };
+    let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{stderr}");
     stderr
@@ -105,18 +112,7 @@ fn check_warns_of_http_threads_run_with_glibcs_per_thread_caches() {
     )
     .unwrap();
     let node = "id = \"e\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[edge]\nlisten = [\"127.0.0.1:0\"]\npublic_addresses = [\"192.0.2.10\"]\nthreads = 2\n";
-    std::fs::write(dir.path().join("node.toml"), node).unwrap();
-    let check = |tunables: Option<&str>| {
-        let mut cmd = meridian();
-        cmd.args(["check", "-c"]).arg(dir.path().join("node.toml"));
-        cmd.env_remove("GLIBC_TUNABLES");
-        if let Some(t) = tunables {
-            cmd.env("GLIBC_TUNABLES", t);
-        }
-        let out = cmd.output().unwrap();
-        assert!(out.status.success());
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
+    let check = |tunables| check_passes_with(dir.path(), node, tunables);
     let warned = check(None);
     if cfg!(all(target_os = "linux", target_env = "gnu")) {
         assert!(
