@@ -72,14 +72,14 @@ pub(crate) fn released(bytes: u64) {
     RELEASED.fetch_add(bytes, Ordering::Relaxed);
 }
 
-/// The environment setting that turns glibc's per-thread caches off, for an edge with HTTP
+/// The glibc tunable (in `GLIBC_TUNABLES`) that turns its per-thread caches off, for an edge with HTTP
 /// threads (`edge.threads`). With two of them and the caches on, `benches/memory.sh`'s flood of
-/// new 1 KiB objects left 116–150 MiB of RSS against a bound of about 97 (malloc_stats: 56 MB in
+/// new 1 KiB objects left 104–150 MiB of RSS against a bound of about 97 (malloc_stats: 56 MB in
 /// use either way, the rest free but resident in the two arenas' heaps); with the caches off,
 /// 84 MiB, as with the shared runtime, at a cost in hits/s within the noise for cleartext and
 /// perhaps a tenth for HTTP/2 over TLS (the README has the figures). glibc reads its tunables
 /// only at the start of a process, so this is for the environment the edge starts in.
-pub const THREAD_CACHES_OFF: &str = "GLIBC_TUNABLES=glibc.malloc.tcache_count=0";
+pub const TCACHE_OFF: &str = "glibc.malloc.tcache_count=0";
 
 /// Whether this process runs with glibc's per-thread caches off (always true elsewhere than
 /// glibc, where there are none to turn off). glibc ignores its tunables in a process started
@@ -90,10 +90,8 @@ pub fn thread_caches_off() -> bool {
         // SAFETY: getauxval reads a value of the process's auxiliary vector; no pointers.
         let secure = unsafe { libc::getauxval(libc::AT_SECURE) } != 0;
         !secure
-            && std::env::var("GLIBC_TUNABLES").is_ok_and(|t| {
-                t.split(':')
-                    .any(|kv| kv.trim() == "glibc.malloc.tcache_count=0")
-            })
+            && std::env::var("GLIBC_TUNABLES")
+                .is_ok_and(|t| t.split(':').any(|kv| kv.trim() == TCACHE_OFF))
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     true

@@ -242,8 +242,8 @@ impl Config {
                 file: self.node.path.clone(),
                 key: "edge.threads".into(),
                 reason: format!(
-                    "HTTP threads without {} in the environment: glibc's per-thread caches then let a churning cache hold memory well above cache_memory",
-                    crate::memory::THREAD_CACHES_OFF
+                    "HTTP threads without GLIBC_TUNABLES={} in the environment: glibc's per-thread caches then let a churning cache hold memory well above cache_memory",
+                    crate::memory::TCACHE_OFF
                 ),
             });
         }

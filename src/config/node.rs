@@ -248,7 +248,7 @@ pub struct EdgeConfig {
     pub max_connections: usize,
     /// Threads that accept and serve the HTTP and HTTPS listeners, each with a runtime of its
     /// own; 0 (the default) serves them on the shared runtime. Faster hits; the edge then needs
-    /// glibc's per-thread caches off to hold its memory bound (`memory::THREAD_CACHES_OFF`).
+    /// glibc's per-thread caches off to hold its memory bound (`memory::TCACHE_OFF`).
     pub threads: usize,
     /// Time in-flight requests get to finish on shutdown.
     pub shutdown_grace: Duration,
