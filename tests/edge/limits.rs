@@ -138,3 +138,46 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     assert_eq!(r.text(), "finished");
     assert!(done.await.unwrap(), "finished within the grace period");
 }
+
+/// A start that fails half way (here at the second listener, whose port is taken) leaves
+/// nothing serving: the HTTP threads the first listener had started end with it. (No other
+/// test of this binary starts HTTP threads, so any left would be this one's.)
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_start_that_fails_half_way_leaves_no_http_thread_running() {
+    fn http_threads() -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|n| n.starts_with("meridian-http"))
+            .count()
+    }
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = busy.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("origins.toml"),
+        site("a", "a.test", "http://127.0.0.1:1", ""),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("node.toml"),
+        format!("id = \"e\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[edge]\nlisten = [\"127.0.0.1:0\", \"{taken}\"]\nthreads = 2\n"),
+    )
+    .unwrap();
+    let config = meridian::config::load(&dir.path().join("node.toml")).unwrap();
+    let err = match meridian::app::Node::start(config).await {
+        Ok(_) => panic!("started on a taken port"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains(&taken.to_string()), "{err}");
+    let t = Instant::now();
+    while http_threads() > 0 && t.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        http_threads(),
+        0,
+        "HTTP threads left running after a failed start"
+    );
+}
