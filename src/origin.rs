@@ -22,6 +22,7 @@ use rustls::RootCertStore;
 
 use crate::config::SiteConfig;
 use crate::http::body::{Body, BodyError};
+use crate::http::server::PerThread;
 
 /// Why an origin exchange failed. Strings rather than sources so that one failure can be handed
 /// to every collapsed request.
@@ -83,9 +84,21 @@ impl OriginError {
     }
 }
 
-/// The origins of one site and the client that reaches them.
+type OriginClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+fn pooled_client(connector: HttpsConnector<HttpConnector>) -> OriginClient {
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .build(connector)
+}
+
+/// The origins of one site and the clients that reach them.
 pub(crate) struct Origins {
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    /// A pool per HTTP thread (`edge.threads`), and one for the shared runtime.
+    client: PerThread<OriginClient>,
     targets: Vec<Uri>,
     labels: Vec<String>,
     first_byte_timeout: Duration,
@@ -146,12 +159,7 @@ impl Origins {
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
+        let client = PerThread::new(move || pooled_client(connector.clone()));
         let host_header = site
             .host_header
             .as_deref()
@@ -237,7 +245,7 @@ impl Origins {
                 tokio::time::sleep(self.first_byte_timeout).await;
             };
             let sent = tokio::select! {
-                r = self.client.request(req) => Ok(r),
+                r = self.client.get().request(req) => Ok(r),
                 () = first_byte => Err(()),
             };
             match sent {
@@ -294,5 +302,126 @@ pub(crate) fn body_error(e: BodyError, origin: &str) -> OriginError {
             origin: origin.to_string(),
             reason: error_chain(&e),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::config::QueryKey;
+
+    /// An origin answering every request `ok` on keep-alive connections; counts its connections.
+    fn origin() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let opened = Arc::new(AtomicUsize::new(0));
+        let count = opened.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().take(16) {
+                let Ok(mut conn) = conn else { return };
+                count.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    for _ in 0..64 {
+                        let Ok(n @ 1..) = conn.read(&mut chunk) else {
+                            return;
+                        };
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if conn.write_all(answer).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, opened)
+    }
+
+    fn site(origin: SocketAddr) -> SiteConfig {
+        SiteConfig {
+            name: "t".into(),
+            hosts: vec!["t.test".into()],
+            origins: vec![format!("http://{origin}").parse().unwrap()],
+            host_header: None,
+            connect_timeout: Duration::from_secs(2),
+            first_byte_timeout: Duration::from_secs(2),
+            origin_read_timeout: Duration::from_secs(2),
+            default_ttl: None,
+            heuristic_freshness: false,
+            strip_set_cookie: false,
+            key_scheme: true,
+            ca_file: None,
+            query_key: QueryKey::Keep,
+            key_headers: vec![],
+            tls: None,
+            shield: false,
+            shield_region: None,
+        }
+    }
+
+    /// Three requests in a row on an HTTP thread's own runtime; the runtime is handed back
+    /// undriven, as a thread busy with other connections leaves it.
+    fn three_requests(origins: &Origins) -> Result<tokio::runtime::Runtime, String> {
+        crate::http::server::mark_http_thread();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            for _ in 0..3 {
+                let req = Request::get("/x").body(Body::empty()).unwrap();
+                let answer = tokio::time::timeout(Duration::from_secs(3), origins.send(req));
+                let (resp, _) = answer
+                    .await
+                    .map_err(|_| "no answer within 3 s".to_string())?
+                    .map_err(|e| e.to_string())?;
+                let body = http_body_util::BodyExt::collect(resp.into_body()).await;
+                assert_eq!(&body.unwrap().to_bytes()[..], b"ok");
+            }
+            Ok::<_, String>(())
+        })?;
+        Ok(runtime)
+    }
+
+    #[test]
+    fn each_http_thread_keeps_origin_connections_of_its_own() {
+        let (addr, opened) = origin();
+        let origins = Origins::new(&site(addr)).unwrap();
+        let origins = &origins;
+        std::thread::scope(|s| {
+            // The first thread's connection rests in its pool while its runtime is not driven;
+            // the thread lives on until the second is done, as HTTP threads live with the node.
+            let (rested, resting) = std::sync::mpsc::channel();
+            let (done, finished) = std::sync::mpsc::channel::<()>();
+            s.spawn(move || {
+                let runtime = three_requests(origins);
+                rested
+                    .send(runtime.as_ref().map(|_| ()).map_err(Clone::clone))
+                    .unwrap();
+                let _ = finished.recv_timeout(Duration::from_secs(20));
+            });
+            let first = resting.recv_timeout(Duration::from_secs(20)).unwrap();
+            assert_eq!(first, Ok(()), "the first HTTP thread's requests");
+            // Sharing that pool, the second thread would take the resting connection and wait
+            // for a runtime that does not run.
+            let second = s.spawn(move || three_requests(origins)).join().unwrap();
+            done.send(()).unwrap();
+            assert_eq!(
+                second.map(|_| ()),
+                Ok(()),
+                "the second HTTP thread's requests"
+            );
+        });
+        // One connection per thread, each kept alive for its thread's next requests.
+        assert_eq!(opened.load(Ordering::SeqCst), 2);
     }
 }

@@ -33,6 +33,7 @@ use metrics::Counter;
 use crate::gossip::transport::Keyring;
 use crate::gossip::Gossip;
 use crate::http::body::Body;
+use crate::http::server::PerThread;
 use crate::model::{Member, MemberState};
 
 /// The request field that marks (and authenticates) a peer hop.
@@ -258,7 +259,8 @@ pub(crate) struct Peers {
     gossip: Arc<Gossip>,
     region: String,
     timeout: Duration,
-    client: Client<HttpConnector, Body>,
+    /// A pool per HTTP thread (see [`PerThread`]).
+    client: PerThread<Client<HttpConnector, Body>>,
     metrics: PeerMetrics,
     /// This edge's name in a `Cache-Status` entry it gives a peer.
     cache_name: HeaderValue,
@@ -270,12 +272,14 @@ impl Peers {
         http.set_connect_timeout(Some(timeout));
         http.set_nodelay(true);
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .build(http);
+        let client = PerThread::new(move || {
+            Client::builder(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(256)
+                .build(http.clone())
+        });
         let c = |result: &'static str| metrics::counter!("meridian_peer_requests_total", "node" => node.to_string(), "result" => result);
         let s = |signature: &'static str| metrics::counter!("meridian_peer_served_total", "node" => node.to_string(), "signature" => signature);
         Peers {
@@ -420,7 +424,7 @@ impl Peers {
         *req.headers_mut() = parts.headers.clone();
         req.headers_mut().insert(PEER, mark);
         let started = tokio::time::Instant::now();
-        let answer = self.client.request(req);
+        let answer = self.client.get().request(req);
         tokio::pin!(answer);
         let got = loop {
             match tokio::time::timeout(timeout, &mut answer).await {
@@ -520,7 +524,7 @@ impl Peers {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+        match tokio::time::timeout(self.timeout, self.client.get().request(req)).await {
             Ok(Ok(resp)) if resp.status() == http::StatusCode::OK => true,
             Ok(Ok(resp)) => {
                 tracing::warn!(edge = %edge, status = %resp.status(), "a pushed purge was refused; gossip brings it");

@@ -211,6 +211,50 @@ pub(crate) async fn serve(
     accept(listener, slots, state, limits, tls, shutdown).await;
 }
 
+thread_local! {
+    static HTTP_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is one of `serve_on_threads`' (a runtime of its own).
+pub(crate) fn on_http_thread() -> bool {
+    HTTP_THREAD.with(|t| t.get())
+}
+
+/// Marks this thread as an HTTP thread, before its runtime runs.
+pub(crate) fn mark_http_thread() {
+    HTTP_THREAD.with(|t| t.set(true));
+}
+
+/// A value each HTTP thread has one of its own of, made on its first use there, and one more
+/// for every other thread: a client whose pooled connections are served by tasks of the runtime
+/// that opened them. Shared between HTTP threads, a request would wait for another thread's
+/// turn (and its wake-up) at each read and write of a connection it took from the pool, and
+/// for as long as that thread is busy.
+pub(crate) struct PerThread<T: Send> {
+    shared: T,
+    threads: thread_local::ThreadLocal<T>,
+    make: Box<dyn Fn() -> T + Send + Sync>,
+}
+
+impl<T: Send> PerThread<T> {
+    pub(crate) fn new(make: impl Fn() -> T + Send + Sync + 'static) -> PerThread<T> {
+        PerThread {
+            shared: make(),
+            threads: thread_local::ThreadLocal::new(),
+            make: Box::new(make),
+        }
+    }
+
+    /// This HTTP thread's own value, or the shared one.
+    pub(crate) fn get(&self) -> &T {
+        if on_http_thread() {
+            self.threads.get_or(&self.make)
+        } else {
+            &self.shared
+        }
+    }
+}
+
 /// Serves HTTP on `listener` as [`serve`] does, on `threads` threads of its own, each with a
 /// single-threaded runtime: a connection is accepted, parsed, answered and written by one
 /// thread for its whole life and never moves, and no two threads share a run queue (a 1 KiB hit
@@ -249,6 +293,7 @@ pub(crate) fn serve_on_threads(
         std::thread::Builder::new()
             .name(format!("meridian-http-{i}"))
             .spawn(move || {
+                mark_http_thread();
                 runtime.block_on(async move {
                     let listener = match TcpListener::from_std(listener) {
                         Ok(l) => l,
