@@ -21,7 +21,7 @@
 #   PARTS="hits tls collapse stream pass tail" benches/http-load.sh  which to run (default: all)
 #   PASS_SECS=300 benches/http-load.sh             length of the pass-through RSS run (part "pass")
 #   FOLLOWERS=100 benches/http-load.sh             clients that join the leader in "stream"
-#   EDGE_THREADS=0 benches/http-load.sh            meridian's edge.threads (default: one per core)
+#   EDGE_THREADS=0 benches/http-load.sh            meridian's edge.threads (default: unset, one per core)
 #
 # Installs nginx, varnish, wrk and h2load (nghttp2-client) from Debian if they are missing (needs root). Every address is
 # on loopback; every server started here is stopped on exit. Prints markdown tables of medians.
@@ -35,7 +35,7 @@ BURST=${BURST:-200}
 PARTS=${PARTS:-hits tls collapse stream pass tail}
 PASS_SECS=${PASS_SECS:-300}
 FOLLOWERS=${FOLLOWERS:-100}
-EDGE_THREADS=${EDGE_THREADS:-$(nproc)}
+EDGE_THREADS=${EDGE_THREADS:-}
 want() { case " $PARTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -129,14 +129,13 @@ access_log = false
 listen = ["127.0.0.1:$P_MERIDIAN"]
 cache_memory = "1GiB"
 max_connections = 100000
-threads = $EDGE_THREADS
+${EDGE_THREADS:+threads = $EDGE_THREADS}
 [edge.tls]
 listen = ["127.0.0.1:$P_MERIDIAN_TLS"]
 default_site = "bench"
 EOF
-# With HTTP threads, glibc's per-thread caches off, as edge.threads asks (README).
-tunables=$([ "$EDGE_THREADS" -gt 0 ] && echo glibc.malloc.tcache_count=0 || true)
-GLIBC_TUNABLES=$tunables "$MERIDIAN" run -c "$WORK/meridian.toml" 2>"$WORK/logs/meridian.log" & PIDS+=($!); MERIDIAN_PID=$!
+# As deployed: `run` starts itself again with glibc's per-thread caches off (README).
+"$MERIDIAN" run -c "$WORK/meridian.toml" 2>"$WORK/logs/meridian.log" & PIDS+=($!); MERIDIAN_PID=$!
 "$BARE" 127.0.0.1:$P_BARE 1024 & PIDS+=($!)
 "$BARE_PROXY" 127.0.0.1:$P_BARE_PROXY 127.0.0.1:$ORIGIN pooled & PIDS+=($!)
 

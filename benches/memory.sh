@@ -9,7 +9,7 @@
 #   benches/memory.sh                 CACHE=64MiB, 200,000 hits, floods of 3 x CACHE bytes each
 #   CACHE=256MiB HITS=1000000 SETTLE=5 benches/memory.sh
 #   EDGE_ENV="MALLOC_ARENA_MAX=1" benches/memory.sh     environment of the edge (allocator tuning)
-#   EDGE_THREADS=2 benches/memory.sh                    the edge's edge.threads (default 0)
+#   EDGE_THREADS=0 benches/memory.sh                    the edge's edge.threads (default: unset, one per core)
 #
 # Needs nginx (origin) and wrk from Debian (installed if missing, as root). Loopback only; every
 # process started here is stopped on exit. Prints one markdown table.
@@ -75,7 +75,7 @@ level = "warn"
 [edge]
 listen = ["127.0.0.1:$EDGE"]
 cache_memory = "$CACHE"
-threads = ${EDGE_THREADS:-0}
+${EDGE_THREADS:+threads = $EDGE_THREADS}
 max_object_size = "$(( CACHE_BYTES / 4 < 16777216 ? CACHE_BYTES / 4 : 16777216 ))"
 [admin]
 listen = "127.0.0.1:$ADMIN"

@@ -192,6 +192,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Demo { port_offset } => {
+            meridian::memory::restart_with_thread_caches_off();
             meridian::telemetry::init_logging(&meridian::config::LogConfig {
                 json: false,
                 level: "warn".into(),
@@ -354,6 +355,8 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Run { config } => {
+            // Before any other thread exists (the exec replaces this process).
+            meridian::memory::restart_with_thread_caches_off();
             let cfg = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,

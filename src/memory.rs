@@ -72,29 +72,102 @@ pub(crate) fn released(bytes: u64) {
     RELEASED.fetch_add(bytes, Ordering::Relaxed);
 }
 
-/// The glibc tunable (in `GLIBC_TUNABLES`) that turns its per-thread caches off, for an edge with HTTP
-/// threads (`edge.threads`). With two of them and the caches on, `benches/memory.sh`'s flood of
-/// new 1 KiB objects left 104–150 MiB of RSS against a bound of about 97 (malloc_stats: 56 MB in
-/// use either way, the rest free but resident in the two arenas' heaps); with the caches off,
-/// 84 MiB, as with the shared runtime, at a cost in hits/s within the noise for cleartext and
-/// perhaps a tenth for HTTP/2 over TLS (the README has the figures). glibc reads its tunables
-/// only at the start of a process, so this is for the environment the edge starts in.
+/// The glibc tunable (in `GLIBC_TUNABLES`) that turns its per-thread caches off. With two HTTP
+/// threads (`edge.threads`) and the caches on, `benches/memory.sh`'s flood of new 1 KiB objects
+/// left 104-150 MiB of RSS against a bound of about 97 (malloc_stats: 56 MB in use either way,
+/// the rest free but resident in the arenas' heaps); with the caches off, 70-84 MiB. Its cost
+/// in hits/s is within this machine's noise (the README has the figures). glibc reads its
+/// tunables only when a process starts: [`restart_with_thread_caches_off`] arranges it.
 pub const TCACHE_OFF: &str = "glibc.malloc.tcache_count=0";
 
+/// Whether glibc ignores its tunables in this process: started in secure mode (a binary with
+/// file capabilities, as in the container image, or setuid).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn secure_mode() -> bool {
+    // SAFETY: getauxval reads a value of the process's auxiliary vector; no pointers.
+    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
+}
+
+/// The tcache count `GLIBC_TUNABLES` sets, if it sets one.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tcache_count_set() -> Option<String> {
+    let tunables = std::env::var("GLIBC_TUNABLES").ok()?;
+    let count = tunables
+        .split(':')
+        .rev()
+        .find_map(|kv| kv.trim().strip_prefix("glibc.malloc.tcache_count="))?;
+    Some(count.to_string())
+}
+
 /// Whether this process runs with glibc's per-thread caches off (always true elsewhere than
-/// glibc, where there are none to turn off). glibc ignores its tunables in a process started
-/// in secure mode (a binary with file capabilities, as in the container image, or setuid).
+/// glibc, where there are none to turn off).
 pub fn thread_caches_off() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        // SAFETY: getauxval reads a value of the process's auxiliary vector; no pointers.
-        let secure = unsafe { libc::getauxval(libc::AT_SECURE) } != 0;
-        !secure
-            && std::env::var("GLIBC_TUNABLES")
-                .is_ok_and(|t| t.split(':').any(|kv| kv.trim() == TCACHE_OFF))
+        !secure_mode() && tcache_count_set().is_some_and(|n| n.trim() == "0")
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     true
+}
+
+/// Why [`restart_with_thread_caches_off`] would leave glibc's per-thread caches on in this
+/// process, if it would: secure mode, or the environment's own choice of a tcache count.
+pub fn thread_caches_stay_on() -> Option<String> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        if secure_mode() {
+            return Some("the process runs in secure mode (a binary with file capabilities or setuid), where glibc ignores GLIBC_TUNABLES".into());
+        }
+        match tcache_count_set() {
+            Some(n) if n.trim() != "0" => {
+                Some(format!("GLIBC_TUNABLES sets glibc.malloc.tcache_count={n}"))
+            }
+            _ => None,
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    None
+}
+
+/// HTTP threads when `edge.threads` is not set: one per core where glibc's per-thread caches are
+/// off in this process (as `meridian run` arranges), else none (the shared runtime), since with
+/// the caches on the threads let a churning cache hold memory well above `cache_memory`.
+pub fn default_http_threads() -> usize {
+    if thread_caches_off() {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        0
+    }
+}
+
+/// Starts this program again in this process (the same pid, arguments and environment, through
+/// `/proc/self/exe`) with glibc's per-thread caches off, for a long-running node: glibc reads
+/// `GLIBC_TUNABLES` only when a process starts. Returns without doing so where they are off
+/// already, where the environment sets a tcache count of its own (the operator's choice), in
+/// secure mode (glibc would ignore it), elsewhere than glibc, or if the exec fails (said on
+/// stderr; the node then runs with the caches on). Call before any other thread exists.
+pub fn restart_with_thread_caches_off() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::unix::process::CommandExt;
+        if secure_mode() || tcache_count_set().is_some() {
+            return;
+        }
+        let mut tunables = std::env::var_os("GLIBC_TUNABLES").unwrap_or_default();
+        if !tunables.is_empty() {
+            tunables.push(":");
+        }
+        tunables.push(TCACHE_OFF);
+        let mut args = std::env::args_os();
+        let mut again = std::process::Command::new("/proc/self/exe");
+        if let Some(name) = args.next() {
+            again.arg0(name);
+        }
+        let e = again.args(args).env("GLIBC_TUNABLES", tunables).exec();
+        eprintln!(
+            "cannot restart with GLIBC_TUNABLES={TCACHE_OFF} ({e}); going on with glibc's per-thread caches on"
+        );
+    }
 }
 
 /// Returns free memory to the operating system now (call off the async threads: it walks the

@@ -113,14 +113,17 @@ fn check_warns_of_http_threads_run_with_glibcs_per_thread_caches() {
     .unwrap();
     let node = "id = \"e\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[edge]\nlisten = [\"127.0.0.1:0\"]\npublic_addresses = [\"192.0.2.10\"]\nthreads = 2\n";
     let check = |tunables| check_passes_with(dir.path(), node, tunables);
-    let warned = check(None);
+    // The environment's own tcache count stands: `run` keeps the caches on.
+    let warned = check(Some("glibc.malloc.tcache_count=7"));
     if cfg!(all(target_os = "linux", target_env = "gnu")) {
         assert!(
-            warned.contains("node.toml: edge.threads: HTTP threads without GLIBC_TUNABLES=glibc.malloc.tcache_count=0"),
+            warned.contains("node.toml: edge.threads: HTTP threads with glibc's per-thread caches on (GLIBC_TUNABLES sets glibc.malloc.tcache_count=7)"),
             "{warned}"
         );
     }
-    // With the setting (among others), nothing to say.
+    // Without a setting `run` turns them off itself; with it (among others) they are off.
+    let quiet = check(None);
+    assert!(!quiet.contains("warning:"), "{quiet}");
     let quiet = check(Some("glibc.malloc.arena_max=4:glibc.malloc.tcache_count=0"));
     assert!(!quiet.contains("warning:"), "{quiet}");
 }
@@ -218,14 +221,15 @@ async fn run_logs_json_and_drains_on_sigterm() {
     .unwrap();
     std::fs::write(
         dir.path().join("node.toml"),
-        "id = \"cli-edge\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[log]\nformat = \"json\"\n[edge]\nlisten = [\"127.0.0.1:0\"]\nshutdown_grace = \"5s\"\nthreads = 3\n",
+        "id = \"cli-edge\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[log]\nformat = \"json\"\n[edge]\nlisten = [\"127.0.0.1:0\"]\nshutdown_grace = \"5s\"\n",
     )
     .unwrap();
-    // As an edge with HTTP threads should run (see `edge.threads`): no warning comes first.
+    // No `edge.threads` and no GLIBC_TUNABLES: `run` starts itself again with glibc's
+    // per-thread caches off and serves HTTP on a thread per core. No warning comes first.
     let mut child = meridian()
         .args(["run", "-c"])
         .arg(dir.path().join("node.toml"))
-        .env("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0")
+        .env_remove("GLIBC_TUNABLES")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -250,10 +254,20 @@ async fn run_logs_json_and_drains_on_sigterm() {
     assert_eq!(started["https"], "");
     let addr: std::net::SocketAddr = http.parse().unwrap();
 
-    // HTTP is served on `edge.threads` threads of its own, named so that `ps -T` and `top -H`
-    // tell them apart; the drain below is theirs. (A thread names itself once it runs.)
-    #[cfg(target_os = "linux")]
+    // HTTP is served on threads of its own, one per core by default, named so that `ps -T`
+    // and `top -H` tell them apart; the drain below is theirs. (A thread names itself once it
+    // runs.) The same process, started again with the caches off.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
+        let environ = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap();
+        let tunables: Vec<_> = environ
+            .split(|b| *b == 0)
+            .filter(|v| v.starts_with(b"GLIBC_TUNABLES="))
+            .map(String::from_utf8_lossy)
+            .collect();
+        assert_eq!(tunables, ["GLIBC_TUNABLES=glibc.malloc.tcache_count=0"]);
+        let cores = std::thread::available_parallelism().unwrap().get();
+        let expected: Vec<String> = (0..cores).map(|i| format!("meridian-http-{i}")).collect();
         let http_threads = || {
             let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
                 .unwrap()
@@ -266,16 +280,16 @@ async fn run_logs_json_and_drains_on_sigterm() {
         };
         let mut names = http_threads();
         for _ in 0..100 {
-            if names.len() >= 3 {
+            if names.len() >= cores {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
             names = http_threads();
         }
-        assert_eq!(
-            names,
-            ["meridian-http-0", "meridian-http-1", "meridian-http-2"]
-        );
+        // Sorted as text: meridian-http-10 before meridian-http-2.
+        let mut expected = expected;
+        expected.sort();
+        assert_eq!(names, expected);
     }
 
     let inflight = tokio::spawn(async move { get(addr, "demo.test", "/slow", &[]).await });

@@ -207,8 +207,8 @@ impl Config {
     /// What is allowed but likely a mistake outside a local cluster: an edge that publishes
     /// addresses users cannot reach (loopback, private, link-local), which DNS would hand them;
     /// a disk tier larger than the free space; a shielding edge that peers cannot reach; HTTP
-    /// threads without the allocator setting that keeps their memory within its bound (read
-    /// from this process's environment). `meridian check` prints these; they do not fail it.
+    /// threads where `meridian run` cannot turn the allocator's per-thread caches off (secure
+    /// mode, or the environment sets a tcache count of its own). `meridian check` prints these; they do not fail it.
     pub fn warnings(&self) -> Vec<Problem> {
         let Some(edge) = &self.node.edge else {
             return Vec::new();
@@ -237,12 +237,12 @@ impl Config {
                 });
             }
         }
-        if edge.threads > 0 && !crate::memory::thread_caches_off() {
+        if let Some(why) = crate::memory::thread_caches_stay_on().filter(|_| edge.threads > 0) {
             out.push(Problem {
                 file: self.node.path.clone(),
                 key: "edge.threads".into(),
                 reason: format!(
-                    "HTTP threads without GLIBC_TUNABLES={} in the environment: glibc's per-thread caches then let a churning cache hold memory well above cache_memory",
+                    "HTTP threads with glibc's per-thread caches on ({why}): they then let a churning cache hold memory well above cache_memory; `meridian run` turns them off itself ({}) where it can",
                     crate::memory::TCACHE_OFF
                 ),
             });

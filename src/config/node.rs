@@ -247,8 +247,9 @@ pub struct EdgeConfig {
     /// Open client connections at most per listener; further connections wait to be accepted.
     pub max_connections: usize,
     /// Threads that accept and serve the HTTP and HTTPS listeners, each with a runtime of its
-    /// own; 0 (the default) serves them on the shared runtime. Faster hits; the edge then needs
-    /// glibc's per-thread caches off to hold its memory bound (`memory::TCACHE_OFF`).
+    /// own; 0 serves them on the shared runtime. Unset: one per core where glibc's per-thread
+    /// caches are off in this process, which they need to hold the memory bound, else 0
+    /// (`memory::default_http_threads`).
     pub threads: usize,
     /// Time in-flight requests get to finish on shutdown.
     pub shutdown_grace: Duration,
@@ -858,7 +859,9 @@ pub(super) fn validate_edge(r: &mut Report<'_>, e: &RawEdge) -> EdgeConfig {
     if max_connections == 0 {
         r.add("edge.max_connections", "must be greater than zero");
     }
-    let threads = e.threads.unwrap_or(0);
+    let threads = e
+        .threads
+        .unwrap_or_else(crate::memory::default_http_threads);
     if threads > 1024 {
         r.add("edge.threads", format!("{threads} is more than 1024"));
     }
