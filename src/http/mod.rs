@@ -1,9 +1,10 @@
 //! The edge's HTTP side: `server` accepts connections and runs hyper on them (`framing` watches
-//! HTTP/1 message boundaries on the raw bytes), `request` checks and normalises each request,
+//! HTTP/1 message boundaries on the raw bytes, `coalesce` gathers a turn's writes into one), `request` checks and normalises each request,
 //! `handler` answers it, `response`, `range` and `headers` shape what goes back, `body` is the
 //! one body type.
 
 pub(crate) mod body;
+pub(crate) mod coalesce;
 pub(crate) mod framing;
 pub(crate) mod handler;
 pub(crate) mod headers;

@@ -451,8 +451,11 @@ where
             r
         }
     });
+    // What one poll of the connection writes leaves in one write (HTTP/2 flushes per frame).
+    let (io, drain) = super::coalesce::coalesce(io);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
+    let mut ended = None;
     let mut closing = false;
     // Sampled every quarter of the shorter timeout: a connection is idle once no byte moved and
     // no request was open for a whole timeout (give or take a quarter).
@@ -462,7 +465,7 @@ where
     let mut quiet_since = Instant::now();
     loop {
         tokio::select! {
-            r = conn.as_mut() => {
+            r = std::future::poll_fn(|cx| super::coalesce::poll_flushing(conn.as_mut(), &drain, &mut ended, cx)) => {
                 if let Err(e) = r {
                     tracing::debug!(client = %peer, error = %e, "connection ended with an error");
                 }

@@ -627,6 +627,14 @@ pub fn param<'a>(cache_status: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|p| p.strip_prefix(key)?.strip_prefix('='))
 }
 
+/// Whether the `ttl` of a `Cache-Status` is `fresh` seconds, or one less: a `Date` header has
+/// whole seconds, so a second boundary crossed since the origin made it ages the answer by one.
+pub fn ttl_about(cache_status: &str, fresh: i64) -> bool {
+    param(cache_status, "ttl")
+        .and_then(|t| t.parse::<i64>().ok())
+        .is_some_and(|t| t == fresh || t == fresh - 1)
+}
+
 /// A TLS server configuration for `name` (a host name or an IP address), signed by a CA made
 /// for it; and that CA's certificate as PEM, for the client to trust.
 pub fn server_signed_by_a_new_ca(name: &str) -> (String, rustls::ServerConfig) {
