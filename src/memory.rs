@@ -91,7 +91,10 @@ fn secure_mode() -> bool {
 /// The tcache count `GLIBC_TUNABLES` sets, if it sets one.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tcache_count_set() -> Option<String> {
-    let tunables = std::env::var("GLIBC_TUNABLES").ok()?;
+    // Lossy: a value that is not UTF-8 must still show the setting `restart_with_thread_caches_off`
+    // appended to it, or the restarted process would restart again.
+    let tunables = std::env::var_os("GLIBC_TUNABLES")?;
+    let tunables = tunables.to_string_lossy();
     let count = tunables
         .split(':')
         .rev()

@@ -1210,3 +1210,66 @@ fn check_warns_when_a_shielding_edge_has_no_listener_for_its_peers() {
         );
     }
 }
+
+/// `run` adds the allocator setting to a GLIBC_TUNABLES of its environment that is not UTF-8,
+/// and the process it starts again sees it there and goes on (it does not start itself again
+/// and again, which it did while it read the variable as UTF-8 only).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn run_restarts_once_with_a_glibc_tunables_that_is_not_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("origins.toml"),
+        site("s", "s.test", "http://127.0.0.1:1", ""),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("node.toml"),
+        "id = \"e\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[edge]\nlisten = [\"127.0.0.1:0\"]\n",
+    )
+    .unwrap();
+    let odd = std::ffi::OsStr::from_bytes(b"glibc.malloc.mxfast=64:caf\xe9");
+    let mut child = meridian()
+        .args(["run", "-c"])
+        .arg(dir.path().join("node.toml"))
+        .env("GLIBC_TUNABLES", odd)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _stop = KillOnPanic(child.id());
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("node started")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no start within 20 s: {seen:?}"),
+        }
+    }
+    // And runs with the caches off: HTTP threads, one per core, by default.
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let http_threads = || {
+        std::fs::read_dir(format!("/proc/{}/task", child.id()))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|n| n.starts_with("meridian-http"))
+            .count()
+    };
+    for _ in 0..100 {
+        if http_threads() >= cores {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(http_threads(), cores);
+    let _ = child.kill();
+    let _ = child.wait();
+}

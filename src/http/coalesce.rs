@@ -23,10 +23,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Bytes a connection gathers before a write goes out at once: one TLS record's plaintext.
 pub(crate) const CAP: usize = 16 * 1024;
 
-/// A drained buffer keeps its memory up to this size (most turns of a busy connection write
-/// less); a larger one is freed, so that idle connections hold none of it.
-const KEEP: usize = 4096;
-
 struct Inner<S> {
     io: S,
     buf: Vec<u8>,
@@ -43,12 +39,8 @@ impl<S> Inner<S> {
         self.start += n;
         if self.start == self.buf.len() {
             self.start = 0;
-            if self.buf.capacity() > KEEP {
-                // An idle connection holds no large buffer.
-                self.buf = Vec::new();
-            } else {
-                self.buf.clear();
-            }
+            // An idle connection holds no buffer (one allocation per turn that writes).
+            self.buf = Vec::new();
         }
     }
 
