@@ -153,7 +153,9 @@ pub fn restart_with_thread_caches_off() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         use std::os::unix::process::CommandExt;
-        if secure_mode() || tcache_count_set().is_some() {
+        // Once only, whatever glibc made of the variable in the restarted process.
+        const RESTARTED: &str = "MERIDIAN_RESTARTED_FOR_ALLOCATOR";
+        if secure_mode() || tcache_count_set().is_some() || std::env::var_os(RESTARTED).is_some() {
             return;
         }
         let mut tunables = std::env::var_os("GLIBC_TUNABLES").unwrap_or_default();
@@ -166,7 +168,11 @@ pub fn restart_with_thread_caches_off() {
         if let Some(name) = args.next() {
             again.arg0(name);
         }
-        let e = again.args(args).env("GLIBC_TUNABLES", tunables).exec();
+        let e = again
+            .args(args)
+            .env("GLIBC_TUNABLES", tunables)
+            .env(RESTARTED, "1")
+            .exec();
         eprintln!(
             "cannot restart with GLIBC_TUNABLES={TCACHE_OFF} ({e}); going on with glibc's per-thread caches on"
         );

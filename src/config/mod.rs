@@ -208,7 +208,8 @@ impl Config {
     /// addresses users cannot reach (loopback, private, link-local), which DNS would hand them;
     /// a disk tier larger than the free space; a shielding edge that peers cannot reach; HTTP
     /// threads where `meridian run` cannot turn the allocator's per-thread caches off (secure
-    /// mode, or the environment sets a tcache count of its own). `meridian check` prints these; they do not fail it.
+    /// mode, or the environment sets a tcache count of its own). `meridian check` prints these;
+    /// they do not fail it.
     pub fn warnings(&self) -> Vec<Problem> {
         let Some(edge) = &self.node.edge else {
             return Vec::new();

@@ -1,7 +1,7 @@
 //! The edge's HTTP side: `server` accepts connections and runs hyper on them (`framing` watches
-//! HTTP/1 message boundaries on the raw bytes, `coalesce` gathers a turn's writes into one), `request` checks and normalises each request,
-//! `handler` answers it, `response`, `range` and `headers` shape what goes back, `body` is the
-//! one body type.
+//! HTTP/1 message boundaries on the raw bytes, `coalesce` gathers what one poll of a connection
+//! writes into one write), `request` checks and normalises each request, `handler` answers it,
+//! `response`, `range` and `headers` shape what goes back, `body` is the one body type.
 
 pub(crate) mod body;
 pub(crate) mod coalesce;

@@ -229,7 +229,10 @@ pub(crate) fn mark_http_thread() {
 /// for every other thread: a client whose pooled connections are served by tasks of the runtime
 /// that opened them. Shared between HTTP threads, a request would wait for another thread's
 /// turn (and its wake-up) at each read and write of a connection it took from the pool, and
-/// for as long as that thread is busy.
+/// for as long as that thread is busy. A value stays with its thread's id: a thread started
+/// after another ended may get the old one, whose pooled connections ended with the old
+/// runtime; hyper's pool finds them closed and opens new ones (several nodes in one process,
+/// as in the demo and the tests; a node's HTTP threads live as long as the node).
 pub(crate) struct PerThread<T: Send> {
     shared: T,
     threads: thread_local::ThreadLocal<T>,
