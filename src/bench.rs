@@ -22,7 +22,8 @@ pub struct HitPath {
     headers: HeaderMap,
 }
 
-fn site() -> SiteConfig {
+/// A site of one origin that is never reached (a closed port), with 1 s timeouts.
+pub(crate) fn site() -> SiteConfig {
     SiteConfig {
         name: "bench".into(),
         hosts: vec!["bench.test".into()],

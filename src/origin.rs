@@ -312,7 +312,6 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::config::QueryKey;
 
     /// An origin answering every request `ok` on keep-alive connections; counts its connections.
     fn origin() -> (SocketAddr, Arc<AtomicUsize>) {
@@ -348,23 +347,8 @@ mod tests {
 
     fn site(origin: SocketAddr) -> SiteConfig {
         SiteConfig {
-            name: "t".into(),
-            hosts: vec!["t.test".into()],
             origins: vec![format!("http://{origin}").parse().unwrap()],
-            host_header: None,
-            connect_timeout: Duration::from_secs(2),
-            first_byte_timeout: Duration::from_secs(2),
-            origin_read_timeout: Duration::from_secs(2),
-            default_ttl: None,
-            heuristic_freshness: false,
-            strip_set_cookie: false,
-            key_scheme: true,
-            ca_file: None,
-            query_key: QueryKey::Keep,
-            key_headers: vec![],
-            tls: None,
-            shield: false,
-            shield_region: None,
+            ..crate::bench::site()
         }
     }
 
