@@ -448,6 +448,12 @@ impl Node {
                 tracker.clone(),
                 disk,
             ));
+            if node.gossip.is_some() && state.store.disk().is_some() {
+                // Held from before the first accept until `purge::follow` has caught up with
+                // the purges made while this edge was down (HTTP threads accept at once; the
+                // follower starts later, with gossip).
+                state.store.hold_disk(true);
+            }
             let limits = Limits::from(edge);
             let certificates = Arc::new(ArcSwap::from_pointee(Certificates::new(
                 &config.sites,

@@ -742,3 +742,78 @@ async fn a_purge_the_disk_cannot_record_still_holds_and_says_so() {
     assert_eq!(o.count("/a"), 2);
     edge.stop();
 }
+
+/// An edge in a cluster holds its disk reads from the moment it accepts, not from when its
+/// purge follower first runs: a request served at once after the start (here by an HTTP
+/// thread while the runtime that runs the follower is kept busy) is not answered from disk
+/// before the edge has caught up with the cluster's purges.
+#[tokio::test(flavor = "current_thread")]
+async fn disk_reads_are_held_from_the_first_accept_in_a_cluster() {
+    // The origin on a runtime of its own: this one is blocked below.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            tx.send(scripted_origin().await).unwrap();
+            std::future::pending::<()>().await
+        })
+    });
+    let o = rx.recv().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), o.addr);
+    let base = std::fs::read_to_string(dir.path().join("node.toml")).unwrap();
+    let config = |gossip: &str| {
+        let text = base.replace("[edge]\n", "[edge]\nthreads = 1\n") + gossip;
+        std::fs::write(dir.path().join("node.toml"), text).unwrap();
+        meridian::config::load(&dir.path().join("node.toml")).unwrap()
+    };
+    // Stored on disk by an edge without gossip, then stopped.
+    let node = meridian::app::Node::start(config("")).await.unwrap();
+    let edge = node.http_addrs()[0];
+    assert_eq!(get(edge, "demo.test", "/a", &[]).await.text(), "alpha");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(node.shutdown().await);
+
+    std::fs::write(
+        dir.path().join("k.key"),
+        "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
+    )
+    .unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let node = meridian::app::Node::start(config(&format!(
+        "[gossip]\nlisten = \"127.0.0.1:{port}\"\ncluster = \"held\"\nkey_file = \"k.key\"\nfailure_timeout = \"30s\"\n"
+    )))
+    .await
+    .unwrap();
+    let edge = node.http_addrs()[0];
+    // Blocking on purpose: this runtime (the follower's) does not run meanwhile.
+    let answer = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(edge).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /a HTTP/1.1\r\nHost: demo.test\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    };
+    let status = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("cache-status: "))
+        .unwrap_or_default()
+        .to_string();
+    assert!(answer.ends_with("alpha"), "{answer}");
+    assert!(
+        !status.contains("; hit"),
+        "served from disk before catching up: {status}"
+    );
+    assert_eq!(o.count("/a"), 2);
+    node.shutdown().await;
+}
