@@ -268,16 +268,7 @@ async fn run_logs_json_and_drains_on_sigterm() {
         assert_eq!(tunables, ["GLIBC_TUNABLES=glibc.malloc.tcache_count=0"]);
         let cores = std::thread::available_parallelism().unwrap().get();
         let expected: Vec<String> = (0..cores).map(|i| format!("meridian-http-{i}")).collect();
-        let http_threads = || {
-            let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
-                .unwrap()
-                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-                .map(|n| n.trim().to_string())
-                .filter(|n| n.starts_with("meridian-http"))
-                .collect();
-            names.sort();
-            names
-        };
+        let http_threads = || http_threads(child.id());
         let mut names = http_threads();
         for _ in 0..100 {
             if names.len() >= cores {
@@ -1256,13 +1247,7 @@ fn run_restarts_once_with_a_glibc_tunables_that_is_not_utf8() {
     }
     // And runs with the caches off: HTTP threads, one per core, by default.
     let cores = std::thread::available_parallelism().unwrap().get();
-    let http_threads = || {
-        std::fs::read_dir(format!("/proc/{}/task", child.id()))
-            .unwrap()
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .filter(|n| n.starts_with("meridian-http"))
-            .count()
-    };
+    let http_threads = || http_threads(child.id()).len();
     for _ in 0..100 {
         if http_threads() >= cores {
             break;

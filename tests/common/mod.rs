@@ -627,6 +627,22 @@ pub fn param<'a>(cache_status: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|p| p.strip_prefix(key)?.strip_prefix('='))
 }
 
+/// The names of process `pid`'s HTTP threads (`meridian-http-N`), sorted; Linux only (read
+/// from `/proc`). A thread names itself once it runs.
+pub fn http_threads(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|n| n.trim().to_string())
+                .filter(|n| n.starts_with("meridian-http"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
 /// Whether the `ttl` of a `Cache-Status` is `fresh` seconds, or one less: a `Date` header has
 /// whole seconds, so a second boundary crossed since the origin made it ages the answer by one.
 pub fn ttl_about(cache_status: &str, fresh: i64) -> bool {

@@ -145,13 +145,7 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn a_start_that_fails_half_way_leaves_no_http_thread_running() {
-    fn http_threads() -> usize {
-        std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .filter(|n| n.starts_with("meridian-http"))
-            .count()
-    }
+    let http_threads = || http_threads(std::process::id()).len();
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = busy.local_addr().unwrap();
     let dir = tempfile::tempdir().unwrap();
