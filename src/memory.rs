@@ -143,8 +143,8 @@ pub fn default_http_threads() -> usize {
     }
 }
 
-/// Starts this program again in this process (the same pid, arguments and environment, through
-/// `/proc/self/exe`) with glibc's per-thread caches off, for a long-running node: glibc reads
+/// Starts this program again in this process (the same pid, binary, arguments and environment)
+/// with glibc's per-thread caches off, for a long-running node: glibc reads
 /// `GLIBC_TUNABLES` only when a process starts. Returns without doing so where they are off
 /// already, where the environment sets a tcache count of its own (the operator's choice), in
 /// secure mode (glibc would ignore it), elsewhere than glibc, or if the exec fails (said on
@@ -164,7 +164,10 @@ pub fn restart_with_thread_caches_off() {
         }
         tunables.push(TCACHE_OFF);
         let mut args = std::env::args_os();
-        let mut again = std::process::Command::new("/proc/self/exe");
+        // The binary's own path rather than /proc/self/exe, whose name ("exe") the kernel would
+        // give the process: `pgrep meridian` and `top` must still find it.
+        let me = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+        let mut again = std::process::Command::new(me);
         if let Some(name) = args.next() {
             again.arg0(name);
         }

@@ -266,6 +266,9 @@ async fn run_logs_json_and_drains_on_sigterm() {
             .map(String::from_utf8_lossy)
             .collect();
         assert_eq!(tunables, ["GLIBC_TUNABLES=glibc.malloc.tcache_count=0"]);
+        // Under its own name still (`pgrep meridian`, `top`).
+        let name = std::fs::read_to_string(format!("/proc/{}/comm", child.id())).unwrap();
+        assert_eq!(name.trim(), "meridian");
         let cores = std::thread::available_parallelism().unwrap().get();
         let expected: Vec<String> = (0..cores).map(|i| format!("meridian-http-{i}")).collect();
         let http_threads = || http_threads(child.id());
