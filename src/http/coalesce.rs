@@ -28,6 +28,8 @@ struct Inner<S> {
     buf: Vec<u8>,
     /// `buf[..start]` is written already.
     start: usize,
+    /// Bytes went to the stream and its flush has not completed yet.
+    unflushed: bool,
 }
 
 impl<S> Inner<S> {
@@ -56,8 +58,13 @@ impl<S> Inner<S> {
 }
 
 impl<S: AsyncWrite + Unpin> Inner<S> {
-    /// Writes out what is buffered, then flushes the stream.
+    /// Writes out what is buffered, then flushes the stream; nothing at all when nothing is
+    /// buffered (it runs after every poll of the connection, and hyper's own flushes reach the
+    /// stream directly whenever the buffer is empty).
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.pending().is_empty() && !self.unflushed {
+            return Poll::Ready(Ok(()));
+        }
         while !self.pending().is_empty() {
             let start = self.start;
             let n = std::task::ready!(Pin::new(&mut self.io).poll_write(cx, &self.buf[start..]))?;
@@ -65,8 +72,12 @@ impl<S: AsyncWrite + Unpin> Inner<S> {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.advance(n);
+            // Until the flush completes: TLS may still hold records the socket had no room for.
+            self.unflushed = true;
         }
-        Pin::new(&mut self.io).poll_flush(cx)
+        std::task::ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+        self.unflushed = false;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -86,6 +97,7 @@ pub(crate) fn coalesce<S>(io: S) -> (Coalesce<S>, Drain<S>) {
         io,
         buf: Vec::new(),
         start: 0,
+        unflushed: false,
     }));
     (
         Coalesce {
@@ -137,7 +149,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
                 return Poll::Ready(Ok(total));
             }
             // What is buffered, then these, in one write.
-            let Inner { io, buf, start } = &mut *inner;
+            let Inner { io, buf, start, .. } = &mut *inner;
             let mut iov = Vec::with_capacity(bufs.len() + 1);
             if held > 0 {
                 iov.push(IoSlice::new(&buf[*start..]));
@@ -332,6 +344,58 @@ mod tests {
         read.await.expect("written at once").unwrap();
         assert_eq!(&got[..4], b"head");
         assert!(got[4..].iter().all(|b| *b == 7));
+    }
+
+    /// A stream whose first flush is not done at once (TLS records the socket had no room
+    /// for); counts its flushes.
+    struct SlowFlush {
+        io: DuplexStream,
+        flushes: usize,
+    }
+
+    impl AsyncWrite for SlowFlush {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.io).poll_write(cx, data)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.flushes += 1;
+            if self.flushes == 1 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    /// A flush that was not done when the buffer went out is asked again after the next poll,
+    /// though nothing new is buffered: the last bytes of a response do not stay behind.
+    #[tokio::test]
+    async fn an_unfinished_flush_is_finished_after_the_next_poll() {
+        let (ours, _theirs) = tokio::io::duplex(1 << 20);
+        let (mut io, drain) = coalesce(SlowFlush {
+            io: ours,
+            flushes: 0,
+        });
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(matches!(
+            Pin::new(&mut io).poll_write(&mut cx, b"last bytes"),
+            Poll::Ready(Ok(10))
+        ));
+        assert!(drain.poll_drain(&mut cx).is_pending());
+        assert!(matches!(drain.poll_drain(&mut cx), Poll::Ready(Ok(()))));
+        assert_eq!(lock(&drain.inner).io.flushes, 2);
+        // Then nothing to do: no flush at all.
+        assert!(matches!(drain.poll_drain(&mut cx), Poll::Ready(Ok(()))));
+        assert_eq!(lock(&drain.inner).io.flushes, 2);
     }
 
     /// A shutdown writes what is buffered first.
