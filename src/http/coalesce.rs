@@ -11,6 +11,10 @@
 //!
 //! Bounded: at most [`CAP`] bytes wait per connection; past that a write waits for the socket,
 //! which is the backpressure HTTP has without this.
+//!
+//! HTTP/2 only: a connection gathers once the client's first bytes are the HTTP/2 preface (over
+//! TLS or not). HTTP/1.1 already leaves a response in one `writev` (hyper writes a head and a
+//! body together), so there a copy would only cost: its writes go straight to the stream.
 
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -23,8 +27,22 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Bytes a connection gathers before a write goes out at once: one TLS record's plaintext.
 pub(crate) const CAP: usize = 16 * 1024;
 
+/// The HTTP/2 connection preface (RFC 9113 §3.4), which a client sends first.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a connection's writes are gathered.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    /// Reading the client's first bytes: this many match the preface so far. Writes go
+    /// straight through meanwhile (neither protocol writes first).
+    Sniffing(usize),
+    Gather,
+    Direct,
+}
+
 struct Inner<S> {
     io: S,
+    mode: Mode,
     buf: Vec<u8>,
     /// `buf[..start]` is written already.
     start: usize,
@@ -92,9 +110,15 @@ pub(crate) struct Drain<S> {
 }
 
 /// Wraps `io`; the [`Drain`] goes to [`poll_flushing`] with the connection that uses it.
+/// Gathers once the client's first bytes turn out to be the HTTP/2 preface.
 pub(crate) fn coalesce<S>(io: S) -> (Coalesce<S>, Drain<S>) {
+    with_mode(io, Mode::Sniffing(0))
+}
+
+fn with_mode<S>(io: S, mode: Mode) -> (Coalesce<S>, Drain<S>) {
     let inner = Arc::new(Mutex::new(Inner {
         io,
+        mode,
         buf: Vec::new(),
         start: 0,
         unflushed: false,
@@ -119,7 +143,24 @@ impl<S: AsyncRead + Unpin> AsyncRead for Coalesce<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut lock(&self.inner).io).poll_read(cx, buf)
+        let mut inner = lock(&self.inner);
+        let before = buf.filled().len();
+        let r = Pin::new(&mut inner.io).poll_read(cx, buf);
+        if let Mode::Sniffing(seen) = inner.mode {
+            let read = &buf.filled()[before..];
+            if !read.is_empty() {
+                let want = &PREFACE[seen..];
+                let n = read.len().min(want.len());
+                inner.mode = if read[..n] != want[..n] {
+                    Mode::Direct
+                } else if seen + n == PREFACE.len() {
+                    Mode::Gather
+                } else {
+                    Mode::Sniffing(seen + n)
+                };
+            }
+        }
+        r
     }
 }
 
@@ -138,6 +179,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let mut inner = lock(&self.inner);
+        if inner.mode != Mode::Gather {
+            return Pin::new(&mut inner.io).poll_write_vectored(cx, bufs);
+        }
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         if total == 0 {
             return Poll::Ready(Ok(0));
@@ -289,40 +333,69 @@ mod tests {
     type Writes = Arc<std::sync::atomic::AtomicUsize>;
     type Ours = Counted<DuplexStream>;
 
-    fn counted() -> (Coalesce<Ours>, Drain<Ours>, DuplexStream, Writes) {
-        let (ours, theirs) = tokio::io::duplex(1 << 20);
+    /// A connection whose client sent `first` (in pieces of `piece` bytes), read through it.
+    async fn counted_after(
+        first: &[u8],
+        piece: usize,
+    ) -> (Coalesce<Ours>, Drain<Ours>, DuplexStream, Writes) {
+        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
         let writes = Arc::default();
-        let (io, drain) = coalesce(Counted {
+        let (mut io, drain) = coalesce(Counted {
             io: ours,
             writes: Arc::clone(&writes),
         });
+        for part in first.chunks(piece) {
+            theirs.write_all(part).await.unwrap();
+            let mut got = vec![0u8; part.len()];
+            io.read_exact(&mut got).await.unwrap();
+        }
         (io, drain, theirs, writes)
+    }
+
+    /// An HTTP/2 connection.
+    async fn counted() -> (Coalesce<Ours>, Drain<Ours>, DuplexStream, Writes) {
+        counted_after(PREFACE, PREFACE.len()).await
+    }
+
+    /// Ten writes, each flushed, in one poll; how many writes reached the stream before the
+    /// drain, and after it.
+    async fn ten_writes_in_one_poll(
+        io: &mut Coalesce<Ours>,
+        drain: &Drain<Ours>,
+        writes: &Writes,
+    ) -> (usize, usize) {
+        let mut conn = Box::pin(std::future::poll_fn(|cx| -> Poll<Result<(), ConnError>> {
+            for i in 0..10u8 {
+                let piece = [i; 100];
+                assert!(matches!(
+                    Pin::new(&mut *io).poll_write(cx, &piece),
+                    Poll::Ready(Ok(100))
+                ));
+                assert!(matches!(
+                    Pin::new(&mut *io).poll_flush(cx),
+                    Poll::Ready(Ok(()))
+                ));
+            }
+            Poll::Ready(Ok(()))
+        }));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(conn.as_mut().poll(&mut cx).is_ready());
+        let before = writes.load(std::sync::atomic::Ordering::SeqCst);
+        std::future::poll_fn(|cx| drain.poll_drain(cx))
+            .await
+            .unwrap();
+        (before, writes.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     /// Ten small writes, each flushed, within one poll of the connection (HTTP/2 answering ten
     /// requests read at once) reach the stream as one write, after that poll, in order.
     #[tokio::test]
     async fn writes_of_one_poll_leave_in_one_write_and_in_order() {
-        let (mut io, drain, mut theirs, writes) = counted();
-        let mut conn = Box::pin(std::future::poll_fn(|cx| -> Poll<Result<(), ConnError>> {
-            for i in 0..10u8 {
-                let piece = [i; 100];
-                assert!(matches!(
-                    Pin::new(&mut io).poll_write(cx, &piece),
-                    Poll::Ready(Ok(100))
-                ));
-                assert!(matches!(
-                    Pin::new(&mut io).poll_flush(cx),
-                    Poll::Ready(Ok(()))
-                ));
-            }
-            Poll::Ready(Ok(()))
-        }));
-        let mut ended = None;
-        std::future::poll_fn(|cx| poll_flushing(conn.as_mut(), &drain, &mut ended, cx))
-            .await
-            .unwrap();
-        assert_eq!(writes.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let (mut io, drain, mut theirs, writes) = counted().await;
+        assert_eq!(
+            ten_writes_in_one_poll(&mut io, &drain, &writes).await,
+            (0, 1)
+        );
         let mut got = vec![0u8; 1000];
         theirs.read_exact(&mut got).await.unwrap();
         let expected: Vec<u8> = (0..10u8).flat_map(|i| [i; 100]).collect();
@@ -332,7 +405,7 @@ mod tests {
     /// A write that does not fit goes out at once, behind what was buffered, in one write.
     #[tokio::test]
     async fn a_large_write_goes_at_once_behind_the_buffered_bytes() {
-        let (mut io, _drain, mut theirs, writes) = counted();
+        let (mut io, _drain, mut theirs, writes) = counted().await;
         io.write_all(b"head").await.unwrap();
         assert_eq!(writes.load(std::sync::atomic::Ordering::SeqCst), 0);
         let big = vec![7u8; CAP + 1];
@@ -381,10 +454,13 @@ mod tests {
     #[tokio::test]
     async fn an_unfinished_flush_is_finished_after_the_next_poll() {
         let (ours, _theirs) = tokio::io::duplex(1 << 20);
-        let (mut io, drain) = coalesce(SlowFlush {
-            io: ours,
-            flushes: 0,
-        });
+        let (mut io, drain) = with_mode(
+            SlowFlush {
+                io: ours,
+                flushes: 0,
+            },
+            Mode::Gather,
+        );
         let mut cx = Context::from_waker(std::task::Waker::noop());
         assert!(matches!(
             Pin::new(&mut io).poll_write(&mut cx, b"last bytes"),
@@ -402,12 +478,39 @@ mod tests {
     #[tokio::test]
     async fn a_shutdown_writes_what_is_buffered() {
         let (ours, mut theirs) = tokio::io::duplex(1 << 20);
-        let (mut io, _drain) = coalesce(ours);
+        let (mut io, _drain) = with_mode(ours, Mode::Gather);
         io.write_all(b"last words").await.unwrap();
         io.flush().await.unwrap();
         io.shutdown().await.unwrap();
         let mut got = Vec::new();
         theirs.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"last words");
+    }
+
+    /// A client whose preface comes in pieces is an HTTP/2 client all the same.
+    #[tokio::test]
+    async fn a_preface_read_in_pieces_turns_gathering_on() {
+        let (mut io, drain, _theirs, writes) = counted_after(PREFACE, 5).await;
+        assert_eq!(
+            ten_writes_in_one_poll(&mut io, &drain, &writes).await,
+            (0, 1)
+        );
+    }
+
+    /// HTTP/1.1 (hyper writes each response in one go): writes go straight to the stream.
+    #[tokio::test]
+    async fn an_http1_connection_writes_straight_through() {
+        let request = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+        let (mut io, drain, _theirs, writes) = counted_after(request, request.len()).await;
+        assert_eq!(
+            ten_writes_in_one_poll(&mut io, &drain, &writes).await,
+            (10, 10)
+        );
+        // A client that starts like the preface and then differs is not HTTP/2.
+        let (mut io, drain, _theirs, writes) = counted_after(b"PRI * HTTP/1.1\r\n", 3).await;
+        assert_eq!(
+            ten_writes_in_one_poll(&mut io, &drain, &writes).await,
+            (10, 10)
+        );
     }
 }

@@ -272,12 +272,21 @@ impl FramingGuard {
         let mut chunked = false;
         let mut te = false;
         let mut bad_te = false;
-        for line in head.split(|&b| b == b'\n').skip(1) {
+        let mut starts = memchr::memchr_iter(b'\n', head).map(|at| at + 1);
+        let mut next = starts.next();
+        while let Some(start) = next {
+            next = starts.next();
+            let line = &head[start..next.map_or(head.len(), |n| n - 1)];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let Some(colon) = line.iter().position(|&b| b == b':') else {
+            let Some(colon) = memchr::memchr(b':', line) else {
                 continue;
             };
-            let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+            let (name, value) = (&line[..colon], &line[colon + 1..]);
+            // Only two names matter; most lines are neither (compared by length first).
+            if name.len() != 14 && name.len() != 17 {
+                continue;
+            }
+            let value = value.trim_ascii();
             if name.eq_ignore_ascii_case(b"content-length") {
                 let parsed = std::str::from_utf8(value)
                     .ok()
@@ -330,15 +339,7 @@ impl FramingGuard {
 
 /// Index just past the first `\r\n\r\n`, if any.
 fn find_end(buf: &[u8]) -> Option<usize> {
-    let mut from = 0;
-    while let Some(i) = buf[from..].iter().position(|&b| b == b'\n') {
-        let at = from + i;
-        if at >= 3 && &buf[at - 3..=at] == b"\r\n\r\n" {
-            return Some(at + 1);
-        }
-        from = at + 1;
-    }
-    None
+    memchr::memmem::find(buf, b"\r\n\r\n").map(|at| at + 4)
 }
 
 #[cfg(test)]

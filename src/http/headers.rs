@@ -123,14 +123,20 @@ pub(crate) fn add_forwarding(
 /// Whether this node (the `received-by` of `via`, this node's Via value) already appears in the
 /// request's Via, over whatever protocol: a forwarding loop.
 pub(crate) fn is_loop(headers: &HeaderMap, via: &HeaderValue) -> bool {
-    let by = |hop: &[u8]| -> Vec<u8> {
+    // The received-by part of one hop: "1.1 edge-a (meridian)" -> "edge-a". Borrowed: this
+    // runs for every request, and most carry no Via at all.
+    fn by(hop: &[u8]) -> &[u8] {
         let hop = hop.trim_ascii();
         let rest = hop.splitn(2, |&b| b == b' ').nth(1).unwrap_or(hop);
         // Drop a comment: "1.1 edge-a (meridian)".
-        rest.split(|&b| b == b' ').next().unwrap_or(rest).to_vec()
-    };
+        rest.split(|&b| b == b' ').next().unwrap_or(rest)
+    }
+    let mut received = headers.get_all(header::VIA).iter().peekable();
+    if received.peek().is_none() {
+        return false;
+    }
     let ours = by(via.as_bytes());
-    headers.get_all(header::VIA).iter().any(|v| {
+    received.any(|v| {
         v.as_bytes()
             .split(|&b| b == b',')
             .any(|hop| by(hop) == ours)

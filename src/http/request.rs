@@ -93,6 +93,25 @@ pub(crate) fn strip_hop_by_hop_request(headers: &mut HeaderMap) {
     strip_hop_by_hop_except(headers, &[header::HOST]);
 }
 
+/// The bytes a reg-name may hold (RFC 3986 §3.2.2: unreserved, sub-delims and
+/// percent-encoding), as a table: every request's host is checked byte by byte.
+const HOST_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric();
+        b += 1;
+    }
+    let punctuation = b"-._~!$&'()*+,;=%";
+    let mut i = 0;
+    while i < punctuation.len() {
+        t[punctuation[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
 /// `host[:port]` → lower-case host without port or trailing dot; the port must be a number of
 /// at most 65535. IPv6 literals keep their brackets.
 pub(crate) fn normalize_host(raw: &str) -> Result<Cow<'_, str>, Rejected> {
@@ -127,11 +146,7 @@ pub(crate) fn normalize_host(raw: &str) -> Result<Cow<'_, str>, Rejected> {
     if host.is_empty() {
         return Err(Rejected::Bad("empty Host"));
     }
-    if !host.starts_with('[')
-        && !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b))
-    {
+    if !host.starts_with('[') && !host.bytes().all(|b| HOST_BYTES[usize::from(b)]) {
         return Err(Rejected::Bad("invalid characters in Host"));
     }
     let bare = port.is_none() && host.len() == raw.len();
@@ -145,6 +160,14 @@ pub(crate) fn normalize_host(raw: &str) -> Result<Cow<'_, str>, Rejected> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_byte_table_is_rfc_3986s_reg_name() {
+        for b in 0..=255u8 {
+            let allowed = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b);
+            assert_eq!(HOST_BYTES[usize::from(b)], allowed, "byte {b}");
+        }
+    }
 
     #[test]
     fn hosts_are_normalised_once() {

@@ -129,55 +129,95 @@ impl CacheStatus {
     }
 
     pub(crate) fn value(&self) -> HeaderValue {
-        let mut s = bytes::BytesMut::with_capacity(80);
-        s.extend_from_slice(b"meridian");
+        // Written on the stack and copied once: one allocation per response.
+        let mut s = Line::default();
+        s.push(b"meridian");
         if self.hit {
-            s.extend_from_slice(b"; hit");
+            s.push(b"; hit");
         }
         if let Some(f) = self.fwd {
-            s.extend_from_slice(b"; fwd=");
-            s.extend_from_slice(f.as_str().as_bytes());
+            s.push(b"; fwd=");
+            s.push(f.as_str().as_bytes());
         }
         if let Some(code) = self.fwd_status {
-            s.extend_from_slice(b"; fwd-status=");
-            push_int(&mut s, i64::from(code));
+            s.push(b"; fwd-status=");
+            s.push_int(i64::from(code));
         }
         if self.stored {
-            s.extend_from_slice(b"; stored");
+            s.push(b"; stored");
         }
         if self.collapsed {
-            s.extend_from_slice(b"; collapsed");
+            s.push(b"; collapsed");
         }
         if let Some(ttl) = self.ttl {
-            s.extend_from_slice(b"; ttl=");
-            push_int(&mut s, ttl);
+            s.push(b"; ttl=");
+            s.push_int(ttl);
         }
         if let Some(d) = self.detail {
-            s.extend_from_slice(b"; detail=");
-            s.extend_from_slice(d.as_bytes());
+            s.push(b"; detail=");
+            s.push(d.as_bytes());
         }
         // cannot fail: only ASCII tokens, digits and punctuation are written.
-        HeaderValue::from_maybe_shared(s.freeze()).unwrap_or(HeaderValue::from_static("meridian"))
+        HeaderValue::from_bytes(s.as_bytes()).unwrap_or(HeaderValue::from_static("meridian"))
     }
 }
 
-/// Appends a decimal integer without a formatter.
-fn push_int(out: &mut bytes::BytesMut, v: i64) {
-    if v < 0 {
-        out.extend_from_slice(b"-");
-    }
-    let mut n = v.unsigned_abs();
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+/// A field value built on the stack (what outgrows it goes on the heap).
+struct Line {
+    buf: [u8; 192],
+    len: usize,
+    spilled: Vec<u8>,
+}
+
+impl Default for Line {
+    fn default() -> Line {
+        Line {
+            buf: [0; 192],
+            len: 0,
+            spilled: Vec::new(),
         }
     }
-    out.extend_from_slice(&digits[i..]);
+}
+
+impl Line {
+    fn push(&mut self, b: &[u8]) {
+        if self.spilled.is_empty() && self.len + b.len() <= self.buf.len() {
+            self.buf[self.len..self.len + b.len()].copy_from_slice(b);
+            self.len += b.len();
+        } else {
+            if self.spilled.is_empty() {
+                self.spilled.extend_from_slice(&self.buf[..self.len]);
+            }
+            self.spilled.extend_from_slice(b);
+        }
+    }
+
+    /// Appends a decimal integer without a formatter.
+    fn push_int(&mut self, v: i64) {
+        if v < 0 {
+            self.push(b"-");
+        }
+        let mut n = v.unsigned_abs();
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.push(&digits[i..]);
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        if self.spilled.is_empty() {
+            &self.buf[..self.len]
+        } else {
+            &self.spilled
+        }
+    }
 }
 
 /// Why the edge answers a request itself with an error.
@@ -263,15 +303,69 @@ impl Refusal {
 }
 
 fn age_value(age: Duration) -> HeaderValue {
-    HeaderValue::from(age.as_secs())
+    let secs = age.as_secs();
+    match usize::try_from(secs) {
+        // A slice of a static table: no allocation (every hit sends one).
+        Ok(n) if n < AGES => {
+            let (start, end) = (decimal_offset(n), decimal_offset(n + 1));
+            HeaderValue::from_maybe_shared(bytes::Bytes::from_static(&DECIMALS[start..end]))
+                .unwrap_or_else(|_| HeaderValue::from(secs))
+        }
+        _ => HeaderValue::from(secs),
+    }
 }
+
+/// Ages (seconds) the table below spells: a little over a day.
+const AGES: usize = 100_000;
+
+/// Where `n` (below [`AGES`], or `AGES` itself for the end) starts in [`DECIMALS`].
+const fn decimal_offset(n: usize) -> usize {
+    let mut offset = 0;
+    let mut width = 1;
+    let mut low = 0;
+    let mut high = 10;
+    while n >= high {
+        offset += (high - low) * width;
+        width += 1;
+        low = high;
+        high *= 10;
+    }
+    offset + (n - low) * width
+}
+
+/// `0123…99999`: every number below [`AGES`] in decimal, one after another.
+static DECIMALS: [u8; decimal_offset(AGES)] = {
+    let mut out = [0u8; decimal_offset(AGES)];
+    let mut n = 0;
+    let mut at = 0;
+    while n < AGES {
+        let mut width = 1;
+        let mut high = 10;
+        while n >= high {
+            width += 1;
+            high *= 10;
+        }
+        let mut v = n;
+        let mut i = width;
+        while i > 0 {
+            i -= 1;
+            out[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        at += width;
+        n += 1;
+    }
+    out
+};
 
 /// Weak comparison of an `If-None-Match` list against an entity tag (RFC 9110 §13.1.2).
 fn none_match(cond: &HeaderMap, etag: Option<&HeaderValue>) -> Option<bool> {
     let mut values = cond.get_all(header::IF_NONE_MATCH).iter().peekable();
     values.peek()?;
     let Some(etag) = etag else { return Some(false) };
-    let opaque = |t: &[u8]| -> Vec<u8> { t.strip_prefix(b"W/").unwrap_or(t).to_vec() };
+    fn opaque(t: &[u8]) -> &[u8] {
+        t.strip_prefix(b"W/").unwrap_or(t)
+    }
     let ours = opaque(etag.as_bytes());
     Some(values.any(|v| {
         v.as_bytes()
@@ -573,6 +667,53 @@ pub(crate) fn from_origin(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ages_are_spelled_in_decimal_on_both_sides_of_the_table() {
+        for n in [
+            0u64,
+            1,
+            9,
+            10,
+            11,
+            99,
+            100,
+            999,
+            1000,
+            9999,
+            10_000,
+            54_321,
+            99_999,
+            100_000,
+            100_001,
+            u64::from(u32::MAX) + 7,
+        ] {
+            assert_eq!(
+                age_value(Duration::from_secs(n)),
+                n.to_string().as_str(),
+                "{n}"
+            );
+        }
+        assert_eq!(age_value(Duration::from_millis(1999)), "1");
+    }
+
+    #[test]
+    fn a_cache_status_longer_than_the_stack_line_is_whole() {
+        const LONG: &str = "a-detail-long-enough-to-outgrow-the-line-built-on-the-stack-\
+            a-detail-long-enough-to-outgrow-the-line-built-on-the-stack-\
+            a-detail-long-enough-to-outgrow-the-line-built-on-the-stack";
+        let s = CacheStatus {
+            fwd: Some(Fwd::Miss),
+            fwd_status: Some(503),
+            ttl: Some(-12),
+            ..CacheStatus::default()
+        }
+        .detail(LONG);
+        assert_eq!(
+            s.value(),
+            format!("meridian; fwd=miss; fwd-status=503; ttl=-12; detail={LONG}").as_str()
+        );
+    }
 
     #[test]
     fn cache_status_values() {
