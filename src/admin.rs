@@ -25,7 +25,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::gossip::Gossip;
 use crate::http::handler::EdgeState;
-use crate::load::LoadCounters;
 use crate::purge::{self, Purge};
 use crate::status::{History, RegionPoint};
 use crate::telemetry::prometheus;
@@ -127,12 +126,8 @@ async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> AdminResponse 
                         .utilisation
                         .load(std::sync::atomic::Ordering::Relaxed),
                 ));
-                edge.metrics
-                    .bytes_in
-                    .absolute(LoadCounters::get(&edge.load.bytes_in));
-                edge.metrics
-                    .bytes_out
-                    .absolute(LoadCounters::get(&edge.load.bytes_out));
+                edge.metrics.bytes_in.absolute(edge.load.bytes_in.get());
+                edge.metrics.bytes_out.absolute(edge.load.bytes_out.get());
             }
             let mut text = prometheus().render();
             text.push_str(&crate::telemetry::process_metrics());

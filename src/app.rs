@@ -753,8 +753,8 @@ impl Node {
         use crate::load::LoadCounters as C;
         let load = &self.reloader.edge.as_ref()?.state.load;
         Some(EdgeStatus {
-            requests: C::get(&load.requests),
-            hits: C::get(&load.hits),
+            requests: load.requests.get(),
+            hits: load.hits.get(),
             load: f64::from_bits(C::get(&load.utilisation)),
         })
     }

@@ -282,17 +282,17 @@ impl Gossip {
                         if samples.is_multiple_of(TRAFFIC_SAMPLES) {
                             if let Some(text) = traffic.sample(
                                 Instant::now(),
-                                LoadCounters::get(&c.requests),
-                                LoadCounters::get(&c.hits),
+                                c.requests.get(),
+                                c.hits.get(),
                             ) {
                                 set(&chitchat, key::TRAFFIC, text).await;
                             }
                         }
                         let load = meter.sample(
                             Instant::now(),
-                            LoadCounters::get(&c.requests),
+                            c.requests.get(),
                             LoadCounters::get(&c.connections),
-                            LoadCounters::get(&c.bytes_out),
+                            c.bytes_out.get(),
                         );
                         c.utilisation.store(load.to_bits(), std::sync::atomic::Ordering::Relaxed);
                         let text = format!("{load:.3}");

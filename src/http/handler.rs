@@ -129,7 +129,12 @@ impl Sites {
     /// An invalid host names no site, not even `*`.
     pub(crate) fn lookup(&self, host: &str) -> Option<&Arc<Site>> {
         let host = request::normalize_host(host).ok()?;
-        self.by_host.get(&*host).or(self.any.as_ref())
+        self.lookup_normalized(&host)
+    }
+
+    /// The site for a host `request::intake` has normalised already.
+    pub(crate) fn lookup_normalized(&self, host: &str) -> Option<&Arc<Site>> {
+        self.by_host.get(host).or(self.any.as_ref())
     }
 }
 
@@ -318,9 +323,9 @@ pub(crate) async fn handle(
     let code = resp.status().as_u16();
     let elapsed = start.elapsed();
     state.metrics.request(label, code, elapsed.as_secs_f64());
-    LoadCounters::add(&state.load.requests, 1);
+    state.load.requests.add(1);
     if matches!(label, Label::Hit | Label::Stale | Label::Revalidated) {
-        LoadCounters::add(&state.load.hits, 1);
+        state.load.hits.add(1);
     }
     if let Some(tier) = status.tier {
         state.metrics.tier_hit(tier);
@@ -428,7 +433,7 @@ async fn route(
         }
     }
     let sites = state.sites.load();
-    let Some(site) = sites.lookup(&host).cloned() else {
+    let Some(site) = sites.lookup_normalized(&host).cloned() else {
         return refused(Refusal::Misdirected);
     };
     if is_loop(req.headers(), &state.via) {

@@ -114,7 +114,7 @@ impl<S: AsyncRead> AsyncRead for Tracked<S> {
         let n = buf.filled().len() - before;
         if n > 0 {
             this.activity.touch();
-            LoadCounters::add(&this.state.load.bytes_in, n as u64);
+            this.state.load.bytes_in.add(n as u64);
             let a = &this.activity;
             if let Some((index, conflict)) = this.guard.feed(&buf.filled()[before..]) {
                 if a.bad_head.load(Ordering::Relaxed) == u64::MAX {
@@ -151,7 +151,7 @@ impl<S: AsyncWrite> AsyncWrite for Tracked<S> {
         let r = this.inner.poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &r {
             this.activity.touch();
-            LoadCounters::add(&this.state.load.bytes_out, *n as u64);
+            this.state.load.bytes_out.add(*n as u64);
         }
         r
     }
@@ -165,7 +165,7 @@ impl<S: AsyncWrite> AsyncWrite for Tracked<S> {
         let r = this.inner.poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = &r {
             this.activity.touch();
-            LoadCounters::add(&this.state.load.bytes_out, *n as u64);
+            this.state.load.bytes_out.add(*n as u64);
         }
         r
     }
