@@ -153,8 +153,13 @@ impl Fields {
     }
 
     fn value(&self, i: usize) -> HeaderValue {
+        self.value_in(&self.values, i)
+    }
+
+    /// Value `i`, as a slice of `values` (these fields' values, or a copy of them).
+    fn value_in(&self, values: &Bytes, i: usize) -> HeaderValue {
         let start = if i == 0 { 0 } else { self.end(i - 1) };
-        let slice = self.values.slice(start..self.end(i));
+        let slice = values.slice(start..self.end(i));
         if self.utf8 {
             // SAFETY: the bytes were a valid header value when stored (`new` copied them from
             // one), and they are UTF-8, which is all this constructor asks of them.
@@ -209,6 +214,26 @@ impl Fields {
             map.append(name.clone(), self.value(i));
         }
         map
+    }
+
+    /// As [`Fields::to_map`], but sharing nothing with these fields: values in a copy of their
+    /// buffer, uncommon names copied. For a map that is kept and cloned for every hit: its
+    /// clones then count references on a buffer of its own, not on the entry's, which every
+    /// thread's hits share.
+    pub(crate) fn to_map_detached(&self, extra: usize) -> HeaderMap {
+        let values = Bytes::copy_from_slice(&self.values);
+        let mut map = HeaderMap::with_capacity(self.len() + extra);
+        for (i, name) in self.names().enumerate() {
+            let name =
+                HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or_else(|_| name.clone());
+            map.append(name, self.value_in(&values, i));
+        }
+        map
+    }
+
+    /// Bytes of the values (what a copy of them costs).
+    pub(crate) fn values_len(&self) -> usize {
+        self.values.len()
     }
 
     /// These fields with `name` set to `value` alone.

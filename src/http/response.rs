@@ -3,6 +3,7 @@
 //!
 //! This is the one place where an error becomes an HTTP status ([`Refusal::status`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
@@ -466,9 +467,13 @@ fn not_modified_response(entry: &Entry, age: Duration, status: CacheStatus) -> R
     resp
 }
 
-/// The stored headers with this request's `Age` and `Cache-Status`.
-fn entry_headers(entry: &Entry, age: Duration, status: CacheStatus) -> HeaderMap {
-    let mut headers = entry.headers.to_map(2);
+/// The stored headers with this request's `Age` and `Cache-Status`: a clone of the map this
+/// thread keeps for a much-answered entry (see `heads`), else built.
+fn entry_headers(entry: &Arc<Entry>, age: Duration, status: CacheStatus) -> HeaderMap {
+    with_age_and_status(super::heads::of(entry), age, status)
+}
+
+fn with_age_and_status(mut headers: HeaderMap, age: Duration, status: CacheStatus) -> HeaderMap {
     headers.insert(header::AGE, age_value(age));
     headers.insert(CACHE_STATUS, status.value());
     headers
@@ -494,7 +499,7 @@ fn build(code: StatusCode, headers: HeaderMap, body: Body) -> Response<Body> {
 /// Answers a request from a stored entry: a 304 for a satisfied conditional, a 206/416 for a
 /// range, otherwise the whole response (headers only for HEAD).
 pub(crate) fn from_entry(
-    entry: &Entry,
+    entry: &Arc<Entry>,
     method: &Method,
     req: &HeaderMap,
     status: CacheStatus,
@@ -585,7 +590,7 @@ pub(crate) fn from_fill(
     if let Plan::NotModified = plan {
         return Ok(not_modified_response(entry, age, status));
     }
-    let mut headers = entry_headers(entry, age, status);
+    let mut headers = with_age_and_status(entry.headers.to_map(2), age, status);
     let (code, body) = match (plan, declared) {
         (Plan::NeedLength | Plan::Many(_), _) => return Err(tail),
         (Plan::Unsatisfiable(len), _) => {
