@@ -102,6 +102,16 @@ impl Expiry<String, Arc<Object>> for KeepFor {
     }
 }
 
+/// `future`'s output if it is ready at its first poll. Dropped otherwise: moka's futures may
+/// be dropped at any await (it keeps what it had started for its next call).
+fn now_or_never<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let future = std::pin::pin!(future);
+    match future.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
+    }
+}
+
 /// Which tier answered a lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Tier {
@@ -185,7 +195,15 @@ impl Store {
 
     /// The object stored for `key`, and the tier it came from.
     pub(crate) async fn get(&self, key: &str) -> Option<(Arc<Object>, Tier)> {
-        if let Some(o) = self.objects.get(key).await {
+        // moka's lookup is done at its first poll unless it has to wait for another thread's
+        // housekeeping. Polled here, its future (about 900 bytes, with the housekeeping it may
+        // run) is no part of this one's, which is part of every request's, which hyper moves
+        // at least once per request; the rare wait goes to a boxed future.
+        let found = match now_or_never(self.objects.get(key)) {
+            Some(found) => found,
+            None => Box::pin(self.objects.get(key)).await,
+        };
+        if let Some(o) = found {
             let broken = o
                 .variants()
                 .iter()
@@ -194,8 +212,8 @@ impl Store {
                 return Some((o, Tier::Memory));
             }
             // A chunk of its body on disk was found missing: look again (the disk tier no
-            // longer has it whole either).
-            self.objects.remove(key).await;
+            // longer has it whole either). Boxed: rare, and large.
+            Box::pin(self.objects.remove(key)).await;
         }
         if self.disk_held.load(std::sync::atomic::Ordering::Relaxed) {
             return None;
@@ -379,6 +397,22 @@ mod tests {
         );
         e.tags = Box::new(["t".into()]);
         Arc::new(e)
+    }
+
+    #[test]
+    fn now_or_never_takes_only_what_is_ready_at_once() {
+        assert_eq!(now_or_never(async { 7 }), Some(7));
+        let mut polled = false;
+        let later = std::future::poll_fn(|cx| {
+            if polled {
+                std::task::Poll::Ready(7)
+            } else {
+                polled = true;
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+        });
+        assert_eq!(now_or_never(later), None);
     }
 
     #[tokio::test]
