@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# User-space instructions per cache hit, counted by callgrind: meridian's hit path (1 KiB and
+# 100 KiB over HTTP/1.1, 1 KiB over cleartext HTTP/2) and bare hyper answering a fixed 1 KiB (the
+# floor for any hit path on hyper). Unlike requests/s on a shared machine, which moves by a fifth
+# from run to run, the count moves by well under 1%, so a change to the hit path can be judged
+# alone. It counts what the process runs (meridian, hyper, tokio, libc), not the kernel's share.
+#
+#   benches/instructions.sh [REQUESTS]     default 20000 requests per row (4 connections)
+#
+# Installs valgrind, nginx and h2load (nghttp2-client) from Debian if they are missing (needs
+# root). Every address is on loopback; every server started here is stopped on exit. Under
+# valgrind one request takes about a hundred times as long: 20,000 take about half a minute.
+set -euo pipefail
+
+REQUESTS=${1:-20000}
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
+need valgrind:valgrind callgrind_annotate:valgrind nginx:nginx h2load:nghttp2-client curl:curl
+
+cargo build --release --quiet --bin meridian --example bare_hyper
+MERIDIAN=$ROOT/target/release/meridian
+BARE=$ROOT/target/release/examples/bare_hyper
+
+ORIGIN=18200
+P_MERIDIAN=18201
+P_BARE=18204
+
+workdir
+mkdir -p "$WORK/www" "$WORK/logs"
+head -c 1024 /dev/urandom > "$WORK/www/1k"
+head -c 102400 /dev/urandom > "$WORK/www/100k"
+cat > "$WORK/origin.conf" <<EOF
+worker_processes 1;
+pid $WORK/origin.pid;
+error_log $WORK/logs/origin-error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  server { listen 127.0.0.1:$ORIGIN; root $WORK/www; expires 1h; }
+}
+EOF
+nginx -c "$WORK/origin.conf"
+cat > "$WORK/origins.toml" <<EOF
+[[site]]
+name = "bench"
+hosts = ["bench.test"]
+origins = ["http://127.0.0.1:$ORIGIN"]
+EOF
+cat > "$WORK/meridian.toml" <<EOF
+id = "bench"
+region = "local"
+origin_map = "origins.toml"
+[log]
+level = "warn"
+access_log = false
+[edge]
+listen = ["127.0.0.1:$P_MERIDIAN"]
+cache_memory = "1GiB"
+EOF
+
+# count NAME PORT PATH H2LOAD_ARGS...: starts nothing; the server on PORT runs under callgrind
+# with instrumentation off (pid in $TRACED). Warms up, counts REQUESTS requests, prints a row.
+count() {
+  local name=$1 port=$2 path=$3
+  shift 3
+  h2load "$@" -n 2000 -c 4 -H ':authority: bench.test' "http://127.0.0.1:$port$path" >/dev/null
+  callgrind_control -z "$TRACED" >/dev/null 2>&1
+  callgrind_control -i on "$TRACED" >/dev/null 2>&1
+  local done
+  done=$(h2load "$@" -n "$REQUESTS" -c 4 -H ':authority: bench.test' "http://127.0.0.1:$port$path" |
+    awk '/^requests:/ {print $8}')
+  callgrind_control -i off "$TRACED" >/dev/null 2>&1
+  callgrind_control -d "$TRACED" >/dev/null 2>&1
+  local total
+  total=$(callgrind_annotate "$(ls -t "$WORK"/cg.out.* | head -1)" 2>/dev/null |
+    awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+  if [ "$done" != "$REQUESTS" ]; then
+    echo "$name: only $done of $REQUESTS requests succeeded" >&2
+    exit 1
+  fi
+  printf '| %s | %s |\n' "$name" "$((total / REQUESTS))"
+}
+
+# start_traced COMMAND...: runs COMMAND under callgrind, instrumentation off until asked.
+start_traced() {
+  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out.%p" "$@" \
+    2>>"$WORK/logs/valgrind.log" &
+  TRACED=$!
+  PIDS+=("$TRACED")
+}
+
+echo "| hit | instructions per request |"
+echo "|---|---:|"
+# valgrind runs the binary it is given; `run` would start itself again outside valgrind to turn
+# glibc's per-thread caches off, so they are off here from the start (the same allocator).
+GLIBC_TUNABLES=glibc.malloc.tcache_count=0 start_traced "$MERIDIAN" run -c "$WORK/meridian.toml"
+for _ in $(seq 1 120); do
+  curl -s -o /dev/null -H 'Host: bench.test' "http://127.0.0.1:$P_MERIDIAN/1k" && break
+  sleep 0.5
+done
+for path in /1k /100k; do
+  curl -s -o /dev/null -H 'Host: bench.test' "http://127.0.0.1:$P_MERIDIAN$path"
+done
+count "meridian, 1 KiB, HTTP/1.1" $P_MERIDIAN /1k --h1
+count "meridian, 100 KiB, HTTP/1.1" $P_MERIDIAN /100k --h1
+count "meridian, 1 KiB, HTTP/2 (h2c, 10 streams a connection)" $P_MERIDIAN /1k -m 10
+kill "$TRACED"
+wait "$TRACED" 2>/dev/null || true
+
+start_traced "$BARE" 127.0.0.1:$P_BARE 1024
+for _ in $(seq 1 120); do
+  curl -s -o /dev/null "http://127.0.0.1:$P_BARE/" && break
+  sleep 0.5
+done
+count "bare hyper, fixed 1 KiB, HTTP/1.1 (the floor)" $P_BARE /1k --h1
