@@ -12,11 +12,12 @@
 //!                origins.rs, cluster.rs (one per file read: serde structs and validation)
 //! units.rs       "4GiB", "30s"
 //! telemetry.rs   tracing subscriber, Prometheus recorder, the edge's metric handles
-//! load.rs        counters the HTTP path feeds (requests, hits, connections, bytes); LoadMeter (EWMA utilisation)
+//! load.rs        counters the HTTP path feeds (requests, hits, connections, bytes; a part per thread); LoadMeter (EWMA utilisation)
 //! fuzz.rs        entry points of the fuzz targets in fuzz/ (framing, cache-control, range, policy)
 //! memory.rs      gives memory the store released back to the system (malloc_trim on glibc)
 //! http/          server.rs (accept, limits, hyper conn), handler.rs (the one orchestrator),
-//!                response.rs (Cache-Status, conditionals, error → status), range.rs, headers.rs,
+//!                response.rs (Cache-Status, conditionals, error → status), heads.rs (header
+//!                maps kept per thread for hits), range.rs, headers.rs, framing.rs, coalesce.rs,
 //!                body.rs, quic.rs (HTTP/3: quinn + h3 in front of the same handler), tls.rs
 //! cache/         key.rs, policy.rs (pure RFC 9111/5861/9213 decisions), entry.rs,
 //!                store.rs (the only moka import), collapse.rs
