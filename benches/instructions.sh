@@ -23,9 +23,9 @@ cargo build --release --quiet --bin meridian --example bare_hyper
 MERIDIAN=$ROOT/target/release/meridian
 BARE=$ROOT/target/release/examples/bare_hyper
 
-ORIGIN=18200
-P_MERIDIAN=18201
-P_BARE=18204
+ORIGIN=18300
+P_MERIDIAN=18301
+P_BARE=18304
 
 workdir
 mkdir -p "$WORK/www" "$WORK/logs"
