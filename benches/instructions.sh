@@ -3,7 +3,8 @@
 # 100 KiB over HTTP/1.1, 1 KiB over cleartext HTTP/2) and bare hyper answering a fixed 1 KiB (the
 # floor for any hit path on hyper). Unlike requests/s on a shared machine, which moves by a fifth
 # from run to run, the count moves by about 2% (work that runs by the clock: the store's
-# housekeeping, hyper's date), so a change to the hit path can be judged alone. It counts what the process runs (meridian, hyper, tokio, libc), not the kernel's share.
+# housekeeping, hyper's date), so a change to the hit path can be judged alone. It counts what
+# the process runs (meridian, hyper, tokio, libc), not the kernel's share.
 #
 #   benches/instructions.sh [REQUESTS]     default 20000 requests per row (4 connections)
 #
