@@ -25,6 +25,11 @@ use crate::cache::entry::Entry;
 /// Maps a thread keeps.
 pub(crate) const SLOTS: usize = 64;
 
+/// Fields a response's map has room for besides the entry's: `Age` and `Cache-Status`, and two
+/// more (`Alt-Svc`, `Content-Range`). A map that is full grows (allocates and rehashes
+/// everything) at its next insert, even of a name it already holds; a clone keeps the table.
+pub(crate) const ROOM: usize = 4;
+
 /// Entries with more bytes of values than this get no kept map.
 pub(crate) const MAX_VALUES: usize = 4096;
 
@@ -48,12 +53,12 @@ fn slot_of(entry: *const Entry) -> usize {
 /// `Cache-Status`, which the caller sets.
 pub(crate) fn of(entry: &Arc<Entry>) -> HeaderMap {
     if entry.headers.values_len() > MAX_VALUES {
-        return entry.headers.to_map(2);
+        return entry.headers.to_map(ROOM);
     }
     let at = Arc::as_ptr(entry);
     KEPT.with(|kept| {
         let Ok(mut kept) = kept.try_borrow_mut() else {
-            return entry.headers.to_map(2);
+            return entry.headers.to_map(ROOM);
         };
         let slot = &mut kept[slot_of(at)];
         // The slot's weak reference holds the allocation, so an equal address is this entry.
@@ -61,10 +66,7 @@ pub(crate) fn of(entry: &Arc<Entry>) -> HeaderMap {
             return slot
                 .map
                 .get_or_insert_with(|| {
-                    // Room for the two below and two more (Alt-Svc, Content-Range): a clone
-                    // has the same table, and a map that is full grows (allocates and rehashes
-                    // everything) at the next insert, even of a name it already holds.
-                    let mut map = entry.headers.to_map_detached(4);
+                    let mut map = entry.headers.to_map_detached(ROOM);
                     map.insert(header::AGE, HeaderValue::from_static("0"));
                     map.insert(CACHE_STATUS, HeaderValue::from_static("meridian"));
                     map
@@ -75,7 +77,7 @@ pub(crate) fn of(entry: &Arc<Entry>) -> HeaderMap {
         // comes again before another takes the slot.
         slot.entry = Arc::downgrade(entry);
         slot.map = None;
-        entry.headers.to_map(2)
+        entry.headers.to_map(ROOM)
     })
 }
 
@@ -152,5 +154,37 @@ mod tests {
         }
         let kept = KEPT.with(|k| k.borrow()[slot_of(Arc::as_ptr(&e))].map.is_some());
         assert!(!kept);
+    }
+
+    /// A response's map, built or kept, takes the fields a hit adds without growing (a full
+    /// map allocates and rehashes at its next insert).
+    #[test]
+    fn a_hits_map_has_room_for_what_a_hit_adds() {
+        let names = [
+            "server",
+            "date",
+            "content-type",
+            "content-length",
+            "last-modified",
+            "accept-ranges",
+            "etag",
+            "expires",
+            "cache-control",
+            "via",
+        ];
+        let fields: Vec<(&str, &str)> = names.iter().map(|n| (*n, "v")).collect();
+        let e = entry(&fields);
+        for answer in 0..3 {
+            let mut map = of(&e);
+            let capacity = map.capacity();
+            map.insert(header::AGE, HeaderValue::from_static("1"));
+            map.insert(CACHE_STATUS, HeaderValue::from_static("meridian; hit"));
+            map.insert(header::ALT_SVC, HeaderValue::from_static("h3=\":443\""));
+            map.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_static("bytes 0-0/1"),
+            );
+            assert_eq!(map.capacity(), capacity, "answer {answer}");
+        }
     }
 }

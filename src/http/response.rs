@@ -590,7 +590,7 @@ pub(crate) fn from_fill(
     if let Plan::NotModified = plan {
         return Ok(not_modified_response(entry, age, status));
     }
-    let mut headers = with_age_and_status(entry.headers.to_map(2), age, status);
+    let mut headers = with_age_and_status(entry.headers.to_map(super::heads::ROOM), age, status);
     let (code, body) = match (plan, declared) {
         (Plan::NeedLength | Plan::Many(_), _) => return Err(tail),
         (Plan::Unsatisfiable(len), _) => {
