@@ -213,8 +213,17 @@ impl Origins {
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut body = Some(body);
         let mut last_error = None;
-        for (target, label) in self.targets.iter().zip(&self.labels) {
+        // The last attempt takes the head itself; the ones before it send copies.
+        let last = self.targets.len().saturating_sub(1);
+        let mut parts = Some(parts);
+        for (i, (target, label)) in self.targets.iter().zip(&self.labels).enumerate() {
             let Some(this_body) = body.take() else { break };
+            let this_parts = if i == last {
+                parts.take()
+            } else {
+                parts.clone()
+            };
+            let Some(this_parts) = this_parts else { break };
             if replayable {
                 body = Some(Body::empty());
             }
@@ -227,7 +236,7 @@ impl Origins {
             }
             let mut this_body = this_body;
             let uploaded = this_body.on_done();
-            let mut req = Request::from_parts(parts.clone(), this_body);
+            let mut req = Request::from_parts(this_parts, this_body);
             *req.uri_mut() = match uri.build() {
                 Ok(u) => u,
                 Err(e) => {

@@ -579,7 +579,8 @@ async fn forward(
     } = client;
     let (mut parts, body) = req.into_parts();
     let method = parts.method.clone();
-    let key = site.key(&parts.uri);
+    // Only an unsafe method invalidates; a pass-through GET does not build the key.
+    let key = invalidate.then(|| site.key(&parts.uri));
     // Hazard: a GET or HEAD body has no meaning (RFC 9110 §9.3.1); forwarding its framing
     // without it, or it to an origin that does not expect it, desynchronises the pooled
     // connection (request smuggling). It is dropped, as most caches do.
@@ -607,7 +608,7 @@ async fn forward(
         Ok((resp, _)) => {
             let code = resp.status();
             status.fwd_status = Some(code.as_u16());
-            if invalidate && (code.is_success() || code.is_redirection()) {
+            if let Some(key) = key.filter(|_| code.is_success() || code.is_redirection()) {
                 let sites = state.sites.load_full();
                 state.store.invalidate(&key).await;
                 for name in [header::LOCATION, header::CONTENT_LOCATION] {

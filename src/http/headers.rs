@@ -34,6 +34,15 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Removes hop-by-hop fields and those `Connection` names, except the fields in `keep`.
 pub(crate) fn strip_hop_by_hop_except(headers: &mut HeaderMap, keep: &[HeaderName]) {
+    // One pass over the names first: most messages carry none of these fields, and removing
+    // an absent name still hashes it (nine of them on every request and every forwarded
+    // response). Without a `Connection` field there are no names it lists to remove either.
+    if !headers
+        .keys()
+        .any(|n| HOP_BY_HOP.contains(n) || n == header::PROXY_AUTHENTICATE)
+    {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -91,32 +100,129 @@ pub(crate) fn add_forwarding(
         headers.remove(name);
     }
     headers.append(header::VIA, via.clone());
-    let ip = client.to_string();
-    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip.clone(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    // Both values are built on the stack and copied once each (they are on every request to
+    // an origin).
+    let mut xff = Line::default();
+    if let Some(prev) = headers.get(X_FORWARDED_FOR).filter(|v| v.to_str().is_ok()) {
+        xff.push(prev.as_bytes());
+        xff.push(b", ");
+    }
+    let at = xff.as_bytes().len();
+    push_ip(&mut xff, client);
+    if let Ok(v) = HeaderValue::from_bytes(xff.as_bytes()) {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    let node = match client {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(_) => format!("\"[{ip}]\""),
-    };
-    let mut fwd = format!("for={node}");
+    let ip = &xff.as_bytes()[at..];
+    let mut fwd = Line::default();
+    fwd.push(b"for=");
+    match client {
+        IpAddr::V4(_) => fwd.push(ip),
+        IpAddr::V6(_) => {
+            fwd.push(b"\"[");
+            fwd.push(ip);
+            fwd.push(b"]\"");
+        }
+    }
     if let Some(https) = target.https {
-        fwd.push_str(if https { ";proto=https" } else { ";proto=http" });
+        fwd.push(if https {
+            b";proto=https"
+        } else {
+            b";proto=http"
+        });
     }
     if let Some(h) = target
         .host
         .filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"'))
     {
-        fwd.push_str(";host=\"");
-        fwd.push_str(h);
-        fwd.push('"');
+        fwd.push(b";host=\"");
+        fwd.push(h.as_bytes());
+        fwd.push(b"\"");
     }
-    if let Ok(v) = HeaderValue::from_str(&fwd) {
+    if let Ok(v) = HeaderValue::from_bytes(fwd.as_bytes()) {
         headers.append(FORWARDED, v);
+    }
+}
+
+/// An address as `Display` spells it; IPv4 without the formatter.
+fn push_ip(line: &mut Line, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    line.push(b".");
+                }
+                line.push_int(i64::from(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            let _ = write!(line, "{v6}");
+        }
+    }
+}
+
+/// A field value built on the stack (what outgrows it goes on the heap).
+pub(crate) struct Line {
+    buf: [u8; 192],
+    len: usize,
+    spilled: Vec<u8>,
+}
+
+impl Default for Line {
+    fn default() -> Line {
+        Line {
+            buf: [0; 192],
+            len: 0,
+            spilled: Vec::new(),
+        }
+    }
+}
+
+impl Line {
+    pub(crate) fn push(&mut self, b: &[u8]) {
+        if self.spilled.is_empty() && self.len + b.len() <= self.buf.len() {
+            self.buf[self.len..self.len + b.len()].copy_from_slice(b);
+            self.len += b.len();
+        } else {
+            if self.spilled.is_empty() {
+                self.spilled.extend_from_slice(&self.buf[..self.len]);
+            }
+            self.spilled.extend_from_slice(b);
+        }
+    }
+
+    /// Appends a decimal integer without a formatter.
+    pub(crate) fn push_int(&mut self, v: i64) {
+        if v < 0 {
+            self.push(b"-");
+        }
+        let mut n = v.unsigned_abs();
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.push(&digits[i..]);
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        if self.spilled.is_empty() {
+            &self.buf[..self.len]
+        } else {
+            &self.spilled
+        }
+    }
+}
+
+impl std::fmt::Write for Line {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.push(s.as_bytes());
+        Ok(())
     }
 }
 
@@ -196,5 +302,76 @@ mod tests {
         );
         assert!(is_loop(&h2, &via));
         assert!(!is_loop(&h2, &HeaderValue::from_static("1.1 edge-a2")));
+    }
+
+    #[test]
+    fn each_hop_by_hop_field_alone_is_removed() {
+        // The pass over the names must see every one of them by itself, not only `Connection`.
+        for name in HOP_BY_HOP.iter().chain([&header::PROXY_AUTHENTICATE]) {
+            let mut h = HeaderMap::new();
+            h.insert(name.clone(), "x".parse().unwrap());
+            h.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+            strip_hop_by_hop(&mut h);
+            assert!(!h.contains_key(name), "{name}");
+            assert_eq!(h.len(), 1, "{name}");
+        }
+        // Kept when asked, and an untouched map stays as it was.
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert(header::HOST, "a.test".parse().unwrap());
+        strip_hop_by_hop_except(&mut h, &[header::HOST]);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[header::HOST], "a.test");
+        strip_hop_by_hop_except(&mut h, &[header::HOST]);
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn client_addresses_are_spelled_as_display_spells_them() {
+        let via = HeaderValue::from_static("1.1 edge-a");
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.0.9.99",
+            "100.200.255.250",
+            "255.255.255.255",
+            "::1",
+            "::ffff:192.0.2.1",
+            "2001:db8:85a3::8a2e:370:7334",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut h = HeaderMap::new();
+            add_forwarding(&mut h, ip, Target::default(), &via);
+            assert_eq!(h[X_FORWARDED_FOR], ip.to_string().as_str());
+            let node = match ip {
+                IpAddr::V4(_) => ip.to_string(),
+                IpAddr::V6(_) => format!("\"[{ip}]\""),
+            };
+            assert_eq!(h[FORWARDED], format!("for={node}").as_str());
+        }
+        // A chain longer than the stack line is kept whole.
+        let long = (0..40)
+            .map(|i| format!("10.0.0.{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, long.parse().unwrap());
+        add_forwarding(
+            &mut h,
+            "192.0.2.7".parse().unwrap(),
+            Target::default(),
+            &via,
+        );
+        assert_eq!(h[X_FORWARDED_FOR], format!("{long}, 192.0.2.7").as_str());
+        // A previous value that is not text is replaced, as before.
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_bytes(b"\xff").unwrap());
+        add_forwarding(
+            &mut h,
+            "192.0.2.7".parse().unwrap(),
+            Target::default(),
+            &via,
+        );
+        assert_eq!(h[X_FORWARDED_FOR], "192.0.2.7");
     }
 }

@@ -18,7 +18,7 @@ use std::borrow::Cow;
 
 use http::{header, HeaderMap, HeaderValue, Method, Request};
 
-use super::headers::{strip_hop_by_hop_except, HOP_BY_HOP};
+use super::headers::strip_hop_by_hop_except;
 
 /// Why a request is refused before it reaches a site.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,10 +86,6 @@ pub(crate) fn intake<B>(req: &mut Request<B>) -> Result<String, Rejected> {
 /// Removes hop-by-hop fields and those `Connection` names, but never `Host`: a client that
 /// names `Host` in `Connection` must not make the origin answer for another name.
 pub(crate) fn strip_hop_by_hop_request(headers: &mut HeaderMap) {
-    // Most requests carry none of these; look before removing.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
-        return;
-    }
     strip_hop_by_hop_except(headers, &[header::HOST]);
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 
 use super::body::Body;
-use super::headers::{strip_cache_only, strip_hop_by_hop, CACHE_STATUS};
+use super::headers::{strip_cache_only, strip_hop_by_hop, Line, CACHE_STATUS};
 use super::range::{self, Ranges};
 use crate::cache::entry::{Entry, Fields};
 use crate::cache::fill::Tail;
@@ -160,64 +160,6 @@ impl CacheStatus {
         }
         // cannot fail: only ASCII tokens, digits and punctuation are written.
         HeaderValue::from_bytes(s.as_bytes()).unwrap_or(HeaderValue::from_static("meridian"))
-    }
-}
-
-/// A field value built on the stack (what outgrows it goes on the heap).
-struct Line {
-    buf: [u8; 192],
-    len: usize,
-    spilled: Vec<u8>,
-}
-
-impl Default for Line {
-    fn default() -> Line {
-        Line {
-            buf: [0; 192],
-            len: 0,
-            spilled: Vec::new(),
-        }
-    }
-}
-
-impl Line {
-    fn push(&mut self, b: &[u8]) {
-        if self.spilled.is_empty() && self.len + b.len() <= self.buf.len() {
-            self.buf[self.len..self.len + b.len()].copy_from_slice(b);
-            self.len += b.len();
-        } else {
-            if self.spilled.is_empty() {
-                self.spilled.extend_from_slice(&self.buf[..self.len]);
-            }
-            self.spilled.extend_from_slice(b);
-        }
-    }
-
-    /// Appends a decimal integer without a formatter.
-    fn push_int(&mut self, v: i64) {
-        if v < 0 {
-            self.push(b"-");
-        }
-        let mut n = v.unsigned_abs();
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        self.push(&digits[i..]);
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        if self.spilled.is_empty() {
-            &self.buf[..self.len]
-        } else {
-            &self.spilled
-        }
     }
 }
 
