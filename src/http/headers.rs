@@ -7,8 +7,9 @@ use http::{header, HeaderMap, HeaderName, HeaderValue};
 
 use crate::cache::entry::Target;
 
-/// Fields that describe one connection, never forwarded either way.
-pub(crate) const HOP_BY_HOP: [HeaderName; 8] = [
+/// Fields that describe one connection, never forwarded either way (and `Proxy-Authenticate`,
+/// a proxy's own challenge).
+pub(crate) const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -17,6 +18,7 @@ pub(crate) const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
 ];
 
 /// Fields from the origin meant for this cache only (RFC 9213 aside, `Surrogate-Control` is
@@ -34,18 +36,9 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Removes hop-by-hop fields and those `Connection` names, except the fields in `keep`.
 pub(crate) fn strip_hop_by_hop_except(headers: &mut HeaderMap, keep: &[HeaderName]) {
-    // One pass over the names first: removing an absent name still hashes it, and most
-    // messages carry none of these fields or only `Connection: keep-alive` (every answer
-    // nginx gives), while this runs on every request and every forwarded response.
-    // Bit i: HOP_BY_HOP[i] is present; the bit after them: Proxy-Authenticate.
-    let mut present = 0u16;
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present |= 1 << i;
-        } else if name == header::PROXY_AUTHENTICATE {
-            present |= 1 << HOP_BY_HOP.len();
-        }
-    }
+    // Most messages carry none of these fields or only `Connection: keep-alive` (every answer
+    // nginx gives), and this runs on every request and every forwarded response.
+    let present = present(headers, &HOP_BY_HOP);
     if present == 0 {
         return;
     }
@@ -68,20 +61,40 @@ pub(crate) fn strip_hop_by_hop_except(headers: &mut HeaderMap, keep: &[HeaderNam
     for name in &named {
         headers.remove(name);
     }
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << i) != 0 {
+    remove(headers, &HOP_BY_HOP, present);
+}
+
+/// Which of `names` (at most 32) `headers` holds, as bits: one pass over the names it holds.
+/// Removing an absent name still hashes it, which costs more than this for a short list.
+fn present(headers: &HeaderMap, names: &[HeaderName]) -> u32 {
+    debug_assert!(names.len() <= 32);
+    let mut bits = 0u32;
+    for name in headers.keys() {
+        if let Some(i) = names.iter().position(|n| n == name) {
+            bits |= 1 << i;
+        }
+    }
+    bits
+}
+
+/// Removes the fields of `names` whose bits are set in `bits` (from [`present`]).
+fn remove(headers: &mut HeaderMap, names: &[HeaderName], bits: u32) {
+    for (i, name) in names.iter().enumerate() {
+        if bits & (1 << i) != 0 {
             headers.remove(name);
         }
     }
-    if present & (1 << HOP_BY_HOP.len()) != 0 {
-        headers.remove(header::PROXY_AUTHENTICATE);
-    }
+}
+
+/// Removes those of `names` (at most 32) that `headers` holds.
+fn remove_present(headers: &mut HeaderMap, names: &[HeaderName]) {
+    let bits = present(headers, names);
+    remove(headers, names, bits);
 }
 
 /// Removes the fields that must not reach clients.
 pub(crate) fn strip_cache_only(headers: &mut HeaderMap) {
-    headers.remove(SURROGATE_CONTROL);
-    headers.remove(SURROGATE_KEY);
+    remove_present(headers, &[SURROGATE_CONTROL, SURROGATE_KEY]);
 }
 
 /// Purge tags from `Surrogate-Key` (space-separated).
@@ -117,9 +130,7 @@ pub(crate) fn add_forwarding(
     target: Target<'_>,
     via: &HeaderValue,
 ) {
-    for name in &CLAIMS {
-        headers.remove(name);
-    }
+    remove_present(headers, &CLAIMS);
     headers.append(header::VIA, via.clone());
     // Both values are built on the stack and copied once each (they are on every request to
     // an origin).
@@ -200,6 +211,7 @@ impl Default for Line {
 }
 
 impl Line {
+    #[inline]
     pub(crate) fn push(&mut self, b: &[u8]) {
         if self.spilled.is_empty() && self.len + b.len() <= self.buf.len() {
             self.buf[self.len..self.len + b.len()].copy_from_slice(b);
@@ -344,13 +356,35 @@ mod tests {
     #[test]
     fn each_hop_by_hop_field_alone_is_removed() {
         // The pass over the names must see every one of them by itself, not only `Connection`.
-        for name in HOP_BY_HOP.iter().chain([&header::PROXY_AUTHENTICATE]) {
+        for name in &HOP_BY_HOP {
             let mut h = HeaderMap::new();
             h.insert(name.clone(), "x".parse().unwrap());
             h.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
             strip_hop_by_hop(&mut h);
             assert!(!h.contains_key(name), "{name}");
             assert_eq!(h.len(), 1, "{name}");
+        }
+        // The same for the claims a client may not make, and the fields for this cache only.
+        let via = HeaderValue::from_static("1.1 edge-a");
+        for name in CLAIMS.iter().chain(&[SURROGATE_CONTROL, SURROGATE_KEY]) {
+            let mut h = HeaderMap::new();
+            h.insert(name.clone(), "x".parse().unwrap());
+            h.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+            if CLAIMS.contains(name) {
+                add_forwarding(
+                    &mut h,
+                    "192.0.2.1".parse().unwrap(),
+                    Target::default(),
+                    &via,
+                );
+                let forwarded: Vec<_> = h.get_all(FORWARDED).iter().collect();
+                assert_eq!(forwarded, ["for=192.0.2.1"], "{name}");
+                assert_eq!(h.len(), 4, "{name}");
+            } else {
+                strip_cache_only(&mut h);
+                assert_eq!(h.len(), 1, "{name}");
+            }
+            assert!(name == FORWARDED || !h.contains_key(name), "{name}");
         }
         // Kept when asked, and an untouched map stays as it was.
         let mut h = HeaderMap::new();
