@@ -88,6 +88,7 @@ pub mod memory;
 pub mod metro;
 pub(crate) mod model;
 pub(crate) mod origin;
+pub(crate) mod pool;
 pub(crate) mod purge;
 pub mod route;
 pub(crate) mod shield;

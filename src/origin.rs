@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use http::uri::{PathAndQuery, Uri};
+use http::uri::{PathAndQuery, Scheme, Uri};
 use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -23,6 +23,7 @@ use rustls::RootCertStore;
 use crate::config::SiteConfig;
 use crate::http::body::{Body, BodyError};
 use crate::http::server::PerThread;
+use crate::pool::{Http1Pool, PoolError};
 
 /// Why an origin exchange failed. Strings rather than sources so that one failure can be handed
 /// to every collapsed request.
@@ -68,7 +69,7 @@ impl OriginError {
     }
 
     /// The error of a failed exchange, told apart by which end failed.
-    fn from_client_error(origin: &str, e: &hyper_util::client::legacy::Error) -> OriginError {
+    fn from_client_error(origin: &str, e: &(dyn std::error::Error + 'static)) -> OriginError {
         match BodyError::find(e) {
             Some(BodyError::Client(reason)) => OriginError::ClientBody {
                 reason: reason.clone(),
@@ -97,8 +98,11 @@ fn pooled_client(connector: HttpsConnector<HttpConnector>) -> OriginClient {
 
 /// The origins of one site and the clients that reach them.
 pub(crate) struct Origins {
-    /// A pool per HTTP thread (`edge.threads`), and one for the shared runtime.
+    /// A pool per HTTP thread (`edge.threads`), and one for the shared runtime: HTTPS origins.
     client: PerThread<OriginClient>,
+    /// Plain-HTTP origins, by the index of their target: HTTP/1.1 on connections of our own
+    /// (see `pool`).
+    plain: Vec<Option<Http1Pool>>,
     targets: Vec<Uri>,
     labels: Vec<String>,
     first_byte_timeout: Duration,
@@ -158,7 +162,14 @@ impl Origins {
             .with_tls_config(tls_config(site.ca_file.as_deref())?)
             .https_or_http()
             .enable_all_versions()
-            .wrap_connector(http);
+            .wrap_connector(http.clone());
+        let plain = site
+            .origins
+            .iter()
+            .map(|u| {
+                (u.scheme() == Some(&Scheme::HTTP)).then(|| Http1Pool::new(u.clone(), http.clone()))
+            })
+            .collect();
         let client = PerThread::new(move || pooled_client(connector.clone()));
         let host_header = site
             .host_header
@@ -168,6 +179,7 @@ impl Origins {
             .map_err(|e| e.to_string())?;
         Ok(Origins {
             client,
+            plain,
             labels: site.origins.iter().map(|u| u.to_string()).collect(),
             targets: site.origins.clone(),
             first_byte_timeout: site.first_byte_timeout,
@@ -227,17 +239,24 @@ impl Origins {
             if replayable {
                 body = Some(Body::empty());
             }
-            let mut uri = Uri::builder().path_and_query(path.clone());
-            if let Some(s) = target.scheme() {
-                uri = uri.scheme(s.clone());
-            }
-            if let Some(a) = target.authority() {
-                uri = uri.authority(a.clone());
-            }
+            let plain = self.plain.get(i).and_then(Option::as_ref);
+            let uri = if plain.is_some() {
+                // Origin-form: the connection is to this origin already.
+                Ok(Uri::from(path.clone()))
+            } else {
+                let mut uri = Uri::builder().path_and_query(path.clone());
+                if let Some(s) = target.scheme() {
+                    uri = uri.scheme(s.clone());
+                }
+                if let Some(a) = target.authority() {
+                    uri = uri.authority(a.clone());
+                }
+                uri.build()
+            };
             let mut this_body = this_body;
             let uploaded = this_body.on_done();
             let mut req = Request::from_parts(this_parts, this_body);
-            *req.uri_mut() = match uri.build() {
+            *req.uri_mut() = match uri {
                 Ok(u) => u,
                 Err(e) => {
                     return Err(OriginError::Protocol {
@@ -253,20 +272,37 @@ impl Origins {
                 }
                 tokio::time::sleep(self.first_byte_timeout).await;
             };
+            let exchange = async {
+                match plain {
+                    Some(pool) => pool.send(req).await.map_err(|e| match e {
+                        PoolError::Connect(reason) => Failed::Connect(reason),
+                        PoolError::Send(e) => {
+                            Failed::Other(OriginError::from_client_error(label, &e))
+                        }
+                    }),
+                    None => self.client.get().request(req).await.map_err(|e| {
+                        if e.is_connect() {
+                            Failed::Connect(error_chain(&e))
+                        } else {
+                            Failed::Other(OriginError::from_client_error(label, &e))
+                        }
+                    }),
+                }
+            };
             let sent = tokio::select! {
-                r = self.client.get().request(req) => Ok(r),
+                r = exchange => Ok(r),
                 () = first_byte => Err(()),
             };
             match sent {
                 Ok(Ok(resp)) => return Ok((resp, label)),
-                Ok(Err(e)) if e.is_connect() => {
-                    tracing::warn!(origin = %label, error = %error_chain(&e), "origin connect failed");
+                Ok(Err(Failed::Connect(reason))) => {
+                    tracing::warn!(origin = %label, error = %reason, "origin connect failed");
                     last_error = Some(OriginError::Connect {
                         origin: label.clone(),
-                        reason: error_chain(&e),
+                        reason,
                     });
                 }
-                Ok(Err(e)) => return Err(OriginError::from_client_error(label, &e)),
+                Ok(Err(Failed::Other(e))) => return Err(e),
                 Err(_) => {
                     tracing::warn!(origin = %label, timeout = ?self.first_byte_timeout, "origin first-byte timeout");
                     let e = OriginError::Timeout {
@@ -285,6 +321,13 @@ impl Origins {
             reason: "no origin could be tried".into(),
         }))
     }
+}
+
+/// How one attempt failed: before anything reached the origin (the next may be tried), or
+/// otherwise.
+enum Failed {
+    Connect(String),
+    Other(OriginError),
 }
 
 /// An error and its sources on one line.
