@@ -1,5 +1,7 @@
-//! The upstream client: a pooled keep-alive client per site, HTTP and HTTPS origins, connect,
-//! first-byte and read timeouts, and failover across a site's origins in order.
+//! The upstream client: keep-alive connections per site (plain-HTTP origins on the edge's own
+//! HTTP/1.1 connections, `pool`; HTTPS origins on hyper-util's pooled client, HTTP/1.1 or
+//! HTTP/2 by ALPN), connect, first-byte and read timeouts, and failover across a site's origins
+//! in order.
 //!
 //! Receives requests already prepared by the handler (proxy headers set, hop-by-hop removed) with
 //! an origin-relative target; hands back the origin's response head with a streaming body.
