@@ -162,7 +162,7 @@ warm
 before=$(rss)
 asked=0
 while [ "$asked" -lt "$HITS" ]; do
-  n=$(wrk -t2 -c32 -d3s -s "$WORK/hot.lua" "http://127.0.0.1:$EDGE/hot" | awk '/requests in/ { print $1 }')
+  n=$(wrk -t2 -c16 -d3s -s "$WORK/hot.lua" "http://127.0.0.1:$EDGE/hot" | awk '/requests in/ { print $1 }')
   asked=$((asked + n))
 done
 sleep 2
