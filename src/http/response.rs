@@ -60,6 +60,63 @@ pub(crate) struct CacheStatus {
     pub(crate) tier: Option<Tier>,
 }
 
+/// What of a [`CacheStatus`] its value spells (all but `tier`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Spelled {
+    hit: bool,
+    fwd: Option<Fwd>,
+    fwd_status: Option<u16>,
+    stored: bool,
+    collapsed: bool,
+    ttl: Option<i64>,
+    detail: Option<&'static str>,
+}
+
+impl Spelled {
+    fn of(s: &CacheStatus) -> Spelled {
+        Spelled {
+            hit: s.hit,
+            fwd: s.fwd,
+            fwd_status: s.fwd_status,
+            stored: s.stored,
+            collapsed: s.collapsed,
+            ttl: s.ttl,
+            detail: s.detail,
+        }
+    }
+
+    /// Which of the [`SLOTS`] it goes to: a multiplicative hash of what varies most.
+    fn slot(&self) -> usize {
+        let flags = u64::from(self.hit)
+            | u64::from(self.stored) << 1
+            | u64::from(self.collapsed) << 2
+            | self.fwd.map_or(0, |f| f as u64 + 1) << 3
+            | self.detail.map_or(0, |d| d.len() as u64 + 1) << 8;
+        let ttl = self.ttl.map_or(u64::MAX, |t| t as u64);
+        let fwd_status = u64::from(self.fwd_status.unwrap_or(0));
+        let h = (ttl ^ fwd_status << 40 ^ flags << 20).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (h >> (64 - SLOTS.trailing_zeros())) as usize
+    }
+}
+
+/// Values kept per thread (a power of two).
+const SLOTS: usize = 16;
+
+struct Slot {
+    key: Option<Spelled>,
+    value: Option<HeaderValue>,
+}
+
+thread_local! {
+    /// `Cache-Status` values this thread built, by status. A slot keeps its value once the same
+    /// status comes to it twice in a row: the hits of a hot object within one second, every
+    /// pass-through of a site. Each later answer clones it (a reference count) instead of
+    /// building and allocating one. Bounded: sixteen short values a thread.
+    static SPELLED: std::cell::RefCell<[Slot; SLOTS]> = const {
+        std::cell::RefCell::new([const { Slot { key: None, value: None } }; SLOTS])
+    };
+}
+
 /// What kind of answer a request got, for metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Label {
@@ -129,7 +186,28 @@ impl CacheStatus {
         }
     }
 
+    /// The field value. A thread keeps the values of the statuses it answers with most (see
+    /// [`SPELLED`]) and hands out clones of those.
     pub(crate) fn value(&self) -> HeaderValue {
+        let key = Spelled::of(self);
+        SPELLED
+            .try_with(|slots| {
+                let mut slots = slots.borrow_mut();
+                let slot = &mut slots[key.slot()];
+                if slot.key != Some(key) {
+                    // New to this slot: built each time until it comes twice in a row.
+                    *slot = Slot {
+                        key: Some(key),
+                        value: None,
+                    };
+                    return self.build();
+                }
+                slot.value.get_or_insert_with(|| self.build()).clone()
+            })
+            .unwrap_or_else(|_| self.build())
+    }
+
+    fn build(&self) -> HeaderValue {
         // Written on the stack and copied once: one allocation per response.
         let mut s = Line::default();
         s.push(b"meridian");
@@ -660,6 +738,42 @@ mod tests {
             s.value(),
             format!("meridian; fwd=miss; fwd-status=503; ttl=-12; detail={LONG}").as_str()
         );
+    }
+
+    #[test]
+    fn kept_cache_status_values_are_the_built_ones() {
+        // Statuses that differ in one field each, many sharing slots, each asked three times
+        // in a row and then all again interleaved: every answer is what building gives.
+        let mut all = Vec::new();
+        for ttl in -3..300 {
+            all.push(CacheStatus::hit(ttl));
+        }
+        for code in [200, 304, 404, 503] {
+            for fwd in [Fwd::Miss, Fwd::UriMiss, Fwd::Stale, Fwd::Request] {
+                let s = CacheStatus {
+                    fwd: Some(fwd),
+                    fwd_status: Some(code),
+                    ..CacheStatus::default()
+                };
+                all.push(s);
+                all.push(CacheStatus { stored: true, ..s });
+                all.push(CacheStatus {
+                    collapsed: true,
+                    ..s
+                });
+                all.push(s.detail("private"));
+                all.push(s.detail("no-store"));
+                all.push(CacheStatus { ttl: Some(60), ..s });
+            }
+        }
+        for s in &all {
+            for _ in 0..3 {
+                assert_eq!(s.value(), s.build(), "{s:?}");
+            }
+        }
+        for s in all.iter().chain(all.iter().rev()) {
+            assert_eq!(s.value(), s.build(), "{s:?}");
+        }
     }
 
     #[test]
