@@ -10,8 +10,8 @@
 //!
 //! Here a connection goes back to its thread's list as soon as its response head is in, still
 //! busy with the body; a checkout takes the most recent one that is ready (hyper's
-//! `is_ready`: idle and waiting for a request), skips busy ones and drops closed ones. The same
-//! rules as hyper-util's otherwise:
+//! `is_ready`: idle and waiting for a request), moves busy ones it passes to the front and
+//! drops closed ones. The same rules as hyper-util's otherwise:
 //!
 //! - A request that a reused connection could not take (it closed while idle: the keep-alive
 //!   race with an origin's idle timeout) is sent again on a new connection. One that was
@@ -21,6 +21,7 @@
 //! - Connecting is hyper-util's `HttpConnector` (name resolution, connect timeout, the
 //!   addresses of a name in turn, `TCP_NODELAY`, keep-alive probes).
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -62,7 +63,7 @@ struct Kept {
 /// sent on that thread, in its runtime).
 #[derive(Default)]
 struct List {
-    conns: Mutex<Vec<Kept>>,
+    conns: Mutex<VecDeque<Kept>>,
     swept: std::sync::atomic::AtomicBool,
 }
 
@@ -75,7 +76,7 @@ pub(crate) struct Http1Pool {
     idle_timeout: Duration,
 }
 
-fn lock(m: &Mutex<Vec<Kept>>) -> MutexGuard<'_, Vec<Kept>> {
+fn lock(m: &Mutex<VecDeque<Kept>>) -> MutexGuard<'_, VecDeque<Kept>> {
     // Every change is a whole push or remove: a panic while held leaves a valid list.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -154,28 +155,28 @@ impl Http1Pool {
         req
     }
 
-    fn checkout(&self, kept: &Mutex<Vec<Kept>>) -> Option<SendRequest<Body>> {
+    fn checkout(&self, kept: &Mutex<VecDeque<Kept>>) -> Option<SendRequest<Body>> {
         let mut list = lock(kept);
         let now = Instant::now();
-        let mut i = list.len();
-        let mut looked = 0;
-        while i > 0 && looked < LOOK {
-            i -= 1;
-            looked += 1;
-            let k = &list[i];
+        for _ in 0..LOOK {
+            let k = list.pop_back()?;
             if k.send.is_closed() || now.duration_since(k.since) >= self.idle_timeout {
-                list.swap_remove(i);
-            } else if k.send.is_ready() {
-                return Some(list.swap_remove(i).send);
+                continue;
             }
+            if k.send.is_ready() {
+                return Some(k.send);
+            }
+            // Still busy with a body: to the front, out of the way of the next checkouts, so
+            // that connections done with theirs come up instead of waiting below.
+            list.push_front(k);
         }
         None
     }
 
-    fn put_back(&self, kept: &Mutex<Vec<Kept>>, send: SendRequest<Body>) {
+    fn put_back(&self, kept: &Mutex<VecDeque<Kept>>, send: SendRequest<Body>) {
         let mut list = lock(kept);
         if list.len() < MAX_KEPT {
-            list.push(Kept {
+            list.push_back(Kept {
                 send,
                 since: Instant::now(),
             });
@@ -232,7 +233,7 @@ mod tests {
 
     /// An origin that answers every request on a connection with `ok` after `delay`, counting
     /// connections; with `one_each`, it closes each connection after its first answer (without
-    /// saying so).
+    /// saying so). `GET /hold` gets an answer whose body never ends.
     async fn origin(one_each: bool, delay: Duration) -> (Uri, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -254,9 +255,16 @@ mod tests {
                         have += n;
                         while let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n")
                         {
+                            let hold = buf.starts_with(b"GET /hold ");
                             buf.copy_within(end + 4..have, 0);
                             have -= end + 4;
                             tokio::time::sleep(delay).await;
+                            if hold {
+                                // A body that never ends: the connection stays busy.
+                                let head = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nok";
+                                let _ = s.write_all(head).await;
+                                std::future::pending::<()>().await;
+                            }
                             let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                             if s.write_all(answer).await.is_err() {
                                 return;
@@ -341,6 +349,26 @@ mod tests {
             assert_eq!(read(resp).await, b"ok");
         }
         assert_eq!(conns.load(Ordering::SeqCst), 20);
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_below_many_busy_ones_comes_up() {
+        // One idle connection under 40 busy ones (answers whose bodies never end): a checkout
+        // looks at 32, finds none and moves them to the front; the next finds the idle one.
+        let (target, conns) = origin(false, Duration::ZERO).await;
+        let pool = pool(target);
+        assert_eq!(read(pool.send(get("/x")).await.unwrap()).await, b"ok");
+        let kept = &pool.kept.get().conns;
+        let mut held = Vec::new();
+        for _ in 0..40 {
+            let mut send = pool.connect().await.unwrap();
+            held.push(send.try_send_request(get("/hold")).await.unwrap());
+            pool.put_back(kept, send);
+        }
+        assert_eq!(pool.kept(), 41);
+        assert!(pool.checkout(kept).is_none());
+        assert!(pool.checkout(kept).is_some());
+        assert_eq!(conns.load(Ordering::SeqCst), 41);
     }
 
     #[tokio::test]
