@@ -87,7 +87,7 @@ impl Http1Pool {
         Http1Pool::with_idle_timeout(target, connector, IDLE_TIMEOUT)
     }
 
-    pub(crate) fn with_idle_timeout(
+    fn with_idle_timeout(
         target: Uri,
         connector: HttpConnector,
         idle_timeout: Duration,
@@ -109,7 +109,11 @@ impl Http1Pool {
     pub(crate) async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, PoolError> {
         let mut req = self.origin_form(req);
         let list = self.kept.get();
-        if !list.swept.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        let swept = &list.swept;
+        // A load on every request, the swap (a locked write) only until it is set.
+        if !swept.load(std::sync::atomic::Ordering::Relaxed)
+            && !swept.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
             // On the runtime of the thread whose list it is.
             let every = self.idle_timeout.min(SWEEP);
             tokio::spawn(sweep_idle(Arc::downgrade(list), self.idle_timeout, every));
