@@ -196,7 +196,7 @@ fn describe() {
     );
     describe_counter!(
         "meridian_cache_disk_errors_total",
-        "Disk tier failures, by operation (open: the edge runs memory-only; read: a miss; write: a body not stored on disk)"
+        "Disk tier failures, by operation (open: the edge runs memory-only; read: a miss; write: an object or body that did not reach the disk, by an I/O error or a drop also counted in meridian_cache_disk_write_drops_total)"
     );
     describe_counter!(
         "meridian_cache_disk_dropped_total",

@@ -441,6 +441,69 @@ async fn a_disk_tier_that_cannot_be_written_leaves_the_edge_serving_from_memory(
     edge.stop();
 }
 
+/// A disk that stops taking writes while the edge runs (here a file size limit of 1 MiB on
+/// store files made, full size, by an earlier start: every write past their first MiB fails
+/// with EFBIG, as a full or failing disk fails them): each client still gets the whole body,
+/// later ones hits from memory; the failed writes are counted; and after a restart without the
+/// limit nothing torn is served.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disk_that_fails_writes_after_start_leaves_whole_bodies_served_and_counts_them() {
+    let o = scripted_origin().await;
+    let body = |i: usize| -> Vec<u8> { big(300 << 10 | i) };
+    for i in 0..16 {
+        o.always(
+            &format!("/w{i}"),
+            Reply::ok("")
+                .body_bytes(body(i))
+                .header("cache-control", "max-age=600"),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), o.addr);
+    let edge = EdgeProcess::start(dir.path());
+    assert_eq!(edge.get("/a").await.status, 200);
+    edge.stop();
+
+    let edge = EdgeProcess::start_limited(dir.path(), Some(1 << 20));
+    assert!(!edge.logged("the disk tier could not open"));
+    let mut paths: Vec<String> = (0..16).map(|i| format!("/w{i}")).collect();
+    paths.push("/big".into());
+    let want = |p: &str| -> Vec<u8> {
+        match p {
+            "/big" => big(3 << 20),
+            _ => body(p[2..].parse().unwrap()),
+        }
+    };
+    for p in &paths {
+        let r = edge.get(p).await;
+        assert_eq!(r.status, 200);
+        assert!(r.body[..] == want(p)[..], "{p}: whole from the origin");
+    }
+    settle().await;
+    for p in &paths {
+        let r = edge.get_after_fill(p).await;
+        assert!(r.is_hit(), "{p}: {}", r.cache_status());
+        assert!(r.body[..] == want(p)[..], "{p}: a whole hit");
+    }
+    let failed = edge
+        .metric("meridian_cache_disk_errors_total{node=\"disk\",op=\"write\"}")
+        .await;
+    assert!(failed >= 2.0, "failed writes counted, heads too: {failed}");
+    edge.stop();
+
+    let edge = EdgeProcess::start(dir.path());
+    for p in &paths {
+        let r = edge.get(p).await;
+        assert_eq!(r.status, 200);
+        assert!(
+            r.body[..] == want(p)[..],
+            "{p}: whole after the restart ({})",
+            r.cache_status()
+        );
+    }
+    edge.stop();
+}
+
 #[test]
 fn check_validates_the_disk_settings() {
     let dir = tempfile::tempdir().unwrap();

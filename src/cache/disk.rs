@@ -577,12 +577,23 @@ impl Disk {
                 }
             }
         };
-        self.write(object_key(key), head);
+        let k = object_key(key);
+        // foyer only logs a write the disk failed (a full or failing disk): a head whose key
+        // the disk did not hold before must be in its index once the flush is done, or it is
+        // counted. (A key held before keeps its older entry's index, so its failure is not
+        // seen; that entry's store time still ages and bans it right.)
+        let new = !self.cache.storage().may_contains(&k);
+        self.write(k.clone(), head);
         let (cache, flushes) = (self.cache.clone(), self.flushes.clone());
+        let errors = self.metrics.write_errors.clone();
         tokio::spawn(async move {
             cache.storage().wait().await;
             flushes.fetch_add(1, Ordering::Relaxed);
             drop(room);
+            if new && !cache.storage().may_contains(&k) {
+                tracing::warn!(key = %&k[1..], "an object did not reach the disk; it stays in memory");
+                errors.increment(1);
+            }
         });
     }
 
