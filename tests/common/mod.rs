@@ -354,6 +354,49 @@ where
     addr
 }
 
+/// An origin that reads a request head and never answers; for each connection that got one,
+/// [`Hangups::next`] says how long after it the edge closed the connection (`None`: not within
+/// 5 s).
+pub async fn hanging_origin() -> (SocketAddr, Hangups) {
+    use tokio::io::AsyncReadExt;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Option<Duration>>();
+    let addr = raw_origin(move |mut s| {
+        let tx = tx.clone();
+        async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let asked = std::time::Instant::now();
+            let closed = tokio::time::timeout(Duration::from_secs(5), async {
+                while let Ok(1..) = s.read(&mut chunk).await {}
+            })
+            .await;
+            let _ = tx.send(closed.ok().map(|()| asked.elapsed()));
+        }
+    })
+    .await;
+    (addr, Hangups(rx))
+}
+
+/// What [`hanging_origin`] saw, one connection at a time.
+pub struct Hangups(tokio::sync::mpsc::UnboundedReceiver<Option<Duration>>);
+
+impl Hangups {
+    /// When the edge closed the next connection that brought a request (`what` names it in a
+    /// failure): `None` if it held it for 5 s.
+    pub async fn next(&mut self, what: &str) -> Option<Duration> {
+        tokio::time::timeout(Duration::from_secs(8), self.0.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: the origin got no request"))
+            .unwrap()
+    }
+}
+
 /// A request body fed by the test through a channel: each `Bytes` sent is one DATA frame; the
 /// body ends when the sender is dropped.
 pub struct ChannelBody(pub tokio::sync::mpsc::Receiver<Bytes>);

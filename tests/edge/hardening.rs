@@ -707,3 +707,68 @@ async fn a_peer_mark_from_a_client_never_reaches_the_origin_nor_purges() {
     }
     assert!(edge.get("/p").await.is_hit(), "purged by an unsigned push");
 }
+
+/// A client that hangs up while its forwarded request waits for the origin: the edge gives the
+/// request up (and with it the origin connection) instead of holding both until the origin
+/// answers. Seen from the origin: the edge's connection closes before the answer.
+#[tokio::test]
+async fn a_client_that_hangs_up_before_its_answer_ends_the_forward() {
+    let (origin, mut closed) = hanging_origin().await;
+    let edge = Edge::start(&site("s", "demo.test", &format!("http://{origin}"), ""), "").await;
+    for (what, head) in [
+        (
+            "POST",
+            "POST /pay HTTP/1.1\r\nHost: demo.test\r\nContent-Length: 2\r\n\r\nok",
+        ),
+        (
+            "GET the edge must not cache",
+            "GET /private HTTP/1.1\r\nHost: demo.test\r\nCache-Control: no-store\r\n\r\n",
+        ),
+    ] {
+        let mut client = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+        client.write_all(head.as_bytes()).await.unwrap();
+        // Once the origin has it, the client goes.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(client);
+        let after = closed
+            .next(what)
+            .await
+            .unwrap_or_else(|| panic!("{what}: the edge held the origin connection"));
+        assert!(
+            after < Duration::from_secs(2),
+            "{what}: closed after {after:?}"
+        );
+    }
+}
+
+/// A client that pipelines a second request behind a slow one and then closes its sending side
+/// still gets both answers: it had more to say before it closed, so it has not gone.
+#[tokio::test]
+async fn a_client_that_half_closes_after_pipelining_gets_every_answer() {
+    let o = Origin::start().await;
+    o.always(
+        "/slow",
+        Reply::ok("slow")
+            .header("cache-control", "private")
+            .delay(Duration::from_millis(600)),
+    );
+    o.always(
+        "/hit",
+        Reply::ok("hit").header("cache-control", "max-age=60"),
+    );
+    let edge = Edge::for_origin(&o).await;
+    assert_eq!(edge.get("/hit").await.text(), "hit");
+    let mut client = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    client
+        .write_all(
+            b"GET /slow HTTP/1.1\r\nHost: demo.test\r\n\r\nGET /hit HTTP/1.1\r\nHost: demo.test\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    client.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+    assert!(text.contains("slow") && text.ends_with("hit"), "{text}");
+}

@@ -662,3 +662,52 @@ async fn returning_clients_resume_their_session_however_many_came_between() {
     }
     assert_eq!(handshake_kind(https(edge), &first).await, Some(Resumed));
 }
+
+/// Over TLS too, a client that hangs up while its forwarded request waits has that request given
+/// up: one that closes with a TLS close alert first, and one that just closes the socket.
+#[tokio::test]
+async fn a_tls_client_that_hangs_up_before_its_answer_ends_the_forward() {
+    use tokio::io::AsyncWriteExt;
+    let (origin, mut closed) = crate::common::hanging_origin().await;
+    let (ca, dir) = (Ca::new(), tempfile::tempdir().unwrap());
+    let files = write(dir.path(), "a", &ca.issue(&["a.test"]));
+    let edge = Edge::start(
+        &site(
+            "a",
+            "a.test",
+            &format!("http://{origin}"),
+            &format!("tls_cert = {:?}\ntls_key = {:?}\n", files.0, files.1),
+        ),
+        "[edge.tls]\nlisten = [\"127.0.0.1:0\"]\n",
+    )
+    .await;
+    for alert in [true, false] {
+        let tcp = tokio::net::TcpStream::connect(https(&edge)).await.unwrap();
+        let mut tls =
+            tokio_rustls::TlsConnector::from(Arc::new(ca.client(rustls::DEFAULT_VERSIONS)))
+                .connect(ServerName::try_from("a.test").unwrap(), tcp)
+                .await
+                .unwrap();
+        tls.write_all(b"GET /p HTTP/1.1\r\nHost: a.test\r\nCache-Control: no-store\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        if alert {
+            tls.shutdown().await.unwrap();
+        }
+        drop(tls);
+        let what = if alert {
+            "close alert"
+        } else {
+            "socket closed"
+        };
+        let after = closed
+            .next(what)
+            .await
+            .unwrap_or_else(|| panic!("{what}: the edge held the origin connection"));
+        assert!(
+            after < std::time::Duration::from_secs(2),
+            "{what}: {after:?}"
+        );
+    }
+}
