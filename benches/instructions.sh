@@ -7,6 +7,8 @@
 # the process runs (meridian, hyper, tokio, libc), not the kernel's share.
 #
 #   benches/instructions.sh [REQUESTS]     default 20000 requests per row (4 connections)
+#   MERIDIAN_BIN=PATH benches/instructions.sh   count another build of meridian (an A/B in one
+#                                               sitting: the count drifts a little between days)
 #
 # Installs valgrind, nginx and h2load (nghttp2-client) from Debian if they are missing (needs
 # root). Every address is on loopback; every server started here is stopped on exit. Under
@@ -21,7 +23,7 @@ ROOT=$(pwd)
 need valgrind:valgrind callgrind_annotate:valgrind nginx:nginx h2load:nghttp2-client curl:curl
 
 cargo build --release --quiet --bin meridian --example bare_hyper
-MERIDIAN=$ROOT/target/release/meridian
+MERIDIAN=${MERIDIAN_BIN:-$ROOT/target/release/meridian}
 BARE=$ROOT/target/release/examples/bare_hyper
 
 ORIGIN=18300
