@@ -22,6 +22,7 @@
 #   PASS_SECS=300 benches/http-load.sh             length of the pass-through RSS run (part "pass")
 #   FOLLOWERS=100 benches/http-load.sh             clients that join the leader in "stream"
 #   EDGE_THREADS=0 benches/http-load.sh            meridian's edge.threads (default: unset, one per core)
+#   MERIDIAN_BIN=PATH benches/http-load.sh         run another build of meridian (an A/B)
 #
 # Installs nginx, varnish, wrk and h2load (nghttp2-client) from Debian if they are missing (needs root). Every address is
 # on loopback; every server started here is stopped on exit. Prints markdown tables of medians.
@@ -55,7 +56,7 @@ fi
 # The Debian packages start their own daemons on port 80 / 6081; ours use 18xxx.
 
 cargo build --release --quiet --bin meridian --example bare_hyper --example bare_proxy --example ttfb --example rate
-MERIDIAN=$ROOT/target/release/meridian
+MERIDIAN=${MERIDIAN_BIN:-$ROOT/target/release/meridian}
 BARE=$ROOT/target/release/examples/bare_hyper
 BARE_PROXY=$ROOT/target/release/examples/bare_proxy
 TTFB=$ROOT/target/release/examples/ttfb
@@ -294,10 +295,11 @@ for round in $(seq 1 "$ROUNDS"); do
   for entry in meridian:$P_MERIDIAN nginx:$P_NGINX varnish:$P_VARNISH origin-direct:$SLOW bare-hyper:$P_BARE; do
     name=${entry%%:*}; port=${entry##*:}
     path="/trickle/$name-$round-$RANDOM"
-    n=$FOLLOWERS; [ "$name" = origin-direct ] && n=0   # the origin's own time, one client
-    line=$("$TTFB" "127.0.0.1:$port" slow.test "$path" "$n")
+    # origin-direct: the origin's own times, for the first client and for FOLLOWERS asking it
+    # at once (each its own fetch): what issue 13 measures the caches against.
+    line=$("$TTFB" "127.0.0.1:$port" slow.test "$path" "$FOLLOWERS")
     fetches=$(python3 "$ROOT/benches/slow_origin.py" count $SLOW "$path")
-    echo "$name $line fetches=$fetches" >> "$STREAM"
+    echo "$name $line fetches=$fetches round=$round" >> "$STREAM"
     echo "stream round $round $name: $line origin_fetches=$fetches" >&2
   done
 done
@@ -449,13 +451,21 @@ if st:
         r = st.get(name, [])
         if not r:
             continue
-        n = 1 if name == "origin-direct" else int(followers) + 1
+        n = int(followers) + 1
         ok = min(int(x["ok"]) for x in r)
         med = lambda k: statistics.median(float(x[k]) for x in r)
         follow = "| - | - | - " if n == 1 else f"| {med('ttfb_p50_ms'):.1f} | {med('ttfb_max_ms'):.1f} | {med('full_p50_ms'):.0f} "
         fetches = "-" if name == "bare-hyper" else f"{statistics.median(int(x['fetches']) for x in r):.0f}"
         label = "bare-hyper (fixed 1 KiB, the floor)" if name == "bare-hyper" else name
         print(f"| {label} | {med('lead_ttfb_ms'):.1f} | {med('lead_full_ms'):.0f} {follow}| {fetches} |" + ("" if ok == n else f" (only {ok} of {n} got the whole body)"))
+    # Issue 13's target: each cache's first bytes within 5 ms of the origin's own, round by round.
+    direct = {x["round"]: x for x in st.get("origin-direct", [])}
+    for name in ("meridian", "nginx", "varnish"):
+        d = {k: [float(x[k]) - float(direct[x["round"]][k]) for x in st.get(name, []) if x["round"] in direct]
+             for k in ("lead_ttfb_ms", "ttfb_p50_ms", "ttfb_max_ms")}
+        if d["lead_ttfb_ms"]:
+            print(f"\n{name} minus origin-direct, per round (ms): first client {', '.join(f'{v:+.1f}' for v in d['lead_ttfb_ms'])}; "
+                  f"median follower {', '.join(f'{v:+.1f}' for v in d['ttfb_p50_ms'])}; last follower {', '.join(f'{v:+.1f}' for v in d['ttfb_max_ms'])}")
 pa = {}
 for line in open(passes):
     kind, name, rps, p99 = line.split()

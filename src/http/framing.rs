@@ -120,11 +120,6 @@ impl FramingGuard {
         matches!(self.phase, Phase::Head) && !self.head.is_empty()
     }
 
-    /// Request heads seen whole so far.
-    pub(crate) fn heads(&self) -> u64 {
-        self.heads
-    }
-
     /// A fault found in a request body since the last call: (request index, reason).
     pub(crate) fn take_body_fault(&mut self) -> Option<(u64, &'static str)> {
         self.fault.take()

@@ -14,15 +14,7 @@
 //! head is under way; hyper's own header timer (which starts when a response ends, cutting
 //! resting connections short, and not at all before the first byte) is off. On shutdown it stops accepting and lets every connection
 //! finish its in-flight requests (hyper's graceful shutdown); `app` bounds the wait.
-//!
-//! A client that closes its connection while a request of it waits (for an origin, a fill, the
-//! disk) has that request given up, and with it the origin connection a forward holds: the
-//! request looks at its socket 100 ms after it began waiting and then at doubling intervals up
-//! to a second (`WhileConnected`). hyper would find out itself by reading the socket while the
-//! request is open, but that read costs every request a new read buffer (the old one is still
-//! held by the request's header values), so its half-close mode is on and it does not read then.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -83,9 +75,6 @@ struct Activity {
     /// Milliseconds after `opened`, plus one, at which the unfinished request head began; 0
     /// while no head is under way. Starts at 1: the first head is awaited from the open.
     head_since: AtomicU64,
-    /// Request heads the framing guard has seen whole (HTTP/1, while it watches): more than
-    /// `requests` when the client pipelined one that hyper has read but not handed over yet.
-    heads: AtomicU64,
 }
 
 impl Activity {
@@ -135,9 +124,6 @@ impl<S: AsyncRead> AsyncRead for Tracked<S> {
             }
             if let Some((index, why)) = this.guard.take_body_fault() {
                 a.body_fault.set(index, why);
-            }
-            if a.heads.load(Ordering::Relaxed) != this.guard.heads() {
-                a.heads.store(this.guard.heads(), Ordering::Relaxed);
             }
             // A head under way keeps the time its first byte came (or the connection opened);
             // a finished one clears it.
@@ -204,9 +190,6 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         // Ours instead (see the module documentation).
         .header_read_timeout(None)
         .max_buf_size(limits.max_header_size)
-        // No read while a request is open (see the module documentation): a client that
-        // closes is found by `WhileConnected` instead.
-        .half_close(true)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
@@ -365,7 +348,6 @@ async fn accept(
             _ = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let fd = raw_fd(&stream);
         let state2 = state.clone();
         let builder = builder.clone();
         let shutdown = shutdown.clone();
@@ -379,7 +361,6 @@ async fn accept(
             LoadCounters::add(&state2.load.connections, 1);
             let conn = Conn {
                 peer,
-                fd,
                 state: state2.clone(),
                 builder,
                 idle_timeout: idle,
@@ -411,8 +392,6 @@ async fn accept(
 /// What a connection needs besides its stream.
 struct Conn {
     peer: SocketAddr,
-    /// The client's TCP socket (under TLS too), owned by the stream.
-    fd: RawFd,
     state: Arc<EdgeState>,
     builder: auto::Builder<TokioExecutor>,
     idle_timeout: Duration,
@@ -427,7 +406,6 @@ where
 {
     let Conn {
         peer,
-        fd,
         state,
         builder,
         idle_timeout,
@@ -444,7 +422,6 @@ where
         body_fault: Arc::default(),
         opened: Instant::now(),
         head_since: AtomicU64::new(1),
-        heads: AtomicU64::new(0),
     });
     let io = Tracked {
         inner: stream,
@@ -471,19 +448,10 @@ where
         };
         let fault = Some((activity.body_fault.clone(), index));
         async move {
-            let handled = handle(state, req.map(RequestBody::Hyper), client, framing, fault);
-            let r = WhileConnected::new(handled, fd, secure, activity.clone()).await;
+            let r = handle(state, req.map(RequestBody::Hyper), client, framing, fault).await;
             activity.in_flight.fetch_sub(1, Ordering::Relaxed);
             activity.touch();
-            match r {
-                Some(Ok(response)) => Ok(response),
-                Some(Err(never)) => match never {},
-                // hyper ends the connection without an answer.
-                None => Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "the client closed its connection with a request open",
-                )),
-            }
+            r
         }
     });
     // What one poll of the connection writes leaves in one write (HTTP/2 flushes per frame).
@@ -534,121 +502,4 @@ where
             }
         }
     }
-}
-
-#[cfg(unix)]
-type RawFd = std::os::fd::RawFd;
-#[cfg(not(unix))]
-type RawFd = i32;
-
-#[cfg(unix)]
-fn raw_fd(stream: &tokio::net::TcpStream) -> RawFd {
-    use std::os::fd::AsRawFd;
-    stream.as_raw_fd()
-}
-
-#[cfg(not(unix))]
-fn raw_fd(_: &tokio::net::TcpStream) -> RawFd {
-    -1
-}
-
-/// When a waiting request first looks whether its client is still there.
-const HANG_UP_FIRST: Duration = Duration::from_millis(100);
-/// The longest between two looks (the interval doubles up to it).
-const HANG_UP_MAX: Duration = Duration::from_secs(1);
-
-pin_project_lite::pin_project! {
-    /// A request's handling, given up (`None`) when its client closes the connection before
-    /// the answer is ready. A request answered in its first poll (a hit) never looks; one that
-    /// waits makes a timer and looks at the socket on it (`client_gone`), 100 ms after it
-    /// began waiting and then at doubling intervals up to a second.
-    struct WhileConnected<F> {
-        #[pin]
-        inner: F,
-        fd: RawFd,
-        secure: bool,
-        activity: Arc<Activity>,
-        // Boxed: most requests never make one, and the future hyper holds stays small.
-        check: Option<Pin<Box<tokio::time::Sleep>>>,
-        every: Duration,
-    }
-}
-
-impl<F> WhileConnected<F> {
-    fn new(inner: F, fd: RawFd, secure: bool, activity: Arc<Activity>) -> WhileConnected<F> {
-        WhileConnected {
-            inner,
-            fd,
-            secure,
-            activity,
-            check: None,
-            every: HANG_UP_FIRST,
-        }
-    }
-}
-
-impl<F: Future> Future for WhileConnected<F> {
-    type Output = Option<F::Output>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Poll::Ready(r) = this.inner.poll(cx) {
-            return Poll::Ready(Some(r));
-        }
-        let check = this
-            .check
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(HANG_UP_FIRST)));
-        while check.as_mut().poll(cx).is_ready() {
-            if client_gone(*this.fd, *this.secure, this.activity) {
-                return Poll::Ready(None);
-            }
-            *this.every = (*this.every * 2).min(HANG_UP_MAX);
-            check.as_mut().reset(Instant::now() + *this.every);
-        }
-        Poll::Pending
-    }
-}
-
-/// Whether the client has closed its connection (its FIN came, or the socket failed) with
-/// nothing left to say: a request it pipelined before closing (read by hyper, or still in the
-/// socket) keeps the connection, as a half-close after the last request should. Over TLS,
-/// bytes in the socket after the FIN are taken as its close alert.
-#[cfg(target_os = "linux")]
-fn client_gone(fd: RawFd, secure: bool, activity: &Activity) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLRDHUP,
-        revents: 0,
-    };
-    // SAFETY: one pollfd on this frame, for the connection's own socket, which its stream
-    // (held by the hyper connection that polls this request) keeps open.
-    if unsafe { libc::poll(&mut p, 1, 0) } != 1 {
-        return false;
-    }
-    if p.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
-        return true;
-    }
-    if p.revents & libc::POLLRDHUP == 0 {
-        return false;
-    }
-    let pipelined =
-        activity.heads.load(Ordering::Relaxed) > activity.requests.load(Ordering::Relaxed);
-    if pipelined {
-        return false;
-    }
-    if secure {
-        return true;
-    }
-    // POLLIN is set at the end of the stream too: count what is left to read.
-    let mut unread: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int, which lives on this frame.
-    let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut unread) };
-    r == 0 && unread == 0
-}
-
-/// Elsewhere a request runs to its end (a client that left is found when its answer is
-/// written).
-#[cfg(not(target_os = "linux"))]
-fn client_gone(_: RawFd, _: bool, _: &Activity) -> bool {
-    false
 }

@@ -740,35 +740,3 @@ async fn a_client_that_hangs_up_before_its_answer_ends_the_forward() {
         );
     }
 }
-
-/// A client that pipelines a second request behind a slow one and then closes its sending side
-/// still gets both answers: it had more to say before it closed, so it has not gone.
-#[tokio::test]
-async fn a_client_that_half_closes_after_pipelining_gets_every_answer() {
-    let o = Origin::start().await;
-    o.always(
-        "/slow",
-        Reply::ok("slow")
-            .header("cache-control", "private")
-            .delay(Duration::from_millis(600)),
-    );
-    o.always(
-        "/hit",
-        Reply::ok("hit").header("cache-control", "max-age=60"),
-    );
-    let edge = Edge::for_origin(&o).await;
-    assert_eq!(edge.get("/hit").await.text(), "hit");
-    let mut client = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
-    client
-        .write_all(
-            b"GET /slow HTTP/1.1\r\nHost: demo.test\r\n\r\nGET /hit HTTP/1.1\r\nHost: demo.test\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    client.shutdown().await.unwrap();
-    let mut got = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got)).await;
-    let text = String::from_utf8_lossy(&got);
-    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
-    assert!(text.contains("slow") && text.ends_with("hit"), "{text}");
-}
