@@ -215,11 +215,30 @@ impl Store {
             // longer has it whole either). Boxed: rare, and large.
             Box::pin(self.objects.remove(key)).await;
         }
+        self.get_beyond_memory(key).await
+    }
+
+    /// What memory holds for `key`, if moka can say at once: `Some(None)` when it holds
+    /// nothing; `None` when it cannot say without waiting or holds an object with a chunk on
+    /// disk found missing ([`get`](Self::get) sees to those).
+    pub(crate) fn get_memory(&self, key: &str) -> Option<Option<Arc<Object>>> {
+        let Some(o) = now_or_never(self.objects.get(key))? else {
+            return Some(None);
+        };
+        let broken = o
+            .variants()
+            .iter()
+            .any(|e| e.on_disk.as_ref().is_some_and(|d| d.is_broken()));
+        (!broken).then_some(Some(o))
+    }
+
+    /// [`get`](Self::get) for a key memory was just found not to hold: the disk tier.
+    pub(crate) async fn get_beyond_memory(&self, key: &str) -> Option<(Arc<Object>, Tier)> {
         if self.disk_held.load(std::sync::atomic::Ordering::Relaxed) {
             return None;
         }
         // Boxed: the disk read's state machine is large, and this future is part of every
-        // request's (hits from memory included), which hyper moves and h2 spawns per request.
+        // request's that waits, which hyper moves and h2 spawns per request.
         Box::pin(self.read_disk(key)).await
     }
 

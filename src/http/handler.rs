@@ -31,7 +31,7 @@ use crate::cache::entry::{normalized, vary_names, Entry, Fields, Target};
 use crate::cache::fill::{FillFailed, Growing, Tail};
 use crate::cache::key;
 use crate::cache::policy::{self, Exchange, RequestDirectives, Reuse, SitePolicy};
-use crate::cache::store::{Store, Tier};
+use crate::cache::store::{Object, Store, Tier};
 use crate::config::{EdgeConfig, QueryKey, SiteConfig};
 use crate::load::LoadCounters;
 use crate::origin::{OriginError, Origins};
@@ -300,6 +300,58 @@ pub(crate) async fn handle(
     framing: Option<&'static str>,
     fault: BodyWatch,
 ) -> Result<Response<Body>, std::convert::Infallible> {
+    match answer_now(&state, req, peer, framing, fault) {
+        Ok(resp) => Ok(resp),
+        Err(later) => answer_later(state, later).await,
+    }
+}
+
+/// A request [`answer_now`] could not answer without waiting, and what it found out so far.
+pub(crate) struct Later {
+    start: Instant,
+    version: http::Version,
+    peer: Peer,
+    logged: Logged,
+    routed: Routed,
+    looked: Option<Looked>,
+}
+
+/// What [`hit_now`] found out about a `GET` or `HEAD` that was no fresh hit from memory, for
+/// the cache path to go on from.
+pub(crate) struct Looked {
+    directives: RequestDirectives,
+    key: String,
+    memory: Memory,
+}
+
+/// What a look at memory alone found.
+pub(crate) enum Memory {
+    /// Not looked, or moka could not say at once.
+    Unknown,
+    /// Nothing there.
+    Missed,
+    /// This object.
+    Found(Arc<Object>),
+}
+
+/// What the access log needs of a request, kept while it is answered (when there is a log).
+type Logged = Option<(Method, Uri, Option<HeaderValue>)>;
+
+/// Answers a request if nothing has to wait for it: a refusal, or a hit from memory (most
+/// requests). Done in the call hyper makes with the request, this drops the request before
+/// hyper reads its connection on: its header values point into hyper's read buffer, which that
+/// read would otherwise replace with a new one while they live. Everything else is given back
+/// for [`answer_later`].
+// `Later` is large, and moved once, into the future that answers it; boxed it would cost every
+// request that waits an allocation.
+#[allow(clippy::result_large_err)]
+pub(crate) fn answer_now(
+    state: &Arc<EdgeState>,
+    req: Request<RequestBody>,
+    peer: Peer,
+    framing: Option<&'static str>,
+    fault: BodyWatch,
+) -> Result<Response<Body>, Later> {
     let start = Instant::now();
     let logged = state.access_log.then(|| {
         (
@@ -309,7 +361,62 @@ pub(crate) async fn handle(
         )
     });
     let version = req.version();
-    let (mut resp, status) = route(&state, req, peer, framing, fault).await;
+    let (resp, status) = match route_now(state, req, peer, framing, fault) {
+        Routed::Done(resp, status) => (resp, status),
+        Routed::Go { site, client } => match hit_now(state, &site, &client) {
+            Ok(answered) => answered,
+            Err(looked) => {
+                return Err(Later {
+                    start,
+                    version,
+                    peer,
+                    logged,
+                    routed: Routed::Go { site, client },
+                    looked,
+                })
+            }
+        },
+        routed => {
+            return Err(Later {
+                start,
+                version,
+                peer,
+                logged,
+                routed,
+                looked: None,
+            })
+        }
+    };
+    Ok(finish(state, start, version, peer, logged, resp, status))
+}
+
+/// Answers what [`answer_now`] gave back.
+pub(crate) async fn answer_later(
+    state: Arc<EdgeState>,
+    later: Later,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    let Later {
+        start,
+        version,
+        peer,
+        logged,
+        routed,
+        looked,
+    } = later;
+    let (resp, status) = route_later(&state, routed, looked).await;
+    Ok(finish(&state, start, version, peer, logged, resp, status))
+}
+
+/// What every answer gets last: `Alt-Svc`, the metrics and the access log line.
+fn finish(
+    state: &EdgeState,
+    start: Instant,
+    version: http::Version,
+    peer: Peer,
+    logged: Logged,
+    mut resp: Response<Body>,
+    status: CacheStatus,
+) -> Response<Body> {
     // Over TLS on TCP only: a client on HTTP/3 already uses it.
     if let (true, true, Some(v)) = (
         peer.secure,
@@ -346,7 +453,7 @@ pub(crate) async fn handle(
             duration_ms = elapsed.as_secs_f64() * 1000.0,
         );
     }
-    Ok(resp)
+    resp
 }
 
 /// The protocol a request came over, as the access log and the metrics name it.
@@ -388,13 +495,28 @@ pub(crate) struct ClientRequest {
     hop: Option<Hop>,
 }
 
-async fn route(
+/// Where [`route_now`] left a request.
+pub(crate) enum Routed {
+    /// Answered (refused, or a ping).
+    Done(Response<Body>, CacheStatus),
+    /// A purge pushed by a peer, signed: its body is read next.
+    Purge(Request<RequestBody>),
+    /// A request for `site`, checked and normalised.
+    Go {
+        site: Arc<Site>,
+        client: ClientRequest,
+    },
+}
+
+/// The checks every request passes before anything can wait: framing, intake, the site, loops,
+/// a peer's mark.
+fn route_now(
     state: &Arc<EdgeState>,
     mut req: Request<RequestBody>,
     peer: Peer,
     framing: Option<&'static str>,
     fault: BodyWatch,
-) -> (Response<Body>, CacheStatus) {
+) -> Routed {
     let refused = |r: Refusal| {
         let s = CacheStatus::default().detail(match r {
             Refusal::Misdirected => "misdirected",
@@ -402,7 +524,7 @@ async fn route(
             Refusal::MethodNotAllowed => "method",
             _ => "bad-request",
         });
-        (r.response(s), s)
+        Routed::Done(r.response(s), s)
     };
     if let Err(why) = framing.map_or_else(|| check_framing(req.headers()), Err) {
         return refused(Refusal::BadRequest(why));
@@ -420,15 +542,13 @@ async fn route(
         let mut r = Response::new(Body::full("ok\n"));
         r.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        return (r, CacheStatus::default().detail("ping"));
+        return Routed::Done(r, CacheStatus::default().detail("ping"));
     }
     if req.method() == Method::POST && req.uri().path() == crate::shield::PURGE_PATH {
         if let (Some(peers), Some(mark)) = (state.peers.get(), req.headers().get(PEER)) {
             let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
             if peers.verify(mark, req.method(), &host, target) == Some(Hop::Purge) {
-                // Boxed, as the other rare paths: it reads a body, and its state machine
-                // would otherwise be part of every request's future.
-                return Box::pin(pushed_purge(state, peers, req)).await;
+                return Routed::Purge(req);
             }
         }
     }
@@ -448,15 +568,95 @@ async fn route(
             .verify(&mark, req.method(), &host, target)
             .filter(|h| *h != Hop::Purge)
     });
-    let incoming = ClientRequest {
-        req,
-        peer,
-        host,
-        fault,
-        hop,
+    Routed::Go {
+        site,
+        client: ClientRequest {
+            req,
+            peer,
+            host,
+            fault,
+            hop,
+        },
+    }
+}
+
+/// A `GET` or `HEAD` answered from memory as a fresh hit, without waiting. Anything else is
+/// left to [`route_later`], with what was found out for a `GET` or `HEAD` on the way.
+fn hit_now(
+    state: &EdgeState,
+    site: &Site,
+    client: &ClientRequest,
+) -> Result<(Response<Body>, CacheStatus), Option<Looked>> {
+    let req = &client.req;
+    if *req.method() != Method::GET && *req.method() != Method::HEAD {
+        return Err(None);
+    }
+    let directives = policy::request_directives(req.headers());
+    if directives.no_store {
+        return Err(None);
+    }
+    let key = site.key(req.uri());
+    let object = match state.store.get_memory(&key) {
+        Some(Some(o)) => o,
+        found => {
+            let memory = match found {
+                Some(_) => Memory::Missed,
+                None => Memory::Unknown,
+            };
+            return Err(Some(Looked {
+                directives,
+                key,
+                memory,
+            }));
+        }
     };
+    let target = site.target(&client.host, client.peer.secure);
+    let fresh = object.select(req.headers(), target).and_then(|entry| {
+        // A disk tier's body is counted and served as such by the general path.
+        let age = entry.age(Instant::now());
+        (entry.on_disk.is_none()
+            && policy::reuse(&entry.freshness(), age, &directives) == Reuse::Hit)
+            .then_some((entry, age))
+    });
+    let Some((entry, age)) = fresh else {
+        return Err(Some(Looked {
+            directives,
+            key,
+            memory: Memory::Found(object),
+        }));
+    };
+    let mut s = CacheStatus::hit(entry.ttl(age));
+    s.tier = Some(Tier::Memory);
+    let mut resp = response::from_entry(entry, req.method(), req.headers(), s, age);
+    if let (Some(_), Some(peers)) = (client.hop, state.peers.get()) {
+        peers.rename_cache_status(resp.headers_mut());
+    }
+    Ok((resp, s))
+}
+
+/// The rest of a request's way: the cache path or a forward (both may wait), or a pushed
+/// purge.
+async fn route_later(
+    state: &Arc<EdgeState>,
+    routed: Routed,
+    looked: Option<Looked>,
+) -> (Response<Body>, CacheStatus) {
+    let (site, incoming) = match routed {
+        Routed::Done(resp, status) => return (resp, status),
+        Routed::Purge(req) => {
+            let Some(peers) = state.peers.get() else {
+                let s = CacheStatus::default().detail("bad-request");
+                return (Refusal::BadRequest("no peers").response(s), s);
+            };
+            // Boxed, as the other rare paths: it reads a body, and its state machine would
+            // otherwise be part of every request's future.
+            return Box::pin(pushed_purge(state, peers, req)).await;
+        }
+        Routed::Go { site, client } => (site, client),
+    };
+    let hop = incoming.hop;
     if *incoming.req.method() == Method::GET || *incoming.req.method() == Method::HEAD {
-        let (mut resp, s) = cache_path(state, &site, incoming).await;
+        let (mut resp, s) = cache_path(state, &site, incoming, looked).await;
         if let (Some(_), Some(peers)) = (hop, state.peers.get()) {
             peers.rename_cache_status(resp.headers_mut());
         }
@@ -468,8 +668,6 @@ async fn route(
     }
 }
 
-/// Takes a cluster purge its issuer pushed (the mark's signature held): the body must be what
-/// the signed target's digest says; applied at once (see `purge::apply_pushed`).
 async fn pushed_purge(
     state: &EdgeState,
     peers: &Peers,
@@ -656,18 +854,25 @@ async fn cache_path(
     state: &Arc<EdgeState>,
     site: &Arc<Site>,
     client: ClientRequest,
+    looked: Option<Looked>,
 ) -> (Response<Body>, CacheStatus) {
     let req = &client.req;
-    let directives = policy::request_directives(req.headers());
-    if directives.no_store {
-        let s = CacheStatus::forward(Fwd::Request).detail("no-store");
-        return Box::pin(forward(state, site, client, s, false)).await;
-    }
-    let key = site.key(req.uri());
+    let (directives, key, memory) = match looked {
+        Some(l) => (l.directives, l.key, l.memory),
+        None => {
+            let directives = policy::request_directives(req.headers());
+            if directives.no_store {
+                let s = CacheStatus::forward(Fwd::Request).detail("no-store");
+                return Box::pin(forward(state, site, client, s, false)).await;
+            }
+            (directives, site.key(req.uri()), Memory::Unknown)
+        }
+    };
     let target = site.target(&client.host, client.peer.secure);
-    let (fwd, stale) = match lookup(
+    let (fwd, stale) = match lookup_in(
         state,
         &key,
+        memory,
         req.method(),
         req.headers(),
         target,
@@ -714,7 +919,34 @@ pub(crate) async fn lookup(
     target: Target<'_>,
     directives: &RequestDirectives,
 ) -> Lookup {
-    let Some((object, tier)) = state.store.get(key).await else {
+    lookup_in(
+        state,
+        key,
+        Memory::Unknown,
+        method,
+        headers,
+        target,
+        directives,
+    )
+    .await
+}
+
+/// [`lookup`], going on from what a look at memory alone found.
+async fn lookup_in(
+    state: &EdgeState,
+    key: &str,
+    memory: Memory,
+    method: &Method,
+    headers: &HeaderMap,
+    target: Target<'_>,
+    directives: &RequestDirectives,
+) -> Lookup {
+    let found = match memory {
+        Memory::Found(o) => Some((o, Tier::Memory)),
+        Memory::Missed => state.store.get_beyond_memory(key).await,
+        Memory::Unknown => state.store.get(key).await,
+    };
+    let Some((object, tier)) = found else {
         return Lookup::Forward(Fwd::Miss, None);
     };
     let Some(entry) = object.select(headers, target) else {

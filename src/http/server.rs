@@ -32,9 +32,10 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::body::Body;
 use super::body::RequestBody;
 use super::framing::{BodyFault, Conflict, FramingGuard};
-use super::handler::{handle, EdgeState, Peer};
+use super::handler::{answer_later, answer_now, EdgeState, Peer};
 use crate::config::EdgeConfig;
 use crate::load::LoadCounters;
 
@@ -447,11 +448,23 @@ where
             None
         };
         let fault = Some((activity.body_fault.clone(), index));
-        async move {
-            let r = handle(state, req.map(RequestBody::Hyper), client, framing, fault).await;
-            activity.in_flight.fetch_sub(1, Ordering::Relaxed);
-            activity.touch();
-            r
+        // A hit is answered here, in hyper's call: see `answer_now`.
+        let now = answer_now(&state, req.map(RequestBody::Hyper), client, framing, fault);
+        let later = match now {
+            Ok(resp) => {
+                activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+                activity.touch();
+                return Answer::Now { resp: Some(resp) };
+            }
+            Err(later) => later,
+        };
+        Answer::Later {
+            later: async move {
+                let r = answer_later(state, later).await;
+                activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+                activity.touch();
+                r
+            },
         }
     });
     // What one poll of the connection writes leaves in one write (HTTP/2 flushes per frame).
@@ -500,6 +513,30 @@ where
                 }
                 next_check = now + tick;
             }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's answer as the service gives it to hyper: ready at once (a hit), or to come.
+    #[project = AnswerProj]
+    enum Answer<F> {
+        Now { resp: Option<hyper::Response<Body>> },
+        Later { #[pin] later: F },
+    }
+}
+
+impl<F: std::future::Future<Output = Result<hyper::Response<Body>, std::convert::Infallible>>>
+    std::future::Future for Answer<F>
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        match self.project() {
+            AnswerProj::Now { resp } => {
+                Poll::Ready(Ok(resp.take().expect("polled after its answer")))
+            }
+            AnswerProj::Later { later } => later.poll(cx),
         }
     }
 }
