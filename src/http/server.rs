@@ -32,8 +32,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::body::Body;
-use super::body::RequestBody;
+use super::body::{Body, RequestBody};
 use super::framing::{BodyFault, Conflict, FramingGuard};
 use super::handler::{answer_later, answer_now, EdgeState, Peer};
 use crate::config::EdgeConfig;
