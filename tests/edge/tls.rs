@@ -621,11 +621,7 @@ async fn handshake_kind(
     config: &Arc<rustls::ClientConfig>,
 ) -> Option<rustls::HandshakeKind> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(config.clone())
-        .connect(ServerName::try_from("a.test").unwrap(), tcp)
-        .await
-        .unwrap();
+    let mut tls = tls_to_a(addr, config.clone()).await;
     tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
@@ -682,12 +678,7 @@ async fn a_tls_client_that_hangs_up_before_its_answer_ends_the_forward() {
     )
     .await;
     for alert in [true, false] {
-        let tcp = tokio::net::TcpStream::connect(https(&edge)).await.unwrap();
-        let mut tls =
-            tokio_rustls::TlsConnector::from(Arc::new(ca.client(rustls::DEFAULT_VERSIONS)))
-                .connect(ServerName::try_from("a.test").unwrap(), tcp)
-                .await
-                .unwrap();
+        let mut tls = tls_to_a(https(&edge), Arc::new(ca.client(rustls::DEFAULT_VERSIONS))).await;
         tls.write_all(b"GET /p HTTP/1.1\r\nHost: a.test\r\nCache-Control: no-store\r\n\r\n")
             .await
             .unwrap();
@@ -710,4 +701,16 @@ async fn a_tls_client_that_hangs_up_before_its_answer_ends_the_forward() {
             "{what}: {after:?}"
         );
     }
+}
+
+/// A TLS connection to `addr` for `a.test`, bytes to be written by hand.
+async fn tls_to_a(
+    addr: std::net::SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("a.test").unwrap(), tcp)
+        .await
+        .unwrap()
 }
