@@ -330,8 +330,8 @@ pub(crate) enum Memory {
     Unknown,
     /// Nothing there.
     Missed,
-    /// This object.
-    Found(Arc<Object>),
+    /// An object, and the request must go forward: how, with the stored entry to revalidate.
+    Decided(Fwd, Option<Arc<Entry>>),
 }
 
 /// What the access log needs of a request, kept while it is answered (when there is a log).
@@ -580,11 +580,12 @@ fn route_now(
     }
 }
 
-/// A `GET` or `HEAD` answered from memory as a fresh hit, without waiting. Anything else is
-/// left to [`route_later`], with what was found out for a `GET` or `HEAD` on the way.
+/// A `GET` or `HEAD` answered from memory without waiting: a hit, or a stale one whose refresh
+/// starts in the background. Anything else is left to [`route_later`], with what was found
+/// out for a `GET` or `HEAD` on the way.
 fn hit_now(
-    state: &EdgeState,
-    site: &Site,
+    state: &Arc<EdgeState>,
+    site: &Arc<Site>,
     client: &ClientRequest,
 ) -> Result<(Response<Body>, CacheStatus), Option<Looked>> {
     let req = &client.req;
@@ -611,23 +612,28 @@ fn hit_now(
         }
     };
     let target = site.target(&client.host, client.peer.secure);
-    let fresh = object.select(req.headers(), target).and_then(|entry| {
-        // A disk tier's body is counted and served as such by the general path.
-        let age = entry.age(Instant::now());
-        (entry.on_disk.is_none()
-            && policy::reuse(&entry.freshness(), age, &directives) == Reuse::Hit)
-            .then_some((entry, age))
-    });
-    let Some((entry, age)) = fresh else {
-        return Err(Some(Looked {
-            directives,
-            key,
-            memory: Memory::Found(object),
-        }));
+    let decided = decide(
+        &object,
+        Tier::Memory,
+        req.method(),
+        req.headers(),
+        target,
+        &directives,
+    );
+    let (mut resp, s) = match decided {
+        Lookup::Served(resp, s) => (resp, s),
+        Lookup::Refresh(resp, s, entry) => {
+            refresh_in_background(state, site, client, &key, entry);
+            (resp, s)
+        }
+        Lookup::Forward(fwd, stale) => {
+            return Err(Some(Looked {
+                directives,
+                key,
+                memory: Memory::Decided(fwd, stale),
+            }))
+        }
     };
-    let mut s = CacheStatus::hit(entry.ttl(age));
-    s.tier = Some(Tier::Memory);
-    let mut resp = response::from_entry(entry, req.method(), req.headers(), s, age);
     if let (Some(_), Some(peers)) = (client.hop, state.peers.get()) {
         peers.rename_cache_status(resp.headers_mut());
     }
@@ -942,13 +948,26 @@ async fn lookup_in(
     directives: &RequestDirectives,
 ) -> Lookup {
     let found = match memory {
-        Memory::Found(o) => Some((o, Tier::Memory)),
+        Memory::Decided(fwd, stale) => return Lookup::Forward(fwd, stale),
         Memory::Missed => state.store.get_beyond_memory(key).await,
         Memory::Unknown => state.store.get(key).await,
     };
     let Some((object, tier)) = found else {
         return Lookup::Forward(Fwd::Miss, None);
     };
+    decide(&object, tier, method, headers, target, directives)
+}
+
+/// What the object the store found (in `tier`) does for a request: the variant, the reuse
+/// decision, and the response.
+fn decide(
+    object: &Object,
+    tier: Tier,
+    method: &Method,
+    headers: &HeaderMap,
+    target: Target<'_>,
+    directives: &RequestDirectives,
+) -> Lookup {
     let Some(entry) = object.select(headers, target) else {
         return Lookup::Forward(Fwd::VaryMiss, None);
     };
