@@ -165,6 +165,10 @@ fn describe() {
         "Time from a cluster purge's issue (on the issuer's clock) to its application on this edge"
     );
     describe_gauge!(
+        "meridian_http_thread_connections",
+        "Client connections (TCP, HTTP/1.1 and HTTP/2) each HTTP thread of a listener serves; a new connection goes to the thread that serves fewest"
+    );
+    describe_gauge!(
         "meridian_edge_utilisation",
         "The load this edge publishes by gossip: the busiest of requests/s, connections and egress over edge.capacity, smoothed (1.0 = at capacity; 0 without gossip)"
     );

@@ -661,6 +661,100 @@ fn drain_asks_the_running_node_through_its_admin_api() {
     let _ = child.wait();
 }
 
+/// `GET path` over HTTP/1.0 to `addr`: the whole answer, or `None` if nothing answers.
+fn get_1_0(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    Some(answer)
+}
+
+/// A burst of keep-alive connections, all in the backlog before any thread wakes, is spread
+/// evenly over the HTTP threads (the thread that woke first used to take them all, and keep
+/// them for their lives); `/metrics` shows each thread's count.
+#[test]
+fn a_burst_of_connections_is_spread_evenly_over_the_http_threads() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (http, admin) = (free(), free());
+    std::fs::write(dir.path().join("admin.token"), "secret-token-0123\n").unwrap();
+    std::fs::write(
+        dir.path().join("origins.toml"),
+        site("s", "s.test", "http://127.0.0.1:1", ""),
+    )
+    .unwrap();
+    let node = dir.path().join("node.toml");
+    std::fs::write(
+        &node,
+        format!("id = \"spread\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[log]\nlevel = \"warn\"\n[edge]\nlisten = [\"{http}\"]\nthreads = 2\n[admin]\nlisten = \"{admin}\"\ntoken_file = \"admin.token\"\n"),
+    )
+    .unwrap();
+    let mut child = meridian().args(["run", "-c"]).arg(&node).spawn().unwrap();
+    let _kill = Kill(child.id());
+    let t = Instant::now();
+    let up = || get_1_0(admin, "/healthz").is_some_and(|a| a.get(9..12) == Some("200"));
+    while !up() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the node did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Connected one after another without waiting: the kernel completes each handshake, and
+    // they wait in the backlog together.
+    const N: usize = 40;
+    let mut conns: Vec<std::net::TcpStream> = (0..N)
+        .map(|_| std::net::TcpStream::connect(http).unwrap())
+        .collect();
+    // Each is served (a host of no site is refused at once) and stays open.
+    for c in &mut conns {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n")
+            .unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0, "closed before its answer");
+            head.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 4"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+    }
+    let metrics = get_1_0(admin, "/metrics").unwrap();
+    let mut per_thread: Vec<(String, f64)> = metrics
+        .lines()
+        .filter(|l| l.starts_with("meridian_http_thread_connections{"))
+        .filter_map(|l| {
+            let (labels, value) = l.rsplit_once(' ')?;
+            let thread = labels.split("thread=\"").nth(1)?.split('"').next()?;
+            Some((thread.to_string(), value.parse().ok()?))
+        })
+        .collect();
+    per_thread.sort_by(|a, b| a.0.cmp(&b.0));
+    let threads: Vec<&str> = per_thread.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(threads, ["0", "1"], "{metrics}");
+    let (a, b) = (per_thread[0].1, per_thread[1].1);
+    assert_eq!(a + b, N as f64, "{metrics}");
+    // Two threads accepting at the same moment may each count one to the same thread.
+    assert!((a - b).abs() <= 2.0, "{a} and {b} connections");
+    drop(conns);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[test]
 fn text_logs_have_no_colour_codes_or_per_query_lines_when_not_on_a_terminal() {
     use std::io::{Read, Write};

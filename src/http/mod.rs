@@ -1,9 +1,11 @@
-//! The edge's HTTP side: `server` accepts connections and runs hyper on them (`framing` watches
-//! HTTP/1 message boundaries on the raw bytes, `coalesce` gathers what one poll of a connection
-//! writes into one write), `request` checks and normalises each request, `handler` answers it,
-//! `response`, `range` and `headers` shape what goes back (`heads` keeps the header maps of the
-//! entries a thread answers from most), `body` is the one body type.
+//! The edge's HTTP side: `server` accepts connections and runs hyper on them (`balance` spreads
+//! them over a listener's threads, `framing` watches HTTP/1 message boundaries on the raw bytes,
+//! `coalesce` gathers what one poll of a connection writes into one write), `request` checks and
+//! normalises each request, `handler` answers it, `response`, `range` and `headers` shape what
+//! goes back (`heads` keeps the header maps of the entries a thread answers from most), `body` is
+//! the one body type.
 
+pub(crate) mod balance;
 pub(crate) mod body;
 pub(crate) mod coalesce;
 pub(crate) mod framing;

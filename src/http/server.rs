@@ -28,10 +28,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::balance::{Balance, Handed, Open};
 use super::body::{Body, RequestBody};
 use super::framing::{BodyFault, Conflict, FramingGuard};
 use super::handler::{answer_later, answer_now, EdgeState, Peer};
@@ -208,7 +210,19 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    accept(listener, slots, state, limits, tls, shutdown).await;
+    // One count for the shared runtime, so that the metric is there as with threads.
+    let spread = listener.local_addr().ok().map(|addr| {
+        let (balance, _none_handed) = Balance::new(1, &state.node, addr);
+        (balance, 0)
+    });
+    let serving = Serving {
+        state,
+        builder: builder(&limits),
+        limits,
+        tls,
+        shutdown,
+    };
+    accept(listener, slots, serving, spread).await;
 }
 
 thread_local! {
@@ -262,8 +276,8 @@ impl<T: Send> PerThread<T> {
 /// single-threaded runtime: a connection is accepted, parsed, answered and written by one
 /// thread for its whole life and never moves, and no two threads share a run queue (a 1 KiB hit
 /// cost 13–14.5 µs of CPU this way against 15.4–16.6 on the shared work-stealing runtime, and
-/// HTTP/2 gained most: see the README). The threads accept from the one listener, so a thread
-/// busy with its connections leaves new ones to an idle one; they share the connection limit.
+/// HTTP/2 gained most: see the README). The threads accept from the one listener and share the
+/// connection limit; a connection goes to the thread that serves fewest ([`super::balance`]).
 ///
 /// Each thread ends once `shutdown` has fired and every task the node tracks is done (a
 /// connection's requests, a fill whose readers are on other threads), or when `stopped` fires
@@ -280,16 +294,22 @@ pub(crate) fn serve_on_threads(
 ) -> io::Result<Vec<tokio::sync::oneshot::Receiver<()>>> {
     listener.set_nonblocking(true)?;
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let (balance, handed) = Balance::new(threads, &state.node, listener.local_addr()?);
     let mut ended = Vec::with_capacity(threads);
-    for i in 0..threads {
+    for (i, handed) in handed.into_iter().enumerate() {
         let listener = listener.try_clone()?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let (done, end) = tokio::sync::oneshot::channel();
-        let (slots, state, limits, tls) =
-            (slots.clone(), state.clone(), limits.clone(), tls.clone());
-        let (shutdown, stopped) = (shutdown.clone(), stopped.clone());
+        let serving = Serving {
+            state: state.clone(),
+            builder: builder(&limits),
+            limits: limits.clone(),
+            tls: tls.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let (slots, spread, stopped) = (slots.clone(), (balance.clone(), i), stopped.clone());
         // Held while the thread accepts (taken here, before it runs): the node's wait cannot
         // end between an accept and the spawn of its connection.
         let accepting = state.tasks.token();
@@ -298,6 +318,7 @@ pub(crate) fn serve_on_threads(
             .spawn(move || {
                 mark_http_thread();
                 runtime.block_on(async move {
+                    let state = serving.state.clone();
                     let listener = match TcpListener::from_std(listener) {
                         Ok(l) => l,
                         Err(e) => {
@@ -306,7 +327,10 @@ pub(crate) fn serve_on_threads(
                             return;
                         }
                     };
-                    accept(listener, slots, state.clone(), limits, tls, shutdown).await;
+                    tokio::join!(
+                        accept(listener, slots, serving.clone(), Some(spread)),
+                        take_handed(handed, serving),
+                    );
                     drop(accepting);
                     tokio::select! {
                         () = state.tasks.wait() => {}
@@ -321,15 +345,28 @@ pub(crate) fn serve_on_threads(
     Ok(ended)
 }
 
-async fn accept(
-    listener: TcpListener,
-    slots: Arc<Semaphore>,
+/// What every connection of a listener is served with.
+#[derive(Clone)]
+struct Serving {
     state: Arc<EdgeState>,
+    builder: auto::Builder<TokioExecutor>,
     limits: Limits,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
+}
+
+/// A listener's accepting thread: its index among the listener's threads, and their balance.
+type Spread = (Arc<Balance>, usize);
+
+/// Accepts connections until `shutdown` fires. With `spread`, each one goes to the thread of
+/// the listener that serves fewest (see [`super::balance`]).
+async fn accept(
+    listener: TcpListener,
+    slots: Arc<Semaphore>,
+    serving: Serving,
+    spread: Option<Spread>,
 ) {
-    let builder = builder(&limits);
+    let shutdown = serving.shutdown.clone();
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -348,24 +385,91 @@ async fn accept(
             _ = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let state2 = state.clone();
-        let builder = builder.clone();
-        let shutdown = shutdown.clone();
-        let idle = limits.idle_timeout;
-        let max_header = limits.max_header_size;
+        let Some((balance, me)) = &spread else {
+            serving.spawn(stream, peer, permit, None);
+            continue;
+        };
+        let open = balance.pick(*me);
+        if open.thread() == *me {
+            serving.spawn(stream, peer, permit, Some(open));
+            continue;
+        }
+        let handed = match stream.into_std() {
+            Ok(stream) => Handed {
+                stream,
+                peer,
+                permit,
+                open,
+            },
+            Err(e) => {
+                tracing::debug!(client = %peer, error = %e, "cannot hand a connection on");
+                continue;
+            }
+        };
+        // The other thread has ended (the node is stopping): served here after all.
+        if let Err(h) = balance.hand(handed) {
+            drop(h.open);
+            serving.adopt(h.stream, peer, h.permit, balance.count(*me));
+        }
+    }
+}
+
+/// Serves the connections other threads of the listener hand this one, until `shutdown` fires.
+async fn take_handed(mut handed: UnboundedReceiver<Handed>, serving: Serving) {
+    let shutdown = serving.shutdown.clone();
+    loop {
+        let h = tokio::select! {
+            h = handed.recv() => match h { Some(h) => h, None => break },
+            _ = shutdown.cancelled() => break,
+        };
+        serving.adopt(h.stream, h.peer, h.permit, h.open);
+    }
+}
+
+impl Serving {
+    /// Serves a connection accepted on another thread of this runtime's listener.
+    fn adopt(
+        &self,
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+        permit: OwnedSemaphorePermit,
+        open: Open,
+    ) {
+        match tokio::net::TcpStream::from_std(stream) {
+            Ok(stream) => self.spawn(stream, peer, permit, Some(open)),
+            Err(e) => {
+                tracing::warn!(client = %peer, error = %e, "cannot serve a handed connection")
+            }
+        }
+    }
+
+    /// Serves a connection on this runtime; `open` counts it to this thread while it lives.
+    fn spawn(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        permit: OwnedSemaphorePermit,
+        open: Option<Open>,
+    ) {
+        let Serving {
+            state,
+            builder,
+            limits,
+            tls,
+            shutdown,
+        } = self.clone();
         let handshake_timeout = limits.header_read_timeout;
-        let header_timeout = limits.header_read_timeout;
-        let tls = tls.clone();
+        let state2 = state.clone();
         state.tasks.spawn(async move {
-            let _permit = permit;
+            let _counted = (permit, open);
             LoadCounters::add(&state2.load.connections, 1);
             let conn = Conn {
                 peer,
                 state: state2.clone(),
                 builder,
-                idle_timeout: idle,
-                header_timeout,
-                max_header_size: max_header,
+                idle_timeout: limits.idle_timeout,
+                header_timeout: limits.header_read_timeout,
+                max_header_size: limits.max_header_size,
                 shutdown,
             };
             match tls {
