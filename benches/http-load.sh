@@ -23,6 +23,7 @@
 #   FOLLOWERS=100 benches/http-load.sh             clients that join the leader in "stream"
 #   EDGE_THREADS=0 benches/http-load.sh            meridian's edge.threads (default: unset, one per core)
 #   MERIDIAN_BIN=PATH benches/http-load.sh         run another build of meridian (an A/B)
+#   TTFB_BIN=PATH benches/http-load.sh             another build of the streaming-fill client (examples/ttfb.rs)
 #
 # Installs nginx, varnish, wrk and h2load (nghttp2-client) from Debian if they are missing (needs root). Every address is
 # on loopback; every server started here is stopped on exit. Prints markdown tables of medians.
@@ -59,7 +60,7 @@ cargo build --release --quiet --bin meridian --example bare_hyper --example bare
 MERIDIAN=${MERIDIAN_BIN:-$ROOT/target/release/meridian}
 BARE=$ROOT/target/release/examples/bare_hyper
 BARE_PROXY=$ROOT/target/release/examples/bare_proxy
-TTFB=$ROOT/target/release/examples/ttfb
+TTFB=${TTFB_BIN:-$ROOT/target/release/examples/ttfb}
 RATE=$ROOT/target/release/examples/rate
 
 # shellcheck source=benches/lib.sh
