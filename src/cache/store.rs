@@ -234,7 +234,8 @@ impl Store {
 
     /// [`get`](Self::get) for a key memory was just found not to hold: the disk tier.
     pub(crate) async fn get_beyond_memory(&self, key: &str) -> Option<(Arc<Object>, Tier)> {
-        if self.disk_held.load(std::sync::atomic::Ordering::Relaxed) {
+        // Without a disk tier, nothing to box: every miss and pass-through comes here.
+        if self.disk.is_none() || self.disk_held.load(std::sync::atomic::Ordering::Relaxed) {
             return None;
         }
         // Boxed: the disk read's state machine is large, and this future is part of every
