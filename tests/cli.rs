@@ -596,18 +596,7 @@ fn drain_asks_the_running_node_through_its_admin_api() {
         .unwrap()
         .local_addr()
         .unwrap();
-    std::fs::write(dir.path().join("admin.token"), "secret-token-0123\n").unwrap();
-    std::fs::write(
-        dir.path().join("origins.toml"),
-        site("s", "s.test", "http://127.0.0.1:1", ""),
-    )
-    .unwrap();
-    let node = dir.path().join("node.toml");
-    std::fs::write(
-        &node,
-        format!("id = \"drainer\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[log]\nlevel = \"warn\"\n[edge]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"{admin}\"\ntoken_file = \"admin.token\"\n"),
-    )
-    .unwrap();
+    let node = node_with_admin(dir.path(), "drainer", "listen = [\"127.0.0.1:0\"]", admin);
     let mut child = meridian().args(["run", "-c"]).arg(&node).spawn().unwrap();
     let healthz = || -> Option<u16> {
         use std::io::{Read, Write};
@@ -662,6 +651,29 @@ fn drain_asks_the_running_node_through_its_admin_api() {
 }
 
 /// `GET path` over HTTP/1.0 to `addr`: the whole answer, or `None` if nothing answers.
+/// Writes an admin token, a one-site origin map and a node file `id` with `edge` as its
+/// `[edge]` settings and its admin API on `admin`; returns the node file's path.
+fn node_with_admin(
+    dir: &std::path::Path,
+    id: &str,
+    edge: &str,
+    admin: std::net::SocketAddr,
+) -> std::path::PathBuf {
+    std::fs::write(dir.join("admin.token"), "secret-token-0123\n").unwrap();
+    std::fs::write(
+        dir.join("origins.toml"),
+        site("s", "s.test", "http://127.0.0.1:1", ""),
+    )
+    .unwrap();
+    let node = dir.join("node.toml");
+    std::fs::write(
+        &node,
+        format!("id = \"{id}\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[log]\nlevel = \"warn\"\n[edge]\n{edge}\n[admin]\nlisten = \"{admin}\"\ntoken_file = \"admin.token\"\n"),
+    )
+    .unwrap();
+    node
+}
+
 fn get_1_0(addr: std::net::SocketAddr, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
@@ -686,18 +698,8 @@ fn a_burst_of_connections_is_spread_evenly_over_the_http_threads() {
             .unwrap()
     };
     let (http, admin) = (free(), free());
-    std::fs::write(dir.path().join("admin.token"), "secret-token-0123\n").unwrap();
-    std::fs::write(
-        dir.path().join("origins.toml"),
-        site("s", "s.test", "http://127.0.0.1:1", ""),
-    )
-    .unwrap();
-    let node = dir.path().join("node.toml");
-    std::fs::write(
-        &node,
-        format!("id = \"spread\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[log]\nlevel = \"warn\"\n[edge]\nlisten = [\"{http}\"]\nthreads = 2\n[admin]\nlisten = \"{admin}\"\ntoken_file = \"admin.token\"\n"),
-    )
-    .unwrap();
+    let edge = format!("listen = [\"{http}\"]\nthreads = 2");
+    let node = node_with_admin(dir.path(), "spread", &edge, admin);
     let mut child = meridian().args(["run", "-c"]).arg(&node).spawn().unwrap();
     let _kill = Kill(child.id());
     let t = Instant::now();
