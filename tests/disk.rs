@@ -504,6 +504,61 @@ async fn a_disk_that_fails_writes_after_start_leaves_whole_bodies_served_and_cou
     edge.stop();
 }
 
+/// A newer version of an object the disk already holds, whose write the disk fails (as above:
+/// past the store files' first MiB): foyer only logs the failed write and keeps the older
+/// version indexed, and the edge must not serve that older version again, here after a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_version_never_comes_back_from_disk_when_the_newer_one_could_not_be_written() {
+    let o = Origin::start().await;
+    // 1 MiB: kept inline in its head, which no write past the first MiB of a file can hold.
+    let version = |v: u8| {
+        Reply::ok("")
+            .body_bytes(vec![v; 1 << 20])
+            .header("cache-control", "max-age=600")
+    };
+    o.always("/v", version(1));
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), o.addr);
+    let edge = EdgeProcess::start(dir.path());
+    assert_eq!(edge.get("/v").await.body[..], vec![1; 1 << 20][..]);
+    settle().await;
+    edge.stop();
+
+    let edge = EdgeProcess::start_limited(dir.path(), Some(1 << 20));
+    assert!(!edge.logged("the disk tier could not open"));
+    let r = edge.get("/v").await;
+    assert!(r.is_hit(), "version 1 from disk: {}", r.cache_status());
+    assert_eq!(r.body[..], vec![1; 1 << 20][..]);
+    o.always("/v", version(2));
+    let r = get(
+        edge.http,
+        "demo.test",
+        "/v",
+        &[("cache-control", "no-cache")],
+    )
+    .await;
+    assert_eq!(r.body[..], vec![2; 1 << 20][..], "{}", r.cache_status());
+    settle().await;
+    let failed = edge
+        .metric("meridian_cache_disk_errors_total{node=\"disk\",op=\"write\"}")
+        .await;
+    assert!(
+        failed >= 1.0,
+        "the failed write of version 2 is counted: {failed}"
+    );
+    edge.stop();
+
+    let edge = EdgeProcess::start(dir.path());
+    let r = edge.get("/v").await;
+    assert_eq!(
+        r.body[..],
+        vec![2; 1 << 20][..],
+        "version 1 came back from disk: {}",
+        r.cache_status()
+    );
+    edge.stop();
+}
+
 #[test]
 fn check_validates_the_disk_settings() {
     let dir = tempfile::tempdir().unwrap();

@@ -17,7 +17,9 @@
 //! Varnish does; entries older than [`MAX_AGE`] are misses, so rules older than that go.
 //!
 //! Failures never stop the edge: a disk tier that cannot open (unwritable path, no room to
-//! reserve) is logged and counted and the edge runs memory-only; a read error is a miss.
+//! reserve) is logged and counted and the edge runs memory-only; a read error is a miss. A
+//! write the disk fails costs only the disk copy, and never lets an older version of the same
+//! URL back (see [`Disk::put`]).
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -154,6 +156,52 @@ impl Bans {
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The ban list in force and the file it is kept in.
+struct BanFile {
+    bans: Mutex<Bans>,
+    path: PathBuf,
+    /// Held while the file is rewritten: a list never lands over a later one.
+    writing: Mutex<()>,
+}
+
+impl BanFile {
+    /// Whether an entry of `key` with `tags`, stored at `stored_ms`, has been purged.
+    fn covers(&self, key: &str, tags: &[Box<str>], stored_ms: u64) -> bool {
+        // The lock is never held across a panic point.
+        let bans = self.bans.lock().unwrap_or_else(|e| e.into_inner());
+        bans.covers(key, tags, stored_ms)
+    }
+
+    /// Records a purge so that it holds for entries on disk, across restarts: written and
+    /// synced before this returns. A cluster purge issued at `issued_ms` that is already
+    /// recorded (the same rule at or after that time: one heard again after a restart) is not
+    /// written again.
+    fn ban(&self, rule: Rule, issued_ms: Option<u64>) -> std::io::Result<()> {
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let text = {
+            let mut bans = self.bans.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(t) = issued_ms {
+                if bans.bans.iter().any(|b| b.at_ms >= t && b.rule == rule) {
+                    return Ok(());
+                }
+            }
+            let now = unix_ms(SystemTime::now());
+            bans.bans.push_back(Ban { at_ms: now, rule });
+            bans.trim(now);
+            serde_json::to_vec(&*bans).map_err(std::io::Error::other)?
+        };
+        let tmp = self.path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&text)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
 }
 
 /// Read access to the chunks of bodies on disk, for responses that stream them.
@@ -351,8 +399,7 @@ impl DiskTail {
 /// The disk tier of one edge.
 pub(crate) struct Disk {
     cache: HybridCache<String, Vec<u8>>,
-    bans: Mutex<Bans>,
-    bans_path: PathBuf,
+    bans: Arc<BanFile>,
     metrics: DiskMetrics,
     /// Reads of entries, shared with the responses that stream bodies from disk.
     reads: Chunks,
@@ -383,7 +430,7 @@ const STALL: Duration = if cfg!(test) {
 impl std::fmt::Debug for Disk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Disk")
-            .field("bans_path", &self.bans_path)
+            .field("bans_path", &self.bans.path)
             .finish_non_exhaustive()
     }
 }
@@ -479,8 +526,11 @@ impl Disk {
         };
         Ok(Disk {
             cache,
-            bans: Mutex::new(bans),
-            bans_path,
+            bans: Arc::new(BanFile {
+                bans: Mutex::new(bans),
+                path: bans_path,
+                writing: Mutex::new(()),
+            }),
             metrics,
             reads,
             unflushed: Arc::new(tokio::sync::Semaphore::new(UNFLUSHED_KIB)),
@@ -578,23 +628,44 @@ impl Disk {
             }
         };
         let k = object_key(key);
-        // foyer only logs a write the disk failed (a full or failing disk): a head whose key
+        // foyer only logs a write the disk failed (a full or failing disk). A head whose key
         // the disk did not hold before must be in its index once the flush is done, or it is
-        // counted. (A key held before keeps its older entry's index, so its failure is not
-        // seen; that entry's store time still ages and bans it right.)
+        // counted. A key held before keeps its older entry in the index when the write fails,
+        // and that entry must not come back (as a hit once memory lets go of the newer one, or
+        // after a restart): the head is read back once flushed, and if it is not this one, the
+        // older entry is dropped from the index and banned.
         let new = !self.cache.storage().may_contains(&k);
+        let replaced = (!new).then(|| fingerprint(&head));
         self.write(k.clone(), head);
         let (cache, flushes) = (self.cache.clone(), self.flushes.clone());
+        let (reads, bans) = (self.reads.clone(), self.bans.clone());
         let errors = self.metrics.write_errors.clone();
         tokio::spawn(async move {
             cache.storage().wait().await;
             flushes.fetch_add(1, Ordering::Relaxed);
             drop(room);
-            if new && !cache.storage().may_contains(&k) {
-                // Debug, not warn: a failing disk fails every object stored, and foyer logs
-                // each failed flush itself; the counter says how many.
-                tracing::debug!(key = %&k[1..], "an object did not reach the disk; it stays in memory");
-                errors.increment(1);
+            let reached = match replaced {
+                None => cache.storage().may_contains(&k),
+                Some(sum) => reads
+                    .entry(&k)
+                    .await
+                    .is_some_and(|b| fingerprint(&b) == sum),
+            };
+            if reached {
+                return;
+            }
+            // Debug, not warn: a failing disk fails every object stored, and foyer logs each
+            // failed flush itself; the counter says how many.
+            tracing::debug!(key = %&k[1..], "an object did not reach the disk; it stays in memory");
+            errors.increment(1);
+            if replaced.is_some() {
+                cache.storage().delete(&k);
+                let url = k[1..].to_string();
+                let banned =
+                    tokio::task::spawn_blocking(move || bans.ban(Rule::Url(url), None)).await;
+                if let Ok(Err(e)) = banned {
+                    tracing::warn!(key = %&k[1..], error = %e, "an older version on disk could not be banned; it may be served after a restart");
+                }
             }
         });
     }
@@ -652,12 +723,7 @@ impl Disk {
         let mut out = Vec::new();
         let mut purged = false;
         for v in variants {
-            // cannot fail: the lock is never held across a panic point.
-            if self.bans.lock().unwrap_or_else(|e| e.into_inner()).covers(
-                key,
-                &v.entry.tags,
-                v.stored_ms,
-            ) {
+            if self.bans.covers(key, &v.entry.tags, v.stored_ms) {
                 purged = true;
                 continue;
             }
@@ -759,45 +825,17 @@ impl Disk {
         self.write(object_key(key), head);
     }
 
-    /// Records a purge so that it holds for entries on disk, across restarts: written and
-    /// synced before this returns. A cluster purge issued at `issued_ms` that is already
-    /// recorded (the same rule at or after that time: one heard again after a restart) is not
-    /// written again.
-    fn ban(&self, rule: Rule, issued_ms: Option<u64>) -> std::io::Result<()> {
-        let text = {
-            let mut bans = self.bans.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(t) = issued_ms {
-                if bans.bans.iter().any(|b| b.at_ms >= t && b.rule == rule) {
-                    return Ok(());
-                }
-            }
-            let now = unix_ms(SystemTime::now());
-            bans.bans.push_back(Ban { at_ms: now, rule });
-            bans.trim(now);
-            serde_json::to_vec(&*bans).map_err(std::io::Error::other)?
-        };
-        let tmp = self.bans_path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&text)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.bans_path)?;
-        if let Some(dir) = self.bans_path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    }
-
     pub(crate) fn ban_url(&self, key: &str, issued_ms: Option<u64>) -> std::io::Result<()> {
         self.remove(key);
-        self.ban(Rule::Url(key.to_string()), issued_ms)
+        self.bans.ban(Rule::Url(key.to_string()), issued_ms)
     }
 
     pub(crate) fn ban_prefix(&self, prefix: &str, issued_ms: Option<u64>) -> std::io::Result<()> {
-        self.ban(Rule::Prefix(prefix.to_string()), issued_ms)
+        self.bans.ban(Rule::Prefix(prefix.to_string()), issued_ms)
     }
 
     pub(crate) fn ban_tag(&self, tag: &str, issued_ms: Option<u64>) -> std::io::Result<()> {
-        self.ban(Rule::Tag(tag.to_string()), issued_ms)
+        self.bans.ban(Rule::Tag(tag.to_string()), issued_ms)
     }
 
     /// Writes what is queued and closes the store (a clean stop).
@@ -806,6 +844,14 @@ impl Disk {
             tracing::warn!(error = %e, "closing the disk tier failed");
         }
     }
+}
+
+/// A head's fingerprint, to tell whether the disk holds this head or an older one.
+fn fingerprint(head: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::hash::DefaultHasher::new();
+    h.write(head);
+    h.finish()
 }
 
 fn object_key(key: &str) -> String {
