@@ -35,6 +35,7 @@ pub(crate) fn site() -> SiteConfig {
         default_ttl: None,
         heuristic_freshness: false,
         strip_set_cookie: false,
+        ignore_client_cache_control: false,
         key_scheme: true,
         ca_file: None,
         query_key: QueryKey::Keep,

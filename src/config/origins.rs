@@ -23,6 +23,8 @@ pub(super) struct RawSite {
     heuristic_freshness: bool,
     #[serde(default)]
     strip_set_cookie: bool,
+    #[serde(default)]
+    ignore_client_cache_control: bool,
     ca_file: Option<String>,
     tls_cert: Option<String>,
     tls_key: Option<String>,
@@ -74,6 +76,9 @@ pub struct SiteConfig {
     pub heuristic_freshness: bool,
     /// Store responses that carry `Set-Cookie` (without it) instead of never storing them.
     pub strip_set_cookie: bool,
+    /// Requests' `Cache-Control` and `Pragma` do not decide whether a stored response is used
+    /// (a browser's reload, or anyone, cannot make the edge ask the origin again).
+    pub ignore_client_cache_control: bool,
     /// The scheme (http or https) reaches the origin and selects the stored variant.
     pub key_scheme: bool,
     /// PEM bundle of CAs trusted for HTTPS origins; system roots when unset.
@@ -296,6 +301,7 @@ pub(super) fn parse_origin_map(
             default_ttl,
             heuristic_freshness: s.heuristic_freshness,
             strip_set_cookie: s.strip_set_cookie,
+            ignore_client_cache_control: s.ignore_client_cache_control,
             key_scheme: s.cache_key.scheme.unwrap_or(true),
             ca_file,
             query_key,

@@ -52,6 +52,8 @@ pub(crate) struct Site {
     key_scheme: bool,
     /// Misses ask the key's owner among this region's edges (`shield = "region"`).
     shield: bool,
+    /// Requests' cache directives are not obeyed (`ignore_client_cache_control`).
+    ignore_client_cache_control: bool,
     /// The region whose owners alone ask the origin.
     shield_region: Option<String>,
     /// The site's host names, shared by every variant stored for one (see [`Site::host`]).
@@ -74,6 +76,7 @@ impl Site {
             hosts: cfg.hosts.iter().map(|h| Arc::from(h.as_str())).collect(),
             key_scheme: cfg.key_scheme,
             shield: cfg.shield,
+            ignore_client_cache_control: cfg.ignore_client_cache_control,
             shield_region: cfg.shield_region.clone(),
         })
     }
@@ -86,6 +89,15 @@ impl Site {
             .find(|h| ***h == *host)
             .cloned()
             .unwrap_or_else(|| Arc::from(host))
+    }
+
+    /// What the request's `Cache-Control` (or `Pragma`) asks of the cache; nothing when the
+    /// site ignores it.
+    fn request_directives(&self, headers: &HeaderMap) -> RequestDirectives {
+        if self.ignore_client_cache_control {
+            return RequestDirectives::default();
+        }
+        policy::request_directives(headers)
     }
 
     pub(crate) fn key(&self, uri: &Uri) -> String {
@@ -592,7 +604,7 @@ fn hit_now(
     if *req.method() != Method::GET && *req.method() != Method::HEAD {
         return Err(None);
     }
-    let directives = policy::request_directives(req.headers());
+    let directives = site.request_directives(req.headers());
     if directives.no_store {
         return Err(None);
     }
@@ -866,7 +878,7 @@ async fn cache_path(
     let (directives, key, memory) = match looked {
         Some(l) => (l.directives, l.key, l.memory),
         None => {
-            let directives = policy::request_directives(req.headers());
+            let directives = site.request_directives(req.headers());
             if directives.no_store {
                 let s = CacheStatus::forward(Fwd::Request).detail("no-store");
                 return Box::pin(forward(state, site, client, s, false)).await;

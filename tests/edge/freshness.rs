@@ -402,6 +402,44 @@ async fn request_directives() {
     assert!(!edge.get("/ns").await.cache_status().contains("hit"));
 }
 
+/// `ignore_client_cache_control`: what a client's `Cache-Control` or `Pragma` asks cannot send
+/// a stored response back to the origin (a browser's reload sends `no-cache` or `max-age=0`),
+/// nor keep one from being stored or used.
+#[tokio::test]
+async fn a_site_can_ignore_what_clients_ask_of_the_cache() {
+    let o = Origin::start().await;
+    let sites = site(
+        "demo",
+        "demo.test",
+        &format!("http://{}", o.addr),
+        "ignore_client_cache_control = true",
+    );
+    let edge = Edge::start(&sites, "").await;
+    o.always("/r", Reply::ok("r").header("cache-control", "max-age=60"));
+    edge.get("/r").await;
+    for asks in [
+        ("cache-control", "no-cache"),
+        ("pragma", "no-cache"),
+        ("cache-control", "max-age=0"),
+        ("cache-control", "min-fresh=120"),
+        ("cache-control", "no-store"),
+    ] {
+        let r = edge.get_with("/r", &[asks]).await;
+        assert!(r.is_hit(), "{asks:?}: {}", r.cache_status());
+        assert_eq!(r.text(), "r");
+    }
+    assert_eq!(o.count("/r"), 1, "the origin was asked once");
+    // A client's no-store does not keep a response from being stored either.
+    o.always("/ns", Reply::ok("ns").header("cache-control", "max-age=60"));
+    edge.get_with("/ns", &[("cache-control", "no-store")]).await;
+    assert!(edge.get("/ns").await.is_hit());
+    // The origin's own directives still hold.
+    o.always("/oc", Reply::ok("oc").header("cache-control", "no-cache"));
+    edge.get("/oc").await;
+    edge.get("/oc").await;
+    assert_eq!(o.count("/oc"), 2);
+}
+
 #[tokio::test]
 async fn max_stale_allows_stale_but_not_against_must_revalidate() {
     let (o, edge) = setup().await;
