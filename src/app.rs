@@ -523,6 +523,7 @@ impl Node {
                     header_read_timeout: edge.header_read_timeout,
                     max_header_size: edge.max_header_size,
                     max_connections: edge.max_connections,
+                    handshakes_before_retry: q.handshakes_before_retry,
                 };
                 for socket in udp {
                     let endpoint = quic::endpoint(socket, q, certificates.clone())

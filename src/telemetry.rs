@@ -239,7 +239,7 @@ fn describe() {
     );
     describe_counter!(
         "meridian_quic_connections_total",
-        "QUIC connections (HTTP/3), by outcome (accepted: handshake done; failed: handshake failed, timed out or named no site; refused: over edge.max_connections)"
+        "QUIC connections (HTTP/3), by outcome (accepted: handshake done; failed: handshake failed, timed out or named no site; refused: over edge.max_connections; retried: sent a Retry to prove its address, past edge.quic.handshakes_before_retry handshakes at once)"
     );
     describe_counter!(
         "meridian_quic_stream_errors_total",
@@ -412,6 +412,7 @@ pub(crate) struct EdgeMetrics {
     pub(crate) quic_accepted: Counter,
     pub(crate) quic_failed: Counter,
     pub(crate) quic_refused: Counter,
+    pub(crate) quic_retried: Counter,
     pub(crate) quic_stream_errors: Counter,
 }
 
@@ -465,6 +466,7 @@ impl EdgeMetrics {
             quic_accepted: metrics::counter!("meridian_quic_connections_total", "node" => node.to_string(), "outcome" => "accepted"),
             quic_failed: metrics::counter!("meridian_quic_connections_total", "node" => node.to_string(), "outcome" => "failed"),
             quic_refused: metrics::counter!("meridian_quic_connections_total", "node" => node.to_string(), "outcome" => "refused"),
+            quic_retried: metrics::counter!("meridian_quic_connections_total", "node" => node.to_string(), "outcome" => "retried"),
             quic_stream_errors: metrics::counter!("meridian_quic_stream_errors_total", vec![n()]),
         }
     }

@@ -111,6 +111,7 @@ pub(super) struct RawEdgeQuic {
     max_concurrent_streams: Option<u32>,
     idle_timeout: Option<String>,
     max_udp_payload: Option<u16>,
+    handshakes_before_retry: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -271,6 +272,10 @@ pub struct EdgeConfig {
     pub capacity_egress_per_second: f64,
 }
 
+/// Default `edge.quic.handshakes_before_retry`: more handshakes than this at once (a flood of
+/// Initial packets, perhaps from spoofed addresses) and new clients prove their address first.
+const HANDSHAKES_BEFORE_RETRY: usize = 64;
+
 /// HTTP/3 over QUIC (`edge.quic`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuicConfig {
@@ -287,6 +292,9 @@ pub struct QuicConfig {
     pub idle_timeout: Duration,
     /// Largest UDP payload this edge accepts (QUIC's own minimum is 1200).
     pub max_udp_payload: u16,
+    /// Handshakes in progress past which a client whose address is not validated yet is sent
+    /// a Retry first (0: every such client).
+    pub handshakes_before_retry: usize,
 }
 
 impl QuicConfig {
@@ -791,6 +799,7 @@ fn validate_quic(r: &mut Report<'_>, q: &RawEdgeQuic, idle: Duration) -> QuicCon
         max_concurrent_streams: max_concurrent_streams.max(1),
         idle_timeout: r.positive_duration("edge.quic.idle_timeout", &q.idle_timeout, idle),
         max_udp_payload: max_udp_payload.clamp(1200, 65527),
+        handshakes_before_retry: q.handshakes_before_retry.unwrap_or(HANDSHAKES_BEFORE_RETRY),
     }
 }
 

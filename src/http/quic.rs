@@ -14,6 +14,11 @@
 //! larger heads get 431), the handshake and each request head within `header_read_timeout`,
 //! and
 //! `edge.max_connections` connections (more are refused with CONNECTION_REFUSED and counted).
+//! Past `edge.quic.handshakes_before_retry` handshakes at once, a client whose address is not
+//! validated yet is sent a Retry (RFC 9000 §8.1.2) and must come back with its token: a flood
+//! of Initial packets from spoofed addresses then costs the edge no handshake state or crypto,
+//! only a Retry each (smaller than the Initial, so no amplification); real clients pay a round
+//! trip. Retries are counted.
 //! On shutdown each connection sends GOAWAY and finishes what it has; new connections are
 //! refused meanwhile.
 //!
@@ -22,7 +27,7 @@
 //! the certificate exchange (session tickets), as on TCP.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -61,6 +66,23 @@ pub(crate) struct QuicLimits {
     pub(crate) header_read_timeout: Duration,
     pub(crate) max_header_size: usize,
     pub(crate) max_connections: usize,
+    pub(crate) handshakes_before_retry: usize,
+}
+
+/// A handshake in progress, counted until it ends.
+struct Handshaking(Arc<AtomicUsize>);
+
+impl Handshaking {
+    fn start(count: &Arc<AtomicUsize>) -> Handshaking {
+        count.fetch_add(1, Ordering::Relaxed);
+        Handshaking(count.clone())
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The TLS side of QUIC: TLS 1.3 only, ALPN `h3`, the listeners' certificates by SNI, session
@@ -122,11 +144,24 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let handshakes = Arc::new(AtomicUsize::new(0));
     loop {
-        let incoming = tokio::select! {
+        let mut incoming = tokio::select! {
             i = endpoint.accept() => match i { Some(i) => i, None => break },
             _ = shutdown.cancelled() => break,
         };
+        if !incoming.remote_address_validated()
+            && handshakes.load(Ordering::Relaxed) >= limits.handshakes_before_retry
+        {
+            match incoming.retry() {
+                Ok(()) => {
+                    state.metrics.quic_retried.increment(1);
+                    continue;
+                }
+                // Not allowed for this packet: served as any other.
+                Err(e) => incoming = e.into_incoming(),
+            }
+        }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             state.metrics.quic_refused.increment(1);
             incoming.refuse();
@@ -135,9 +170,10 @@ pub(crate) async fn serve(
         let state2 = state.clone();
         let limits = limits.clone();
         let shutdown = shutdown.clone();
+        let handshaking = Handshaking::start(&handshakes);
         state.tasks.spawn(async move {
             let _permit = permit;
-            connection(incoming, state2, limits, shutdown).await;
+            connection(incoming, handshaking, state2, limits, shutdown).await;
         });
     }
     // Draining: open connections finish in their tasks; new ones are refused at once
@@ -158,6 +194,7 @@ pub(crate) async fn serve(
 
 async fn connection(
     incoming: quinn::Incoming,
+    handshaking: Handshaking,
     state: Arc<EdgeState>,
     limits: QuicLimits,
     shutdown: CancellationToken,
@@ -167,7 +204,9 @@ async fn connection(
         let connecting = incoming.accept()?;
         connecting.await
     };
-    let conn = match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+    let shaken = tokio::time::timeout(limits.header_read_timeout, handshake).await;
+    drop(handshaking);
+    let conn = match shaken {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             state.metrics.quic_failed.increment(1);

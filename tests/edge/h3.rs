@@ -185,6 +185,32 @@ async fn one_origin_fetch_serves_an_object_asked_over_http1_http2_and_http3_at_o
     client.close().await;
 }
 
+/// Past `handshakes_before_retry` handshakes at once, a new client gets a Retry and must come
+/// back with its token (proving it receives at its address); a real client does, and is
+/// served. Here the threshold is 0, so every new client is retried once.
+#[tokio::test]
+async fn clients_prove_their_address_with_a_retry_when_handshakes_pile_up() {
+    for (threshold, retries) in [("handshakes_before_retry = 0\n", 1.0), ("", 0.0)] {
+        let s = Setup::start(threshold).await;
+        s.origin.always(
+            "/r",
+            Reply::ok("retried").header("cache-control", "max-age=60"),
+        );
+        let client = h3(&s.edge, &s.ca, "a.test").await.unwrap();
+        let (resp, body) = client.get("https://a.test/r").await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(body, "retried");
+        let retried = s
+            .sample("meridian_quic_connections_total", "outcome=\"retried\"")
+            .await;
+        assert_eq!(retried.unwrap_or(0.0), retries, "{threshold:?}");
+        let accepted = s
+            .sample("meridian_quic_connections_total", "outcome=\"accepted\"")
+            .await;
+        assert_eq!(accepted, Some(1.0), "{threshold:?}");
+    }
+}
+
 #[tokio::test]
 async fn ranges_head_and_uploads_work_over_http3() {
     let s = Setup::start("").await;
