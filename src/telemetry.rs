@@ -113,7 +113,7 @@ fn describe() {
     describe_histogram!(
         "meridian_http_request_duration_seconds",
         Unit::Seconds,
-        "Time from a request's head to its response's head, by cache outcome"
+        "Time from a request's head to its response's head, by cache outcome and protocol (http/1.0, http/1.1, h2, h3)"
     );
     describe_counter!("meridian_origin_fetches_total", "Requests sent to origins");
     describe_counter!(
@@ -387,12 +387,15 @@ pub(crate) fn process_metrics() -> String {
 
 /// Status codes tracked per label (100..=599).
 const CODES: usize = 500;
+/// The protocols requests are counted by, as their `protocol` label says them.
+const PROTOCOLS: [&str; 4] = ["http/1.0", "http/1.1", "h2", "h3"];
 
 /// The edge's metric handles.
 pub(crate) struct EdgeMetrics {
     node: String,
     requests: Vec<OnceLock<Counter>>,
-    request_seconds: Vec<Histogram>,
+    /// By cache outcome and protocol, made at first use.
+    request_seconds: Vec<OnceLock<Histogram>>,
     pub(crate) origin_fetches: Counter,
     origin_errors: [Counter; 4],
     pub(crate) origin_seconds: Histogram,
@@ -417,17 +420,6 @@ pub(crate) struct EdgeMetrics {
 }
 
 impl EdgeMetrics {
-    /// Counts a request that came over `version`.
-    pub(crate) fn protocol(&self, version: http::Version) {
-        let i = match version {
-            http::Version::HTTP_10 | http::Version::HTTP_09 => 0,
-            http::Version::HTTP_2 => 2,
-            http::Version::HTTP_3 => 3,
-            _ => 1,
-        };
-        self.protocols[i].increment(1);
-    }
-
     /// Counts a hit served from `tier`.
     pub(crate) fn tier_hit(&self, tier: crate::cache::store::Tier) {
         self.tier_hits[usize::from(tier == crate::cache::store::Tier::Disk)].increment(1);
@@ -439,11 +431,8 @@ impl EdgeMetrics {
         EdgeMetrics {
             node: node.to_string(),
             requests: (0..Label::ALL.len() * CODES).map(|_| OnceLock::new()).collect(),
-            request_seconds: Label::ALL
-                .iter()
-                .map(|l| {
-                    metrics::histogram!("meridian_http_request_duration_seconds", "node" => node.to_string(), "cache" => l.as_str())
-                })
+            request_seconds: (0..Label::ALL.len() * PROTOCOLS.len())
+                .map(|_| OnceLock::new())
                 .collect(),
             origin_fetches: metrics::counter!("meridian_origin_fetches_total", vec![n()]),
             origin_errors: ["connect", "timeout", "protocol", "body"].map(|kind| {
@@ -460,7 +449,7 @@ impl EdgeMetrics {
             utilisation: metrics::gauge!("meridian_edge_utilisation", vec![n()]),
             purged: metrics::counter!("meridian_cache_purged_objects_total", vec![n()]),
             tls_handshake_failures: metrics::counter!("meridian_tls_handshake_failures_total", vec![n()]),
-            protocols: ["http/1.0", "http/1.1", "h2", "h3"].map(|p| {
+            protocols: PROTOCOLS.map(|p| {
                 metrics::counter!("meridian_http_protocol_requests_total", "node" => node.to_string(), "protocol" => p)
             }),
             quic_accepted: metrics::counter!("meridian_quic_connections_total", "node" => node.to_string(), "outcome" => "accepted"),
@@ -472,7 +461,15 @@ impl EdgeMetrics {
     }
 
     /// Counts one answered request and its latency.
-    pub(crate) fn request(&self, label: Label, code: u16, seconds: f64) {
+    /// Counts a request answered over `version` with `code`, `seconds` after its head came.
+    pub(crate) fn request(&self, label: Label, version: http::Version, code: u16, seconds: f64) {
+        let pi = match version {
+            http::Version::HTTP_10 | http::Version::HTTP_09 => 0,
+            http::Version::HTTP_2 => 2,
+            http::Version::HTTP_3 => 3,
+            _ => 1,
+        };
+        self.protocols[pi].increment(1);
         let li = label as usize;
         let ci = (code.clamp(100, 599) - 100) as usize;
         self.requests[li * CODES + ci]
@@ -485,7 +482,16 @@ impl EdgeMetrics {
                 )
             })
             .increment(1);
-        self.request_seconds[li].record(seconds);
+        self.request_seconds[li * PROTOCOLS.len() + pi]
+            .get_or_init(|| {
+                metrics::histogram!(
+                    "meridian_http_request_duration_seconds",
+                    "node" => self.node.clone(),
+                    "cache" => label.as_str(),
+                    "protocol" => PROTOCOLS[pi]
+                )
+            })
+            .record(seconds);
     }
 
     pub(crate) fn origin_error(&self, kind: &str) {

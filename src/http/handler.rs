@@ -437,11 +437,12 @@ fn finish(
     ) {
         resp.headers_mut().insert(header::ALT_SVC, v.clone());
     }
-    state.metrics.protocol(version);
     let label = status.label();
     let code = resp.status().as_u16();
     let elapsed = start.elapsed();
-    state.metrics.request(label, code, elapsed.as_secs_f64());
+    state
+        .metrics
+        .request(label, version, code, elapsed.as_secs_f64());
     state.load.requests.add(1);
     if matches!(label, Label::Hit | Label::Stale | Label::Revalidated) {
         state.load.hits.add(1);

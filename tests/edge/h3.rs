@@ -128,6 +128,14 @@ async fn a_hit_stored_over_http1_is_served_over_http3_and_tls_responses_advertis
         .sample("meridian_http_protocol_requests_total", "protocol=\"h3\"")
         .await;
     assert_eq!(h3_requests, Some(1.0));
+    // Latency per protocol: the one hit over HTTP/3 has its own histogram.
+    let h3_timed = s
+        .sample(
+            "meridian_http_request_duration_seconds_count",
+            "protocol=\"h3\"",
+        )
+        .await;
+    assert_eq!(h3_timed, Some(1.0));
     let accepted = s
         .sample("meridian_quic_connections_total", "outcome=\"accepted\"")
         .await;
