@@ -121,6 +121,7 @@ async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> AdminResponse 
                 let (bytes, objects) = edge.store.usage().await;
                 edge.metrics.stored_bytes.set(bytes as f64);
                 edge.metrics.stored_objects.set(objects as f64);
+                edge.metrics.filling_bytes.set(edge.filling.held() as f64);
                 edge.metrics.utilisation.set(f64::from_bits(
                     edge.load
                         .utilisation

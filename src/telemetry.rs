@@ -144,6 +144,15 @@ fn describe() {
         "meridian_cache_stored_objects",
         "Objects (URLs) the cache holds"
     );
+    describe_gauge!(
+        "meridian_cache_filling_bytes",
+        Unit::Bytes,
+        "Bytes of responses being filled that are held in memory until stored"
+    );
+    describe_counter!(
+        "meridian_cache_fills_full_total",
+        "Cacheable responses passed through unstored because the fills in progress held all the memory they may (a quarter of cache_memory, at least the largest object kept in memory)"
+    );
     describe_counter!(
         "meridian_cache_purged_objects_total",
         "Objects removed by purge requests"
@@ -403,6 +412,10 @@ pub(crate) struct EdgeMetrics {
     pub(crate) bytes_out: Counter,
     pub(crate) stored_bytes: Gauge,
     pub(crate) stored_objects: Gauge,
+    /// Bytes fills hold for the store now (set when scraped).
+    pub(crate) filling_bytes: Gauge,
+    /// Cacheable answers passed through unstored because fills held all they may.
+    pub(crate) fill_memory_full: Counter,
     /// The smoothed utilisation this edge publishes by gossip.
     pub(crate) utilisation: Gauge,
     pub(crate) purged: Counter,
@@ -446,6 +459,8 @@ impl EdgeMetrics {
             }),
             stored_bytes: metrics::gauge!("meridian_cache_stored_bytes", vec![n()]),
             stored_objects: metrics::gauge!("meridian_cache_stored_objects", vec![n()]),
+            filling_bytes: metrics::gauge!("meridian_cache_filling_bytes", vec![n()]),
+            fill_memory_full: metrics::counter!("meridian_cache_fills_full_total", vec![n()]),
             utilisation: metrics::gauge!("meridian_edge_utilisation", vec![n()]),
             purged: metrics::counter!("meridian_cache_purged_objects_total", vec![n()]),
             tls_handshake_failures: metrics::counter!("meridian_tls_handshake_failures_total", vec![n()]),

@@ -26,6 +26,7 @@
 //! never across an await; wakers are woken after the lock is released.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -36,6 +37,78 @@ use super::entry::Entry;
 
 /// Bytes of a fill in progress a reader takes before it yields to other tasks.
 pub(crate) const BURST: usize = 16 * 1024;
+
+/// The memory the edge's fills may hold for the store at once. A body is held whole until it
+/// is stored, so without a bound, enough misses at once for large objects (each within
+/// `max_object_size`) would hold any amount of memory on top of `cache_memory`. A fill takes
+/// its declared length before it starts (or its bytes as they come, when no length was
+/// declared); one that does not fit is not stored: its clients get the origin's answer passed
+/// through, at their own pace.
+#[derive(Debug)]
+pub(crate) struct FillBudget {
+    held: AtomicU64,
+    limit: u64,
+}
+
+impl FillBudget {
+    pub(crate) fn new(limit: u64) -> Arc<FillBudget> {
+        Arc::new(FillBudget {
+            held: AtomicU64::new(0),
+            limit,
+        })
+    }
+
+    /// Bytes the edge's fills hold now.
+    pub(crate) fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// A fill's share, nothing in it yet; given back when dropped.
+    pub(crate) fn share(self: &Arc<Self>) -> Share {
+        Share {
+            budget: self.clone(),
+            bytes: 0,
+        }
+    }
+}
+
+/// What one fill holds of the [`FillBudget`].
+#[derive(Debug)]
+pub(crate) struct Share {
+    budget: Arc<FillBudget>,
+    bytes: u64,
+}
+
+impl Share {
+    /// Takes `n` more bytes; false, taking nothing, if the fills would then hold more than the
+    /// limit.
+    pub(crate) fn take(&mut self, n: u64) -> bool {
+        let limit = self.budget.limit;
+        let taken = self
+            .budget
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
+                h.checked_add(n).filter(|&t| t <= limit)
+            })
+            .is_ok();
+        if taken {
+            self.bytes += n;
+        }
+        taken
+    }
+
+    /// Gives back everything taken.
+    pub(crate) fn give_back(&mut self) {
+        self.budget.held.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.bytes = 0;
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
 
 /// A body being received from an origin, shared by its readers.
 #[derive(Debug)]
@@ -400,6 +473,24 @@ mod tests {
         poll_fn(|cx| t.poll_next(cx)).await
     }
 
+    #[test]
+    fn fills_share_a_budget_and_give_back_what_they_took() {
+        let budget = FillBudget::new(10);
+        let mut a = budget.share();
+        let mut b = budget.share();
+        assert!(a.take(6));
+        assert!(!b.take(5), "6 + 5 is past 10");
+        assert_eq!(budget.held(), 6, "a refused take takes nothing");
+        assert!(b.take(4));
+        assert!(!a.take(1));
+        drop(a);
+        assert_eq!(budget.held(), 4);
+        b.give_back();
+        assert_eq!(budget.held(), 0);
+        assert!(!budget.share().take(u64::MAX), "no overflow");
+        assert_eq!(budget.held(), 0);
+    }
+
     #[tokio::test]
     async fn readers_get_chunks_as_they_arrive_and_end_with_the_body() {
         let g = Growing::new(None);
@@ -468,7 +559,7 @@ mod tests {
         struct Count(std::sync::atomic::AtomicUsize);
         impl std::task::Wake for Count {
             fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.0.fetch_add(1, Ordering::Relaxed);
             }
         }
         let count = Arc::new(Count(Default::default()));
@@ -488,7 +579,7 @@ mod tests {
                     got += piece.len();
                 }
                 // A yield: the reader woke itself, so its task runs again after the others.
-                Poll::Pending if count.0.load(std::sync::atomic::Ordering::Relaxed) > yields => {
+                Poll::Pending if count.0.load(Ordering::Relaxed) > yields => {
                     yields += 1;
                 }
                 // Waiting for bytes that have not arrived.

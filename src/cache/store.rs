@@ -25,7 +25,7 @@ const PASS_TTL: Duration = Duration::from_secs(30);
 /// What a hit-for-pass marker costs besides its key (moka's entry and bookkeeping).
 const PASS_OVERHEAD: u64 = 160;
 /// With a disk tier, an entry larger than this share of `cache_memory` is kept on disk only.
-const LARGE_SHARE: u64 = 8;
+pub(crate) const LARGE_SHARE: u64 = 8;
 
 /// The stored variants of one URL.
 #[derive(Debug, Default)]

@@ -28,7 +28,7 @@ use super::response::{self, CacheStatus, Fwd, Label, Refusal};
 use crate::cache::collapse::{Collapser, Join, Leader};
 use crate::cache::disk::Disk;
 use crate::cache::entry::{normalized, vary_names, Entry, Fields, Target};
-use crate::cache::fill::{FillFailed, Growing, Tail};
+use crate::cache::fill::{FillBudget, FillFailed, Growing, Tail};
 use crate::cache::key;
 use crate::cache::policy::{self, Exchange, RequestDirectives, Reuse, SitePolicy};
 use crate::cache::store::{Object, Store, Tier};
@@ -211,6 +211,8 @@ pub(crate) struct EdgeState {
     pub(crate) store: Store,
     pub(crate) collapser: Arc<Collapser<Outcome>>,
     pub(crate) max_object_size: u64,
+    /// The memory fills may hold for the store at once.
+    pub(crate) filling: Arc<FillBudget>,
     /// Longest wait for the next byte of a client's upload.
     pub(crate) client_body_timeout: std::time::Duration,
     pub(crate) tasks: TaskTracker,
@@ -232,6 +234,14 @@ impl EdgeState {
         tasks: TaskTracker,
         disk: Option<Disk>,
     ) -> EdgeState {
+        // A quarter of the cache, and at least the largest object held whole in memory (with a
+        // disk tier, larger ones go to disk as they arrive).
+        let largest = if disk.is_some() {
+            edge.cache_memory / crate::cache::store::LARGE_SHARE
+        } else {
+            edge.max_object_size.min(edge.cache_memory)
+        };
+        let filling = FillBudget::new((edge.cache_memory / 4).max(largest));
         EdgeState {
             node: node_id.to_string(),
             // cannot fail for ids validated by config; fall back to a generic token otherwise.
@@ -246,6 +256,7 @@ impl EdgeState {
             store: Store::new(edge.cache_memory, disk),
             collapser: Collapser::new(),
             max_object_size: edge.max_object_size,
+            filling,
             client_body_timeout: edge.client_body_timeout,
             tasks,
             metrics: EdgeMetrics::new(node_id),
@@ -1548,6 +1559,23 @@ async fn fetch(
             reason: Some("too-large"),
         });
     }
+    // The body is held in memory until stored (unless it goes to disk as it arrives): its
+    // declared length must fit what the edge's fills may hold, or it is passed through.
+    let mut share = state.filling.share();
+    if let Some(n) = declared.filter(|&n| !state.store.disk_only(n)) {
+        if !share.take(n) {
+            state.metrics.fill_memory_full.increment(1);
+            tracing::debug!(
+                key,
+                "fills hold all the memory they may; passed through unstored"
+            );
+            leader.finish(Outcome::Pass);
+            return answer(Fetched::Response {
+                resp: resp.map(|b| Body::download(b, read_timeout)),
+                reason: Some("fills-full"),
+            });
+        }
+    }
     let (mut head, body) = resp.into_parts();
     let set_cookie = take_cookies(&mut head.headers);
     let fwd_status = code.as_u16();
@@ -1630,7 +1658,15 @@ async fn fetch(
                 disk.spool_push(&mut s, &growing.concat()).await;
                 growing.spilled(s.written());
                 spool = Some((disk, s));
+                share.give_back();
             }
+        } else if leader.is_some() && declared.is_none() && !share.take(data.len() as u64) {
+            // No length declared, and the fills hold all they may: not stored; its readers
+            // get the rest, later requests fetch again.
+            state.metrics.fill_memory_full.increment(1);
+            growing.release();
+            leader = None;
+            share.give_back();
         }
         if leader.is_some() && total > state.max_object_size {
             // Larger than the store takes (only a body of unknown length gets here): its

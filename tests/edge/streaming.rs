@@ -395,3 +395,95 @@ async fn http3_clients_read_a_fill_as_it_arrives_and_see_a_cut_one_reset() {
         client.close().await;
     }
 }
+
+/// What fills hold in memory until their bodies are stored is bounded (a quarter of
+/// `cache_memory`, at least the largest object kept in memory: 4 MiB here). A miss whose
+/// declared length does not fit beside the fills in progress is passed through unstored, at its
+/// client's pace, and a later request stores it once there is room. Without the bound, enough
+/// misses at once for large objects would hold any amount of memory.
+#[tokio::test]
+async fn fills_in_progress_hold_at_most_their_share_of_memory() {
+    const BIG: usize = 3 << 19;
+    let big: Vec<u8> = (0..BIG).map(|i| (i % 251) as u8).collect();
+    let gate = Arc::new(Semaphore::new(0));
+    let (g, b) = (gate.clone(), big.clone());
+    let addr = raw_origin(move |mut s| {
+        let (gate, big) = (g.clone(), b.clone());
+        async move {
+            loop {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match s.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let resp_head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {BIG}\r\ncache-control: max-age=60\r\n\r\n"
+                );
+                if s.write_all(resp_head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let _ = s.write_all(&big[..FIRST]).await;
+                let _ = s.flush().await;
+                drop(gate.acquire().await);
+                if s.write_all(&big[FIRST..]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let edge = Edge::start(
+        &site(
+            "demo",
+            "demo.test",
+            &format!("http://{addr}"),
+            "origin_read_timeout = \"10s\"",
+        ),
+        "cache_memory = \"16MiB\"\nmax_object_size = \"4MiB\"",
+    )
+    .await;
+    let status =
+        |r: &http::Response<Incoming>| r.headers()["cache-status"].to_str().unwrap().to_string();
+    // Three misses at once, each held by the origin: two fit (3 MiB of 4), the third does not.
+    let mut a = open(edge.addr, "/a", &[]).await;
+    let mut b = open(edge.addr, "/b", &[]).await;
+    let mut c = open(edge.addr, "/c", &[]).await;
+    assert!(!status(&a).contains("fills-full"), "{}", status(&a));
+    assert!(!status(&b).contains("fills-full"), "{}", status(&b));
+    assert!(status(&c).contains("fills-full"), "{}", status(&c));
+    gate.add_permits(1000);
+    for body in [&mut a, &mut b, &mut c] {
+        let got = read_rest(body.body_mut()).await.unwrap();
+        assert!(got == big, "a whole body ({} bytes)", got.len());
+    }
+    let metrics = get(edge.admin, "admin", "/metrics", &[]).await.text();
+    let full = format!("meridian_cache_fills_full_total{{node=\"{}\"}} 1", edge.id);
+    assert!(metrics.contains(&full), "{full} in\n{metrics}");
+    // The two stored are hits (once their stores are done); the third is fetched again, and
+    // stored now.
+    let hit = |path: &'static str| {
+        let edge = &edge;
+        async move {
+            for _ in 0..100 {
+                let r = edge.get(path).await;
+                if r.is_hit() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            false
+        }
+    };
+    assert!(hit("/a").await && hit("/b").await);
+    let r = edge.get("/c").await;
+    assert!(
+        r.cache_status().contains("fwd=miss"),
+        "{}",
+        r.cache_status()
+    );
+    assert!(r.body[..] == big[..]);
+    assert!(hit("/c").await);
+}
