@@ -10,7 +10,10 @@
 //!
 //! A body of unknown length that outgrows `max_object_size` is not stored: the fill is
 //! *released*, chunks that every reader has passed are dropped at once, no new reader can
-//! join, and the fetch stops when the last reader goes.
+//! join, and the fetch stops when the last reader goes. A released fill reads its origin no
+//! further ahead of its slowest reader than [`RELEASED_AHEAD`] ([`Growing::poll_room`]): with
+//! nothing to store, holding more would only let a slow client make the edge hold the origin's
+//! whole body.
 //!
 //! A body too large for memory (with a disk tier) is *spilled*: the fetch task writes it to disk
 //! as it arrives (`disk::Spool`) and drops from memory what is there; a reader behind reads
@@ -37,6 +40,9 @@ use super::entry::Entry;
 
 /// Bytes of a fill in progress a reader takes before it yields to other tasks.
 pub(crate) const BURST: usize = 16 * 1024;
+
+/// How far a released fill reads ahead of its slowest reader.
+pub(crate) const RELEASED_AHEAD: u64 = 1 << 20;
 
 /// The memory the edge's fills may hold for the store at once. A body is held whole until it
 /// is stored, so without a bound, enough misses at once for large objects (each within
@@ -130,6 +136,8 @@ struct Inner {
     wakers: Vec<Waker>,
     /// Each live reader's position, for dropping chunks every reader has passed once released.
     readers: HashMap<u64, u64>,
+    /// The fetch, waiting for readers of a released fill to catch up.
+    room: Option<Waker>,
     next_id: u64,
     released: bool,
     /// When the body is also being written to disk: where, and how much of it is there (the
@@ -180,7 +188,8 @@ impl Growing {
             g.chunks.push_back(chunk);
             g.starts.push_back(at);
             if g.released {
-                g.trim();
+                // The fetch itself pushes: it is not waiting for room.
+                let _ = g.trim();
             }
             std::mem::take(&mut g.wakers)
         };
@@ -247,12 +256,25 @@ impl Growing {
     pub(crate) fn release(&self) {
         let mut g = self.lock();
         g.released = true;
-        g.trim();
+        // Called by the fetch: it is not waiting for room.
+        let _ = g.trim();
     }
 
     /// Live readers.
     pub(crate) fn readers(&self) -> usize {
         self.lock().readers.len()
+    }
+
+    /// Ready when the fetch may read on: at once unless released; once released, when its
+    /// readers have all read to within [`RELEASED_AHEAD`] of what has arrived (or none is left).
+    pub(crate) fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut g = self.lock();
+        let held: u64 = g.chunks.iter().map(|c| c.len() as u64).sum();
+        if !g.released || g.readers.is_empty() || held <= RELEASED_AHEAD {
+            return Poll::Ready(());
+        }
+        g.room = Some(cx.waker().clone());
+        Poll::Pending
     }
 
     /// A reader from the first byte, or `None` if that is no longer possible (the fill failed,
@@ -297,8 +319,10 @@ impl Growing {
 }
 
 impl Inner {
-    /// Drops the chunks every reader has passed (only once released).
-    fn trim(&mut self) {
+    /// Drops the chunks every reader has passed (only once released); the fetch waiting for
+    /// room, to be woken once the lock is let go.
+    #[must_use]
+    fn trim(&mut self) -> Option<Waker> {
         let keep_from = self.readers.values().copied().min().unwrap_or(self.len);
         while let (Some(c), Some(&s)) = (self.chunks.front(), self.starts.front()) {
             if s + c.len() as u64 > keep_from {
@@ -307,6 +331,7 @@ impl Inner {
             self.chunks.pop_front();
             self.starts.pop_front();
         }
+        self.room.take()
     }
 }
 
@@ -432,7 +457,9 @@ impl Tail {
             let pos = self.pos;
             g.readers.insert(self.id, pos);
             if g.released {
-                g.trim();
+                let room = g.trim();
+                drop(g);
+                room.into_iter().for_each(Waker::wake);
             }
             return Poll::Ready(Some(Ok(piece)));
         }
@@ -459,7 +486,9 @@ impl Drop for Tail {
         let mut g = self.src.lock();
         g.readers.remove(&self.id);
         if g.released {
-            g.trim();
+            let room = g.trim();
+            drop(g);
+            room.into_iter().for_each(Waker::wake);
         }
     }
 }

@@ -1621,10 +1621,14 @@ async fn fetch(
     let mut leader = Some(leader);
     let mut total: u64 = 0;
     loop {
-        // A released fill is read only for its readers; with none left it stops.
-        if leader.is_none() && growing.readers() == 0 {
-            growing.fail();
-            return;
+        // A released fill is read only for its readers, no further ahead of the slowest than
+        // RELEASED_AHEAD; with none left it stops.
+        if leader.is_none() {
+            std::future::poll_fn(|cx| growing.poll_room(cx)).await;
+            if growing.readers() == 0 {
+                growing.fail();
+                return;
+            }
         }
         let frame = match http_body_util::BodyExt::frame(&mut body).await {
             None => break,

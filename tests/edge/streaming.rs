@@ -487,3 +487,66 @@ async fn fills_in_progress_hold_at_most_their_share_of_memory() {
     assert!(r.body[..] == big[..]);
     assert!(hit("/c").await);
 }
+
+/// A fill that is not stored (no declared length, and past `max_object_size`) reads its origin
+/// no further ahead of its slowest client than about a megabyte, plus what the sockets buffer:
+/// a client that reads nothing cannot make the edge hold the origin's whole body.
+#[tokio::test]
+async fn a_fill_not_stored_reads_its_origin_no_faster_than_its_client() {
+    const TOTAL: usize = 96 << 20;
+    const PIECE: usize = 64 << 10;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let s2 = sent.clone();
+    let addr = raw_origin(move |mut s| {
+        let sent = s2.clone();
+        async move {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match s.read(&mut byte).await {
+                    Ok(1) => head.push(byte[0]),
+                    _ => return,
+                }
+            }
+            let resp_head = "HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\n\
+                             transfer-encoding: chunked\r\n\r\n";
+            if s.write_all(resp_head.as_bytes()).await.is_err() {
+                return;
+            }
+            let mut piece = format!("{PIECE:x}\r\n").into_bytes();
+            piece.extend(std::iter::repeat_n(b'x', PIECE));
+            piece.extend_from_slice(b"\r\n");
+            while sent.load(Ordering::SeqCst) < TOTAL {
+                if s.write_all(&piece).await.is_err() {
+                    return;
+                }
+                sent.fetch_add(PIECE, Ordering::SeqCst);
+            }
+            let _ = s.write_all(b"0\r\n\r\n").await;
+        }
+    })
+    .await;
+    let edge = Edge::start(
+        &site(
+            "demo",
+            "demo.test",
+            &format!("http://{addr}"),
+            "origin_read_timeout = \"10s\"",
+        ),
+        "cache_memory = \"4MiB\"\nmax_object_size = \"1MiB\"",
+    )
+    .await;
+    let mut resp = open(edge.addr, "/huge", &[]).await;
+    // The client reads nothing for a while: the origin gets as far as the edge reads.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ahead = sent.load(Ordering::SeqCst);
+    assert!(
+        ahead < TOTAL / 2,
+        "the origin sent {} MiB to a client that read none",
+        ahead >> 20
+    );
+    // Then it reads everything.
+    let got = read_rest(resp.body_mut()).await.unwrap();
+    assert_eq!(got.len(), TOTAL);
+    assert!(got.iter().all(|&b| b == b'x'));
+}
