@@ -28,6 +28,20 @@ fn body() -> Vec<u8> {
     (0..LEN).map(|i| (i % 251) as u8).collect()
 }
 
+/// Reads a request head off `s` (a byte at a time: nothing past it is taken); false if the
+/// connection ended first.
+async fn read_head(s: &mut tokio::net::TcpStream) -> bool {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// How the held origin ends the body of its first answer once the gate opens.
 #[derive(Clone, Copy, PartialEq)]
 enum Then {
@@ -55,13 +69,8 @@ impl HeldOrigin {
             async move {
                 let body = body();
                 loop {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        match s.read(&mut byte).await {
-                            Ok(1) => head.push(byte[0]),
-                            _ => return,
-                        }
+                    if !read_head(&mut s).await {
+                        return;
                     }
                     let nth = requests.fetch_add(1, Ordering::SeqCst);
                     let resp_head = format!(
@@ -103,14 +112,19 @@ impl HeldOrigin {
 }
 
 async fn edge_for(o: &HeldOrigin) -> Edge {
+    edge_at(o.addr, "").await
+}
+
+/// An edge for site `demo` (`demo.test`) on the origin at `origin`; `extra` goes in `[edge]`.
+async fn edge_at(origin: SocketAddr, extra: &str) -> Edge {
     Edge::start(
         &site(
             "demo",
             "demo.test",
-            &format!("http://{}", o.addr),
+            &format!("http://{origin}"),
             "origin_read_timeout = \"5s\"",
         ),
-        "",
+        extra,
     )
     .await
 }
@@ -411,13 +425,8 @@ async fn fills_in_progress_hold_at_most_their_share_of_memory() {
         let (gate, big) = (g.clone(), b.clone());
         async move {
             loop {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match s.read(&mut byte).await {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
+                if !read_head(&mut s).await {
+                    return;
                 }
                 let resp_head = format!(
                     "HTTP/1.1 200 OK\r\ncontent-length: {BIG}\r\ncache-control: max-age=60\r\n\r\n"
@@ -435,16 +444,7 @@ async fn fills_in_progress_hold_at_most_their_share_of_memory() {
         }
     })
     .await;
-    let edge = Edge::start(
-        &site(
-            "demo",
-            "demo.test",
-            &format!("http://{addr}"),
-            "origin_read_timeout = \"10s\"",
-        ),
-        "cache_memory = \"16MiB\"\nmax_object_size = \"4MiB\"",
-    )
-    .await;
+    let edge = edge_at(addr, "cache_memory = \"16MiB\"\nmax_object_size = \"4MiB\"").await;
     let status =
         |r: &http::Response<Incoming>| r.headers()["cache-status"].to_str().unwrap().to_string();
     // Three misses at once, each held by the origin: two fit (3 MiB of 4), the third does not.
@@ -500,13 +500,8 @@ async fn a_fill_not_stored_reads_its_origin_no_faster_than_its_client() {
     let addr = raw_origin(move |mut s| {
         let sent = s2.clone();
         async move {
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                match s.read(&mut byte).await {
-                    Ok(1) => head.push(byte[0]),
-                    _ => return,
-                }
+            if !read_head(&mut s).await {
+                return;
             }
             let resp_head = "HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\n\
                              transfer-encoding: chunked\r\n\r\n";
@@ -526,16 +521,7 @@ async fn a_fill_not_stored_reads_its_origin_no_faster_than_its_client() {
         }
     })
     .await;
-    let edge = Edge::start(
-        &site(
-            "demo",
-            "demo.test",
-            &format!("http://{addr}"),
-            "origin_read_timeout = \"10s\"",
-        ),
-        "cache_memory = \"4MiB\"\nmax_object_size = \"1MiB\"",
-    )
-    .await;
+    let edge = edge_at(addr, "cache_memory = \"4MiB\"\nmax_object_size = \"1MiB\"").await;
     let mut resp = open(edge.addr, "/huge", &[]).await;
     // The client reads nothing for a while: the origin gets as far as the edge reads.
     tokio::time::sleep(Duration::from_secs(2)).await;
