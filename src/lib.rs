@@ -79,6 +79,7 @@ pub(crate) mod dns;
 pub mod geobuild;
 pub mod geoip;
 pub(crate) mod gossip;
+pub(crate) mod h1;
 pub mod h3client;
 pub(crate) mod http;
 pub mod kube;

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use http::uri::{PathAndQuery, Scheme, Uri};
 use http::{header, HeaderValue, Request, Response};
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -23,7 +22,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
 
 use crate::config::SiteConfig;
-use crate::http::body::{Body, BodyError};
+use crate::http::body::{Body, BodyError, OriginBody};
 use crate::http::server::PerThread;
 use crate::pool::{Http1Pool, PoolError};
 
@@ -213,7 +212,7 @@ impl Origins {
     pub(crate) async fn send(
         &self,
         req: Request<Body>,
-    ) -> Result<(Response<Incoming>, &str), OriginError> {
+    ) -> Result<(Response<OriginBody>, &str), OriginError> {
         let replayable = http_body::Body::is_end_stream(req.body());
         let idempotent = req.method().is_idempotent();
         let (mut parts, body) = req.into_parts();
@@ -276,19 +275,21 @@ impl Origins {
             };
             let exchange = async {
                 match plain {
-                    Some(pool) => pool.send(req).await.map_err(|e| match e {
-                        PoolError::Connect(reason) => Failed::Connect(reason),
-                        PoolError::Send(e) => {
-                            Failed::Other(OriginError::from_client_error(label, &e))
+                    Some(pool) => match pool.send(req).await {
+                        Ok(resp) => Ok(resp.map(OriginBody::Plain)),
+                        Err(PoolError::Connect(reason)) => Err(Failed::Connect(reason)),
+                        Err(PoolError::Send(e)) => {
+                            Err(Failed::Other(OriginError::from_client_error(label, &e)))
                         }
-                    }),
-                    None => self.client.get().request(req).await.map_err(|e| {
-                        if e.is_connect() {
-                            Failed::Connect(error_chain(&e))
-                        } else {
-                            Failed::Other(OriginError::from_client_error(label, &e))
+                        Err(PoolError::Upload(e)) => {
+                            Err(Failed::Other(OriginError::from_client_error(label, &e)))
                         }
-                    }),
+                    },
+                    None => match self.client.get().request(req).await {
+                        Ok(resp) => Ok(resp.map(OriginBody::Hyper)),
+                        Err(e) if e.is_connect() => Err(Failed::Connect(error_chain(&e))),
+                        Err(e) => Err(Failed::Other(OriginError::from_client_error(label, &e))),
+                    },
                 }
             };
             let sent = tokio::select! {

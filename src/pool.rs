@@ -1,48 +1,45 @@
-//! Connections to a plain-HTTP origin: HTTP/1.1 over hyper's connection API, kept in a list per
-//! HTTP thread.
+//! Connections to a plain-HTTP origin: HTTP/1.1 on connections of the edge's own (`h1`), kept
+//! in a list per HTTP thread.
 //!
-//! hyper-util's pooled client (which HTTPS origins still use, for ALPN and HTTP/2) costs about
-//! 13,000 instructions a request more than this on the same hyper connection (callgrind,
-//! `examples/bare_proxy.rs` in its two modes: 44,500 against 31,400 per forwarded 1 KiB
-//! answer): a pool keyed by a SipHash of scheme and authority, looked up twice a request, a
-//! select between checkout and connect, a boxed future, and a task per request that waits for
-//! the connection to be idle again before it goes back.
+//! hyper-util's pooled client (which HTTPS origins still use, for ALPN and HTTP/2) cost about
+//! 13,000 instructions a request more than hyper's connection API on the same connection
+//! (callgrind, `examples/bare_proxy.rs` in its two modes: 44,500 against 31,400 per forwarded
+//! 1 KiB answer): a pool keyed by a SipHash of scheme and authority, looked up twice a request,
+//! a select between checkout and connect, a boxed future, and a task per request that waits for
+//! the connection to be idle again. hyper's connection API in turn runs each connection as a
+//! task that the request and response cross to through channels; `h1` does without.
 //!
-//! Here a connection goes back to its thread's list as soon as its response head is in, still
-//! busy with the body; a checkout takes the most recent one that is ready (hyper's
-//! `is_ready`: idle and waiting for a request), moves busy ones it passes to the front and
-//! drops closed ones. The same rules as hyper-util's otherwise:
+//! A connection is in its thread's list only while idle: it goes back once its response body
+//! has been read to its end (a body dropped before that closes it). A checkout takes the most
+//! recent one that is still usable (the origin has not closed it) and drops the others it
+//! passes. The same rules as hyper-util's otherwise:
 //!
 //! - A request that a reused connection could not take (it closed while idle: the keep-alive
-//!   race with an origin's idle timeout) is sent again on a new connection. One that was
-//!   written is never sent again.
-//! - At most [`MAX_KEPT`] connections a thread, busy or idle; one idle for [`IDLE_TIMEOUT`] is
-//!   closed (a sweep every [`SWEEP`] on the thread that keeps it).
+//!   race with an origin's idle timeout) is sent again on a new connection. One whose body was
+//!   partly sent is never sent again; an idempotent one with a complete body whose connection
+//!   closed without a byte of an answer is (RFC 9112 §9.3.1).
+//! - At most [`h1::MAX_KEPT`] idle connections a thread; one idle for [`IDLE_TIMEOUT`] is closed
+//!   (a sweep every [`SWEEP`] on the thread that keeps it).
 //! - Connecting is hyper-util's `HttpConnector` (name resolution, connect timeout, the
 //!   addresses of a name in turn, `TCP_NODELAY`, keep-alive probes).
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use http::uri::{PathAndQuery, Uri};
 use http::{header, HeaderValue, Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service;
 
-use crate::http::body::Body;
+use crate::h1::{self, Conn, Failure, H1Error, Idle, ResponseBody};
+use crate::http::body::{Body, BodyError};
 use crate::http::server::PerThread;
 
-/// Connections a thread keeps for one origin, busy or idle.
-pub(crate) const MAX_KEPT: usize = 1024;
 /// An idle connection is closed after this long (hyper-util's default, which this replaces).
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How often a thread's idle connections are checked against [`IDLE_TIMEOUT`].
 const SWEEP: Duration = Duration::from_secs(15);
-/// Connections a checkout looks at, newest first, before it opens a new one.
-const LOOK: usize = 32;
 
 /// Why an exchange failed.
 #[derive(Debug)]
@@ -50,21 +47,9 @@ pub(crate) enum PoolError {
     /// No connection: nothing reached the origin.
     Connect(String),
     /// The exchange on a connection failed.
-    Send(hyper::Error),
-}
-
-struct Kept {
-    send: SendRequest<Body>,
-    /// When it last went back to the list.
-    since: Instant,
-}
-
-/// A thread's connections, and whether their sweep has been started (by the first request
-/// sent on that thread, in its runtime).
-#[derive(Default)]
-struct List {
-    conns: Mutex<VecDeque<Kept>>,
-    swept: std::sync::atomic::AtomicBool,
+    Send(H1Error),
+    /// The client's request body failed.
+    Upload(BodyError),
 }
 
 /// The connections of one plain-HTTP origin.
@@ -72,13 +57,8 @@ pub(crate) struct Http1Pool {
     target: Uri,
     host: Option<HeaderValue>,
     connector: HttpConnector,
-    kept: PerThread<Arc<List>>,
+    kept: PerThread<Arc<Idle>>,
     idle_timeout: Duration,
-}
-
-fn lock(m: &Mutex<VecDeque<Kept>>) -> MutexGuard<'_, VecDeque<Kept>> {
-    // Every change is a whole push or remove: a panic while held leaves a valid list.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Http1Pool {
@@ -106,42 +86,38 @@ impl Http1Pool {
 
     /// Sends `req` (its target is taken as origin-form) and returns the response head; the
     /// body streams from the connection.
-    pub(crate) async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, PoolError> {
-        let mut req = self.origin_form(req);
+    pub(crate) async fn send(
+        &self,
+        req: Request<Body>,
+    ) -> Result<Response<ResponseBody>, PoolError> {
+        let (parts, mut body) = self.origin_form(req).into_parts();
         let list = self.kept.get();
         let swept = &list.swept;
         // A load on every request, the swap (a locked write) only until it is set.
-        if !swept.load(std::sync::atomic::Ordering::Relaxed)
-            && !swept.swap(true, std::sync::atomic::Ordering::Relaxed)
-        {
+        if !swept.load(Ordering::Relaxed) && !swept.swap(true, Ordering::Relaxed) {
             // On the runtime of the thread whose list it is.
             let every = self.idle_timeout.min(SWEEP);
             tokio::spawn(sweep_idle(Arc::downgrade(list), self.idle_timeout, every));
         }
-        let kept = &list.conns;
-        let mut reused = self.checkout(kept);
+        let mut reused = self.checkout(list);
         loop {
-            let (mut send, was_reused) = match reused.take() {
-                Some(s) => (s, true),
+            let (conn, was_reused) = match reused.take() {
+                Some(c) => (c, true),
                 None => (self.connect().await?, false),
             };
-            match send.try_send_request(req).await {
-                Ok(resp) => {
-                    self.put_back(kept, send);
-                    return Ok(resp);
-                }
-                Err(mut e) => match e.take_message() {
-                    // Not written: the connection closed while it was idle. Once more, on a
-                    // new one.
-                    Some(again) if was_reused => req = again,
-                    _ => return Err(PoolError::Send(e.into_error())),
-                },
+            let home = Arc::downgrade(list);
+            match h1::exchange(conn, &parts, &mut body, was_reused, home).await {
+                Ok(resp) => return Ok(resp),
+                // Not taken: the connection had closed while idle. Once more, on a new one.
+                Err(Failure::Unsent(_)) if was_reused => {}
+                Err(Failure::Unsent(e) | Failure::Failed(e)) => return Err(PoolError::Send(e)),
+                Err(Failure::Upload(e)) => return Err(PoolError::Upload(e)),
             }
         }
     }
 
-    /// The request as hyper's connection API sends it: origin-form target, and a `Host` field
-    /// (the handler always sets one; the origin's authority otherwise, as hyper-util does).
+    /// The request as sent: origin-form target, and a `Host` field (the handler always sets
+    /// one; the origin's authority otherwise, as hyper-util does).
     fn origin_form(&self, mut req: Request<Body>) -> Request<Body> {
         if req.uri().scheme().is_some() || req.uri().authority().is_some() {
             let pq = req
@@ -159,36 +135,20 @@ impl Http1Pool {
         req
     }
 
-    fn checkout(&self, kept: &Mutex<VecDeque<Kept>>) -> Option<SendRequest<Body>> {
-        let mut list = lock(kept);
+    /// The most recent usable idle connection; the ones passed over (closed by the origin, or
+    /// idle too long) are dropped.
+    fn checkout(&self, list: &Idle) -> Option<Conn> {
+        let mut conns = list.lock();
         let now = Instant::now();
-        for _ in 0..LOOK {
-            let k = list.pop_back()?;
-            if k.send.is_closed() || now.duration_since(k.since) >= self.idle_timeout {
-                continue;
+        while let Some(k) = conns.pop_back() {
+            if now.duration_since(k.since) < self.idle_timeout && k.conn.is_usable() {
+                return Some(k.conn);
             }
-            if k.send.is_ready() {
-                return Some(k.send);
-            }
-            // Still busy with a body: to the front, out of the way of the next checkouts, so
-            // that connections done with theirs come up instead of waiting below.
-            list.push_front(k);
         }
         None
     }
 
-    fn put_back(&self, kept: &Mutex<VecDeque<Kept>>, send: SendRequest<Body>) {
-        let mut list = lock(kept);
-        if list.len() < MAX_KEPT {
-            list.push_back(Kept {
-                send,
-                since: Instant::now(),
-            });
-        }
-        // Otherwise dropped: its connection closes once its response is read.
-    }
-
-    async fn connect(&self) -> Result<SendRequest<Body>, PoolError> {
+    async fn connect(&self) -> Result<Conn, PoolError> {
         let mut connector = self.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx))
             .await
@@ -197,34 +157,25 @@ impl Http1Pool {
             .call(self.target.clone())
             .await
             .map_err(|e| PoolError::Connect(crate::origin::error_chain(&e)))?;
-        let (send, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|e| PoolError::Connect(crate::origin::error_chain(&e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "origin connection ended with an error");
-            }
-        });
-        Ok(send)
+        Ok(Conn::new(io.into_inner()))
     }
 
-    /// Connections this thread keeps (tests).
+    /// Idle connections this thread keeps (tests).
     #[cfg(test)]
     fn kept(&self) -> usize {
-        lock(&self.kept.get().conns).len()
+        self.kept.get().lock().len()
     }
 }
 
-/// Drops the connections idle for `timeout`, every `every`, until the list is gone.
-async fn sweep_idle(list: Weak<List>, timeout: Duration, every: Duration) {
+/// Drops the connections idle for `timeout` (or closed by the origin), every `every`, until the
+/// list is gone.
+async fn sweep_idle(list: Weak<Idle>, timeout: Duration, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         let Some(list) = list.upgrade() else { return };
         let now = Instant::now();
-        lock(&list.conns).retain(|k| {
-            let idle_too_long = k.send.is_ready() && now.duration_since(k.since) >= timeout;
-            !(k.send.is_closed() || idle_too_long)
-        });
+        list.lock()
+            .retain(|k| now.duration_since(k.since) < timeout && k.conn.is_usable());
     }
 }
 
@@ -284,6 +235,85 @@ mod tests {
         (format!("http://{addr}").parse().unwrap(), conns)
     }
 
+    /// An origin that answers the `n`th request of each connection (from 0) with `answer(n)`,
+    /// counting connections.
+    async fn scripted(answer: fn(usize) -> &'static [u8]) -> (Uri, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let counted = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let (mut have, mut n) = (0, 0);
+                    while let Ok(got @ 1..) = s.read(&mut buf[have..]).await {
+                        have += got;
+                        while let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n")
+                        {
+                            buf.copy_within(end + 4..have, 0);
+                            have -= end + 4;
+                            if s.write_all(answer(n)).await.is_err() {
+                                return;
+                            }
+                            n += 1;
+                        }
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}").parse().unwrap(), conns)
+    }
+
+    #[tokio::test]
+    async fn an_origin_that_sends_more_than_it_said_never_answers_the_next_request() {
+        // The first answer on each connection carries a second one after its end: reused, the
+        // connection would hand it to the next request (a poisoned cache entry).
+        let (target, conns) = scripted(|n| match n {
+            0 => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nPOISON",
+            _ => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        })
+        .await;
+        let pool = pool(target);
+        for _ in 0..3 {
+            assert_eq!(read(pool.send(get("/x")).await.unwrap()).await, b"ok");
+            // Bounded: let a late second answer arrive on the idle connection too.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_chunked_answer_leaves_its_connection_ready_for_the_next() {
+        let (target, conns) = scripted(|n| match n % 2 {
+            0 => b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2;x=y\r\nok\r\n0\r\nx-sum: 1\r\n\r\n",
+            _ => b"HTTP/1.1 204 No Content\r\n\r\n",
+        })
+        .await;
+        let pool = pool(target);
+        for i in 0..6 {
+            let body = read(pool.send(get("/x")).await.unwrap()).await;
+            assert_eq!(body, if i % 2 == 0 { &b"ok"[..] } else { b"" });
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn endless_interim_answers_are_an_error_not_a_wait() {
+        // 1xx heads count toward the head limit: past 64 KiB of them the exchange fails (the
+        // origin sends no final answer; without the count this waits for one).
+        static INTERIM: std::sync::LazyLock<Vec<u8>> =
+            std::sync::LazyLock::new(|| b"HTTP/1.1 100 Continue\r\n\r\n".repeat(4000));
+        let (target, _) = scripted(|_| &INTERIM[..]).await;
+        let pool = pool(target);
+        let sent = tokio::time::timeout(Duration::from_secs(5), pool.send(get("/x"))).await;
+        match sent.expect("still waiting after 5 s") {
+            Err(PoolError::Send(e)) => assert!(e.to_string().contains("64 KiB"), "{e}"),
+            other => panic!("{:?}", other.map(|r| r.status())),
+        }
+    }
+
     fn get(path: &str) -> Request<Body> {
         Request::get(path)
             .header(header::HOST, "a.test")
@@ -291,7 +321,7 @@ mod tests {
             .unwrap()
     }
 
-    async fn read(resp: Response<Incoming>) -> Vec<u8> {
+    async fn read(resp: Response<ResponseBody>) -> Vec<u8> {
         use http_body_util::BodyExt;
         resp.into_body()
             .collect()
@@ -356,23 +386,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_idle_connection_below_many_busy_ones_comes_up() {
-        // One idle connection under 40 busy ones (answers whose bodies never end): a checkout
-        // looks at 32, finds none and moves them to the front; the next finds the idle one.
+    async fn a_connection_goes_back_once_its_body_has_ended_and_not_before() {
         let (target, conns) = origin(false, Duration::ZERO).await;
         let pool = pool(target);
+        let unread = pool.send(get("/x")).await.unwrap();
+        // Its body not read yet: the next request needs a connection of its own.
+        assert_eq!(pool.kept(), 0);
         assert_eq!(read(pool.send(get("/x")).await.unwrap()).await, b"ok");
-        let kept = &pool.kept.get().conns;
-        let mut held = Vec::new();
-        for _ in 0..40 {
-            let mut send = pool.connect().await.unwrap();
-            held.push(send.try_send_request(get("/hold")).await.unwrap());
-            pool.put_back(kept, send);
+        assert_eq!((conns.load(Ordering::SeqCst), pool.kept()), (2, 1));
+        assert_eq!(read(unread).await, b"ok");
+        assert_eq!(pool.kept(), 2);
+        // A body dropped before its end (8 of its 10 bytes never came) closes its connection.
+        let held = pool.send(get("/hold")).await.unwrap();
+        assert_eq!(pool.kept(), 1);
+        drop(held);
+        assert_eq!(pool.kept(), 1);
+        for _ in 0..4 {
+            assert_eq!(read(pool.send(get("/x")).await.unwrap()).await, b"ok");
         }
-        assert_eq!(pool.kept(), 41);
-        assert!(pool.checkout(kept).is_none());
-        assert!(pool.checkout(kept).is_some());
-        assert_eq!(conns.load(Ordering::SeqCst), 41);
+        assert_eq!(conns.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

@@ -35,7 +35,7 @@ pub(crate) enum BodyError {
     ClientTimeout(Duration),
     /// The origin's response body broke off.
     #[error("the origin's response body failed: {0}")]
-    Origin(hyper::Error),
+    Origin(RecvError),
     /// The origin sent nothing for longer than its read timeout.
     #[error("the origin sent no body bytes for {0:?}")]
     OriginTimeout(Duration),
@@ -61,13 +61,6 @@ impl BodyError {
     }
 }
 
-/// Which end a stream comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Client,
-    Origin,
-}
-
 /// A response or request body.
 #[derive(Debug)]
 pub(crate) enum Body {
@@ -88,13 +81,59 @@ pub(crate) enum RequestBody {
     H3(Box<super::quic::RecvBody>),
 }
 
-/// Why a request body (or an origin's response body, read as one) failed.
+/// An origin's response body: from hyper's client (HTTPS origins, peers) or from a connection
+/// of the edge's own (plain-HTTP origins, `h1`).
+#[derive(Debug)]
+pub(crate) enum OriginBody {
+    Hyper(Incoming),
+    Plain(crate::h1::ResponseBody),
+}
+
+/// Why a request body or an origin's response body failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RecvError {
     #[error(transparent)]
     Hyper(hyper::Error),
     #[error("{0}")]
     H3(String),
+    #[error(transparent)]
+    Plain(crate::h1::H1Error),
+}
+
+impl http_body::Body for OriginBody {
+    type Data = Bytes;
+    type Error = RecvError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RecvError>>> {
+        match self.get_mut() {
+            OriginBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(RecvError::Hyper),
+            OriginBody::Plain(b) => Pin::new(b).poll_frame(cx).map_err(RecvError::Plain),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            OriginBody::Hyper(b) => b.is_end_stream(),
+            OriginBody::Plain(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            OriginBody::Hyper(b) => b.size_hint(),
+            OriginBody::Plain(b) => b.size_hint(),
+        }
+    }
+}
+
+/// The other end of a stream: a client's upload or an origin's download.
+#[derive(Debug)]
+enum Rest {
+    Client(RequestBody),
+    Origin(OriginBody),
 }
 
 impl http_body::Body for RequestBody {
@@ -129,8 +168,7 @@ impl http_body::Body for RequestBody {
 /// A body arriving from a client or an origin.
 #[derive(Debug)]
 pub(crate) struct Streaming {
-    rest: RequestBody,
-    side: Side,
+    rest: Rest,
     /// Longest wait for the next frame.
     idle: Duration,
     /// Armed while a wait is under way (reset when a frame arrives), so time spent while the
@@ -159,10 +197,9 @@ impl Body {
         }
     }
 
-    fn streaming(rest: RequestBody, side: Side, idle: Duration) -> Body {
+    fn streaming(rest: Rest, idle: Duration) -> Body {
         Body::Stream(Box::new(Streaming {
             rest,
-            side,
             idle,
             timer: None,
             armed: false,
@@ -173,13 +210,13 @@ impl Body {
 
     /// A client's request body on its way to an origin, failing after `idle` without a byte.
     pub(crate) fn upload(rest: RequestBody, idle: Duration) -> Body {
-        Body::streaming(rest, Side::Client, idle)
+        Body::streaming(Rest::Client(rest), idle)
     }
 
     /// An origin's response body on its way to a client (or the cache), failing after `idle`
     /// without a byte.
-    pub(crate) fn download(rest: Incoming, idle: Duration) -> Body {
-        Body::streaming(RequestBody::Hyper(rest), Side::Origin, idle)
+    pub(crate) fn download(rest: OriginBody, idle: Duration) -> Body {
+        Body::streaming(Rest::Origin(rest), idle)
     }
 
     /// A reader of a body being filled.
@@ -243,7 +280,11 @@ impl http_body::Body for Body {
             }
             Body::Stream(s) => s,
         };
-        match Pin::new(&mut s.rest).poll_frame(cx) {
+        let next = match &mut s.rest {
+            Rest::Client(b) => Pin::new(b).poll_frame(cx),
+            Rest::Origin(b) => Pin::new(b).poll_frame(cx),
+        };
+        match next {
             Poll::Ready(next) => {
                 s.armed = false;
                 // The guard saw these bytes before hyper decoded them, so a fault in them is
@@ -253,9 +294,9 @@ impl http_body::Body for Body {
                 }
                 match next {
                     Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
-                    Some(Err(e)) => s.fail(match (s.side, e) {
-                        (Side::Origin, RecvError::Hyper(e)) => BodyError::Origin(e),
-                        (_, e) => BodyError::Client(e.to_string()),
+                    Some(Err(e)) => s.fail(match s.rest {
+                        Rest::Origin(_) => BodyError::Origin(e),
+                        Rest::Client(_) => BodyError::Client(e.to_string()),
                     }),
                     None => {
                         s.done.take().map(|tx| tx.send(()));
@@ -274,9 +315,9 @@ impl http_body::Body for Body {
                 }
                 if timer.as_mut().poll(cx).is_ready() {
                     let idle = s.idle;
-                    return s.fail(match s.side {
-                        Side::Client => BodyError::ClientTimeout(idle),
-                        Side::Origin => BodyError::OriginTimeout(idle),
+                    return s.fail(match s.rest {
+                        Rest::Client(_) => BodyError::ClientTimeout(idle),
+                        Rest::Origin(_) => BodyError::OriginTimeout(idle),
                     });
                 }
                 Poll::Pending
@@ -289,7 +330,10 @@ impl http_body::Body for Body {
             Body::Full(b) => b.is_none(),
             Body::Fill(t) => t.remaining() == Some(0),
             Body::Disk(t) => t.remaining() == 0,
-            Body::Stream(s) => s.rest.is_end_stream(),
+            Body::Stream(s) => match &s.rest {
+                Rest::Client(b) => b.is_end_stream(),
+                Rest::Origin(b) => b.is_end_stream(),
+            },
         }
     }
 
@@ -300,7 +344,10 @@ impl http_body::Body for Body {
                 .remaining()
                 .map_or_else(SizeHint::new, SizeHint::with_exact),
             Body::Disk(t) => SizeHint::with_exact(t.remaining()),
-            Body::Stream(s) => s.rest.size_hint(),
+            Body::Stream(s) => match &s.rest {
+                Rest::Client(b) => b.size_hint(),
+                Rest::Origin(b) => b.size_hint(),
+            },
         }
     }
 }

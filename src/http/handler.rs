@@ -15,12 +15,11 @@ use std::time::SystemTime;
 
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
-use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use super::body::{Body, RequestBody};
+use super::body::{Body, OriginBody, RequestBody};
 use super::framing::BodyFault;
 use super::headers::{add_forwarding, is_loop, strip_cache_only, strip_hop_by_hop, surrogate_keys};
 use super::request::{self, Rejected};
@@ -1369,13 +1368,17 @@ async fn upstream(
     state: &EdgeState,
     site: &Site,
     job: &Fill,
-) -> Result<(Response<Incoming>, String, Option<HeaderValue>), OriginError> {
+) -> Result<(Response<OriginBody>, String, Option<HeaderValue>), OriginError> {
     if let (true, Some(peers)) = (site.shield, state.peers.get()) {
         for ask in peers.plan(&job.key, site.shield_region.as_deref(), job.hop) {
             let limit = site.origins.first_byte_timeout();
             if let Some(resp) = peers.send(&ask, &job.parts, limit).await {
                 let status = resp.headers().get(super::headers::CACHE_STATUS).cloned();
-                return Ok((resp, format!("peer {}", ask.id), status));
+                return Ok((
+                    resp.map(OriginBody::Hyper),
+                    format!("peer {}", ask.id),
+                    status,
+                ));
             }
         }
     }

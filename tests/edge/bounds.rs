@@ -212,3 +212,47 @@ async fn a_keep_alive_connection_rests_up_to_the_idle_timeout() {
         start.elapsed()
     );
 }
+
+#[tokio::test]
+async fn an_origin_that_refuses_an_upload_is_heard_while_the_client_still_sends() {
+    // The origin answers 413 once it has the head, while the client sends the rest of its
+    // body only 4 s later: the client hears the 413 at once (RFC 9112 §9.5), not after.
+    let addr = raw_origin(|mut s| async move {
+        let mut buf = vec![0u8; 65536];
+        let mut have = 0;
+        while !buf[..have].windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf[have..]).await {
+                Ok(n @ 1..) => have += n,
+                _ => return,
+            }
+        }
+        let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n\r\ntoo big!";
+        let _ = s.write_all(answer).await;
+        // Reads on, so that no reset loses the answer (bounded).
+        let _ = tokio::time::timeout(Duration::from_secs(6), async {
+            while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        })
+        .await;
+    })
+    .await;
+    let edge = Edge::start(
+        &site("demo", "demo.test", &format!("http://{addr}"), ""),
+        "",
+    )
+    .await;
+    let req = Request::post(edge.url("/up"))
+        .header("host", "demo.test")
+        .body(slow_body(
+            vec!["the first part ", "the rest"],
+            Duration::from_secs(4),
+        ))
+        .unwrap();
+    let start = Instant::now();
+    let r = send_request(req).await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (413, "too big!"));
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "heard after {:?}",
+        start.elapsed()
+    );
+}

@@ -1,0 +1,1005 @@
+//! HTTP/1.1 with a plain-HTTP origin on a connection of the edge's own: the request is written
+//! and the response read by the task that asks, with no task or channel in between (`pool`
+//! keeps the connections).
+//!
+//! hyper's client connection is a task of its own: a request goes to it through a channel, the
+//! response head comes back through another and each body chunk through a third, every step a
+//! wake of one task by another (about a third of the instructions of a forwarded 1 KiB answer,
+//! callgrind). Here [`exchange`] writes the request and reads the response head on the asking
+//! task, and the response's [`ResponseBody`] reads the connection as it is polled; once the body
+//! has ended the connection goes back to its [`Idle`] list for the next request.
+//!
+//! The response's framing follows RFC 9112 §6.3 strictly, because a mistake would hand one
+//! request the bytes of another's response on a connection used again: no body for `HEAD`,
+//! 1xx, 204 and 304; else `Transfer-Encoding` (chunked last: chunked; otherwise to the
+//! connection's end), else `Content-Length` (one value, or a list of equal ones), else to the
+//! connection's end. A connection is used again only after an HTTP/1.1 response without
+//! `Connection: close`, delimited by its length or its chunks, with nothing after it: a response
+//! with both `Transfer-Encoding` and `Content-Length`, any framing error, or bytes the origin
+//! sends unasked end it. 1xx answers are skipped and 101 is an error (the edge never asks to
+//! switch protocols). A head is at most [`MAX_HEAD`] bytes of at most [`MAX_HEADERS`] fields
+//! (hyper's limits); a chunk's trailer fields are read and dropped, as hyper's HTTP/1.1 server
+//! drops them for clients that did not ask for them.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Mutex, MutexGuard, Weak};
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::request::Parts;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::http::body::{Body, BodyError};
+
+/// Largest response head, 1xx heads before it included.
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
+/// Most header fields in a response head.
+pub(crate) const MAX_HEADERS: usize = 100;
+/// Idle connections a list keeps.
+pub(crate) const MAX_KEPT: usize = 1024;
+/// What a read for a response head asks the socket for (a small answer's body comes with it).
+const HEAD_READ: usize = 8 * 1024;
+/// Most a read for a response body asks for.
+const BODY_READ: usize = 64 * 1024;
+/// Least room left in a read block worth reading into.
+const MIN_ROOM: usize = 4 * 1024;
+/// Longest chunk-size line, extensions included.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Most bytes of trailer fields after the last chunk.
+const MAX_TRAILERS: usize = 16 * 1024;
+/// A request body up to this size is written in the same write as its head.
+const WRITE_TOGETHER: usize = 64 * 1024;
+
+/// Why an exchange or a response body failed, in the words of the error chain.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum H1Error {
+    #[error("connection error: {0}")]
+    Io(#[from] io::Error),
+    #[error("the origin closed the connection before the {0} ended")]
+    Closed(&'static str),
+    #[error("invalid response: {0}")]
+    Invalid(String),
+}
+
+fn invalid(why: impl Into<String>) -> H1Error {
+    H1Error::Invalid(why.into())
+}
+
+/// How one exchange failed.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Nothing of the request reached an origin that would act on it (a connection used before
+    /// had closed): it may be sent again on another connection.
+    Unsent(H1Error),
+    /// The exchange failed after the request (or part of it) was sent.
+    Failed(H1Error),
+    /// The client's request body failed: the client's fault.
+    Upload(BodyError),
+}
+
+/// One connection to an origin, with what has been read from it and not yet used.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    io: TcpStream,
+    buf: BytesMut,
+}
+
+impl Conn {
+    pub(crate) fn new(io: TcpStream) -> Conn {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Whether the connection may take a request: the origin has neither closed it nor sent
+    /// anything unasked while it was idle. No system call unless the socket became readable.
+    pub(crate) fn is_usable(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Reads more of the response into `buf`: into the room its block has left while that is
+    /// at least [`MIN_ROOM`] (or `want`), else into a new block of `want`. Body chunks are
+    /// slices of these blocks, so an origin that sends a byte at a time pins one block for
+    /// many of them, not a block each.
+    fn poll_more(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < want.min(MIN_ROOM) {
+            self.buf.reserve(want);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    async fn more(&mut self, want: usize) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_more(cx, want)).await
+    }
+}
+
+/// A connection resting between requests.
+#[derive(Debug)]
+pub(crate) struct Kept {
+    pub(crate) conn: Conn,
+    /// When it came back.
+    pub(crate) since: Instant,
+}
+
+/// The idle connections of one origin on one thread, most recent last, and whether their sweep
+/// has been started (by the first request sent on that thread, in its runtime).
+#[derive(Debug, Default)]
+pub(crate) struct Idle {
+    conns: Mutex<VecDeque<Kept>>,
+    pub(crate) swept: AtomicBool,
+}
+
+impl Idle {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, VecDeque<Kept>> {
+        // Every change is a whole push or remove: a panic while held leaves a valid list.
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps `conn` for the next request, unless the list is full (then it closes).
+    fn put_back(&self, mut conn: Conn) {
+        if conn.buf.capacity() > HEAD_READ {
+            // A large body's read buffer is not kept while idle.
+            conn.buf = BytesMut::new();
+        }
+        let mut list = self.lock();
+        if list.len() < MAX_KEPT {
+            list.push_back(Kept {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// How the request body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Sending {
+    /// No body and no `Content-Length` (a `GET`).
+    Nothing,
+    Length(u64),
+    Chunked,
+}
+
+/// Sends `parts` (origin-form target) with `body` on `conn` and reads the response head; the
+/// body is read from the connection as the returned response's body is polled, and the
+/// connection goes back to `home` once it has ended. `reused`: the connection served requests
+/// before (only then can a failure leave the request unsent). A complete body is left in
+/// `body` so that the request can go again.
+pub(crate) async fn exchange(
+    mut conn: Conn,
+    parts: &Parts,
+    body: &mut Body,
+    reused: bool,
+    home: Weak<Idle>,
+) -> Result<Response<ResponseBody>, Failure> {
+    let head_only = parts.method == Method::HEAD;
+    let mut reusable = !has_close(&parts.headers);
+    // A complete body (or none) can be sent again; a stream cannot once a frame is taken.
+    let whole = match body {
+        Body::Full(b) => Some(b.clone()),
+        _ => None,
+    };
+    let sending = match &whole {
+        Some(Some(b)) => Sending::Length(b.len() as u64),
+        Some(None) if needs_length(parts) => Sending::Length(0),
+        Some(None) => Sending::Nothing,
+        None => match http_body::Body::size_hint(body).exact() {
+            Some(n) => Sending::Length(n),
+            None => Sending::Chunked,
+        },
+    };
+    let mut out = Vec::with_capacity(512);
+    encode_head(parts, sending, &mut out);
+    let written = match whole {
+        Some(Some(b)) if b.len() <= WRITE_TOGETHER => {
+            out.extend_from_slice(&b);
+            conn.io.write_all(&out).await
+        }
+        Some(Some(b)) => match conn.io.write_all(&out).await {
+            Ok(()) => conn.io.write_all(&b).await,
+            Err(e) => Err(e),
+        },
+        Some(None) => conn.io.write_all(&out).await,
+        None => {
+            match upload(&mut conn, out, body, sending).await {
+                Ok(()) => Ok(()),
+                Err(Upload::Body(e)) => return Err(Failure::Upload(e)),
+                Err(Upload::Answered) => {
+                    return match read_head(&mut conn, head_only).await {
+                        Ok((head, framing, _)) => Ok(respond(head, framing, conn, false, home)),
+                        Err((e, _)) => Err(Failure::Failed(e)),
+                    };
+                }
+                Err(Upload::Write(e)) => {
+                    // The origin may have answered before the whole body and closed (a 413):
+                    // that answer, if it came, is the response.
+                    return match read_head(&mut conn, head_only).await {
+                        Ok((head, framing, _)) => Ok(respond(head, framing, conn, false, home)),
+                        Err(_) => Err(Failure::Failed(e.into())),
+                    };
+                }
+            }
+        }
+    };
+    if let Err(e) = written {
+        // Nothing of a complete body was taken: on a connection that had closed while idle,
+        // the request goes again.
+        return Err(if reused {
+            Failure::Unsent(e.into())
+        } else {
+            Failure::Failed(e.into())
+        });
+    }
+    match read_head(&mut conn, head_only).await {
+        Ok((head, framing, keep)) => {
+            reusable &= keep;
+            Ok(respond(head, framing, conn, reusable, home))
+        }
+        // The origin closed a connection used before without a byte of an answer (its idle
+        // timeout crossed the request): an idempotent request with a complete body goes again
+        // (RFC 9112 §9.3.1).
+        Err((e, false)) if reused && body_is_whole(body) && is_idempotent(&parts.method) => {
+            Err(Failure::Unsent(e))
+        }
+        Err((e, _)) => Err(Failure::Failed(e)),
+    }
+}
+
+fn body_is_whole(body: &Body) -> bool {
+    matches!(body, Body::Full(_))
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Whether an empty body still says `Content-Length: 0` (methods that define a body, and a
+/// request that said so).
+fn needs_length(parts: &Parts) -> bool {
+    matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)
+        || parts.headers.contains_key(header::CONTENT_LENGTH)
+}
+
+/// Whether `Connection` lists `close`.
+fn has_close(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+    })
+}
+
+/// The request line and fields, with the framing fields of `sending` (the request's own
+/// `Content-Length`, `Transfer-Encoding` and `Expect` are not sent: the body goes at once).
+fn encode_head(parts: &Parts, sending: Sending, out: &mut Vec<u8>) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::EXPECT
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match sending {
+        Sending::Nothing => {}
+        Sending::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa(n, &mut [0; 20]));
+            out.extend_from_slice(b"\r\n");
+        }
+        Sending::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+enum Upload {
+    Body(BodyError),
+    Write(io::Error),
+    /// The origin answered (or closed) before the body was whole.
+    Answered,
+}
+
+/// The body's next frame, unless the origin answers first (RFC 9112 §9.5: a client watches for
+/// an answer while it sends a body, say a 413 for an upload the client sends slowly).
+async fn next_or_answer(
+    conn: &mut Conn,
+    body: &mut Body,
+) -> Result<Option<Result<Frame<Bytes>, BodyError>>, Upload> {
+    use http_body_util::BodyExt;
+    loop {
+        tokio::select! {
+            biased;
+            ready = conn.io.readable() => {
+                ready.map_err(Upload::Write)?;
+                conn.buf.reserve(HEAD_READ);
+                match conn.io.try_read_buf(&mut conn.buf) {
+                    // Readiness that was stale: back to the body.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    _ => return Err(Upload::Answered),
+                }
+            }
+            frame = body.frame() => return Ok(frame),
+        }
+    }
+}
+
+/// Writes the head in `out` and a streamed body, chunked when its length is not known. Frames
+/// that are there already are gathered into one write (up to [`WRITE_TOGETHER`]); the head
+/// waits for the first of them, so a body that fails at once (one shorter than its declared
+/// length) sends the origin nothing.
+async fn upload(
+    conn: &mut Conn,
+    mut out: Vec<u8>,
+    body: &mut Body,
+    sending: Sending,
+) -> Result<(), Upload> {
+    let declared = match sending {
+        Sending::Length(n) => Some(n),
+        _ => None,
+    };
+    let mut sent = 0u64;
+    // Whether `out` holds body bytes (more than the head) not yet written.
+    let mut gathered = false;
+    loop {
+        let ready = std::future::poll_fn(|cx| {
+            Poll::Ready(
+                match http_body::Body::poll_frame(Pin::new(&mut *body), cx) {
+                    Poll::Ready(f) => Some(f),
+                    Poll::Pending => None,
+                },
+            )
+        })
+        .await;
+        let frame = match ready {
+            Some(f) => f,
+            None => {
+                if gathered {
+                    conn.io.write_all(&out).await.map_err(Upload::Write)?;
+                    out.clear();
+                    gathered = false;
+                }
+                next_or_answer(conn, body).await?
+            }
+        };
+        let data = match frame {
+            None => break,
+            Some(Err(e)) => return Err(Upload::Body(e)),
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) => d,
+                Err(_) => continue, // trailers: not sent
+            },
+        };
+        if data.is_empty() {
+            continue;
+        }
+        sent += data.len() as u64;
+        if declared.is_some_and(|n| sent > n) {
+            return Err(Upload::Body(BodyError::Client(
+                "the request body is longer than its Content-Length".into(),
+            )));
+        }
+        if sending == Sending::Chunked {
+            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        }
+        out.extend_from_slice(&data);
+        if sending == Sending::Chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+        gathered = true;
+        if out.len() >= WRITE_TOGETHER {
+            conn.io.write_all(&out).await.map_err(Upload::Write)?;
+            out.clear();
+            gathered = false;
+        }
+    }
+    if declared.is_some_and(|n| sent < n) {
+        return Err(Upload::Body(BodyError::Client(
+            "the request body is shorter than its Content-Length".into(),
+        )));
+    }
+    if sending == Sending::Chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    if !out.is_empty() {
+        conn.io.write_all(&out).await.map_err(Upload::Write)?;
+    }
+    Ok(())
+}
+
+/// How the rest of a response body is delimited, and where its reading stands.
+#[derive(Debug)]
+enum Framing {
+    /// This many bytes to go.
+    Length(u64),
+    /// Until the origin closes the connection.
+    Close,
+    Chunked(Chunk),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Chunk {
+    /// Reading a chunk-size line.
+    Size,
+    /// This many bytes of the chunk's data to go.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// Trailer fields after the last chunk, this many bytes of them so far.
+    Trailers(usize),
+}
+
+/// Reads a response head (after any 1xx ones), with its body's framing and whether the
+/// connection may be used again after it. On failure, whether any byte of a response came.
+async fn read_head(
+    conn: &mut Conn,
+    head_only: bool,
+) -> Result<(Response<()>, Framing, bool), (H1Error, bool)> {
+    let mut any = false;
+    // Bytes of 1xx heads taken off the buffer so far: they count toward the limit too.
+    let mut interim = 0;
+    loop {
+        if !conn.buf.is_empty() {
+            any = true;
+            let before = conn.buf.len();
+            // Incomplete, all of the buffer is head; after a 1xx head, what follows it is
+            // parsed first.
+            let (head_bytes, again) = match parse_head(&mut conn.buf, head_only) {
+                Ok(Some(Parsed::Final(head, framing, keep))) => return Ok((head, framing, keep)),
+                Ok(Some(Parsed::Interim)) => {
+                    interim += before - conn.buf.len();
+                    (interim, !conn.buf.is_empty())
+                }
+                Ok(None) => (interim + before, false),
+                Err(e) => return Err((e, true)),
+            };
+            if head_bytes >= MAX_HEAD {
+                return Err((invalid("response head larger than 64 KiB"), true));
+            }
+            if again {
+                continue;
+            }
+        }
+        match conn.more(HEAD_READ).await {
+            Ok(0) => return Err((H1Error::Closed("response head"), any)),
+            Ok(_) => {}
+            Err(e) => return Err((e.into(), any)),
+        }
+    }
+}
+
+enum Parsed {
+    /// A 1xx head, taken off the buffer.
+    Interim,
+    Final(Response<()>, Framing, bool),
+}
+
+/// Parses a response head at the start of `buf` and takes it off; `None` while incomplete.
+fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, H1Error> {
+    let mut fields =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        buf,
+        &mut fields,
+    );
+    let len = match parsed {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(invalid(format!(
+                "more than {MAX_HEADERS} header fields in a response head"
+            )))
+        }
+        Err(e) => return Err(invalid(e.to_string())),
+    };
+    let code = res.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| invalid(format!("status code {code}")))?;
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(invalid(
+            "101 Switching Protocols, which the edge never asks for",
+        ));
+    }
+    if status.is_informational() {
+        buf.advance(len);
+        return Ok(Some(Parsed::Interim));
+    }
+    let version = if res.version == Some(1) {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    // Names now (and the framing fields read on the way), values as slices of the head once it
+    // is taken off the buffer.
+    let base = buf.as_ptr() as usize;
+    let mut names = Vec::with_capacity(res.headers.len());
+    let mut framing = Fields::default();
+    for f in res.headers.iter() {
+        let name = HeaderName::from_bytes(f.name.as_bytes())
+            .map_err(|_| invalid(format!("field name {:?}", f.name)))?;
+        framing.see(&name, f.value)?;
+        let start = f.value.as_ptr() as usize - base;
+        names.push((name, start, start + f.value.len()));
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(names.len());
+    for (name, start, end) in names {
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            .map_err(|_| invalid(format!("value of {name}")))?;
+        headers.append(name, value);
+    }
+    let (body, delimited) = framing.decide(status, head_only, version);
+    let keep = delimited && version == Version::HTTP_11 && !framing.close;
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    *resp.version_mut() = version;
+    *resp.headers_mut() = headers;
+    Ok(Some(Parsed::Final(resp, body, keep)))
+}
+
+/// What a response head's framing fields say.
+#[derive(Default)]
+struct Fields {
+    /// `Content-Length`, once seen (every value must agree).
+    length: Option<u64>,
+    /// `Transfer-Encoding` seen, and whether its last coding (so far) is chunked.
+    codings: Option<bool>,
+    /// `Connection: close`.
+    close: bool,
+}
+
+impl Fields {
+    fn see(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), H1Error> {
+        if name == header::CONTENT_LENGTH {
+            for item in value.split(|&b| b == b',') {
+                let n = parse_decimal(item.trim_ascii()).ok_or_else(|| {
+                    invalid(format!(
+                        "Content-Length {:?}",
+                        String::from_utf8_lossy(value)
+                    ))
+                })?;
+                if self.length.is_some_and(|l| l != n) {
+                    return Err(invalid("Content-Length fields that differ"));
+                }
+                self.length = Some(n);
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            self.codings = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONNECTION {
+            self.close |= value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+        }
+        Ok(())
+    }
+
+    /// The body's framing (RFC 9112 §6.3), and whether it leaves the connection fit for
+    /// another request.
+    fn decide(&self, status: StatusCode, head_only: bool, version: Version) -> (Framing, bool) {
+        if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            return (Framing::Length(0), true);
+        }
+        match (self.codings, self.length) {
+            // With a length too, or in an HTTP/1.0 answer, chunked framing is suspect: read
+            // it, then close (§6.1, §6.3).
+            (Some(true), length) => (
+                Framing::Chunked(Chunk::Size),
+                length.is_none() && version == Version::HTTP_11,
+            ),
+            (Some(false), _) | (None, None) => (Framing::Close, false),
+            (None, Some(n)) => (Framing::Length(n), true),
+        }
+    }
+}
+
+fn parse_decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+fn respond(
+    head: Response<()>,
+    framing: Framing,
+    conn: Conn,
+    reusable: bool,
+    home: Weak<Idle>,
+) -> Response<ResponseBody> {
+    let mut body = ResponseBody {
+        conn: Some(conn),
+        framing,
+        reusable,
+        home,
+    };
+    if matches!(body.framing, Framing::Length(0)) {
+        body.finish();
+    }
+    head.map(|()| body)
+}
+
+/// An origin's response body, read from its connection as it is polled. Dropped before its
+/// end, it closes the connection.
+#[derive(Debug)]
+pub(crate) struct ResponseBody {
+    /// `None` once the body has ended or failed.
+    conn: Option<Conn>,
+    framing: Framing,
+    reusable: bool,
+    home: Weak<Idle>,
+}
+
+impl ResponseBody {
+    /// The body has ended: the connection goes back to its list if it may serve again.
+    fn finish(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        if self.reusable && conn.buf.is_empty() {
+            if let Some(home) = self.home.upgrade() {
+                home.put_back(conn);
+            }
+        }
+    }
+
+    fn fail(&mut self, e: H1Error) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        self.conn = None;
+        Poll::Ready(Some(Err(e)))
+    }
+
+    fn ended(&mut self) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        self.finish();
+        Poll::Ready(None)
+    }
+}
+
+/// A chunk-size line without its CRLF: hex digits, then nothing or extensions after optional
+/// whitespace and a `;` (RFC 9112 §7.1.1), printable throughout.
+fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return None;
+    }
+    let rest = &line[digits..];
+    let after_ws = rest.trim_ascii_start();
+    let fits = after_ws.is_empty() || after_ws[0] == b';';
+    let printable = rest.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f));
+    if !(fits && printable) {
+        return None;
+    }
+    let hex = std::str::from_utf8(&line[..digits]).ok()?;
+    u64::from_str_radix(hex, 16).ok()
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = H1Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let want = match &mut this.framing {
+                Framing::Length(0) => return this.ended(),
+                Framing::Length(rest) => {
+                    if !conn.buf.is_empty() {
+                        let n = (*rest).min(conn.buf.len() as u64);
+                        *rest -= n;
+                        let data = conn.buf.split_to(n as usize).freeze();
+                        if *rest == 0 {
+                            this.finish();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    (*rest).min(BODY_READ as u64) as usize
+                }
+                Framing::Close => {
+                    if !conn.buf.is_empty() {
+                        let data = conn.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    BODY_READ
+                }
+                Framing::Chunked(state) => match decode(state, &mut conn.buf) {
+                    Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Step::End) => return this.ended(),
+                    Ok(Step::Again) => continue,
+                    Ok(Step::More) => BODY_READ,
+                    Err(e) => return this.fail(e),
+                },
+            };
+            match ready!(conn.poll_more(cx, want)) {
+                Ok(0) if matches!(this.framing, Framing::Close) => {
+                    // Its end is the body's end; the connection is done.
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return this.fail(H1Error::Closed("response body")),
+                Ok(_) => {}
+                Err(e) => return this.fail(e.into()),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn.is_none() || matches!(self.framing, Framing::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ if self.conn.is_none() => SizeHint::with_exact(0),
+            _ => SizeHint::new(),
+        }
+    }
+}
+
+enum Step {
+    Data(Bytes),
+    End,
+    /// The state moved on: decode again.
+    Again,
+    /// The buffer holds too little: read more.
+    More,
+}
+
+/// One step of the chunked decoding of `buf`.
+fn decode(state: &mut Chunk, buf: &mut BytesMut) -> Result<Step, H1Error> {
+    match *state {
+        Chunk::Size => {
+            let Some(line) = line(buf, MAX_CHUNK_LINE, "chunk-size line")? else {
+                return Ok(Step::More);
+            };
+            let size = parse_chunk_size(&line)
+                .ok_or_else(|| invalid(format!("chunk-size line {:?}", show(&line))))?;
+            *state = if size == 0 {
+                Chunk::Trailers(0)
+            } else {
+                Chunk::Data(size)
+            };
+            Ok(Step::Again)
+        }
+        Chunk::Data(rest) => {
+            if buf.is_empty() {
+                return Ok(Step::More);
+            }
+            let n = rest.min(buf.len() as u64);
+            *state = if n == rest {
+                Chunk::DataEnd
+            } else {
+                Chunk::Data(rest - n)
+            };
+            Ok(Step::Data(buf.split_to(n as usize).freeze()))
+        }
+        Chunk::DataEnd => {
+            if buf.len() < 2 {
+                return Ok(Step::More);
+            }
+            if &buf[..2] != b"\r\n" {
+                return Err(invalid("chunk data longer than its size"));
+            }
+            buf.advance(2);
+            *state = Chunk::Size;
+            Ok(Step::Again)
+        }
+        Chunk::Trailers(seen) => {
+            let limit = MAX_TRAILERS.saturating_sub(seen).max(2);
+            let Some(field) = line(buf, limit, "trailer section")? else {
+                return Ok(Step::More);
+            };
+            if field.is_empty() {
+                return Ok(Step::End);
+            }
+            *state = Chunk::Trailers(seen + field.len() + 2);
+            Ok(Step::Again)
+        }
+    }
+}
+
+/// Takes a CRLF-ended line of at most `limit` bytes off `buf`, without its CRLF.
+fn line(buf: &mut BytesMut, limit: usize, what: &str) -> Result<Option<BytesMut>, H1Error> {
+    let window = &buf[..buf.len().min(limit)];
+    let Some(lf) = window.iter().position(|&b| b == b'\n') else {
+        return if buf.len() >= limit {
+            Err(invalid(format!("{what} longer than {limit} bytes")))
+        } else {
+            Ok(None)
+        };
+    };
+    if lf == 0 || buf[lf - 1] != b'\r' {
+        return Err(invalid(format!("{what} not ended by CRLF")));
+    }
+    let mut line = buf.split_to(lf + 1);
+    line.truncate(lf - 1);
+    Ok(Some(line))
+}
+
+fn show(b: &[u8]) -> String {
+    String::from_utf8_lossy(&b[..b.len().min(40)]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str, head_only: bool) -> Result<(Response<()>, Framing, bool), H1Error> {
+        let mut buf = BytesMut::from(raw.as_bytes());
+        loop {
+            match parse_head(&mut buf, head_only)? {
+                Some(Parsed::Final(h, f, k)) => return Ok((h, f, k)),
+                Some(Parsed::Interim) => continue,
+                None => return Err(invalid("partial")),
+            }
+        }
+    }
+
+    fn decode_all(raw: &[u8]) -> Result<Vec<u8>, H1Error> {
+        let mut buf = BytesMut::from(raw);
+        let mut state = Chunk::Size;
+        let mut out = Vec::new();
+        loop {
+            match decode(&mut state, &mut buf)? {
+                Step::Data(d) => out.extend_from_slice(&d),
+                Step::End => return Ok(out),
+                Step::Again => {}
+                Step::More => return Err(invalid("incomplete")),
+            }
+        }
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let (h, f, keep) = head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", false).unwrap();
+        assert_eq!(h.status(), 200);
+        assert!(matches!(f, Framing::Length(5)) && keep);
+        let (_, f, keep) = head("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n", false).unwrap();
+        assert!(matches!(f, Framing::Length(5)) && keep);
+        assert!(head(
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+            false
+        )
+        .is_err());
+        assert!(head("HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n", false).is_err());
+        let (_, f, keep) = head(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert!(matches!(f, Framing::Chunked(_)) && keep);
+        // Both: chunked wins, and the connection is not used again.
+        let (_, f, keep) = head(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert!(matches!(f, Framing::Chunked(_)) && !keep);
+        let (_, f, keep) =
+            head("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n", false).unwrap();
+        assert!(matches!(f, Framing::Close) && !keep);
+        let (_, f, keep) = head("HTTP/1.1 200 OK\r\n\r\n", false).unwrap();
+        assert!(matches!(f, Framing::Close) && !keep);
+        let (_, _, keep) = head("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n", false).unwrap();
+        assert!(!keep);
+        let (_, _, keep) = head(
+            "HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: Close\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert!(!keep);
+        for (raw, head_only) in [
+            ("HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n", true),
+            (
+                "HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n",
+                false,
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\ntransfer-encoding: chunked\r\n\r\n",
+                false,
+            ),
+        ] {
+            let (_, f, keep) = head(raw, head_only).unwrap();
+            assert!(matches!(f, Framing::Length(0)) && keep, "{raw}");
+        }
+        // 1xx heads are skipped; 101 is refused.
+        let (h, _, _) = head(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(h.status(), 201);
+        assert!(head("HTTP/1.1 101 Switching Protocols\r\n\r\n", false).is_err());
+        let many = format!(
+            "HTTP/1.1 200 OK\r\n{}\r\n",
+            "a: b\r\n".repeat(MAX_HEADERS + 1)
+        );
+        assert!(head(&many, false).is_err());
+    }
+
+    #[test]
+    fn chunks_are_decoded_strictly() {
+        assert_eq!(
+            decode_all(b"5\r\nhello\r\n1;ext=1\r\n!\r\n0\r\nx-t: 1\r\n\r\n").unwrap(),
+            b"hello!"
+        );
+        assert_eq!(
+            decode_all(b"A \r\n0123456789\r\n0\r\n\r\n").unwrap(),
+            b"0123456789"
+        );
+        for bad in [
+            &b"5\nhello\r\n0\r\n\r\n"[..],
+            b"0x5\r\nhello\r\n0\r\n\r\n",
+            b"-5\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello!\r\n0\r\n\r\n",
+            b"5 x\r\nhello\r\n0\r\n\r\n",
+            b"11111111111111111\r\n",
+            b"5;\x01\r\nhello\r\n0\r\n\r\n",
+        ] {
+            assert!(decode_all(bad).is_err(), "{:?}", show(bad));
+        }
+    }
+
+    #[test]
+    fn a_request_head_carries_its_own_framing() {
+        let req = http::Request::post("/up?x=1")
+            .header("host", "a.test")
+            .header("content-length", "99")
+            .header("transfer-encoding", "chunked")
+            .header("expect", "100-continue")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let mut out = Vec::new();
+        encode_head(&parts, Sending::Length(12), &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /up?x=1 HTTP/1.1\r\nhost: a.test\r\ncontent-length: 12\r\n\r\n"
+        );
+        assert_eq!(itoa(0, &mut [0; 20]), b"0");
+        assert_eq!(
+            itoa(u64::MAX, &mut [0; 20]),
+            u64::MAX.to_string().as_bytes()
+        );
+    }
+}
