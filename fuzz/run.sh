@@ -12,7 +12,9 @@
 # CDN-Cache-Control, Surrogate-Control, the structured-field dictionary), range (satisfiable
 # ranges are inside the body, ascending, disjoint, never more bytes than the body), policy (the
 # storage decision on arbitrary response heads: no-store, private, Set-Cookie never stored),
-# disk_head (a disk tier head read back: fails to decode, or round-trips).
+# disk_head (a disk tier head read back: fails to decode, or round-trips), origin_response (an
+# origin's response as the edge's HTTP/1.1 client reads it: the same outcome however the reads
+# split it).
 #
 # The committed corpus (fuzz/corpus/TARGET) seeds each run and is never written; what a run
 # finds goes to a scratch corpus under fuzz/target/corpus, and a crash to fuzz/artifacts/TARGET/.
@@ -23,7 +25,7 @@ set -euo pipefail
 SECONDS_EACH=${1:-600}
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(framing cache_control range policy dns config geoip gossip disk_head)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(framing cache_control range policy dns config geoip gossip disk_head origin_response)
 JOBS=${JOBS:-1}
 PARALLEL=""
 [ "$JOBS" -gt 1 ] && PARALLEL="-jobs=$JOBS -workers=$JOBS"

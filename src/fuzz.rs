@@ -43,6 +43,27 @@ pub fn framing(data: &[u8]) {
     }
 }
 
+/// An origin's response as the edge's HTTP/1.1 client reads it (the first byte's low bit: a
+/// `HEAD` request). Properties: the outcome (status, fields, body, how it ended, whether the
+/// connection could serve again) does not depend on how the bytes are split into reads, and
+/// the body is never more bytes than came.
+pub fn origin_response(data: &[u8]) {
+    let Some((&first, data)) = data.split_first() else {
+        return;
+    };
+    let head_only = first & 1 == 1;
+    let whole = crate::h1::replay(&[data], head_only);
+    assert!(whole.body.len() <= data.len());
+    for split in [Split::Growing, Split::Bytes] {
+        let pieces = split.pieces(data);
+        assert_eq!(
+            crate::h1::replay(&pieces, head_only),
+            whole,
+            "the outcome changed with the reads ({split:?})"
+        );
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Split {
     Growing,

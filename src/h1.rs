@@ -471,29 +471,13 @@ async fn read_head(
     head_only: bool,
 ) -> Result<(Response<()>, Framing, bool), (H1Error, bool)> {
     let mut any = false;
-    // Bytes of 1xx heads taken off the buffer so far: they count toward the limit too.
     let mut interim = 0;
     loop {
-        if !conn.buf.is_empty() {
-            any = true;
-            let before = conn.buf.len();
-            // Incomplete, all of the buffer is head; after a 1xx head, what follows it is
-            // parsed first.
-            let (head_bytes, again) = match parse_head(&mut conn.buf, head_only) {
-                Ok(Some(Parsed::Final(head, framing, keep))) => return Ok((head, framing, keep)),
-                Ok(Some(Parsed::Interim)) => {
-                    interim += before - conn.buf.len();
-                    (interim, !conn.buf.is_empty())
-                }
-                Ok(None) => (interim + before, false),
-                Err(e) => return Err((e, true)),
-            };
-            if head_bytes >= MAX_HEAD {
-                return Err((invalid("response head larger than 64 KiB"), true));
-            }
-            if again {
-                continue;
-            }
+        any |= !conn.buf.is_empty();
+        match take_head(&mut conn.buf, head_only, &mut interim) {
+            Ok(Some(head)) => return Ok(head),
+            Ok(None) => {}
+            Err(e) => return Err((e, true)),
         }
         match conn.more(HEAD_READ).await {
             Ok(0) => return Err((H1Error::Closed("response head"), any)),
@@ -501,6 +485,35 @@ async fn read_head(
             Err(e) => return Err((e.into(), any)),
         }
     }
+}
+
+/// Takes the final response head off `buf` once it is whole (1xx heads before it are taken
+/// off and counted in `interim`, toward [`MAX_HEAD`]); `None` while more is needed.
+fn take_head(
+    buf: &mut BytesMut,
+    head_only: bool,
+    interim: &mut usize,
+) -> Result<Option<(Response<()>, Framing, bool)>, H1Error> {
+    let too_large = || invalid("response head larger than 64 KiB");
+    while !buf.is_empty() {
+        let before = buf.len();
+        match parse_head(buf, head_only)? {
+            Some(Parsed::Final(..)) if *interim + before - buf.len() > MAX_HEAD => {
+                return Err(too_large())
+            }
+            Some(Parsed::Final(head, framing, keep)) => return Ok(Some((head, framing, keep))),
+            Some(Parsed::Interim) => {
+                *interim += before - buf.len();
+                if *interim >= MAX_HEAD {
+                    return Err(too_large());
+                }
+            }
+            // Incomplete: all of the buffer is head.
+            None if *interim + before >= MAX_HEAD => return Err(too_large()),
+            None => return Ok(None),
+        }
+    }
+    Ok(None)
 }
 
 enum Parsed {
@@ -721,34 +734,17 @@ impl http_body::Body for ResponseBody {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            let want = match &mut this.framing {
-                Framing::Length(0) => return this.ended(),
-                Framing::Length(rest) => {
-                    if !conn.buf.is_empty() {
-                        let n = (*rest).min(conn.buf.len() as u64);
-                        *rest -= n;
-                        let data = conn.buf.split_to(n as usize).freeze();
-                        if *rest == 0 {
-                            this.finish();
-                        }
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
+            let want = match body_step(&mut this.framing, &mut conn.buf) {
+                Ok(BodyStep::Data(data)) => {
+                    if matches!(this.framing, Framing::Length(0)) {
+                        // The last bytes: the connection can serve the next request already.
+                        this.finish();
                     }
-                    (*rest).min(BODY_READ as u64) as usize
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Framing::Close => {
-                    if !conn.buf.is_empty() {
-                        let data = conn.buf.split().freeze();
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                    BODY_READ
-                }
-                Framing::Chunked(state) => match decode(state, &mut conn.buf) {
-                    Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                    Ok(Step::End) => return this.ended(),
-                    Ok(Step::Again) => continue,
-                    Ok(Step::More) => BODY_READ,
-                    Err(e) => return this.fail(e),
-                },
+                Ok(BodyStep::End) => return this.ended(),
+                Ok(BodyStep::More(want)) => want,
+                Err(e) => return this.fail(e),
             };
             match ready!(conn.poll_more(cx, want)) {
                 Ok(0) if matches!(this.framing, Framing::Close) => {
@@ -773,6 +769,39 @@ impl http_body::Body for ResponseBody {
             _ if self.conn.is_none() => SizeHint::with_exact(0),
             _ => SizeHint::new(),
         }
+    }
+}
+
+enum BodyStep {
+    Data(Bytes),
+    End,
+    /// Read more, asking for this much room.
+    More(usize),
+}
+
+/// The next piece of a body framed by `framing` from `buf` (the connection's end is the
+/// caller's to handle: the end of a [`Framing::Close`] body, an error otherwise).
+fn body_step(framing: &mut Framing, buf: &mut BytesMut) -> Result<BodyStep, H1Error> {
+    loop {
+        return Ok(match framing {
+            Framing::Length(0) => BodyStep::End,
+            Framing::Length(rest) if buf.is_empty() => {
+                BodyStep::More((*rest).min(BODY_READ as u64) as usize)
+            }
+            Framing::Length(rest) => {
+                let n = (*rest).min(buf.len() as u64);
+                *rest -= n;
+                BodyStep::Data(buf.split_to(n as usize).freeze())
+            }
+            Framing::Close if buf.is_empty() => BodyStep::More(BODY_READ),
+            Framing::Close => BodyStep::Data(buf.split().freeze()),
+            Framing::Chunked(state) => match decode(state, buf)? {
+                Step::Data(data) => BodyStep::Data(data),
+                Step::End => BodyStep::End,
+                Step::Again => continue,
+                Step::More => BodyStep::More(BODY_READ),
+            },
+        });
     }
 }
 
@@ -858,6 +887,71 @@ fn line(buf: &mut BytesMut, limit: usize, what: &str) -> Result<Option<BytesMut>
 
 fn show(b: &[u8]) -> String {
     String::from_utf8_lossy(&b[..b.len().min(40)]).into_owned()
+}
+
+/// What [`replay`] made of a response.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Replayed {
+    pub(crate) status: Option<u16>,
+    pub(crate) fields: usize,
+    pub(crate) body: Vec<u8>,
+    /// Once the body ended: whether the connection could serve again. Else why not: an error,
+    /// or the input's end before the response's.
+    pub(crate) end: Result<bool, String>,
+}
+
+/// Reads a response to a `GET` (or `HEAD`, `head_only`) from `pieces` as the client does from
+/// reads of a connection that then closes (fuzzing: the outcome must not depend on the
+/// pieces).
+pub(crate) fn replay(pieces: &[&[u8]], head_only: bool) -> Replayed {
+    let mut out = Replayed {
+        status: None,
+        fields: 0,
+        body: Vec::new(),
+        end: Err("the connection closed first".into()),
+    };
+    let mut buf = BytesMut::new();
+    let mut interim = 0;
+    let mut head: Option<(Framing, bool)> = None;
+    for (i, piece) in pieces.iter().enumerate() {
+        buf.extend_from_slice(piece);
+        if head.is_none() {
+            match take_head(&mut buf, head_only, &mut interim) {
+                Ok(Some((h, framing, keep))) => {
+                    out.status = Some(h.status().as_u16());
+                    out.fields = h.headers().len();
+                    head = Some((framing, keep));
+                }
+                Ok(None) => continue,
+                Err(e) => {
+                    out.end = Err(e.to_string());
+                    return out;
+                }
+            }
+        }
+        let Some((framing, keep)) = head.as_mut() else {
+            continue;
+        };
+        loop {
+            match body_step(framing, &mut buf) {
+                Ok(BodyStep::Data(d)) => out.body.extend_from_slice(&d),
+                Ok(BodyStep::End) => {
+                    let after = buf.len() + pieces[i + 1..].iter().map(|p| p.len()).sum::<usize>();
+                    out.end = Ok(*keep && after == 0);
+                    return out;
+                }
+                Ok(BodyStep::More(_)) => break,
+                Err(e) => {
+                    out.end = Err(e.to_string());
+                    return out;
+                }
+            }
+        }
+    }
+    if let Some((Framing::Close, _)) = head {
+        out.end = Ok(false);
+    }
+    out
 }
 
 #[cfg(test)]

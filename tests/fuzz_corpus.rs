@@ -26,6 +26,11 @@ fn framing_corpus() {
 }
 
 #[test]
+fn origin_response_corpus() {
+    replay("origin_response", meridian::fuzz::origin_response);
+}
+
+#[test]
 fn cache_control_corpus() {
     replay("cache_control", meridian::fuzz::cache_control);
 }
