@@ -217,6 +217,9 @@ pub(crate) async fn exchange(
                 Ok(()) => Ok(()),
                 Err(Upload::Body(e)) => return Err(Failure::Upload(e)),
                 Err(Upload::Answered) => {
+                    // The rest of the upload is not wanted: dropping it tells the caller the
+                    // upload is over, which starts its first-byte timer for this answer.
+                    *body = Body::empty();
                     return match read_head(&mut conn, head_only).await {
                         Ok((head, framing, _)) => Ok(respond(head, framing, conn, false, home)),
                         Err((e, _)) => Err(Failure::Failed(e)),
@@ -224,7 +227,8 @@ pub(crate) async fn exchange(
                 }
                 Err(Upload::Write(e)) => {
                     // The origin may have answered before the whole body and closed (a 413):
-                    // that answer, if it came, is the response.
+                    // that answer, if it came, is the response (the upload is over, as above).
+                    *body = Body::empty();
                     return match read_head(&mut conn, head_only).await {
                         Ok((head, framing, _)) => Ok(respond(head, framing, conn, false, home)),
                         Err(_) => Err(Failure::Failed(e.into())),

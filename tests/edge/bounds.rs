@@ -213,11 +213,10 @@ async fn a_keep_alive_connection_rests_up_to_the_idle_timeout() {
     );
 }
 
-#[tokio::test]
-async fn an_origin_that_refuses_an_upload_is_heard_while_the_client_still_sends() {
-    // The origin answers 413 once it has the head, while the client sends the rest of its
-    // body only 4 s later: the client hears the 413 at once (RFC 9112 §9.5), not after.
-    let addr = raw_origin(|mut s| async move {
+/// An origin that reads a request head, writes `answer` at once (before the body) and reads on
+/// for 6 s, so that no reset loses the answer.
+async fn answers_before_the_body(answer: &'static [u8]) -> std::net::SocketAddr {
+    raw_origin(move |mut s| async move {
         let mut buf = vec![0u8; 65536];
         let mut have = 0;
         while !buf[..have].windows(4).any(|w| w == b"\r\n\r\n") {
@@ -226,17 +225,20 @@ async fn an_origin_that_refuses_an_upload_is_heard_while_the_client_still_sends(
                 _ => return,
             }
         }
-        let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n\r\ntoo big!";
         let _ = s.write_all(answer).await;
-        // Reads on, so that no reset loses the answer (bounded).
         let _ = tokio::time::timeout(Duration::from_secs(6), async {
             while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
         })
         .await;
     })
-    .await;
+    .await
+}
+
+/// A POST of two parts 4 s apart to `addr`'s site `demo.test`, with the site settings `extra`;
+/// what came back and when.
+async fn slow_post(addr: std::net::SocketAddr, extra: &str) -> (Got, Duration) {
     let edge = Edge::start(
-        &site("demo", "demo.test", &format!("http://{addr}"), ""),
+        &site("demo", "demo.test", &format!("http://{addr}"), extra),
         "",
     )
     .await;
@@ -249,10 +251,27 @@ async fn an_origin_that_refuses_an_upload_is_heard_while_the_client_still_sends(
         .unwrap();
     let start = Instant::now();
     let r = send_request(req).await;
+    (r, start.elapsed())
+}
+
+#[tokio::test]
+async fn an_origin_that_refuses_an_upload_is_heard_while_the_client_still_sends() {
+    // The origin answers 413 once it has the head, while the client sends the rest of its
+    // body only 4 s later: the client hears the 413 at once (RFC 9112 §9.5), not after.
+    let addr = answers_before_the_body(
+        b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n\r\ntoo big!",
+    )
+    .await;
+    let (r, took) = slow_post(addr, "").await;
     assert_eq!((r.status.as_u16(), r.text().as_str()), (413, "too big!"));
-    assert!(
-        start.elapsed() < Duration::from_secs(3),
-        "heard after {:?}",
-        start.elapsed()
-    );
+    assert!(took < Duration::from_secs(3), "heard after {took:?}");
+}
+
+#[tokio::test]
+async fn an_early_answer_that_stalls_is_bounded_by_the_first_byte_timeout() {
+    // Half a head before the body, then nothing: the first-byte timer runs from there.
+    let addr = answers_before_the_body(b"HTTP/1.1 413 Pay").await;
+    let (r, took) = slow_post(addr, "first_byte_timeout = \"700ms\"").await;
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(took < Duration::from_secs(3), "answered after {took:?}");
 }
