@@ -190,46 +190,46 @@ mod tests {
     /// connections; with `one_each`, it closes each connection after its first answer (without
     /// saying so). `GET /hold` gets an answer whose body never ends.
     async fn origin(one_each: bool, delay: Duration) -> (Uri, Arc<AtomicUsize>) {
+        listen(move |mut s| async move {
+            let mut buf = vec![0u8; 4096];
+            let mut have = 0;
+            while let Ok(n @ 1..) = s.read(&mut buf[have..]).await {
+                have += n;
+                while let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
+                    let hold = buf.starts_with(b"GET /hold ");
+                    buf.copy_within(end + 4..have, 0);
+                    have -= end + 4;
+                    tokio::time::sleep(delay).await;
+                    if hold {
+                        // A body that never ends: the connection stays busy.
+                        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nok";
+                        let _ = s.write_all(head).await;
+                        std::future::pending::<()>().await;
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if s.write_all(answer).await.is_err() || one_each {
+                        return;
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// A listener whose connections `serve` runs, counting them.
+    async fn listen<F, Fut>(serve: F) -> (Uri, Arc<AtomicUsize>)
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let conns = Arc::new(AtomicUsize::new(0));
         let counted = conns.clone();
         tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
+            while let Ok((s, _)) = listener.accept().await {
                 counted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let mut have = 0;
-                    loop {
-                        let Ok(n) = s.read(&mut buf[have..]).await else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        have += n;
-                        while let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n")
-                        {
-                            let hold = buf.starts_with(b"GET /hold ");
-                            buf.copy_within(end + 4..have, 0);
-                            have -= end + 4;
-                            tokio::time::sleep(delay).await;
-                            if hold {
-                                // A body that never ends: the connection stays busy.
-                                let head = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nok";
-                                let _ = s.write_all(head).await;
-                                std::future::pending::<()>().await;
-                            }
-                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                            if s.write_all(answer).await.is_err() {
-                                return;
-                            }
-                            if one_each {
-                                return;
-                            }
-                        }
-                    }
-                });
+                tokio::spawn(serve(s));
             }
         });
         (format!("http://{addr}").parse().unwrap(), conns)
@@ -238,32 +238,22 @@ mod tests {
     /// An origin that answers the `n`th request of each connection (from 0) with `answer(n)`,
     /// counting connections.
     async fn scripted(answer: fn(usize) -> &'static [u8]) -> (Uri, Arc<AtomicUsize>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let conns = Arc::new(AtomicUsize::new(0));
-        let counted = conns.clone();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                counted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let (mut have, mut n) = (0, 0);
-                    while let Ok(got @ 1..) = s.read(&mut buf[have..]).await {
-                        have += got;
-                        while let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n")
-                        {
-                            buf.copy_within(end + 4..have, 0);
-                            have -= end + 4;
-                            if s.write_all(answer(n)).await.is_err() {
-                                return;
-                            }
-                            n += 1;
-                        }
+        listen(move |mut s| async move {
+            let mut buf = vec![0u8; 4096];
+            let (mut have, mut n) = (0, 0);
+            while let Ok(got @ 1..) = s.read(&mut buf[have..]).await {
+                have += got;
+                while let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
+                    buf.copy_within(end + 4..have, 0);
+                    have -= end + 4;
+                    if s.write_all(answer(n)).await.is_err() {
+                        return;
                     }
-                });
+                    n += 1;
+                }
             }
-        });
-        (format!("http://{addr}").parse().unwrap(), conns)
+        })
+        .await
     }
 
     #[tokio::test]
