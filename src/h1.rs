@@ -27,7 +27,7 @@ use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Mutex, MutexGuard, Weak};
 use std::task::{ready, Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::request::Parts;
@@ -89,13 +89,49 @@ pub(crate) enum Failure {
 pub(crate) struct Conn {
     io: TcpStream,
     buf: BytesMut,
+    /// Longest an origin may take no bytes of a request (the site's `origin_read_timeout`):
+    /// one that stops reading an upload fails it then, instead of holding it for ever.
+    stall: Duration,
 }
 
 impl Conn {
-    pub(crate) fn new(io: TcpStream) -> Conn {
+    pub(crate) fn new(io: TcpStream, stall: Duration) -> Conn {
         Conn {
             io,
             buf: BytesMut::new(),
+            stall,
+        }
+    }
+
+    /// Writes `bytes` whole, failing when the origin takes none of them for `stall`. What the
+    /// socket takes at once (most requests) costs no timer.
+    async fn write(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            match self.io.try_write(bytes) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let stall = self.stall;
+        let mut left = bytes;
+        loop {
+            match tokio::time::timeout(stall, self.io.write(left)).await {
+                Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(Ok(n)) if n == left.len() => return Ok(()),
+                Ok(Ok(n)) => left = &left[n..],
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the origin took no bytes of the request for {stall:?}"),
+                    ))
+                }
+            }
         }
     }
 
@@ -205,13 +241,13 @@ pub(crate) async fn exchange(
     let written = match whole {
         Some(Some(b)) if b.len() <= WRITE_TOGETHER => {
             out.extend_from_slice(&b);
-            conn.io.write_all(&out).await
+            conn.write(&out).await
         }
-        Some(Some(b)) => match conn.io.write_all(&out).await {
-            Ok(()) => conn.io.write_all(&b).await,
+        Some(Some(b)) => match conn.write(&out).await {
+            Ok(()) => conn.write(&b).await,
             Err(e) => Err(e),
         },
-        Some(None) => conn.io.write_all(&out).await,
+        Some(None) => conn.write(&out).await,
         None => {
             match upload(&mut conn, out, body, sending).await {
                 Ok(()) => Ok(()),
@@ -224,6 +260,10 @@ pub(crate) async fn exchange(
                         Ok((head, framing, _)) => Ok(respond(head, framing, conn, false, home)),
                         Err((e, _)) => Err(Failure::Failed(e)),
                     };
+                }
+                // The origin took no bytes for its stall limit: it had its time.
+                Err(Upload::Write(e)) if e.kind() == io::ErrorKind::TimedOut => {
+                    return Err(Failure::Failed(e.into()));
                 }
                 Err(Upload::Write(e)) => {
                     // The origin may have answered before the whole body and closed (a 413):
@@ -394,7 +434,7 @@ async fn upload(
             Some(f) => f,
             None => {
                 if gathered {
-                    conn.io.write_all(&out).await.map_err(Upload::Write)?;
+                    conn.write(&out).await.map_err(Upload::Write)?;
                     out.clear();
                     gathered = false;
                 }
@@ -427,7 +467,7 @@ async fn upload(
         }
         gathered = true;
         if out.len() >= WRITE_TOGETHER {
-            conn.io.write_all(&out).await.map_err(Upload::Write)?;
+            conn.write(&out).await.map_err(Upload::Write)?;
             out.clear();
             gathered = false;
         }
@@ -441,7 +481,7 @@ async fn upload(
         out.extend_from_slice(b"0\r\n\r\n");
     }
     if !out.is_empty() {
-        conn.io.write_all(&out).await.map_err(Upload::Write)?;
+        conn.write(&out).await.map_err(Upload::Write)?;
     }
     Ok(())
 }

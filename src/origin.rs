@@ -168,7 +168,9 @@ impl Origins {
             .origins
             .iter()
             .map(|u| {
-                (u.scheme() == Some(&Scheme::HTTP)).then(|| Http1Pool::new(u.clone(), http.clone()))
+                let stall = site.origin_read_timeout;
+                (u.scheme() == Some(&Scheme::HTTP))
+                    .then(|| Http1Pool::new(u.clone(), http.clone(), stall))
             })
             .collect();
         let client = PerThread::new(move || pooled_client(connector.clone()));

@@ -59,17 +59,21 @@ pub(crate) struct Http1Pool {
     connector: HttpConnector,
     kept: PerThread<Arc<Idle>>,
     idle_timeout: Duration,
+    /// Longest the origin may take no bytes of a request.
+    stall: Duration,
 }
 
 impl Http1Pool {
-    /// For `target` (`http://host:port`), connecting with `connector`.
-    pub(crate) fn new(target: Uri, connector: HttpConnector) -> Http1Pool {
-        Http1Pool::with_idle_timeout(target, connector, IDLE_TIMEOUT)
+    /// For `target` (`http://host:port`), connecting with `connector`; a request fails when
+    /// the origin takes none of its bytes for `stall`.
+    pub(crate) fn new(target: Uri, connector: HttpConnector, stall: Duration) -> Http1Pool {
+        Http1Pool::with_idle_timeout(target, connector, stall, IDLE_TIMEOUT)
     }
 
     fn with_idle_timeout(
         target: Uri,
         connector: HttpConnector,
+        stall: Duration,
         idle_timeout: Duration,
     ) -> Http1Pool {
         let host = target
@@ -81,6 +85,7 @@ impl Http1Pool {
             connector,
             kept: PerThread::new(Arc::default),
             idle_timeout,
+            stall,
         }
     }
 
@@ -157,7 +162,7 @@ impl Http1Pool {
             .call(self.target.clone())
             .await
             .map_err(|e| PoolError::Connect(crate::origin::error_chain(&e)))?;
-        Ok(Conn::new(io.into_inner()))
+        Ok(Conn::new(io.into_inner(), self.stall))
     }
 
     /// Idle connections this thread keeps (tests).
@@ -324,7 +329,7 @@ mod tests {
     fn pool(target: Uri) -> Http1Pool {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
-        Http1Pool::new(target, http)
+        Http1Pool::new(target, http, Duration::from_secs(30))
     }
 
     #[tokio::test]
@@ -402,7 +407,12 @@ mod tests {
         let (target, conns) = origin(false, Duration::ZERO).await;
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
-        let pool = Http1Pool::with_idle_timeout(target, http, Duration::from_millis(100));
+        let pool = Http1Pool::with_idle_timeout(
+            target,
+            http,
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+        );
         assert_eq!(read(pool.send(get("/x")).await.unwrap()).await, b"ok");
         assert_eq!(pool.kept(), 1);
         // The sweep runs every 100 ms here; bounded wait.

@@ -275,3 +275,45 @@ async fn an_early_answer_that_stalls_is_bounded_by_the_first_byte_timeout() {
     assert_eq!(r.status, 504, "{}", r.text());
     assert!(took < Duration::from_secs(3), "answered after {took:?}");
 }
+
+#[tokio::test]
+async fn an_origin_that_stops_reading_an_upload_fails_it_after_its_read_timeout() {
+    // The origin reads the head and nothing more: once the sockets' buffers are full, the edge
+    // can write no more of the 64 MiB body. It gives up after origin_read_timeout.
+    let addr = raw_origin(|mut s| async move {
+        let mut buf = vec![0u8; 4096];
+        let mut have = 0;
+        while !buf[..have].windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf[have..]).await {
+                Ok(n @ 1..) => have += n,
+                _ => return,
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(20)).await;
+    })
+    .await;
+    let edge = Edge::start(
+        &site(
+            "demo",
+            "demo.test",
+            &format!("http://{addr}"),
+            "origin_read_timeout = \"1s\"",
+        ),
+        "",
+    )
+    .await;
+    let body = "x".repeat(64 << 20);
+    let start = Instant::now();
+    let r = tokio::time::timeout(
+        Duration::from_secs(15),
+        request_body("POST", edge.addr, "demo.test", "/up", &body),
+    )
+    .await
+    .expect("no answer within 15 s");
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "answered after {:?}",
+        start.elapsed()
+    );
+}
