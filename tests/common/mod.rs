@@ -354,6 +354,21 @@ where
     addr
 }
 
+/// Reads a request head off `s` (a byte at a time: nothing past it is taken); false if the
+/// connection ended first.
+pub async fn read_request_head(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// An origin that reads a request head and never answers; for each connection that got one,
 /// [`Hangups::next`] says how long after it the edge closed the connection (`None`: not within
 /// 5 s).
@@ -363,13 +378,9 @@ pub async fn hanging_origin() -> (SocketAddr, Hangups) {
     let addr = raw_origin(move |mut s| {
         let tx = tx.clone();
         async move {
-            let mut buf = Vec::new();
             let mut chunk = [0u8; 4096];
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
+            if !read_request_head(&mut s).await {
+                return;
             }
             let asked = std::time::Instant::now();
             let closed = tokio::time::timeout(Duration::from_secs(5), async {

@@ -217,15 +217,11 @@ async fn a_keep_alive_connection_rests_up_to_the_idle_timeout() {
 /// for 6 s, so that no reset loses the answer.
 async fn answers_before_the_body(answer: &'static [u8]) -> std::net::SocketAddr {
     raw_origin(move |mut s| async move {
-        let mut buf = vec![0u8; 65536];
-        let mut have = 0;
-        while !buf[..have].windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut buf[have..]).await {
-                Ok(n @ 1..) => have += n,
-                _ => return,
-            }
+        if !read_request_head(&mut s).await {
+            return;
         }
         let _ = s.write_all(answer).await;
+        let mut buf = vec![0u8; 65536];
         let _ = tokio::time::timeout(Duration::from_secs(6), async {
             while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
         })
@@ -281,15 +277,9 @@ async fn an_origin_that_stops_reading_an_upload_fails_it_after_its_read_timeout(
     // The origin reads the head and nothing more: once the sockets' buffers are full, the edge
     // can write no more of the 64 MiB body. It gives up after origin_read_timeout.
     let addr = raw_origin(|mut s| async move {
-        let mut buf = vec![0u8; 4096];
-        let mut have = 0;
-        while !buf[..have].windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut buf[have..]).await {
-                Ok(n @ 1..) => have += n,
-                _ => return,
-            }
+        if read_request_head(&mut s).await {
+            tokio::time::sleep(Duration::from_secs(20)).await;
         }
-        tokio::time::sleep(Duration::from_secs(20)).await;
     })
     .await;
     let edge = Edge::start(

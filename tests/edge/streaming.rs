@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
 use crate::common::*;
@@ -26,20 +26,6 @@ const FIRST: usize = 50_000;
 
 fn body() -> Vec<u8> {
     (0..LEN).map(|i| (i % 251) as u8).collect()
-}
-
-/// Reads a request head off `s` (a byte at a time: nothing past it is taken); false if the
-/// connection ended first.
-async fn read_head(s: &mut tokio::net::TcpStream) -> bool {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte).await {
-            Ok(1) => head.push(byte[0]),
-            _ => return false,
-        }
-    }
-    true
 }
 
 /// How the held origin ends the body of its first answer once the gate opens.
@@ -69,7 +55,7 @@ impl HeldOrigin {
             async move {
                 let body = body();
                 loop {
-                    if !read_head(&mut s).await {
+                    if !read_request_head(&mut s).await {
                         return;
                     }
                     let nth = requests.fetch_add(1, Ordering::SeqCst);
@@ -425,7 +411,7 @@ async fn fills_in_progress_hold_at_most_their_share_of_memory() {
         let (gate, big) = (g.clone(), b.clone());
         async move {
             loop {
-                if !read_head(&mut s).await {
+                if !read_request_head(&mut s).await {
                     return;
                 }
                 let resp_head = format!(
@@ -500,7 +486,7 @@ async fn a_fill_not_stored_reads_its_origin_no_faster_than_its_client() {
     let addr = raw_origin(move |mut s| {
         let sent = s2.clone();
         async move {
-            if !read_head(&mut s).await {
+            if !read_request_head(&mut s).await {
                 return;
             }
             let resp_head = "HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\n\
