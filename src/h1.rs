@@ -37,6 +37,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::http::body::{Body, BodyError};
+use crate::http::headers::decimal;
 
 /// Largest response head, 1xx heads before it included.
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
@@ -352,24 +353,12 @@ fn encode_head(parts: &Parts, sending: Sending, out: &mut Vec<u8>) {
         Sending::Nothing => {}
         Sending::Length(n) => {
             out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa(n, &mut [0; 20]));
+            out.extend_from_slice(decimal(n, &mut [0; 20]));
             out.extend_from_slice(b"\r\n");
         }
         Sending::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
-}
-
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
 }
 
 enum Upload {
@@ -1134,9 +1123,9 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "POST /up?x=1 HTTP/1.1\r\nhost: a.test\r\ncontent-length: 12\r\n\r\n"
         );
-        assert_eq!(itoa(0, &mut [0; 20]), b"0");
+        assert_eq!(decimal(0, &mut [0; 20]), b"0");
         assert_eq!(
-            itoa(u64::MAX, &mut [0; 20]),
+            decimal(u64::MAX, &mut [0; 20]),
             u64::MAX.to_string().as_bytes()
         );
     }

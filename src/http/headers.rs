@@ -229,18 +229,7 @@ impl Line {
         if v < 0 {
             self.push(b"-");
         }
-        let mut n = v.unsigned_abs();
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        self.push(&digits[i..]);
+        self.push(decimal(v.unsigned_abs(), &mut [0; 20]));
     }
 
     pub(crate) fn as_bytes(&self) -> &[u8] {
@@ -280,6 +269,19 @@ pub(crate) fn is_loop(headers: &HeaderMap, via: &HeaderValue) -> bool {
             .split(|&b| b == b',')
             .any(|hop| by(hop) == ours)
     })
+}
+
+/// `n` in decimal digits, written into the end of `buf`, without a formatter.
+pub(crate) fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
 }
 
 #[cfg(test)]
