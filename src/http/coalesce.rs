@@ -7,7 +7,10 @@
 //! [`CAP`] is copied into a buffer and a flush with bytes buffered returns at once; the
 //! connection's task ([`poll_flushing`]) writes the buffer out after each poll of the connection,
 //! so what one turn produced leaves in one write, and nothing waits for a later turn. A write
-//! that does not fit goes out at once, after what is buffered, in one vectored write.
+//! that does not fit goes out at once, after what is buffered, in one vectored write; over TLS
+//! only its whole records' worth, the tail waiting for the end of the turn like a small write
+//! (DATA frames are a 9-byte head and up to 16 KiB: unaligned, each made two records, one of
+//! 9 bytes; aligned, 100 KiB HTTP/2 hits over TLS went from 20,600–21,500 to 22,900–23,700/s).
 //!
 //! Bounded: at most [`CAP`] bytes wait per connection; past that a write waits for the socket,
 //! which is the backpressure HTTP has without this.
@@ -43,6 +46,8 @@ enum Mode {
 struct Inner<S> {
     io: S,
     mode: Mode,
+    /// The stream is TLS: a large write goes out in whole records of [`CAP`] bytes.
+    records: bool,
     buf: Vec<u8>,
     /// `buf[..start]` is written already.
     start: usize,
@@ -65,12 +70,19 @@ impl<S> Inner<S> {
     }
 
     fn append(&mut self, bufs: &[IoSlice<'_>]) {
+        self.append_from(bufs, 0);
+    }
+
+    /// Appends `bufs` but for their first `skip` bytes.
+    fn append_from(&mut self, bufs: &[IoSlice<'_>], mut skip: usize) {
         if self.start > 0 {
             self.buf.drain(..self.start);
             self.start = 0;
         }
         for b in bufs {
-            self.buf.extend_from_slice(b);
+            let from = skip.min(b.len());
+            skip -= from;
+            self.buf.extend_from_slice(&b[from..]);
         }
     }
 }
@@ -110,15 +122,17 @@ pub(crate) struct Drain<S> {
 }
 
 /// Wraps `io`; the [`Drain`] goes to [`poll_flushing`] with the connection that uses it.
-/// Gathers once the client's first bytes turn out to be the HTTP/2 preface.
-pub(crate) fn coalesce<S>(io: S) -> (Coalesce<S>, Drain<S>) {
-    with_mode(io, Mode::Sniffing(0))
+/// Gathers once the client's first bytes turn out to be the HTTP/2 preface; `tls` says the
+/// stream makes TLS records of what it is given.
+pub(crate) fn coalesce<S>(io: S, tls: bool) -> (Coalesce<S>, Drain<S>) {
+    with_mode(io, Mode::Sniffing(0), tls)
 }
 
-fn with_mode<S>(io: S, mode: Mode) -> (Coalesce<S>, Drain<S>) {
+fn with_mode<S>(io: S, mode: Mode, records: bool) -> (Coalesce<S>, Drain<S>) {
     let inner = Arc::new(Mutex::new(Inner {
         io,
         mode,
+        records,
         buf: Vec::new(),
         start: 0,
         unflushed: false,
@@ -192,24 +206,46 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
                 inner.append(bufs);
                 return Poll::Ready(Ok(total));
             }
-            // What is buffered, then these, in one write.
+            // What is buffered, then these, in one write; over TLS of whole records, the tail
+            // that would make a short record kept for the end of the turn (an HTTP/2 DATA
+            // frame is 9 bytes over a record, so every frame cost a 9-byte record besides).
+            let whole = if inner.records {
+                (held + total) / CAP * CAP
+            } else {
+                held + total
+            };
             let Inner { io, buf, start, .. } = &mut *inner;
             let mut iov = Vec::with_capacity(bufs.len() + 1);
             if held > 0 {
                 iov.push(IoSlice::new(&buf[*start..]));
             }
-            iov.extend(bufs.iter().map(|b| IoSlice::new(b)));
+            let mut room = whole - held;
+            for b in bufs {
+                if room == 0 {
+                    break;
+                }
+                let take = b.len().min(room);
+                iov.push(IoSlice::new(&b[..take]));
+                room -= take;
+            }
             let n = std::task::ready!(Pin::new(io).poll_write_vectored(cx, &iov))?;
             drop(iov);
             if n == 0 {
                 return Poll::Ready(Ok(0));
             }
-            if n > held {
-                inner.advance(held);
-                return Poll::Ready(Ok(n - held));
+            if n <= held {
+                inner.advance(n);
+                // Only buffered bytes went: try again, now with more room.
+                continue;
             }
-            inner.advance(n);
-            // Only buffered bytes went: try again, now with more room.
+            inner.advance(held);
+            let taken = n - held;
+            if n < whole {
+                return Poll::Ready(Ok(taken));
+            }
+            // All of it went: the tail (less than a record) waits in the buffer.
+            inner.append_from(bufs, taken);
+            return Poll::Ready(Ok(total));
         }
     }
 
@@ -278,10 +314,10 @@ mod tests {
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
-    /// A stream that counts the writes it is given.
+    /// A stream that notes the size of each write it is given.
     struct Counted<S> {
         io: S,
-        writes: Arc<std::sync::atomic::AtomicUsize>,
+        writes: Writes,
     }
 
     impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
@@ -300,9 +336,11 @@ mod tests {
             cx: &mut Context<'_>,
             data: &[u8],
         ) -> Poll<io::Result<usize>> {
-            self.writes
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Pin::new(&mut self.io).poll_write(cx, data)
+            let r = Pin::new(&mut self.io).poll_write(cx, data);
+            if let Poll::Ready(Ok(n)) = r {
+                self.writes.lock().unwrap().push(n);
+            }
+            r
         }
 
         fn poll_write_vectored(
@@ -311,10 +349,12 @@ mod tests {
             bufs: &[IoSlice<'_>],
         ) -> Poll<io::Result<usize>> {
             // One write of everything (a duplex stream has no vectored write of its own).
-            self.writes
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
-            Pin::new(&mut self.io).poll_write(cx, &all)
+            let r = Pin::new(&mut self.io).poll_write(cx, &all);
+            if let Poll::Ready(Ok(n)) = r {
+                self.writes.lock().unwrap().push(n);
+            }
+            r
         }
 
         fn is_write_vectored(&self) -> bool {
@@ -330,20 +370,30 @@ mod tests {
         }
     }
 
-    type Writes = Arc<std::sync::atomic::AtomicUsize>;
+    /// The sizes of the writes that reached the stream.
+    type Writes = Arc<Mutex<Vec<usize>>>;
+
+    fn count(writes: &Writes) -> usize {
+        writes.lock().unwrap().len()
+    }
     type Ours = Counted<DuplexStream>;
 
-    /// A connection whose client sent `first` (in pieces of `piece` bytes), read through it.
+    /// A connection whose client sent `first` (in pieces of `piece` bytes), read through it;
+    /// `tls` as for [`coalesce`].
     async fn counted_after(
         first: &[u8],
         piece: usize,
+        tls: bool,
     ) -> (Coalesce<Ours>, Drain<Ours>, DuplexStream, Writes) {
         let (ours, mut theirs) = tokio::io::duplex(1 << 20);
         let writes = Arc::default();
-        let (mut io, drain) = coalesce(Counted {
-            io: ours,
-            writes: Arc::clone(&writes),
-        });
+        let (mut io, drain) = coalesce(
+            Counted {
+                io: ours,
+                writes: Arc::clone(&writes),
+            },
+            tls,
+        );
         for part in first.chunks(piece) {
             theirs.write_all(part).await.unwrap();
             let mut got = vec![0u8; part.len()];
@@ -352,9 +402,9 @@ mod tests {
         (io, drain, theirs, writes)
     }
 
-    /// An HTTP/2 connection.
-    async fn counted() -> (Coalesce<Ours>, Drain<Ours>, DuplexStream, Writes) {
-        counted_after(PREFACE, PREFACE.len()).await
+    /// An HTTP/2 connection (over TLS if `tls`).
+    async fn counted(tls: bool) -> (Coalesce<Ours>, Drain<Ours>, DuplexStream, Writes) {
+        counted_after(PREFACE, PREFACE.len(), tls).await
     }
 
     /// Ten writes, each flushed, in one poll; how many writes reached the stream before the
@@ -380,18 +430,18 @@ mod tests {
         }));
         let mut cx = Context::from_waker(std::task::Waker::noop());
         assert!(conn.as_mut().poll(&mut cx).is_ready());
-        let before = writes.load(std::sync::atomic::Ordering::SeqCst);
+        let before = count(writes);
         std::future::poll_fn(|cx| drain.poll_drain(cx))
             .await
             .unwrap();
-        (before, writes.load(std::sync::atomic::Ordering::SeqCst))
+        (before, count(writes))
     }
 
     /// Ten small writes, each flushed, within one poll of the connection (HTTP/2 answering ten
     /// requests read at once) reach the stream as one write, after that poll, in order.
     #[tokio::test]
     async fn writes_of_one_poll_leave_in_one_write_and_in_order() {
-        let (mut io, drain, mut theirs, writes) = counted().await;
+        let (mut io, drain, mut theirs, writes) = counted(true).await;
         assert_eq!(
             ten_writes_in_one_poll(&mut io, &drain, &writes).await,
             (0, 1)
@@ -405,18 +455,67 @@ mod tests {
     /// A write that does not fit goes out at once, behind what was buffered, in one write.
     #[tokio::test]
     async fn a_large_write_goes_at_once_behind_the_buffered_bytes() {
-        let (mut io, _drain, mut theirs, writes) = counted().await;
+        let (mut io, _drain, mut theirs, writes) = counted(false).await;
         io.write_all(b"head").await.unwrap();
-        assert_eq!(writes.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert_eq!(count(&writes), 0);
         let big = vec![7u8; CAP + 1];
         let n = std::future::poll_fn(|cx| Pin::new(&mut io).poll_write(cx, &big)).await;
         assert_eq!(n.unwrap(), CAP + 1);
-        assert_eq!(writes.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(*writes.lock().unwrap(), [CAP + 5]);
         let mut got = vec![0u8; 5 + CAP];
         let read = tokio::time::timeout(Duration::from_secs(5), theirs.read_exact(&mut got));
         read.await.expect("written at once").unwrap();
         assert_eq!(&got[..4], b"head");
         assert!(got[4..].iter().all(|b| *b == 7));
+    }
+
+    /// Over TLS, HTTP/2 DATA frames (a 9-byte head and [`CAP`] bytes of payload, as h2 writes
+    /// them) go out in whole records: each write but the turn's last is a multiple of a
+    /// record, and the bytes arrive whole and in order. Unaligned, every frame made a full
+    /// record and a 9-byte one.
+    #[tokio::test]
+    async fn over_tls_large_writes_go_in_whole_records() {
+        let (mut io, drain, mut theirs, writes) = counted(true).await;
+        io.write_all(b"response head").await.unwrap();
+        let mut sent = b"response head".to_vec();
+        for i in 0..7u8 {
+            let head = [i; 9];
+            let payload = vec![i.wrapping_mul(31); CAP];
+            let mut bufs = vec![IoSlice::new(&head), IoSlice::new(&payload)];
+            let mut bufs = &mut bufs[..];
+            while !bufs.is_empty() {
+                let n = std::future::poll_fn(|cx| Pin::new(&mut io).poll_write_vectored(cx, bufs))
+                    .await
+                    .unwrap();
+                IoSlice::advance_slices(&mut bufs, n);
+            }
+            sent.extend_from_slice(&head);
+            sent.extend_from_slice(&payload);
+        }
+        std::future::poll_fn(|cx| drain.poll_drain(cx))
+            .await
+            .unwrap();
+        let sizes = writes.lock().unwrap().clone();
+        let (last, before) = sizes.split_last().unwrap();
+        assert!(before.iter().all(|n| n % CAP == 0), "{sizes:?}");
+        assert_eq!(
+            *last,
+            13 + 7 * 9,
+            "the tails, written by the drain: {sizes:?}"
+        );
+        let mut got = vec![0u8; sent.len()];
+        theirs.read_exact(&mut got).await.unwrap();
+        assert!(got == sent);
+    }
+
+    /// Cleartext has no records: a large write goes out whole, with nothing kept back.
+    #[tokio::test]
+    async fn in_cleartext_a_large_write_goes_out_whole() {
+        let (mut io, _drain, _theirs, writes) = counted(false).await;
+        let payload = vec![1u8; CAP + 9];
+        let n = std::future::poll_fn(|cx| Pin::new(&mut io).poll_write(cx, &payload)).await;
+        assert_eq!(n.unwrap(), CAP + 9);
+        assert_eq!(*writes.lock().unwrap(), [CAP + 9]);
     }
 
     /// A stream whose first flush is not done at once (TLS records the socket had no room
@@ -460,6 +559,7 @@ mod tests {
                 flushes: 0,
             },
             Mode::Gather,
+            true,
         );
         let mut cx = Context::from_waker(std::task::Waker::noop());
         assert!(matches!(
@@ -478,7 +578,7 @@ mod tests {
     #[tokio::test]
     async fn a_shutdown_writes_what_is_buffered() {
         let (ours, mut theirs) = tokio::io::duplex(1 << 20);
-        let (mut io, _drain) = with_mode(ours, Mode::Gather);
+        let (mut io, _drain) = with_mode(ours, Mode::Gather, true);
         io.write_all(b"last words").await.unwrap();
         io.flush().await.unwrap();
         io.shutdown().await.unwrap();
@@ -490,7 +590,7 @@ mod tests {
     /// A client whose preface comes in pieces is an HTTP/2 client all the same.
     #[tokio::test]
     async fn a_preface_read_in_pieces_turns_gathering_on() {
-        let (mut io, drain, _theirs, writes) = counted_after(PREFACE, 5).await;
+        let (mut io, drain, _theirs, writes) = counted_after(PREFACE, 5, true).await;
         assert_eq!(
             ten_writes_in_one_poll(&mut io, &drain, &writes).await,
             (0, 1)
@@ -501,13 +601,13 @@ mod tests {
     #[tokio::test]
     async fn an_http1_connection_writes_straight_through() {
         let request = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
-        let (mut io, drain, _theirs, writes) = counted_after(request, request.len()).await;
+        let (mut io, drain, _theirs, writes) = counted_after(request, request.len(), true).await;
         assert_eq!(
             ten_writes_in_one_poll(&mut io, &drain, &writes).await,
             (10, 10)
         );
         // A client that starts like the preface and then differs is not HTTP/2.
-        let (mut io, drain, _theirs, writes) = counted_after(b"PRI * HTTP/1.1\r\n", 3).await;
+        let (mut io, drain, _theirs, writes) = counted_after(b"PRI * HTTP/1.1\r\n", 3, true).await;
         assert_eq!(
             ten_writes_in_one_poll(&mut io, &drain, &writes).await,
             (10, 10)

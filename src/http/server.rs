@@ -571,7 +571,7 @@ where
         }
     });
     // What one poll of the connection writes leaves in one write (HTTP/2 flushes per frame).
-    let (io, drain) = super::coalesce::coalesce(io);
+    let (io, drain) = super::coalesce::coalesce(io, secure);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut ended = None;
