@@ -481,7 +481,7 @@ mod tests {
         for i in 0..7u8 {
             let head = [i; 9];
             let payload = vec![i.wrapping_mul(31); CAP];
-            let mut bufs = vec![IoSlice::new(&head), IoSlice::new(&payload)];
+            let mut bufs = [IoSlice::new(&head), IoSlice::new(&payload)];
             let mut bufs = &mut bufs[..];
             while !bufs.is_empty() {
                 let n = std::future::poll_fn(|cx| Pin::new(&mut io).poll_write_vectored(cx, bufs))
