@@ -944,7 +944,7 @@ async fn the_demo_moves_every_port_by_the_offset_and_names_a_busy_one() {
 #[test]
 fn a_second_ctrl_c_stops_the_demo_at_once() {
     let mut child = meridian()
-        .args(["demo", "--port-offset", "24000"])
+        .args(["demo", "--port-offset", "13000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -979,7 +979,7 @@ fn a_second_ctrl_c_stops_the_demo_at_once() {
 #[test]
 fn the_demo_survives_its_output_being_closed() {
     let mut child = meridian()
-        .args(["demo", "--port-offset", "25000"])
+        .args(["demo", "--port-offset", "14000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -242,11 +242,12 @@ fn the_status_page_shows_every_member_of_the_demo_cluster_without_console_errors
         );
         return;
     };
-    let demo = demo(26000);
-    let page = "http://127.0.0.10:35090/";
+    // Every port below the ephemeral range (32768 up), where other sockets are given theirs.
+    let demo = demo(15000);
+    let page = "http://127.0.0.10:24090/";
     // Some traffic, so that the edges have requests/s to report.
     for edge in ["127.0.0.11", "127.0.0.12", "127.0.0.13"] {
-        let mut s = std::net::TcpStream::connect((edge, 34080)).unwrap();
+        let mut s = std::net::TcpStream::connect((edge, 23080)).unwrap();
         s.write_all(b"GET / HTTP/1.1\r\nHost: demo.meridian.test\r\nConnection: close\r\n\r\n")
             .unwrap();
         let mut answer = String::new();
