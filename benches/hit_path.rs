@@ -3,6 +3,10 @@
 //! - `hit_path/lookup/SIZE`: key, store lookup, reuse decision and response headers, in process.
 //! - `hit_path/loopback/SIZE`: one whole HTTP/1.1 request over a kept-alive loopback connection to
 //!   a running edge, answered from cache (client and server on this machine).
+//! - `hit_path/tls_h2_frames/{whole_records,unaligned}/SIZE`: a response's HTTP/2 DATA frames
+//!   written as the edge writes them over TLS (the coalescing layer over rustls, in memory),
+//!   encrypted and read back by a rustls client: whole records as the edge does, and each frame
+//!   as it comes (a full record and a 9-byte one), as before.
 //!
 //! Run: `cargo bench --bench hit_path`.
 
@@ -95,5 +99,65 @@ fn loopback(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, lookup, loopback);
+/// A TLS connection in memory: the server's stream and the client's.
+async fn tls_pair() -> (
+    tokio_rustls::server::TlsStream<tokio::io::DuplexStream>,
+    tokio_rustls::client::TlsStream<tokio::io::DuplexStream>,
+) {
+    use std::sync::Arc;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["bench.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let der = rustls::pki_types::CertificateDer::from(cert.der().to_vec());
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![der.clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let (a, b) = tokio::io::duplex(4 << 20);
+    let accept = tokio_rustls::TlsAcceptor::from(Arc::new(server)).accept(a);
+    let name = rustls::pki_types::ServerName::try_from("bench.test").unwrap();
+    let connect = tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, b);
+    let (s, c) = tokio::join!(accept, connect);
+    (s.unwrap(), c.unwrap())
+}
+
+fn tls_h2_frames(c: &mut Criterion) {
+    use tokio::io::AsyncReadExt;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut g = c.benchmark_group("hit_path/tls_h2_frames");
+    let size = 100 * 1024;
+    let body = vec![b'x'; size];
+    for (name, whole) in [("whole_records", true), ("unaligned", false)] {
+        let (server, mut client) = rt.block_on(tls_pair());
+        let mut frames = meridian::bench::H2Frames::new(server, whole);
+        let wire = size + size.div_ceil(16 * 1024) * 9;
+        let mut got = vec![0u8; wire];
+        let mut one = || {
+            let (sent, read) = rt.block_on(async {
+                tokio::join!(frames.response(&body), client.read_exact(&mut got))
+            });
+            assert_eq!((sent.unwrap(), read.unwrap()), (wire, wire));
+        };
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(BenchmarkId::new(name, size), |b| b.iter(&mut one));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, lookup, loopback, tls_h2_frames);
 criterion_main!(benches);

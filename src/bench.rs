@@ -479,3 +479,45 @@ async fn admin_get(admin: std::net::SocketAddr, path: &str) -> Option<String> {
     let bytes = body.collect().await.ok()?.to_bytes();
     Some(String::from_utf8_lossy(&bytes).into_owned())
 }
+
+/// A stream wrapped as the edge wraps an HTTP/2 connection's (`http::coalesce`, gathering), and
+/// written to as the `h2` crate writes a response's DATA frames: one vectored write of a
+/// 9-byte frame head and up to 16 KiB of payload per frame, then the end of the turn.
+pub struct H2Frames<S> {
+    io: crate::http::coalesce::Coalesce<S>,
+    drain: crate::http::coalesce::Drain<S>,
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> H2Frames<S> {
+    /// `tls`: the stream makes TLS records of what it is given (whole records are written).
+    pub fn new(io: S, tls: bool) -> H2Frames<S> {
+        let (io, drain) = crate::http::coalesce::gathering(io, tls);
+        H2Frames { io, drain }
+    }
+
+    /// Writes `body` as DATA frames and drains; the bytes written.
+    pub async fn response(&mut self, body: &[u8]) -> std::io::Result<usize> {
+        use std::io::IoSlice;
+        use std::pin::Pin;
+        let mut sent = 0;
+        for payload in body.chunks(16 * 1024) {
+            let len = payload.len().to_be_bytes();
+            let head = [len[5], len[6], len[7], 0, 0, 0, 0, 0, 1];
+            let mut bufs = [IoSlice::new(&head), IoSlice::new(payload)];
+            let mut bufs = &mut bufs[..];
+            while !bufs.is_empty() {
+                let n = std::future::poll_fn(|cx| {
+                    tokio::io::AsyncWrite::poll_write_vectored(Pin::new(&mut self.io), cx, bufs)
+                })
+                .await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                sent += n;
+                IoSlice::advance_slices(&mut bufs, n);
+            }
+        }
+        std::future::poll_fn(|cx| self.drain.poll_drain(cx)).await?;
+        Ok(sent)
+    }
+}

@@ -128,6 +128,11 @@ pub(crate) fn coalesce<S>(io: S, tls: bool) -> (Coalesce<S>, Drain<S>) {
     with_mode(io, Mode::Sniffing(0), tls)
 }
 
+/// Gathering from the start, as for a connection whose preface has been read (benches).
+pub(crate) fn gathering<S>(io: S, tls: bool) -> (Coalesce<S>, Drain<S>) {
+    with_mode(io, Mode::Gather, tls)
+}
+
 fn with_mode<S>(io: S, mode: Mode, records: bool) -> (Coalesce<S>, Drain<S>) {
     let inner = Arc::new(Mutex::new(Inner {
         io,
