@@ -8,6 +8,7 @@ mod admin;
 mod bounds;
 mod collapse;
 mod freshness;
+mod h2_abuse;
 mod h3;
 mod hardening;
 mod limits;

@@ -1,0 +1,210 @@
+//! HTTP/2 as an attacker speaks it, in raw frames over cleartext (prior knowledge): streams
+//! opened and reset in bulk (CVE-2023-44487), a header block that never ends (CONTINUATION
+//! flood), and a flood of pings and settings from a client that never reads. Each ends that
+//! connection, costs the origin nothing, and leaves the edge serving everyone else.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::*;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+/// RFC 9113 §7.
+const CANCEL: u32 = 0x8;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len().to_be_bytes();
+    let mut f = vec![len[5], len[6], len[7], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An HPACK literal field without indexing, its name from the static table.
+fn literal(name_index: u8, value: &[u8]) -> Vec<u8> {
+    assert!(name_index < 16 && value.len() < 127);
+    let mut out = vec![name_index, value.len() as u8];
+    out.extend_from_slice(value);
+    out
+}
+
+/// The header block of `GET path` for demo.test.
+fn get(path: &str) -> Vec<u8> {
+    // :method GET, :scheme http (static table 2 and 6), :path (4), :authority (1).
+    let mut block = vec![0x82, 0x86];
+    block.extend(literal(4, path.as_bytes()));
+    block.extend(literal(1, b"demo.test"));
+    block
+}
+
+/// A connection that has sent the preface and empty settings.
+async fn open(edge: &Edge) -> TcpStream {
+    let mut s = TcpStream::connect(edge.addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    s.write_all(&hello).await.unwrap();
+    s
+}
+
+/// How the edge ended a connection: the GOAWAY's error code if it sent one, and whether it
+/// closed the connection.
+#[derive(Debug, Default)]
+struct End {
+    goaway: Option<u32>,
+    closed: bool,
+    /// HEADERS frames the edge sent (answers).
+    answers: usize,
+}
+
+/// Reads the edge's frames until it closes the connection or `limit` passes.
+async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> End {
+    let deadline = Instant::now() + limit;
+    let mut end = End::default();
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        while buf.len() >= 9 {
+            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            match buf[3] {
+                GOAWAY if len >= 8 => {
+                    end.goaway = Some(u32::from_be_bytes(buf[13..17].try_into().unwrap()))
+                }
+                HEADERS => end.answers += 1,
+                _ => {}
+            }
+            buf.drain(..9 + len);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                end.closed = true;
+                return end;
+            }
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => return end,
+        }
+    }
+}
+
+/// Another client, after the attack, is served as usual.
+async fn still_serves(edge: &Edge) {
+    let r = edge.get("/ok").await;
+    assert_eq!((r.status.as_u16(), r.text()), (200, "fine".to_string()));
+}
+
+async fn edge_and_origin() -> (Origin, Edge) {
+    let o = Origin::start().await;
+    o.always("/ok", Reply::ok("fine"));
+    let edge = Edge::for_origin(&o).await;
+    (o, edge)
+}
+
+/// Rapid reset: a thousand streams, each reset as soon as it is opened, on distinct paths (so
+/// nothing collapses). The edge answers with GOAWAY `ENHANCE_YOUR_CALM` and closes, and the
+/// origin is asked for at most a few of them.
+#[tokio::test]
+async fn streams_opened_and_reset_in_bulk_end_the_connection() {
+    let (o, edge) = edge_and_origin().await;
+    let mut s = open(&edge).await;
+    let mut attack = Vec::new();
+    for i in 0..1000u32 {
+        let id = 2 * i + 1;
+        attack.extend(frame(
+            HEADERS,
+            END_STREAM | END_HEADERS,
+            id,
+            &get(&format!("/r/{i}")),
+        ));
+        attack.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+    }
+    // The edge may close while this is still being written.
+    let _ = s.write_all(&attack).await;
+    let end = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(end.closed, "the connection stayed open: {end:?}");
+    assert_eq!(end.goaway, Some(ENHANCE_YOUR_CALM), "{end:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(o.total() < 100, "the origin was asked {} times", o.total());
+    still_serves(&edge).await;
+}
+
+/// CONTINUATION flood: a header block that never ends, one small frame after another, far
+/// past the edge's header limit. The edge ends the connection without reading it all.
+#[tokio::test]
+async fn a_header_block_that_never_ends_ends_the_connection() {
+    let (o, edge) = edge_and_origin().await;
+    let mut s = open(&edge).await;
+    s.write_all(&frame(HEADERS, END_STREAM, 1, &get("/flood")))
+        .await
+        .unwrap();
+    // A literal field with a new name: 0x00, name length, name, value length, value.
+    let mut field = vec![0x00, 3];
+    field.extend_from_slice(b"x-a");
+    field.push(100);
+    field.extend_from_slice(&[b'a'; 100]);
+    let one = frame(CONTINUATION, 0, 1, &field);
+    let batch: Vec<u8> = one.repeat(1000);
+    // Up to 16 MiB, 250 times the edge's limit on a head; it should stop reading long before
+    // (with no limit on the header list, h2 read about 38 MiB of this before giving up).
+    let mut sent = 0usize;
+    let start = Instant::now();
+    while sent < 16 << 20 && start.elapsed() < Duration::from_secs(10) {
+        match tokio::time::timeout(Duration::from_secs(2), s.write_all(&batch)).await {
+            Ok(Ok(())) => sent += batch.len(),
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    assert!(sent < 16 << 20, "the edge read 16 MiB of one header block");
+    let end = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(end.closed, "the connection stayed open: {end:?}");
+    assert_eq!(end.answers, 0, "{end:?}");
+    assert_eq!(o.count("/flood"), 0);
+    still_serves(&edge).await;
+}
+
+/// A client that sends pings and settings without end and never reads: the edge's answers
+/// (PING acks, SETTINGS acks) pile up nowhere; it stops reading that connection (TCP pushes
+/// back) instead of queueing them, and serves the rest.
+#[tokio::test]
+async fn pings_and_settings_from_a_client_that_never_reads_are_not_queued() {
+    let (_o, edge) = edge_and_origin().await;
+    let mut s = open(&edge).await;
+    let mut batch = Vec::new();
+    for i in 0..1000u64 {
+        batch.extend(frame(PING, 0, 0, &i.to_be_bytes()));
+        batch.extend(frame(SETTINGS, 0, 0, &[]));
+    }
+    // 64 MiB of them at most: with nothing read on our side, the edge's writes fill the
+    // socket buffers, and then it must stop taking more, or end the connection.
+    let mut sent = 0usize;
+    let start = Instant::now();
+    while sent < 64 << 20 && start.elapsed() < Duration::from_secs(10) {
+        match tokio::time::timeout(Duration::from_secs(2), s.write_all(&batch)).await {
+            Ok(Ok(())) => sent += batch.len(),
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    assert!(sent < 64 << 20, "the edge took 64 MiB of pings unanswered");
+    still_serves(&edge).await;
+    // Empty DATA frames on a stream that does not exist are a connection error, not work.
+    let mut s = open(&edge).await;
+    let _ = s.write_all(&frame(DATA, 0, 1, &[])).await;
+    let end = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(end.closed, "{end:?}");
+    assert!(end.goaway.is_some(), "{end:?}");
+}
