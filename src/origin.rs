@@ -47,6 +47,13 @@ pub(crate) enum OriginError {
     /// The client's upload stalled past its idle timeout.
     #[error("the client sent no request body bytes within {timeout:?}")]
     ClientTimeout { timeout: Duration },
+    /// The site had `max_origin_requests` requests at its origins for all of `waited`.
+    #[error("{limit} requests already at origin {origin} (max_origin_requests), none ended within {waited:?}")]
+    Busy {
+        origin: String,
+        limit: usize,
+        waited: Duration,
+    },
 }
 
 impl OriginError {
@@ -58,6 +65,7 @@ impl OriginError {
             OriginError::Protocol { .. } => "protocol",
             OriginError::Body { .. } => "body",
             OriginError::ClientBody { .. } | OriginError::ClientTimeout { .. } => "client",
+            OriginError::Busy { .. } => "busy",
         }
     }
 
@@ -109,6 +117,14 @@ pub(crate) struct Origins {
     first_byte_timeout: Duration,
     read_timeout: Duration,
     host_header: Option<HeaderValue>,
+    /// The site's origin request slots (`max_origin_requests`): one is held from before a
+    /// request is sent until its response body is done with, so that no client (an HTTP/2
+    /// connection opens 256 streams, and a client that never reads holds each one) can make
+    /// the edge hold more origin connections than this.
+    slots: Arc<tokio::sync::Semaphore>,
+    max_requests: usize,
+    /// How long a request waits for a slot: the site's `connect_timeout`.
+    slot_wait: Duration,
 }
 
 /// Reads a PEM bundle of CA certificates; the error names the file.
@@ -188,6 +204,9 @@ impl Origins {
             first_byte_timeout: site.first_byte_timeout,
             read_timeout: site.origin_read_timeout,
             host_header,
+            slots: Arc::new(tokio::sync::Semaphore::new(site.max_origin_requests)),
+            max_requests: site.max_origin_requests,
+            slot_wait: site.connect_timeout,
         })
     }
 
@@ -215,6 +234,11 @@ impl Origins {
         &self,
         req: Request<Body>,
     ) -> Result<(Response<OriginBody>, &str), OriginError> {
+        let slot = match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => self.slot().await?,
+        };
+
         let replayable = http_body::Body::is_end_stream(req.body());
         let idempotent = req.method().is_idempotent();
         let (mut parts, body) = req.into_parts();
@@ -278,7 +302,7 @@ impl Origins {
             let exchange = async {
                 match plain {
                     Some(pool) => match pool.send(req).await {
-                        Ok(resp) => Ok(resp.map(OriginBody::Plain)),
+                        Ok(resp) => Ok(resp.map(OriginBody::plain)),
                         Err(PoolError::Connect(reason)) => Err(Failed::Connect(reason)),
                         Err(PoolError::Send(e)) => {
                             Err(Failed::Other(OriginError::from_client_error(label, &e)))
@@ -288,7 +312,7 @@ impl Origins {
                         }
                     },
                     None => match self.client.get().request(req).await {
-                        Ok(resp) => Ok(resp.map(OriginBody::Hyper)),
+                        Ok(resp) => Ok(resp.map(OriginBody::hyper)),
                         Err(e) if e.is_connect() => Err(Failed::Connect(error_chain(&e))),
                         Err(e) => Err(Failed::Other(OriginError::from_client_error(label, &e))),
                     },
@@ -299,7 +323,7 @@ impl Origins {
                 () = first_byte => Err(()),
             };
             match sent {
-                Ok(Ok(resp)) => return Ok((resp, label)),
+                Ok(Ok(resp)) => return Ok((resp.map(|b| b.holding(slot)), label)),
                 Ok(Err(Failed::Connect(reason))) => {
                     tracing::warn!(origin = %label, error = %reason, "origin connect failed");
                     last_error = Some(OriginError::Connect {
@@ -325,6 +349,20 @@ impl Origins {
             origin: self.labels.join(", "),
             reason: "no origin could be tried".into(),
         }))
+    }
+
+    /// One of the site's origin request slots once they were all taken: the first to free up
+    /// within `slot_wait`.
+    async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, OriginError> {
+        match tokio::time::timeout(self.slot_wait, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(slot)) => Ok(slot),
+            // Never closed; a timeout is the site being at its limit.
+            Ok(Err(_)) | Err(_) => Err(OriginError::Busy {
+                origin: self.labels.join(", "),
+                limit: self.max_requests,
+                waited: self.slot_wait,
+            }),
+        }
     }
 }
 

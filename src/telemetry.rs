@@ -118,7 +118,7 @@ fn describe() {
     describe_counter!("meridian_origin_fetches_total", "Requests sent to origins");
     describe_counter!(
         "meridian_origin_errors_total",
-        "Origin requests that failed, by kind (connect, timeout, ...)"
+        "Origin requests that failed, by kind (connect, timeout, protocol, body; busy: the site's max_origin_requests were all taken)"
     );
     describe_histogram!(
         "meridian_origin_fetch_duration_seconds",
@@ -406,7 +406,7 @@ pub(crate) struct EdgeMetrics {
     /// By cache outcome and protocol, made at first use.
     request_seconds: Vec<OnceLock<Histogram>>,
     pub(crate) origin_fetches: Counter,
-    origin_errors: [Counter; 4],
+    origin_errors: [Counter; 5],
     pub(crate) origin_seconds: Histogram,
     pub(crate) bytes_in: Counter,
     pub(crate) bytes_out: Counter,
@@ -448,7 +448,7 @@ impl EdgeMetrics {
                 .map(|_| OnceLock::new())
                 .collect(),
             origin_fetches: metrics::counter!("meridian_origin_fetches_total", vec![n()]),
-            origin_errors: ["connect", "timeout", "protocol", "body"].map(|kind| {
+            origin_errors: ["connect", "timeout", "protocol", "body", "busy"].map(|kind| {
                 metrics::counter!("meridian_origin_errors_total", "node" => node.to_string(), "kind" => kind)
             }),
             origin_seconds: metrics::histogram!("meridian_origin_fetch_duration_seconds", vec![n()]),
@@ -514,6 +514,7 @@ impl EdgeMetrics {
             "connect" => 0,
             "timeout" => 1,
             "protocol" => 2,
+            "busy" => 4,
             _ => 3,
         };
         self.origin_errors[i].increment(1);

@@ -35,7 +35,7 @@ pub use node::{
     QuicConfig, RateLimitConfig,
 };
 use origins::*;
-pub use origins::{QueryKey, SiteCertificate, SiteConfig};
+pub use origins::{QueryKey, SiteCertificate, SiteConfig, DEFAULT_MAX_ORIGIN_REQUESTS};
 
 /// One problem found in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -696,6 +696,35 @@ mod tests {
             "{problems:#?}"
         );
         assert!(problems.iter().all(|p| p.file == Path::new("origins.toml")));
+    }
+
+    #[test]
+    fn max_origin_requests_is_between_one_and_a_million() {
+        let site = |extra: &str| {
+            format!("[[site]]\nname = \"a\"\nhosts = [\"a\"]\norigins = [\"http://a\"]\n{extra}\n")
+        };
+        let (sites, problems) = map(&site(""));
+        assert!(problems.is_empty(), "{problems:#?}");
+        assert_eq!(sites[0].max_origin_requests, DEFAULT_MAX_ORIGIN_REQUESTS);
+        let (sites, _) = map(&site("max_origin_requests = 64"));
+        assert_eq!(sites[0].max_origin_requests, 64);
+        for bad in ["0", "1000001"] {
+            let (_, problems) = map(&site(&format!("max_origin_requests = {bad}")));
+            let got: Vec<_> = problems
+                .iter()
+                .map(|p| (p.key.as_str(), p.reason.as_str()))
+                .collect();
+            assert_eq!(
+                got,
+                [(
+                    "site[0].max_origin_requests",
+                    format!("{bad} is not between 1 and 1000000").as_str()
+                )]
+            );
+        }
+        let (_, problems) = map(&site("max_origin_requests = -1"));
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(problems[0].file == Path::new("origins.toml"));
     }
 
     #[test]

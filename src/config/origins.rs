@@ -18,6 +18,7 @@ pub(super) struct RawSite {
     connect_timeout: Option<String>,
     first_byte_timeout: Option<String>,
     origin_read_timeout: Option<String>,
+    max_origin_requests: Option<usize>,
     default_ttl: Option<String>,
     #[serde(default)]
     heuristic_freshness: bool,
@@ -70,6 +71,10 @@ pub struct SiteConfig {
     pub first_byte_timeout: Duration,
     /// Longest wait between two reads of a response body.
     pub origin_read_timeout: Duration,
+    /// Requests this site may have at its origins at once (each holds an origin connection
+    /// until its response body is read whole); more wait up to `connect_timeout` for one to
+    /// end, then get 503.
+    pub max_origin_requests: usize,
     /// Freshness for responses that carry no freshness information (none by default).
     pub default_ttl: Option<Duration>,
     /// Use the 10% Last-Modified heuristic (RFC 9111 §4.2.2).
@@ -113,6 +118,13 @@ pub struct SiteCertificate {
 pub(super) fn default_connect_timeout() -> Duration {
     Duration::from_secs(3)
 }
+/// Requests a site may have at its origins at once unless it says otherwise (Envoy's default
+/// for a cluster's requests, too).
+pub const DEFAULT_MAX_ORIGIN_REQUESTS: usize = 1024;
+
+/// The most `max_origin_requests` may say.
+const MAX_ORIGIN_REQUESTS: usize = 1_000_000;
+
 pub(super) fn default_first_byte_timeout() -> Duration {
     Duration::from_secs(30)
 }
@@ -278,6 +290,13 @@ pub(super) fn parse_origin_map(
                 "needs shield = \"region\" (the region tier asks the shield region's owners)",
             );
         }
+        let max_origin_requests = s.max_origin_requests.unwrap_or(DEFAULT_MAX_ORIGIN_REQUESTS);
+        if !(1..=MAX_ORIGIN_REQUESTS).contains(&max_origin_requests) {
+            r.add(
+                k("max_origin_requests"),
+                format!("{max_origin_requests} is not between 1 and {MAX_ORIGIN_REQUESTS}"),
+            );
+        }
         sites.push(SiteConfig {
             name: s.name.clone(),
             hosts,
@@ -298,6 +317,7 @@ pub(super) fn parse_origin_map(
                 &s.origin_read_timeout,
                 default_origin_read_timeout(),
             ),
+            max_origin_requests: max_origin_requests.clamp(1, MAX_ORIGIN_REQUESTS),
             default_ttl,
             heuristic_freshness: s.heuristic_freshness,
             strip_set_cookie: s.strip_set_cookie,

@@ -82,11 +82,40 @@ pub(crate) enum RequestBody {
 }
 
 /// An origin's response body: from hyper's client (HTTPS origins, peers) or from a connection
-/// of the edge's own (plain-HTTP origins, `h1`).
+/// of the edge's own (plain-HTTP origins, `h1`), holding its site's origin request slot (see
+/// `origin::Origins`) until it ends, fails or is dropped.
 #[derive(Debug)]
-pub(crate) enum OriginBody {
+pub(crate) struct OriginBody {
+    from: FromOrigin,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+#[derive(Debug)]
+enum FromOrigin {
     Hyper(Incoming),
     Plain(crate::h1::ResponseBody),
+}
+
+impl OriginBody {
+    pub(crate) fn hyper(body: Incoming) -> OriginBody {
+        OriginBody {
+            from: FromOrigin::Hyper(body),
+            slot: None,
+        }
+    }
+
+    pub(crate) fn plain(body: crate::h1::ResponseBody) -> OriginBody {
+        OriginBody {
+            from: FromOrigin::Plain(body),
+            slot: None,
+        }
+    }
+
+    /// The body, holding `slot` until it is done with.
+    pub(crate) fn holding(mut self, slot: tokio::sync::OwnedSemaphorePermit) -> OriginBody {
+        self.slot = Some(slot);
+        self
+    }
 }
 
 /// Why a request body or an origin's response body failed.
@@ -108,23 +137,29 @@ impl http_body::Body for OriginBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RecvError>>> {
-        match self.get_mut() {
-            OriginBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(RecvError::Hyper),
-            OriginBody::Plain(b) => Pin::new(b).poll_frame(cx).map_err(RecvError::Plain),
+        let this = self.get_mut();
+        let polled = match &mut this.from {
+            FromOrigin::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(RecvError::Hyper),
+            FromOrigin::Plain(b) => Pin::new(b).poll_frame(cx).map_err(RecvError::Plain),
+        };
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            // Done with the origin: the slot is free for another request.
+            this.slot = None;
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            OriginBody::Hyper(b) => b.is_end_stream(),
-            OriginBody::Plain(b) => b.is_end_stream(),
+        match &self.from {
+            FromOrigin::Hyper(b) => b.is_end_stream(),
+            FromOrigin::Plain(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            OriginBody::Hyper(b) => b.size_hint(),
-            OriginBody::Plain(b) => b.size_hint(),
+        match &self.from {
+            FromOrigin::Hyper(b) => b.size_hint(),
+            FromOrigin::Plain(b) => b.size_hint(),
         }
     }
 }

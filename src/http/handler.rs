@@ -1375,7 +1375,7 @@ async fn upstream(
             if let Some(resp) = peers.send(&ask, &job.parts, limit).await {
                 let status = resp.headers().get(super::headers::CACHE_STATUS).cloned();
                 return Ok((
-                    resp.map(OriginBody::Hyper),
+                    resp.map(OriginBody::hyper),
                     format!("peer {}", ask.id),
                     status,
                 ));

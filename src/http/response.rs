@@ -273,6 +273,7 @@ impl Refusal {
             Refusal::Origin(OriginError::Timeout { .. } | OriginError::BodyTimeout { .. }) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
+            Refusal::Origin(OriginError::Busy { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Origin(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -292,6 +293,7 @@ impl Refusal {
             Refusal::Origin(OriginError::Timeout { .. } | OriginError::BodyTimeout { .. }) => {
                 "origin timed out\n".into()
             }
+            Refusal::Origin(OriginError::Busy { .. }) => "origin busy\n".into(),
             Refusal::Origin(_) => "origin unavailable\n".into(),
         }
     }

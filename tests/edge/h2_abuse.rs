@@ -1,7 +1,8 @@
 //! HTTP/2 as an attacker speaks it, in raw frames over cleartext (prior knowledge): streams
 //! opened and reset in bulk (CVE-2023-44487), a header block that never ends (CONTINUATION
-//! flood), and a flood of pings and settings from a client that never reads. Each ends that
-//! connection, costs the origin nothing, and leaves the edge serving everyone else.
+//! flood), a flood of pings and settings from a client that never reads, and a connection's
+//! streams held open at the origin. Each ends or stalls that connection, costs the origin no
+//! more than the site allows, and leaves the edge serving everyone else.
 
 use std::time::{Duration, Instant};
 
@@ -207,4 +208,72 @@ async fn pings_and_settings_from_a_client_that_never_reads_are_not_queued() {
     let end = read_until_closed(&mut s, Duration::from_secs(5)).await;
     assert!(end.closed, "{end:?}");
     assert!(end.goaway.is_some(), "{end:?}");
+}
+
+/// One connection's 64 streams, each on a private object whose origin sends a few bytes and
+/// then nothing (so every one would hold an origin connection until `origin_read_timeout`):
+/// the origin sees no more of them at once than `max_origin_requests`; past it they get 503
+/// once `connect_timeout` has passed; stored objects are still served to others, and the
+/// slots come back when the connection goes.
+#[tokio::test]
+async fn one_connection_holds_no_more_origin_requests_than_the_site_allows() {
+    let o = Origin::start().await;
+    o.always(
+        "/ok",
+        Reply::ok("fine").header("cache-control", "max-age=60"),
+    );
+    o.always("/after", Reply::ok("after"));
+    for i in 0..64 {
+        o.always(
+            &format!("/hold/{i}"),
+            Reply::ok(&"x".repeat(1000))
+                .header("cache-control", "private")
+                .stall_after(10),
+        );
+    }
+    let edge = Edge::start(
+        &site(
+            "demo",
+            "demo.test",
+            &format!("http://{}", o.addr),
+            "max_origin_requests = 8\nconnect_timeout = \"300ms\"",
+        ),
+        "",
+    )
+    .await;
+    still_serves(&edge).await;
+    let mut s = open(&edge).await;
+    let mut attack = Vec::new();
+    for i in 0..64u32 {
+        attack.extend(frame(
+            HEADERS,
+            END_STREAM | END_HEADERS,
+            2 * i + 1,
+            &get(&format!("/hold/{i}")),
+        ));
+    }
+    s.write_all(&attack).await.unwrap();
+    // The 56 past the limit are answered 503 after 300 ms; the 8 stay open.
+    let end = read_until_closed(&mut s, Duration::from_secs(2)).await;
+    assert!(!end.closed, "{end:?}");
+    assert_eq!(end.answers, 64, "{end:?}");
+    assert_eq!(o.total(), 1 + 8, "the origin was asked {} times", o.total());
+    still_serves(&edge).await;
+    let r = edge.get("/after").await;
+    assert_eq!(
+        (r.status.as_u16(), r.text()),
+        (503, "origin busy\n".to_string())
+    );
+    // Gone: its streams' slots are free again.
+    drop(s);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = edge.get("/after").await;
+        if r.status == 200 {
+            assert_eq!(r.text(), "after");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no slot came back: {}", r.status);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -263,3 +263,92 @@ async fn an_origin_caches_cache_status_comes_first_and_is_not_stored() {
         r.cache_status()
     );
 }
+
+/// `max_origin_requests` bounds the requests a site has at its origins at once: one past it
+/// waits up to `connect_timeout` for one to end, and gets 503 if none does; a slot is free
+/// again once a response body has been read, so later requests go through.
+#[tokio::test]
+async fn a_site_has_no_more_requests_at_its_origins_than_max_origin_requests() {
+    let o = Origin::start().await;
+    for p in ["/s1", "/s2", "/s3", "/s4"] {
+        o.always(
+            p,
+            Reply::ok(p)
+                .header("cache-control", "private")
+                .delay(Duration::from_millis(800)),
+        );
+    }
+    let edge = Edge::start(
+        &site(
+            "demo",
+            "demo.test",
+            &format!("http://{}", o.addr),
+            "max_origin_requests = 2\nconnect_timeout = \"300ms\"",
+        ),
+        "",
+    )
+    .await;
+    let start = Instant::now();
+    let (a, b, c) = tokio::join!(edge.get("/s1"), edge.get("/s2"), async {
+        // Asked once the other two hold the slots.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = edge.get("/s3").await;
+        (r, start.elapsed())
+    });
+    assert_eq!((a.text(), b.text()), ("/s1".into(), "/s2".into()));
+    let (c, after) = c;
+    assert_eq!((c.status.as_u16(), c.text()), (503, "origin busy\n".into()));
+    assert!(
+        after < Duration::from_millis(790),
+        "the third waited for a slot past connect_timeout: {after:?}"
+    );
+    assert_eq!(o.count("/s3"), 0);
+    // Both bodies were read: their slots are free.
+    let r = edge.get("/s4").await;
+    assert_eq!((r.status.as_u16(), r.text()), (200, "/s4".into()));
+    let metrics = edge.admin_get("/metrics").await.text();
+    let busy = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("meridian_origin_errors_total")
+                && l.contains("kind=\"busy\"")
+                && l.contains(&format!("node=\"{}\"", edge.id))
+        })
+        .unwrap_or_default();
+    assert!(busy.ends_with(" 1"), "{busy:?}");
+}
+
+/// A request that finds every slot taken gets the first one that frees up.
+#[tokio::test]
+async fn a_request_past_the_limit_goes_when_a_slot_frees_up() {
+    let o = Origin::start().await;
+    for p in ["/a", "/b"] {
+        o.always(
+            p,
+            Reply::ok(p)
+                .header("cache-control", "private")
+                .delay(Duration::from_millis(300)),
+        );
+    }
+    let edge = Edge::start(
+        &site(
+            "demo",
+            "demo.test",
+            &format!("http://{}", o.addr),
+            "max_origin_requests = 1\nconnect_timeout = \"5s\"",
+        ),
+        "",
+    )
+    .await;
+    let start = Instant::now();
+    let (a, b) = tokio::join!(edge.get("/a"), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let r = edge.get("/b").await;
+        (r, start.elapsed())
+    });
+    assert_eq!(a.text(), "/a");
+    let (b, after) = b;
+    assert_eq!((b.status.as_u16(), b.text()), (200, "/b".into()));
+    // One after the other: /b could only start once /a had ended.
+    assert!(after >= Duration::from_millis(590), "{after:?}");
+}
