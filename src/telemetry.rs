@@ -208,6 +208,10 @@ fn describe() {
         "Bytes of entries read from the disk tier"
     );
     describe_counter!(
+        "meridian_cache_disk_read_waits_total",
+        "Chunk reads for responses that waited for room: the chunks responses hold had reached edge.cache_disk.read_memory"
+    );
+    describe_counter!(
         "meridian_cache_disk_errors_total",
         "Disk tier failures, by operation (open: the edge runs memory-only; read: a miss; write: an object or body that did not reach the disk, by an I/O error or a drop also counted in meridian_cache_disk_write_drops_total)"
     );

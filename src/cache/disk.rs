@@ -66,6 +66,8 @@ struct DiskMetrics {
     written_bytes: Counter,
     read_bytes: Counter,
     read_errors: Counter,
+    /// Chunk reads that waited for room in `read_memory`.
+    read_waits: Counter,
     write_errors: Counter,
     dropped: Counter,
     banned: Counter,
@@ -85,6 +87,7 @@ impl DiskMetrics {
             written_bytes: metrics::counter!("meridian_cache_disk_written_bytes_total", vec![n()]),
             read_bytes: metrics::counter!("meridian_cache_disk_read_bytes_total", vec![n()]),
             read_errors: metrics::counter!("meridian_cache_disk_errors_total", "node" => node.to_string(), "op" => "read"),
+            read_waits: metrics::counter!("meridian_cache_disk_read_waits_total", vec![n()]),
             write_errors: metrics::counter!("meridian_cache_disk_errors_total", "node" => node.to_string(), "op" => "write"),
             dropped: metrics::counter!("meridian_cache_disk_dropped_total", vec![n()]),
             banned: metrics::counter!("meridian_cache_disk_purged_total", vec![n()]),
@@ -211,6 +214,26 @@ pub(crate) struct Chunks {
     read_bytes: Counter,
     read_errors: Counter,
     dropped: Counter,
+    /// Room for the chunks responses hold (`cache_disk.read_memory`), in KiB: a chunk read
+    /// for a response takes its size from here until the last of its bytes is dropped (once
+    /// written to the client). Without it, clients that never read could make the edge hold
+    /// a chunk (or two) per stream: four HTTP/2 connections of 256 such streams on an object
+    /// on disk took it from 35 MB to 2.1 GB.
+    held: Arc<tokio::sync::Semaphore>,
+    /// Reads that waited for room.
+    held_waits: Counter,
+}
+
+/// A chunk read for a response, and its room in [`Chunks::held`] until it is dropped.
+struct Held {
+    bytes: Vec<u8>,
+    _room: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
 impl Chunks {
@@ -250,6 +273,22 @@ impl Chunks {
 
     fn has(&self, id: u64, i: usize) -> bool {
         self.cache.storage().may_contains(&chunk_key(id, i))
+    }
+
+    /// Chunk `i` of body `id` for a response: its room taken first (waited for while the
+    /// chunks responses hold fill `read_memory`), kept until its bytes are dropped.
+    async fn load_held(self, id: u64, i: usize, want: usize) -> Option<Bytes> {
+        let kib = u32::try_from(want.div_ceil(1024)).unwrap_or(u32::MAX);
+        let room = match self.held.clone().try_acquire_many_owned(kib) {
+            Ok(room) => room,
+            Err(_) => {
+                self.held_waits.increment(1);
+                // Never closed.
+                self.held.clone().acquire_many_owned(kib).await.ok()?
+            }
+        };
+        let bytes = self.load(id, i, want).await?;
+        Some(Bytes::from_owner(Held { bytes, _room: room }))
     }
 }
 
@@ -335,7 +374,7 @@ impl Spool {
 #[error("a chunk of the body could not be read from disk")]
 pub(crate) struct ChunkMissing;
 
-type ChunkLoad = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Vec<u8>>> + Send>>;
+type ChunkLoad = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Bytes>> + Send>>;
 
 /// Yields bytes `pos..end` of a body on disk, one chunk read at a time.
 pub(crate) struct DiskTail {
@@ -373,7 +412,7 @@ impl DiskTail {
         if self.pending.is_none() {
             let chunks = self.body.chunks.clone();
             let (id, want) = (self.body.id, self.body.chunk_len(i));
-            self.pending = Some((i, Box::pin(async move { chunks.load(id, i, want).await })));
+            self.pending = Some((i, Box::pin(chunks.load_held(id, i, want))));
         }
         let Some((_, load)) = self.pending.as_mut() else {
             return Poll::Ready(Some(Err(ChunkMissing)));
@@ -390,7 +429,7 @@ impl DiskTail {
         let start = (i * CHUNK) as u64;
         let from = (self.pos - start) as usize;
         let to = ((self.end - start) as usize).min(chunk.len());
-        let piece = Bytes::from(chunk).slice(from..to);
+        let piece = chunk.slice(from..to);
         self.pos += piece.len() as u64;
         Poll::Ready(Some(Ok(piece)))
     }
@@ -518,11 +557,16 @@ impl Disk {
         let recovery = started.elapsed();
         metrics::gauge!("meridian_cache_disk_recovery_seconds", "node" => node.to_string())
             .set(recovery.as_secs_f64());
+        let held_kib = usize::try_from(cfg.read_memory >> 10)
+            .unwrap_or(usize::MAX)
+            .clamp(CHUNK >> 10, tokio::sync::Semaphore::MAX_PERMITS);
         let reads = Chunks {
             cache: cache.clone(),
             read_bytes: metrics.read_bytes.clone(),
             read_errors: metrics.read_errors.clone(),
             dropped: metrics.dropped.clone(),
+            held: Arc::new(tokio::sync::Semaphore::new(held_kib)),
+            held_waits: metrics.read_waits.clone(),
         };
         Ok(Disk {
             cache,
@@ -1162,6 +1206,7 @@ mod tests {
         let cfg = DiskConfig {
             path: dir.path().to_path_buf(),
             size,
+            read_memory: crate::config::DEFAULT_DISK_READ_MEMORY,
         };
         let disk = Disk::open(node, &cfg).await.unwrap();
         (dir, disk)

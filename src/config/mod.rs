@@ -32,7 +32,7 @@ pub use cluster::{load_cluster_map, ClusterMap, EdgeEntry, RegionConfig, SoaConf
 use node::*;
 pub use node::{
     AdminConfig, DiskConfig, DnsConfig, EdgeConfig, GossipConfig, LogConfig, NodeConfig,
-    QuicConfig, RateLimitConfig,
+    QuicConfig, RateLimitConfig, DEFAULT_DISK_READ_MEMORY,
 };
 use origins::*;
 pub use origins::{QueryKey, SiteCertificate, SiteConfig, DEFAULT_MAX_ORIGIN_REQUESTS};

@@ -95,6 +95,7 @@ pub(super) struct RawEdge {
 pub(super) struct RawDisk {
     path: String,
     size: String,
+    read_memory: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -319,7 +320,16 @@ pub struct DiskConfig {
     pub path: PathBuf,
     /// Bytes of disk the store takes (reserved at start where the filesystem allows).
     pub size: u64,
+    /// Bytes of chunks read from disk that responses may hold at once (a chunk is held
+    /// until it is written to its client); a read past it waits for room.
+    pub read_memory: u64,
 }
+
+/// `edge.cache_disk.read_memory` unless set: 64 chunks.
+pub const DEFAULT_DISK_READ_MEMORY: u64 = 64 << 20;
+
+/// The least `read_memory` may be: two chunks, so that one response can always go on.
+const MIN_DISK_READ_MEMORY: u64 = 2 << 20;
 
 /// The smallest disk tier: a few of the store's blocks.
 pub(crate) const MIN_DISK_SIZE: u64 = 64 << 20;
@@ -707,7 +717,22 @@ fn validate_disk(r: &mut Report<'_>, d: &RawDisk) -> DiskConfig {
             format!("{}: no part of the path exists", path.display()),
         ),
     }
-    DiskConfig { path, size }
+    let read_memory = r.size(
+        "edge.cache_disk.read_memory",
+        &d.read_memory,
+        DEFAULT_DISK_READ_MEMORY,
+    );
+    if read_memory < MIN_DISK_READ_MEMORY {
+        r.add(
+            "edge.cache_disk.read_memory",
+            format!("{read_memory} bytes is too small: at least 2MiB (two of the disk tier's 1 MiB chunks)"),
+        );
+    }
+    DiskConfig {
+        path,
+        size,
+        read_memory: read_memory.max(MIN_DISK_READ_MEMORY),
+    }
 }
 
 /// `path`, or the nearest directory above it that exists (where it will be made).

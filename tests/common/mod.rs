@@ -337,6 +337,82 @@ impl futures_core::Stream for StallStream {
     }
 }
 
+/// HTTP/2 in raw frames (RFC 9113), for clients that misbehave as no library lets one.
+pub mod h2raw {
+    pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    pub const DATA: u8 = 0x0;
+    pub const HEADERS: u8 = 0x1;
+    pub const RST_STREAM: u8 = 0x3;
+    pub const SETTINGS: u8 = 0x4;
+    pub const PING: u8 = 0x6;
+    pub const GOAWAY: u8 = 0x7;
+    pub const WINDOW_UPDATE: u8 = 0x8;
+    pub const CONTINUATION: u8 = 0x9;
+    pub const END_STREAM: u8 = 0x1;
+    pub const END_HEADERS: u8 = 0x4;
+    /// Error codes (§7).
+    pub const CANCEL: u32 = 0x8;
+    pub const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len().to_be_bytes();
+        let mut f = vec![len[5], len[6], len[7], kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// An HPACK literal field without indexing, its name from the static table.
+    pub fn literal(name_index: u8, value: &[u8]) -> Vec<u8> {
+        assert!(name_index < 16 && value.len() < 127);
+        let mut out = vec![name_index, value.len() as u8];
+        out.extend_from_slice(value);
+        out
+    }
+
+    /// The header block of `GET path` for `authority` over cleartext.
+    pub fn get_block(path: &str, authority: &str) -> Vec<u8> {
+        // :method GET, :scheme http (static table 2 and 6), :path (4), :authority (1).
+        let mut block = vec![0x82, 0x86];
+        block.extend(literal(4, path.as_bytes()));
+        block.extend(literal(1, authority.as_bytes()));
+        block
+    }
+
+    /// The preface, settings that open every stream's window all the way, and the
+    /// connection's window opened as far: a client that will take anything, as fast as it
+    /// is sent (and then need not read it).
+    pub fn greedy_hello() -> Vec<u8> {
+        let mut out = PREFACE.to_vec();
+        // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 2^31 - 1.
+        let mut setting = 4u16.to_be_bytes().to_vec();
+        setting.extend_from_slice(&(u32::MAX >> 1).to_be_bytes());
+        out.extend(frame(SETTINGS, 0, 0, &setting));
+        out.extend(frame(
+            WINDOW_UPDATE,
+            0,
+            0,
+            &((u32::MAX >> 1) - 65_535).to_be_bytes(),
+        ));
+        out
+    }
+}
+
+/// Resident memory of process `pid`, in bytes (Linux).
+pub fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kb * 1024
+}
+
 /// An origin that speaks raw bytes: `serve` runs once per accepted connection.
 pub async fn raw_origin<F, Fut>(serve: F) -> SocketAddr
 where

@@ -9,46 +9,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::common::h2raw::*;
 use crate::common::*;
-
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const PING: u8 = 0x6;
-const GOAWAY: u8 = 0x7;
-const CONTINUATION: u8 = 0x9;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-/// RFC 9113 §7.
-const CANCEL: u32 = 0x8;
-const ENHANCE_YOUR_CALM: u32 = 0xb;
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len().to_be_bytes();
-    let mut f = vec![len[5], len[6], len[7], kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// An HPACK literal field without indexing, its name from the static table.
-fn literal(name_index: u8, value: &[u8]) -> Vec<u8> {
-    assert!(name_index < 16 && value.len() < 127);
-    let mut out = vec![name_index, value.len() as u8];
-    out.extend_from_slice(value);
-    out
-}
-
-/// The header block of `GET path` for demo.test.
-fn get(path: &str) -> Vec<u8> {
-    // :method GET, :scheme http (static table 2 and 6), :path (4), :authority (1).
-    let mut block = vec![0x82, 0x86];
-    block.extend(literal(4, path.as_bytes()));
-    block.extend(literal(1, b"demo.test"));
-    block
-}
 
 /// A connection that has sent the preface and empty settings.
 async fn open(edge: &Edge) -> TcpStream {
@@ -130,7 +92,7 @@ async fn streams_opened_and_reset_in_bulk_end_the_connection() {
             HEADERS,
             END_STREAM | END_HEADERS,
             id,
-            &get(&format!("/r/{i}")),
+            &get_block(&format!("/r/{i}"), "demo.test"),
         ));
         attack.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
     }
@@ -150,9 +112,14 @@ async fn streams_opened_and_reset_in_bulk_end_the_connection() {
 async fn a_header_block_that_never_ends_ends_the_connection() {
     let (o, edge) = edge_and_origin().await;
     let mut s = open(&edge).await;
-    s.write_all(&frame(HEADERS, END_STREAM, 1, &get("/flood")))
-        .await
-        .unwrap();
+    s.write_all(&frame(
+        HEADERS,
+        END_STREAM,
+        1,
+        &get_block("/flood", "demo.test"),
+    ))
+    .await
+    .unwrap();
     // A literal field with a new name: 0x00, name length, name, value length, value.
     let mut field = vec![0x00, 3];
     field.extend_from_slice(b"x-a");
@@ -249,7 +216,7 @@ async fn one_connection_holds_no_more_origin_requests_than_the_site_allows() {
             HEADERS,
             END_STREAM | END_HEADERS,
             2 * i + 1,
-            &get(&format!("/hold/{i}")),
+            &get_block(&format!("/hold/{i}"), "demo.test"),
         ));
     }
     s.write_all(&attack).await.unwrap();
