@@ -60,6 +60,7 @@ impl HitPath {
             cache_disk: None,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             client_body_timeout: Duration::from_secs(30),
             max_header_size: 16 << 10,
             max_connections: 1000,

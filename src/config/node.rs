@@ -76,6 +76,7 @@ pub(super) struct RawEdge {
     max_object_size: Option<String>,
     header_read_timeout: Option<String>,
     idle_timeout: Option<String>,
+    send_timeout: Option<String>,
     client_body_timeout: Option<String>,
     max_header_size: Option<String>,
     max_connections: Option<usize>,
@@ -242,6 +243,9 @@ pub struct EdgeConfig {
     pub header_read_timeout: Duration,
     /// A connection with no traffic for this long is closed.
     pub idle_timeout: Duration,
+    /// A connection found idle that still moves no byte for this long (a client that stopped
+    /// reading its answer) is dropped.
+    pub send_timeout: Duration,
     /// Longest wait for the next byte of a request body; past it the client gets 408.
     pub client_body_timeout: Duration,
     /// Largest request head accepted; larger ones get 431.
@@ -665,6 +669,9 @@ pub(super) fn default_header_read_timeout() -> Duration {
 pub(super) fn default_idle_timeout() -> Duration {
     Duration::from_secs(60)
 }
+pub(super) fn default_send_timeout() -> Duration {
+    Duration::from_secs(60)
+}
 pub(super) fn default_max_header_size() -> u64 {
     16 << 10
 }
@@ -914,6 +921,11 @@ pub(super) fn validate_edge(r: &mut Report<'_>, e: &RawEdge) -> EdgeConfig {
             default_header_read_timeout(),
         ),
         idle_timeout,
+        send_timeout: r.positive_duration(
+            "edge.send_timeout",
+            &e.send_timeout,
+            default_send_timeout(),
+        ),
         client_body_timeout: r.positive_duration(
             "edge.client_body_timeout",
             &e.client_body_timeout,

@@ -10,7 +10,9 @@
 //! Timeouts of an HTTP/1 connection: a request head must be complete within
 //! `header_read_timeout` of its first byte, and the first one within that time of the
 //! connection opening (a silent socket cannot hold a connection slot); between requests a
-//! connection may rest for `idle_timeout`. The framing guard, which sees every byte, says when a
+//! connection may rest for `idle_timeout` (then it is closed gracefully), and one that still
+//! moves no byte for `send_timeout` more (hyper waiting on a client that does not read its
+//! answer) is dropped. The framing guard, which sees every byte, says when a
 //! head is under way; hyper's own header timer (which starts when a response ends, cutting
 //! resting connections short, and not at all before the first byte) is off. On shutdown it stops accepting and lets every connection
 //! finish its in-flight requests (hyper's graceful shutdown); `app` bounds the wait.
@@ -45,6 +47,7 @@ use crate::load::LoadCounters;
 pub(crate) struct Limits {
     pub(crate) header_read_timeout: Duration,
     pub(crate) idle_timeout: Duration,
+    pub(crate) send_timeout: Duration,
     pub(crate) max_header_size: usize,
     pub(crate) max_connections: usize,
 }
@@ -54,6 +57,7 @@ impl From<&EdgeConfig> for Limits {
         Limits {
             header_read_timeout: e.header_read_timeout,
             idle_timeout: e.idle_timeout,
+            send_timeout: e.send_timeout,
             max_header_size: e.max_header_size,
             max_connections: e.max_connections,
         }
@@ -468,6 +472,7 @@ impl Serving {
                 state: state2.clone(),
                 builder,
                 idle_timeout: limits.idle_timeout,
+                send_timeout: limits.send_timeout,
                 header_timeout: limits.header_read_timeout,
                 max_header_size: limits.max_header_size,
                 shutdown,
@@ -499,6 +504,7 @@ struct Conn {
     state: Arc<EdgeState>,
     builder: auto::Builder<TokioExecutor>,
     idle_timeout: Duration,
+    send_timeout: Duration,
     header_timeout: Duration,
     max_header_size: usize,
     shutdown: CancellationToken,
@@ -513,6 +519,7 @@ where
         state,
         builder,
         idle_timeout,
+        send_timeout,
         header_timeout,
         max_header_size,
         shutdown,
@@ -578,7 +585,8 @@ where
     let mut closing = false;
     // Sampled every quarter of the shorter timeout: a connection is idle once no byte moved and
     // no request was open for a whole timeout (give or take a quarter).
-    let tick = (idle_timeout.min(header_timeout) / 4).max(Duration::from_millis(10));
+    let tick =
+        (idle_timeout.min(header_timeout).min(send_timeout) / 4).max(Duration::from_millis(10));
     let mut next_check = Instant::now() + tick;
     let mut seen = activity.events.load(Ordering::Relaxed);
     let mut quiet_since = Instant::now();
@@ -594,23 +602,30 @@ where
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = tokio::time::sleep_until(next_check), if !closing => {
+            _ = tokio::time::sleep_until(next_check) => {
                 let now = Instant::now();
                 let events = activity.events.load(Ordering::Relaxed);
                 let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
                 let late_head = activity
                     .head_since()
                     .is_some_and(|t| now.duration_since(t) >= header_timeout);
-                if late_head && !busy {
+                if late_head && !busy && !closing {
                     // Nothing in flight to finish: drop the connection (hyper would wait for
                     // the head to complete before a graceful shutdown took effect).
                     tracing::debug!(client = %peer, "request head not complete in time");
                     break;
                 }
+                let quiet = now.duration_since(quiet_since);
                 if events != seen || busy {
                     seen = events;
                     quiet_since = now;
-                } else if now.duration_since(quiet_since) >= idle_timeout {
+                } else if quiet >= idle_timeout + send_timeout {
+                    // Told to close (idle, or shutting down) and still no byte moved: hyper is
+                    // waiting to write an answer that the client does not read, and would hold
+                    // it (and its origin connection, or its chunk from disk) for good.
+                    tracing::debug!(client = %peer, "the client took no bytes for send_timeout");
+                    break;
+                } else if quiet >= idle_timeout && !closing {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }

@@ -307,3 +307,68 @@ async fn an_origin_that_stops_reading_an_upload_fails_it_after_its_read_timeout(
         start.elapsed()
     );
 }
+
+/// A client that asks for a large answer and never reads it: once the connection has moved no
+/// byte for `idle_timeout` and then `send_timeout`, the edge drops it, and with it the
+/// response's origin connection (here the site's one origin slot, which the next request
+/// then gets). Before, hyper waited to write the answer for as long as the client kept its
+/// socket open.
+#[tokio::test]
+async fn a_client_that_never_reads_its_answer_is_dropped_after_send_timeout() {
+    let o = Origin::start().await;
+    o.always(
+        "/big",
+        Reply::ok("")
+            .body_bytes(vec![b'x'; 32 << 20])
+            .header("cache-control", "private"),
+    );
+    o.always("/next", Reply::ok("next"));
+    let edge = Edge::start(
+        &site(
+            "demo",
+            "demo.test",
+            &format!("http://{}", o.addr),
+            "max_origin_requests = 1\nconnect_timeout = \"300ms\"",
+        ),
+        "idle_timeout = \"500ms\"\nsend_timeout = \"500ms\"",
+    )
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(edge.addr).await.unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: demo.test\r\n\r\n")
+        .await
+        .unwrap();
+    // While it holds the slot, the next request finds none.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = edge.get("/next").await;
+    assert_eq!(r.status.as_u16(), 503, "{}", r.text());
+    // 1 s of silence, and ticks: dropped well within 3 s.
+    let start = Instant::now();
+    loop {
+        let r = edge.get("/next").await;
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the client that does not read still holds its answer"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Its connection is closed: what it reads now ends.
+    let mut sink = vec![0u8; 1 << 20];
+    let mut got = 0usize;
+    let read_all = async {
+        loop {
+            match s.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read_all)
+        .await
+        .expect("the connection was closed");
+    assert!(got < 32 << 20, "the whole answer arrived after all");
+}
