@@ -43,6 +43,20 @@ fn write_config(dir: &Path, origin: SocketAddr) {
     .unwrap();
 }
 
+/// `write_config`, with `edits` (pairs of text and replacement) made to the node file.
+fn write_config_with(dir: &Path, origin: SocketAddr, edits: &[(&str, &str)]) {
+    write_config(dir, origin);
+    let mut text = std::fs::read_to_string(dir.join("node.toml")).unwrap();
+    for (from, to) in edits {
+        assert!(text.contains(from), "{from:?} is not in the node file");
+        text = text.replace(from, to);
+    }
+    std::fs::write(dir.join("node.toml"), text).unwrap();
+}
+
+/// Memory smaller than the objects: they go to disk.
+const SMALL_MEMORY: &str = "cache_memory = \"32MiB\"";
+
 impl EdgeProcess {
     fn start(dir: &Path) -> EdgeProcess {
         Self::start_limited(dir, None)
@@ -708,14 +722,14 @@ async fn an_object_larger_than_memory_is_kept_on_disk_and_served_from_there() {
             .header("cache-control", "max-age=600"),
     );
     let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path(), o.addr);
-    let config = std::fs::read_to_string(dir.path().join("node.toml"))
-        .unwrap()
-        .replace(
-            "cache_memory = \"32MiB\"",
+    write_config_with(
+        dir.path(),
+        o.addr,
+        &[(
+            SMALL_MEMORY,
             "cache_memory = \"8MiB\"\nmax_object_size = \"24MiB\"",
-        );
-    std::fs::write(dir.path().join("node.toml"), config).unwrap();
+        )],
+    );
     o.always(
         "/huge-chunked",
         Reply::ok("")
@@ -786,14 +800,14 @@ async fn an_object_larger_than_memory_goes_to_disk_as_it_arrives_and_late_reader
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path(), origin);
-    let config = std::fs::read_to_string(dir.path().join("node.toml"))
-        .unwrap()
-        .replace(
-            "cache_memory = \"32MiB\"",
+    write_config_with(
+        dir.path(),
+        origin,
+        &[(
+            SMALL_MEMORY,
             "cache_memory = \"8MiB\"\nmax_object_size = \"32MiB\"",
-        );
-    std::fs::write(dir.path().join("node.toml"), config).unwrap();
+        )],
+    );
     let edge = EdgeProcess::start(dir.path());
 
     let fetch = |range: Option<&'static str>| {
@@ -962,18 +976,20 @@ async fn clients_that_never_read_hold_no_more_disk_chunks_than_read_memory() {
             .header("cache-control", "max-age=600"),
     );
     let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path(), o.addr);
-    let config = std::fs::read_to_string(dir.path().join("node.toml"))
-        .unwrap()
-        .replace(
-            "cache_memory = \"32MiB\"",
-            "cache_memory = \"8MiB\"\nmax_object_size = \"24MiB\"",
-        )
-        .replace(
-            "size = \"64MiB\" }",
-            "size = \"64MiB\", read_memory = \"4MiB\" }",
-        );
-    std::fs::write(dir.path().join("node.toml"), config).unwrap();
+    write_config_with(
+        dir.path(),
+        o.addr,
+        &[
+            (
+                SMALL_MEMORY,
+                "cache_memory = \"8MiB\"\nmax_object_size = \"24MiB\"",
+            ),
+            (
+                "size = \"64MiB\" }",
+                "size = \"64MiB\", read_memory = \"4MiB\" }",
+            ),
+        ],
+    );
     let edge = EdgeProcess::start(dir.path());
     assert!(edge.get("/huge").await.body[..] == body[..]);
     settle().await;

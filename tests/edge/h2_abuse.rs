@@ -65,6 +65,20 @@ async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> End {
     }
 }
 
+/// Writes `batch` again and again until `limit` bytes went, the edge stops taking them (a
+/// write waits 2 s) or closes, or 10 s pass; the bytes it took.
+async fn send_until_refused(s: &mut TcpStream, batch: &[u8], limit: usize) -> usize {
+    let mut sent = 0usize;
+    let start = Instant::now();
+    while sent < limit && start.elapsed() < Duration::from_secs(10) {
+        match tokio::time::timeout(Duration::from_secs(2), s.write_all(batch)).await {
+            Ok(Ok(())) => sent += batch.len(),
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    sent
+}
+
 /// Another client, after the attack, is served as usual.
 async fn still_serves(edge: &Edge) {
     let r = edge.get("/ok").await;
@@ -129,14 +143,7 @@ async fn a_header_block_that_never_ends_ends_the_connection() {
     let batch: Vec<u8> = one.repeat(1000);
     // Up to 16 MiB, 250 times the edge's limit on a head; it should stop reading long before
     // (with no limit on the header list, h2 read about 38 MiB of this before giving up).
-    let mut sent = 0usize;
-    let start = Instant::now();
-    while sent < 16 << 20 && start.elapsed() < Duration::from_secs(10) {
-        match tokio::time::timeout(Duration::from_secs(2), s.write_all(&batch)).await {
-            Ok(Ok(())) => sent += batch.len(),
-            Ok(Err(_)) | Err(_) => break,
-        }
-    }
+    let sent = send_until_refused(&mut s, &batch, 16 << 20).await;
     assert!(sent < 16 << 20, "the edge read 16 MiB of one header block");
     let end = read_until_closed(&mut s, Duration::from_secs(10)).await;
     assert!(end.closed, "the connection stayed open: {end:?}");
@@ -159,14 +166,7 @@ async fn pings_and_settings_from_a_client_that_never_reads_are_not_queued() {
     }
     // 64 MiB of them at most: with nothing read on our side, the edge's writes fill the
     // socket buffers, and then it must stop taking more, or end the connection.
-    let mut sent = 0usize;
-    let start = Instant::now();
-    while sent < 64 << 20 && start.elapsed() < Duration::from_secs(10) {
-        match tokio::time::timeout(Duration::from_secs(2), s.write_all(&batch)).await {
-            Ok(Ok(())) => sent += batch.len(),
-            Ok(Err(_)) | Err(_) => break,
-        }
-    }
+    let sent = send_until_refused(&mut s, &batch, 64 << 20).await;
     assert!(sent < 64 << 20, "the edge took 64 MiB of pings unanswered");
     still_serves(&edge).await;
     // Empty DATA frames on a stream that does not exist are a connection error, not work.
