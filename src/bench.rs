@@ -126,6 +126,7 @@ impl HitPath {
             target_host: Some("bench.test".into()),
             target_https: Some(false),
             on_disk: None,
+            residence: None,
         };
         state.store.insert(key, Arc::new(entry)).await;
         let mut headers = HeaderMap::new();

@@ -147,7 +147,7 @@ fn describe() {
     describe_gauge!(
         "meridian_cache_filling_bytes",
         Unit::Bytes,
-        "Bytes of responses being filled that are held in memory until stored"
+        "Bytes of responses being filled that are held in memory until stored, and of stored bodies the store let go that responses still hold"
     );
     describe_counter!(
         "meridian_cache_fills_full_total",

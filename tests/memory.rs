@@ -253,3 +253,53 @@ async fn cache_memory_bounds_the_process_under_a_flood_of_small_objects() {
         grown as f64 / MIB as f64
     );
 }
+
+/// Clients that each ask for a different large object and then read nothing: every fill is
+/// stored and then evicted by the next while its client still holds the body. Those bodies
+/// count in the fills' budget until they are dropped, so once it is full the rest are passed
+/// through unstored, and the process stays near `cache_memory` and that budget (plus what each
+/// connection buffers). Before, 200 such clients on 4 MiB objects took an edge with 16 MiB of
+/// cache from 23 to 600 MB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_do_not_keep_evicted_bodies_beyond_the_bound() {
+    const SIZE: usize = 4 << 20;
+    let origin = any_path_origin(SIZE).await;
+    let edge = EdgeProcess::start(
+        origin,
+        "cache_memory = \"16MiB\"\nmax_object_size = \"4MiB\"",
+    );
+    let warm = get(edge.http, "demo.test", "/warm", &[]).await;
+    assert_eq!(warm.body.len(), SIZE);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = edge.rss();
+    let mut clients = Vec::new();
+    for i in 0..60 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut s = socket.connect(edge.http).await.unwrap();
+        s.write_all(format!("GET /o/{i} HTTP/1.1\r\nHost: demo.test\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        clients.push(s);
+        // One after another, so that each fill is stored (and evicts) before the next.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = edge.rss();
+    eprintln!(
+        "RSS {:.1} -> {:.1} MiB with 60 clients holding 4 MiB answers",
+        before as f64 / MIB as f64,
+        during as f64 / MIB as f64
+    );
+    assert!(
+        during < before + 120 * MIB,
+        "grew {:.1} MiB: the evicted bodies the clients hold are not bounded",
+        (during - before) as f64 / MIB as f64
+    );
+    // Gone: their bodies are dropped, and new objects are stored again.
+    drop(clients);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = get(edge.http, "demo.test", "/after", &[]).await;
+    assert_eq!(r.body.len(), SIZE);
+    assert!(r.cache_status().contains("stored"), "{}", r.cache_status());
+}

@@ -1098,6 +1098,7 @@ fn decode(buf: &Bytes) -> Option<Vec<Decoded>> {
                 target_host,
                 target_https,
                 on_disk: None,
+                residence: None,
             },
             stored_ms,
             body,
@@ -1306,6 +1307,7 @@ mod tests {
             target_host: Some("x.test".into()),
             target_https: Some(true),
             on_disk: None,
+            residence: None,
         };
         let mut b = Vec::new();
         b.extend_from_slice(MAGIC);

@@ -333,6 +333,9 @@ pub(crate) struct Entry {
     pub(crate) target_host: Option<std::sync::Arc<str>>,
     /// The scheme this variant was fetched for (see [`Target`]).
     pub(crate) target_https: Option<bool>,
+    /// The body's claim on the fills' budget once the store lets this entry go (see
+    /// [`crate::cache::fill::Residence`]); bodies of fills only.
+    pub(crate) residence: Option<std::sync::Arc<crate::cache::fill::Residence>>,
     /// Where the body lives when it is on disk only (read back from the disk tier in chunks);
     /// `body` is then empty.
     pub(crate) on_disk: Option<Box<DiskBody>>,
@@ -406,6 +409,7 @@ impl Entry {
             target_host: None,
             target_https: None,
             on_disk: None,
+            residence: None,
         }
     }
 
@@ -477,6 +481,18 @@ impl Entry {
         self.with_parts(body, None, len)
     }
 
+    /// This entry with the body of its fill (see [`crate::cache::fill::Residence`]).
+    pub(crate) fn with_resident_body(
+        &self,
+        body: Bytes,
+        residence: std::sync::Arc<crate::cache::fill::Residence>,
+    ) -> Entry {
+        Entry {
+            residence: Some(residence),
+            ..self.with_body(body)
+        }
+    }
+
     /// This entry with its body on disk (and `Content-Length` to match).
     pub(crate) fn with_disk_body(&self, body: DiskBody) -> Entry {
         let len = body.len;
@@ -499,6 +515,7 @@ impl Entry {
             target_host: self.target_host.clone(),
             target_https: self.target_https,
             on_disk,
+            residence: None,
         }
     }
 

@@ -155,6 +155,13 @@ impl Store {
                 // A replaced object shares most of its variants with its successor.
                 if cause != moka::notification::RemovalCause::Replaced {
                     crate::memory::released(key.len() as u64 + value.weight());
+                    // Responses may still hold the bodies: from now on they count in the
+                    // fills' budget until they are dropped (nothing if none is held).
+                    for v in value.variants() {
+                        if let Some(r) = &v.residence {
+                            r.pin();
+                        }
+                    }
                 }
             })
             .build();

@@ -1357,6 +1357,7 @@ fn new_entry(
         target_host: job.host.clone(),
         target_https: job.https,
         on_disk: None,
+        residence: None,
     }
 }
 
@@ -1495,6 +1496,8 @@ async fn fetch(
                 tags,
                 target_host: old.target_host.clone(),
                 target_https: old.target_https,
+                // The same body: its claim goes with it.
+                residence: old.residence.clone(),
             });
             let stored = refreshed.is_ok();
             if stored {
@@ -1690,7 +1693,10 @@ async fn fetch(
         return;
     };
     let entry = match spool {
-        None => Arc::new(head_entry.with_body(growing.concat())),
+        None => {
+            let (body, residence) = state.filling.resident(growing.concat_vec());
+            Arc::new(head_entry.with_resident_body(body, residence))
+        }
         Some((disk, s)) => match disk.spool_finish(s, total).await {
             Some(on_disk) => Arc::new(head_entry.with_disk_body(on_disk)),
             None => {
