@@ -128,6 +128,19 @@ impl Tier {
     }
 }
 
+/// `old` leaves the store for `new`: responses that still hold its body count it in the
+/// fills' budget (see `fill::Residence`), unless `new` keeps the same body (a revalidation).
+/// The eviction listener does this for whole objects, but not for a replaced one, whose
+/// successor keeps most of its variants.
+fn let_go(old: &Entry, new: &Entry) {
+    if let Some(r) = &old.residence {
+        let kept = new.residence.as_ref().is_some_and(|n| Arc::ptr_eq(n, r));
+        if !kept {
+            r.pin();
+        }
+    }
+}
+
 /// The byte-bounded object store.
 pub(crate) struct Store {
     objects: Cache<String, Arc<Object>>,
@@ -288,13 +301,19 @@ impl Store {
                         e.into_value()
                             .variants()
                             .iter()
-                            .filter(|v| !v.same_variant(&entry))
+                            .filter(|v| {
+                                let replaced = v.same_variant(&entry);
+                                if replaced {
+                                    let_go(v, &entry);
+                                }
+                                !replaced
+                            })
                             .cloned()
                             .collect()
                     })
                     .unwrap_or_default();
                 if variants.len() >= MAX_VARIANTS {
-                    variants.remove(0);
+                    let_go(&variants.remove(0), &entry);
                 }
                 variants.push(entry);
                 std::future::ready(Arc::new(Object::new(variants)))
@@ -424,6 +443,37 @@ mod tests {
         );
         e.tags = Box::new(["t".into()]);
         Arc::new(e)
+    }
+
+    /// A replaced version whose body a client still holds counts in the fills' budget until
+    /// the client lets go; a revalidated one (the same body) does not.
+    #[tokio::test]
+    async fn a_replaced_body_still_held_counts_in_the_fills_budget() {
+        let budget = crate::cache::fill::FillBudget::new(1 << 20);
+        let store = Store::new(1 << 20, None);
+        let version = |n: usize| {
+            let (body, residence) = budget.resident(vec![b'v'; n]);
+            Arc::new(
+                Entry::for_test(bytes::Bytes::new(), Duration::from_secs(60))
+                    .with_resident_body(body, residence),
+            )
+        };
+        let first = version(1000);
+        let held = first.body.clone();
+        store.insert("k".into(), first.clone()).await;
+        // Revalidated: a new entry with the same body.
+        let refreshed = Arc::new(Entry {
+            residence: first.residence.clone(),
+            ..Entry::for_test(first.body.clone(), Duration::from_secs(60))
+        });
+        drop(first);
+        store.insert("k".into(), refreshed).await;
+        assert_eq!(budget.held(), 0, "the same body, still in the store");
+        store.insert("k".into(), version(10)).await;
+        assert_eq!(budget.held(), 1000, "replaced while a client holds it");
+        drop(held);
+        store.objects.run_pending_tasks().await;
+        assert_eq!(budget.held(), 0);
     }
 
     #[test]
