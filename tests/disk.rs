@@ -219,6 +219,19 @@ async fn scripted_origin() -> Origin {
     o
 }
 
+/// An origin with one object, `/huge`, of `size` bytes, fresh for ten minutes.
+async fn huge_origin(size: usize) -> (Origin, Vec<u8>) {
+    let o = Origin::start().await;
+    let body = big(size);
+    o.always(
+        "/huge",
+        Reply::ok("")
+            .body_bytes(body.clone())
+            .header("cache-control", "max-age=600"),
+    );
+    (o, body)
+}
+
 /// Flips a bit of the byte `offset` bytes past the first place `needle` lies in the disk
 /// tier's files under `dir`; whether it was found.
 fn flip_on_disk(dir: &Path, needle: &[u8], offset: usize) -> bool {
@@ -713,14 +726,7 @@ async fn a_corrupted_chunk_aborts_the_response_and_the_object_is_fetched_again()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_object_larger_than_memory_is_kept_on_disk_and_served_from_there() {
-    let o = Origin::start().await;
-    let body = big(24 << 20);
-    o.always(
-        "/huge",
-        Reply::ok("")
-            .body_bytes(body.clone())
-            .header("cache-control", "max-age=600"),
-    );
+    let (o, body) = huge_origin(24 << 20).await;
     let dir = tempfile::tempdir().unwrap();
     write_config_with(
         dir.path(),
@@ -967,14 +973,7 @@ async fn disk_reads_are_held_from_the_first_accept_in_a_cluster() {
 async fn clients_that_never_read_hold_no_more_disk_chunks_than_read_memory() {
     use common::h2raw::*;
     use tokio::io::AsyncWriteExt;
-    let o = Origin::start().await;
-    let body = big(12 << 20);
-    o.always(
-        "/huge",
-        Reply::ok("")
-            .body_bytes(body.clone())
-            .header("cache-control", "max-age=600"),
-    );
+    let (o, body) = huge_origin(12 << 20).await;
     let dir = tempfile::tempdir().unwrap();
     write_config_with(
         dir.path(),
