@@ -524,6 +524,7 @@ impl Node {
                     max_header_size: edge.max_header_size,
                     max_connections: edge.max_connections,
                     handshakes_before_retry: q.handshakes_before_retry,
+                    send_timeout: edge.send_timeout,
                 };
                 for socket in udp {
                     let endpoint = quic::endpoint(socket, q, certificates.clone())

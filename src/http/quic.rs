@@ -67,6 +67,9 @@ pub(crate) struct QuicLimits {
     pub(crate) max_header_size: usize,
     pub(crate) max_connections: usize,
     pub(crate) handshakes_before_retry: usize,
+    /// Longest a response's stream may take none of the bytes it is given (the client
+    /// grants no flow-control credit) before it is reset (`edge.send_timeout`).
+    pub(crate) send_timeout: Duration,
 }
 
 /// A handshake in progress, counted until it ends.
@@ -255,11 +258,14 @@ async fn connection(
             Ok(Some(resolver)) => {
                 let state = state.clone();
                 let head_timeout = limits.header_read_timeout;
+                let send_timeout = limits.send_timeout;
                 state.clone().tasks.spawn(async move {
                     // A request head must be whole within header_read_timeout, as over TCP: a
                     // stream that never finishes one gives its slot back (the stream is reset).
                     match tokio::time::timeout(head_timeout, resolver.resolve_request()).await {
-                        Ok(Ok((req, stream))) => request(state, req, stream, peer).await,
+                        Ok(Ok((req, stream))) => {
+                            request(state, req, stream, peer, send_timeout).await
+                        }
                         Ok(Err(e)) => {
                             state.metrics.quic_stream_errors.increment(1);
                             tracing::debug!(client = %peer.addr, error = %e, "bad HTTP/3 request");
@@ -287,6 +293,7 @@ async fn request(
     req: Request<()>,
     stream: h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
     peer: Peer,
+    send_timeout: Duration,
 ) {
     let (mut send, recv) = stream.split();
     let length = req
@@ -308,7 +315,7 @@ async fn request(
         return;
     }
     if !bodiless {
-        if let Err(why) = send_body(&mut send, body).await {
+        if let Err(why) = send_body(&mut send, body, send_timeout).await {
             tracing::debug!(client = %peer.addr, error = %why, "HTTP/3 response body aborted");
             send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
             return;
@@ -317,12 +324,22 @@ async fn request(
     let _ = send.finish().await;
 }
 
-/// Sends `body` as DATA frames (and trailers); an error means the stream must be reset.
-async fn send_body(send: &mut SendStream, mut body: Body) -> Result<(), String> {
+/// Sends `body` as DATA frames (and trailers); an error means the stream must be reset. A
+/// frame the stream takes none of for `send_timeout` (a client that grants no flow-control
+/// credit, while its connection stays alive) is an error too: the body, and the origin
+/// connection or disk chunk it holds, are let go.
+async fn send_body(
+    send: &mut SendStream,
+    mut body: Body,
+    send_timeout: Duration,
+) -> Result<(), String> {
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| e.to_string())?;
         match frame.into_data() {
-            Ok(data) => send.send_data(data).await.map_err(|e| e.to_string())?,
+            Ok(data) => match tokio::time::timeout(send_timeout, send.send_data(data)).await {
+                Ok(sent) => sent.map_err(|e| e.to_string())?,
+                Err(_) => return Err(format!("the client took no bytes for {send_timeout:?}")),
+            },
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {
                     send.send_trailers(trailers)

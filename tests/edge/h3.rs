@@ -518,3 +518,56 @@ async fn an_http3_body_that_disagrees_with_its_content_length_never_reaches_the_
     );
     client.close().await;
 }
+
+/// A client that opens a large answer over HTTP/3 and then reads none of it, its connection
+/// alive all the while (QUIC acknowledges on its own): once the stream has taken no bytes for
+/// `send_timeout` it is reset, which lets go of its origin connection (here the site's one
+/// origin slot, which the next request then gets). Before, the stream waited for credit for
+/// as long as the connection lived.
+#[tokio::test]
+async fn an_http3_answer_the_client_takes_nothing_of_is_reset_after_send_timeout() {
+    let (ca, dir) = (Ca::new(), tempfile::tempdir().unwrap());
+    let files = write(dir.path(), "a", &ca.issue(&["a.test"]));
+    let origin = Origin::start().await;
+    origin.always(
+        "/big",
+        Reply::ok("")
+            .body_bytes(vec![b'x'; 32 << 20])
+            .header("cache-control", "private"),
+    );
+    origin.always("/next", Reply::ok("next"));
+    let site = tls_site("a", "a.test", &origin, &files)
+        + "max_origin_requests = 1\nconnect_timeout = \"300ms\"\n";
+    let edge = Edge::start(&site, &format!("send_timeout = \"500ms\"\n{LISTENERS}")).await;
+    let client = h3(&edge, &ca, "a.test").await.unwrap();
+    let req = Request::get("https://a.test/big")
+        .body(Bytes::new())
+        .unwrap();
+    let mut big = client.open(req).await.unwrap();
+    assert_eq!(big.head.status(), 200);
+    // Held: the next request finds no slot.
+    let r = get(edge.addr, "a.test", "/next", &[]).await;
+    assert_eq!(r.status.as_u16(), 503, "{}", r.text());
+    let start = std::time::Instant::now();
+    loop {
+        let r = get(edge.addr, "a.test", "/next", &[]).await;
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the stream nobody reads still holds its answer"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // What the client reads now ends in a reset, short of the whole body.
+    let mut got = 0usize;
+    let ended = loop {
+        match big.chunk().await {
+            Ok(Some(c)) => got += c.len(),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(ended.is_err() && got < 32 << 20, "{got} bytes, {ended:?}");
+}
