@@ -413,6 +413,31 @@ pub fn rss_of(pid: u32) -> u64 {
     kb * 1024
 }
 
+/// Scripts `/big`, a 32 MiB private answer that a client can sit on, and `/next`, a small one
+/// to see whether the site can reach its origin meanwhile (`max_origin_requests` tests).
+pub fn big_and_next(o: &Origin) {
+    o.always(
+        "/big",
+        Reply::ok("")
+            .body_bytes(vec![b'x'; 32 << 20])
+            .header("cache-control", "private"),
+    );
+    o.always("/next", Reply::ok("next"));
+}
+
+/// Asks `GET path` of `host` at `addr` every 200 ms until it is answered 200; panics with
+/// `what` after 5 s.
+pub async fn until_served(addr: SocketAddr, host: &str, path: &str, what: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        if get(addr, host, path, &[]).await.status == 200 {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// An origin that speaks raw bytes: `serve` runs once per accepted connection.
 pub async fn raw_origin<F, Fut>(serve: F) -> SocketAddr
 where

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::Request;
 use meridian::h3client::H3Client;
 
-use crate::common::{get, Edge, Origin, Reply};
+use crate::common::{big_and_next, get, until_served, Edge, Origin, Reply};
 use crate::tls::{connect, https, tls_site, write, Ca};
 
 const LISTENERS: &str =
@@ -529,13 +529,7 @@ async fn an_http3_answer_the_client_takes_nothing_of_is_reset_after_send_timeout
     let (ca, dir) = (Ca::new(), tempfile::tempdir().unwrap());
     let files = write(dir.path(), "a", &ca.issue(&["a.test"]));
     let origin = Origin::start().await;
-    origin.always(
-        "/big",
-        Reply::ok("")
-            .body_bytes(vec![b'x'; 32 << 20])
-            .header("cache-control", "private"),
-    );
-    origin.always("/next", Reply::ok("next"));
+    big_and_next(&origin);
     let site = tls_site("a", "a.test", &origin, &files)
         + "max_origin_requests = 1\nconnect_timeout = \"300ms\"\n";
     let edge = Edge::start(&site, &format!("send_timeout = \"500ms\"\n{LISTENERS}")).await;
@@ -548,18 +542,13 @@ async fn an_http3_answer_the_client_takes_nothing_of_is_reset_after_send_timeout
     // Held: the next request finds no slot.
     let r = get(edge.addr, "a.test", "/next", &[]).await;
     assert_eq!(r.status.as_u16(), 503, "{}", r.text());
-    let start = std::time::Instant::now();
-    loop {
-        let r = get(edge.addr, "a.test", "/next", &[]).await;
-        if r.status == 200 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "the stream nobody reads still holds its answer"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_served(
+        edge.addr,
+        "a.test",
+        "/next",
+        "the stream nobody reads still holds its answer",
+    )
+    .await;
     // What the client reads now ends in a reset, short of the whole body.
     let mut got = 0usize;
     let ended = loop {
