@@ -122,6 +122,14 @@ async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> AdminResponse 
                 edge.metrics.stored_bytes.set(bytes as f64);
                 edge.metrics.stored_objects.set(objects as f64);
                 edge.metrics.filling_bytes.set(edge.filling.held() as f64);
+                for (site, n) in edge.sites.load().origin_requests() {
+                    metrics::gauge!(
+                        "meridian_origin_requests",
+                        "node" => edge.node.clone(),
+                        "site" => site.to_string()
+                    )
+                    .set(n as f64);
+                }
                 edge.metrics.utilisation.set(f64::from_bits(
                     edge.load
                         .utilisation

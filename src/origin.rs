@@ -351,6 +351,12 @@ impl Origins {
         }))
     }
 
+    /// Requests the site has at its origins now (slots taken).
+    pub(crate) fn in_flight(&self) -> usize {
+        self.max_requests
+            .saturating_sub(self.slots.available_permits())
+    }
+
     /// One of the site's origin request slots once they were all taken: the first to free up
     /// within `slot_wait`.
     async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, OriginError> {

@@ -116,6 +116,10 @@ fn describe() {
         "Time from a request's head to its response's head, by cache outcome and protocol (http/1.0, http/1.1, h2, h3)"
     );
     describe_counter!("meridian_origin_fetches_total", "Requests sent to origins");
+    describe_gauge!(
+        "meridian_origin_requests",
+        "Requests each site has at its origins now, from before one is sent until its body is read (at most the site's max_origin_requests)"
+    );
     describe_counter!(
         "meridian_origin_errors_total",
         "Origin requests that failed, by kind (connect, timeout, protocol, body; busy: the site's max_origin_requests were all taken)"

@@ -138,6 +138,19 @@ impl Sites {
 
     /// The site for a host (any case, port ignored, trailing dot ignored).
     /// An invalid host names no site, not even `*`.
+    /// Each site once, with its requests at origins now (for `/metrics`).
+    pub(crate) fn origin_requests(&self) -> Vec<(&str, usize)> {
+        let mut seen: Vec<&Arc<Site>> = Vec::new();
+        for site in self.by_host.values().chain(self.any.iter()) {
+            if !seen.iter().any(|s| Arc::ptr_eq(s, site)) {
+                seen.push(site);
+            }
+        }
+        seen.iter()
+            .map(|s| (s.name.as_str(), s.origins.in_flight()))
+            .collect()
+    }
+
     pub(crate) fn lookup(&self, host: &str) -> Option<&Arc<Site>> {
         let host = request::normalize_host(host).ok()?;
         self.lookup_normalized(&host)

@@ -225,6 +225,16 @@ async fn one_connection_holds_no_more_origin_requests_than_the_site_allows() {
     assert!(!end.closed, "{end:?}");
     assert_eq!(end.answers, 64, "{end:?}");
     assert_eq!(o.total(), 1 + 8, "the origin was asked {} times", o.total());
+    let metrics = edge.admin_get("/metrics").await.text();
+    let in_flight = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("meridian_origin_requests{")
+                && l.contains(&format!("node=\"{}\"", edge.id))
+                && l.contains("site=\"demo\"")
+        })
+        .unwrap_or_default();
+    assert!(in_flight.ends_with(" 8"), "{in_flight:?}");
     still_serves(&edge).await;
     let r = edge.get("/after").await;
     assert_eq!(
