@@ -264,18 +264,21 @@ async fn an_origin_caches_cache_status_comes_first_and_is_not_stored() {
     );
 }
 
-/// `max_origin_requests` bounds the requests a site has at its origins at once: one past it
-/// waits up to `connect_timeout` for one to end, and gets 503 if none does; a slot is free
-/// again once a response body has been read, so later requests go through.
-#[tokio::test]
-async fn a_site_has_no_more_requests_at_its_origins_than_max_origin_requests() {
+/// An origin whose `paths` answer their own path, `private`, after `delay_ms`; and an edge
+/// in front of it with `max_origin_requests = limit` and `connect_timeout = wait`.
+async fn slow_private_origin(
+    paths: &[&str],
+    delay_ms: u64,
+    limit: usize,
+    wait: &str,
+) -> (Origin, Edge) {
     let o = Origin::start().await;
-    for p in ["/s1", "/s2", "/s3", "/s4"] {
+    for p in paths {
         o.always(
             p,
             Reply::ok(p)
                 .header("cache-control", "private")
-                .delay(Duration::from_millis(800)),
+                .delay(Duration::from_millis(delay_ms)),
         );
     }
     let edge = Edge::start(
@@ -283,11 +286,20 @@ async fn a_site_has_no_more_requests_at_its_origins_than_max_origin_requests() {
             "demo",
             "demo.test",
             &format!("http://{}", o.addr),
-            "max_origin_requests = 2\nconnect_timeout = \"300ms\"",
+            &format!("max_origin_requests = {limit}\nconnect_timeout = \"{wait}\""),
         ),
         "",
     )
     .await;
+    (o, edge)
+}
+
+/// `max_origin_requests` bounds the requests a site has at its origins at once: one past it
+/// waits up to `connect_timeout` for one to end, and gets 503 if none does; a slot is free
+/// again once a response body has been read, so later requests go through.
+#[tokio::test]
+async fn a_site_has_no_more_requests_at_its_origins_than_max_origin_requests() {
+    let (o, edge) = slow_private_origin(&["/s1", "/s2", "/s3", "/s4"], 800, 2, "300ms").await;
     let start = Instant::now();
     let (a, b, c) = tokio::join!(edge.get("/s1"), edge.get("/s2"), async {
         // Asked once the other two hold the slots.
@@ -321,25 +333,7 @@ async fn a_site_has_no_more_requests_at_its_origins_than_max_origin_requests() {
 /// A request that finds every slot taken gets the first one that frees up.
 #[tokio::test]
 async fn a_request_past_the_limit_goes_when_a_slot_frees_up() {
-    let o = Origin::start().await;
-    for p in ["/a", "/b"] {
-        o.always(
-            p,
-            Reply::ok(p)
-                .header("cache-control", "private")
-                .delay(Duration::from_millis(300)),
-        );
-    }
-    let edge = Edge::start(
-        &site(
-            "demo",
-            "demo.test",
-            &format!("http://{}", o.addr),
-            "max_origin_requests = 1\nconnect_timeout = \"5s\"",
-        ),
-        "",
-    )
-    .await;
+    let (_o, edge) = slow_private_origin(&["/a", "/b"], 300, 1, "5s").await;
     let start = Instant::now();
     let (a, b) = tokio::join!(edge.get("/a"), async {
         tokio::time::sleep(Duration::from_millis(50)).await;
