@@ -74,11 +74,13 @@ pub(crate) enum Body {
     Disk(Box<DiskTail>),
 }
 
-/// A client's request body: from hyper (HTTP/1.1 and HTTP/2) or from an HTTP/3 request stream.
+/// A client's request body: from hyper (HTTP/1.1 and HTTP/2), from an HTTP/3 request stream, or
+/// none (a `GET` or `HEAD` the edge read itself, `direct`).
 #[derive(Debug)]
 pub(crate) enum RequestBody {
     Hyper(Incoming),
     H3(Box<super::quic::RecvBody>),
+    Empty,
 }
 
 /// An origin's response body: from hyper's client (HTTPS origins, peers) or from a connection
@@ -182,6 +184,7 @@ impl http_body::Body for RequestBody {
         match self.get_mut() {
             RequestBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(RecvError::Hyper),
             RequestBody::H3(b) => b.poll_frame(cx).map_err(RecvError::H3),
+            RequestBody::Empty => Poll::Ready(None),
         }
     }
 
@@ -189,6 +192,7 @@ impl http_body::Body for RequestBody {
         match self {
             RequestBody::Hyper(b) => b.is_end_stream(),
             RequestBody::H3(b) => b.is_end_stream(),
+            RequestBody::Empty => true,
         }
     }
 
@@ -196,6 +200,7 @@ impl http_body::Body for RequestBody {
         match self {
             RequestBody::Hyper(b) => b.size_hint(),
             RequestBody::H3(b) => b.size_hint(),
+            RequestBody::Empty => SizeHint::with_exact(0),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The edge's HTTP side: `server` accepts connections and runs hyper on them (`balance` spreads
+//! The edge's HTTP side: `server` accepts connections and serves them, `direct` answering
+//! HTTP/1.x `GET` and `HEAD` itself and hyper the rest (`balance` spreads
 //! them over a listener's threads, `framing` watches HTTP/1 message boundaries on the raw bytes,
 //! `coalesce` gathers what one poll of a connection writes into one write), `request` checks and
 //! normalises each request, `handler` answers it, `response`, `range` and `headers` shape what
@@ -8,6 +9,7 @@
 pub(crate) mod balance;
 pub(crate) mod body;
 pub(crate) mod coalesce;
+pub(crate) mod direct;
 pub(crate) mod framing;
 pub(crate) mod handler;
 pub(crate) mod headers;

@@ -1,5 +1,6 @@
-//! Accepting client connections and running HTTP/1.1 (and cleartext HTTP/2 with prior
-//! knowledge) on them.
+//! Accepting client connections and serving HTTP on them: HTTP/1.x `GET` and `HEAD` by the
+//! edge itself (`direct`), everything else (request bodies, HTTP/2, what `direct` leaves) by
+//! hyper, which takes a connection over at its first such request.
 //!
 //! `serve(listener, state, limits, shutdown)` takes a bound listener and a shutdown signal
 //! (`serve_on_threads` the same, served on threads of its own with a runtime each). It
@@ -20,23 +21,25 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::balance::{Balance, Handed, Open};
 use super::body::{Body, RequestBody};
+use super::direct;
 use super::framing::{BodyFault, Conflict, FramingGuard};
 use super::handler::{answer_later, answer_now, EdgeState, Peer};
 use crate::config::EdgeConfig;
@@ -66,10 +69,10 @@ impl From<&EdgeConfig> for Limits {
 
 /// Activity of one connection: a count of reads and writes (no clock on the hot path) and how
 /// many requests are open. The idle watcher samples the count.
-struct Activity {
+pub(super) struct Activity {
     events: AtomicU64,
-    in_flight: AtomicUsize,
-    /// Requests handed to the service so far (HTTP/1: in connection order).
+    pub(super) in_flight: AtomicUsize,
+    /// Requests handed to hyper's service so far (HTTP/1: in connection order).
     requests: AtomicU64,
     /// Index of the first request head with ambiguous framing, `u64::MAX` if none.
     bad_head: AtomicU64,
@@ -81,6 +84,10 @@ struct Activity {
     /// Milliseconds after `opened`, plus one, at which the unfinished request head began; 0
     /// while no head is under way. Starts at 1: the first head is awaited from the open.
     head_since: AtomicU64,
+    /// The connection was told to close (idle, or shutting down): `direct` answers what is
+    /// under way, with `Connection: close`, and ends; `close` wakes it if it waits for a head.
+    pub(super) closing: AtomicBool,
+    pub(super) close: Notify,
 }
 
 impl Activity {
@@ -95,16 +102,50 @@ impl Activity {
             ms => Some(self.opened + Duration::from_millis(ms - 1)),
         }
     }
+
+    /// A request head is under way (from now, unless it already was).
+    pub(super) fn head_begun(&self) {
+        if self.head_since.load(Ordering::Relaxed) == 0 {
+            let ms = self.opened.elapsed().as_millis() as u64 + 1;
+            self.head_since.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// The head under way is complete.
+    pub(super) fn head_done(&self) {
+        self.head_since.store(0, Ordering::Relaxed);
+    }
+
+    /// What the framing guard found in `bytes`, recorded for the requests it concerns.
+    fn watch(&self, guard: &mut FramingGuard, bytes: &[u8]) {
+        if let Some((index, conflict)) = guard.feed(bytes) {
+            if self.bad_head.load(Ordering::Relaxed) == u64::MAX {
+                *self.bad_reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(conflict);
+                self.bad_head.store(index, Ordering::Release);
+            }
+        }
+        if let Some((index, why)) = guard.take_body_fault() {
+            self.body_fault.set(index, why);
+        }
+        // A head under way keeps the time its first byte came (or the connection opened);
+        // a finished one clears it.
+        if guard.head_pending() {
+            self.head_begun();
+        } else {
+            self.head_done();
+        }
+    }
 }
 
 pin_project_lite::pin_project! {
-    /// A client stream (TCP, or TLS over TCP) that records activity and counts bytes.
+    /// A client stream (TCP, or TLS over TCP) that records activity and counts bytes; once
+    /// hyper serves it, the framing guard sees what it reads.
     struct Tracked<S> {
         #[pin]
         inner: S,
         activity: Arc<Activity>,
         state: Arc<EdgeState>,
-        guard: FramingGuard,
+        guard: Option<FramingGuard>,
     }
 }
 
@@ -121,26 +162,8 @@ impl<S: AsyncRead> AsyncRead for Tracked<S> {
         if n > 0 {
             this.activity.touch();
             this.state.load.bytes_in.add(n as u64);
-            let a = &this.activity;
-            if let Some((index, conflict)) = this.guard.feed(&buf.filled()[before..]) {
-                if a.bad_head.load(Ordering::Relaxed) == u64::MAX {
-                    *a.bad_reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(conflict);
-                    a.bad_head.store(index, Ordering::Release);
-                }
-            }
-            if let Some((index, why)) = this.guard.take_body_fault() {
-                a.body_fault.set(index, why);
-            }
-            // A head under way keeps the time its first byte came (or the connection opened);
-            // a finished one clears it.
-            let since = a.head_since.load(Ordering::Relaxed);
-            if this.guard.head_pending() {
-                if since == 0 {
-                    let ms = a.opened.elapsed().as_millis() as u64 + 1;
-                    a.head_since.store(ms, Ordering::Relaxed);
-                }
-            } else if since != 0 {
-                a.head_since.store(0, Ordering::Relaxed);
+            if let Some(guard) = this.guard {
+                this.activity.watch(guard, &buf.filled()[before..]);
             }
         }
         r
@@ -533,15 +556,46 @@ where
         body_fault: Arc::default(),
         opened: Instant::now(),
         head_since: AtomicU64::new(1),
+        closing: AtomicBool::new(false),
+        close: Notify::new(),
     });
-    let io = Tracked {
+    let mut io = Tracked {
         inner: stream,
         activity: activity.clone(),
         state: state.clone(),
-        guard: FramingGuard::new(max_header_size),
+        guard: None,
     };
-    let svc_activity = activity.clone();
     let client = Peer { addr: peer, secure };
+    let mut watch = Watch::new(idle_timeout, header_timeout, send_timeout, peer);
+    // HTTP/1.x GET and HEAD first, answered by the edge itself; hyper takes the connection at
+    // the first request that is anything else (see `direct`).
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let ended = {
+        let own = direct::serve(
+            &mut io,
+            &mut buf,
+            &state,
+            client,
+            &activity,
+            max_header_size,
+        );
+        tokio::pin!(own);
+        let mut own = Own {
+            serve: own,
+            activity: &activity,
+        };
+        watch.run(&mut own, &activity, &shutdown).await
+    };
+    if !matches!(ended, Some(direct::Ended::HandOff)) {
+        return;
+    }
+    // hyper reads what `direct` read of its first request again; the guard sees it from
+    // that request's first byte, and numbers the requests from there.
+    let mut guard = FramingGuard::new(max_header_size);
+    activity.watch(&mut guard, &buf);
+    io.guard = Some(guard);
+    let io = direct::Replay::new(buf.freeze(), io);
+    let svc_activity = activity.clone();
     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let state = state.clone();
         let activity = svc_activity.clone();
@@ -581,55 +635,154 @@ where
     let (io, drain) = super::coalesce::coalesce(io, secure);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let mut ended = None;
-    let mut closing = false;
-    // Sampled every quarter of the shorter timeout: a connection is idle once no byte moved and
-    // no request was open for a whole timeout (give or take a quarter).
-    let tick =
-        (idle_timeout.min(header_timeout).min(send_timeout) / 4).max(Duration::from_millis(10));
-    let mut next_check = Instant::now() + tick;
-    let mut seen = activity.events.load(Ordering::Relaxed);
-    let mut quiet_since = Instant::now();
-    loop {
-        tokio::select! {
-            r = std::future::poll_fn(|cx| super::coalesce::poll_flushing(conn.as_mut(), &drain, &mut ended, cx)) => {
-                if let Err(e) = r {
-                    tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+    let mut hyper = Hyper {
+        conn,
+        drain,
+        ended: None,
+        shut: |conn| conn.graceful_shutdown(),
+    };
+    if let Some(Err(e)) = watch.run(&mut hyper, &activity, &shutdown).await {
+        tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// What serves a connection, as its watcher sees it.
+trait Served {
+    type Out;
+    fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<Self::Out>;
+    /// Finish what is under way, then close (at once if nothing is).
+    fn close(&mut self);
+}
+
+/// `direct`'s loop.
+struct Own<'a, F> {
+    serve: Pin<&'a mut F>,
+    activity: &'a Activity,
+}
+
+impl<F: std::future::Future> Served for Own<'_, F> {
+    type Out = F::Output;
+
+    fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.serve.as_mut().poll(cx)
+    }
+
+    fn close(&mut self) {
+        self.activity.closing.store(true, Ordering::Relaxed);
+        self.activity.close.notify_one();
+    }
+}
+
+/// hyper's connection, and the coalescing layer's writes it leaves behind.
+struct Hyper<'a, F: std::future::Future, S> {
+    conn: Pin<&'a mut F>,
+    drain: super::coalesce::Drain<S>,
+    ended: Option<F::Output>,
+    /// hyper's graceful shutdown of `conn`.
+    shut: fn(Pin<&mut F>),
+}
+
+impl<F, S> Served for Hyper<'_, F, S>
+where
+    F: std::future::Future<Output = Result<(), super::coalesce::ConnError>>,
+    S: AsyncWrite + Unpin,
+{
+    type Out = Result<(), super::coalesce::ConnError>;
+
+    fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<Self::Out> {
+        super::coalesce::poll_flushing(self.conn.as_mut(), &self.drain, &mut self.ended, cx)
+    }
+
+    fn close(&mut self) {
+        (self.shut)(self.conn.as_mut());
+    }
+}
+
+/// A connection's timeouts, checked every quarter of the shortest (see the module
+/// documentation): a head late past `header_timeout`, `idle_timeout` with no byte moved and no
+/// request open (told to close), and `send_timeout` more of the same (dropped).
+struct Watch {
+    idle_timeout: Duration,
+    header_timeout: Duration,
+    send_timeout: Duration,
+    peer: SocketAddr,
+    tick: Duration,
+    next_check: Instant,
+    seen: u64,
+    quiet_since: Instant,
+    closing: bool,
+}
+
+impl Watch {
+    fn new(
+        idle_timeout: Duration,
+        header_timeout: Duration,
+        send_timeout: Duration,
+        peer: SocketAddr,
+    ) -> Watch {
+        // Sampled every quarter of the shorter timeout: a connection is idle once no byte moved
+        // and no request was open for a whole timeout (give or take a quarter).
+        let tick =
+            (idle_timeout.min(header_timeout).min(send_timeout) / 4).max(Duration::from_millis(10));
+        Watch {
+            idle_timeout,
+            header_timeout,
+            send_timeout,
+            peer,
+            tick,
+            next_check: Instant::now() + tick,
+            seen: 0,
+            quiet_since: Instant::now(),
+            closing: false,
+        }
+    }
+
+    /// Serves until `served` ends (its output) or a timeout drops the connection (`None`).
+    async fn run<T: Served>(
+        &mut self,
+        served: &mut T,
+        activity: &Activity,
+        shutdown: &CancellationToken,
+    ) -> Option<T::Out> {
+        if self.closing {
+            served.close();
+        }
+        loop {
+            tokio::select! {
+                out = std::future::poll_fn(|cx| served.poll_serve(cx)) => return Some(out),
+                _ = shutdown.cancelled(), if !self.closing => {
+                    served.close();
+                    self.closing = true;
                 }
-                break;
-            }
-            _ = shutdown.cancelled(), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            _ = tokio::time::sleep_until(next_check) => {
-                let now = Instant::now();
-                let events = activity.events.load(Ordering::Relaxed);
-                let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
-                let late_head = activity
-                    .head_since()
-                    .is_some_and(|t| now.duration_since(t) >= header_timeout);
-                if late_head && !busy && !closing {
-                    // Nothing in flight to finish: drop the connection (hyper would wait for
-                    // the head to complete before a graceful shutdown took effect).
-                    tracing::debug!(client = %peer, "request head not complete in time");
-                    break;
+                _ = tokio::time::sleep_until(self.next_check) => {
+                    let now = Instant::now();
+                    let events = activity.events.load(Ordering::Relaxed);
+                    let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
+                    let late_head = activity
+                        .head_since()
+                        .is_some_and(|t| now.duration_since(t) >= self.header_timeout);
+                    if late_head && !busy && !self.closing {
+                        // Nothing in flight to finish: drop the connection (hyper would wait
+                        // for the head to complete before a graceful shutdown took effect).
+                        tracing::debug!(client = %self.peer, "request head not complete in time");
+                        return None;
+                    }
+                    let quiet = now.duration_since(self.quiet_since);
+                    if events != self.seen || busy {
+                        self.seen = events;
+                        self.quiet_since = now;
+                    } else if quiet >= self.idle_timeout + self.send_timeout {
+                        // Told to close (idle, or shutting down) and still no byte moved: the
+                        // answer under way is one the client does not read, and would be held
+                        // (with its origin connection, or its chunk from disk) for good.
+                        tracing::debug!(client = %self.peer, "the client took no bytes for send_timeout");
+                        return None;
+                    } else if quiet >= self.idle_timeout && !self.closing {
+                        served.close();
+                        self.closing = true;
+                    }
+                    self.next_check = now + self.tick;
                 }
-                let quiet = now.duration_since(quiet_since);
-                if events != seen || busy {
-                    seen = events;
-                    quiet_since = now;
-                } else if quiet >= idle_timeout + send_timeout {
-                    // Told to close (idle, or shutting down) and still no byte moved: hyper is
-                    // waiting to write an answer that the client does not read, and would hold
-                    // it (and its origin connection, or its chunk from disk) for good.
-                    tracing::debug!(client = %peer, "the client took no bytes for send_timeout");
-                    break;
-                } else if quiet >= idle_timeout && !closing {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-                next_check = now + tick;
             }
         }
     }

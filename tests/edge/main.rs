@@ -7,6 +7,7 @@ mod common;
 mod admin;
 mod bounds;
 mod collapse;
+mod direct;
 mod freshness;
 mod h2_abuse;
 mod h3;

@@ -1,0 +1,283 @@
+//! HTTP/1.1 as the edge speaks it itself (`GET` and `HEAD`), and the hand-over to hyper for
+//! everything else on the same connection: persistence, pipelining, framing of the answers.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::*;
+
+/// One response read off `s`: its status line, its fields (names lower-case) and its body,
+/// delimited as a client must (none when `bodiless`, else chunked, `Content-Length`, or to the
+/// connection's end).
+struct Answer {
+    status: String,
+    fields: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+async fn fill(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 16 * 1024];
+    match tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await {
+        Ok(Ok(n)) if n > 0 => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+        _ => false,
+    }
+}
+
+async fn take_line(s: &mut TcpStream, buf: &mut Vec<u8>) -> String {
+    loop {
+        if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line = String::from_utf8_lossy(&buf[..i]).into_owned();
+            buf.drain(..i + 2);
+            return line;
+        }
+        assert!(fill(s, buf).await, "the connection ended inside a line");
+    }
+}
+
+async fn take(s: &mut TcpStream, buf: &mut Vec<u8>, n: usize) -> Vec<u8> {
+    while buf.len() < n {
+        assert!(fill(s, buf).await, "the connection ended inside a body");
+    }
+    buf.drain(..n).collect()
+}
+
+async fn answer(s: &mut TcpStream, buf: &mut Vec<u8>, bodiless: bool) -> Answer {
+    let status = take_line(s, buf).await;
+    let mut fields = Vec::new();
+    loop {
+        let line = take_line(s, buf).await;
+        if line.is_empty() {
+            break;
+        }
+        let (n, v) = line.split_once(':').expect("a field line");
+        fields.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let mut a = Answer {
+        status,
+        fields,
+        body: Vec::new(),
+    };
+    if bodiless {
+        return a;
+    }
+    if a.field("transfer-encoding") == Some("chunked") {
+        loop {
+            let size = take_line(s, buf).await;
+            let size = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
+            if size == 0 {
+                assert_eq!(take_line(s, buf).await, "", "no trailers");
+                break;
+            }
+            let data = take(s, buf, size).await;
+            a.body.extend_from_slice(&data);
+            assert_eq!(take_line(s, buf).await, "", "a chunk ends in CRLF");
+        }
+    } else if let Some(n) = a.field("content-length") {
+        let n = n.parse().expect("a length");
+        a.body = take(s, buf, n).await;
+    } else {
+        while fill(s, buf).await {}
+        a.body = std::mem::take(buf);
+    }
+    a
+}
+
+/// Whether the edge closes `s` (within 5 s) with nothing more to say.
+async fn closes(s: &mut TcpStream) -> bool {
+    let mut rest = Vec::new();
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await,
+        Ok(Ok(0))
+    )
+}
+
+fn cached(body: &str) -> Reply {
+    Reply::ok(body)
+        .header("cache-control", "max-age=60")
+        .header("etag", "\"v1\"")
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_a_post_among_them_too() {
+    let o = Origin::start().await;
+    o.always("/a", cached("body of a"));
+    o.always("/b", cached("body of b"));
+    o.always("/post", Reply::ok("posted"));
+    let edge = Edge::for_origin(&o).await;
+    let mut s = TcpStream::connect(edge.addr).await.unwrap();
+    // All in one write: the edge's own requests, then one with a body (hyper's from there on),
+    // then more of ours, which hyper answers too.
+    s.write_all(
+        b"GET /a HTTP/1.1\r\nHost: demo.test\r\n\r\n\
+          GET /b HTTP/1.1\r\nHost: demo.test\r\n\r\n\
+          GET /a HTTP/1.1\r\nHost: demo.test\r\n\r\n\
+          POST /post HTTP/1.1\r\nHost: demo.test\r\nContent-Length: 5\r\n\r\nhello\
+          GET /b HTTP/1.1\r\nHost: demo.test\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut bodies = Vec::new();
+    for _ in 0..5 {
+        let a = answer(&mut s, &mut buf, false).await;
+        assert_eq!(a.status, "HTTP/1.1 200 OK");
+        bodies.push(String::from_utf8(a.body).unwrap());
+    }
+    assert_eq!(
+        bodies,
+        ["body of a", "body of b", "body of a", "posted", "body of b"]
+    );
+    assert!(closes(&mut s).await, "closed after Connection: close");
+    assert_eq!(o.last("/post").body.as_ref(), b"hello");
+    assert_eq!(o.count("/a"), 1, "the second /a was a hit");
+}
+
+#[tokio::test]
+async fn bodiless_answers_keep_the_connection_in_step() {
+    let o = Origin::start().await;
+    o.always("/a", cached("body of a"));
+    let edge = Edge::for_origin(&o).await;
+    let mut s = TcpStream::connect(edge.addr).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(b"HEAD /a HTTP/1.1\r\nHost: demo.test\r\n\r\n")
+        .await
+        .unwrap();
+    let head = answer(&mut s, &mut buf, true).await;
+    assert_eq!(head.status, "HTTP/1.1 200 OK");
+    assert_eq!(head.field("content-length"), Some("9"));
+    assert!(head.field("date").is_some(), "{:?}", head.fields);
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: demo.test\r\nIf-None-Match: \"v1\"\r\n\r\n")
+        .await
+        .unwrap();
+    let not_modified = answer(&mut s, &mut buf, true).await;
+    assert_eq!(not_modified.status, "HTTP/1.1 304 Not Modified");
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: demo.test\r\n\r\n")
+        .await
+        .unwrap();
+    let full = answer(&mut s, &mut buf, false).await;
+    assert_eq!(full.status, "HTTP/1.1 200 OK");
+    assert_eq!(full.body, b"body of a");
+    assert!(buf.is_empty(), "nothing beyond the answers: {buf:?}");
+}
+
+#[tokio::test]
+async fn http_1_0_keeps_the_connection_only_when_asked() {
+    let o = Origin::start().await;
+    o.always("/a", cached("body of a"));
+    let edge = Edge::for_origin(&o).await;
+    let mut s = TcpStream::connect(edge.addr).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(b"GET /a HTTP/1.0\r\nHost: demo.test\r\nConnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    let kept = answer(&mut s, &mut buf, false).await;
+    assert_eq!(kept.status, "HTTP/1.0 200 OK");
+    assert_eq!(kept.field("connection"), Some("keep-alive"));
+    assert_eq!(kept.body, b"body of a");
+    s.write_all(b"GET /a HTTP/1.0\r\nHost: demo.test\r\n\r\n")
+        .await
+        .unwrap();
+    let last = answer(&mut s, &mut buf, false).await;
+    assert_eq!(last.status, "HTTP/1.0 200 OK");
+    assert_eq!(last.body, b"body of a");
+    assert!(closes(&mut s).await, "closed after an HTTP/1.0 answer");
+}
+
+#[tokio::test]
+async fn an_answer_of_unknown_length_is_chunked_and_to_http_1_0_runs_to_the_close() {
+    let o = Origin::start().await;
+    let big: String = (0..40_000)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    o.always(
+        "/s",
+        Reply::ok(&big)
+            .header("cache-control", "max-age=60")
+            .chunked(),
+    );
+    o.always(
+        "/t",
+        Reply::ok(&big)
+            .header("cache-control", "max-age=60")
+            .chunked(),
+    );
+    let edge = Edge::for_origin(&o).await;
+    let mut s = TcpStream::connect(edge.addr).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(b"GET /s HTTP/1.1\r\nHost: demo.test\r\n\r\n")
+        .await
+        .unwrap();
+    let first = answer(&mut s, &mut buf, false).await;
+    assert_eq!(first.field("transfer-encoding"), Some("chunked"));
+    assert_eq!(first.field("content-length"), None);
+    assert_eq!(first.body, big.as_bytes());
+    // Stored whole by now: its length is known.
+    s.write_all(b"GET /s HTTP/1.1\r\nHost: demo.test\r\n\r\n")
+        .await
+        .unwrap();
+    let hit = answer(&mut s, &mut buf, false).await;
+    assert_eq!(hit.field("content-length"), Some("40000"));
+    assert_eq!(hit.body, big.as_bytes());
+
+    let mut s = TcpStream::connect(edge.addr).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(b"GET /t HTTP/1.0\r\nHost: demo.test\r\nConnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    let old = answer(&mut s, &mut buf, false).await;
+    assert_eq!(old.status, "HTTP/1.0 200 OK");
+    assert_eq!(old.field("transfer-encoding"), None);
+    assert_ne!(old.field("connection"), Some("keep-alive"));
+    assert_eq!(old.body, big.as_bytes(), "the body runs to the close");
+}
+
+#[tokio::test]
+async fn a_head_that_comes_in_pieces_is_answered_and_close_is_said() {
+    let o = Origin::start().await;
+    o.always("/a", cached("body of a"));
+    let edge = Edge::for_origin(&o).await;
+    let mut s = TcpStream::connect(edge.addr).await.unwrap();
+    let head = b"GET /a HTTP/1.1\r\nHost: demo.test\r\nConnection: close\r\n\r\n";
+    for piece in head.chunks(7) {
+        s.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut buf = Vec::new();
+    let a = answer(&mut s, &mut buf, false).await;
+    assert_eq!(a.status, "HTTP/1.1 200 OK");
+    assert_eq!(a.field("connection"), Some("close"));
+    assert_eq!(a.body, b"body of a");
+    assert!(closes(&mut s).await);
+}
+
+#[tokio::test]
+async fn a_malformed_head_is_refused_and_the_edge_stays_up() {
+    let o = Origin::start().await;
+    o.always("/a", cached("body of a"));
+    let edge = Edge::for_origin(&o).await;
+    for bad in [
+        &b"GET /a HTTP/1.1\r\nHost: demo.test\r\nBad Name: x\r\n\r\n"[..],
+        b"GET /a HTTP/1.1\r\nHost: demo.test\r\nX: a\r\n folded\r\n\r\n",
+        b"GET /a HTTP/9.9\r\nHost: demo.test\r\n\r\n",
+        b"GET http://[::1 HTTP/1.1\r\nHost: demo.test\r\n\r\n",
+    ] {
+        let r = raw(edge.addr, bad, Duration::from_secs(3)).await;
+        assert!(r.starts_with("HTTP/1.1 400"), "{r:?} for {bad:?}");
+    }
+    assert_eq!(o.total(), 0);
+    assert_eq!(edge.get("/a").await.text(), "body of a");
+}
