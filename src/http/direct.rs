@@ -50,6 +50,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::body::{Body, RequestBody};
 use super::handler::{answer_later, answer_now, EdgeState, Peer};
+use super::response::Lines;
 use super::server::Activity;
 
 /// Most header fields in a request head (hyper's limit; past it hyper answers).
@@ -136,7 +137,7 @@ where
         let Head { req, close } = head;
         let head_only = req.method() == Method::HEAD;
         let v10 = req.version() == Version::HTTP_10;
-        let resp = match answer_now(state, req, peer, None, None) {
+        let resp = match answer_now(state, req, peer, None, None, true) {
             Ok(resp) => resp,
             Err(later) => {
                 activity.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -293,6 +294,17 @@ where
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let (mut stated, mut wrote_date, mut says_keep, mut says_close) = (None, false, false, false);
+    // A hit's stored fields, already lines (see `response::Lines`).
+    if let Some(kept) = parts.extensions.get::<Lines>() {
+        out.extend_from_slice(&kept.lines);
+        field(out, b"age", kept.age.as_bytes());
+        field(out, b"cache-status", kept.cache_status.as_bytes());
+        wrote_date = kept.dated;
+        if bodiless && !no_length {
+            length(out, kept.length);
+            stated = Some(kept.length);
+        }
+    }
     for (name, value) in parts.headers.iter() {
         match *name {
             header::CONTENT_LENGTH => {

@@ -335,7 +335,7 @@ pub(crate) async fn handle(
     framing: Option<&'static str>,
     fault: BodyWatch,
 ) -> Result<Response<Body>, std::convert::Infallible> {
-    match answer_now(&state, req, peer, framing, fault) {
+    match answer_now(&state, req, peer, framing, fault, false) {
         Ok(resp) => Ok(resp),
         Err(later) => answer_later(state, later).await,
     }
@@ -380,12 +380,17 @@ type Logged = Option<(Method, Uri, Option<HeaderValue>)>;
 // `Later` is large, and moved once, into the future that answers it; boxed it would cost every
 // request that waits an allocation.
 #[allow(clippy::result_large_err)]
+///
+/// With `lines` (the caller writes HTTP/1.1 itself, `direct`), a whole hit from memory may come
+/// with its stored fields as header lines ([`response::Lines`], an extension) instead of in
+/// the header map.
 pub(crate) fn answer_now(
     state: &Arc<EdgeState>,
     req: Request<RequestBody>,
     peer: Peer,
     framing: Option<&'static str>,
     fault: BodyWatch,
+    lines: bool,
 ) -> Result<Response<Body>, Later> {
     let start = Instant::now();
     let logged = state.access_log.then(|| {
@@ -398,7 +403,7 @@ pub(crate) fn answer_now(
     let version = req.version();
     let (resp, status) = match route_now(state, req, peer, framing, fault) {
         Routed::Done(resp, status) => (resp, status),
-        Routed::Go { site, client } => match hit_now(state, &site, &client) {
+        Routed::Go { site, client } => match hit_now(state, &site, &client, lines) {
             Ok(answered) => answered,
             Err(looked) => {
                 return Err(Later {
@@ -623,6 +628,7 @@ fn hit_now(
     state: &Arc<EdgeState>,
     site: &Arc<Site>,
     client: &ClientRequest,
+    lines: bool,
 ) -> Result<(Response<Body>, CacheStatus), Option<Looked>> {
     let req = &client.req;
     if *req.method() != Method::GET && *req.method() != Method::HEAD {
@@ -648,6 +654,8 @@ fn hit_now(
         }
     };
     let target = site.target(&client.host, client.peer.secure);
+    // A hop's Cache-Status is renamed below, in the map.
+    let lines = lines && client.hop.is_none();
     let decided = decide(
         &object,
         Tier::Memory,
@@ -655,6 +663,7 @@ fn hit_now(
         req.headers(),
         target,
         &directives,
+        lines,
     );
     let (mut resp, s) = match decided {
         Lookup::Served(resp, s) => (resp, s),
@@ -991,7 +1000,7 @@ async fn lookup_in(
     let Some((object, tier)) = found else {
         return Lookup::Forward(Fwd::Miss, None);
     };
-    decide(&object, tier, method, headers, target, directives)
+    decide(&object, tier, method, headers, target, directives, false)
 }
 
 /// What the object the store found (in `tier`) does for a request: the variant, the reuse
@@ -1003,6 +1012,7 @@ fn decide(
     headers: &HeaderMap,
     target: Target<'_>,
     directives: &RequestDirectives,
+    lines: bool,
 ) -> Lookup {
     let Some(entry) = object.select(headers, target) else {
         return Lookup::Forward(Fwd::VaryMiss, None);
@@ -1018,12 +1028,13 @@ fn decide(
         Reuse::Hit => {
             let mut s = CacheStatus::hit(entry.ttl(age));
             s.tier = Some(tier);
-            Lookup::Served(response::from_entry(entry, method, headers, s, age), s)
+            let resp = response::from_entry_as(entry, method, headers, s, age, lines);
+            Lookup::Served(resp, s)
         }
         Reuse::StaleWhileRevalidate => {
             let mut s = CacheStatus::hit(entry.ttl(age)).detail("stale-while-revalidate");
             s.tier = Some(tier);
-            let resp = response::from_entry(entry, method, headers, s, age);
+            let resp = response::from_entry_as(entry, method, headers, s, age, lines);
             Lookup::Refresh(resp, s, entry.clone())
         }
         Reuse::RevalidateRequested => Lookup::Forward(Fwd::Request, Some(entry.clone())),

@@ -17,6 +17,7 @@
 use std::cell::RefCell;
 use std::sync::{Arc, Weak};
 
+use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue};
 
 use super::headers::CACHE_STATUS;
@@ -36,11 +37,13 @@ pub(crate) const MAX_VALUES: usize = 4096;
 struct Slot {
     entry: Weak<Entry>,
     map: Option<HeaderMap>,
+    /// The fields as HTTP/1.1 header lines (see [`lines`]), and whether they hold a `Date`.
+    lines: Option<(Bytes, bool)>,
 }
 
 thread_local! {
     static KEPT: RefCell<Vec<Slot>> = RefCell::new(
-        (0..SLOTS).map(|_| Slot { entry: Weak::new(), map: None }).collect(),
+        (0..SLOTS).map(|_| Slot { entry: Weak::new(), map: None, lines: None }).collect(),
     );
 }
 
@@ -77,7 +80,49 @@ pub(crate) fn of(entry: &Arc<Entry>) -> HeaderMap {
         // comes again before another takes the slot.
         slot.entry = Arc::downgrade(entry);
         slot.map = None;
+        slot.lines = None;
         entry.headers.to_map(ROOM)
+    })
+}
+
+/// `entry`'s fields as HTTP/1.1 header lines, on the same terms as [`of`]'s maps: kept from an
+/// entry's second answer in a row on this thread, `None` before (the caller builds a map).
+/// Without `Age`, `Cache-Status` and `Content-Length`, which the writer adds; `None` for good
+/// for fields that carry connection framing (`Connection`, `Transfer-Encoding`: never stored,
+/// so never met). Says whether the lines hold a `Date`.
+pub(crate) fn lines(entry: &Arc<Entry>) -> Option<(Bytes, bool)> {
+    if entry.headers.values_len() > MAX_VALUES {
+        return None;
+    }
+    let at = Arc::as_ptr(entry);
+    KEPT.with(|kept| {
+        let mut kept = kept.try_borrow_mut().ok()?;
+        let slot = &mut kept[slot_of(at)];
+        if !std::ptr::eq(slot.entry.as_ptr(), at) {
+            slot.entry = Arc::downgrade(entry);
+            slot.map = None;
+            slot.lines = None;
+            return None;
+        }
+        if slot.lines.is_none() {
+            let mut out = Vec::with_capacity(entry.headers.values_len() + 32 * entry.headers.len());
+            let mut dated = false;
+            for (name, value) in entry.headers.iter() {
+                match *name {
+                    header::AGE | header::CONTENT_LENGTH => continue,
+                    header::CONNECTION | header::TRANSFER_ENCODING => return None,
+                    header::DATE => dated = true,
+                    _ if name == CACHE_STATUS => continue,
+                    _ => {}
+                }
+                out.extend_from_slice(name.as_str().as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            slot.lines = Some((Bytes::from(out), dated));
+        }
+        slot.lines.clone()
     })
 }
 

@@ -518,6 +518,54 @@ fn build(code: StatusCode, headers: HeaderMap, body: Body) -> Response<Body> {
     resp
 }
 
+/// A whole answer's stored fields as HTTP/1.1 header lines (`name: value\r\n` each), for a
+/// writer of HTTP/1.1 (`direct`): the response's header map then holds only what was added
+/// after (`Alt-Svc`), and the writer writes these, then `age` and `cache_status`. Without
+/// `Content-Length` (the writer states `length`, or the body's), `Age` and `Cache-Status`.
+#[derive(Clone, Debug)]
+pub(crate) struct Lines {
+    pub(crate) lines: bytes::Bytes,
+    /// The lines hold a `Date`.
+    pub(crate) dated: bool,
+    pub(crate) length: u64,
+    pub(crate) age: HeaderValue,
+    pub(crate) cache_status: HeaderValue,
+}
+
+/// As [`from_entry`]; with `lines`, a whole answer from memory of an entry this thread keeps
+/// the fields of (see `heads`) comes as [`Lines`], with no header map built.
+pub(crate) fn from_entry_as(
+    entry: &Arc<Entry>,
+    method: &Method,
+    req: &HeaderMap,
+    status: CacheStatus,
+    age: Duration,
+    lines: bool,
+) -> Response<Body> {
+    if lines && entry.on_disk.is_none() {
+        let len = entry.body_len();
+        if let Plan::Whole = plan(entry, method, req, Some(len)) {
+            if let Some((kept, dated)) = super::heads::lines(entry) {
+                let body = if *method == Method::HEAD {
+                    Body::empty()
+                } else {
+                    Body::full(entry.body.clone())
+                };
+                let mut resp = build(entry.status, HeaderMap::new(), body);
+                resp.extensions_mut().insert(Lines {
+                    lines: kept,
+                    dated,
+                    length: len,
+                    age: age_value(age),
+                    cache_status: status.value(),
+                });
+                return resp;
+            }
+        }
+    }
+    from_entry(entry, method, req, status, age)
+}
+
 /// Answers a request from a stored entry: a 304 for a satisfied conditional, a 206/416 for a
 /// range, otherwise the whole response (headers only for HEAD).
 pub(crate) fn from_entry(

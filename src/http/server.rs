@@ -613,7 +613,14 @@ where
         };
         let fault = Some((activity.body_fault.clone(), index));
         // A hit is answered here, in hyper's call: see `answer_now`.
-        let now = answer_now(&state, req.map(RequestBody::Hyper), client, framing, fault);
+        let now = answer_now(
+            &state,
+            req.map(RequestBody::Hyper),
+            client,
+            framing,
+            fault,
+            false,
+        );
         let later = match now {
             Ok(resp) => {
                 activity.in_flight.fetch_sub(1, Ordering::Relaxed);

@@ -281,3 +281,60 @@ async fn a_malformed_head_is_refused_and_the_edge_stays_up() {
     assert_eq!(o.total(), 0);
     assert_eq!(edge.get("/a").await.text(), "body of a");
 }
+
+#[tokio::test]
+async fn a_hit_from_kept_header_lines_says_what_a_hit_from_the_map_says() {
+    let o = Origin::start().await;
+    o.always(
+        "/a",
+        cached("body of a")
+            .header("x-one", "1")
+            .header("x-many", "a")
+            .header("content-type", "text/plain"),
+    );
+    let edge = Edge::for_origin(&o).await;
+    let mut s = TcpStream::connect(edge.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let mut got = Vec::new();
+    // The miss, a hit whose thread notes the entry (a header map), then hits from its lines.
+    for _ in 0..4 {
+        s.write_all(b"GET /a HTTP/1.1\r\nHost: demo.test\r\n\r\n")
+            .await
+            .unwrap();
+        got.push(answer(&mut s, &mut buf, false).await);
+    }
+    let fields = |a: &Answer| {
+        let mut f: Vec<_> = a
+            .fields
+            .iter()
+            .filter(|(n, _)| n != "date" && n != "age")
+            .cloned()
+            .collect();
+        f.sort();
+        f
+    };
+    assert!(got[1].field("cache-status").unwrap().contains("hit"));
+    for later in &got[2..] {
+        assert_eq!(later.status, "HTTP/1.1 200 OK");
+        assert_eq!(fields(later), fields(&got[1]));
+        assert_eq!(later.body, b"body of a");
+        assert_eq!(
+            later.fields.iter().filter(|(n, _)| n == "date").count(),
+            1,
+            "one Date: {:?}",
+            later.fields
+        );
+    }
+    s.write_all(b"HEAD /a HTTP/1.1\r\nHost: demo.test\r\n\r\n")
+        .await
+        .unwrap();
+    let head = answer(&mut s, &mut buf, true).await;
+    assert_eq!(fields(&head), fields(&got[1]));
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: demo.test\r\nRange: bytes=0-3\r\n\r\n")
+        .await
+        .unwrap();
+    let part = answer(&mut s, &mut buf, false).await;
+    assert_eq!(part.status, "HTTP/1.1 206 Partial Content");
+    assert_eq!(part.body, b"body");
+    assert_eq!(o.count("/a"), 1);
+}
