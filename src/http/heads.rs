@@ -140,7 +140,7 @@ mod tests {
                 HeaderValue::from_str(v).unwrap(),
             );
         }
-        let mut e = Entry::for_test(bytes::Bytes::from_static(b"x"), Duration::from_secs(60));
+        let mut e = Entry::for_test(Bytes::from_static(b"x"), Duration::from_secs(60));
         e.headers = Fields::new(&map);
         Arc::new(e)
     }
