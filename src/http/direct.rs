@@ -137,7 +137,8 @@ where
         let Head { req, close } = head;
         let head_only = req.method() == Method::HEAD;
         let v10 = req.version() == Version::HTTP_10;
-        let resp = match answer_now(state, req, peer, None, None, true) {
+        let mut lines = None;
+        let resp = match answer_now(state, req, peer, None, None, Some(&mut lines)) {
             Ok(resp) => resp,
             Err(later) => {
                 activity.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -165,7 +166,7 @@ where
             }
         };
         let close = close || activity.closing.load(Ordering::Relaxed);
-        match respond(io, &mut out, resp, head_only, v10, close).await {
+        match respond(io, &mut out, resp, lines, head_only, v10, close).await {
             Ok(false) => {}
             Ok(true) => {
                 let _ = io.shutdown().await;
@@ -275,6 +276,7 @@ async fn respond<S>(
     io: &mut S,
     out: &mut Vec<u8>,
     resp: Response<Body>,
+    lines: Option<Lines>,
     head_only: bool,
     v10: bool,
     mut close: bool,
@@ -295,7 +297,7 @@ where
     out.extend_from_slice(b"\r\n");
     let (mut stated, mut wrote_date, mut says_keep, mut says_close) = (None, false, false, false);
     // A hit's stored fields, already lines (see `response::Lines`).
-    if let Some(kept) = parts.extensions.get::<Lines>() {
+    if let Some(kept) = lines {
         out.extend_from_slice(&kept.lines);
         field(out, b"age", kept.age.as_bytes());
         field(out, b"cache-status", kept.cache_status.as_bytes());

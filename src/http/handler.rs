@@ -335,7 +335,7 @@ pub(crate) async fn handle(
     framing: Option<&'static str>,
     fault: BodyWatch,
 ) -> Result<Response<Body>, std::convert::Infallible> {
-    match answer_now(&state, req, peer, framing, fault, false) {
+    match answer_now(&state, req, peer, framing, fault, None) {
         Ok(resp) => Ok(resp),
         Err(later) => answer_later(state, later).await,
     }
@@ -382,15 +382,15 @@ type Logged = Option<(Method, Uri, Option<HeaderValue>)>;
 #[allow(clippy::result_large_err)]
 ///
 /// With `lines` (the caller writes HTTP/1.1 itself, `direct`), a whole hit from memory may come
-/// with its stored fields as header lines ([`response::Lines`], an extension) instead of in
-/// the header map.
+/// with its stored fields as header lines, put there ([`response::Lines`]), instead of in the
+/// header map.
 pub(crate) fn answer_now(
     state: &Arc<EdgeState>,
     req: Request<RequestBody>,
     peer: Peer,
     framing: Option<&'static str>,
     fault: BodyWatch,
-    lines: bool,
+    lines: Option<&mut Option<response::Lines>>,
 ) -> Result<Response<Body>, Later> {
     let start = Instant::now();
     let logged = state.access_log.then(|| {
@@ -628,7 +628,7 @@ fn hit_now(
     state: &Arc<EdgeState>,
     site: &Arc<Site>,
     client: &ClientRequest,
-    lines: bool,
+    lines: Option<&mut Option<response::Lines>>,
 ) -> Result<(Response<Body>, CacheStatus), Option<Looked>> {
     let req = &client.req;
     if *req.method() != Method::GET && *req.method() != Method::HEAD {
@@ -655,7 +655,7 @@ fn hit_now(
     };
     let target = site.target(&client.host, client.peer.secure);
     // A hop's Cache-Status is renamed below, in the map.
-    let lines = lines && client.hop.is_none();
+    let lines = lines.filter(|_| client.hop.is_none());
     let decided = decide(
         &object,
         Tier::Memory,
@@ -1000,7 +1000,7 @@ async fn lookup_in(
     let Some((object, tier)) = found else {
         return Lookup::Forward(Fwd::Miss, None);
     };
-    decide(&object, tier, method, headers, target, directives, false)
+    decide(&object, tier, method, headers, target, directives, None)
 }
 
 /// What the object the store found (in `tier`) does for a request: the variant, the reuse
@@ -1012,7 +1012,7 @@ fn decide(
     headers: &HeaderMap,
     target: Target<'_>,
     directives: &RequestDirectives,
-    lines: bool,
+    lines: Option<&mut Option<response::Lines>>,
 ) -> Lookup {
     let Some(entry) = object.select(headers, target) else {
         return Lookup::Forward(Fwd::VaryMiss, None);

@@ -522,7 +522,9 @@ fn build(code: StatusCode, headers: HeaderMap, body: Body) -> Response<Body> {
 /// writer of HTTP/1.1 (`direct`): the response's header map then holds only what was added
 /// after (`Alt-Svc`), and the writer writes these, then `age` and `cache_status`. Without
 /// `Content-Length` (the writer states `length`, or the body's), `Age` and `Cache-Status`.
-#[derive(Clone, Debug)]
+/// Handed back beside the response, not in its extensions (which would cost a hit two
+/// allocations and a hash map).
+#[derive(Debug)]
 pub(crate) struct Lines {
     pub(crate) lines: bytes::Bytes,
     /// The lines hold a `Date`.
@@ -533,16 +535,16 @@ pub(crate) struct Lines {
 }
 
 /// As [`from_entry`]; with `lines`, a whole answer from memory of an entry this thread keeps
-/// the fields of (see `heads`) comes as [`Lines`], with no header map built.
+/// the fields of (see `heads`) has them put there as [`Lines`], and no header map built.
 pub(crate) fn from_entry_as(
     entry: &Arc<Entry>,
     method: &Method,
     req: &HeaderMap,
     status: CacheStatus,
     age: Duration,
-    lines: bool,
+    lines: Option<&mut Option<Lines>>,
 ) -> Response<Body> {
-    if lines && entry.on_disk.is_none() {
+    if let (Some(out), None) = (lines, &entry.on_disk) {
         let len = entry.body_len();
         if let Plan::Whole = plan(entry, method, req, Some(len)) {
             if let Some((kept, dated)) = super::heads::lines(entry) {
@@ -551,15 +553,14 @@ pub(crate) fn from_entry_as(
                 } else {
                     Body::full(entry.body.clone())
                 };
-                let mut resp = build(entry.status, HeaderMap::new(), body);
-                resp.extensions_mut().insert(Lines {
+                *out = Some(Lines {
                     lines: kept,
                     dated,
                     length: len,
                     age: age_value(age),
                     cache_status: status.value(),
                 });
-                return resp;
+                return build(entry.status, HeaderMap::new(), body);
             }
         }
     }

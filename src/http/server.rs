@@ -619,7 +619,7 @@ where
             client,
             framing,
             fault,
-            false,
+            None,
         );
         let later = match now {
             Ok(resp) => {
