@@ -604,7 +604,9 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, H1E
         names.push((name, start, start + f.value.len()));
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(names.len());
+    // Room for what the edge adds to an answer (`Via`, `Cache-Status`, `Age`, `Alt-Svc`): a
+    // full map grows (allocates and rehashes every field) at its next insert.
+    let mut headers = HeaderMap::with_capacity(names.len() + crate::http::heads::ROOM);
     for (name, start, end) in names {
         let value = HeaderValue::from_maybe_shared(head.slice(start..end))
             .map_err(|_| invalid(format!("value of {name}")))?;

@@ -55,6 +55,8 @@ use super::server::Activity;
 
 /// Most header fields in a request head (hyper's limit; past it hyper answers).
 const MAX_FIELDS: usize = 100;
+/// Fields a request's map has room for besides the client's.
+const FORWARD_ROOM: usize = 4;
 /// What a read asks the socket for at least.
 const READ: usize = 4 * 1024;
 /// A body chunk up to this size is copied behind the head (one write); a larger one is written
@@ -244,7 +246,9 @@ fn parse(buf: &mut BytesMut, names: &mut Vec<(HeaderName, usize, usize)>) -> Par
     let Ok(uri) = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1)) else {
         return Parsed::Bad;
     };
-    let mut headers = HeaderMap::with_capacity(names.len());
+    // Room for what a forward adds (`Via`, `X-Forwarded-For`, `Forwarded`): a full map grows
+    // (allocates and rehashes every field) at its next insert.
+    let mut headers = HeaderMap::with_capacity(names.len() + FORWARD_ROOM);
     for (name, from, len) in names.drain(..) {
         match HeaderValue::from_maybe_shared(head.slice(from..from + len)) {
             Ok(value) => {
