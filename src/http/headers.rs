@@ -66,7 +66,7 @@ pub(crate) fn strip_hop_by_hop_except(headers: &mut HeaderMap, keep: &[HeaderNam
 
 /// Which of `names` (at most 32) `headers` holds, as bits: one pass over the names it holds.
 /// Removing an absent name still hashes it, which costs more than this for a short list.
-fn present(headers: &HeaderMap, names: &[HeaderName]) -> u32 {
+pub(crate) fn present(headers: &HeaderMap, names: &[HeaderName]) -> u32 {
     debug_assert!(names.len() <= 32);
     let mut bits = 0u32;
     for name in headers.keys() {

@@ -430,6 +430,13 @@ const NOT_MODIFIED_FIELDS: [header::HeaderName; 7] = [
     header::LAST_MODIFIED,
 ];
 
+/// The fields that make a request's answer other than the whole stored response.
+const ASKS_PART: [header::HeaderName; 3] = [
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::RANGE,
+];
+
 /// What a request gets of a stored (or filling) response.
 enum Plan {
     /// A satisfied conditional: 304.
@@ -449,6 +456,11 @@ enum Plan {
 /// Decides what to send for a response with these stored headers and a body of `len` bytes
 /// (`None`: still arriving, length unknown).
 fn plan(entry: &Entry, method: &Method, req: &HeaderMap, len: Option<u64>) -> Plan {
+    // Most requests ask for none of it: one pass over their names instead of a lookup each
+    // (and no look at the stored validators).
+    if super::headers::present(req, &ASKS_PART) == 0 {
+        return Plan::Whole;
+    }
     let full = entry.status == StatusCode::OK;
     if full && not_modified(req, &entry.headers) {
         return Plan::NotModified;
