@@ -32,8 +32,9 @@
 //!   a broken answer, never a complete short one.
 //!
 //! Timeouts stay with the connection's watcher in `server`: this keeps `head_since` (when the
-//! head under way began) and the open-request count it reads, and ends when it is told to close
-//! ([`Shared::close`]) while no request is under way.
+//! head under way began), the open-request count and `resting` (waiting for a head with none of
+//! it read) that it reads. Told to close while resting, the connection is dropped at once;
+//! otherwise what is under way is answered, with `Connection: close`.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -126,10 +127,9 @@ where
                 return Ended::Closed;
             }
             buf.reserve(READ);
-            let read = tokio::select! {
-                r = io.read_buf(buf) => r,
-                () = activity.close.notified(), if buf.is_empty() => return Ended::Closed,
-            };
+            activity.resting.store(buf.is_empty(), Ordering::Relaxed);
+            let read = io.read_buf(buf).await;
+            activity.resting.store(false, Ordering::Relaxed);
             match read {
                 Ok(0) | Err(_) => return Ended::Closed,
                 Ok(_) => {}

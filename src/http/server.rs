@@ -33,7 +33,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -85,9 +85,11 @@ pub(super) struct Activity {
     /// while no head is under way. Starts at 1: the first head is awaited from the open.
     head_since: AtomicU64,
     /// The connection was told to close (idle, or shutting down): `direct` answers what is
-    /// under way, with `Connection: close`, and ends; `close` wakes it if it waits for a head.
+    /// under way, with `Connection: close`, and ends.
     pub(super) closing: AtomicBool,
-    pub(super) close: Notify,
+    /// `direct` waits for a request head with nothing of it read: told to close now, the
+    /// connection ends at once.
+    pub(super) resting: AtomicBool,
 }
 
 impl Activity {
@@ -557,7 +559,7 @@ where
         opened: Instant::now(),
         head_since: AtomicU64::new(1),
         closing: AtomicBool::new(false),
-        close: Notify::new(),
+        resting: AtomicBool::new(false),
     });
     let mut io = Tracked {
         inner: stream,
@@ -657,8 +659,9 @@ where
 trait Served {
     type Out;
     fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<Self::Out>;
-    /// Finish what is under way, then close (at once if nothing is).
-    fn close(&mut self);
+    /// Finish what is under way, then close. True if nothing is: the caller ends the
+    /// connection.
+    fn close(&mut self) -> bool;
 }
 
 /// `direct`'s loop.
@@ -674,9 +677,9 @@ impl<F: std::future::Future> Served for Own<'_, F> {
         self.serve.as_mut().poll(cx)
     }
 
-    fn close(&mut self) {
+    fn close(&mut self) -> bool {
         self.activity.closing.store(true, Ordering::Relaxed);
-        self.activity.close.notify_one();
+        self.activity.resting.load(Ordering::Relaxed)
     }
 }
 
@@ -700,8 +703,9 @@ where
         super::coalesce::poll_flushing(self.conn.as_mut(), &self.drain, &mut self.ended, cx)
     }
 
-    fn close(&mut self) {
+    fn close(&mut self) -> bool {
         (self.shut)(self.conn.as_mut());
+        false
     }
 }
 
@@ -751,15 +755,17 @@ impl Watch {
         activity: &Activity,
         shutdown: &CancellationToken,
     ) -> Option<T::Out> {
-        if self.closing {
-            served.close();
+        if self.closing && served.close() {
+            return None;
         }
         loop {
             tokio::select! {
                 out = std::future::poll_fn(|cx| served.poll_serve(cx)) => return Some(out),
                 _ = shutdown.cancelled(), if !self.closing => {
-                    served.close();
                     self.closing = true;
+                    if served.close() {
+                        return None;
+                    }
                 }
                 _ = tokio::time::sleep_until(self.next_check) => {
                     let now = Instant::now();
@@ -785,8 +791,10 @@ impl Watch {
                         tracing::debug!(client = %self.peer, "the client took no bytes for send_timeout");
                         return None;
                     } else if quiet >= self.idle_timeout && !self.closing {
-                        served.close();
                         self.closing = true;
+                        if served.close() {
+                            return None;
+                        }
                     }
                     self.next_check = now + self.tick;
                 }
