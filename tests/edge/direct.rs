@@ -338,3 +338,43 @@ async fn a_hit_from_kept_header_lines_says_what_a_hit_from_the_map_says() {
     assert_eq!(part.body, b"body");
     assert_eq!(o.count("/a"), 1);
 }
+
+#[tokio::test]
+async fn on_shutdown_a_resting_connection_ends_and_one_in_flight_is_answered_with_close() {
+    let o = Origin::start().await;
+    o.always("/a", cached("body of a"));
+    o.always(
+        "/slow",
+        Reply::ok("finished").delay(Duration::from_millis(600)),
+    );
+    let mut edge = Edge::for_origin(&o).await;
+    let mut resting = TcpStream::connect(edge.addr).await.unwrap();
+    let mut buf = Vec::new();
+    resting
+        .write_all(b"GET /a HTTP/1.1\r\nHost: demo.test\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        answer(&mut resting, &mut buf, false).await.body,
+        b"body of a"
+    );
+    let mut busy = TcpStream::connect(edge.addr).await.unwrap();
+    busy.write_all(b"GET /slow HTTP/1.1\r\nHost: demo.test\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let done = tokio::spawn(edge.node.take().unwrap().shutdown());
+    let t = std::time::Instant::now();
+    assert!(closes(&mut resting).await, "the resting connection ended");
+    assert!(
+        t.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
+    let mut buf = Vec::new();
+    let last = answer(&mut busy, &mut buf, false).await;
+    assert_eq!(last.body, b"finished");
+    assert_eq!(last.field("connection"), Some("close"));
+    assert!(closes(&mut busy).await);
+    assert!(done.await.unwrap(), "finished within the grace period");
+}
