@@ -138,7 +138,7 @@ impl FramingGuard {
                 Phase::Off => return found,
                 Phase::Head if self.head.is_empty() => {
                     // Fast path: the whole head in this read, scanned in place.
-                    match find_end(data) {
+                    match find_end(data, 0) {
                         Some(end) => {
                             let verdict = self.on_head(&data[..end]);
                             data = &data[end..];
@@ -157,12 +157,11 @@ impl FramingGuard {
                 }
                 Phase::Head => {
                     let before = self.head.len();
-                    // Search from a little before the new bytes for a terminator split across reads.
+                    // Line ends among the new bytes, with the bytes before them in view (a
+                    // terminator split across reads).
                     self.head.extend_from_slice(data);
-                    let from = before.saturating_sub(3);
-                    match find_end(&self.head[from..]) {
+                    match find_end(&self.head, before) {
                         Some(end) => {
-                            let end = from + end;
                             let consumed = end - before;
                             data = &data[consumed..];
                             let head = std::mem::take(&mut self.head);
@@ -338,10 +337,24 @@ impl FramingGuard {
 }
 
 /// Index just past the first `\r\n\r\n`, if any.
-fn find_end(buf: &[u8]) -> Option<usize> {
+/// Where the head that `buf` starts ends (just past its empty line), looking at line ends from
+/// `from` on. As httparse (and so hyper, and `direct`) reads heads: a line may end in a bare LF,
+/// and empty lines before the request line are skipped. A guard that knew only CRLF CRLF would
+/// miss the end of a bare-LF head, and from there misnumber every request of the connection.
+fn find_end(buf: &[u8], from: usize) -> Option<usize> {
+    let lead = buf
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
+    let from = from.max(lead);
     // By line ends: a substring searcher's setup costs more than a short head's whole scan.
-    memchr::memchr_iter(b'\n', buf)
-        .find(|&at| at >= 3 && &buf[at - 3..=at] == b"\r\n\r\n")
+    memchr::memchr_iter(b'\n', &buf[from..])
+        .map(|at| from + at)
+        .find(|&at| {
+            at > lead
+                && (buf[at - 1] == b'\n'
+                    || (buf[at - 1] == b'\r' && at - 1 > lead && buf[at - 2] == b'\n'))
+        })
         .map(|at| at + 1)
 }
 

@@ -33,6 +33,25 @@ async fn content_length_with_transfer_encoding_is_rejected() {
     assert_eq!(edge.get("/").await.text(), "up");
 }
 
+/// Lines may end in a bare LF (hyper reads them so, RFC 9112 §2.2): the same conflicts are
+/// refused there, and the requests after such a head are numbered right.
+#[tokio::test]
+async fn content_length_with_transfer_encoding_is_rejected_with_bare_line_feeds_too() {
+    let o = Origin::start().await;
+    o.always("/", Reply::ok("up"));
+    let edge = Edge::for_origin(&o).await;
+    let smuggle = b"POST / HTTP/1.1\nHost: demo.test\nContent-Length: 4\nTransfer-Encoding: chunked\n\n0\r\n\r\n";
+    let r = raw(edge.addr, smuggle, Duration::from_secs(3)).await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    // A bare-LF POST with a body, then a conflicting head: the conflict is the second request's.
+    let two = b"POST / HTTP/1.1\nHost: demo.test\nContent-Length: 2\n\nok\
+POST / HTTP/1.1\r\nHost: demo.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let r = raw(edge.addr, two, Duration::from_secs(3)).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(r.contains("HTTP/1.1 400"), "{r}");
+    assert_eq!(o.total(), 1);
+}
+
 #[tokio::test]
 async fn slow_request_heads_are_cut_off() {
     let o = Origin::start().await;
