@@ -43,6 +43,40 @@ pub fn framing(data: &[u8]) {
     }
 }
 
+/// A client's request head as the edge's own HTTP/1.1 path reads it (`http::direct`).
+/// Properties: a head it takes ends where the framing guard (which hyper's requests are held
+/// to) also ends a message with no body, so the two never disagree on where the next request
+/// starts; a head it leaves to hyper is left untouched; and no read that splits the bytes
+/// earlier changes the verdict (a prefix is only ever incomplete, or judged the same).
+pub fn client_head(data: &[u8]) {
+    use crate::http::direct::{verdict, Verdict};
+    let whole = verdict(data);
+    let taken = match whole {
+        Verdict::Ours { len, .. } => {
+            let mut g = FramingGuard::new(1 << 20);
+            assert_eq!(g.feed(&data[..len]), None, "the guard found a conflict");
+            assert!(g.take_body_fault().is_none());
+            assert!(
+                !g.head_pending(),
+                "the guard is still inside the message the edge took"
+            );
+            Some(len)
+        }
+        _ => None,
+    };
+    // Every prefix up to a bound (each is a parse of its own).
+    for n in 0..data.len().min(2048) {
+        let v = verdict(&data[..n]);
+        match taken {
+            Some(len) if n >= len => assert_eq!(v, whole, "prefix {n}"),
+            _ => assert!(
+                v == Verdict::Partial || v == whole,
+                "prefix {n}: {v:?} against {whole:?}"
+            ),
+        }
+    }
+}
+
 /// An origin's response as the edge's HTTP/1.1 client reads it (the first byte's low bit: a
 /// `HEAD` request). Properties: the outcome (status, fields, body, how it ended, whether the
 /// connection could serve again) does not depend on how the bytes are split into reads, and

@@ -26,6 +26,11 @@ fn framing_corpus() {
 }
 
 #[test]
+fn client_head_corpus() {
+    replay("client_head", meridian::fuzz::client_head);
+}
+
+#[test]
 fn origin_response_corpus() {
     replay("origin_response", meridian::fuzz::origin_response);
 }

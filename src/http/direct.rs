@@ -265,6 +265,39 @@ fn parse(buf: &mut BytesMut, names: &mut Vec<(HeaderName, usize, usize)>) -> Par
     Parsed::Done(Head { req, close })
 }
 
+/// What [`parse`] makes of the front of some bytes (for the fuzz target, `fuzz::client_head`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Partial,
+    /// One of ours: the head's length, and whether it asks to close after its answer.
+    Ours {
+        len: usize,
+        close: bool,
+    },
+    Other,
+    Bad,
+}
+
+pub(crate) fn verdict(data: &[u8]) -> Verdict {
+    let mut buf = BytesMut::from(data);
+    match parse(&mut buf, &mut Vec::new()) {
+        Parsed::Partial => Verdict::Partial,
+        Parsed::Done(head) => Verdict::Ours {
+            len: data.len() - buf.len(),
+            close: head.close,
+        },
+        Parsed::Other => {
+            assert_eq!(
+                &buf[..],
+                data,
+                "a head left to hyper was taken from the buffer"
+            );
+            Verdict::Other
+        }
+        Parsed::Bad => Verdict::Bad,
+    }
+}
+
 /// How a response body is delimited.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Framing {
