@@ -11,7 +11,7 @@
 //! request body (no `Content-Length`, no `Transfer-Encoding`), no `Expect` and no `Upgrade`. At
 //! the first request that is anything else (another method, a body, a head `httparse` refuses
 //! or one past the size limit, HTTP/2's preface) the connection goes to hyper for the rest of
-//! its life, with the bytes read so far replayed to it ([`Replay`]), so bodies, framing errors
+//! its life, with the bytes read so far replayed to it (`server::Tracked`), so bodies, framing errors
 //! (400, 431), `100-continue`, upgrades and HTTP/2 keep hyper's handling and the framing
 //! guard's (`framing`).
 //!
@@ -41,13 +41,13 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::SystemTime;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::Body as _;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::body::{Body, RequestBody};
 use super::handler::{answer_later, answer_now, EdgeState, Peer};
@@ -557,68 +557,6 @@ thread_local! {
             value: std::cell::Cell::new([b' '; 29]),
         }
     };
-}
-
-pin_project_lite::pin_project! {
-    /// A stream whose first reads give back `prefix` (what was read before hyper took over).
-    pub(super) struct Replay<S> {
-        prefix: Bytes,
-        #[pin]
-        inner: S,
-    }
-}
-
-impl<S> Replay<S> {
-    pub(super) fn new(prefix: Bytes, inner: S) -> Replay<S> {
-        Replay { prefix, inner }
-    }
-}
-
-impl<S: AsyncRead> AsyncRead for Replay<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.project();
-        if this.prefix.is_empty() {
-            return this.inner.poll_read(cx, buf);
-        }
-        let n = this.prefix.len().min(buf.remaining());
-        buf.put_slice(&this.prefix[..n]);
-        this.prefix.advance(n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: AsyncWrite> AsyncWrite for Replay<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -141,13 +141,15 @@ impl Activity {
 
 pin_project_lite::pin_project! {
     /// A client stream (TCP, or TLS over TCP) that records activity and counts bytes; once
-    /// hyper serves it, the framing guard sees what it reads.
+    /// hyper serves it, the framing guard sees what it reads, and its first reads give back
+    /// `replay` (what `direct` had read: counted and guarded already).
     struct Tracked<S> {
         #[pin]
         inner: S,
         activity: Arc<Activity>,
         state: Arc<EdgeState>,
         guard: Option<FramingGuard>,
+        replay: Bytes,
     }
 }
 
@@ -158,6 +160,11 @@ impl<S: AsyncRead> AsyncRead for Tracked<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
+        if !this.replay.is_empty() {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let r = this.inner.poll_read(cx, buf);
         let n = buf.filled().len() - before;
@@ -566,6 +573,7 @@ where
         activity: activity.clone(),
         state: state.clone(),
         guard: None,
+        replay: Bytes::new(),
     };
     let client = Peer { addr: peer, secure };
     let mut watch = Watch::new(idle_timeout, header_timeout, send_timeout, peer);
@@ -596,7 +604,7 @@ where
     let mut guard = FramingGuard::new(max_header_size);
     activity.watch(&mut guard, &buf);
     io.guard = Some(guard);
-    let io = direct::Replay::new(buf.freeze(), io);
+    io.replay = buf.freeze();
     let svc_activity = activity.clone();
     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let state = state.clone();

@@ -96,6 +96,12 @@ async fn answer(s: &mut TcpStream, buf: &mut Vec<u8>, bodiless: bool) -> Answer 
     a
 }
 
+/// Sends `req` on `s` and reads its answer.
+async fn ask(s: &mut TcpStream, buf: &mut Vec<u8>, req: &[u8], bodiless: bool) -> Answer {
+    s.write_all(req).await.unwrap();
+    answer(s, buf, bodiless).await
+}
+
 /// Whether the edge closes `s` (within 5 s) with nothing more to say.
 async fn closes(s: &mut TcpStream) -> bool {
     let mut rest = Vec::new();
@@ -153,22 +159,31 @@ async fn bodiless_answers_keep_the_connection_in_step() {
     let edge = Edge::for_origin(&o).await;
     let mut s = TcpStream::connect(edge.addr).await.unwrap();
     let mut buf = Vec::new();
-    s.write_all(b"HEAD /a HTTP/1.1\r\nHost: demo.test\r\n\r\n")
-        .await
-        .unwrap();
-    let head = answer(&mut s, &mut buf, true).await;
+    let head = ask(
+        &mut s,
+        &mut buf,
+        b"HEAD /a HTTP/1.1\r\nHost: demo.test\r\n\r\n",
+        true,
+    )
+    .await;
     assert_eq!(head.status, "HTTP/1.1 200 OK");
     assert_eq!(head.field("content-length"), Some("9"));
     assert!(head.field("date").is_some(), "{:?}", head.fields);
-    s.write_all(b"GET /a HTTP/1.1\r\nHost: demo.test\r\nIf-None-Match: \"v1\"\r\n\r\n")
-        .await
-        .unwrap();
-    let not_modified = answer(&mut s, &mut buf, true).await;
+    let not_modified = ask(
+        &mut s,
+        &mut buf,
+        b"GET /a HTTP/1.1\r\nHost: demo.test\r\nIf-None-Match: \"v1\"\r\n\r\n",
+        true,
+    )
+    .await;
     assert_eq!(not_modified.status, "HTTP/1.1 304 Not Modified");
-    s.write_all(b"GET /a HTTP/1.1\r\nHost: demo.test\r\n\r\n")
-        .await
-        .unwrap();
-    let full = answer(&mut s, &mut buf, false).await;
+    let full = ask(
+        &mut s,
+        &mut buf,
+        b"GET /a HTTP/1.1\r\nHost: demo.test\r\n\r\n",
+        false,
+    )
+    .await;
     assert_eq!(full.status, "HTTP/1.1 200 OK");
     assert_eq!(full.body, b"body of a");
     assert!(buf.is_empty(), "nothing beyond the answers: {buf:?}");
@@ -181,17 +196,23 @@ async fn http_1_0_keeps_the_connection_only_when_asked() {
     let edge = Edge::for_origin(&o).await;
     let mut s = TcpStream::connect(edge.addr).await.unwrap();
     let mut buf = Vec::new();
-    s.write_all(b"GET /a HTTP/1.0\r\nHost: demo.test\r\nConnection: keep-alive\r\n\r\n")
-        .await
-        .unwrap();
-    let kept = answer(&mut s, &mut buf, false).await;
+    let kept = ask(
+        &mut s,
+        &mut buf,
+        b"GET /a HTTP/1.0\r\nHost: demo.test\r\nConnection: keep-alive\r\n\r\n",
+        false,
+    )
+    .await;
     assert_eq!(kept.status, "HTTP/1.0 200 OK");
     assert_eq!(kept.field("connection"), Some("keep-alive"));
     assert_eq!(kept.body, b"body of a");
-    s.write_all(b"GET /a HTTP/1.0\r\nHost: demo.test\r\n\r\n")
-        .await
-        .unwrap();
-    let last = answer(&mut s, &mut buf, false).await;
+    let last = ask(
+        &mut s,
+        &mut buf,
+        b"GET /a HTTP/1.0\r\nHost: demo.test\r\n\r\n",
+        false,
+    )
+    .await;
     assert_eq!(last.status, "HTTP/1.0 200 OK");
     assert_eq!(last.body, b"body of a");
     assert!(closes(&mut s).await, "closed after an HTTP/1.0 answer");
@@ -218,27 +239,36 @@ async fn an_answer_of_unknown_length_is_chunked_and_to_http_1_0_runs_to_the_clos
     let edge = Edge::for_origin(&o).await;
     let mut s = TcpStream::connect(edge.addr).await.unwrap();
     let mut buf = Vec::new();
-    s.write_all(b"GET /s HTTP/1.1\r\nHost: demo.test\r\n\r\n")
-        .await
-        .unwrap();
-    let first = answer(&mut s, &mut buf, false).await;
+    let first = ask(
+        &mut s,
+        &mut buf,
+        b"GET /s HTTP/1.1\r\nHost: demo.test\r\n\r\n",
+        false,
+    )
+    .await;
     assert_eq!(first.field("transfer-encoding"), Some("chunked"));
     assert_eq!(first.field("content-length"), None);
     assert_eq!(first.body, big.as_bytes());
     // Stored whole by now: its length is known.
-    s.write_all(b"GET /s HTTP/1.1\r\nHost: demo.test\r\n\r\n")
-        .await
-        .unwrap();
-    let hit = answer(&mut s, &mut buf, false).await;
+    let hit = ask(
+        &mut s,
+        &mut buf,
+        b"GET /s HTTP/1.1\r\nHost: demo.test\r\n\r\n",
+        false,
+    )
+    .await;
     assert_eq!(hit.field("content-length"), Some("40000"));
     assert_eq!(hit.body, big.as_bytes());
 
     let mut s = TcpStream::connect(edge.addr).await.unwrap();
     let mut buf = Vec::new();
-    s.write_all(b"GET /t HTTP/1.0\r\nHost: demo.test\r\nConnection: keep-alive\r\n\r\n")
-        .await
-        .unwrap();
-    let old = answer(&mut s, &mut buf, false).await;
+    let old = ask(
+        &mut s,
+        &mut buf,
+        b"GET /t HTTP/1.0\r\nHost: demo.test\r\nConnection: keep-alive\r\n\r\n",
+        false,
+    )
+    .await;
     assert_eq!(old.status, "HTTP/1.0 200 OK");
     assert_eq!(old.field("transfer-encoding"), None);
     assert_ne!(old.field("connection"), Some("keep-alive"));
@@ -298,10 +328,13 @@ async fn a_hit_from_kept_header_lines_says_what_a_hit_from_the_map_says() {
     let mut got = Vec::new();
     // The miss, a hit whose thread notes the entry (a header map), then hits from its lines.
     for _ in 0..4 {
-        s.write_all(b"GET /a HTTP/1.1\r\nHost: demo.test\r\n\r\n")
-            .await
-            .unwrap();
-        got.push(answer(&mut s, &mut buf, false).await);
+        let a = ask(
+            &mut s,
+            &mut buf,
+            b"GET /a HTTP/1.1\r\nHost: demo.test\r\n\r\n",
+            false,
+        );
+        got.push(a.await);
     }
     let fields = |a: &Answer| {
         let mut f: Vec<_> = a
@@ -325,15 +358,21 @@ async fn a_hit_from_kept_header_lines_says_what_a_hit_from_the_map_says() {
             later.fields
         );
     }
-    s.write_all(b"HEAD /a HTTP/1.1\r\nHost: demo.test\r\n\r\n")
-        .await
-        .unwrap();
-    let head = answer(&mut s, &mut buf, true).await;
+    let head = ask(
+        &mut s,
+        &mut buf,
+        b"HEAD /a HTTP/1.1\r\nHost: demo.test\r\n\r\n",
+        true,
+    )
+    .await;
     assert_eq!(fields(&head), fields(&got[1]));
-    s.write_all(b"GET /a HTTP/1.1\r\nHost: demo.test\r\nRange: bytes=0-3\r\n\r\n")
-        .await
-        .unwrap();
-    let part = answer(&mut s, &mut buf, false).await;
+    let part = ask(
+        &mut s,
+        &mut buf,
+        b"GET /a HTTP/1.1\r\nHost: demo.test\r\nRange: bytes=0-3\r\n\r\n",
+        false,
+    )
+    .await;
     assert_eq!(part.status, "HTTP/1.1 206 Partial Content");
     assert_eq!(part.body, b"body");
     assert_eq!(o.count("/a"), 1);
@@ -350,14 +389,13 @@ async fn on_shutdown_a_resting_connection_ends_and_one_in_flight_is_answered_wit
     let mut edge = Edge::for_origin(&o).await;
     let mut resting = TcpStream::connect(edge.addr).await.unwrap();
     let mut buf = Vec::new();
-    resting
-        .write_all(b"GET /a HTTP/1.1\r\nHost: demo.test\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(
-        answer(&mut resting, &mut buf, false).await.body,
-        b"body of a"
+    let a = ask(
+        &mut resting,
+        &mut buf,
+        b"GET /a HTTP/1.1\r\nHost: demo.test\r\n\r\n",
+        false,
     );
+    assert_eq!(a.await.body, b"body of a");
     let mut busy = TcpStream::connect(edge.addr).await.unwrap();
     busy.write_all(b"GET /slow HTTP/1.1\r\nHost: demo.test\r\n\r\n")
         .await
