@@ -65,6 +65,8 @@ const READ: usize = 4 * 1024;
 const COPY: usize = 8 * 1024;
 /// What is pending is written once it reaches this.
 const PENDING: usize = 64 * 1024;
+/// Most of the write buffer a connection keeps between answers.
+const KEEP_OUT: usize = 16 * 1024;
 
 /// How the loop ended.
 pub(super) enum Ended {
@@ -169,7 +171,13 @@ where
         };
         let close = close || activity.closing.load(Ordering::Relaxed);
         match respond(io, &mut out, resp, lines, head_only, v10, close).await {
-            Ok(false) => {}
+            Ok(false) => {
+                // A body of small chunks may have grown it to `PENDING` and more: an idle
+                // connection keeps no more than a head's worth.
+                if out.capacity() > KEEP_OUT {
+                    out = Vec::with_capacity(1024);
+                }
+            }
             Ok(true) => {
                 let _ = io.shutdown().await;
                 return Ended::Closed;

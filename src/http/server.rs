@@ -163,6 +163,10 @@ impl<S: AsyncRead> AsyncRead for Tracked<S> {
         if !this.replay.is_empty() {
             let n = this.replay.len().min(buf.remaining());
             buf.put_slice(&this.replay.split_to(n));
+            if this.replay.is_empty() {
+                // An empty slice still holds the whole read buffer it came from.
+                *this.replay = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
