@@ -26,89 +26,124 @@ impl Answer {
     }
 }
 
-async fn fill(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
-    let mut chunk = [0u8; 16 * 1024];
-    match tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await {
-        Ok(Ok(n)) if n > 0 => {
-            buf.extend_from_slice(&chunk[..n]);
-            true
-        }
-        _ => false,
-    }
+/// A client connection to the edge, and what it has read past the answers taken so far.
+struct Client {
+    s: TcpStream,
+    buf: Vec<u8>,
 }
 
-async fn take_line(s: &mut TcpStream, buf: &mut Vec<u8>) -> String {
-    loop {
-        if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
-            let line = String::from_utf8_lossy(&buf[..i]).into_owned();
-            buf.drain(..i + 2);
-            return line;
+impl Client {
+    async fn to(edge: &Edge) -> Client {
+        Client {
+            s: TcpStream::connect(edge.addr).await.unwrap(),
+            buf: Vec::new(),
         }
-        assert!(fill(s, buf).await, "the connection ended inside a line");
     }
-}
 
-async fn take(s: &mut TcpStream, buf: &mut Vec<u8>, n: usize) -> Vec<u8> {
-    while buf.len() < n {
-        assert!(fill(s, buf).await, "the connection ended inside a body");
+    async fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).await.unwrap();
     }
-    buf.drain(..n).collect()
-}
 
-async fn answer(s: &mut TcpStream, buf: &mut Vec<u8>, bodiless: bool) -> Answer {
-    let status = take_line(s, buf).await;
-    let mut fields = Vec::new();
-    loop {
-        let line = take_line(s, buf).await;
-        if line.is_empty() {
-            break;
+    /// Sends `req` and reads its answer.
+    async fn ask(&mut self, req: &[u8], bodiless: bool) -> Answer {
+        self.send(req).await;
+        self.answer(bodiless).await
+    }
+
+    /// `GET path` of `demo.test`, and its answer.
+    async fn get(&mut self, path: &str) -> Answer {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: demo.test\r\n\r\n");
+        self.ask(req.as_bytes(), false).await
+    }
+
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16 * 1024];
+        match tokio::time::timeout(Duration::from_secs(5), self.s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            _ => false,
         }
-        let (n, v) = line.split_once(':').expect("a field line");
-        fields.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
     }
-    let mut a = Answer {
-        status,
-        fields,
-        body: Vec::new(),
-    };
-    if bodiless {
-        return a;
-    }
-    if a.field("transfer-encoding") == Some("chunked") {
+
+    async fn line(&mut self) -> String {
         loop {
-            let size = take_line(s, buf).await;
-            let size = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
-            if size == 0 {
-                assert_eq!(take_line(s, buf).await, "", "no trailers");
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buf[..i]).into_owned();
+                self.buf.drain(..i + 2);
+                return line;
+            }
+            assert!(self.fill().await, "the connection ended inside a line");
+        }
+    }
+
+    async fn take(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            assert!(self.fill().await, "the connection ended inside a body");
+        }
+        self.buf.drain(..n).collect()
+    }
+
+    /// The next answer, delimited as a client must (none when `bodiless`, else chunked,
+    /// `Content-Length`, or to the connection's end).
+    async fn answer(&mut self, bodiless: bool) -> Answer {
+        let status = self.line().await;
+        let mut fields = Vec::new();
+        loop {
+            let line = self.line().await;
+            if line.is_empty() {
                 break;
             }
-            let data = take(s, buf, size).await;
-            a.body.extend_from_slice(&data);
-            assert_eq!(take_line(s, buf).await, "", "a chunk ends in CRLF");
+            let (n, v) = line.split_once(':').expect("a field line");
+            fields.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
         }
-    } else if let Some(n) = a.field("content-length") {
-        let n = n.parse().expect("a length");
-        a.body = take(s, buf, n).await;
-    } else {
-        while fill(s, buf).await {}
-        a.body = std::mem::take(buf);
+        let mut a = Answer {
+            status,
+            fields,
+            body: Vec::new(),
+        };
+        if bodiless {
+            return a;
+        }
+        if a.field("transfer-encoding") == Some("chunked") {
+            loop {
+                let size = self.line().await;
+                let size = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
+                if size == 0 {
+                    assert_eq!(self.line().await, "", "no trailers");
+                    break;
+                }
+                let data = self.take(size).await;
+                a.body.extend_from_slice(&data);
+                assert_eq!(self.line().await, "", "a chunk ends in CRLF");
+            }
+        } else if let Some(n) = a.field("content-length") {
+            let n = n.parse().expect("a length");
+            a.body = self.take(n).await;
+        } else {
+            while self.fill().await {}
+            a.body = std::mem::take(&mut self.buf);
+        }
+        a
     }
-    a
+
+    /// Whether the edge closes the connection (within 5 s) with nothing more to say.
+    async fn closes(&mut self) -> bool {
+        let mut rest = Vec::new();
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), self.s.read_to_end(&mut rest)).await,
+            Ok(Ok(0))
+        ) && self.buf.is_empty()
+    }
 }
 
-/// Sends `req` on `s` and reads its answer.
-async fn ask(s: &mut TcpStream, buf: &mut Vec<u8>, req: &[u8], bodiless: bool) -> Answer {
-    s.write_all(req).await.unwrap();
-    answer(s, buf, bodiless).await
-}
-
-/// Whether the edge closes `s` (within 5 s) with nothing more to say.
-async fn closes(s: &mut TcpStream) -> bool {
-    let mut rest = Vec::new();
-    matches!(
-        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await,
-        Ok(Ok(0))
-    )
+/// An origin with a stored-for-a-minute `/a` (ETag `"v1"`), and an edge in front of it.
+async fn edge_for_a() -> (Origin, Edge) {
+    let o = Origin::start().await;
+    o.always("/a", cached("body of a"));
+    let edge = Edge::for_origin(&o).await;
+    (o, edge)
 }
 
 fn cached(body: &str) -> Reply {
@@ -124,22 +159,20 @@ async fn pipelined_requests_are_answered_in_order_a_post_among_them_too() {
     o.always("/b", cached("body of b"));
     o.always("/post", Reply::ok("posted"));
     let edge = Edge::for_origin(&o).await;
-    let mut s = TcpStream::connect(edge.addr).await.unwrap();
+    let mut s = Client::to(&edge).await;
     // All in one write: the edge's own requests, then one with a body (hyper's from there on),
     // then more of ours, which hyper answers too.
-    s.write_all(
+    s.send(
         b"GET /a HTTP/1.1\r\nHost: demo.test\r\n\r\n\
           GET /b HTTP/1.1\r\nHost: demo.test\r\n\r\n\
           GET /a HTTP/1.1\r\nHost: demo.test\r\n\r\n\
           POST /post HTTP/1.1\r\nHost: demo.test\r\nContent-Length: 5\r\n\r\nhello\
           GET /b HTTP/1.1\r\nHost: demo.test\r\nConnection: close\r\n\r\n",
     )
-    .await
-    .unwrap();
-    let mut buf = Vec::new();
+    .await;
     let mut bodies = Vec::new();
     for _ in 0..5 {
-        let a = answer(&mut s, &mut buf, false).await;
+        let a = s.answer(false).await;
         assert_eq!(a.status, "HTTP/1.1 200 OK");
         bodies.push(String::from_utf8(a.body).unwrap());
     }
@@ -147,75 +180,53 @@ async fn pipelined_requests_are_answered_in_order_a_post_among_them_too() {
         bodies,
         ["body of a", "body of b", "body of a", "posted", "body of b"]
     );
-    assert!(closes(&mut s).await, "closed after Connection: close");
+    assert!(s.closes().await, "closed after Connection: close");
     assert_eq!(o.last("/post").body.as_ref(), b"hello");
     assert_eq!(o.count("/a"), 1, "the second /a was a hit");
 }
 
 #[tokio::test]
 async fn bodiless_answers_keep_the_connection_in_step() {
-    let o = Origin::start().await;
-    o.always("/a", cached("body of a"));
-    let edge = Edge::for_origin(&o).await;
-    let mut s = TcpStream::connect(edge.addr).await.unwrap();
-    let mut buf = Vec::new();
-    let head = ask(
-        &mut s,
-        &mut buf,
-        b"HEAD /a HTTP/1.1\r\nHost: demo.test\r\n\r\n",
-        true,
-    )
-    .await;
+    let (_o, edge) = edge_for_a().await;
+    let mut s = Client::to(&edge).await;
+    let head = s
+        .ask(b"HEAD /a HTTP/1.1\r\nHost: demo.test\r\n\r\n", true)
+        .await;
     assert_eq!(head.status, "HTTP/1.1 200 OK");
     assert_eq!(head.field("content-length"), Some("9"));
     assert!(head.field("date").is_some(), "{:?}", head.fields);
-    let not_modified = ask(
-        &mut s,
-        &mut buf,
-        b"GET /a HTTP/1.1\r\nHost: demo.test\r\nIf-None-Match: \"v1\"\r\n\r\n",
-        true,
-    )
-    .await;
+    let not_modified = s
+        .ask(
+            b"GET /a HTTP/1.1\r\nHost: demo.test\r\nIf-None-Match: \"v1\"\r\n\r\n",
+            true,
+        )
+        .await;
     assert_eq!(not_modified.status, "HTTP/1.1 304 Not Modified");
-    let full = ask(
-        &mut s,
-        &mut buf,
-        b"GET /a HTTP/1.1\r\nHost: demo.test\r\n\r\n",
-        false,
-    )
-    .await;
+    let full = s.get("/a").await;
     assert_eq!(full.status, "HTTP/1.1 200 OK");
     assert_eq!(full.body, b"body of a");
-    assert!(buf.is_empty(), "nothing beyond the answers: {buf:?}");
+    assert!(s.buf.is_empty(), "nothing beyond the answers: {:?}", s.buf);
 }
 
 #[tokio::test]
 async fn http_1_0_keeps_the_connection_only_when_asked() {
-    let o = Origin::start().await;
-    o.always("/a", cached("body of a"));
-    let edge = Edge::for_origin(&o).await;
-    let mut s = TcpStream::connect(edge.addr).await.unwrap();
-    let mut buf = Vec::new();
-    let kept = ask(
-        &mut s,
-        &mut buf,
-        b"GET /a HTTP/1.0\r\nHost: demo.test\r\nConnection: keep-alive\r\n\r\n",
-        false,
-    )
-    .await;
+    let (_o, edge) = edge_for_a().await;
+    let mut s = Client::to(&edge).await;
+    let kept = s
+        .ask(
+            b"GET /a HTTP/1.0\r\nHost: demo.test\r\nConnection: keep-alive\r\n\r\n",
+            false,
+        )
+        .await;
     assert_eq!(kept.status, "HTTP/1.0 200 OK");
     assert_eq!(kept.field("connection"), Some("keep-alive"));
     assert_eq!(kept.body, b"body of a");
-    let last = ask(
-        &mut s,
-        &mut buf,
-        b"GET /a HTTP/1.0\r\nHost: demo.test\r\n\r\n",
-        false,
-    )
-    .await;
+    let last = s
+        .ask(b"GET /a HTTP/1.0\r\nHost: demo.test\r\n\r\n", false)
+        .await;
     assert_eq!(last.status, "HTTP/1.0 200 OK");
     assert_eq!(last.body, b"body of a");
-    assert!(closes(&mut s).await, "closed after an HTTP/1.0 answer");
+    assert!(s.closes().await, "closed after an HTTP/1.0 answer");
 }
 
 #[tokio::test]
@@ -237,38 +248,23 @@ async fn an_answer_of_unknown_length_is_chunked_and_to_http_1_0_runs_to_the_clos
             .chunked(),
     );
     let edge = Edge::for_origin(&o).await;
-    let mut s = TcpStream::connect(edge.addr).await.unwrap();
-    let mut buf = Vec::new();
-    let first = ask(
-        &mut s,
-        &mut buf,
-        b"GET /s HTTP/1.1\r\nHost: demo.test\r\n\r\n",
-        false,
-    )
-    .await;
+    let mut s = Client::to(&edge).await;
+    let first = s.get("/s").await;
     assert_eq!(first.field("transfer-encoding"), Some("chunked"));
     assert_eq!(first.field("content-length"), None);
     assert_eq!(first.body, big.as_bytes());
     // Stored whole by now: its length is known.
-    let hit = ask(
-        &mut s,
-        &mut buf,
-        b"GET /s HTTP/1.1\r\nHost: demo.test\r\n\r\n",
-        false,
-    )
-    .await;
+    let hit = s.get("/s").await;
     assert_eq!(hit.field("content-length"), Some("40000"));
     assert_eq!(hit.body, big.as_bytes());
 
-    let mut s = TcpStream::connect(edge.addr).await.unwrap();
-    let mut buf = Vec::new();
-    let old = ask(
-        &mut s,
-        &mut buf,
-        b"GET /t HTTP/1.0\r\nHost: demo.test\r\nConnection: keep-alive\r\n\r\n",
-        false,
-    )
-    .await;
+    let mut s = Client::to(&edge).await;
+    let old = s
+        .ask(
+            b"GET /t HTTP/1.0\r\nHost: demo.test\r\nConnection: keep-alive\r\n\r\n",
+            false,
+        )
+        .await;
     assert_eq!(old.status, "HTTP/1.0 200 OK");
     assert_eq!(old.field("transfer-encoding"), None);
     assert_ne!(old.field("connection"), Some("keep-alive"));
@@ -277,28 +273,23 @@ async fn an_answer_of_unknown_length_is_chunked_and_to_http_1_0_runs_to_the_clos
 
 #[tokio::test]
 async fn a_head_that_comes_in_pieces_is_answered_and_close_is_said() {
-    let o = Origin::start().await;
-    o.always("/a", cached("body of a"));
-    let edge = Edge::for_origin(&o).await;
-    let mut s = TcpStream::connect(edge.addr).await.unwrap();
+    let (_o, edge) = edge_for_a().await;
+    let mut s = Client::to(&edge).await;
     let head = b"GET /a HTTP/1.1\r\nHost: demo.test\r\nConnection: close\r\n\r\n";
     for piece in head.chunks(7) {
-        s.write_all(piece).await.unwrap();
+        s.send(piece).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let mut buf = Vec::new();
-    let a = answer(&mut s, &mut buf, false).await;
+    let a = s.answer(false).await;
     assert_eq!(a.status, "HTTP/1.1 200 OK");
     assert_eq!(a.field("connection"), Some("close"));
     assert_eq!(a.body, b"body of a");
-    assert!(closes(&mut s).await);
+    assert!(s.closes().await);
 }
 
 #[tokio::test]
 async fn a_malformed_head_is_refused_and_the_edge_stays_up() {
-    let o = Origin::start().await;
-    o.always("/a", cached("body of a"));
-    let edge = Edge::for_origin(&o).await;
+    let (o, edge) = edge_for_a().await;
     for bad in [
         &b"GET /a HTTP/1.1\r\nHost: demo.test\r\nBad Name: x\r\n\r\n"[..],
         b"GET /a HTTP/1.1\r\nHost: demo.test\r\nX: a\r\n folded\r\n\r\n",
@@ -323,17 +314,11 @@ async fn a_hit_from_kept_header_lines_says_what_a_hit_from_the_map_says() {
             .header("content-type", "text/plain"),
     );
     let edge = Edge::for_origin(&o).await;
-    let mut s = TcpStream::connect(edge.addr).await.unwrap();
-    let mut buf = Vec::new();
+    let mut s = Client::to(&edge).await;
     let mut got = Vec::new();
     // The miss, a hit whose thread notes the entry (a header map), then hits from its lines.
     for _ in 0..4 {
-        let a = ask(
-            &mut s,
-            &mut buf,
-            b"GET /a HTTP/1.1\r\nHost: demo.test\r\n\r\n",
-            false,
-        );
+        let a = s.get("/a");
         got.push(a.await);
     }
     let fields = |a: &Answer| {
@@ -358,21 +343,16 @@ async fn a_hit_from_kept_header_lines_says_what_a_hit_from_the_map_says() {
             later.fields
         );
     }
-    let head = ask(
-        &mut s,
-        &mut buf,
-        b"HEAD /a HTTP/1.1\r\nHost: demo.test\r\n\r\n",
-        true,
-    )
-    .await;
+    let head = s
+        .ask(b"HEAD /a HTTP/1.1\r\nHost: demo.test\r\n\r\n", true)
+        .await;
     assert_eq!(fields(&head), fields(&got[1]));
-    let part = ask(
-        &mut s,
-        &mut buf,
-        b"GET /a HTTP/1.1\r\nHost: demo.test\r\nRange: bytes=0-3\r\n\r\n",
-        false,
-    )
-    .await;
+    let part = s
+        .ask(
+            b"GET /a HTTP/1.1\r\nHost: demo.test\r\nRange: bytes=0-3\r\n\r\n",
+            false,
+        )
+        .await;
     assert_eq!(part.status, "HTTP/1.1 206 Partial Content");
     assert_eq!(part.body, b"body");
     assert_eq!(o.count("/a"), 1);
@@ -387,32 +367,24 @@ async fn on_shutdown_a_resting_connection_ends_and_one_in_flight_is_answered_wit
         Reply::ok("finished").delay(Duration::from_millis(600)),
     );
     let mut edge = Edge::for_origin(&o).await;
-    let mut resting = TcpStream::connect(edge.addr).await.unwrap();
-    let mut buf = Vec::new();
-    let a = ask(
-        &mut resting,
-        &mut buf,
-        b"GET /a HTTP/1.1\r\nHost: demo.test\r\n\r\n",
-        false,
-    );
+    let mut resting = Client::to(&edge).await;
+    let a = resting.get("/a");
     assert_eq!(a.await.body, b"body of a");
-    let mut busy = TcpStream::connect(edge.addr).await.unwrap();
-    busy.write_all(b"GET /slow HTTP/1.1\r\nHost: demo.test\r\n\r\n")
-        .await
-        .unwrap();
+    let mut busy = Client::to(&edge).await;
+    busy.send(b"GET /slow HTTP/1.1\r\nHost: demo.test\r\n\r\n")
+        .await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     let done = tokio::spawn(edge.node.take().unwrap().shutdown());
     let t = std::time::Instant::now();
-    assert!(closes(&mut resting).await, "the resting connection ended");
+    assert!(resting.closes().await, "the resting connection ended");
     assert!(
         t.elapsed() < Duration::from_millis(400),
         "{:?}",
         t.elapsed()
     );
-    let mut buf = Vec::new();
-    let last = answer(&mut busy, &mut buf, false).await;
+    let last = busy.answer(false).await;
     assert_eq!(last.body, b"finished");
     assert_eq!(last.field("connection"), Some("close"));
-    assert!(closes(&mut busy).await);
+    assert!(busy.closes().await);
     assert!(done.await.unwrap(), "finished within the grace period");
 }
