@@ -546,39 +546,6 @@ pub(crate) struct Lines {
     pub(crate) cache_status: HeaderValue,
 }
 
-/// As [`from_entry`]; with `lines`, a whole answer from memory of an entry this thread keeps
-/// the fields of (see `heads`) has them put there as [`Lines`], and no header map built.
-pub(crate) fn from_entry_as(
-    entry: &Arc<Entry>,
-    method: &Method,
-    req: &HeaderMap,
-    status: CacheStatus,
-    age: Duration,
-    lines: Option<&mut Option<Lines>>,
-) -> Response<Body> {
-    if let (Some(out), None) = (lines, &entry.on_disk) {
-        let len = entry.body_len();
-        if let Plan::Whole = plan(entry, method, req, Some(len)) {
-            if let Some((kept, dated)) = super::heads::lines(entry) {
-                let body = if *method == Method::HEAD {
-                    Body::empty()
-                } else {
-                    Body::full(entry.body.clone())
-                };
-                *out = Some(Lines {
-                    lines: kept,
-                    dated,
-                    length: len,
-                    age: age_value(age),
-                    cache_status: status.value(),
-                });
-                return build(entry.status, HeaderMap::new(), body);
-            }
-        }
-    }
-    from_entry(entry, method, req, status, age)
-}
-
 /// Answers a request from a stored entry: a 304 for a satisfied conditional, a 206/416 for a
 /// range, otherwise the whole response (headers only for HEAD).
 pub(crate) fn from_entry(
@@ -588,10 +555,41 @@ pub(crate) fn from_entry(
     status: CacheStatus,
     age: Duration,
 ) -> Response<Body> {
+    from_entry_as(entry, method, req, status, age, None)
+}
+
+/// As [`from_entry`]; with `lines`, a whole answer from memory of an entry this thread keeps
+/// the fields of (see `heads`) has them put there as [`Lines`], and no header map built. The
+/// request's plan is made once, whichever way the answer goes.
+pub(crate) fn from_entry_as(
+    entry: &Arc<Entry>,
+    method: &Method,
+    req: &HeaderMap,
+    status: CacheStatus,
+    age: Duration,
+    lines: Option<&mut Option<Lines>>,
+) -> Response<Body> {
     let len = entry.body_len();
     let plan = plan(entry, method, req, Some(len));
     if let Plan::NotModified = plan {
         return not_modified_response(entry, age, status);
+    }
+    if let (Some(out), None, Plan::Whole) = (lines, &entry.on_disk, &plan) {
+        if let Some((kept, dated)) = super::heads::lines(entry) {
+            let body = if *method == Method::HEAD {
+                Body::empty()
+            } else {
+                Body::full(entry.body.clone())
+            };
+            *out = Some(Lines {
+                lines: kept,
+                dated,
+                length: len,
+                age: age_value(age),
+                cache_status: status.value(),
+            });
+            return build(entry.status, HeaderMap::new(), body);
+        }
     }
     let mut headers = entry_headers(entry, age, status);
     if let Some(disk) = &entry.on_disk {
