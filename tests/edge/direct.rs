@@ -388,3 +388,82 @@ async fn on_shutdown_a_resting_connection_ends_and_one_in_flight_is_answered_wit
     assert!(busy.closes().await);
     assert!(done.await.unwrap(), "finished within the grace period");
 }
+
+/// Memory files of this process holding stored bodies (`cache::memfile`).
+fn memory_files() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|l| l.to_string_lossy().contains("memfd:meridian-body"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_large_body_is_sent_from_its_memory_file_whole_to_fast_and_slow_readers() {
+    let o = Origin::start().await;
+    // 300 KiB that no shifted copy matches: a wrong offset or a short send shows.
+    let body: Vec<u8> = (0..300 * 1024u32).map(|i| (i % 251) as u8).collect();
+    o.always(
+        "/big",
+        Reply::ok("")
+            .body_bytes(body.clone())
+            .header("cache-control", "max-age=60"),
+    );
+    let edge = Edge::for_origin(&o).await;
+    let before = memory_files();
+    let mut s = Client::to(&edge).await;
+    let miss = s.get("/big").await;
+    assert_eq!(miss.body, body);
+    assert!(
+        memory_files() > before,
+        "the stored body is in a memory file"
+    );
+    // Hits, pipelined with a HEAD and a range between them, stay in step.
+    s.send(
+        b"GET /big HTTP/1.1\r\nHost: demo.test\r\n\r\n\
+          HEAD /big HTTP/1.1\r\nHost: demo.test\r\n\r\n\
+          GET /big HTTP/1.1\r\nHost: demo.test\r\nRange: bytes=1000-1009\r\n\r\n\
+          GET /big HTTP/1.1\r\nHost: demo.test\r\n\r\n",
+    )
+    .await;
+    let hit = s.answer(false).await;
+    assert!(hit.field("cache-status").unwrap().contains("hit"));
+    assert_eq!(hit.field("content-length"), Some("307200"));
+    assert!(hit.body == body, "the hit's body is the stored body");
+    let head = s.answer(true).await;
+    assert_eq!(head.field("content-length"), Some("307200"));
+    let part = s.answer(false).await;
+    assert_eq!(part.status, "HTTP/1.1 206 Partial Content");
+    assert_eq!(part.body, &body[1000..1010]);
+    assert!(s.answer(false).await.body == body);
+    // A reader with a small window, taking a little at a time: the send goes on as it reads.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&edge.addr.into()).unwrap();
+    sock.set_nonblocking(true).unwrap();
+    let mut slow = TcpStream::from_std(sock.into()).unwrap();
+    slow.write_all(b"GET /big HTTP/1.1\r\nHost: demo.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 2048];
+    for i in 0.. {
+        assert!(i < 2_000, "the answer ended within 2,000 reads");
+        let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut chunk))
+            .await
+            .expect("the edge goes on sending")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&chunk[..n]);
+        if i % 16 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let at = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(got[at..] == body[..], "the slow reader got the body whole");
+    assert_eq!(o.count("/big"), 1);
+}
