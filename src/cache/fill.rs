@@ -37,7 +37,6 @@ use bytes::Bytes;
 
 use super::disk::{DiskBody, DiskTail};
 use super::entry::Entry;
-use super::memfile::MemFile;
 
 /// Bytes of a fill in progress a reader takes before it yields to other tasks.
 pub(crate) const BURST: usize = 16 * 1024;
@@ -91,8 +90,6 @@ pub(crate) struct Residence {
     budget: Arc<FillBudget>,
     bytes: u64,
     pinned: std::sync::atomic::AtomicBool,
-    /// The body itself when it is in a memory file (see `memfile`), not in the heap.
-    file: Option<MemFile>,
 }
 
 impl Residence {
@@ -101,11 +98,6 @@ impl Residence {
         if !self.pinned.swap(true, Ordering::Relaxed) {
             self.budget.held.fetch_add(self.bytes, Ordering::Relaxed);
         }
-    }
-
-    /// The memory file holding the body, if it is in one.
-    pub(crate) fn file(&self) -> Option<&MemFile> {
-        self.file.as_ref()
     }
 }
 
@@ -129,15 +121,6 @@ impl AsRef<[u8]> for Resident {
     }
 }
 
-/// A stored body's bytes in its [`Residence`]'s memory file.
-struct Filed(Arc<Residence>);
-
-impl AsRef<[u8]> for Filed {
-    fn as_ref(&self) -> &[u8] {
-        self.0.file.as_ref().map_or(&[], MemFile::bytes)
-    }
-}
-
 impl FillBudget {
     /// `bytes` as a stored body whose residence the budget will count once its entry leaves
     /// the store while the body is still held.
@@ -146,33 +129,12 @@ impl FillBudget {
             budget: self.clone(),
             bytes: bytes.len() as u64,
             pinned: std::sync::atomic::AtomicBool::new(false),
-            file: None,
         });
         let body = Bytes::from_owner(Resident {
             bytes,
             _residence: residence.clone(),
         });
         (body, residence)
-    }
-
-    /// The whole body of `growing` as a stored body (as [`FillBudget::resident`]): in a memory
-    /// file when it is large enough and one can be had (see `memfile`), else in the heap.
-    pub(crate) fn resident_body(self: &Arc<Self>, growing: &Growing) -> (Bytes, Arc<Residence>) {
-        let file = {
-            let g = growing.lock();
-            let len = usize::try_from(g.len).unwrap_or(usize::MAX);
-            MemFile::new(g.chunks.iter().map(|c| &c[..]), len)
-        };
-        let Some(file) = file else {
-            return self.resident(growing.concat_vec());
-        };
-        let residence = Arc::new(Residence {
-            budget: self.clone(),
-            bytes: file.len() as u64,
-            pinned: std::sync::atomic::AtomicBool::new(false),
-            file: Some(file),
-        });
-        (Bytes::from_owner(Filed(residence.clone())), residence)
     }
 }
 

@@ -9,7 +9,6 @@ mod disk_metrics;
 pub(crate) mod entry;
 pub(crate) mod fill;
 pub(crate) mod key;
-pub(crate) mod memfile;
 pub(crate) mod policy;
 pub(crate) mod sf;
 pub(crate) mod store;

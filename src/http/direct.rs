@@ -52,8 +52,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::body::{Body, RequestBody};
 use super::handler::{answer_later, answer_now, EdgeState, Peer};
 use super::response::Lines;
-use super::server::{Activity, SendFile};
-use crate::cache::memfile::MemFile;
+use super::server::Activity;
 
 /// Most header fields in a request head (hyper's limit; past it hyper answers).
 const MAX_FIELDS: usize = 100;
@@ -106,7 +105,7 @@ pub(super) async fn serve<S>(
     max_head: usize,
 ) -> Ended
 where
-    S: AsyncRead + AsyncWrite + SendFile + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut names: Vec<(HeaderName, usize, usize)> = Vec::new();
     let mut out: Vec<u8> = Vec::with_capacity(1024);
@@ -328,11 +327,9 @@ async fn respond<S>(
     mut close: bool,
 ) -> io::Result<bool>
 where
-    S: AsyncWrite + SendFile + Unpin,
+    S: AsyncWrite + Unpin,
 {
     let (parts, mut body) = resp.into_parts();
-    let mut lines = lines;
-    let file = lines.as_mut().and_then(|l| l.file.take());
     let status = parts.status;
     let no_length = status.is_informational() || status.as_u16() == 204;
     let bodiless = head_only || no_length || status.as_u16() == 304;
@@ -414,14 +411,6 @@ where
         DATE.with(|d| field(out, b"date", &d.now()));
     }
     out.extend_from_slice(b"\r\n");
-    if let (Framing::Length(n), Some(file), true) = (framing, &file, io.sends_files()) {
-        if let Some(file) = file.file().filter(|f| f.len() as u64 == n) {
-            // A stored body in a memory file: the kernel sends its pages as they are.
-            drop(body);
-            send_file(io, out, file).await?;
-            return Ok(close);
-        }
-    }
     if framing == Framing::None {
         drop(body);
         io.write_all(out).await?;
@@ -523,33 +512,6 @@ fn hex_len(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
             return &buf[i..];
         }
     }
-}
-
-/// Sends `head`, then all of `file` with `sendfile`.
-async fn send_file<S: SendFile>(io: &mut S, mut head: &[u8], file: &MemFile) -> io::Result<()> {
-    while !head.is_empty() {
-        let n = std::future::poll_fn(|cx| io.poll_send(cx, head)).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        head = &head[n..];
-    }
-    let len = file.len();
-    let mut offset = 0i64;
-    while let Some(left) = usize::try_from(offset)
-        .ok()
-        .and_then(|o| len.checked_sub(o))
-    {
-        if left == 0 {
-            return Ok(());
-        }
-        let n =
-            std::future::poll_fn(|cx| io.poll_send_file(cx, file.fd(), &mut offset, left)).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-    }
-    Err(io::Error::other("sendfile went past the end of the body"))
 }
 
 /// Writes `first` and then `second`, gathered.

@@ -1718,7 +1718,7 @@ async fn fetch(
     };
     let entry = match spool {
         None => {
-            let (body, residence) = state.filling.resident_body(&growing);
+            let (body, residence) = state.filling.resident(growing.concat_vec());
             Arc::new(head_entry.with_resident_body(body, residence))
         }
         Some((disk, s)) => match disk.spool_finish(s, total).await {

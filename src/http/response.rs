@@ -544,9 +544,6 @@ pub(crate) struct Lines {
     pub(crate) length: u64,
     pub(crate) age: HeaderValue,
     pub(crate) cache_status: HeaderValue,
-    /// The body's memory file, when the body is one whole (see `cache::memfile`): a writer on
-    /// plain TCP sends it from there instead of the body's bytes.
-    pub(crate) file: Option<Arc<crate::cache::fill::Residence>>,
 }
 
 /// Answers a request from a stored entry: a 304 for a satisfied conditional, a 206/416 for a
@@ -579,24 +576,17 @@ pub(crate) fn from_entry_as(
     }
     if let (Some(out), None, Plan::Whole) = (lines, &entry.on_disk, &plan) {
         if let Some((kept, dated)) = super::heads::lines(entry) {
-            let head_only = *method == Method::HEAD;
-            let body = if head_only {
+            let body = if *method == Method::HEAD {
                 Body::empty()
             } else {
                 Body::full(entry.body.clone())
             };
-            let file = entry
-                .residence
-                .as_ref()
-                .filter(|r| !head_only && r.file().is_some_and(|f| f.is(&entry.body)))
-                .cloned();
             *out = Some(Lines {
                 lines: kept,
                 dated,
                 length: len,
                 age: age_value(age),
                 cache_status: status.value(),
-                file,
             });
             return build(entry.status, HeaderMap::new(), body);
         }

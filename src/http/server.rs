@@ -225,122 +225,6 @@ impl<S: AsyncWrite> AsyncWrite for Tracked<S> {
     }
 }
 
-/// A connection `direct` can send a stored body's memory file on with `sendfile` (see
-/// `cache::memfile`): plain TCP; over TLS the bytes must pass through the process.
-pub(super) trait SendFile {
-    /// Whether [`SendFile::poll_send`] and [`SendFile::poll_send_file`] work here.
-    fn sends_files(&self) -> bool {
-        false
-    }
-
-    /// Writes some of `buf`, telling the kernel more follows (`MSG_MORE`: the head and the
-    /// start of the body leave together).
-    fn poll_send(&mut self, _cx: &mut Context<'_>, _buf: &[u8]) -> Poll<io::Result<usize>> {
-        Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
-    }
-
-    /// Sends up to `len` bytes of `file` from `*offset`, which it advances.
-    fn poll_send_file(
-        &mut self,
-        _cx: &mut Context<'_>,
-        _file: std::os::fd::BorrowedFd<'_>,
-        _offset: &mut i64,
-        _len: usize,
-    ) -> Poll<io::Result<usize>> {
-        Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
-    }
-}
-
-impl SendFile for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {}
-
-impl SendFile for tokio::net::TcpStream {
-    fn sends_files(&self) -> bool {
-        true
-    }
-
-    fn poll_send(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        use std::os::fd::AsRawFd;
-        let fd = self.as_raw_fd();
-        send_when_ready(self, cx, || {
-            // SAFETY: `buf` is valid for `buf.len()` bytes; `fd` is this stream's socket.
-            let n = unsafe {
-                libc::send(
-                    fd,
-                    buf.as_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_MORE | libc::MSG_NOSIGNAL,
-                )
-            };
-            usize::try_from(n).map_err(|_| io::Error::last_os_error())
-        })
-    }
-
-    fn poll_send_file(
-        &mut self,
-        cx: &mut Context<'_>,
-        file: std::os::fd::BorrowedFd<'_>,
-        offset: &mut i64,
-        len: usize,
-    ) -> Poll<io::Result<usize>> {
-        use std::os::fd::AsRawFd;
-        let fd = self.as_raw_fd();
-        send_when_ready(self, cx, || {
-            // SAFETY: both descriptors are open for the call; `offset` is a valid `off_t`.
-            let n = unsafe { libc::sendfile(fd, file.as_raw_fd(), offset, len) };
-            usize::try_from(n).map_err(|_| io::Error::last_os_error())
-        })
-    }
-}
-
-/// Runs `send` once the socket is writable, again while it would block.
-fn send_when_ready(
-    stream: &tokio::net::TcpStream,
-    cx: &mut Context<'_>,
-    mut send: impl FnMut() -> io::Result<usize>,
-) -> Poll<io::Result<usize>> {
-    loop {
-        std::task::ready!(stream.poll_write_ready(cx))?;
-        match stream.try_io(tokio::io::Interest::WRITABLE, &mut send) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            r => return Poll::Ready(r),
-        }
-    }
-}
-
-impl<S: SendFile> SendFile for Tracked<S> {
-    fn sends_files(&self) -> bool {
-        self.inner.sends_files()
-    }
-
-    fn poll_send(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let r = self.inner.poll_send(cx, buf);
-        self.sent(&r);
-        r
-    }
-
-    fn poll_send_file(
-        &mut self,
-        cx: &mut Context<'_>,
-        file: std::os::fd::BorrowedFd<'_>,
-        offset: &mut i64,
-        len: usize,
-    ) -> Poll<io::Result<usize>> {
-        let r = self.inner.poll_send_file(cx, file, offset, len);
-        self.sent(&r);
-        r
-    }
-}
-
-impl<S> Tracked<S> {
-    /// Counts what a write sent, as progress for the watcher and in the load report.
-    fn sent(&self, r: &Poll<io::Result<usize>>) {
-        if let Poll::Ready(Ok(n)) = r {
-            self.activity.touch();
-            self.state.load.bytes_out.add(*n as u64);
-        }
-    }
-}
-
 fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
@@ -664,7 +548,7 @@ struct Conn {
 
 async fn connection<S>(stream: S, conn: Conn, secure: bool)
 where
-    S: AsyncRead + AsyncWrite + SendFile + Send + Unpin + 'static,
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let Conn {
         peer,
