@@ -45,6 +45,9 @@ pub(crate) enum BodyError {
     /// A chunk of a body on disk went missing after the response began.
     #[error(transparent)]
     Disk(#[from] ChunkMissing),
+    /// The answer waited on its client for `send_timeout` and was let go (`stall`).
+    #[error("the client took nothing of the answer for send_timeout")]
+    ClientStalled,
 }
 
 impl BodyError {

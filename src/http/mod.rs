@@ -1,7 +1,8 @@
 //! The edge's HTTP side: `server` accepts connections and serves them, `direct` answering
 //! HTTP/1.x `GET` and `HEAD` itself and hyper the rest (`balance` spreads
 //! them over a listener's threads, `framing` watches HTTP/1 message boundaries on the raw bytes,
-//! `coalesce` gathers what one poll of a connection writes into one write), `request` checks and
+//! `coalesce` gathers what one poll of a connection writes into one write, `stall` lets go of
+//! answers hyper holds for a client that takes none of them), `request` checks and
 //! normalises each request, `handler` answers it, `response`, `range` and `headers` shape what
 //! goes back (`heads` keeps the header maps of the entries a thread answers from most), `body` is
 //! the one body type.
@@ -19,4 +20,5 @@ pub(crate) mod range;
 pub(crate) mod request;
 pub(crate) mod response;
 pub(crate) mod server;
+mod stall;
 pub(crate) mod tls;

@@ -38,10 +38,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::balance::{Balance, Handed, Open};
-use super::body::{Body, RequestBody};
+use super::body::RequestBody;
 use super::direct;
 use super::framing::{BodyFault, Conflict, FramingGuard};
 use super::handler::{answer_later, answer_now, EdgeState, Peer};
+use super::stall::{Sent, Stalls};
 use crate::config::EdgeConfig;
 use crate::load::LoadCounters;
 
@@ -90,6 +91,8 @@ pub(super) struct Activity {
     /// `direct` waits for a request head with nothing of it read: told to close now, the
     /// connection ends at once.
     pub(super) resting: AtomicBool,
+    /// The answers hyper sends that may wait on the client (see `stall`).
+    stalls: Stalls,
 }
 
 impl Activity {
@@ -560,6 +563,7 @@ where
         max_header_size,
         shutdown,
     } = conn;
+    let opened = Instant::now();
     let activity = Arc::new(Activity {
         events: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
@@ -567,10 +571,11 @@ where
         bad_head: AtomicU64::new(u64::MAX),
         bad_reason: std::sync::Mutex::new(None),
         body_fault: Arc::default(),
-        opened: Instant::now(),
+        opened,
         head_since: AtomicU64::new(1),
         closing: AtomicBool::new(false),
         resting: AtomicBool::new(false),
+        stalls: Stalls::new(opened),
     });
     let mut io = Tracked {
         inner: stream,
@@ -639,6 +644,7 @@ where
             Ok(resp) => {
                 activity.in_flight.fetch_sub(1, Ordering::Relaxed);
                 activity.touch();
+                let resp = resp.map(|b| activity.stalls.watch(b));
                 return Answer::Now { resp: Some(resp) };
             }
             Err(later) => later,
@@ -648,7 +654,7 @@ where
                 let r = answer_later(state, later).await;
                 activity.in_flight.fetch_sub(1, Ordering::Relaxed);
                 activity.touch();
-                r
+                r.map(|resp| resp.map(|b| activity.stalls.watch(b)))
             },
         }
     });
@@ -792,6 +798,10 @@ impl Watch {
                         tracing::debug!(client = %self.peer, "request head not complete in time");
                         return None;
                     }
+                    let stalled = activity.stalls.let_go(self.send_timeout);
+                    if stalled > 0 {
+                        tracing::debug!(client = %self.peer, stalled, "answers the client took nothing of for send_timeout let go");
+                    }
                     let quiet = now.duration_since(self.quiet_since);
                     if events != self.seen || busy {
                         self.seen = events;
@@ -819,12 +829,12 @@ pin_project_lite::pin_project! {
     /// A request's answer as the service gives it to hyper: ready at once (a hit), or to come.
     #[project = AnswerProj]
     enum Answer<F> {
-        Now { resp: Option<hyper::Response<Body>> },
+        Now { resp: Option<hyper::Response<Sent>> },
         Later { #[pin] later: F },
     }
 }
 
-impl<F: std::future::Future<Output = Result<hyper::Response<Body>, std::convert::Infallible>>>
+impl<F: std::future::Future<Output = Result<hyper::Response<Sent>, std::convert::Infallible>>>
     std::future::Future for Answer<F>
 {
     type Output = F::Output;

@@ -254,3 +254,153 @@ async fn one_connection_holds_no_more_origin_requests_than_the_site_allows() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A client that opens a large answer with every stream's window shut (initial window 0) and
+/// never opens it, keeping its connection alive with pings (which the edge acknowledges, so
+/// the connection itself keeps moving bytes): once the answer has waited on the client for
+/// `send_timeout`, the edge lets go of it, and with it of its origin connection (here the
+/// site's one origin slot, which the next request then gets); the stream is reset when the
+/// window opens. Before, the pings' acknowledgements counted as progress and the slot was held
+/// for as long as they came.
+#[tokio::test]
+async fn an_http2_answer_whose_window_never_opens_is_let_go_after_send_timeout() {
+    let o = Origin::start().await;
+    big_and_next(&o);
+    let edge = Edge::start(
+        &site(
+            "demo",
+            "demo.test",
+            &format!("http://{}", o.addr),
+            "max_origin_requests = 1\nconnect_timeout = \"300ms\"",
+        ),
+        "idle_timeout = \"500ms\"\nsend_timeout = \"500ms\"",
+    )
+    .await;
+    let mut s = TcpStream::connect(edge.addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut hello = PREFACE.to_vec();
+    // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 0: no stream may be sent a byte of DATA.
+    let mut setting = 4u16.to_be_bytes().to_vec();
+    setting.extend_from_slice(&0u32.to_be_bytes());
+    hello.extend(frame(SETTINGS, 0, 0, &setting));
+    hello.extend(frame(
+        HEADERS,
+        END_STREAM | END_HEADERS,
+        1,
+        &get_block("/big", "demo.test"),
+    ));
+    s.write_all(&hello).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    // Pings every 50 ms until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let pinger = tokio::spawn(async move {
+        for i in 0..200u64 {
+            if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            wr.write_all(&frame(PING, 0, 0, &i.to_be_bytes()))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        wr
+    });
+    // The edge's frames: stream 1's reset (its error code), or `None` if the connection ends
+    // or stream 1 ends cleanly first.
+    let reader = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            while buf.len() >= 9 {
+                let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+                if buf.len() < 9 + len {
+                    break;
+                }
+                let (kind, flags) = (buf[3], buf[4]);
+                let stream = u32::from_be_bytes(buf[5..9].try_into().unwrap()) & 0x7fff_ffff;
+                if stream == 1 && kind == RST_STREAM {
+                    return Some(u32::from_be_bytes(buf[9..13].try_into().unwrap()));
+                }
+                if stream == 1 && kind == DATA && flags & END_STREAM != 0 {
+                    return None;
+                }
+                buf.drain(..9 + len);
+            }
+            match tokio::time::timeout(Duration::from_secs(10), rd.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => return None,
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = edge.get("/next").await;
+    assert_eq!(
+        r.status.as_u16(),
+        503,
+        "the answer holds the slot: {}",
+        r.text()
+    );
+    until_served(
+        edge.addr,
+        "demo.test",
+        "/next",
+        "the answer whose window never opens still holds its origin slot",
+    )
+    .await;
+    // Opened now, the stream gets what hyper had of it, then its reset.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut wr = pinger.await.unwrap();
+    wr.write_all(&frame(WINDOW_UPDATE, 0, 1, &(1u32 << 30).to_be_bytes()))
+        .await
+        .unwrap();
+    let reset = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .expect("the edge's frames end")
+        .unwrap();
+    assert!(reset.is_some(), "stream 1 was reset, not ended cleanly");
+}
+
+/// The other side of the rule above: a client that reads a large answer slowly but steadily
+/// (its windows opening as it reads, 64 KiB every 100 ms) gets all of it, though the whole
+/// takes many times `send_timeout`.
+#[tokio::test]
+async fn an_http2_answer_read_slowly_but_steadily_is_sent_whole() {
+    use http_body_util::BodyExt;
+    let o = Origin::start().await;
+    o.always(
+        "/slow",
+        Reply::ok("")
+            .body_bytes(vec![b'y'; 2 << 20])
+            .header("cache-control", "private"),
+    );
+    let edge = Edge::start(
+        &site("demo", "demo.test", &format!("http://{}", o.addr), ""),
+        "idle_timeout = \"300ms\"\nsend_timeout = \"300ms\"",
+    )
+    .await;
+    let mut send = h2c(edge.addr).await;
+    let req = hyper::Request::get("http://demo.test/slow")
+        .version(hyper::Version::HTTP_2)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let start = Instant::now();
+    let mut body = resp.into_body();
+    let (mut got, mut since_pause) = (0usize, 0usize);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.expect("no reset");
+        if let Ok(data) = frame.into_data() {
+            got += data.len();
+            since_pause += data.len();
+        }
+        if since_pause >= 64 * 1024 {
+            since_pause = 0;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{got} bytes in 20 s");
+    }
+    assert_eq!(got, 2 << 20);
+    assert!(start.elapsed() > Duration::from_millis(900), "read slowly");
+}
