@@ -33,6 +33,7 @@ pub(crate) fn site() -> SiteConfig {
         first_byte_timeout: Duration::from_secs(1),
         origin_read_timeout: Duration::from_secs(1),
         max_origin_requests: crate::config::DEFAULT_MAX_ORIGIN_REQUESTS,
+        max_origin_requests_per_client: crate::config::DEFAULT_MAX_ORIGIN_REQUESTS,
         default_ttl: None,
         heuristic_freshness: false,
         strip_set_cookie: false,

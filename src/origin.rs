@@ -47,6 +47,14 @@ pub(crate) enum OriginError {
     /// The client's upload stalled past its idle timeout.
     #[error("the client sent no request body bytes within {timeout:?}")]
     ClientTimeout { timeout: Duration },
+    /// The client had `max_origin_requests_per_client` requests at the site's origins for all
+    /// of `waited`.
+    #[error("{limit} requests of this client already at origin {origin} (max_origin_requests_per_client), none ended within {waited:?}")]
+    ClientBusy {
+        origin: String,
+        limit: usize,
+        waited: Duration,
+    },
     /// The site had `max_origin_requests` requests at its origins for all of `waited`.
     #[error("{limit} requests already at origin {origin} (max_origin_requests), none ended within {waited:?}")]
     Busy {
@@ -66,6 +74,7 @@ impl OriginError {
             OriginError::Body { .. } => "body",
             OriginError::ClientBody { .. } | OriginError::ClientTimeout { .. } => "client",
             OriginError::Busy { .. } => "busy",
+            OriginError::ClientBusy { .. } => "client_busy",
         }
     }
 
@@ -73,7 +82,9 @@ impl OriginError {
     pub(crate) fn is_origin_fault(&self) -> bool {
         !matches!(
             self,
-            OriginError::ClientBody { .. } | OriginError::ClientTimeout { .. }
+            OriginError::ClientBody { .. }
+                | OriginError::ClientTimeout { .. }
+                | OriginError::ClientBusy { .. }
         )
     }
 
@@ -123,8 +134,85 @@ pub(crate) struct Origins {
     /// the edge hold more origin connections than this.
     slots: Arc<tokio::sync::Semaphore>,
     max_requests: usize,
+    /// What each client holds of the slots (`max_origin_requests_per_client`).
+    clients: Arc<Clients>,
     /// How long a request waits for a slot: the site's `connect_timeout`.
     slot_wait: Duration,
+}
+
+/// A request's hold on the site's origin slots: one of the site's, and one of its client's
+/// share of them (none for the cluster's own requests). Given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    _site: tokio::sync::OwnedSemaphorePermit,
+    _client: Option<Share>,
+}
+
+/// The origin slots each client address holds at a site (an IPv6 address by its /64, which
+/// one subscriber has whole), so that no one client can hold them all: past its share, its
+/// requests wait for one of its own to end.
+#[derive(Debug)]
+struct Clients {
+    limit: usize,
+    held: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// Told when a client's count goes down.
+    freed: tokio::sync::Notify,
+}
+
+/// One of a client's slots at a site; given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Share {
+    clients: Arc<Clients>,
+    client: std::net::IpAddr,
+}
+
+impl Clients {
+    /// How requests of `addr` are counted: IPv4 by address, IPv6 by /64.
+    fn client(addr: std::net::IpAddr) -> std::net::IpAddr {
+        match addr {
+            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => v4.into(),
+                None => std::net::Ipv6Addr::from(u128::from(v6) & !(u64::MAX as u128)).into(),
+            },
+            v4 => v4,
+        }
+    }
+
+    fn held(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, usize>> {
+        // cannot fail in practice: nothing panics under this lock; recover the guard anyway.
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One more slot for `client`, unless it holds its share.
+    fn try_take(self: &Arc<Self>, client: std::net::IpAddr) -> Option<Share> {
+        let mut held = self.held();
+        let n = held.entry(client).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(Share {
+            clients: self.clone(),
+            client,
+        })
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        {
+            let mut held = self.clients.held();
+            if let Some(n) = held.get_mut(&self.client) {
+                *n -= 1;
+                if *n == 0 {
+                    held.remove(&self.client);
+                }
+            }
+        }
+        self.clients.freed.notify_waiters();
+    }
 }
 
 /// Reads a PEM bundle of CA certificates; the error names the file.
@@ -206,6 +294,11 @@ impl Origins {
             host_header,
             slots: Arc::new(tokio::sync::Semaphore::new(site.max_origin_requests)),
             max_requests: site.max_origin_requests,
+            clients: Arc::new(Clients {
+                limit: site.max_origin_requests_per_client,
+                held: std::sync::Mutex::default(),
+                freed: tokio::sync::Notify::new(),
+            }),
             slot_wait: site.connect_timeout,
         })
     }
@@ -230,13 +323,29 @@ impl Origins {
     ///
     /// The first-byte timeout counts from the end of the request body: an upload is bounded by
     /// its own idle timeout.
+    ///
+    /// `client` is the address of the client the request is for (`None` for the cluster's own
+    /// requests): it holds no more than its share of the site's origin slots.
     pub(crate) async fn send(
         &self,
         req: Request<Body>,
+        client: Option<std::net::IpAddr>,
     ) -> Result<(Response<OriginBody>, &str), OriginError> {
-        let slot = match self.slots.clone().try_acquire_owned() {
+        // The client's share first: a client past it waits without taking one of the site's.
+        let share = match client {
+            // A share as large as the site's slots bounds nothing more.
+            Some(addr) if self.clients.limit < self.max_requests => {
+                Some(self.share(Clients::client(addr)).await?)
+            }
+            _ => None,
+        };
+        let site = match self.slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => self.slot().await?,
+        };
+        let slot = Slot {
+            _site: site,
+            _client: share,
         };
 
         let replayable = http_body::Body::is_end_stream(req.body());
@@ -357,6 +466,31 @@ impl Origins {
             .saturating_sub(self.slots.available_permits())
     }
 
+    /// One of `client`'s share of the slots: at once, else the first of its own to end within
+    /// `slot_wait`.
+    async fn share(&self, client: std::net::IpAddr) -> Result<Share, OriginError> {
+        if let Some(share) = self.clients.try_take(client) {
+            return Ok(share);
+        }
+        let deadline = tokio::time::Instant::now() + self.slot_wait;
+        loop {
+            // Listening before looking again, so that a slot freed in between is not missed.
+            let freed = self.clients.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(share) = self.clients.try_take(client) {
+                return Ok(share);
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(OriginError::ClientBusy {
+                    origin: self.labels.join(", "),
+                    limit: self.clients.limit,
+                    waited: self.slot_wait,
+                });
+            }
+        }
+    }
+
     /// One of the site's origin request slots once they were all taken: the first to free up
     /// within `slot_wait`.
     async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, OriginError> {
@@ -464,7 +598,7 @@ mod tests {
         runtime.block_on(async {
             for _ in 0..3 {
                 let req = Request::get("/x").body(Body::empty()).unwrap();
-                let answer = tokio::time::timeout(Duration::from_secs(3), origins.send(req));
+                let answer = tokio::time::timeout(Duration::from_secs(3), origins.send(req, None));
                 let (resp, _) = answer
                     .await
                     .map_err(|_| "no answer within 3 s".to_string())?

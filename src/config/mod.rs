@@ -728,6 +728,40 @@ mod tests {
     }
 
     #[test]
+    fn a_clients_share_of_origin_requests_is_a_quarter_by_default_and_at_most_the_sites() {
+        let site = |extra: &str| {
+            format!("[[site]]\nname = \"a\"\nhosts = [\"a\"]\norigins = [\"http://a\"]\n{extra}\n")
+        };
+        let (sites, problems) = map(&site(""));
+        assert!(problems.is_empty(), "{problems:#?}");
+        assert_eq!(
+            sites[0].max_origin_requests_per_client,
+            DEFAULT_MAX_ORIGIN_REQUESTS / 4
+        );
+        let (sites, _) = map(&site("max_origin_requests = 2"));
+        assert_eq!(sites[0].max_origin_requests_per_client, 1);
+        let (sites, _) = map(&site("max_origin_requests_per_client = 3"));
+        assert_eq!(sites[0].max_origin_requests_per_client, 3);
+        for bad in ["0", "65"] {
+            let (_, problems) = map(&site(&format!(
+                "max_origin_requests = 64\nmax_origin_requests_per_client = {bad}"
+            )));
+            let got: Vec<_> = problems
+                .iter()
+                .map(|p| (p.file.to_str().unwrap(), p.key.as_str(), p.reason.as_str()))
+                .collect();
+            assert_eq!(
+                got,
+                [(
+                    "origins.toml",
+                    "site[0].max_origin_requests_per_client",
+                    format!("{bad} is not between 1 and max_origin_requests (64)").as_str()
+                )]
+            );
+        }
+    }
+
+    #[test]
     fn every_unknown_key_is_named() {
         let (_, problems) = map("[[site]]\nname = \"a\"\nhosts=[\"a\"]\norigins=[\"http://a\"]\nbogus = 1\n\
 cache_key = { query = \"keep\", sceme = false }\n[[site]]\nname = \"b\"\nhosts=[\"b\"]\norigins=[\"http://b\"]\norign_read_timeout = \"1s\"\n");

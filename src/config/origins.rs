@@ -19,6 +19,7 @@ pub(super) struct RawSite {
     first_byte_timeout: Option<String>,
     origin_read_timeout: Option<String>,
     max_origin_requests: Option<usize>,
+    max_origin_requests_per_client: Option<usize>,
     default_ttl: Option<String>,
     #[serde(default)]
     heuristic_freshness: bool,
@@ -75,6 +76,11 @@ pub struct SiteConfig {
     /// until its response body is read whole); more wait up to `connect_timeout` for one to
     /// end, then get 503.
     pub max_origin_requests: usize,
+    /// Of those, what one client address (an IPv6 /64) may have at once; more of its requests
+    /// wait up to `connect_timeout` for one of its own to end, then get 429. A quarter of
+    /// `max_origin_requests` by default, so that no one client holds them all; requests of the
+    /// cluster's edges (signed peer hops) count only against the site's limit.
+    pub max_origin_requests_per_client: usize,
     /// Freshness for responses that carry no freshness information (none by default).
     pub default_ttl: Option<Duration>,
     /// Use the 10% Last-Modified heuristic (RFC 9111 §4.2.2).
@@ -297,6 +303,18 @@ pub(super) fn parse_origin_map(
                 format!("{max_origin_requests} is not between 1 and {MAX_ORIGIN_REQUESTS}"),
             );
         }
+        let max_origin_requests = max_origin_requests.clamp(1, MAX_ORIGIN_REQUESTS);
+        let per_client = s
+            .max_origin_requests_per_client
+            .unwrap_or((max_origin_requests / 4).max(1));
+        if !(1..=max_origin_requests).contains(&per_client) {
+            r.add(
+                k("max_origin_requests_per_client"),
+                format!(
+                    "{per_client} is not between 1 and max_origin_requests ({max_origin_requests})"
+                ),
+            );
+        }
         sites.push(SiteConfig {
             name: s.name.clone(),
             hosts,
@@ -317,7 +335,8 @@ pub(super) fn parse_origin_map(
                 &s.origin_read_timeout,
                 default_origin_read_timeout(),
             ),
-            max_origin_requests: max_origin_requests.clamp(1, MAX_ORIGIN_REQUESTS),
+            max_origin_requests,
+            max_origin_requests_per_client: per_client.clamp(1, max_origin_requests),
             default_ttl,
             heuristic_freshness: s.heuristic_freshness,
             strip_set_cookie: s.strip_set_cookie,

@@ -92,7 +92,7 @@ pub(crate) enum RequestBody {
 #[derive(Debug)]
 pub(crate) struct OriginBody {
     from: FromOrigin,
-    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    slot: Option<crate::origin::Slot>,
 }
 
 #[derive(Debug)]
@@ -117,7 +117,7 @@ impl OriginBody {
     }
 
     /// The body, holding `slot` until it is done with.
-    pub(crate) fn holding(mut self, slot: tokio::sync::OwnedSemaphorePermit) -> OriginBody {
+    pub(crate) fn holding(mut self, slot: crate::origin::Slot) -> OriginBody {
         self.slot = Some(slot);
         self
     }

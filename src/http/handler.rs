@@ -835,19 +835,23 @@ async fn forward(
     // connection (request smuggling). It is dropped, as most caches do.
     let no_body =
         method == Method::GET || method == Method::HEAD || http_body::Body::is_end_stream(&body);
+    let for_client = hop.is_none().then_some(peer.addr.ip());
     to_origin(&mut parts, peer, &host, site, state, hop);
     state.metrics.origin_fetches.increment(1);
     let t = Instant::now();
     let sent = site
         .origins
-        .send(Request::from_parts(
-            parts,
-            if no_body {
-                Body::empty()
-            } else {
-                Body::upload(body, state.client_body_timeout).watch_fault(fault)
-            },
-        ))
+        .send(
+            Request::from_parts(
+                parts,
+                if no_body {
+                    Body::empty()
+                } else {
+                    Body::upload(body, state.client_body_timeout).watch_fault(fault)
+                },
+            ),
+            for_client,
+        )
         .await;
     state
         .metrics
@@ -1076,6 +1080,9 @@ struct Fill {
     key: String,
     /// The tier the request that caused the fetch came over, if from a peer.
     hop: Option<Hop>,
+    /// The address of the client whose request caused the fetch, whose share of the site's
+    /// origin slots it takes (none for a peer's).
+    client: Option<std::net::IpAddr>,
 }
 
 impl Fill {
@@ -1115,6 +1122,7 @@ impl Fill {
             https: target.https,
             key: key.to_string(),
             hop: client.hop,
+            client: client.hop.is_none().then_some(client.peer.addr.ip()),
         }
     }
 }
@@ -1411,7 +1419,10 @@ async fn upstream(
     state.metrics.origin_fetches.increment(1);
     let sent = site
         .origins
-        .send(Request::from_parts(job.parts.clone(), Body::empty()))
+        .send(
+            Request::from_parts(job.parts.clone(), Body::empty()),
+            job.client,
+        )
         .await;
     state
         .metrics
@@ -1462,6 +1473,12 @@ async fn fetch(
     let key = std::mem::take(&mut job.key);
     let (resp, origin, upstream) = match sent {
         Ok(sent) => sent,
+        Err(e @ OriginError::ClientBusy { .. }) => {
+            // The leader's client holds its share of the origin slots: not the followers'
+            // fault, so they go on their own (as when a leader vanishes), each on its share.
+            drop(leader);
+            return answer(Fetched::Failed(e));
+        }
         Err(e) => {
             state.metrics.origin_error(e.kind());
             leader.finish(Outcome::Failed(e.clone()));

@@ -274,6 +274,7 @@ impl Refusal {
                 StatusCode::GATEWAY_TIMEOUT
             }
             Refusal::Origin(OriginError::Busy { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Origin(OriginError::ClientBusy { .. }) => StatusCode::TOO_MANY_REQUESTS,
             Refusal::Origin(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -294,6 +295,9 @@ impl Refusal {
                 "origin timed out\n".into()
             }
             Refusal::Origin(OriginError::Busy { .. }) => "origin busy\n".into(),
+            Refusal::Origin(OriginError::ClientBusy { .. }) => {
+                "too many of your requests at the origin\n".into()
+            }
             Refusal::Origin(_) => "origin unavailable\n".into(),
         }
     }

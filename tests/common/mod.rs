@@ -709,6 +709,29 @@ where
     }
 }
 
+/// GET `path` of `host` at `addr` from the local address `source`: another loopback address
+/// (127.0.0.2) is another client to the edge.
+pub async fn get_from(source: std::net::IpAddr, addr: SocketAddr, host: &str, path: &str) -> Got {
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_local_address(Some(source));
+    let client = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(http);
+    let req = Request::get(format!("http://{addr}{path}"))
+        .header("host", host)
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(20), client.request(req))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body failed").to_bytes();
+    Got {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
 /// GET `path` from `addr` with Host `host` and extra headers.
 pub async fn get(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> Got {
     request("GET", addr, host, path, headers).await

@@ -179,11 +179,14 @@ async fn pings_and_settings_from_a_client_that_never_reads_are_not_queued() {
 
 /// One connection's 64 streams, each on a private object whose origin sends a few bytes and
 /// then nothing (so every one would hold an origin connection until `origin_read_timeout`):
-/// the origin sees no more of them at once than `max_origin_requests`; past it they get 503
-/// once `connect_timeout` has passed; stored objects are still served to others, and the
-/// slots come back when the connection goes.
+/// the origin sees no more of them at once than the client's share of the site's slots
+/// (`max_origin_requests_per_client`, a quarter of `max_origin_requests` by default); past it
+/// they get 429 once `connect_timeout` has passed; the same client's next request too, while
+/// another client is still served from the slots left; the slots come back when the connection
+/// goes. Before the share, the one connection held all of the site's slots and every other
+/// client got 503.
 #[tokio::test]
-async fn one_connection_holds_no_more_origin_requests_than_the_site_allows() {
+async fn one_connection_holds_no_more_origin_requests_than_its_clients_share() {
     let o = Origin::start().await;
     o.always(
         "/ok",
@@ -220,11 +223,11 @@ async fn one_connection_holds_no_more_origin_requests_than_the_site_allows() {
         ));
     }
     s.write_all(&attack).await.unwrap();
-    // The 56 past the limit are answered 503 after 300 ms; the 8 stay open.
+    // The 62 past the share are answered 429 after 300 ms; the 2 stay open.
     let end = read_until_closed(&mut s, Duration::from_secs(2)).await;
     assert!(!end.closed, "{end:?}");
     assert_eq!(end.answers, 64, "{end:?}");
-    assert_eq!(o.total(), 1 + 8, "the origin was asked {} times", o.total());
+    assert_eq!(o.total(), 1 + 2, "the origin was asked {} times", o.total());
     let metrics = edge.admin_get("/metrics").await.text();
     let in_flight = metrics
         .lines()
@@ -234,13 +237,16 @@ async fn one_connection_holds_no_more_origin_requests_than_the_site_allows() {
                 && l.contains("site=\"demo\"")
         })
         .unwrap_or_default();
-    assert!(in_flight.ends_with(" 8"), "{in_flight:?}");
+    assert!(in_flight.ends_with(" 2"), "{in_flight:?}");
     still_serves(&edge).await;
     let r = edge.get("/after").await;
     assert_eq!(
         (r.status.as_u16(), r.text()),
-        (503, "origin busy\n".to_string())
+        (429, "too many of your requests at the origin\n".to_string())
     );
+    // Another client reaches the origin meanwhile.
+    let r = get_from([127, 0, 0, 2].into(), edge.addr, "demo.test", "/after").await;
+    assert_eq!((r.status.as_u16(), r.text()), (200, "after".to_string()));
     // Gone: its streams' slots are free again.
     drop(s);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -260,7 +266,8 @@ async fn one_connection_holds_no_more_origin_requests_than_the_site_allows() {
 /// the connection itself keeps moving bytes): once the answer has waited on the client for
 /// `send_timeout`, the edge lets go of it, and with it of its origin connection (here the
 /// site's one origin slot, which the next request then gets); the stream is reset when the
-/// window opens. Before, the pings' acknowledgements counted as progress and the slot was held
+/// window opens. (A `send_timeout` longer than the next request's wait for a slot, so that
+/// the first one asked finds it held.) Before, the pings' acknowledgements counted as progress and the slot was held
 /// for as long as they came.
 #[tokio::test]
 async fn an_http2_answer_whose_window_never_opens_is_let_go_after_send_timeout() {
@@ -273,9 +280,12 @@ async fn an_http2_answer_whose_window_never_opens_is_let_go_after_send_timeout()
             &format!("http://{}", o.addr),
             "max_origin_requests = 1\nconnect_timeout = \"300ms\"",
         ),
-        "idle_timeout = \"500ms\"\nsend_timeout = \"500ms\"",
+        "idle_timeout = \"500ms\"\nsend_timeout = \"1s\"",
     )
     .await;
+    // Once asked for, `/big` is known to be private: from then on it is passed through, its
+    // body read from the origin only as the client takes it.
+    assert_eq!(edge.get("/big").await.body.len(), 32 << 20);
     let mut s = TcpStream::connect(edge.addr).await.unwrap();
     s.set_nodelay(true).unwrap();
     let mut hello = PREFACE.to_vec();
@@ -399,7 +409,10 @@ async fn an_http2_answer_read_slowly_but_steadily_is_sent_whole() {
             since_pause = 0;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "{got} bytes in 20 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{got} bytes in 20 s"
+        );
     }
     assert_eq!(got, 2 << 20);
     assert!(start.elapsed() > Duration::from_millis(900), "read slowly");

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::Request;
 use meridian::h3client::H3Client;
 
-use crate::common::{big_and_next, get, until_served, Edge, Origin, Reply};
+use crate::common::{big_and_next, get, get_from, until_served, Edge, Origin, Reply};
 use crate::tls::{connect, https, tls_site, write, Ca};
 
 const LISTENERS: &str =
@@ -539,8 +539,8 @@ async fn an_http3_answer_the_client_takes_nothing_of_is_reset_after_send_timeout
         .unwrap();
     let mut big = client.open(req).await.unwrap();
     assert_eq!(big.head.status(), 200);
-    // Held: the next request finds no slot.
-    let r = get(edge.addr, "a.test", "/next", &[]).await;
+    // Held: the next request (from another client) finds no slot.
+    let r = get_from([127, 0, 0, 2].into(), edge.addr, "a.test", "/next").await;
     assert_eq!(r.status.as_u16(), 503, "{}", r.text());
     until_served(
         edge.addr,

@@ -286,7 +286,8 @@ async fn slow_private_origin(
             "demo",
             "demo.test",
             &format!("http://{}", o.addr),
-            &format!("max_origin_requests = {limit}\nconnect_timeout = \"{wait}\""),
+            // The site's limit, which one client may take whole here.
+            &format!("max_origin_requests = {limit}\nmax_origin_requests_per_client = {limit}\nconnect_timeout = \"{wait}\""),
         ),
         "",
     )
@@ -345,4 +346,52 @@ async fn a_request_past_the_limit_goes_when_a_slot_frees_up() {
     assert_eq!((b.status.as_u16(), b.text()), (200, "/b".into()));
     // One after the other: /b could only start once /a had ended.
     assert!(after >= Duration::from_millis(590), "{after:?}");
+}
+
+/// A client past its share of the site's origin slots (`max_origin_requests_per_client`) waits
+/// `connect_timeout` for one of its own and then gets 429; another client asking for the same
+/// object meanwhile, collapsed onto the first one's fetch, is not turned away with it: it goes
+/// to the origin on its own share.
+#[tokio::test]
+async fn a_client_past_its_share_gets_429_and_others_collapsed_onto_it_are_still_served() {
+    let o = Origin::start().await;
+    for p in ["/slow1", "/slow2"] {
+        o.always(
+            p,
+            Reply::ok(p)
+                .header("cache-control", "private")
+                .delay(Duration::from_millis(1500)),
+        );
+    }
+    o.always(
+        "/c",
+        Reply::ok("c")
+            .header("cache-control", "max-age=60")
+            .delay(Duration::from_millis(100)),
+    );
+    let edge = Edge::start(
+        &site(
+            "demo",
+            "demo.test",
+            &format!("http://{}", o.addr),
+            "max_origin_requests = 8\nmax_origin_requests_per_client = 2\nconnect_timeout = \"300ms\"",
+        ),
+        "",
+    )
+    .await;
+    let other: std::net::IpAddr = [127, 0, 0, 2].into();
+    let (s1, s2, (mine, theirs)) = tokio::join!(edge.get("/slow1"), edge.get("/slow2"), async {
+        // Once the two slow ones hold this client's share.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::join!(edge.get("/c"), async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            get_from(other, edge.addr, "demo.test", "/c").await
+        })
+    });
+    assert_eq!((s1.text(), s2.text()), ("/slow1".into(), "/slow2".into()));
+    assert_eq!(
+        (mine.status.as_u16(), mine.text()),
+        (429, "too many of your requests at the origin\n".into())
+    );
+    assert_eq!((theirs.status.as_u16(), theirs.text()), (200, "c".into()));
 }
