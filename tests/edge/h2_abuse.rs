@@ -286,63 +286,7 @@ async fn an_http2_answer_whose_window_never_opens_is_let_go_after_send_timeout()
     // Once asked for, `/big` is known to be private: from then on it is passed through, its
     // body read from the origin only as the client takes it.
     assert_eq!(edge.get("/big").await.body.len(), 32 << 20);
-    let mut s = TcpStream::connect(edge.addr).await.unwrap();
-    s.set_nodelay(true).unwrap();
-    let mut hello = PREFACE.to_vec();
-    // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 0: no stream may be sent a byte of DATA.
-    let mut setting = 4u16.to_be_bytes().to_vec();
-    setting.extend_from_slice(&0u32.to_be_bytes());
-    hello.extend(frame(SETTINGS, 0, 0, &setting));
-    hello.extend(frame(
-        HEADERS,
-        END_STREAM | END_HEADERS,
-        1,
-        &get_block("/big", "demo.test"),
-    ));
-    s.write_all(&hello).await.unwrap();
-    let (mut rd, mut wr) = s.into_split();
-    // Pings every 50 ms until told to stop.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stopped = stop.clone();
-    let pinger = tokio::spawn(async move {
-        for i in 0..200u64 {
-            if stopped.load(std::sync::atomic::Ordering::Relaxed) {
-                break;
-            }
-            wr.write_all(&frame(PING, 0, 0, &i.to_be_bytes()))
-                .await
-                .unwrap();
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        wr
-    });
-    // The edge's frames: stream 1's reset (its error code), or `None` if the connection ends
-    // or stream 1 ends cleanly first.
-    let reader = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        let mut chunk = vec![0u8; 64 * 1024];
-        loop {
-            while buf.len() >= 9 {
-                let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
-                if buf.len() < 9 + len {
-                    break;
-                }
-                let (kind, flags) = (buf[3], buf[4]);
-                let stream = u32::from_be_bytes(buf[5..9].try_into().unwrap()) & 0x7fff_ffff;
-                if stream == 1 && kind == RST_STREAM {
-                    return Some(u32::from_be_bytes(buf[9..13].try_into().unwrap()));
-                }
-                if stream == 1 && kind == DATA && flags & END_STREAM != 0 {
-                    return None;
-                }
-                buf.drain(..9 + len);
-            }
-            match tokio::time::timeout(Duration::from_secs(10), rd.read(&mut chunk)).await {
-                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                _ => return None,
-            }
-        }
-    });
+    let shut = WindowShut::ask(&edge, "/big").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let r = edge.get("/next").await;
     assert_eq!(
@@ -359,15 +303,7 @@ async fn an_http2_answer_whose_window_never_opens_is_let_go_after_send_timeout()
     )
     .await;
     // Opened now, the stream gets what hyper had of it, then its reset.
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut wr = pinger.await.unwrap();
-    wr.write_all(&frame(WINDOW_UPDATE, 0, 1, &(1u32 << 30).to_be_bytes()))
-        .await
-        .unwrap();
-    let reset = tokio::time::timeout(Duration::from_secs(10), reader)
-        .await
-        .expect("the edge's frames end")
-        .unwrap();
+    let (reset, _) = shut.open().await;
     assert!(reset.is_some(), "stream 1 was reset, not ended cleanly");
 }
 
@@ -416,4 +352,129 @@ async fn an_http2_answer_read_slowly_but_steadily_is_sent_whole() {
     }
     assert_eq!(got, 2 << 20);
     assert!(start.elapsed() > Duration::from_millis(900), "read slowly");
+}
+
+/// An HTTP/2 connection that asks for a path on stream 1 with every stream's window shut
+/// (SETTINGS_INITIAL_WINDOW_SIZE 0), keeps itself alive with a ping every 50 ms, and reads
+/// what the edge sends.
+struct WindowShut {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pinger: tokio::task::JoinHandle<tokio::net::tcp::OwnedWriteHalf>,
+    /// Stream 1's reset code (`None`: it ended whole, or the connection ended) and the DATA
+    /// bytes it got.
+    reader: tokio::task::JoinHandle<(Option<u32>, usize)>,
+}
+
+impl WindowShut {
+    async fn ask(edge: &Edge, path: &str) -> WindowShut {
+        let mut s = TcpStream::connect(edge.addr).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut hello = PREFACE.to_vec();
+        let mut setting = 4u16.to_be_bytes().to_vec();
+        setting.extend_from_slice(&0u32.to_be_bytes());
+        hello.extend(frame(SETTINGS, 0, 0, &setting));
+        hello.extend(frame(
+            HEADERS,
+            END_STREAM | END_HEADERS,
+            1,
+            &get_block(path, "demo.test"),
+        ));
+        s.write_all(&hello).await.unwrap();
+        let (mut rd, mut wr) = s.into_split();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let pinger = tokio::spawn(async move {
+            for i in 0..400u64 {
+                if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                wr.write_all(&frame(PING, 0, 0, &i.to_be_bytes()))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            wr
+        });
+        let reader = tokio::spawn(async move {
+            let (mut buf, mut got) = (Vec::new(), 0usize);
+            let mut chunk = vec![0u8; 64 * 1024];
+            loop {
+                while buf.len() >= 9 {
+                    let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+                    if buf.len() < 9 + len {
+                        break;
+                    }
+                    let (kind, flags) = (buf[3], buf[4]);
+                    let stream = u32::from_be_bytes(buf[5..9].try_into().unwrap()) & 0x7fff_ffff;
+                    if stream == 1 && kind == RST_STREAM {
+                        return (
+                            Some(u32::from_be_bytes(buf[9..13].try_into().unwrap())),
+                            got,
+                        );
+                    }
+                    if stream == 1 && kind == DATA {
+                        got += len;
+                        if flags & END_STREAM != 0 {
+                            return (None, got);
+                        }
+                    }
+                    buf.drain(..9 + len);
+                }
+                match tokio::time::timeout(Duration::from_secs(10), rd.read(&mut chunk)).await {
+                    Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                    _ => return (None, got),
+                }
+            }
+        });
+        WindowShut {
+            stop,
+            pinger,
+            reader,
+        }
+    }
+
+    /// Stops the pings, opens stream 1's window and the connection's all the way, and says how
+    /// stream 1 ended.
+    async fn open(self) -> (Option<u32>, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut wr = self.pinger.await.unwrap();
+        let mut opening = frame(WINDOW_UPDATE, 0, 1, &(1u32 << 30).to_be_bytes());
+        opening.extend(frame(WINDOW_UPDATE, 0, 0, &(1u32 << 30).to_be_bytes()));
+        wr.write_all(&opening).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.reader)
+            .await
+            .expect("the edge's frames end")
+            .unwrap()
+    }
+}
+
+/// The same for an answer from the store: hyper took a stored body whole and kept what the
+/// window held back, out of reach, for as long as the pings came (256 streams of 1 MiB bodies
+/// read back from disk held 256 MiB). Now it is handed over 64 KiB at a time, and what the
+/// client never took goes with the answer after `send_timeout`: opened then, the stream gets
+/// a piece or so and its reset, not the whole body.
+#[tokio::test]
+async fn a_stored_answer_whose_window_never_opens_is_let_go_after_send_timeout() {
+    let o = Origin::start().await;
+    o.always(
+        "/stored",
+        Reply::ok("")
+            .body_bytes(vec![b's'; 1 << 20])
+            .header("cache-control", "max-age=60"),
+    );
+    let edge = Edge::start(
+        &site("demo", "demo.test", &format!("http://{}", o.addr), ""),
+        "idle_timeout = \"300ms\"\nsend_timeout = \"300ms\"",
+    )
+    .await;
+    assert_eq!(edge.get("/stored").await.body.len(), 1 << 20);
+    let shut = WindowShut::ask(&edge, "/stored").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (reset, got) = shut.open().await;
+    assert!(
+        reset.is_some(),
+        "stream 1 was reset, not ended cleanly ({got} bytes)"
+    );
+    assert!(got < 1 << 20, "{got} bytes: the whole body was kept for it");
+    assert_eq!(o.count("/stored"), 1);
 }
