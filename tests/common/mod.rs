@@ -696,7 +696,16 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let client = Client::builder(TokioExecutor::new()).build_http::<B>();
-    let resp = tokio::time::timeout(Duration::from_secs(20), client.request(req))
+    collect(client.request(req)).await
+}
+
+/// The answer `answer` brings (within 20 s), read whole.
+async fn collect(
+    answer: impl std::future::Future<
+        Output = Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
+    >,
+) -> Got {
+    let resp = tokio::time::timeout(Duration::from_secs(20), answer)
         .await
         .expect("request timed out")
         .expect("request failed");
@@ -719,17 +728,7 @@ pub async fn get_from(source: std::net::IpAddr, addr: SocketAddr, host: &str, pa
         .header("host", host)
         .body(Empty::<Bytes>::new())
         .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(20), client.request(req))
-        .await
-        .expect("request timed out")
-        .expect("request failed");
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.expect("body failed").to_bytes();
-    Got {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+    collect(client.request(req)).await
 }
 
 /// GET `path` from `addr` with Host `host` and extra headers.
