@@ -1031,3 +1031,70 @@ async fn clients_that_never_read_hold_no_more_disk_chunks_than_read_memory() {
     assert!(again.body[..] == body[..]);
     edge.stop();
 }
+
+/// A body read back from the disk tier into memory, which the store then lets go (a purge)
+/// while a client still holds it (an HTTP/2 stream whose window is shut: hyper keeps the body
+/// it took), counts where fills' bodies count once let go (`meridian_cache_filling_bytes`), so
+/// that new fills stop being stored instead of memory growing past `cache_memory` unseen; and
+/// stops counting when the client goes. Before, bodies read back carried no such claim.
+#[tokio::test]
+async fn a_body_read_back_from_disk_and_let_go_while_held_counts_in_the_fills_budget() {
+    use common::h2raw::*;
+    use tokio::io::AsyncWriteExt;
+    let o = Origin::start().await;
+    o.always(
+        "/r",
+        Reply::ok("")
+            .body_bytes(big(200 << 10))
+            .header("cache-control", "max-age=600"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), o.addr);
+    let edge = EdgeProcess::start(dir.path());
+    assert_eq!(edge.get("/r").await.status, 200);
+    assert!(edge.get_after_fill("/r").await.is_hit());
+    edge.stop();
+    let edge = EdgeProcess::start(dir.path());
+    let mut s = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+    let mut hello = PREFACE.to_vec();
+    // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 0.
+    hello.extend(frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]));
+    hello.extend(frame(
+        HEADERS,
+        END_STREAM | END_HEADERS,
+        1,
+        &get_block("/r", "demo.test"),
+    ));
+    s.write_all(&hello).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        edge.metric("meridian_cache_hits_total{node=\"disk\",tier=\"disk\"}")
+            .await,
+        1.0,
+        "read back from disk"
+    );
+    let r = edge.purge(r#"{"url": "http://demo.test/r"}"#).await;
+    assert_eq!(r.status, 200);
+    let mut counted = 0.0;
+    for _ in 0..40 {
+        counted = edge.metric("meridian_cache_filling_bytes").await;
+        if counted >= (200 << 10) as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        counted >= (200 << 10) as f64,
+        "the held body counts: {counted} bytes"
+    );
+    drop(s);
+    for _ in 0..100 {
+        counted = edge.metric("meridian_cache_filling_bytes").await;
+        if counted == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(counted, 0.0, "and stops counting when the client goes");
+    assert_eq!(o.count("/r"), 1);
+}

@@ -110,14 +110,14 @@ impl Drop for Residence {
 }
 
 /// A stored body's bytes, which keep its [`Residence`] as long as any of them is held.
-struct Resident {
-    bytes: Vec<u8>,
+struct Resident<T> {
+    bytes: T,
     _residence: Arc<Residence>,
 }
 
-impl AsRef<[u8]> for Resident {
+impl<T: AsRef<[u8]>> AsRef<[u8]> for Resident<T> {
     fn as_ref(&self) -> &[u8] {
-        &self.bytes
+        self.bytes.as_ref()
     }
 }
 
@@ -125,9 +125,21 @@ impl FillBudget {
     /// `bytes` as a stored body whose residence the budget will count once its entry leaves
     /// the store while the body is still held.
     pub(crate) fn resident(self: &Arc<Self>, bytes: Vec<u8>) -> (Bytes, Arc<Residence>) {
+        self.hold(bytes)
+    }
+
+    /// As [`FillBudget::resident`], for a body already in memory (read back from the disk).
+    pub(crate) fn resident_bytes(self: &Arc<Self>, bytes: Bytes) -> (Bytes, Arc<Residence>) {
+        self.hold(bytes)
+    }
+
+    fn hold<T: AsRef<[u8]> + Send + 'static>(
+        self: &Arc<Self>,
+        bytes: T,
+    ) -> (Bytes, Arc<Residence>) {
         let residence = Arc::new(Residence {
             budget: self.clone(),
-            bytes: bytes.len() as u64,
+            bytes: bytes.as_ref().len() as u64,
             pinned: std::sync::atomic::AtomicBool::new(false),
         });
         let body = Bytes::from_owner(Resident {

@@ -56,6 +56,23 @@ impl Object {
         Object { variants }
     }
 
+    /// This object with each body in memory that has no residence given one in `budget`
+    /// (bodies read back from the disk tier).
+    fn resident_in(self, budget: &Arc<crate::cache::fill::FillBudget>) -> Object {
+        let variants = self
+            .variants()
+            .iter()
+            .map(|e| {
+                if e.residence.is_some() || e.on_disk.is_some() || e.body.is_empty() {
+                    return e.clone();
+                }
+                let (body, residence) = budget.resident_bytes(e.body.clone());
+                Arc::new(e.with_resident_body(body, residence))
+            })
+            .collect();
+        Object::new(variants)
+    }
+
     /// The variants, oldest first.
     pub(crate) fn variants(&self) -> &[Arc<Entry>] {
         match &self.variants {
@@ -151,6 +168,9 @@ pub(crate) struct Store {
     disk_held: std::sync::atomic::AtomicBool,
     /// Bytes the memory tier holds at most.
     capacity: u64,
+    /// Where bodies read back from the disk into memory count once the store lets them go
+    /// while responses still hold them, as fills' bodies do (see `fill::Residence`).
+    read_back: Option<Arc<crate::cache::fill::FillBudget>>,
 }
 
 impl Store {
@@ -193,7 +213,17 @@ impl Store {
             disk,
             disk_held: std::sync::atomic::AtomicBool::new(false),
             capacity,
+            read_back: None,
         }
+    }
+
+    /// This store, its bodies read back from disk counted in `budget` once let go while held.
+    pub(crate) fn counting_read_backs_in(
+        mut self,
+        budget: Arc<crate::cache::fill::FillBudget>,
+    ) -> Store {
+        self.read_back = Some(budget);
+        self
     }
 
     /// Whether an object of `len` bytes is kept on disk only (there is a disk tier, and it
@@ -264,7 +294,11 @@ impl Store {
     }
 
     async fn read_disk(&self, key: &str) -> Option<(Arc<Object>, Tier)> {
-        let object = Arc::new(self.disk.as_ref()?.get(key).await?);
+        let mut object = self.disk.as_ref()?.get(key).await?;
+        if let Some(budget) = &self.read_back {
+            object = object.resident_in(budget);
+        }
+        let object = Arc::new(object);
         self.objects.insert(key.to_string(), object.clone()).await;
         Some((object, Tier::Disk))
     }

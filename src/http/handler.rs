@@ -265,7 +265,7 @@ impl EdgeState {
                 .unwrap_or(HeaderValue::from_static("3 meridian")),
             alt_svc: edge.quic.as_ref().and_then(|q| q.alt_svc()),
             sites: arc_swap::ArcSwap::from_pointee(sites),
-            store: Store::new(edge.cache_memory, disk),
+            store: Store::new(edge.cache_memory, disk).counting_read_backs_in(filling.clone()),
             collapser: Collapser::new(),
             max_object_size: edge.max_object_size,
             filling,
