@@ -425,6 +425,21 @@ pub fn big_and_next(o: &Origin) {
     o.always("/next", Reply::ok("next"));
 }
 
+/// An edge for `o` whose site may have one request at its origin at once, waiting 300 ms for
+/// it (with [`big_and_next`]: a client that sits on `/big` holds the slot `/next` needs).
+pub async fn one_slot_edge(o: &Origin, edge: &str) -> Edge {
+    Edge::start(
+        &site(
+            "demo",
+            "demo.test",
+            &format!("http://{}", o.addr),
+            "max_origin_requests = 1\nconnect_timeout = \"300ms\"",
+        ),
+        edge,
+    )
+    .await
+}
+
 /// Asks `GET path` of `host` at `addr` every 200 ms until it is answered 200; panics with
 /// `what` after 5 s.
 pub async fn until_served(addr: SocketAddr, host: &str, path: &str, what: &str) {

@@ -317,16 +317,7 @@ async fn an_origin_that_stops_reading_an_upload_fails_it_after_its_read_timeout(
 async fn a_client_that_never_reads_its_answer_is_dropped_after_send_timeout() {
     let o = Origin::start().await;
     big_and_next(&o);
-    let edge = Edge::start(
-        &site(
-            "demo",
-            "demo.test",
-            &format!("http://{}", o.addr),
-            "max_origin_requests = 1\nconnect_timeout = \"300ms\"",
-        ),
-        "idle_timeout = \"500ms\"\nsend_timeout = \"500ms\"",
-    )
-    .await;
+    let edge = one_slot_edge(&o, "idle_timeout = \"500ms\"\nsend_timeout = \"500ms\"").await;
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut s = socket.connect(edge.addr).await.unwrap();

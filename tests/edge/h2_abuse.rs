@@ -267,22 +267,13 @@ async fn one_connection_holds_no_more_origin_requests_than_its_clients_share() {
 /// `send_timeout`, the edge lets go of it, and with it of its origin connection (here the
 /// site's one origin slot, which the next request then gets); the stream is reset when the
 /// window opens. (A `send_timeout` longer than the next request's wait for a slot, so that
-/// the first one asked finds it held.) Before, the pings' acknowledgements counted as progress and the slot was held
-/// for as long as they came.
+/// the first one asked finds it held.) Before, the pings' acknowledgements counted as
+/// progress and the slot was held for as long as they came.
 #[tokio::test]
 async fn an_http2_answer_whose_window_never_opens_is_let_go_after_send_timeout() {
     let o = Origin::start().await;
     big_and_next(&o);
-    let edge = Edge::start(
-        &site(
-            "demo",
-            "demo.test",
-            &format!("http://{}", o.addr),
-            "max_origin_requests = 1\nconnect_timeout = \"300ms\"",
-        ),
-        "idle_timeout = \"500ms\"\nsend_timeout = \"1s\"",
-    )
-    .await;
+    let edge = one_slot_edge(&o, "idle_timeout = \"500ms\"\nsend_timeout = \"1s\"").await;
     // Once asked for, `/big` is known to be private: from then on it is passed through, its
     // body read from the origin only as the client takes it.
     assert_eq!(edge.get("/big").await.body.len(), 32 << 20);
