@@ -395,3 +395,39 @@ async fn a_client_past_its_share_gets_429_and_others_collapsed_onto_it_are_still
     );
     assert_eq!((theirs.status.as_u16(), theirs.text()), (200, "c".into()));
 }
+
+/// A client at its share waits for one of its own requests to end and then goes on: within
+/// `connect_timeout`, it is served, not refused.
+#[tokio::test]
+async fn a_client_at_its_share_is_served_once_one_of_its_own_ends() {
+    let o = Origin::start().await;
+    o.always(
+        "/slow",
+        Reply::ok("slow")
+            .header("cache-control", "private")
+            .delay(Duration::from_millis(300)),
+    );
+    o.always("/x", Reply::ok("x").header("cache-control", "private"));
+    let edge = Edge::start(
+        &site(
+            "demo",
+            "demo.test",
+            &format!("http://{}", o.addr),
+            "max_origin_requests = 4\nmax_origin_requests_per_client = 1\nconnect_timeout = \"2s\"",
+        ),
+        "",
+    )
+    .await;
+    let start = Instant::now();
+    let (slow, (x, done)) = tokio::join!(edge.get("/slow"), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let x = edge.get("/x").await;
+        (x, start.elapsed())
+    });
+    assert_eq!(slow.text(), "slow");
+    assert_eq!((x.status.as_u16(), x.text()), (200, "x".into()));
+    assert!(
+        done >= Duration::from_millis(290),
+        "/x waited for /slow's slot: answered after {done:?}"
+    );
+}
