@@ -298,24 +298,31 @@ async fn an_http2_answer_whose_window_never_opens_is_let_go_after_send_timeout()
     assert!(reset.is_some(), "stream 1 was reset, not ended cleanly");
 }
 
-/// The other side of the rule above: a client that reads a large answer slowly but steadily
-/// (its windows opening as it reads, 64 KiB every 100 ms) gets all of it, though the whole
-/// takes many times `send_timeout`.
-#[tokio::test]
-async fn an_http2_answer_read_slowly_but_steadily_is_sent_whole() {
-    use http_body_util::BodyExt;
+/// An origin with `path`, `len` bytes under `cache_control`, and an edge in front of it whose
+/// idle and send timeouts are 300 ms.
+async fn quick_to_time_out(path: &str, len: usize, cache_control: &str) -> (Origin, Edge) {
     let o = Origin::start().await;
     o.always(
-        "/slow",
+        path,
         Reply::ok("")
-            .body_bytes(vec![b'y'; 2 << 20])
-            .header("cache-control", "private"),
+            .body_bytes(vec![b'y'; len])
+            .header("cache-control", cache_control),
     );
     let edge = Edge::start(
         &site("demo", "demo.test", &format!("http://{}", o.addr), ""),
         "idle_timeout = \"300ms\"\nsend_timeout = \"300ms\"",
     )
     .await;
+    (o, edge)
+}
+
+/// The other side of the rule above: a client that reads a large answer slowly but steadily
+/// (its windows opening as it reads, 64 KiB every 100 ms) gets all of it, though the whole
+/// takes many times `send_timeout`.
+#[tokio::test]
+async fn an_http2_answer_read_slowly_but_steadily_is_sent_whole() {
+    use http_body_util::BodyExt;
+    let (_o, edge) = quick_to_time_out("/slow", 2 << 20, "private").await;
     let mut send = h2c(edge.addr).await;
     let req = hyper::Request::get("http://demo.test/slow")
         .version(hyper::Version::HTTP_2)
@@ -446,18 +453,7 @@ impl WindowShut {
 /// a piece or so and its reset, not the whole body.
 #[tokio::test]
 async fn a_stored_answer_whose_window_never_opens_is_let_go_after_send_timeout() {
-    let o = Origin::start().await;
-    o.always(
-        "/stored",
-        Reply::ok("")
-            .body_bytes(vec![b's'; 1 << 20])
-            .header("cache-control", "max-age=60"),
-    );
-    let edge = Edge::start(
-        &site("demo", "demo.test", &format!("http://{}", o.addr), ""),
-        "idle_timeout = \"300ms\"\nsend_timeout = \"300ms\"",
-    )
-    .await;
+    let (o, edge) = quick_to_time_out("/stored", 1 << 20, "max-age=60").await;
     assert_eq!(edge.get("/stored").await.body.len(), 1 << 20);
     let shut = WindowShut::ask(&edge, "/stored").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
