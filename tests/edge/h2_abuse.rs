@@ -32,6 +32,33 @@ struct End {
     answers: usize,
 }
 
+/// A frame the edge sent.
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+/// The first frame in `buf`, taken off it, once it is whole.
+fn take_frame(buf: &mut Vec<u8>) -> Option<Frame> {
+    if buf.len() < 9 {
+        return None;
+    }
+    let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+    if buf.len() < 9 + len {
+        return None;
+    }
+    let frame = Frame {
+        kind: buf[3],
+        flags: buf[4],
+        stream: u32::from_be_bytes(buf[5..9].try_into().unwrap()) & 0x7fff_ffff,
+        payload: buf[9..9 + len].to_vec(),
+    };
+    buf.drain(..9 + len);
+    Some(frame)
+}
+
 /// Reads the edge's frames until it closes the connection or `limit` passes.
 async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> End {
     let deadline = Instant::now() + limit;
@@ -39,19 +66,14 @@ async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> End {
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
-        while buf.len() >= 9 {
-            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
-            if buf.len() < 9 + len {
-                break;
-            }
-            match buf[3] {
-                GOAWAY if len >= 8 => {
-                    end.goaway = Some(u32::from_be_bytes(buf[13..17].try_into().unwrap()))
+        while let Some(f) = take_frame(&mut buf) {
+            match f.kind {
+                GOAWAY if f.payload.len() >= 8 => {
+                    end.goaway = Some(u32::from_be_bytes(f.payload[4..8].try_into().unwrap()))
                 }
                 HEADERS => end.answers += 1,
                 _ => {}
             }
-            buf.drain(..9 + len);
         }
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, s.read(&mut chunk)).await {
@@ -397,26 +419,17 @@ impl WindowShut {
             let (mut buf, mut got) = (Vec::new(), 0usize);
             let mut chunk = vec![0u8; 64 * 1024];
             loop {
-                while buf.len() >= 9 {
-                    let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
-                    if buf.len() < 9 + len {
-                        break;
+                while let Some(f) = take_frame(&mut buf) {
+                    if f.stream == 1 && f.kind == RST_STREAM {
+                        let code = u32::from_be_bytes(f.payload[..4].try_into().unwrap());
+                        return (Some(code), got);
                     }
-                    let (kind, flags) = (buf[3], buf[4]);
-                    let stream = u32::from_be_bytes(buf[5..9].try_into().unwrap()) & 0x7fff_ffff;
-                    if stream == 1 && kind == RST_STREAM {
-                        return (
-                            Some(u32::from_be_bytes(buf[9..13].try_into().unwrap())),
-                            got,
-                        );
-                    }
-                    if stream == 1 && kind == DATA {
-                        got += len;
-                        if flags & END_STREAM != 0 {
+                    if f.stream == 1 && f.kind == DATA {
+                        got += f.payload.len();
+                        if f.flags & END_STREAM != 0 {
                             return (None, got);
                         }
                     }
-                    buf.drain(..9 + len);
                 }
                 match tokio::time::timeout(Duration::from_secs(10), rd.read(&mut chunk)).await {
                     Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
