@@ -14,9 +14,9 @@
 # storage decision on arbitrary response heads: no-store, private, Set-Cookie never stored),
 # disk_head (a disk tier head read back: fails to decode, or round-trips), origin_response (an
 # origin's response as the edge's HTTP/1.1 client reads it: the same outcome however the reads
-# split it), client_head (a client's request head as the edge's own HTTP/1.1 path reads it: it
-# ends where the framing guard ends a message without a body, a head left to hyper is left
-# untouched, and a split read changes nothing).
+# split it), client_head (a client's request as the edge's own HTTP/1.1 path reads it, its short
+# body included: it ends where the framing guard ends the message, a request left to hyper is
+# left untouched, and a split read changes nothing).
 #
 # The committed corpus (fuzz/corpus/TARGET) seeds each run and is never written; what a run
 # finds goes to a scratch corpus under fuzz/target/corpus, and a crash to fuzz/artifacts/TARGET/.

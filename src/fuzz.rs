@@ -43,11 +43,12 @@ pub fn framing(data: &[u8]) {
     }
 }
 
-/// A client's request head as the edge's own HTTP/1.1 path reads it (`http::direct`).
-/// Properties: a head it takes ends where the framing guard (which hyper's requests are held
-/// to) also ends a message with no body, so the two never disagree on where the next request
-/// starts; a head it leaves to hyper is left untouched; and no read that splits the bytes
-/// earlier changes the verdict (a prefix is only ever incomplete, or judged the same).
+/// A client's request as the edge's own HTTP/1.1 path reads it (`http::direct`). Properties: a
+/// request it takes (its head, and a `Content-Length` body) ends where the framing guard (which
+/// hyper's requests are held to) also ends a message, so the two never disagree on where the
+/// next request starts; a request it leaves to hyper is left untouched; and no read that splits
+/// the bytes earlier changes the verdict (a prefix is only ever incomplete, or judged the
+/// same).
 pub fn client_head(data: &[u8]) {
     use crate::http::direct::{verdict, Verdict};
     let whole = verdict(data);
@@ -57,7 +58,7 @@ pub fn client_head(data: &[u8]) {
             assert_eq!(g.feed(&data[..len]), None, "the guard found a conflict");
             assert!(g.take_body_fault().is_none());
             assert!(
-                !g.head_pending(),
+                g.between_messages(),
                 "the guard is still inside the message the edge took"
             );
             Some(len)

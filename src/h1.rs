@@ -677,7 +677,8 @@ impl Fields {
     }
 }
 
-fn parse_decimal(s: &[u8]) -> Option<u64> {
+/// A `Content-Length` value: 1 to 19 digits and nothing else.
+pub(crate) fn parse_decimal(s: &[u8]) -> Option<u64> {
     if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
         return None;
     }

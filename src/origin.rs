@@ -369,7 +369,12 @@ impl Origins {
             _client: share,
         };
 
-        let replayable = http_body::Body::is_end_stream(req.body());
+        // A body the edge holds whole (or none) can go to the next origin too; a stream cannot
+        // once the first has taken from it.
+        let whole = match req.body() {
+            Body::Full(b) => Some(b.clone()),
+            _ => None,
+        };
         let idempotent = req.method().is_idempotent();
         let (mut parts, body) = req.into_parts();
         if let Some(host) = &self.host_header {
@@ -393,8 +398,8 @@ impl Origins {
                 parts.clone()
             };
             let Some(this_parts) = this_parts else { break };
-            if replayable {
-                body = Some(Body::empty());
+            if let Some(b) = &whole {
+                body = Some(Body::Full(b.clone()));
             }
             let plain = self.plain.get(i).and_then(Option::as_ref);
             let uri = if plain.is_some() {

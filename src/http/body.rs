@@ -77,12 +77,15 @@ pub(crate) enum Body {
     Disk(Box<DiskTail>),
 }
 
-/// A client's request body: from hyper (HTTP/1.1 and HTTP/2), from an HTTP/3 request stream, or
-/// none (a `GET` or `HEAD` the edge read itself, `direct`).
+/// A client's request body: from hyper (HTTP/1.1 and HTTP/2), from an HTTP/3 request stream,
+/// read whole with its head by the edge itself (`direct`: a short `Content-Length` body), or
+/// none.
 #[derive(Debug)]
 pub(crate) enum RequestBody {
     Hyper(Incoming),
     H3(Box<super::quic::RecvBody>),
+    /// Never empty (an empty body is `Empty`).
+    Whole(Bytes),
     Empty,
 }
 
@@ -187,6 +190,10 @@ impl http_body::Body for RequestBody {
         match self.get_mut() {
             RequestBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(RecvError::Hyper),
             RequestBody::H3(b) => b.poll_frame(cx).map_err(RecvError::H3),
+            this @ RequestBody::Whole(_) => match std::mem::replace(this, RequestBody::Empty) {
+                RequestBody::Whole(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                _ => Poll::Ready(None),
+            },
             RequestBody::Empty => Poll::Ready(None),
         }
     }
@@ -195,6 +202,7 @@ impl http_body::Body for RequestBody {
         match self {
             RequestBody::Hyper(b) => b.is_end_stream(),
             RequestBody::H3(b) => b.is_end_stream(),
+            RequestBody::Whole(_) => false,
             RequestBody::Empty => true,
         }
     }
@@ -203,6 +211,7 @@ impl http_body::Body for RequestBody {
         match self {
             RequestBody::Hyper(b) => b.size_hint(),
             RequestBody::H3(b) => b.size_hint(),
+            RequestBody::Whole(b) => SizeHint::with_exact(b.len() as u64),
             RequestBody::Empty => SizeHint::with_exact(0),
         }
     }
@@ -252,8 +261,14 @@ impl Body {
     }
 
     /// A client's request body on its way to an origin, failing after `idle` without a byte.
+    /// One the edge already holds whole is sent as it is (with its head, and again on a new
+    /// connection if the first had closed while idle: `h1::exchange`).
     pub(crate) fn upload(rest: RequestBody, idle: Duration) -> Body {
-        Body::streaming(Rest::Client(rest), idle)
+        match rest {
+            RequestBody::Whole(b) => Body::full(b),
+            RequestBody::Empty => Body::empty(),
+            rest => Body::streaming(Rest::Client(rest), idle),
+        }
     }
 
     /// An origin's response body on its way to a client (or the cache), failing after `idle`

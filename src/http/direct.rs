@@ -1,4 +1,5 @@
-//! HTTP/1.1 `GET` and `HEAD` requests read and answered by the edge itself, below hyper.
+//! HTTP/1.1 requests read and answered by the edge itself, below hyper: `GET` and `HEAD`, and
+//! requests with a short body.
 //!
 //! Every HTTP/1.x connection starts here. A request head is parsed with `httparse` (as hyper
 //! does), handed to the same handler as hyper's requests, and the answer written back on the
@@ -7,13 +8,18 @@
 //! cost several thousand instructions more (its parse into a request, its encoding of the head,
 //! its buffers and state machine).
 //!
-//! Only what is simple to get right is done here: a `GET` or `HEAD` of HTTP/1.0 or 1.1 with no
-//! request body (no `Content-Length`, no `Transfer-Encoding`), no `Expect` and no `Upgrade`. At
-//! the first request that is anything else (another method, a body, a head `httparse` refuses
-//! or one past the size limit, HTTP/2's preface) the connection goes to hyper for the rest of
-//! its life, with the bytes read so far replayed to it (`server::Tracked`), so bodies, framing errors
-//! (400, 431), `100-continue`, upgrades and HTTP/2 keep hyper's handling and the framing
-//! guard's (`framing`).
+//! Only what is simple to get right is done here: a request of HTTP/1.0 or 1.1 whose method is
+//! `GET`, `HEAD`, `POST`, `PUT`, `PATCH`, `DELETE` or `OPTIONS` (not `OPTIONS *`), with no
+//! `Transfer-Encoding`, no `Expect` and no `Upgrade`, and no body or one of a single
+//! `Content-Length` field of digits that arrives whole with its head within `max_header_size`
+//! bytes (the body is then read with the head, under `header_read_timeout`, and handed on
+//! whole, as nginx buffers a short body before it sends it on). At the first request that is
+//! anything else (another method, a longer or chunked body, a length that is not one field of
+//! digits, a head `httparse` refuses or one past the size limit, HTTP/2's preface) the
+//! connection goes to hyper for the rest of its life, with the bytes read so far replayed to it
+//! (`server::Tracked`), so streamed bodies, framing errors (400, 431), `100-continue`,
+//! upgrades and HTTP/2 keep hyper's handling and the framing guard's (`framing`). The fuzz
+//! target `client_head` checks that a request taken here ends where the guard ends it.
 //!
 //! What hyper's HTTP/1.1 server does and this must too, so that a client cannot tell which one
 //! answered:
@@ -87,7 +93,8 @@ struct Head {
 // allocation.
 #[allow(clippy::large_enum_variant)]
 enum Parsed {
-    Partial,
+    /// Incomplete: at least this many bytes are needed (0 while the head is incomplete).
+    Partial(usize),
     Done(Head),
     /// Not for this module (see the module documentation); nothing was taken from the buffer.
     Other,
@@ -110,19 +117,23 @@ where
     let mut names: Vec<(HeaderName, usize, usize)> = Vec::new();
     let mut out: Vec<u8> = Vec::with_capacity(1024);
     loop {
-        // The next head: from what is buffered, else read until it is whole.
+        // The next request: from what is buffered, else read until it is whole (its head is
+        // parsed again only once a body it waits for can be whole).
+        let mut wanted = 0;
         let head = loop {
             if !buf.is_empty() {
-                match parse(buf, &mut names) {
-                    Parsed::Done(head) => break head,
-                    Parsed::Other => return Ended::HandOff,
-                    Parsed::Bad => {
-                        let _ = io.write_all(BAD_REQUEST).await;
-                        let _ = io.shutdown().await;
-                        return Ended::Closed;
+                if buf.len() >= wanted {
+                    match parse(buf, &mut names, max_head) {
+                        Parsed::Done(head) => break head,
+                        Parsed::Other => return Ended::HandOff,
+                        Parsed::Bad => {
+                            let _ = io.write_all(BAD_REQUEST).await;
+                            let _ = io.shutdown().await;
+                            return Ended::Closed;
+                        }
+                        Parsed::Partial(_) if buf.len() >= max_head => return Ended::HandOff,
+                        Parsed::Partial(n) => wanted = n,
                     }
-                    Parsed::Partial if buf.len() >= max_head => return Ended::HandOff,
-                    Parsed::Partial => {}
                 }
                 activity.head_begun();
             } else if activity.closing.load(Ordering::Relaxed) {
@@ -193,8 +204,10 @@ where
 const BAD_REQUEST: &[u8] =
     b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
-/// Parses the head at the front of `buf`, taking it from the buffer if it is one of ours.
-fn parse(buf: &mut BytesMut, names: &mut Vec<(HeaderName, usize, usize)>) -> Parsed {
+/// Parses the request at the front of `buf`, taking its head and body from the buffer if it is
+/// one of ours: its body, if any, of `Content-Length` bytes and whole within `max` bytes with the
+/// head (a longer one is hyper's, which streams it).
+fn parse(buf: &mut BytesMut, names: &mut Vec<(HeaderName, usize, usize)>, max: usize) -> Parsed {
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
     let mut req = httparse::Request::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -203,12 +216,18 @@ fn parse(buf: &mut BytesMut, names: &mut Vec<(HeaderName, usize, usize)>) -> Par
         &mut fields,
     ) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Ok(httparse::Status::Partial) => return Parsed::Partial(0),
         Err(_) => return Parsed::Other,
     };
+    // `CONNECT` (an authority as its target) and extension methods are hyper's.
     let method = match req.method {
         Some("GET") => Method::GET,
         Some("HEAD") => Method::HEAD,
+        Some("POST") => Method::POST,
+        Some("PUT") => Method::PUT,
+        Some("PATCH") => Method::PATCH,
+        Some("DELETE") => Method::DELETE,
+        Some("OPTIONS") => Method::OPTIONS,
         _ => return Parsed::Other,
     };
     let version = match req.version {
@@ -221,18 +240,26 @@ fn parse(buf: &mut BytesMut, names: &mut Vec<(HeaderName, usize, usize)>) -> Par
     let Some(path) = req.path else {
         return Parsed::Other;
     };
+    // `OPTIONS *` (asterisk-form) is hyper's too.
+    if path == "*" {
+        return Parsed::Other;
+    }
     let path = (at(path.as_bytes()), path.len());
     let (mut close, mut keep) = (false, false);
+    let mut length = None;
     names.clear();
     for field in req.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
             return Parsed::Other;
         };
         match name {
-            header::CONTENT_LENGTH
-            | header::TRANSFER_ENCODING
-            | header::EXPECT
-            | header::UPGRADE => return Parsed::Other,
+            // One field of digits alone. Anything else (a second field, a list, a sign) is
+            // hyper's, under the framing guard, which answers the ambiguous ones 400.
+            header::CONTENT_LENGTH => match (length, crate::h1::parse_decimal(field.value)) {
+                (None, Some(n)) => length = Some(n),
+                _ => return Parsed::Other,
+            },
+            header::TRANSFER_ENCODING | header::EXPECT | header::UPGRADE => return Parsed::Other,
             header::CONNECTION => {
                 for token in field.value.split(|&b| b == b',') {
                     let token = token.trim_ascii();
@@ -250,7 +277,21 @@ fn parse(buf: &mut BytesMut, names: &mut Vec<(HeaderName, usize, usize)>) -> Par
         names.push((name, at(field.value), field.value.len()));
     }
     let close = close || (version == Version::HTTP_10 && !keep);
+    let whole = match length {
+        None | Some(0) => len,
+        Some(n) => match usize::try_from(n).ok().and_then(|n| n.checked_add(len)) {
+            Some(whole) if whole <= max => whole,
+            _ => return Parsed::Other,
+        },
+    };
+    if buf.len() < whole {
+        return Parsed::Partial(whole);
+    }
     let head = buf.split_to(len).freeze();
+    let body = match whole - len {
+        0 => RequestBody::Empty,
+        n => RequestBody::Whole(buf.split_to(n).freeze()),
+    };
     let Ok(uri) = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1)) else {
         return Parsed::Bad;
     };
@@ -265,7 +306,7 @@ fn parse(buf: &mut BytesMut, names: &mut Vec<(HeaderName, usize, usize)>) -> Par
             Err(_) => return Parsed::Bad,
         }
     }
-    let mut req = Request::new(RequestBody::Empty);
+    let mut req = Request::new(body);
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = version;
@@ -277,7 +318,8 @@ fn parse(buf: &mut BytesMut, names: &mut Vec<(HeaderName, usize, usize)>) -> Par
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
     Partial,
-    /// One of ours: the head's length, and whether it asks to close after its answer.
+    /// One of ours: the length of its head and body, and whether it asks to close after its
+    /// answer.
     Ours {
         len: usize,
         close: bool,
@@ -286,10 +328,11 @@ pub(crate) enum Verdict {
     Bad,
 }
 
+/// [`parse`]'s verdict with the default `edge.max_header_size`.
 pub(crate) fn verdict(data: &[u8]) -> Verdict {
     let mut buf = BytesMut::from(data);
-    match parse(&mut buf, &mut Vec::new()) {
-        Parsed::Partial => Verdict::Partial,
+    match parse(&mut buf, &mut Vec::new(), 16 << 10) {
+        Parsed::Partial(_) => Verdict::Partial,
         Parsed::Done(head) => Verdict::Ours {
             len: data.len() - buf.len(),
             close: head.close,
@@ -573,7 +616,7 @@ mod tests {
 
     fn parsed(raw: &[u8]) -> (Parsed, BytesMut) {
         let mut buf = BytesMut::from(raw);
-        let p = parse(&mut buf, &mut Vec::new());
+        let p = parse(&mut buf, &mut Vec::new(), 64);
         (p, buf)
     }
 
@@ -606,10 +649,54 @@ mod tests {
     }
 
     #[test]
+    fn a_body_of_content_length_bytes_is_taken_with_its_head() {
+        let (p, rest) = parsed(b"POST /f HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /n");
+        let Parsed::Done(head) = p else {
+            panic!("not parsed")
+        };
+        assert_eq!(head.req.method(), Method::POST);
+        let RequestBody::Whole(body) = head.req.body() else {
+            panic!("no body")
+        };
+        assert_eq!(&body[..], b"abc");
+        assert_eq!(&rest[..], b"GET /n");
+        // A length of 0, or none, is no body.
+        for raw in [
+            &b"PUT / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"[..],
+            b"DELETE / HTTP/1.1\r\n\r\n",
+        ] {
+            let (Parsed::Done(head), rest) = parsed(raw) else {
+                panic!("not parsed: {raw:?}")
+            };
+            assert!(matches!(head.req.body(), RequestBody::Empty), "{raw:?}");
+            assert!(rest.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_body_not_yet_whole_takes_nothing() {
+        let raw = b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nabc";
+        let (p, rest) = parsed(raw);
+        // One byte short: the whole request's length is known.
+        assert!(matches!(p, Parsed::Partial(n) if n == raw.len() + 1));
+        assert_eq!(&rest[..], raw);
+    }
+
+    #[test]
     fn what_has_a_body_or_asks_for_more_goes_to_hyper_untouched() {
         for raw in [
-            &b"POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\nx"[..],
-            b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            // Past the limit (64 bytes here) with its head: hyper streams it.
+            &b"POST / HTTP/1.1\r\nContent-Length: 30\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            // Lengths that are not one field of digits.
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+            b"POST / HTTP/1.1\r\nContent-Length: 1, 1\r\n\r\nx",
+            b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\nx",
+            b"POST / HTTP/1.1\r\nContent-Length: 0x1\r\n\r\nx",
+            b"POST / HTTP/1.1\r\nContent-Length: \r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"CONNECT x.test:443 HTTP/1.1\r\n\r\n",
+            b"PURGE / HTTP/1.1\r\n\r\n",
             b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             b"GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
             b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",

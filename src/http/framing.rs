@@ -120,6 +120,11 @@ impl FramingGuard {
         matches!(self.phase, Phase::Head) && !self.head.is_empty()
     }
 
+    /// Whether the bytes fed so far end where a request ends (its head, and its body if any).
+    pub(crate) fn between_messages(&self) -> bool {
+        matches!(self.phase, Phase::Head) && self.head.is_empty()
+    }
+
     /// A fault found in a request body since the last call: (request index, reason).
     pub(crate) fn take_body_fault(&mut self) -> Option<(u64, &'static str)> {
         self.fault.take()

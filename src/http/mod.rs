@@ -1,5 +1,5 @@
 //! The edge's HTTP side: `server` accepts connections and serves them, `direct` answering
-//! HTTP/1.x `GET` and `HEAD` itself and hyper the rest (`balance` spreads
+//! HTTP/1.x requests with no body or a short one itself and hyper the rest (`balance` spreads
 //! them over a listener's threads, `framing` watches HTTP/1 message boundaries on the raw bytes,
 //! `coalesce` gathers what one poll of a connection writes into one write, `stall` lets go of
 //! answers hyper holds for a client that takes none of them), `request` checks and

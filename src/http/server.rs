@@ -1,6 +1,6 @@
-//! Accepting client connections and serving HTTP on them: HTTP/1.x `GET` and `HEAD` by the
-//! edge itself (`direct`), everything else (request bodies, HTTP/2, what `direct` leaves) by
-//! hyper, which takes a connection over at its first such request.
+//! Accepting client connections and serving HTTP on them: HTTP/1.x requests with no body or a
+//! short one by the edge itself (`direct`), everything else (streamed request bodies, HTTP/2,
+//! what `direct` leaves) by hyper, which takes a connection over at its first such request.
 //!
 //! `serve(listener, state, limits, shutdown)` takes a bound listener and a shutdown signal
 //! (`serve_on_threads` the same, served on threads of its own with a runtime each). It
@@ -586,8 +586,8 @@ where
     };
     let client = Peer { addr: peer, secure };
     let mut watch = Watch::new(idle_timeout, header_timeout, send_timeout, peer);
-    // HTTP/1.x GET and HEAD first, answered by the edge itself; hyper takes the connection at
-    // the first request that is anything else (see `direct`).
+    // HTTP/1.x requests with no body or a short one first, answered by the edge itself; hyper
+    // takes the connection at the first request that is anything else (see `direct`).
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let ended = {
         let own = direct::serve(

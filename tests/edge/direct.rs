@@ -1,5 +1,6 @@
-//! HTTP/1.1 as the edge speaks it itself (`GET` and `HEAD`), and the hand-over to hyper for
-//! everything else on the same connection: persistence, pipelining, framing of the answers.
+//! HTTP/1.1 as the edge speaks it itself (`GET`, `HEAD`, and requests with a short
+//! `Content-Length` body), and the hand-over to hyper for everything else on the same
+//! connection: persistence, pipelining, framing of the answers.
 
 use std::time::Duration;
 
@@ -160,8 +161,8 @@ async fn pipelined_requests_are_answered_in_order_a_post_among_them_too() {
     o.always("/post", Reply::ok("posted"));
     let edge = Edge::for_origin(&o).await;
     let mut s = Client::to(&edge).await;
-    // All in one write: the edge's own requests, then one with a body (hyper's from there on),
-    // then more of ours, which hyper answers too.
+    // All in one write: the edge's own requests, one with a body (read whole with its head),
+    // then more.
     s.send(
         b"GET /a HTTP/1.1\r\nHost: demo.test\r\n\r\n\
           GET /b HTTP/1.1\r\nHost: demo.test\r\n\r\n\
@@ -285,6 +286,86 @@ async fn a_head_that_comes_in_pieces_is_answered_and_close_is_said() {
     assert_eq!(a.field("connection"), Some("close"));
     assert_eq!(a.body, b"body of a");
     assert!(s.closes().await);
+}
+
+#[tokio::test]
+async fn a_short_body_that_comes_after_its_head_is_forwarded_whole_and_the_connection_stays_in_step(
+) {
+    let o = Origin::start().await;
+    o.always("/a", cached("body of a"));
+    o.always("/post", Reply::ok("posted"));
+    let edge = Edge::for_origin(&o).await;
+    let mut s = Client::to(&edge).await;
+    s.send(b"PUT /post HTTP/1.1\r\nHost: demo.test\r\nContent-Length: 11\r\n\r\nhel")
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.send(b"lo wo").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The body's last bytes and the next request in one write.
+    s.send(b"rldGET /a HTTP/1.1\r\nHost: demo.test\r\n\r\n")
+        .await;
+    let put = s.answer(false).await;
+    assert_eq!(put.status, "HTTP/1.1 200 OK");
+    assert_eq!(put.body, b"posted");
+    let seen = o.last("/post");
+    assert_eq!(seen.method, "PUT");
+    assert_eq!(seen.body.as_ref(), b"hello world");
+    let a = s.answer(false).await;
+    assert_eq!(a.body, b"body of a");
+    // A body of its own, then the same object again: a hit on the same connection.
+    let del = s
+        .ask(
+            b"DELETE /post HTTP/1.1\r\nHost: demo.test\r\nContent-Length: 0\r\n\r\n",
+            false,
+        )
+        .await;
+    assert_eq!(del.body, b"posted");
+    assert_eq!(o.last("/post").method, "DELETE");
+    assert_eq!(s.get("/a").await.body, b"body of a");
+    assert_eq!(o.count("/a"), 1);
+}
+
+#[tokio::test]
+async fn a_body_longer_than_the_head_limit_streams_through_hyper_and_later_requests_are_answered() {
+    let o = Origin::start().await;
+    o.always("/a", cached("body of a"));
+    o.always("/post", Reply::ok("posted"));
+    let edge = Edge::for_origin_with(&o, "max_header_size = \"8KiB\"").await;
+    let mut s = Client::to(&edge).await;
+    let body = vec![b'x'; 100 * 1024];
+    let head = format!(
+        "POST /post HTTP/1.1\r\nHost: demo.test\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.send(head.as_bytes()).await;
+    s.send(&body).await;
+    let post = s.answer(false).await;
+    assert_eq!(post.status, "HTTP/1.1 200 OK");
+    assert_eq!(o.last("/post").body.len(), body.len());
+    assert_eq!(s.get("/a").await.body, b"body of a");
+    assert_eq!(s.get("/a").await.body, b"body of a");
+    assert_eq!(o.count("/a"), 1);
+}
+
+#[tokio::test]
+async fn a_short_body_that_stops_coming_never_reaches_the_origin_and_its_connection_is_closed() {
+    let o = Origin::start().await;
+    o.always("/post", Reply::ok("posted"));
+    let edge = Edge::for_origin_with(&o, "header_read_timeout = \"300ms\"").await;
+    let mut s = Client::to(&edge).await;
+    s.send(b"POST /post HTTP/1.1\r\nHost: demo.test\r\nContent-Length: 10\r\n\r\nabc")
+        .await;
+    assert!(s.closes().await, "closed once header_read_timeout passed");
+    assert_eq!(o.count("/post"), 0);
+    // Others are served.
+    let mut t = Client::to(&edge).await;
+    let ok = t
+        .ask(
+            b"POST /post HTTP/1.1\r\nHost: demo.test\r\nContent-Length: 3\r\n\r\nabc",
+            false,
+        )
+        .await;
+    assert_eq!(ok.body, b"posted");
 }
 
 #[tokio::test]

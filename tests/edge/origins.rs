@@ -28,6 +28,31 @@ async fn failover_to_the_next_origin_on_connect_failure() {
     assert_eq!(r.text(), "live");
 }
 
+#[tokio::test]
+async fn a_short_request_body_goes_to_the_next_origin_on_connect_failure() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let live = Origin::start().await;
+    live.always("/form", Reply::ok("taken"));
+    let edge = Edge::start(
+        &site(
+            "s",
+            "demo.test",
+            &format!("http://{dead}, http://{}", live.addr),
+            "",
+        ),
+        "",
+    )
+    .await;
+    // Nothing reached the first origin, so even a POST goes on, its body with it.
+    let r = request_body("POST", edge.addr, "demo.test", "/form", "a=1&b=2").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "taken");
+    assert_eq!(live.last("/form").body.as_ref(), b"a=1&b=2");
+}
+
 /// Two origins for `path`, the first answering after `delay`, behind an edge that gives an
 /// origin 300 ms for the first byte.
 async fn slow_then_fast(path: &str, delay: Duration) -> (Origin, Origin, Edge) {
