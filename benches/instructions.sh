@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # User-space instructions per cache hit, counted by callgrind: meridian's hit path (1 KiB and
 # 100 KiB over HTTP/1.1, 1 KiB over cleartext HTTP/2) and bare hyper answering a fixed 1 KiB (the
-# floor for any hit path on hyper). Unlike requests/s on a shared machine, which moves by a fifth
+# floor for any hit path on hyper); then per forwarded request (a 1 KiB answer the origin marks
+# `private`, so every request goes to it), meridian's and nginx's (`proxy_pass` with keep-alive
+# upstreams and `proxy_cache` on, one worker: issue 16's item 3). Unlike requests/s on a shared machine, which moves by a fifth
 # from run to run, the count moves by about 2% (work that runs by the clock: the store's
 # housekeeping, hyper's date), so a change to the hit path can be judged alone. It counts what
 # the process runs (meridian, hyper, tokio, libc), not the kernel's share.
@@ -29,10 +31,12 @@ BARE=$ROOT/target/release/examples/bare_hyper
 ORIGIN=18300
 P_MERIDIAN=18301
 P_BARE=18304
+P_NGINX=18305
 
 workdir
-mkdir -p "$WORK/www" "$WORK/logs"
+mkdir -p "$WORK/www/private" "$WORK/logs" "$WORK/ngc"
 head -c 1024 /dev/urandom > "$WORK/www/1k"
+cp "$WORK/www/1k" "$WORK/www/private/1k"
 head -c 102400 /dev/urandom > "$WORK/www/100k"
 cat > "$WORK/origin.conf" <<EOF
 worker_processes 1;
@@ -41,7 +45,8 @@ error_log $WORK/logs/origin-error.log warn;
 events { worker_connections 1024; }
 http {
   access_log off;
-  server { listen 127.0.0.1:$ORIGIN; root $WORK/www; expires 1h; }
+  server { listen 127.0.0.1:$ORIGIN; root $WORK/www; expires 1h;
+    location /private/ { expires off; add_header Cache-Control private; } }
 }
 EOF
 nginx -c "$WORK/origin.conf"
@@ -118,3 +123,47 @@ for _ in $(seq 1 120); do
   sleep 0.5
 done
 count "bare hyper, fixed 1 KiB, HTTP/1.1 (the floor)" $P_BARE /1k --h1
+kill "$TRACED"
+wait "$TRACED" 2>/dev/null || true
+
+echo
+echo "| forwarded request (the origin says private), 1 KiB, HTTP/1.1 | instructions per request |"
+echo "|---|---:|"
+GLIBC_TUNABLES=glibc.malloc.tcache_count=0 start_traced "$MERIDIAN" run -c "$WORK/meridian.toml"
+for _ in $(seq 1 120); do
+  curl -s -o /dev/null -H 'Host: bench.test' "http://127.0.0.1:$P_MERIDIAN/private/1k" && break
+  sleep 0.5
+done
+count "meridian" $P_MERIDIAN /private/1k --h1
+kill "$TRACED"
+wait "$TRACED" 2>/dev/null || true
+
+# nginx in the foreground as one process (callgrind follows no children).
+cat > "$WORK/proxy.conf" <<EOF
+worker_processes 1;
+daemon off;
+master_process off;
+pid $WORK/proxy.pid;
+error_log $WORK/logs/proxy-error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  proxy_cache_path $WORK/ngc levels=1:2 keys_zone=bench:8m max_size=64m use_temp_path=off;
+  upstream origin { server 127.0.0.1:$ORIGIN; keepalive 64; }
+  server {
+    listen 127.0.0.1:$P_NGINX;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_cache bench;
+    }
+  }
+}
+EOF
+start_traced nginx -c "$WORK/proxy.conf"
+for _ in $(seq 1 120); do
+  curl -s -o /dev/null -H 'Host: bench.test' "http://127.0.0.1:$P_NGINX/private/1k" && break
+  sleep 0.5
+done
+count "nginx proxy_pass" $P_NGINX /private/1k --h1
