@@ -22,6 +22,7 @@
 //! cache/         key.rs, policy.rs (pure RFC 9111/5861/9213 decisions), entry.rs,
 //!                store.rs (the only moka import), collapse.rs
 //! origin.rs      upstream client: pools, TLS, timeouts, failover; knows nothing of caching
+//! share.rs       per-client shares of a bounded resource (origin slots, disk read room)
 //! shield.rs      tiered caching: a key's owner among the region's edges (rendezvous), the signed
 //!                peer hop (Meridian-Peer), the peer client with its timeout and counters
 //! purge.rs       cluster purges: parse, apply on an edge, follow what gossip brings
@@ -92,6 +93,7 @@ pub(crate) mod origin;
 pub(crate) mod pool;
 pub(crate) mod purge;
 pub mod route;
+pub(crate) mod share;
 pub(crate) mod shield;
 pub(crate) mod status;
 pub(crate) mod steering;

@@ -25,6 +25,7 @@ use crate::config::SiteConfig;
 use crate::http::body::{Body, BodyError, OriginBody};
 use crate::http::server::PerThread;
 use crate::pool::{Http1Pool, PoolError};
+use crate::share::{Clients, Share};
 
 /// Why an origin exchange failed. Strings rather than sources so that one failure can be handed
 /// to every collapsed request.
@@ -148,95 +149,6 @@ pub(crate) struct Slot {
     _client: Option<Share>,
 }
 
-/// The origin slots each client address holds at a site (an IPv6 address by its /64, which
-/// one subscriber has whole), so that no one client can hold them all: past its share, its
-/// requests wait for one of its own to end. Each client is woken by its own slots only, so a
-/// client with thousands of requests waiting costs nothing when others' requests end.
-#[derive(Debug)]
-struct Clients {
-    limit: usize,
-    held: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Held>>,
-}
-
-/// What one client holds at a site, and its waiters' bell.
-#[derive(Debug)]
-struct Held {
-    n: usize,
-    freed: Arc<tokio::sync::Notify>,
-}
-
-/// One of a client's slots at a site; given back when dropped.
-#[derive(Debug)]
-pub(crate) struct Share {
-    clients: Arc<Clients>,
-    client: std::net::IpAddr,
-}
-
-impl Clients {
-    /// How requests of `addr` are counted: IPv4 by address, IPv6 by /64.
-    fn client(addr: std::net::IpAddr) -> std::net::IpAddr {
-        match addr {
-            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => v4.into(),
-                None => std::net::Ipv6Addr::from(u128::from(v6) & !(u64::MAX as u128)).into(),
-            },
-            v4 => v4,
-        }
-    }
-
-    fn held(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, Held>> {
-        // cannot fail in practice: nothing panics under this lock; recover the guard anyway.
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// One more slot for `client`; if it holds its share, what tells when one of them ends.
-    fn try_take(
-        self: &Arc<Self>,
-        client: std::net::IpAddr,
-    ) -> Result<Share, Arc<tokio::sync::Notify>> {
-        let mut held = self.held();
-        let h = held.entry(client).or_insert_with(|| Held {
-            n: 0,
-            freed: Arc::default(),
-        });
-        if h.n >= self.limit {
-            return Err(h.freed.clone());
-        }
-        h.n += 1;
-        Ok(Share {
-            clients: self.clone(),
-            client,
-        })
-    }
-}
-
-impl Drop for Share {
-    fn drop(&mut self) {
-        let (freed, last) = {
-            let mut held = self.clients.held();
-            let Some(h) = held.get_mut(&self.client) else {
-                return;
-            };
-            h.n -= 1;
-            if h.n == 0 {
-                let Some(h) = held.remove(&self.client) else {
-                    return;
-                };
-                (h.freed, true)
-            } else {
-                (h.freed.clone(), false)
-            }
-        };
-        if last {
-            // Its waiters (if any) take a new entry's bell from here.
-            freed.notify_waiters();
-        } else {
-            // One slot, one waiter (passed on if that one has gone meanwhile).
-            freed.notify_one();
-        }
-    }
-}
-
 /// Reads a PEM bundle of CA certificates; the error names the file.
 pub(crate) fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -316,10 +228,7 @@ impl Origins {
             host_header,
             slots: Arc::new(tokio::sync::Semaphore::new(site.max_origin_requests)),
             max_requests: site.max_origin_requests,
-            clients: Arc::new(Clients {
-                limit: site.max_origin_requests_per_client,
-                held: std::sync::Mutex::default(),
-            }),
+            clients: Clients::new(site.max_origin_requests_per_client),
             slot_wait: site.connect_timeout,
         })
     }
@@ -355,9 +264,7 @@ impl Origins {
         // The client's share first: a client past it waits without taking one of the site's.
         let share = match client {
             // A share as large as the site's slots bounds nothing more.
-            Some(addr) if self.clients.limit < self.max_requests => {
-                Some(self.share(Clients::client(addr)).await?)
-            }
+            Some(addr) if self.clients.limit() < self.max_requests => Some(self.share(addr).await?),
             _ => None,
         };
         let site = match self.slots.clone().try_acquire_owned() {
@@ -496,26 +403,14 @@ impl Origins {
     /// `slot_wait`.
     async fn share(&self, client: std::net::IpAddr) -> Result<Share, OriginError> {
         let deadline = tokio::time::Instant::now() + self.slot_wait;
-        loop {
-            let freed = match self.clients.try_take(client) {
-                Ok(share) => return Ok(share),
-                Err(freed) => freed,
-            };
-            // Listening before looking again, so that a slot freed in between is not missed.
-            let notified = freed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Ok(share) = self.clients.try_take(client) {
-                return Ok(share);
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(OriginError::ClientBusy {
-                    origin: self.labels.join(", "),
-                    limit: self.clients.limit,
-                    waited: self.slot_wait,
-                });
-            }
-        }
+        self.clients
+            .take(client, Some(deadline))
+            .await
+            .ok_or_else(|| OriginError::ClientBusy {
+                origin: self.labels.join(", "),
+                limit: self.clients.limit(),
+                waited: self.slot_wait,
+            })
     }
 
     /// One of the site's origin request slots once they were all taken: the first to free up
@@ -574,48 +469,6 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-
-    #[tokio::test]
-    async fn a_client_past_its_share_is_woken_by_its_own_slots_only() {
-        let clients = Arc::new(Clients {
-            limit: 1,
-            held: std::sync::Mutex::default(),
-        });
-        let a: std::net::IpAddr = [10, 0, 0, 1].into();
-        let b: std::net::IpAddr = [10, 0, 0, 2].into();
-        let held_a = clients.try_take(a).unwrap();
-        let held_b = clients.try_take(b).unwrap();
-        let freed = clients.try_take(a).unwrap_err();
-        let woken = freed.notified();
-        tokio::pin!(woken);
-        woken.as_mut().enable();
-        drop(held_b);
-        assert!(
-            tokio::time::timeout(Duration::from_millis(50), woken.as_mut())
-                .await
-                .is_err(),
-            "another client's slot does not wake it"
-        );
-        drop(held_a);
-        tokio::time::timeout(Duration::from_secs(1), woken)
-            .await
-            .expect("its own does");
-        assert!(clients.try_take(a).is_ok());
-    }
-
-    #[test]
-    fn an_ipv6_client_is_its_64_and_a_mapped_ipv4_one_its_address() {
-        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
-        assert_eq!(
-            Clients::client(ip("2001:db8:1:2:aaaa::1")),
-            Clients::client(ip("2001:db8:1:2:bbbb::9"))
-        );
-        assert_ne!(
-            Clients::client(ip("2001:db8:1:2::1")),
-            Clients::client(ip("2001:db8:1:3::1"))
-        );
-        assert_eq!(Clients::client(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
-    }
 
     /// An origin answering every request `ok` on keep-alive connections; counts its connections.
     fn origin() -> (SocketAddr, Arc<AtomicUsize>) {

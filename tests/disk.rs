@@ -969,14 +969,11 @@ async fn disk_reads_are_held_from_the_first_accept_in_a_cluster() {
 /// holds the chunk it is writing until its client takes it, and all of them together hold no
 /// more than `read_memory`; the others wait for room (and are counted). Before, four HTTP/2
 /// connections of 256 such streams on a 48 MiB object took an edge from 35 MB to 2.1 GB.
-#[tokio::test(flavor = "multi_thread")]
-async fn clients_that_never_read_hold_no_more_disk_chunks_than_read_memory() {
-    use common::h2raw::*;
-    use tokio::io::AsyncWriteExt;
-    let (o, body) = huge_origin(12 << 20).await;
-    let dir = tempfile::tempdir().unwrap();
+/// An edge whose `/huge` (12 MiB, twelve chunks) is on disk, with room for four chunks read
+/// for responses (`read_memory`), and the body.
+async fn huge_on_disk(o: &Origin, body: &[u8], dir: &Path) -> EdgeProcess {
     write_config_with(
-        dir.path(),
+        dir,
         o.addr,
         &[
             (
@@ -989,31 +986,49 @@ async fn clients_that_never_read_hold_no_more_disk_chunks_than_read_memory() {
             ),
         ],
     );
-    let edge = EdgeProcess::start(dir.path());
+    let edge = EdgeProcess::start(dir);
     assert!(edge.get("/huge").await.body[..] == body[..]);
     settle().await;
     let hit = edge.get("/huge").await;
     assert!(hit.is_hit(), "{}", hit.cache_status());
     assert_eq!(edge.tier_of("/huge"), "disk");
+    edge
+}
+
+/// A connection from `source` asking for `/huge` on `streams` HTTP/2 streams, windows wide open,
+/// that reads nothing (its receive buffer is small).
+async fn never_reads(edge: &EdgeProcess, source: [u8; 4], streams: u32) -> tokio::net::TcpStream {
+    use common::h2raw::*;
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind(SocketAddr::from((source, 0))).unwrap();
+    let mut s = socket.connect(edge.http).await.unwrap();
+    let mut out = greedy_hello();
+    for i in 0..streams {
+        out.extend(frame(
+            HEADERS,
+            END_STREAM | END_HEADERS,
+            2 * i + 1,
+            &get_block("/huge", "demo.test"),
+        ));
+    }
+    s.write_all(&out).await.unwrap();
+    s
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_that_never_read_hold_no_more_disk_chunks_than_read_memory() {
+    let (o, body) = huge_origin(12 << 20).await;
+    let dir = tempfile::tempdir().unwrap();
+    let edge = huge_on_disk(&o, &body, dir.path()).await;
     let before = rss_of(edge.child.id());
 
-    // Four connections, 128 streams each, windows wide open, nothing read.
+    // Four connections (from four addresses: one holds no more than its share), 128 streams
+    // each, nothing read.
     let mut attackers = Vec::new();
-    for _ in 0..4 {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let mut s = socket.connect(edge.http).await.unwrap();
-        let mut out = greedy_hello();
-        for i in 0..128u32 {
-            out.extend(frame(
-                HEADERS,
-                END_STREAM | END_HEADERS,
-                2 * i + 1,
-                &get_block("/huge", "demo.test"),
-            ));
-        }
-        s.write_all(&out).await.unwrap();
-        attackers.push(s);
+    for n in 1..=4 {
+        attackers.push(never_reads(&edge, [127, 0, 0, n], 128).await);
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let during = rss_of(edge.child.id());
@@ -1029,6 +1044,34 @@ async fn clients_that_never_read_hold_no_more_disk_chunks_than_read_memory() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let again = edge.get("/huge").await;
     assert!(again.body[..] == body[..]);
+    edge.stop();
+}
+
+/// One client's streams that never read take no more than its share (a quarter) of the room
+/// for chunks read from disk, so another client's read from disk is served meanwhile. Before,
+/// one HTTP/2 connection held all of it until `send_timeout` let its streams go, and every
+/// other client's response from disk waited that long.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_client_that_never_reads_leaves_room_for_others_reads_from_disk() {
+    let (o, body) = huge_origin(12 << 20).await;
+    let dir = tempfile::tempdir().unwrap();
+    let edge = huge_on_disk(&o, &body, dir.path()).await;
+    let waits = edge.metric("meridian_cache_disk_read_waits_total").await;
+    let attacker = never_reads(&edge, [127, 0, 0, 1], 16).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let other = tokio::time::timeout(
+        Duration::from_secs(10),
+        get_from([127, 0, 0, 2].into(), edge.http, "demo.test", "/huge"),
+    )
+    .await
+    .expect("another client's read from disk waited on the first client's");
+    assert!(other.body[..] == body[..]);
+    assert_eq!(
+        edge.metric("meridian_cache_disk_read_waits_total").await,
+        waits,
+        "no read waited for room in read_memory"
+    );
+    drop(attacker);
     edge.stop();
 }
 

@@ -23,6 +23,7 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -42,6 +43,7 @@ use super::entry::Entry;
 use super::policy::Freshness;
 use super::store::Object;
 use crate::config::DiskConfig;
+use crate::share::{Clients, Share};
 
 /// Bodies up to this size are kept in their head entry; larger ones in chunks of this size.
 pub(crate) const CHUNK: usize = 1 << 20;
@@ -220,14 +222,21 @@ pub(crate) struct Chunks {
     /// a chunk (or two) per stream: four HTTP/2 connections of 256 such streams on an object
     /// on disk took it from 35 MB to 2.1 GB.
     held: Arc<tokio::sync::Semaphore>,
+    /// The chunks each client holds of that room: a quarter of it, at least two (a response
+    /// holds the chunk it is writing and the next one). Without it, one client's streams that
+    /// never read (an HTTP/2 connection's 64) held all of it until `send_timeout` let them go,
+    /// and every other client's reads from disk waited meanwhile.
+    clients: Arc<Clients>,
     /// Reads that waited for room.
     held_waits: Counter,
 }
 
-/// A chunk read for a response, and its room in [`Chunks::held`] until it is dropped.
+/// A chunk read for a response, and its room in [`Chunks::held`] (and in its client's share of
+/// it) until it is dropped.
 struct Held {
     bytes: Vec<u8>,
     _room: tokio::sync::OwnedSemaphorePermit,
+    _share: Option<Share>,
 }
 
 impl AsRef<[u8]> for Held {
@@ -275,9 +284,21 @@ impl Chunks {
         self.cache.storage().may_contains(&chunk_key(id, i))
     }
 
-    /// Chunk `i` of body `id` for a response: its room taken first (waited for while the
-    /// chunks responses hold fill `read_memory`), kept until its bytes are dropped.
-    async fn load_held(self, id: u64, i: usize, want: usize) -> Option<Bytes> {
+    /// Chunk `i` of body `id` for a response to `client` (none: a peer's request, which counts
+    /// against the room alone): its room taken first (waited for while the chunks that client
+    /// holds fill its share, then while the chunks all responses hold fill `read_memory`), kept
+    /// until its bytes are dropped.
+    async fn load_held(
+        self,
+        id: u64,
+        i: usize,
+        want: usize,
+        client: Option<IpAddr>,
+    ) -> Option<Bytes> {
+        let share = match client {
+            Some(addr) => Some(self.clients.take(addr, None).await?),
+            None => None,
+        };
         let kib = u32::try_from(want.div_ceil(1024)).unwrap_or(u32::MAX);
         let room = match self.held.clone().try_acquire_many_owned(kib) {
             Ok(room) => room,
@@ -288,7 +309,11 @@ impl Chunks {
             }
         };
         let bytes = self.load(id, i, want).await?;
-        Some(Bytes::from_owner(Held { bytes, _room: room }))
+        Some(Bytes::from_owner(Held {
+            bytes,
+            _room: room,
+            _share: share,
+        }))
     }
 }
 
@@ -322,13 +347,14 @@ impl DiskBody {
         }
     }
 
-    /// A reader of bytes `from..to` of this body.
-    pub(crate) fn reader(&self, from: u64, to: u64) -> DiskTail {
+    /// A reader of bytes `from..to` of this body, for `client` (see [`DiskTail::client`]).
+    pub(crate) fn reader(&self, from: u64, to: u64, client: Option<IpAddr>) -> DiskTail {
         DiskTail {
             body: self.clone(),
             pos: from,
             end: to.min(self.len),
             pending: None,
+            client,
         }
     }
 
@@ -382,6 +408,9 @@ pub(crate) struct DiskTail {
     pos: u64,
     end: u64,
     pending: Option<(usize, ChunkLoad)>,
+    /// Whose share of the read room its chunks take; none for a peer's request, or until the
+    /// handler says (`Body::held_for`).
+    pub(crate) client: Option<IpAddr>,
 }
 
 impl std::fmt::Debug for DiskTail {
@@ -412,7 +441,8 @@ impl DiskTail {
         if self.pending.is_none() {
             let chunks = self.body.chunks.clone();
             let (id, want) = (self.body.id, self.body.chunk_len(i));
-            self.pending = Some((i, Box::pin(chunks.load_held(id, i, want))));
+            let load = chunks.load_held(id, i, want, self.client);
+            self.pending = Some((i, Box::pin(load)));
         }
         let Some((_, load)) = self.pending.as_mut() else {
             return Poll::Ready(Some(Err(ChunkMissing)));
@@ -566,6 +596,7 @@ impl Disk {
             read_errors: metrics.read_errors.clone(),
             dropped: metrics.dropped.clone(),
             held: Arc::new(tokio::sync::Semaphore::new(held_kib)),
+            clients: Clients::new((held_kib / (CHUNK >> 10) / 4).max(2)),
             held_waits: metrics.read_waits.clone(),
         };
         Ok(Disk {

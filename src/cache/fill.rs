@@ -370,6 +370,7 @@ impl Growing {
             pos: 0,
             end: self.declared,
             disk: None,
+            client: None,
             burst: 0,
             yielding: false,
         })
@@ -422,6 +423,9 @@ pub(crate) struct Tail {
     end: Option<u64>,
     /// While reading what is on disk rather than in memory.
     disk: Option<Box<DiskTail>>,
+    /// Whose share of the disk tier's read room what it reads from disk takes (see
+    /// `DiskTail::client`).
+    pub(crate) client: Option<std::net::IpAddr>,
     /// Bytes taken from the fill since this reader last waited or yielded.
     burst: usize,
     /// Between the two polls of a yield.
@@ -486,7 +490,7 @@ impl Tail {
                 if self.pos >= stop {
                     return Poll::Ready(None);
                 }
-                self.disk = Some(Box::new(body.reader(self.pos, stop)));
+                self.disk = Some(Box::new(body.reader(self.pos, stop, self.client)));
                 drop(g);
                 return self.poll_next(cx);
             }
@@ -513,7 +517,7 @@ impl Tail {
                 if let Some(body) = &g.spill {
                     let stop = self.end.map_or(g.spilled, |e| e.min(g.spilled));
                     if self.pos < stop {
-                        self.disk = Some(Box::new(body.reader(self.pos, stop)));
+                        self.disk = Some(Box::new(body.reader(self.pos, stop, self.client)));
                         drop(g);
                         return self.poll_next(cx);
                     }

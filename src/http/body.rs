@@ -282,6 +282,16 @@ impl Body {
         Body::Fill(Box::new(tail))
     }
 
+    /// Makes what this body reads from the disk tier count against `client`'s share of the
+    /// read room (`cache::disk`); `None` (a peer's request) counts against the room alone.
+    pub(crate) fn held_for(&mut self, client: Option<std::net::IpAddr>) {
+        match self {
+            Body::Disk(tail) => tail.client = client,
+            Body::Fill(tail) => tail.client = client,
+            Body::Full(_) | Body::Stream(_) => {}
+        }
+    }
+
     /// Attaches the connection's body-fault watch for request number `index`.
     pub(crate) fn watch_fault(mut self, fault: Option<(Arc<BodyFault>, u64)>) -> Body {
         if let Body::Stream(s) = &mut self {

@@ -404,7 +404,10 @@ pub(crate) fn answer_now(
     let (resp, status) = match route_now(state, req, peer, framing, fault) {
         Routed::Done(resp, status) => (resp, status),
         Routed::Go { site, client } => match hit_now(state, &site, &client, lines) {
-            Ok(answered) => answered,
+            Ok((mut resp, status)) => {
+                resp.body_mut().held_for(client.reader());
+                (resp, status)
+            }
             Err(looked) => {
                 return Err(Later {
                     start,
@@ -534,6 +537,15 @@ pub(crate) struct ClientRequest {
     fault: BodyWatch,
     /// The tier a signed peer request asks (see `shield`); `None` for a client's.
     hop: Option<Hop>,
+}
+
+impl ClientRequest {
+    /// Whose shares (of a site's origin slots, of the disk tier's read room) this request
+    /// takes: its client's, none for a peer's (which carries many clients' requests and counts
+    /// against the whole alone).
+    fn reader(&self) -> Option<std::net::IpAddr> {
+        self.hop.is_none().then_some(self.peer.addr.ip())
+    }
 }
 
 /// Where [`route_now`] left a request.
@@ -707,10 +719,12 @@ async fn route_later(
     };
     let hop = incoming.hop;
     if *incoming.req.method() == Method::GET || *incoming.req.method() == Method::HEAD {
+        let reader = incoming.reader();
         let (mut resp, s) = cache_path(state, &site, incoming, looked).await;
         if let (Some(_), Some(peers)) = (hop, state.peers.get()) {
             peers.rename_cache_status(resp.headers_mut());
         }
+        resp.body_mut().held_for(reader);
         (resp, s)
     } else {
         let invalidate = policy::invalidates(incoming.req.method());
@@ -819,6 +833,7 @@ async fn forward(
     mut status: CacheStatus,
     invalidate: bool,
 ) -> (Response<Body>, CacheStatus) {
+    let for_client = client.reader();
     let ClientRequest {
         req,
         peer,
@@ -835,7 +850,6 @@ async fn forward(
     // connection (request smuggling). It is dropped, as most caches do.
     let no_body =
         method == Method::GET || method == Method::HEAD || http_body::Body::is_end_stream(&body);
-    let for_client = hop.is_none().then_some(peer.addr.ip());
     to_origin(&mut parts, peer, &host, site, state, hop);
     state.metrics.origin_fetches.increment(1);
     let t = Instant::now();
@@ -1122,7 +1136,7 @@ impl Fill {
             https: target.https,
             key: key.to_string(),
             hop: client.hop,
-            client: client.hop.is_none().then_some(client.peer.addr.ip()),
+            client: client.reader(),
         }
     }
 }

@@ -1,0 +1,209 @@
+//! What each client address holds of a bounded resource, so that no one client can hold it all:
+//! a site's origin request slots (`origin`, `max_origin_requests_per_client`) and the room for
+//! chunks read from the disk tier (`cache::disk`, a quarter of `read_memory`). Past its share,
+//! a client's requests wait for one of its own to give its unit back.
+//!
+//! An IPv6 address counts by its /64 (which one subscriber has whole), an IPv4-mapped one as
+//! its IPv4 address. Each client is woken by its own units only, so a client with thousands of
+//! requests waiting costs nothing when others' requests end. A NAT or a proxy is one client;
+//! a client with many addresses (an IPv6 attacker has many /64s) can still hold everything: a
+//! share raises the cost of that, it does not end it.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// The units each client holds of one resource, at most `limit` each.
+#[derive(Debug)]
+pub(crate) struct Clients {
+    limit: usize,
+    held: Mutex<HashMap<IpAddr, Held>>,
+}
+
+/// What one client holds, and its waiters' bell.
+#[derive(Debug)]
+struct Held {
+    n: usize,
+    freed: Arc<Notify>,
+}
+
+/// One of a client's units; given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Share {
+    clients: Arc<Clients>,
+    client: IpAddr,
+}
+
+impl Clients {
+    pub(crate) fn new(limit: usize) -> Arc<Clients> {
+        Arc::new(Clients {
+            limit,
+            held: Mutex::default(),
+        })
+    }
+
+    /// Most units one client holds at once.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// How requests of `addr` are counted: IPv4 by address, IPv6 by /64.
+    pub(crate) fn client(addr: IpAddr) -> IpAddr {
+        match addr {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => v4.into(),
+                None => Ipv6Addr::from(u128::from(v6) & !(u64::MAX as u128)).into(),
+            },
+            v4 => v4,
+        }
+    }
+
+    fn held(&self) -> MutexGuard<'_, HashMap<IpAddr, Held>> {
+        // cannot fail in practice: nothing panics under this lock; recover the guard anyway.
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One more unit for `client` (as [`Clients::client`] counts it); if it holds its share,
+    /// what tells when one of them is given back.
+    fn try_take(self: &Arc<Self>, client: IpAddr) -> Result<Share, Arc<Notify>> {
+        let mut held = self.held();
+        let h = held.entry(client).or_insert_with(|| Held {
+            n: 0,
+            freed: Arc::default(),
+        });
+        if h.n >= self.limit {
+            return Err(h.freed.clone());
+        }
+        h.n += 1;
+        Ok(Share {
+            clients: self.clone(),
+            client,
+        })
+    }
+
+    /// One more unit for the client at `addr`: at once, else the first of its own given back
+    /// before `deadline` (none: however long that takes).
+    pub(crate) async fn take(
+        self: &Arc<Self>,
+        addr: IpAddr,
+        deadline: Option<Instant>,
+    ) -> Option<Share> {
+        let client = Clients::client(addr);
+        loop {
+            let freed = match self.try_take(client) {
+                Ok(share) => return Some(share),
+                Err(freed) => freed,
+            };
+            // Listening before looking again, so that a unit given back in between is not
+            // missed.
+            let notified = freed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Ok(share) = self.try_take(client) {
+                return Some(share);
+            }
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d, notified).await.ok()?,
+                None => notified.await,
+            }
+        }
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let (freed, last) = {
+            let mut held = self.clients.held();
+            let Some(h) = held.get_mut(&self.client) else {
+                return;
+            };
+            h.n -= 1;
+            if h.n == 0 {
+                let Some(h) = held.remove(&self.client) else {
+                    return;
+                };
+                (h.freed, true)
+            } else {
+                (h.freed.clone(), false)
+            }
+        };
+        if last {
+            // Its waiters (if any) take a new entry's bell from here.
+            freed.notify_waiters();
+        } else {
+            // One unit, one waiter (passed on if that one has gone meanwhile).
+            freed.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_client_past_its_share_is_woken_by_its_own_units_only() {
+        let clients = Clients::new(1);
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        let held_a = clients.try_take(a).unwrap();
+        let held_b = clients.try_take(b).unwrap();
+        let freed = clients.try_take(a).unwrap_err();
+        let woken = freed.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        drop(held_b);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), woken.as_mut())
+                .await
+                .is_err(),
+            "another client's unit does not wake it"
+        );
+        drop(held_a);
+        tokio::time::timeout(Duration::from_secs(1), woken)
+            .await
+            .expect("its own does");
+        assert!(clients.try_take(a).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_wait_ends_at_its_deadline_or_with_a_unit_given_back() {
+        let clients = Clients::new(1);
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let held = clients.take(a, None).await.unwrap();
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert!(
+            clients.take(a, Some(soon)).await.is_none(),
+            "past its share until the deadline"
+        );
+        let waiting = tokio::spawn({
+            let clients = clients.clone();
+            async move { clients.take(a, None).await.is_some() }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(held);
+        assert!(tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .unwrap()
+            .unwrap());
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_64_and_a_mapped_ipv4_one_its_address() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            Clients::client(ip("2001:db8:1:2:aaaa::1")),
+            Clients::client(ip("2001:db8:1:2:bbbb::9"))
+        );
+        assert_ne!(
+            Clients::client(ip("2001:db8:1:2::1")),
+            Clients::client(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(Clients::client(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+    }
+}
