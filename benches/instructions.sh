@@ -91,6 +91,14 @@ count() {
   printf '| %s | %s |\n' "$name" "$((total / REQUESTS))"
 }
 
+# until_up PORT PATH: waits (up to a minute) until the server on PORT answers PATH.
+until_up() {
+  for _ in $(seq 1 120); do
+    curl -s -o /dev/null -H 'Host: bench.test' "http://127.0.0.1:$1$2" && return
+    sleep 0.5
+  done
+}
+
 # start_traced COMMAND...: runs COMMAND under callgrind, instrumentation off until asked.
 start_traced() {
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out.%p" "$@" \
@@ -104,10 +112,7 @@ echo "|---|---:|"
 # valgrind runs the binary it is given; `run` would start itself again outside valgrind to turn
 # glibc's per-thread caches off, so they are off here from the start (the same allocator).
 GLIBC_TUNABLES=glibc.malloc.tcache_count=0 start_traced "$MERIDIAN" run -c "$WORK/meridian.toml"
-for _ in $(seq 1 120); do
-  curl -s -o /dev/null -H 'Host: bench.test' "http://127.0.0.1:$P_MERIDIAN/1k" && break
-  sleep 0.5
-done
+until_up "$P_MERIDIAN" /1k
 for path in /1k /100k; do
   curl -s -o /dev/null -H 'Host: bench.test' "http://127.0.0.1:$P_MERIDIAN$path"
 done
@@ -118,10 +123,7 @@ kill "$TRACED"
 wait "$TRACED" 2>/dev/null || true
 
 start_traced "$BARE" 127.0.0.1:$P_BARE 1024
-for _ in $(seq 1 120); do
-  curl -s -o /dev/null "http://127.0.0.1:$P_BARE/" && break
-  sleep 0.5
-done
+until_up "$P_BARE" /
 count "bare hyper, fixed 1 KiB, HTTP/1.1 (the floor)" $P_BARE /1k --h1
 kill "$TRACED"
 wait "$TRACED" 2>/dev/null || true
@@ -130,10 +132,7 @@ echo
 echo "| forwarded request (the origin says private), 1 KiB, HTTP/1.1 | instructions per request |"
 echo "|---|---:|"
 GLIBC_TUNABLES=glibc.malloc.tcache_count=0 start_traced "$MERIDIAN" run -c "$WORK/meridian.toml"
-for _ in $(seq 1 120); do
-  curl -s -o /dev/null -H 'Host: bench.test' "http://127.0.0.1:$P_MERIDIAN/private/1k" && break
-  sleep 0.5
-done
+until_up "$P_MERIDIAN" /private/1k
 count "meridian" $P_MERIDIAN /private/1k --h1
 kill "$TRACED"
 wait "$TRACED" 2>/dev/null || true
@@ -162,8 +161,5 @@ http {
 }
 EOF
 start_traced nginx -c "$WORK/proxy.conf"
-for _ in $(seq 1 120); do
-  curl -s -o /dev/null -H 'Host: bench.test' "http://127.0.0.1:$P_NGINX/private/1k" && break
-  sleep 0.5
-done
+until_up "$P_NGINX" /private/1k
 count "nginx proxy_pass" $P_NGINX /private/1k --h1

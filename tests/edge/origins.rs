@@ -4,16 +4,15 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-#[tokio::test]
-async fn failover_to_the_next_origin_on_connect_failure() {
+/// An edge whose site's first origin refuses connections (nothing listens on its port) and
+/// whose second is `live`.
+async fn dead_then(live: &Origin) -> Edge {
     // A port with nothing listening: bind, note it, close.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
-    let live = Origin::start().await;
-    live.always("/", Reply::ok("live").header("cache-control", "max-age=60"));
-    let edge = Edge::start(
+    Edge::start(
         &site(
             "s",
             "demo.test",
@@ -22,7 +21,14 @@ async fn failover_to_the_next_origin_on_connect_failure() {
         ),
         "",
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn failover_to_the_next_origin_on_connect_failure() {
+    let live = Origin::start().await;
+    live.always("/", Reply::ok("live").header("cache-control", "max-age=60"));
+    let edge = dead_then(&live).await;
     let r = edge.get("/").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "live");
@@ -30,22 +36,9 @@ async fn failover_to_the_next_origin_on_connect_failure() {
 
 #[tokio::test]
 async fn a_short_request_body_goes_to_the_next_origin_on_connect_failure() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
     let live = Origin::start().await;
     live.always("/form", Reply::ok("taken"));
-    let edge = Edge::start(
-        &site(
-            "s",
-            "demo.test",
-            &format!("http://{dead}, http://{}", live.addr),
-            "",
-        ),
-        "",
-    )
-    .await;
+    let edge = dead_then(&live).await;
     // Nothing reached the first origin, so even a POST goes on, its body with it.
     let r = request_body("POST", edge.addr, "demo.test", "/form", "a=1&b=2").await;
     assert_eq!(r.status, 200);
