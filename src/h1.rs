@@ -93,6 +93,10 @@ pub(crate) struct Conn {
     /// Longest an origin may take no bytes of a request (the site's `origin_read_timeout`):
     /// one that stops reading an upload fails it then, instead of holding it for ever.
     stall: Duration,
+    /// Kept from one request to the next, so that neither allocates: the request head being
+    /// written, and where a response head's fields lie while it is read.
+    out: Vec<u8>,
+    names: Vec<(HeaderName, usize, usize)>,
 }
 
 impl Conn {
@@ -101,6 +105,8 @@ impl Conn {
             io,
             buf: BytesMut::new(),
             stall,
+            out: Vec::new(),
+            names: Vec::new(),
         }
     }
 
@@ -190,6 +196,10 @@ impl Idle {
             // A large body's read buffer is not kept while idle.
             conn.buf = BytesMut::new();
         }
+        if conn.out.capacity() > HEAD_READ {
+            // Nor a large request head, or a body written with its head.
+            conn.out = Vec::new();
+        }
         let mut list = self.lock();
         if list.len() < MAX_KEPT {
             list.push_back(Kept {
@@ -237,18 +247,28 @@ pub(crate) async fn exchange(
             None => Sending::Chunked,
         },
     };
-    let mut out = Vec::with_capacity(512);
+    let mut out = std::mem::take(&mut conn.out);
+    out.clear();
     encode_head(parts, sending, &mut out);
     let written = match whole {
         Some(Some(b)) if b.len() <= WRITE_TOGETHER => {
             out.extend_from_slice(&b);
-            conn.write(&out).await
+            let w = conn.write(&out).await;
+            conn.out = out;
+            w
         }
         Some(Some(b)) => match conn.write(&out).await {
-            Ok(()) => conn.write(&b).await,
+            Ok(()) => {
+                conn.out = out;
+                conn.write(&b).await
+            }
             Err(e) => Err(e),
         },
-        Some(None) => conn.write(&out).await,
+        Some(None) => {
+            let w = conn.write(&out).await;
+            conn.out = out;
+            w
+        }
         None => {
             match upload(&mut conn, out, body, sending).await {
                 Ok(()) => Ok(()),
@@ -507,7 +527,7 @@ async fn read_head(
     let mut interim = 0;
     loop {
         any |= !conn.buf.is_empty();
-        match take_head(&mut conn.buf, head_only, &mut interim) {
+        match take_head(&mut conn.buf, &mut conn.names, head_only, &mut interim) {
             Ok(Some(head)) => return Ok(head),
             Ok(None) => {}
             Err(e) => return Err((e, true)),
@@ -524,13 +544,14 @@ async fn read_head(
 /// off and counted in `interim`, toward [`MAX_HEAD`]); `None` while more is needed.
 fn take_head(
     buf: &mut BytesMut,
+    names: &mut Vec<(HeaderName, usize, usize)>,
     head_only: bool,
     interim: &mut usize,
 ) -> Result<Option<(Response<()>, Framing, bool)>, H1Error> {
     let too_large = || invalid("response head larger than 64 KiB");
     while !buf.is_empty() {
         let before = buf.len();
-        match parse_head(buf, head_only)? {
+        match parse_head(buf, names, head_only)? {
             Some(Parsed::Final(..)) if *interim + before - buf.len() > MAX_HEAD => {
                 return Err(too_large())
             }
@@ -556,7 +577,11 @@ enum Parsed {
 }
 
 /// Parses a response head at the start of `buf` and takes it off; `None` while incomplete.
-fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, H1Error> {
+fn parse_head(
+    buf: &mut BytesMut,
+    names: &mut Vec<(HeaderName, usize, usize)>,
+    head_only: bool,
+) -> Result<Option<Parsed>, H1Error> {
     let mut fields =
         [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut []);
@@ -594,7 +619,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, H1E
     // Names now (and the framing fields read on the way), values as slices of the head once it
     // is taken off the buffer.
     let base = buf.as_ptr() as usize;
-    let mut names = Vec::with_capacity(res.headers.len());
+    names.clear();
     let mut framing = Fields::default();
     for f in res.headers.iter() {
         let name = HeaderName::from_bytes(f.name.as_bytes())
@@ -607,7 +632,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, H1E
     // Room for what the edge adds to an answer (`Via`, `Cache-Status`, `Age`, `Alt-Svc`): a
     // full map grows (allocates and rehashes every field) at its next insert.
     let mut headers = HeaderMap::with_capacity(names.len() + crate::http::heads::ROOM);
-    for (name, start, end) in names {
+    for (name, start, end) in names.drain(..) {
         let value = HeaderValue::from_maybe_shared(head.slice(start..end))
             .map_err(|_| invalid(format!("value of {name}")))?;
         headers.append(name, value);
@@ -952,7 +977,7 @@ pub(crate) fn replay(pieces: &[&[u8]], head_only: bool) -> Replayed {
     for (i, piece) in pieces.iter().enumerate() {
         buf.extend_from_slice(piece);
         if head.is_none() {
-            match take_head(&mut buf, head_only, &mut interim) {
+            match take_head(&mut buf, &mut Vec::new(), head_only, &mut interim) {
                 Ok(Some((h, framing, keep))) => {
                     out.status = Some(h.status().as_u16());
                     out.fields = h.headers().len();
@@ -997,7 +1022,7 @@ mod tests {
     fn head(raw: &str, head_only: bool) -> Result<(Response<()>, Framing, bool), H1Error> {
         let mut buf = BytesMut::from(raw.as_bytes());
         loop {
-            match parse_head(&mut buf, head_only)? {
+            match parse_head(&mut buf, &mut Vec::new(), head_only)? {
                 Some(Parsed::Final(h, f, k)) => return Ok((h, f, k)),
                 Some(Parsed::Interim) => continue,
                 None => return Err(invalid("partial")),
