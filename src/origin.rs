@@ -228,7 +228,11 @@ impl Origins {
             host_header,
             slots: Arc::new(tokio::sync::Semaphore::new(site.max_origin_requests)),
             max_requests: site.max_origin_requests,
-            clients: Clients::new(site.max_origin_requests_per_client),
+            // Its waits end in 429s past `connect_timeout`, counted by status.
+            clients: Clients::new(
+                site.max_origin_requests_per_client,
+                metrics::Counter::noop(),
+            ),
             slot_wait: site.connect_timeout,
         })
     }

@@ -21,6 +21,8 @@ use tokio::time::Instant;
 pub(crate) struct Clients {
     limit: usize,
     held: Mutex<HashMap<IpAddr, Held>>,
+    /// Takes that found their client at its share and waited.
+    waits: metrics::Counter,
 }
 
 /// What one client holds, and its waiters' bell.
@@ -38,10 +40,12 @@ pub(crate) struct Share {
 }
 
 impl Clients {
-    pub(crate) fn new(limit: usize) -> Arc<Clients> {
+    /// At most `limit` units a client; `waits` counts the takes that had to wait.
+    pub(crate) fn new(limit: usize, waits: metrics::Counter) -> Arc<Clients> {
         Arc::new(Clients {
             limit,
             held: Mutex::default(),
+            waits,
         })
     }
 
@@ -92,11 +96,15 @@ impl Clients {
         deadline: Option<Instant>,
     ) -> Option<Share> {
         let client = Clients::client(addr);
+        let mut first = true;
         loop {
             let freed = match self.try_take(client) {
                 Ok(share) => return Some(share),
                 Err(freed) => freed,
             };
+            if std::mem::take(&mut first) {
+                self.waits.increment(1);
+            }
             // Listening before looking again, so that a unit given back in between is not
             // missed.
             let notified = freed.notified();
@@ -148,7 +156,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_past_its_share_is_woken_by_its_own_units_only() {
-        let clients = Clients::new(1);
+        let clients = Clients::new(1, metrics::Counter::noop());
         let a: IpAddr = [10, 0, 0, 1].into();
         let b: IpAddr = [10, 0, 0, 2].into();
         let held_a = clients.try_take(a).unwrap();
@@ -173,7 +181,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_wait_ends_at_its_deadline_or_with_a_unit_given_back() {
-        let clients = Clients::new(1);
+        let clients = Clients::new(1, metrics::Counter::noop());
         let a: IpAddr = [10, 0, 0, 1].into();
         let held = clients.take(a, None).await.unwrap();
         let soon = Instant::now() + Duration::from_millis(50);

@@ -216,6 +216,10 @@ fn describe() {
         "Chunk reads for responses that waited for room: the chunks responses hold had reached edge.cache_disk.read_memory"
     );
     describe_counter!(
+        "meridian_cache_disk_client_waits_total",
+        "Chunk reads for responses that waited for their client's share: the chunks that client address holds had reached a quarter of edge.cache_disk.read_memory"
+    );
+    describe_counter!(
         "meridian_cache_disk_errors_total",
         "Disk tier failures, by operation (open: the edge runs memory-only; read: a miss; write: an object or body that did not reach the disk, by an I/O error or a drop also counted in meridian_cache_disk_write_drops_total)"
     );

@@ -1071,6 +1071,10 @@ async fn one_client_that_never_reads_leaves_room_for_others_reads_from_disk() {
         waits,
         "no read waited for room in read_memory"
     );
+    assert!(
+        edge.metric("meridian_cache_disk_client_waits_total").await > 0.0,
+        "the first client's streams past its share waited for its own"
+    );
     drop(attacker);
     edge.stop();
 }

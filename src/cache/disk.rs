@@ -70,6 +70,8 @@ struct DiskMetrics {
     read_errors: Counter,
     /// Chunk reads that waited for room in `read_memory`.
     read_waits: Counter,
+    /// Chunk reads that waited for their client's share of it.
+    client_waits: Counter,
     write_errors: Counter,
     dropped: Counter,
     banned: Counter,
@@ -90,6 +92,7 @@ impl DiskMetrics {
             read_bytes: metrics::counter!("meridian_cache_disk_read_bytes_total", vec![n()]),
             read_errors: metrics::counter!("meridian_cache_disk_errors_total", "node" => node.to_string(), "op" => "read"),
             read_waits: metrics::counter!("meridian_cache_disk_read_waits_total", vec![n()]),
+            client_waits: metrics::counter!("meridian_cache_disk_client_waits_total", vec![n()]),
             write_errors: metrics::counter!("meridian_cache_disk_errors_total", "node" => node.to_string(), "op" => "write"),
             dropped: metrics::counter!("meridian_cache_disk_dropped_total", vec![n()]),
             banned: metrics::counter!("meridian_cache_disk_purged_total", vec![n()]),
@@ -596,7 +599,10 @@ impl Disk {
             read_errors: metrics.read_errors.clone(),
             dropped: metrics.dropped.clone(),
             held: Arc::new(tokio::sync::Semaphore::new(held_kib)),
-            clients: Clients::new((held_kib / (CHUNK >> 10) / 4).max(2)),
+            clients: Clients::new(
+                (held_kib / (CHUNK >> 10) / 4).max(2),
+                metrics.client_waits.clone(),
+            ),
             held_waits: metrics.read_waits.clone(),
         };
         Ok(Disk {
