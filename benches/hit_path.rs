@@ -8,6 +8,11 @@
 //!   encrypted and read back by a rustls client: whole records as the edge does, and each frame
 //!   as it comes (a full record and a 9-byte one), as before.
 //!
+//! - `hit_path/forward/{get_private,post}`: one whole HTTP/1.1 request over a kept-alive
+//!   loopback connection to a running edge that must forward it (the origin answers 1 KiB
+//!   `private`; a 7-byte form `POST`, which the edge reads whole with its head), origin on the
+//!   same machine: issue 16's item 3 in process.
+//!
 //! Run: `cargo bench --bench hit_path`.
 
 use std::convert::Infallible;
@@ -34,6 +39,10 @@ fn lookup(c: &mut Criterion) {
 }
 
 async fn origin(body: Bytes) -> std::net::SocketAddr {
+    origin_saying(body, "max-age=3600").await
+}
+
+async fn origin_saying(body: Bytes, cache_control: &'static str) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -49,7 +58,7 @@ async fn origin(body: Bytes) -> std::net::SocketAddr {
                         let mut r = http::Response::new(Full::new(body));
                         r.headers_mut().insert(
                             "cache-control",
-                            http::HeaderValue::from_static("max-age=3600"),
+                            http::HeaderValue::from_static(cache_control),
                         );
                         Ok::<_, Infallible>(r)
                     }
@@ -159,5 +168,47 @@ fn tls_h2_frames(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, lookup, loopback, tls_h2_frames);
+fn forward(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut g = c.benchmark_group("hit_path/forward");
+    g.measurement_time(Duration::from_secs(5));
+    let dir = tempfile::tempdir().unwrap();
+    let (node, client, uri) = rt.block_on(async {
+        let o = origin_saying(Bytes::from(vec![b'x'; 1024]), "private").await;
+        std::fs::write(
+            dir.path().join("origins.toml"),
+            format!("[[site]]\nname = \"b\"\nhosts = [\"*\"]\norigins = [\"http://{o}\"]\n"),
+        )
+        .unwrap();
+        let node = meridian::bench::start_node(
+            &dir.path().join("node.toml"),
+            "id = \"bench\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[log]\naccess_log = false\nlevel = \"warn\"\n[edge]\nlisten = [\"127.0.0.1:0\"]\n",
+        )
+        .await;
+        let uri: http::Uri = format!("http://{}/form", node.http_addrs()[0]).parse().unwrap();
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        (node, client, uri)
+    });
+    for (name, method, body) in [
+        ("get_private", http::Method::GET, ""),
+        ("post", http::Method::POST, "a=1&b=2"),
+    ] {
+        let fetch = || async {
+            let req = http::Request::builder()
+                .method(method.clone())
+                .uri(uri.clone())
+                .body(Full::new(Bytes::from_static(body.as_bytes())))
+                .unwrap();
+            let resp = client.request(req).await.unwrap();
+            resp.into_body().collect().await.unwrap().to_bytes().len()
+        };
+        assert_eq!(rt.block_on(fetch()), 1024);
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(name, |b| b.to_async(&rt).iter(fetch));
+    }
+    rt.block_on(node.shutdown());
+    g.finish();
+}
+
+criterion_group!(benches, lookup, loopback, tls_h2_frames, forward);
 criterion_main!(benches);
