@@ -72,6 +72,21 @@ async fn origin_saying(body: Bytes, cache_control: &'static str) -> std::net::So
     addr
 }
 
+/// An edge on loopback whose one site, for every host, is the origin at `o`; its files in
+/// `dir`.
+async fn edge_for(o: std::net::SocketAddr, dir: &std::path::Path) -> meridian::app::Node {
+    std::fs::write(
+        dir.join("origins.toml"),
+        format!("[[site]]\nname = \"b\"\nhosts = [\"*\"]\norigins = [\"http://{o}\"]\n"),
+    )
+    .unwrap();
+    meridian::bench::start_node(
+        &dir.join("node.toml"),
+        "id = \"bench\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[log]\naccess_log = false\nlevel = \"warn\"\n[edge]\nlisten = [\"127.0.0.1:0\"]\n",
+    )
+    .await
+}
+
 fn loopback(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut g = c.benchmark_group("hit_path/loopback");
@@ -80,17 +95,10 @@ fn loopback(c: &mut Criterion) {
         let dir = tempfile::tempdir().unwrap();
         let (node, client, uri) = rt.block_on(async {
             let o = origin(Bytes::from(vec![b'x'; size])).await;
-            std::fs::write(
-                dir.path().join("origins.toml"),
-                format!("[[site]]\nname = \"b\"\nhosts = [\"*\"]\norigins = [\"http://{o}\"]\n"),
-            )
-            .unwrap();
-            let node = meridian::bench::start_node(
-                &dir.path().join("node.toml"),
-                "id = \"bench\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[log]\naccess_log = false\nlevel = \"warn\"\n[edge]\nlisten = [\"127.0.0.1:0\"]\n",
-            )
-            .await;
-            let uri: http::Uri = format!("http://{}/object", node.http_addrs()[0]).parse().unwrap();
+            let node = edge_for(o, dir.path()).await;
+            let uri: http::Uri = format!("http://{}/object", node.http_addrs()[0])
+                .parse()
+                .unwrap();
             let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
             (node, client, uri)
         });
@@ -175,17 +183,10 @@ fn forward(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let (node, client, uri) = rt.block_on(async {
         let o = origin_saying(Bytes::from(vec![b'x'; 1024]), "private").await;
-        std::fs::write(
-            dir.path().join("origins.toml"),
-            format!("[[site]]\nname = \"b\"\nhosts = [\"*\"]\norigins = [\"http://{o}\"]\n"),
-        )
-        .unwrap();
-        let node = meridian::bench::start_node(
-            &dir.path().join("node.toml"),
-            "id = \"bench\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[log]\naccess_log = false\nlevel = \"warn\"\n[edge]\nlisten = [\"127.0.0.1:0\"]\n",
-        )
-        .await;
-        let uri: http::Uri = format!("http://{}/form", node.http_addrs()[0]).parse().unwrap();
+        let node = edge_for(o, dir.path()).await;
+        let uri: http::Uri = format!("http://{}/form", node.http_addrs()[0])
+            .parse()
+            .unwrap();
         let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
         (node, client, uri)
     });
