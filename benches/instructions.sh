@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # User-space instructions per cache hit, counted by callgrind: meridian's hit path (1 KiB and
 # 100 KiB over HTTP/1.1, 1 KiB over cleartext HTTP/2) and bare hyper answering a fixed 1 KiB (the
-# floor for any hit path on hyper); then per forwarded request (a 1 KiB answer the origin marks
-# `private`, so every request goes to it), meridian's and nginx's (`proxy_pass` with keep-alive
-# upstreams and `proxy_cache` on, one worker: issue 16's item 3). Unlike requests/s on a shared machine, which moves by a fifth
-# from run to run, the count moves by about 2% (work that runs by the clock: the store's
-# housekeeping, hyper's date), so a change to the hit path can be judged alone. It counts what
+# floor for any hit path on hyper); then per forwarded request (a GET of a 1 KiB answer the
+# origin marks `private`, so every request goes to it, and a short form POST), meridian's and
+# nginx's (`proxy_pass` with keep-alive upstreams and `proxy_cache` on, one worker: issue 16's
+# item 3). Unlike requests/s on a shared machine, which moves by a fifth from run to run, the
+# count moves by about 2% (work that runs by the clock: the store's housekeeping, hyper's date),
+# so a change to the hit path can be judged alone. It counts what
 # the process runs (meridian, hyper, tokio, libc), not the kernel's share.
 #
 #   benches/instructions.sh [REQUESTS]     default 20000 requests per row (4 connections)
@@ -46,7 +47,8 @@ events { worker_connections 1024; }
 http {
   access_log off;
   server { listen 127.0.0.1:$ORIGIN; root $WORK/www; expires 1h;
-    location /private/ { expires off; add_header Cache-Control private; } }
+    location /private/ { expires off; add_header Cache-Control private; }
+    location = /post { return 200 "posted"; } }
 }
 EOF
 nginx -c "$WORK/origin.conf"
@@ -129,11 +131,13 @@ kill "$TRACED"
 wait "$TRACED" 2>/dev/null || true
 
 echo
-echo "| forwarded request (the origin says private), 1 KiB, HTTP/1.1 | instructions per request |"
+printf 'a=1&b=2' > "$WORK/form"
+echo "| forwarded request, HTTP/1.1 | instructions per request |"
 echo "|---|---:|"
 GLIBC_TUNABLES=glibc.malloc.tcache_count=0 start_traced "$MERIDIAN" run -c "$WORK/meridian.toml"
 until_up "$P_MERIDIAN" /private/1k
-count "meridian" $P_MERIDIAN /private/1k --h1
+count "meridian, GET (the origin says private, 1 KiB)" $P_MERIDIAN /private/1k --h1
+count "meridian, POST (7 bytes up, 6 down)" $P_MERIDIAN /post --h1 -d "$WORK/form"
 kill "$TRACED"
 wait "$TRACED" 2>/dev/null || true
 
@@ -162,4 +166,5 @@ http {
 EOF
 start_traced nginx -c "$WORK/proxy.conf"
 until_up "$P_NGINX" /private/1k
-count "nginx proxy_pass" $P_NGINX /private/1k --h1
+count "nginx proxy_pass, GET" $P_NGINX /private/1k --h1
+count "nginx proxy_pass, POST" $P_NGINX /post --h1 -d "$WORK/form"
