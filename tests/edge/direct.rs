@@ -369,6 +369,26 @@ async fn a_short_body_that_stops_coming_never_reaches_the_origin_and_its_connect
 }
 
 #[tokio::test]
+async fn a_client_that_waits_for_100_continue_gets_it_before_it_sends_its_short_body() {
+    // curl's way with a body: the head alone, then the body once told to go on. The edge's own
+    // path never says 100 Continue; such a request is hyper's.
+    let o = Origin::start().await;
+    o.always("/post", Reply::ok("posted"));
+    let edge = Edge::for_origin(&o).await;
+    let mut s = Client::to(&edge).await;
+    s.send(
+        b"POST /post HTTP/1.1\r\nHost: demo.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await;
+    let go_on = s.answer(true).await;
+    assert_eq!(go_on.status, "HTTP/1.1 100 Continue");
+    s.send(b"hello").await;
+    let a = s.answer(false).await;
+    assert_eq!(a.body, b"posted");
+    assert_eq!(o.last("/post").body.as_ref(), b"hello");
+}
+
+#[tokio::test]
 async fn a_malformed_head_is_refused_and_the_edge_stays_up() {
     let (o, edge) = edge_for_a().await;
     for bad in [
