@@ -315,7 +315,7 @@ pub(crate) async fn exchange(
         // The origin closed a connection used before without a byte of an answer (its idle
         // timeout crossed the request): an idempotent request with a complete body goes again
         // (RFC 9112 §9.3.1).
-        Err((e, false)) if reused && body_is_whole(body) && is_idempotent(&parts.method) => {
+        Err((e, false)) if reused && body_is_whole(body) && parts.method.is_idempotent() => {
             Err(Failure::Unsent(e))
         }
         Err((e, _)) => Err(Failure::Failed(e)),
@@ -324,13 +324,6 @@ pub(crate) async fn exchange(
 
 fn body_is_whole(body: &Body) -> bool {
     matches!(body, Body::Full(_))
-}
-
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
 }
 
 /// Whether an empty body still says `Content-Length: 0` (methods that define a body, and a

@@ -401,13 +401,12 @@ pub(crate) fn answer_now(
         )
     });
     let version = req.version();
-    let (resp, status) = match route_now(state, req, peer, framing, fault) {
+    let routed = route_now(state, req, peer, framing, fault);
+    let share = routed.share_client();
+    let (mut resp, status) = match routed {
         Routed::Done(resp, status) => (resp, status),
         Routed::Go { site, client } => match hit_now(state, &site, &client, lines) {
-            Ok((mut resp, status)) => {
-                resp.body_mut().held_for(client.reader());
-                (resp, status)
-            }
+            Ok(answered) => answered,
             Err(looked) => {
                 return Err(Later {
                     start,
@@ -430,6 +429,7 @@ pub(crate) fn answer_now(
             })
         }
     };
+    resp.body_mut().held_for(share);
     Ok(finish(state, start, version, peer, logged, resp, status))
 }
 
@@ -446,7 +446,9 @@ pub(crate) async fn answer_later(
         routed,
         looked,
     } = later;
-    let (resp, status) = route_later(&state, routed, looked).await;
+    let share = routed.share_client();
+    let (mut resp, status) = route_later(&state, routed, looked).await;
+    resp.body_mut().held_for(share);
     Ok(finish(&state, start, version, peer, logged, resp, status))
 }
 
@@ -543,7 +545,7 @@ impl ClientRequest {
     /// Whose shares (of a site's origin slots, of the disk tier's read room) this request
     /// takes: its client's, none for a peer's (which carries many clients' requests and counts
     /// against the whole alone).
-    fn reader(&self) -> Option<std::net::IpAddr> {
+    fn share_client(&self) -> Option<std::net::IpAddr> {
         self.hop.is_none().then_some(self.peer.addr.ip())
     }
 }
@@ -559,6 +561,17 @@ pub(crate) enum Routed {
         site: Arc<Site>,
         client: ClientRequest,
     },
+}
+
+impl Routed {
+    /// Whose share of the disk tier's read room its answer's body takes (`Body::held_for`,
+    /// applied where every answer leaves `answer_now` and `answer_later`).
+    fn share_client(&self) -> Option<std::net::IpAddr> {
+        match self {
+            Routed::Go { client, .. } => client.share_client(),
+            Routed::Done(..) | Routed::Purge(_) => None,
+        }
+    }
 }
 
 /// The checks every request passes before anything can wait: framing, intake, the site, loops,
@@ -719,12 +732,10 @@ async fn route_later(
     };
     let hop = incoming.hop;
     if *incoming.req.method() == Method::GET || *incoming.req.method() == Method::HEAD {
-        let reader = incoming.reader();
         let (mut resp, s) = cache_path(state, &site, incoming, looked).await;
         if let (Some(_), Some(peers)) = (hop, state.peers.get()) {
             peers.rename_cache_status(resp.headers_mut());
         }
-        resp.body_mut().held_for(reader);
         (resp, s)
     } else {
         let invalidate = policy::invalidates(incoming.req.method());
@@ -833,7 +844,7 @@ async fn forward(
     mut status: CacheStatus,
     invalidate: bool,
 ) -> (Response<Body>, CacheStatus) {
-    let for_client = client.reader();
+    let for_client = client.share_client();
     let ClientRequest {
         req,
         peer,
@@ -1136,7 +1147,7 @@ impl Fill {
             https: target.https,
             key: key.to_string(),
             hop: client.hop,
-            client: client.reader(),
+            client: client.share_client(),
         }
     }
 }
