@@ -116,7 +116,7 @@ edge_config memory
 EDGE_PID=
 start_edge() { # CONFIG
   stop_edge
-  "$MERIDIAN" run -c "$WORK/$1.toml" 2>>"$WORK/logs/edge.log" &
+  detached "$MERIDIAN" run -c "$WORK/$1.toml" 2>>"$WORK/logs/edge.log"
   EDGE_PID=$!
   PIDS+=("$EDGE_PID")
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:$ADMIN/healthz" >/dev/null && return 0; sleep 0.1; done

@@ -55,7 +55,7 @@ level = "warn"
 listen = ["127.0.0.1:$P_MERIDIAN"]
 geoip = "$ROOT/geo/test-city.mmdb"
 EOF
-"$MERIDIAN" run -c "$WORK/dns.toml" 2>"$WORK/meridian.log" & PIDS+=($!)
+detached "$MERIDIAN" run -c "$WORK/dns.toml" 2>"$WORK/meridian.log"; PIDS+=($!)
 MERIDIAN_PID=$!
 
 # --- gdnsd: the same regions as datacenters with the same coordinates ---------------------------
@@ -103,7 +103,7 @@ $TTL 30
 ns1  A   127.0.0.10
 demo 30  DYNA geoip!demo
 EOF
-gdnsd -c "$WORK/gdnsd" start >"$WORK/gdnsd.log" 2>&1 & PIDS+=($!)
+detached gdnsd -c "$WORK/gdnsd" start >"$WORK/gdnsd.log" 2>&1; PIDS+=($!)
 GDNSD_PID=$!
 
 # ECS for 175.16.199.0/24 (Changchun: ap-east): family 1, source 24, scope 0, 3 address bytes.

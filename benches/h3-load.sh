@@ -88,7 +88,7 @@ default_site = "bench"
 listen = ["127.0.0.1:$TLS"]
 max_concurrent_streams = 256
 EOF
-"$MERIDIAN" run -c "$WORK/meridian.toml" 2>"$WORK/logs/meridian.log" & PIDS+=($!)
+detached "$MERIDIAN" run -c "$WORK/meridian.toml" 2>"$WORK/logs/meridian.log"; PIDS+=($!)
 for _ in $(seq 1 100); do
   curl -s -o /dev/null --cacert "$CA" --resolve "$HOST:$TLS:127.0.0.1" "https://$HOST:$TLS/1k" && break
   sleep 0.1

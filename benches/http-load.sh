@@ -105,7 +105,7 @@ http {
 }
 EOF
 nginx -c "$WORK/origin.conf"
-python3 "$ROOT/benches/slow_origin.py" serve $SLOW 500 & PIDS+=($!)
+detached python3 "$ROOT/benches/slow_origin.py" serve $SLOW 500; PIDS+=($!)
 
 # --- meridian -----------------------------------------------------------------------------------
 cat > "$WORK/origins.toml" <<EOF
@@ -137,9 +137,9 @@ listen = ["127.0.0.1:$P_MERIDIAN_TLS"]
 default_site = "bench"
 EOF
 # As deployed: `run` starts itself again with glibc's per-thread caches off (README).
-"$MERIDIAN" run -c "$WORK/meridian.toml" 2>"$WORK/logs/meridian.log" & PIDS+=($!); MERIDIAN_PID=$!
-"$BARE" 127.0.0.1:$P_BARE 1024 & PIDS+=($!)
-"$BARE_PROXY" 127.0.0.1:$P_BARE_PROXY 127.0.0.1:$ORIGIN pooled & PIDS+=($!)
+detached "$MERIDIAN" run -c "$WORK/meridian.toml" 2>"$WORK/logs/meridian.log"; PIDS+=($!); MERIDIAN_PID=$!
+detached "$BARE" 127.0.0.1:$P_BARE 1024; PIDS+=($!)
+detached "$BARE_PROXY" 127.0.0.1:$P_BARE_PROXY 127.0.0.1:$ORIGIN pooled; PIDS+=($!)
 
 # --- nginx proxy_cache (2 workers, like the 2 cores) --------------------------------------------
 cat > "$WORK/cache.conf" <<EOF

@@ -86,7 +86,7 @@ EDGE_PID=
 start_edge() {
   if [ -n "$EDGE_PID" ]; then kill "$EDGE_PID"; wait "$EDGE_PID" 2>/dev/null || true; fi
   # shellcheck disable=SC2086 # EDGE_ENV is a list of VAR=value words
-  env ${EDGE_ENV:-} "$MERIDIAN" run -c "$WORK/edge.toml" 2>"$WORK/logs/edge.log" &
+  detached env ${EDGE_ENV:-} "$MERIDIAN" run -c "$WORK/edge.toml" 2>"$WORK/logs/edge.log"
   EDGE_PID=$!
   PIDS+=("$EDGE_PID")
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:$ADMIN/healthz" >/dev/null && break; sleep 0.1; done
