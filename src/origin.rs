@@ -338,35 +338,36 @@ impl Origins {
                     })
                 }
             };
-            let first_byte = async {
-                if let Some(done) = uploaded {
-                    // Ends when the body has been read whole, failed or been dropped.
-                    let _ = done.await;
-                }
-                tokio::time::sleep(self.first_byte_timeout).await;
-            };
-            let exchange = async {
-                match plain {
-                    Some(pool) => match pool.send(req).await {
-                        Ok(resp) => Ok(resp.map(OriginBody::plain)),
-                        Err(PoolError::Connect(reason)) => Err(Failed::Connect(reason)),
-                        Err(PoolError::Send(e)) => {
-                            Err(Failed::Other(OriginError::from_client_error(label, &e)))
-                        }
-                        Err(PoolError::Upload(e)) => {
-                            Err(Failed::Other(OriginError::from_client_error(label, &e)))
-                        }
-                    },
-                    None => match self.client.get().request(req).await {
-                        Ok(resp) => Ok(resp.map(OriginBody::hyper)),
-                        Err(e) if e.is_connect() => Err(Failed::Connect(error_chain(&e))),
-                        Err(e) => Err(Failed::Other(OriginError::from_client_error(label, &e))),
-                    },
-                }
-            };
+            // The two futures are made inside `select!`: bound to names first, each would take
+            // room twice in this future (rustc keeps a moved local's room until its scope ends),
+            // and the whole of it is copied once a request, into the box `forward` is sent in.
             let sent = tokio::select! {
-                r = exchange => Ok(r),
-                () = first_byte => Err(()),
+                r = async {
+                    match plain {
+                        Some(pool) => match pool.send(req).await {
+                            Ok(resp) => Ok(resp.map(OriginBody::plain)),
+                            Err(PoolError::Connect(reason)) => Err(Failed::Connect(reason)),
+                            Err(PoolError::Send(e)) => {
+                                Err(Failed::Other(OriginError::from_client_error(label, &e)))
+                            }
+                            Err(PoolError::Upload(e)) => {
+                                Err(Failed::Other(OriginError::from_client_error(label, &e)))
+                            }
+                        },
+                        None => match self.client.get().request(req).await {
+                            Ok(resp) => Ok(resp.map(OriginBody::hyper)),
+                            Err(e) if e.is_connect() => Err(Failed::Connect(error_chain(&e))),
+                            Err(e) => Err(Failed::Other(OriginError::from_client_error(label, &e))),
+                        },
+                    }
+                } => Ok(r),
+                () = async {
+                    if let Some(done) = uploaded {
+                        // Ends when the body has been read whole, failed or been dropped.
+                        let _ = done.await;
+                    }
+                    tokio::time::sleep(self.first_byte_timeout).await;
+                } => Err(()),
             };
             match sent {
                 Ok(Ok(resp)) => return Ok((resp.map(|b| b.holding(slot)), label)),

@@ -157,8 +157,11 @@ where
             Ok(resp) => resp,
             Err(later) => {
                 activity.in_flight.fetch_add(1, Ordering::Relaxed);
-                let answer = answer_later(state.clone(), later);
-                tokio::pin!(answer);
+                // Pinned where it is made: `tokio::pin!` on a named future moves it into a
+                // second slot of the connection's future, and both stay there (rustc keeps a
+                // local's room until its scope ends), with a copy of the whole future a
+                // request.
+                let mut answer = std::pin::pin!(answer_later(state.clone(), later));
                 // The connection is read meanwhile, for a client that goes away (its request
                 // is then dropped, and its origin request with it).
                 let resp = loop {
