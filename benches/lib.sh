@@ -25,8 +25,9 @@ bytes() {
 # default on Debian), every session is one group that the scheduler shares the CPUs among: a
 # server started from this script with plain `&` would share the script's group, and so its share
 # of the CPUs, with the load generator, while the daemons each had a group to themselves. On
-# 2026-12-05 that asymmetry alone cost meridian a quarter of its pass-through rate on this
-# 2-core machine (46,087-53,214 against 61,459-63,216 req/s, the same build; README).
+# 2026-12-05 that asymmetry alone cost meridian up to a quarter of its pass-through rate on
+# this 2-core machine (46,087-53,214 against 61,459-63,216 req/s, the same build; README).
+# instructions.sh does not need it: callgrind counts instructions, not time.
 detached() {
   setsid "$@" &
 }
