@@ -338,9 +338,9 @@ impl Origins {
                     })
                 }
             };
-            // The two futures are made inside `select!`: bound to names first, each would take
-            // room twice in this future (rustc keeps a moved local's room until its scope ends),
-            // and the whole of it is copied once a request, into the box `forward` is sent in.
+            // The two futures are made inside `select!`: bound to names first, each took room
+            // twice in this future (rustc keeps a moved local's room until its scope ends) and
+            // was copied once more a request.
             let sent = tokio::select! {
                 r = async {
                     match plain {
