@@ -122,13 +122,24 @@ async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> AdminResponse 
                 edge.metrics.stored_bytes.set(bytes as f64);
                 edge.metrics.stored_objects.set(objects as f64);
                 edge.metrics.filling_bytes.set(edge.filling.held() as f64);
-                for (site, n) in edge.sites.load().origin_requests() {
+                for (site, n, (slot_waits, client_waits)) in edge.sites.load().origin_stats() {
                     metrics::gauge!(
                         "meridian_origin_requests",
                         "node" => edge.node.clone(),
                         "site" => site.to_string()
                     )
                     .set(n as f64);
+                    for (waited_for, waits) in
+                        [("site_slot", slot_waits), ("client_share", client_waits)]
+                    {
+                        metrics::counter!(
+                            "meridian_origin_waits_total",
+                            "node" => edge.node.clone(),
+                            "site" => site.to_string(),
+                            "for" => waited_for
+                        )
+                        .absolute(waits);
+                    }
                 }
                 edge.metrics.utilisation.set(f64::from_bits(
                     edge.load

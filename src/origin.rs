@@ -9,6 +9,7 @@
 //! bounded by its own idle timeout (`http::body`), not by the origin's. Knows nothing of caching.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -139,6 +140,10 @@ pub(crate) struct Origins {
     clients: Arc<Clients>,
     /// How long a request waits for a slot: the site's `connect_timeout`.
     slot_wait: Duration,
+    /// Requests that waited for one of the site's slots (all were taken when they came), and
+    /// for one of their client's share: `meridian_origin_waits_total`, read at each scrape.
+    slot_waits: AtomicU64,
+    client_waits: Arc<AtomicU64>,
 }
 
 /// A request's hold on the site's origin slots: one of the site's, and one of its client's
@@ -218,6 +223,7 @@ impl Origins {
             .map(HeaderValue::from_str)
             .transpose()
             .map_err(|e| e.to_string())?;
+        let client_waits = Arc::new(AtomicU64::new(0));
         Ok(Origins {
             client,
             plain,
@@ -228,12 +234,13 @@ impl Origins {
             host_header,
             slots: Arc::new(tokio::sync::Semaphore::new(site.max_origin_requests)),
             max_requests: site.max_origin_requests,
-            // Its waits end in 429s past `connect_timeout`, counted by status.
             clients: Clients::new(
                 site.max_origin_requests_per_client,
-                metrics::Counter::noop(),
+                metrics::Counter::from_arc(client_waits.clone()),
             ),
             slot_wait: site.connect_timeout,
+            slot_waits: AtomicU64::new(0),
+            client_waits,
         })
     }
 
@@ -398,6 +405,15 @@ impl Origins {
         }))
     }
 
+    /// Requests that have waited for a site slot, and for their client's share, since the
+    /// site was loaded (a wait past `connect_timeout` ended in a 503 or 429 too).
+    pub(crate) fn waits(&self) -> (u64, u64) {
+        (
+            self.slot_waits.load(Ordering::Relaxed),
+            self.client_waits.load(Ordering::Relaxed),
+        )
+    }
+
     /// Requests the site has at its origins now (slots taken).
     pub(crate) fn in_flight(&self) -> usize {
         self.max_requests
@@ -421,6 +437,7 @@ impl Origins {
     /// One of the site's origin request slots once they were all taken: the first to free up
     /// within `slot_wait`.
     async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, OriginError> {
+        self.slot_waits.fetch_add(1, Ordering::Relaxed);
         match tokio::time::timeout(self.slot_wait, self.slots.clone().acquire_owned()).await {
             Ok(Ok(slot)) => Ok(slot),
             // Never closed; a timeout is the site being at its limit.

@@ -121,6 +121,10 @@ fn describe() {
         "Requests each site has at its origins now, from before one is sent until its body is read (at most the site's max_origin_requests)"
     );
     describe_counter!(
+        "meridian_origin_waits_total",
+        "Requests for an origin that waited before they were sent, by what for: site_slot (max_origin_requests were all taken) or client_share (their client address held max_origin_requests_per_client); a wait that reached connect_timeout also ended in a 503 or 429. Per site, since the site was loaded (a reload starts it again)"
+    );
+    describe_counter!(
         "meridian_origin_errors_total",
         "Origin requests that failed, by kind (connect, timeout, protocol, body; busy: the site's max_origin_requests were all taken)"
     );

@@ -136,10 +136,9 @@ impl Sites {
         Ok(Sites { by_host, any })
     }
 
-    /// The site for a host (any case, port ignored, trailing dot ignored).
-    /// An invalid host names no site, not even `*`.
-    /// Each site once, with its requests at origins now (for `/metrics`).
-    pub(crate) fn origin_requests(&self) -> Vec<(&str, usize)> {
+    /// Each site once, with what `/metrics` shows of its origins: the requests there now, and
+    /// the waits so far for a site slot and for a client's share.
+    pub(crate) fn origin_stats(&self) -> Vec<(&str, usize, (u64, u64))> {
         let mut seen: Vec<&Arc<Site>> = Vec::new();
         for site in self.by_host.values().chain(self.any.iter()) {
             if !seen.iter().any(|s| Arc::ptr_eq(s, site)) {
@@ -147,10 +146,12 @@ impl Sites {
             }
         }
         seen.iter()
-            .map(|s| (s.name.as_str(), s.origins.in_flight()))
+            .map(|s| (s.name.as_str(), s.origins.in_flight(), s.origins.waits()))
             .collect()
     }
 
+    /// The site for a host (any case, port ignored, trailing dot ignored).
+    /// An invalid host names no site, not even `*`.
     pub(crate) fn lookup(&self, host: &str) -> Option<&Arc<Site>> {
         let host = request::normalize_host(host).ok()?;
         self.lookup_normalized(&host)

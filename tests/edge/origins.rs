@@ -347,6 +347,24 @@ async fn a_site_has_no_more_requests_at_its_origins_than_max_origin_requests() {
         })
         .unwrap_or_default();
     assert!(busy.ends_with(" 1"), "{busy:?}");
+    // The third waited for a slot (and gave up); nobody waited for a client's share.
+    assert_eq!(origin_waits(&edge, "site_slot").await, 1);
+    assert_eq!(origin_waits(&edge, "client_share").await, 0);
+}
+
+/// `meridian_origin_waits_total{for}` of the edge's site `demo`, as its `/metrics` shows it.
+async fn origin_waits(edge: &Edge, waited_for: &str) -> u64 {
+    let metrics = edge.admin_get("/metrics").await.text();
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("meridian_origin_waits_total")
+                && l.contains(&format!("for=\"{waited_for}\""))
+                && l.contains("site=\"demo\"")
+                && l.contains(&format!("node=\"{}\"", edge.id))
+        })
+        .unwrap_or_else(|| panic!("no waits for {waited_for} in {metrics}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
 /// A request that finds every slot taken gets the first one that frees up.
@@ -448,4 +466,7 @@ async fn a_client_at_its_share_is_served_once_one_of_its_own_ends() {
         done >= Duration::from_millis(290),
         "/x waited for /slow's slot: answered after {done:?}"
     );
+    // Counted, though it ended in time: an operator sees clients held at their share.
+    assert_eq!(origin_waits(&edge, "client_share").await, 1);
+    assert_eq!(origin_waits(&edge, "site_slot").await, 0);
 }
