@@ -382,6 +382,9 @@ async fn a_request_past_the_limit_goes_when_a_slot_frees_up() {
     assert_eq!((b.status.as_u16(), b.text()), (200, "/b".into()));
     // One after the other: /b could only start once /a had ended.
     assert!(after >= Duration::from_millis(590), "{after:?}");
+    // A wait that ended in time counts too (the share of one client is the whole site's here).
+    assert_eq!(origin_waits(&edge, "site_slot").await, 1);
+    assert_eq!(origin_waits(&edge, "client_share").await, 0);
 }
 
 /// A client past its share of the site's origin slots (`max_origin_requests_per_client`) waits
