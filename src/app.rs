@@ -1,8 +1,10 @@
 //! Composition root: binds the listeners, builds the shared state, spawns the roles, and shuts
 //! them down in order.
 //!
-//! Receives a validated [`Config`]; hands each server a bound listener, its state and the shutdown
-//! token. Shutdown: stop accepting, let in-flight requests finish within the grace period, then
+//! Receives a validated [`Config`] and has each role read and check the files it names beyond
+//! the configuration's own ([`RoleFiles`]: certificates, CA bundles, the GeoIP database, the
+//! gossip key file), the same way for a start, a reload and `meridian check`; hands each server a
+//! bound listener, its state and the shutdown token. Shutdown: stop accepting, let in-flight requests finish within the grace period, then
 //! return (every spawned task is tracked).
 
 use std::net::SocketAddr;
@@ -18,11 +20,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
 use crate::cache::disk::Disk;
-use crate::config::{ClusterMap, Config};
+use crate::config::{ClusterMap, Config, ConfigError};
 use crate::dns::handler::{DnsHandler, Tables};
 use crate::dns::metrics::DnsMetrics;
 use crate::geoip::GeoIp;
-use crate::gossip::{Gossip, SelfInfo};
+use crate::gossip::{Gossip, Keyring, SelfInfo};
 use crate::http::handler::{EdgeState, Sites};
 use crate::http::quic;
 use crate::http::server::{self, Limits};
@@ -43,7 +45,11 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// A site could not be set up (for example its TLS roots).
+    /// A file the configuration names (a certificate, a CA bundle, the GeoIP database, the
+    /// gossip key file) did not pass its role's check.
+    #[error("{0}")]
+    Config(ConfigError),
+    /// A site could not be set up.
     #[error("{0}")]
     Site(String),
     /// The DNS role could not be set up.
@@ -68,8 +74,9 @@ pub(crate) struct DnsRole {
 
 impl DnsRole {
     /// Builds the tables of a reloaded configuration (its cluster map and GeoIP database).
-    fn prepare(&self, config: &Config) -> Result<(Tables, ClusterMap), String> {
-        build_dns(config)?.ok_or_else(|| "the node file no longer configures the dns role".into())
+    fn prepare(&self, config: &Config, files: &RoleFiles) -> Result<(Tables, ClusterMap), String> {
+        build_dns(config, files)?
+            .ok_or_else(|| "the node file no longer configures the dns role".into())
     }
 
     /// Swaps prepared tables in.
@@ -132,8 +139,9 @@ struct EdgeRole {
 
 impl EdgeRole {
     /// Builds the sites and certificates of a reloaded configuration.
-    fn prepare(&self, config: &Config) -> Result<(Sites, Certificates), String> {
-        let next = build_edge(config)?.ok_or("the node file no longer configures the edge role")?;
+    fn prepare(&self, config: &Config, files: &RoleFiles) -> Result<(Sites, Certificates), String> {
+        let next =
+            build_edge(config, files)?.ok_or("the node file no longer configures the edge role")?;
         if self.tls && next.1.is_empty() {
             return Err(
                 "no site has a certificate any more; the TLS and QUIC listeners need one".into(),
@@ -180,37 +188,109 @@ fn announce_geoip(node: &str, geoip: Option<&GeoIp>, path: Option<&std::path::Pa
     }
 }
 
-/// The DNS role's GeoIP database: the one the configuration read and verified when it was
-/// loaded (opened again only for a configuration built some other way).
-fn open_geoip(dns: &crate::config::DnsConfig) -> Result<Option<Arc<GeoIp>>, String> {
-    match (&dns.geoip_db, &dns.geoip) {
-        (Some(db), _) => Ok(Some(db.clone())),
-        (None, Some(p)) => GeoIp::open(p)
-            .map(|db| Some(Arc::new(db)))
-            .map_err(|e| e.to_string()),
-        (None, None) => Ok(None),
+/// What the roles read from the files a configuration names beyond its own, each read once and
+/// checked by the role whose types it needs: the sites' certificates (`http::tls`) and CA
+/// bundles (`origin`), the GeoIP database (`geoip`, tens of MB and about a second to verify) and
+/// the gossip key file (`gossip`).
+struct RoleFiles {
+    /// Each site's certificate and key, in the order of `config.sites`.
+    certificates: Vec<Option<Arc<rustls::sign::CertifiedKey>>>,
+    /// The DNS role's database.
+    geoip: Option<Arc<GeoIp>>,
+    /// The gossip keys.
+    keys: Option<Keyring>,
+}
+
+impl RoleFiles {
+    /// Reads and checks the files of the roles `config` has; every problem, named by file and
+    /// key as the configuration's own are.
+    fn read(config: &Config) -> Result<RoleFiles, ConfigError> {
+        let mut problems = Vec::new();
+        let mut certificates = Vec::new();
+        if config.node.edge.is_some() {
+            problems.extend(crate::origin::check_ca_files(config));
+            match tls::load_certificates(config) {
+                Ok(keys) => certificates = keys,
+                Err(p) => problems.extend(p),
+            }
+        }
+        let geoip = match config.node.dns.as_ref().and_then(|d| d.geoip.as_ref()) {
+            None => None,
+            Some(path) => match GeoIp::open(path) {
+                Ok(db) => Some(Arc::new(db)),
+                Err(e) => {
+                    problems.push(config.node_problem("dns.geoip", e.to_string()));
+                    None
+                }
+            },
+        };
+        let keys = match &config.node.gossip {
+            None => None,
+            Some(g) => Gossip::prepare_keys(g).unwrap_or_else(|e| {
+                problems.push(config.node_problem("gossip.key_file", e));
+                None
+            }),
+        };
+        if problems.is_empty() {
+            Ok(RoleFiles {
+                certificates,
+                geoip,
+                keys,
+            })
+        } else {
+            Err(ConfigError { problems })
+        }
     }
 }
 
-/// Builds what a start or a reload would build from `config` (sites and their origin clients,
-/// certificates, DNS tables over the GeoIP database, the gossip keyring) without serving any of
-/// it: `meridian check` judges a configuration exactly as a reload does.
-pub fn validate(config: &Config) -> Result<(), String> {
-    build_edge(config)?;
-    build_dns(config)?;
-    if let Some(g) = &config.node.gossip {
-        Gossip::prepare_keys(g)?;
+/// Loads the node file at `path` and every file it names, and judges the whole as a start or a
+/// reload would ([`validate`]): what `meridian check` runs. The roles' files are checked even
+/// when the node file or a map has problems, so that every problem is listed at once.
+pub fn check(path: &std::path::Path) -> Result<Config, ConfigError> {
+    let (config, mut problems) = crate::config::load_with_problems(path);
+    let files = config.as_ref().map(RoleFiles::read);
+    match (config, files) {
+        (Some(config), Some(Ok(files))) if problems.is_empty() => {
+            build(&config, &files)?;
+            Ok(config)
+        }
+        (_, files) => {
+            if let Some(Err(e)) = files {
+                problems.extend(e.problems);
+            }
+            Err(ConfigError { problems })
+        }
     }
+}
+
+/// Builds what a start or a reload would build from `config` (the roles' files, sites and their
+/// origin clients, certificates, DNS tables over the GeoIP database, the gossip keyring)
+/// without serving any of it: `meridian check` judges a configuration exactly as a reload does.
+pub fn validate(config: &Config) -> Result<(), ConfigError> {
+    build(config, &RoleFiles::read(config)?)
+}
+
+/// [`validate`] over files already read.
+fn build(config: &Config, files: &RoleFiles) -> Result<(), ConfigError> {
+    let whole = |reason: String| ConfigError {
+        problems: vec![config.node_problem("", reason)],
+    };
+    build_edge(config, files).map_err(whole)?;
+    build_dns(config, files).map_err(whole)?;
     Ok(())
 }
 
 /// The edge role's sites and certificates, when `config` has the role.
-fn build_edge(config: &Config) -> Result<Option<(Sites, Certificates)>, String> {
+fn build_edge(config: &Config, files: &RoleFiles) -> Result<Option<(Sites, Certificates)>, String> {
     let Some(edge) = &config.node.edge else {
         return Ok(None);
     };
     let sites = Sites::new(&config.sites)?;
-    let certificates = Certificates::new(&config.sites, edge.tls_default_site.as_deref());
+    let certificates = Certificates::new(
+        &config.sites,
+        &files.certificates,
+        edge.tls_default_site.as_deref(),
+    );
     if !edge.tls_listen.is_empty() && certificates.is_empty() {
         return Err("no site has a certificate; the TLS listeners need one".into());
     }
@@ -221,11 +301,11 @@ fn build_edge(config: &Config) -> Result<Option<(Sites, Certificates)>, String> 
 }
 
 /// The DNS role's tables over its GeoIP database, and its cluster map, when `config` has the role.
-fn build_dns(config: &Config) -> Result<Option<(Tables, ClusterMap)>, String> {
-    let (Some(dns), Some(map)) = (&config.node.dns, &config.cluster) else {
+fn build_dns(config: &Config, files: &RoleFiles) -> Result<Option<(Tables, ClusterMap)>, String> {
+    let (Some(_), Some(map)) = (&config.node.dns, &config.cluster) else {
         return Ok(None);
     };
-    Ok(Some((Tables::new(map, open_geoip(dns)?)?, map.clone())))
+    Ok(Some((Tables::new(map, files.geoip.clone())?, map.clone())))
 }
 
 /// What a reload swaps, and the files it watches.
@@ -266,19 +346,20 @@ impl Reloader {
         // Everything `validate` (and so `meridian check`) builds, built once; a role added or
         // removed needs a restart.
         let config = crate::config::load(&self.node_file).map_err(|e| e.to_string())?;
+        let mut files = RoleFiles::read(&config).map_err(|e| e.to_string())?;
         let restart = |what: &str| format!("the node file now configures {what}: restart to apply");
         let edge = match (&self.edge, &config.node.edge) {
-            (Some(e), _) => Some(e.prepare(&config)?),
+            (Some(e), _) => Some(e.prepare(&config, &files)?),
             (None, Some(_)) => return Err(restart("the edge role")),
             (None, None) => None,
         };
         let dns = match (&self.dns, &config.node.dns) {
-            (Some(d), _) => Some(d.prepare(&config)?),
+            (Some(d), _) => Some(d.prepare(&config, &files)?),
             (None, Some(_)) => return Err(restart("the dns role")),
             (None, None) => None,
         };
         let keys = match (&self.gossip, &config.node.gossip) {
-            (Some(_), Some(g)) => Gossip::prepare_keys(g)?,
+            (Some(_), Some(_)) => files.keys.take(),
             (Some(_), None) => return Err("the node file no longer configures gossip".into()),
             (None, Some(_)) => return Err(restart("gossip")),
             (None, None) => None,
@@ -386,6 +467,7 @@ impl Node {
         let mut threads = Vec::new();
         let tracker = TaskTracker::new();
         let node = &config.node;
+        let files = RoleFiles::read(&config).map_err(StartError::Config)?;
         let mut http_addrs = Vec::new();
         let mut https_addrs = Vec::new();
         let mut h3_addrs = Vec::new();
@@ -457,6 +539,7 @@ impl Node {
             let limits = Limits::from(edge);
             let certificates = Arc::new(ArcSwap::from_pointee(Certificates::new(
                 &config.sites,
+                &files.certificates,
                 edge.tls_default_site.as_deref(),
             )));
             if (!edge.tls_listen.is_empty() || edge.quic.is_some())
@@ -547,7 +630,7 @@ impl Node {
         let mut dns_addrs = Vec::new();
         let mut dns_role = None;
         if let (Some(dns), Some(map)) = (&node.dns, &config.cluster) {
-            let geoip = open_geoip(dns).map_err(StartError::Dns)?;
+            let geoip = files.geoip.clone();
             announce_geoip(&node.id, geoip.as_deref(), dns.geoip.as_ref());
             let tables = Arc::new(ArcSwap::from_pointee(
                 Tables::new(map, geoip).map_err(StartError::Dns)?,
@@ -934,4 +1017,101 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     tracing::info!("signal received; draining");
     node.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `check` finds in a node file and the files beside it: (file name, key, reason).
+    fn problems(node: &str, files: &[(&str, &[u8])]) -> Vec<(String, String, String)> {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        std::fs::write(dir.path().join("node.toml"), node).unwrap();
+        match check(&dir.path().join("node.toml")) {
+            Ok(_) => Vec::new(),
+            Err(e) => e
+                .problems
+                .into_iter()
+                .map(|p| {
+                    let name = p.file.strip_prefix(dir.path()).unwrap_or(&p.file);
+                    (name.display().to_string(), p.key, p.reason)
+                })
+                .collect(),
+        }
+    }
+
+    /// A node with all three roles whose files are `ca.pem` (the site's CA bundle), `g.mmdb`
+    /// and `g.key`, beside it.
+    const NODE: &str = "id = \"e\"\nregion = \"r\"\norigin_map = \"o.toml\"\ncluster_map = \"c.toml\"\nroles = [\"edge\", \"dns\"]\n[edge]\nlisten = [\"127.0.0.1:0\"]\n[dns]\nlisten = [\"127.0.0.1:0\"]\ngeoip = \"g.mmdb\"\n[gossip]\nlisten = \"127.0.0.1:7946\"\nkey_file = \"g.key\"\n";
+    const SITE: &str = "[[site]]\nname = \"s\"\nhosts = [\"s.test\"]\norigins = [\"https://127.0.0.1:1\"]\nca_file = \"ca.pem\"\n";
+    const MAP: &str = "[[region]]\nname = \"r\"\nlat = 0.0\nlon = 0.0\n[[edge]]\nid = \"e\"\nregion = \"r\"\naddresses = [\"127.0.0.1\"]\n[[zone]]\napex = \"z.test\"\nnames = [\"www\"]\ndefault_region = \"r\"\n[zone.soa]\nmname = \"ns.z.test\"\nrname = \"h.z.test\"\nserial = 1\n";
+    const KEY: &[u8] = b"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\n";
+
+    /// The problems `check` finds with `broken` in place of the good file of that name, and
+    /// `missing` left out.
+    fn with(broken: &[(&str, &[u8])], missing: &[&str]) -> Vec<(String, String, String)> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let ca = std::fs::read(root.join("config/local/tls/ca.pem")).unwrap();
+        let db = std::fs::read(root.join("geo/test-city.mmdb")).unwrap();
+        let good: [(&str, &[u8]); 5] = [
+            ("o.toml", SITE.as_bytes()),
+            ("c.toml", MAP.as_bytes()),
+            ("g.key", KEY),
+            ("ca.pem", &ca),
+            ("g.mmdb", &db),
+        ];
+        let files: Vec<(&str, &[u8])> = good
+            .iter()
+            .filter(|(n, _)| !missing.contains(n) && !broken.iter().any(|(b, _)| b == n))
+            .chain(broken)
+            .copied()
+            .collect();
+        problems(NODE, &files)
+    }
+
+    #[test]
+    fn the_roles_files_are_checked_each_problem_named_by_file_and_key() {
+        assert_eq!(with(&[], &[]), []);
+        // Each role's file, broken alone, and named.
+        let p = with(&[("g.key", b"c2hvcnQ=\n")], &[]);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(
+            (p[0].0.as_str(), p[0].1.as_str()),
+            ("node.toml", "gossip.key_file")
+        );
+        assert!(p[0].2.contains("g.key: line 1"), "{p:?}");
+        let p = with(&[("ca.pem", b"not a certificate\n")], &[]);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(
+            (p[0].0.as_str(), p[0].1.as_str()),
+            ("o.toml", "site[0].ca_file")
+        );
+        assert!(p[0].2.contains("ca.pem holds no certificates"), "{p:?}");
+        let p = with(&[("g.mmdb", b"not a database")], &[]);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(
+            (p[0].0.as_str(), p[0].1.as_str()),
+            ("node.toml", "dns.geoip")
+        );
+        // All missing at once: every one reported, not only the first.
+        let p = with(&[], &["g.key", "ca.pem", "g.mmdb"]);
+        let keys: Vec<_> = p.iter().map(|(f, k, _)| (f.as_str(), k.as_str())).collect();
+        assert_eq!(
+            keys,
+            [
+                ("o.toml", "site[0].ca_file"),
+                ("node.toml", "dns.geoip"),
+                ("node.toml", "gossip.key_file")
+            ],
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .all(|(_, _, why)| why.contains("cannot read") || why.contains("No such file")),
+            "{p:?}"
+        );
+    }
 }

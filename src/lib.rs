@@ -6,10 +6,13 @@
 //! import each other; they meet only in `model` (the cluster view) and `config`.
 //!
 //! ```text
-//! main.rs        CLI → config::load → telemetry::init_logging → app::run
-//! app.rs         composition root: bind, build shared state, spawn roles, ordered shutdown
+//! main.rs        CLI → config::load → telemetry::init_logging → app::run (`check`: app::check)
+//! app.rs         composition root: has each role read and check its files (certificates, CA
+//!                bundles, GeoIP, gossip key), binds, builds shared state, spawns roles, ordered
+//!                shutdown
 //! config/        mod.rs (load(), problems with file and key, checks across files), node.rs,
-//!                origins.rs, cluster.rs (one per file read: serde structs and validation)
+//!                origins.rs, cluster.rs (one per file read: serde structs and validation; no
+//!                role's types: the files the roles read are paths here)
 //! units.rs       "4GiB", "30s"
 //! telemetry.rs   tracing subscriber, Prometheus recorder, the edge's metric handles
 //! load.rs        counters the HTTP path feeds (requests, hits, connections, bytes; a part per thread); LoadMeter (EWMA utilisation)

@@ -333,12 +333,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Check { config } => match load(&config) {
+        Command::Check { config } => match meridian::app::check(&config) {
             Ok(c) => {
-                if let Err(e) = meridian::app::validate(&c) {
-                    eprintln!("{}: {e}", config.display());
-                    return ExitCode::FAILURE;
-                }
                 for w in c.warnings() {
                     eprintln!("warning: {w}");
                 }
@@ -352,7 +348,10 @@ fn main() -> ExitCode {
                 );
                 ExitCode::SUCCESS
             }
-            Err(code) => code,
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::FAILURE
+            }
         },
         Command::Run { config } => {
             // Before any other thread exists (the exec replaces this process).

@@ -154,6 +154,20 @@ pub(crate) struct Slot {
     _client: Option<Share>,
 }
 
+/// Reads and checks each site's CA bundle (`ca_file`); a problem names the origin map's
+/// `site[i].ca_file`. The origin clients read them again when a site is built.
+pub(crate) fn check_ca_files(config: &crate::config::Config) -> Vec<crate::config::Problem> {
+    config
+        .sites
+        .iter()
+        .enumerate()
+        .filter_map(|(i, site)| {
+            let e = read_ca_file(site.ca_file.as_deref()?).err()?;
+            Some(config.site_problem(i, "ca_file", e))
+        })
+        .collect()
+}
+
 /// Reads a PEM bundle of CA certificates; the error names the file.
 pub(crate) fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;

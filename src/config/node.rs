@@ -134,12 +134,8 @@ pub(super) struct RawAdmin {
 pub struct DnsConfig {
     /// Addresses served over both UDP and TCP.
     pub listen: Vec<SocketAddr>,
-    /// A MaxMind-format City database.
+    /// A MaxMind-format City database (read and verified by the DNS role).
     pub geoip: Option<PathBuf>,
-    /// That database, read and verified when the file was validated, so that a start or a
-    /// reload does not read and verify it a second time (tens of MB, about a second).
-    #[doc(hidden)]
-    pub geoip_db: Option<std::sync::Arc<crate::geoip::GeoIp>>,
     /// Idle time allowed on a TCP connection.
     pub tcp_timeout: Duration,
     /// What this node says it is when a query asks (RFC 5001 NSID); `None` says nothing.
@@ -448,15 +444,6 @@ pub(super) fn validate_node(path: &Path, raw: &RawNode, problems: &mut Vec<Probl
                 .filter_map(|(i, a)| r.addr(&format!("dns.listen[{i}]"), a))
                 .collect();
             let geoip = d.geoip.as_ref().map(|g| resolve(path, g));
-            let geoip_db = geoip
-                .as_ref()
-                .and_then(|g| match crate::geoip::GeoIp::open(g) {
-                    Ok(db) => Some(std::sync::Arc::new(db)),
-                    Err(e) => {
-                        r.add("dns.geoip", e.to_string());
-                        None
-                    }
-                });
             let nsid = match d.nsid.as_deref() {
                 None => Some(raw.id.clone()),
                 Some("") => None,
@@ -491,7 +478,6 @@ pub(super) fn validate_node(path: &Path, raw: &RawNode, problems: &mut Vec<Probl
             Some(DnsConfig {
                 listen,
                 geoip,
-                geoip_db,
                 tcp_timeout: r.positive_duration(
                     "dns.tcp_timeout",
                     &d.tcp_timeout,
@@ -605,9 +591,6 @@ pub(super) fn validate_gossip(r: &mut Report<'_>, g: &RawGossip) -> GossipConfig
     let key_file = match (&g.key_file, g.insecure) {
         (Some(name), false) => {
             let key_path = resolve(r.file, name);
-            if let Err(e) = crate::gossip::Keyring::load(&key_path) {
-                r.add("gossip.key_file", e);
-            }
             Some(key_path)
         }
         (Some(_), true) => {

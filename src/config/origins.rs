@@ -92,14 +92,15 @@ pub struct SiteConfig {
     pub ignore_client_cache_control: bool,
     /// The scheme (http or https) reaches the origin and selects the stored variant.
     pub key_scheme: bool,
-    /// PEM bundle of CAs trusted for HTTPS origins; system roots when unset.
+    /// PEM bundle of CAs trusted for HTTPS origins; system roots when unset (read and checked
+    /// by the edge role, `origin::read_ca_file`).
     pub ca_file: Option<PathBuf>,
     /// Query string handling in the cache key.
     pub query_key: QueryKey,
     /// Request headers added to the cache key (lower-case).
     pub key_headers: Vec<String>,
     /// The certificate served for the site's hosts on the TLS listeners.
-    pub tls: Option<SiteCertificate>,
+    pub tls: Option<SiteTls>,
     /// Tiered caching (`shield = "region"`): a miss asks the key's owner among the live edges
     /// of this edge's region rather than the origin.
     pub shield: bool,
@@ -107,17 +108,13 @@ pub struct SiteConfig {
     pub shield_region: Option<String>,
 }
 
-/// A site's certificate, checked (key matches, within its validity, covers the site's hosts)
-/// and ready to serve.
+/// The files of a site's certificate. The edge role reads and checks them (`http::tls`) when it
+/// starts, reloads or is checked.
 #[derive(Debug, Clone)]
-pub struct SiteCertificate {
-    /// The chain and signing key.
-    pub key: std::sync::Arc<rustls::sign::CertifiedKey>,
-    /// Seconds since the Unix epoch after which the certificate is no longer valid.
-    pub not_after: u64,
-    /// The PEM chain it was read from.
+pub struct SiteTls {
+    /// The PEM chain, leaf first.
     pub cert_file: PathBuf,
-    /// The PEM key it was read from.
+    /// The PEM private key.
     pub key_file: PathBuf,
 }
 
@@ -246,29 +243,15 @@ pub(super) fn parse_origin_map(
             }
         }
         let ca_file = s.ca_file.as_ref().map(|f| resolve(path, f));
-        if let Some(f) = &ca_file {
-            if let Err(e) = crate::origin::read_ca_file(f) {
-                r.add(k("ca_file"), e);
-            }
-        }
         let default_ttl = s
             .default_ttl
             .as_ref()
             .map(|_| r.duration(&k("default_ttl"), &s.default_ttl, Duration::ZERO));
         let tls = match (&s.tls_cert, &s.tls_key) {
-            (Some(cert), Some(key)) => {
-                match crate::http::tls::load_certificate(
-                    &resolve(path, cert),
-                    &resolve(path, key),
-                    &hosts,
-                ) {
-                    Ok(c) => Some(c),
-                    Err(e) => {
-                        r.add(k("tls_cert"), e);
-                        None
-                    }
-                }
-            }
+            (Some(cert), Some(key)) => Some(SiteTls {
+                cert_file: resolve(path, cert),
+                key_file: resolve(path, key),
+            }),
             (Some(_), None) => {
                 r.add(k("tls_key"), "tls_cert needs its private key in tls_key");
                 None

@@ -2,9 +2,11 @@
 //!
 //! [`load_certificate`] reads a site's PEM chain and key and checks what an operator would
 //! otherwise learn from a failed handshake: the key matches the certificate, the certificate is
-//! within its validity period, and it covers every host name of the site. Config validation calls
-//! it (so `meridian check` and a reload judge certificates the same way) and keeps the result.
-//! [`Certificates`] maps SNI names to those keys; [`SniResolver`] reads the current map through
+//! within its validity period, and it covers every host name of the site. [`load_certificates`]
+//! does so for every site of a configuration, naming each problem by the origin map's key as
+//! config validation names its own; `app` calls it once for a start, a reload or `meridian
+//! check`, so all three judge certificates the same way. [`Certificates`] maps SNI names to
+//! those keys; [`SniResolver`] reads the current map through
 //! an `ArcSwap`, so a reload changes the certificate of new handshakes while established
 //! connections keep theirs.
 
@@ -18,7 +20,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::config::{SiteCertificate, SiteConfig};
+use crate::config::{Config, Problem, SiteConfig};
 
 pub(crate) fn provider() -> rustls::crypto::CryptoProvider {
     rustls::crypto::aws_lc_rs::default_provider()
@@ -30,7 +32,7 @@ pub(crate) fn load_certificate(
     cert: &Path,
     key: &Path,
     hosts: &[String],
-) -> Result<SiteCertificate, String> {
+) -> Result<Arc<CertifiedKey>, String> {
     let pem = std::fs::read(cert).map_err(|e| format!("cannot read {}: {e}", cert.display()))?;
     let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<_, _>>()
@@ -82,12 +84,31 @@ pub(crate) fn load_certificate(
         ),
         other => format!("{}: unusable private key: {other}", key.display()),
     })?;
-    Ok(SiteCertificate {
-        key: Arc::new(certified),
-        not_after,
-        cert_file: cert.to_path_buf(),
-        key_file: key.to_path_buf(),
-    })
+    Ok(Arc::new(certified))
+}
+
+/// Each site's certificate and key, read and checked ([`load_certificate`]), in the order of
+/// `config.sites` (`None` for a site without one); else every problem, at `site[i].tls_cert`.
+pub(crate) fn load_certificates(
+    config: &Config,
+) -> Result<Vec<Option<Arc<CertifiedKey>>>, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let keys = config
+        .sites
+        .iter()
+        .enumerate()
+        .map(|(i, site)| {
+            let tls = site.tls.as_ref()?;
+            load_certificate(&tls.cert_file, &tls.key_file, &site.hosts)
+                .map_err(|e| problems.push(config.site_problem(i, "tls_cert", e)))
+                .ok()
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(keys)
+    } else {
+        Err(problems)
+    }
 }
 
 /// Which certificate answers which SNI name.
@@ -101,21 +122,25 @@ pub(crate) struct Certificates {
 }
 
 impl Certificates {
-    /// The certificates of `sites`; `default_site` names the site whose certificate answers
-    /// clients without SNI.
-    pub(crate) fn new(sites: &[SiteConfig], default_site: Option<&str>) -> Certificates {
+    /// The certificates of `sites` (`keys`, from [`load_certificates`], in the same order);
+    /// `default_site` names the site whose certificate answers clients without SNI.
+    pub(crate) fn new(
+        sites: &[SiteConfig],
+        keys: &[Option<Arc<CertifiedKey>>],
+        default_site: Option<&str>,
+    ) -> Certificates {
         let mut c = Certificates::default();
-        for site in sites {
-            let Some(cert) = &site.tls else { continue };
+        for (site, key) in sites.iter().zip(keys) {
+            let Some(key) = key else { continue };
             for host in &site.hosts {
                 if host == "*" {
-                    c.any = Some(cert.key.clone());
+                    c.any = Some(key.clone());
                 } else {
-                    c.by_name.insert(host.clone(), cert.key.clone());
+                    c.by_name.insert(host.clone(), key.clone());
                 }
             }
             if default_site == Some(site.name.as_str()) {
-                c.default = Some(cert.key.clone());
+                c.default = Some(key.clone());
             }
         }
         c

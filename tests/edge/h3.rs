@@ -382,7 +382,7 @@ async fn http3_without_any_certificate_is_refused_at_check_and_at_start() {
     )
     .unwrap();
     let config = meridian::config::load(&dir.path().join("node.toml")).unwrap();
-    let err = meridian::app::validate(&config).unwrap_err();
+    let err = meridian::app::validate(&config).unwrap_err().to_string();
     assert!(err.contains("HTTP/3 (edge.quic) needs one"), "{err}");
     let err = match meridian::app::Node::start(config).await {
         Ok(_) => panic!("started without a certificate"),

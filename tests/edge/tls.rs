@@ -569,7 +569,7 @@ fn bad_certificates_are_named_at_check() {
             "id = \"t\"\nregion = \"r\"\norigin_map = \"origins.toml\"\n[edge]\nlisten = [\"127.0.0.1:0\"]\n[edge.tls]\nlisten = [\"127.0.0.1:0\"]\n",
         )
         .unwrap();
-        let err = meridian::config::load(&dir.join("node.toml")).unwrap_err();
+        let err = meridian::app::check(&dir.join("node.toml")).unwrap_err();
         let p = &err.problems[0];
         assert_eq!(p.key, "site[0].tls_cert", "{what}: {err}");
         assert!(p.reason.contains(reason), "{what}: {err}");
