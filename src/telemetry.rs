@@ -10,18 +10,8 @@ use std::sync::OnceLock;
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::config::LogConfig;
+use crate::config::{plain_filter, LogConfig};
 use crate::http::response::Label;
-
-/// Whether a filter is levels and `target=level` pairs only: what `log.level` and `RUST_LOG`
-/// may hold here. Span and field filters (`[span{field=value}]`) are refused: the parser panics
-/// on some non-ASCII text and builds field patterns into DFAs that can take minutes.
-pub(crate) fn plain_filter(filter: &str) -> bool {
-    filter.len() <= 1024
-        && filter
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_:.-=,".contains(&b))
-}
 
 /// Installs the global tracing subscriber; later calls (more nodes in one process) are no-ops.
 pub fn init_logging(log: &LogConfig) {

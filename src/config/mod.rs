@@ -37,6 +37,7 @@ mod origins;
 
 use cluster::*;
 pub use cluster::{load_cluster_map, ClusterMap, EdgeEntry, RegionConfig, SoaConfig, ZoneConfig};
+pub(crate) use node::plain_filter;
 use node::*;
 pub use node::{
     AdminConfig, DiskConfig, DnsConfig, EdgeConfig, GossipConfig, LogConfig, NodeConfig,

@@ -129,6 +129,16 @@ pub(super) struct RawAdmin {
     token_file: Option<String>,
 }
 
+/// Whether a filter is levels and `target=level` pairs only: what `log.level` and `RUST_LOG`
+/// may hold here. Span and field filters (`[span{field=value}]`) are refused: the parser panics
+/// on some non-ASCII text and builds field patterns into DFAs that can take minutes.
+pub(crate) fn plain_filter(filter: &str) -> bool {
+    filter.len() <= 1024
+        && filter
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_:.-=,".contains(&b))
+}
+
 /// Settings of the DNS role.
 #[derive(Debug, Clone)]
 pub struct DnsConfig {
@@ -395,7 +405,7 @@ pub(super) fn validate_node(path: &Path, raw: &RawNode, problems: &mut Vec<Probl
     // inside a character), and compiles span field values as regular expressions into DFAs
     // that can take minutes to build (both found by the config fuzz target). Only levels and
     // `target=level` lists reach it.
-    if !crate::telemetry::plain_filter(&log.level) {
+    if !plain_filter(&log.level) {
         r.add(
             "log.level",
             format!(
