@@ -9,8 +9,13 @@
 //! one, then the origin: nothing waits for gossip to declare it dead, and an owner that is only
 //! waiting on a slow origin is waited for.
 //!
-//! Each hop carries `Meridian-Peer: <tier>.<unix s>.<hex HMAC-SHA256>`, signed with a key derived
-//! from the gossip key over the tier, the time, the method, the host and the target. A request
+//! Each hop carries `Meridian-Peer: <tier>[s].<unix s>.<hex HMAC-SHA256>`, signed with a key
+//! derived from the gossip key over the tier, the scheme, the time, the method, the host and the
+//! target. The scheme (`s`: the user asked over HTTPS) is the user's, not the hop's: the owner
+//! keys the variant by it and the origin hears it, as if the user had asked the owner itself.
+//! (Without it an HTTPS user's miss, passed on over plain HTTP, was the owner's `http` variant:
+//! an origin that redirects `http` to `https` had that redirect stored for HTTPS users too, a
+//! redirect loop.) A request
 //! whose signature holds (and whose time is within a minute of ours) is a peer's: its forwarding
 //! fields are kept (they name the user, not the peer) and it is never passed on within its tier
 //! again, so a hop can only go up (region, then shield, then origin) and loops are impossible.
@@ -102,9 +107,18 @@ fn unix_secs() -> u64 {
         .as_secs()
 }
 
+/// A hop's tier field: its digit, then `s` when the user asked over HTTPS.
+fn tier_field(hop: Hop, https: bool) -> String {
+    let mut t = hop.digit().to_string();
+    if https {
+        t.push('s');
+    }
+    t
+}
+
 /// What a hop's signature covers.
-fn signed_text(hop: char, at: u64, method: &Method, host: &str, target: &str) -> String {
-    format!("{hop}.{at}.{method} {host} {target}")
+fn signed_text(tier: &str, at: u64, method: &Method, host: &str, target: &str) -> String {
+    format!("{tier}.{at}.{method} {host} {target}")
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -121,21 +135,24 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// The `Meridian-Peer` value for a hop; `None` when the ring has no key (insecure gossip).
+/// The `Meridian-Peer` value for a hop of a request its user made over HTTPS (`https`) or not;
+/// `None` when the ring has no key (insecure gossip).
 pub(crate) fn sign(
     keyring: &Keyring,
     hop: Hop,
+    https: bool,
     at: u64,
     method: &Method,
     host: &str,
     target: &str,
 ) -> Option<HeaderValue> {
-    let tag = keyring.sign_peer(signed_text(hop.digit(), at, method, host, target).as_bytes())?;
-    HeaderValue::from_str(&format!("{}.{at}.{}", hop.digit(), hex(tag.as_ref()))).ok()
+    let tier = tier_field(hop, https);
+    let tag = keyring.sign_peer(signed_text(&tier, at, method, host, target).as_bytes())?;
+    HeaderValue::from_str(&format!("{tier}.{at}.{}", hex(tag.as_ref()))).ok()
 }
 
-/// The hop a `Meridian-Peer` value proves, if its signature holds for this request and its
-/// time is within [`MAX_SKEW_SECS`] of `now`.
+/// The hop a `Meridian-Peer` value proves, and whether its user asked over HTTPS, if its
+/// signature holds for this request and its time is within [`MAX_SKEW_SECS`] of `now`.
 pub(crate) fn verify(
     keyring: &Keyring,
     value: &HeaderValue,
@@ -143,11 +160,15 @@ pub(crate) fn verify(
     method: &Method,
     host: &str,
     target: &str,
-) -> Option<Hop> {
+) -> Option<(Hop, bool)> {
     let text = value.to_str().ok()?;
     let mut parts = text.splitn(3, '.');
     let (tier, at, sig) = (parts.next()?, parts.next()?, parts.next()?);
-    let hop = match tier {
+    let (digit, https) = match tier.strip_suffix('s') {
+        Some(d) => (d, true),
+        None => (tier, false),
+    };
+    let hop = match digit {
         "1" => Hop::Region,
         "2" => Hop::Shield,
         "3" => Hop::Purge,
@@ -159,11 +180,8 @@ pub(crate) fn verify(
     }
     let sig = unhex(sig)?;
     keyring
-        .verify_peer(
-            signed_text(hop.digit(), at, method, host, target).as_bytes(),
-            &sig,
-        )
-        .then_some(hop)
+        .verify_peer(signed_text(tier, at, method, host, target).as_bytes(), &sig)
+        .then_some((hop, https))
 }
 
 /// A stable 64-bit score of (member, key): FNV-1a, then a finaliser that spreads its bits
@@ -329,14 +347,15 @@ impl Peers {
         &self.region
     }
 
-    /// The hop a request's `Meridian-Peer` field proves (counted either way), if any.
+    /// The hop a request's `Meridian-Peer` field proves, and whether its user asked over HTTPS
+    /// (counted either way), if any.
     pub(crate) fn verify(
         &self,
         value: &HeaderValue,
         method: &Method,
         host: &str,
         target: &str,
-    ) -> Option<Hop> {
+    ) -> Option<(Hop, bool)> {
         let hop = verify(
             &self.gossip.keyring(),
             value,
@@ -375,8 +394,8 @@ impl Peers {
         }
     }
 
-    /// Asks `member` for the object of `parts` (an origin-bound GET with its `Host`) over
-    /// `hop`. A response head may take as long as the origin behind the owner does (up to
+    /// Asks `member` for the object of `parts` (an origin-bound GET with its `Host`, for a
+    /// user who asked over HTTPS when `https`) over `hop`. A response head may take as long as the origin behind the owner does (up to
     /// `limit`, the site's first-byte timeout), but every peer timeout without one the owner
     /// must answer a ping ([`PING_PATH`]) within a peer timeout: one that does not (dead, hung,
     /// cut off) is passed over then. A peer that refuses the request as misdirected or
@@ -385,6 +404,7 @@ impl Peers {
         &self,
         ask: &Ask,
         parts: &Parts,
+        https: bool,
         limit: Duration,
     ) -> Option<Response<Incoming>> {
         let (addr, hop) = (ask.addr, ask.hop);
@@ -408,6 +428,7 @@ impl Peers {
         let Some(mark) = sign(
             &self.gossip.keyring(),
             hop,
+            https,
             unix_secs(),
             &parts.method,
             &host,
@@ -504,6 +525,7 @@ impl Peers {
         let Some(mark) = sign(
             &self.gossip.keyring(),
             Hop::Purge,
+            false,
             unix_secs(),
             &Method::POST,
             PURGE_HOST,
@@ -580,10 +602,19 @@ mod tests {
     #[test]
     fn signatures_hold_only_for_their_request_key_and_time() {
         let ring = Keyring::from_keys(&[[7; 32]]);
-        let v = sign(&ring, Hop::Shield, 1000, &Method::GET, "a.test", "/x?y").unwrap();
+        let v = sign(
+            &ring,
+            Hop::Shield,
+            false,
+            1000,
+            &Method::GET,
+            "a.test",
+            "/x?y",
+        )
+        .unwrap();
         assert_eq!(
             verify(&ring, &v, 1010, &Method::GET, "a.test", "/x?y"),
-            Some(Hop::Shield)
+            Some((Hop::Shield, false))
         );
         // Another target, host, method, a stale time, another key, a changed tier: refused.
         assert_eq!(verify(&ring, &v, 1010, &Method::GET, "a.test", "/x"), None);
@@ -609,11 +640,47 @@ mod tests {
             verify(&ring, &forged, 1010, &Method::GET, "a.test", "/x?y"),
             None
         );
+        // The user's scheme is signed: an HTTPS user's hop says so, and cannot be made to say
+        // otherwise (nor a plain user's to say HTTPS).
+        let s = sign(
+            &ring,
+            Hop::Shield,
+            true,
+            1000,
+            &Method::GET,
+            "a.test",
+            "/x?y",
+        )
+        .unwrap();
+        assert!(s.to_str().unwrap().starts_with("2s.1000."), "{s:?}");
+        assert_eq!(
+            verify(&ring, &s, 1010, &Method::GET, "a.test", "/x?y"),
+            Some((Hop::Shield, true))
+        );
+        for (from, to) in [(&s, "2s."), (&v, "2.")] {
+            let other = if to == "2s." { "2." } else { "2s." };
+            let flipped =
+                HeaderValue::from_str(&from.to_str().unwrap().replacen(to, other, 1)).unwrap();
+            assert_eq!(
+                verify(&ring, &flipped, 1010, &Method::GET, "a.test", "/x?y"),
+                None,
+                "{flipped:?}"
+            );
+        }
         // A ring in rotation (new key first) still takes the old key's signatures.
         let rotated = Keyring::from_keys(&[[8; 32], [7; 32]]);
         assert!(verify(&rotated, &v, 1010, &Method::GET, "a.test", "/x?y").is_some());
         // No key, no signature; garbage is refused, never a panic.
-        assert!(sign(&Keyring::insecure(), Hop::Region, 1, &Method::GET, "a", "/").is_none());
+        assert!(sign(
+            &Keyring::insecure(),
+            Hop::Region,
+            false,
+            1,
+            &Method::GET,
+            "a",
+            "/"
+        )
+        .is_none());
         for junk in [
             "",
             "1",
@@ -622,6 +689,9 @@ mod tests {
             "1.x.zz",
             "1.1000.0g",
             "2.1000.é",
+            "s.1000.00",
+            "1ss.1000.00",
+            "4s.1000.00",
         ] {
             if let Ok(v) = HeaderValue::from_str(junk) {
                 assert_eq!(

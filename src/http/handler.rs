@@ -535,6 +535,7 @@ pub(crate) type BodyWatch = Option<(Arc<BodyFault>, u64)>;
 /// the client end and the normalised host it named.
 pub(crate) struct ClientRequest {
     req: Request<RequestBody>,
+    /// Its client; for a signed peer hop, `secure` is the scheme the user asked with.
     peer: Peer,
     host: String,
     fault: BodyWatch,
@@ -614,7 +615,7 @@ fn route_now(
     if req.method() == Method::POST && req.uri().path() == crate::shield::PURGE_PATH {
         if let (Some(peers), Some(mark)) = (state.peers.get(), req.headers().get(PEER)) {
             let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            if peers.verify(mark, req.method(), &host, target) == Some(Hop::Purge) {
+            if let Some((Hop::Purge, _)) = peers.verify(mark, req.method(), &host, target) {
                 return Routed::Purge(req);
             }
         }
@@ -627,14 +628,22 @@ fn route_now(
         return refused(Refusal::Loop);
     }
     // A peer's mark never goes further; it counts only where its signature holds.
-    let hop = req.headers_mut().remove(PEER).and_then(|mark| {
+    let mark = req.headers_mut().remove(PEER).and_then(|mark| {
         let peers = state.peers.get()?;
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         // A purge's mark is good for its endpoint alone (above).
         peers
             .verify(&mark, req.method(), &host, target)
-            .filter(|h| *h != Hop::Purge)
+            .filter(|(h, _)| *h != Hop::Purge)
     });
+    // A hop's scheme is its user's: the variant and the origin's request are theirs.
+    let peer = match mark {
+        Some((_, https)) => Peer {
+            secure: https,
+            ..peer
+        },
+        None => peer,
+    };
     Routed::Go {
         site,
         client: ClientRequest {
@@ -642,7 +651,7 @@ fn route_now(
             peer,
             host,
             fault,
-            hop,
+            hop: mark.map(|(h, _)| h),
         },
     }
 }
@@ -1431,7 +1440,8 @@ async fn upstream(
     if let (true, Some(peers)) = (site.shield, state.peers.get()) {
         for ask in peers.plan(&job.key, site.shield_region.as_deref(), job.hop) {
             let limit = site.origins.first_byte_timeout();
-            if let Some(resp) = peers.send(&ask, &job.parts, limit).await {
+            let https = job.https == Some(true);
+            if let Some(resp) = peers.send(&ask, &job.parts, https, limit).await {
                 let status = resp.headers().get(super::headers::CACHE_STATUS).cloned();
                 return Ok((
                     resp.map(OriginBody::hyper),

@@ -313,6 +313,8 @@ async fn admin_send(admin: SocketAddr, method: &str, path: &str, token: Option<&
 struct Proc {
     child: Child,
     http: SocketAddr,
+    /// The first TLS listener, where the node file has one.
+    https: Option<SocketAddr>,
     admin: SocketAddr,
     lines: std::sync::mpsc::Receiver<String>,
 }
@@ -362,6 +364,9 @@ impl Proc {
                 };
                 return Proc {
                     http: field("http"),
+                    https: v["https"]
+                        .as_str()
+                        .and_then(|l| l.split(' ').next()?.parse().ok()),
                     admin: field("admin"),
                     child,
                     lines,
@@ -1279,13 +1284,23 @@ async fn an_edge_that_was_down_applies_the_purges_it_missed_before_serving_from_
 /// Three shielding edges, as real processes: edge-a1 and edge-a2 in us-west, edge-b in eu-west,
 /// the shield region. Returns once every edge hears the three alive with their peer addresses.
 async fn shielded(c: &mut Cluster, origin: SocketAddr) -> Vec<(String, Proc, PathBuf)> {
+    shielded_with(c, origin, "", "").await
+}
+
+/// [`shielded`], with `site_extra` in the site and `edge_extra` in each edge's `[edge]`.
+async fn shielded_with(
+    c: &mut Cluster,
+    origin: SocketAddr,
+    site_extra: &str,
+    edge_extra: &str,
+) -> Vec<(String, Proc, PathBuf)> {
     std::fs::write(
         c.path("origins.toml"),
         common::site(
             "demo",
             "demo.meridian.test",
             &format!("http://{origin}"),
-            "shield = \"region\"\nshield_region = \"eu-west\"",
+            &format!("shield = \"region\"\nshield_region = \"eu-west\"\n{site_extra}"),
         ),
     )
     .unwrap();
@@ -1295,7 +1310,12 @@ async fn shielded(c: &mut Cluster, origin: SocketAddr) -> Vec<(String, Proc, Pat
         ("edge-a2", "us-west"),
         ("edge-b", "eu-west"),
     ] {
-        let file = c.edge_file(id, region, "k1.key", "peer_timeout = \"500ms\"\n");
+        let file = c.edge_file(
+            id,
+            region,
+            "k1.key",
+            &format!("peer_timeout = \"500ms\"\n{edge_extra}"),
+        );
         edges.push((id.to_string(), Proc::start(&file), file));
     }
     for (_, p, _) in &edges {
@@ -1635,4 +1655,127 @@ async fn a_purge_outlives_its_issuer_for_an_edge_that_was_down() {
         |m| m["state"] == "alive" && m["purged"]["edge-a"].as_u64().is_some_and(|w| w >= at),
     )
     .await;
+}
+
+/// `GET path` over HTTPS (HTTP/1.1) at `addr` for `demo.meridian.test`, trusting
+/// `config/local`'s CA: (status, `Location`, body).
+async fn get_https(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    use http_body_util::BodyExt;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let pem = std::fs::read(root.join("config/local/tls/ca.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("demo.meridian.test").unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header("host", "demo.meridian.test")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = resp.status().as_u16();
+    let location = resp
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        location,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// An HTTPS user's miss goes up the tiers as an HTTPS user's, though the hops between edges are
+/// plain HTTP: each owner keys the variant, and the origin hears, the user's scheme. Before,
+/// the owners took the hop's (`http`), so an origin that redirects plain HTTP to HTTPS had its
+/// redirect, stored for a plain user, handed to HTTPS users too: a redirect loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_users_miss_is_an_https_miss_at_every_tier() {
+    let origin = Origin::start().await;
+    let redirect = |seen: &common::Seen, _: usize| {
+        let forwarded = seen
+            .headers
+            .get("forwarded")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        if forwarded.contains("proto=https") {
+            Reply::ok("secure").header("cache-control", "max-age=60")
+        } else {
+            Reply::ok("")
+                .status(301)
+                .header("location", "https://demo.meridian.test/r")
+                .header("cache-control", "max-age=60")
+        }
+    };
+    origin.script("/r", redirect);
+    let mut c = Cluster::new(
+        &[
+            ("edge-a1", "us-west", "127.0.0.11"),
+            ("edge-a2", "us-west", "127.0.0.14"),
+            ("edge-b", "eu-west", "127.0.0.12"),
+        ],
+        "",
+        "scheme",
+    );
+    let tls = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/local/tls");
+    let site_tls = format!(
+        "tls_cert = {:?}\ntls_key = {:?}",
+        tls.join("demo.pem").display().to_string(),
+        tls.join("demo.key").display().to_string()
+    );
+    let edges = shielded_with(
+        &mut c,
+        origin.addr,
+        &site_tls,
+        "[edge.tls]\nlisten = [\"IP:0\"]\n",
+    )
+    .await;
+    let (a1, b) = (&edges[0].1, &edges[2].1);
+
+    // A plain user first, at a us-west edge: the origin redirects it, and every tier stores
+    // that for plain users.
+    let r = get(a1.http, "demo.meridian.test", "/r", &[]).await;
+    assert_eq!(r.status, 301, "{}", r.cache_status());
+    assert_eq!(origin.count("/r"), 1);
+    // Then an HTTPS user at the same edge: up the tiers as HTTPS, to the origin as HTTPS.
+    let (status, location, body) = get_https(a1.https.unwrap(), "/r").await;
+    assert_eq!((status, body.as_str()), (200, "secure"), "{location}");
+    assert_eq!(origin.count("/r"), 2);
+    assert!(origin.last("/r").headers["forwarded"]
+        .to_str()
+        .unwrap()
+        .contains("proto=https"));
+    // The shield owner now holds both variants: each user gets their own.
+    let (status, _, body) = get_https(b.https.unwrap(), "/r").await;
+    assert_eq!((status, body.as_str()), (200, "secure"));
+    assert_eq!(
+        get(b.http, "demo.meridian.test", "/r", &[]).await.status,
+        301
+    );
+    assert_eq!(
+        origin.count("/r"),
+        2,
+        "both answered from the shield's store"
+    );
 }
