@@ -1075,27 +1075,36 @@ mod tests {
     #[test]
     fn the_roles_files_are_checked_each_problem_named_by_file_and_key() {
         assert_eq!(with(&[], &[]), []);
-        // Each role's file, broken alone, and named.
-        let p = with(&[("g.key", b"c2hvcnQ=\n")], &[]);
-        assert_eq!(p.len(), 1, "{p:?}");
-        assert_eq!(
-            (p[0].0.as_str(), p[0].1.as_str()),
-            ("node.toml", "gossip.key_file")
-        );
-        assert!(p[0].2.contains("g.key: line 1"), "{p:?}");
-        let p = with(&[("ca.pem", b"not a certificate\n")], &[]);
-        assert_eq!(p.len(), 1, "{p:?}");
-        assert_eq!(
-            (p[0].0.as_str(), p[0].1.as_str()),
-            ("o.toml", "site[0].ca_file")
-        );
-        assert!(p[0].2.contains("ca.pem holds no certificates"), "{p:?}");
-        let p = with(&[("g.mmdb", b"not a database")], &[]);
-        assert_eq!(p.len(), 1, "{p:?}");
-        assert_eq!(
-            (p[0].0.as_str(), p[0].1.as_str()),
-            ("node.toml", "dns.geoip")
-        );
+        // Each role's file, broken alone, and named: (file, content, where, key, why).
+        let cases: [(&str, &[u8], &str, &str, &str); 3] = [
+            (
+                "g.key",
+                b"c2hvcnQ=\n",
+                "node.toml",
+                "gossip.key_file",
+                "g.key: line 1",
+            ),
+            (
+                "ca.pem",
+                b"not a PEM\n",
+                "o.toml",
+                "site[0].ca_file",
+                "ca.pem holds no",
+            ),
+            (
+                "g.mmdb",
+                b"not a database",
+                "node.toml",
+                "dns.geoip",
+                "g.mmdb",
+            ),
+        ];
+        for (name, text, file, key, why) in cases {
+            let p = with(&[(name, text)], &[]);
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert_eq!((p[0].0.as_str(), p[0].1.as_str()), (file, key), "{p:?}");
+            assert!(p[0].2.contains(why), "{p:?}");
+        }
         // All missing at once: every one reported, not only the first.
         let p = with(&[], &["g.key", "ca.pem", "g.mmdb"]);
         let keys: Vec<_> = p.iter().map(|(f, k, _)| (f.as_str(), k.as_str())).collect();
