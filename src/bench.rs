@@ -126,6 +126,7 @@ impl HitPath {
             tags: Box::new([]),
             target_host: Some("bench.test".into()),
             target_https: Some(false),
+            surrogate_control: None,
             on_disk: None,
             residence: None,
         };

@@ -45,6 +45,9 @@ use super::store::Object;
 use crate::config::DiskConfig;
 use crate::share::{Clients, Share};
 
+/// The field an entry keeps apart from its others ([`Entry::surrogate_control`]).
+const SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
+
 /// Bodies up to this size are kept in their head entry; larger ones in chunks of this size.
 pub(crate) const CHUNK: usize = 1 << 20;
 /// foyer's unit of space and eviction: must hold the largest entry (a head with a whole
@@ -996,9 +999,19 @@ fn encode_variant(b: &mut Vec<u8>, e: &Entry, stored_ms: u64) {
         Some(true) => 2,
     });
     put_opt(b, e.target_host.as_deref().map(str::as_bytes));
-    put_u32(b, e.headers.len() as u32);
+    // `Surrogate-Control`, kept apart from the fields in memory, goes with them on disk (a
+    // name no stored field has), and apart again when read back.
+    let surrogate = e.surrogate_control.as_deref();
+    put_u32(
+        b,
+        (e.headers.len() + usize::from(surrogate.is_some())) as u32,
+    );
     for (n, v) in e.headers.iter() {
         put_bytes(b, n.as_str().as_bytes());
+        put_bytes(b, v.as_bytes());
+    }
+    if let Some(v) = surrogate {
+        put_bytes(b, SURROGATE_CONTROL.as_str().as_bytes());
         put_bytes(b, v.as_bytes());
     }
     put_u32(b, e.vary.len() as u32);
@@ -1093,6 +1106,7 @@ fn decode(buf: &Bytes) -> Option<Vec<Decoded>> {
             let value = HeaderValue::from_bytes(r.bytes()?).ok()?;
             headers.append(name, value);
         }
+        let surrogate_control = headers.remove(SURROGATE_CONTROL).map(Box::new);
         let mut vary = Vec::new();
         let mut vary_values = Vec::new();
         for _ in 0..r.u32()? {
@@ -1134,6 +1148,7 @@ fn decode(buf: &Bytes) -> Option<Vec<Decoded>> {
                 tags: tags.into(),
                 target_host,
                 target_https,
+                surrogate_control,
                 on_disk: None,
                 residence: None,
             },
@@ -1343,6 +1358,7 @@ mod tests {
             tags: Box::new(["a".into(), "b".into()]),
             target_host: Some("x.test".into()),
             target_https: Some(true),
+            surrogate_control: Some(Box::new(HeaderValue::from_static("max-age=600"))),
             on_disk: None,
             residence: None,
         };
@@ -1362,6 +1378,8 @@ mod tests {
         assert_eq!(v.entry.freshness(), e.freshness());
         assert_eq!(v.entry.vary_values, e.vary_values);
         assert_eq!(v.entry.tags, e.tags);
+        // Kept apart from the fields again, as in memory (clients never get it).
+        assert_eq!(v.entry.surrogate_control, e.surrogate_control);
         assert_eq!(v.entry.target(), e.target());
         assert!(matches!(&v.body, Stored::Inline(x) if x == "hello"));
         for cut in 0..b.len() {

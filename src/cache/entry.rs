@@ -333,6 +333,10 @@ pub(crate) struct Entry {
     pub(crate) vary_values: Box<[Option<Box<str>>]>,
     /// Purge tags from `Surrogate-Key`.
     pub(crate) tags: Box<[Box<str>]>,
+    /// The origin's `Surrogate-Control` (every field line, joined), which this cache consumed.
+    /// Kept to pass on: to peers (with the tags, as `Surrogate-Key`), so that every tier stores
+    /// by what the origin told caches, and into a revalidation whose `304` does not repeat it.
+    pub(crate) surrogate_control: Option<Box<HeaderValue>>,
     /// The host this variant was fetched for (see [`Target`]).
     pub(crate) target_host: Option<std::sync::Arc<str>>,
     /// The scheme this variant was fetched for (see [`Target`]).
@@ -412,6 +416,7 @@ impl Entry {
             tags: Box::new([]),
             target_host: None,
             target_https: None,
+            surrogate_control: None,
             on_disk: None,
             residence: None,
         }
@@ -519,6 +524,7 @@ impl Entry {
             tags: self.tags.clone(),
             target_host: self.target_host.clone(),
             target_https: self.target_https,
+            surrogate_control: self.surrogate_control.clone(),
             on_disk,
             residence: None,
         }

@@ -699,6 +699,7 @@ fn hit_now(
         target,
         &directives,
         lines,
+        client.hop.is_some(),
     );
     let (mut resp, s) = match decided {
         Lookup::Served(resp, s) => (resp, s),
@@ -911,7 +912,7 @@ async fn forward(
             }
             let resp = resp.map(|b| Body::download(b, site.origins.read_timeout()));
             (
-                response::from_origin(resp, &method, &state.via, status),
+                response::from_origin(resp, &method, &state.via, status, hop.is_some()),
                 status,
             )
         }
@@ -967,6 +968,7 @@ async fn cache_path(
         req.headers(),
         target,
         &directives,
+        client.hop.is_some(),
     )
     .await
     {
@@ -1017,11 +1019,13 @@ pub(crate) async fn lookup(
         headers,
         target,
         directives,
+        false,
     )
     .await
 }
 
-/// [`lookup`], going on from what a look at memory alone found.
+/// [`lookup`], going on from what a look at memory alone found; `for_peer` as in [`decide`].
+#[allow(clippy::too_many_arguments)]
 async fn lookup_in(
     state: &EdgeState,
     key: &str,
@@ -1030,6 +1034,7 @@ async fn lookup_in(
     headers: &HeaderMap,
     target: Target<'_>,
     directives: &RequestDirectives,
+    for_peer: bool,
 ) -> Lookup {
     let found = match memory {
         Memory::Decided(fwd, stale) => return Lookup::Forward(fwd, stale),
@@ -1039,11 +1044,15 @@ async fn lookup_in(
     let Some((object, tier)) = found else {
         return Lookup::Forward(Fwd::Miss, None);
     };
-    decide(&object, tier, method, headers, target, directives, None)
+    decide(
+        &object, tier, method, headers, target, directives, None, for_peer,
+    )
 }
 
 /// What the object the store found (in `tier`) does for a request: the variant, the reuse
-/// decision, and the response.
+/// decision, and the response (with the entry's cache-only fields for a peer's hop,
+/// `for_peer`).
+#[allow(clippy::too_many_arguments)]
 fn decide(
     object: &Object,
     tier: Tier,
@@ -1052,6 +1061,7 @@ fn decide(
     target: Target<'_>,
     directives: &RequestDirectives,
     lines: Option<&mut Option<response::Lines>>,
+    for_peer: bool,
 ) -> Lookup {
     let Some(entry) = object.select(headers, target) else {
         return Lookup::Forward(Fwd::VaryMiss, None);
@@ -1068,13 +1078,13 @@ fn decide(
             let mut s = CacheStatus::hit(entry.ttl(age));
             s.tier = Some(tier);
             let resp = response::from_entry_as(entry, method, headers, s, age, lines);
-            Lookup::Served(resp, s)
+            Lookup::Served(for_peer_from(resp, entry, for_peer), s)
         }
         Reuse::StaleWhileRevalidate => {
             let mut s = CacheStatus::hit(entry.ttl(age)).detail("stale-while-revalidate");
             s.tier = Some(tier);
             let resp = response::from_entry_as(entry, method, headers, s, age, lines);
-            Lookup::Refresh(resp, s, entry.clone())
+            Lookup::Refresh(for_peer_from(resp, entry, for_peer), s, entry.clone())
         }
         Reuse::RevalidateRequested => Lookup::Forward(Fwd::Request, Some(entry.clone())),
         Reuse::Revalidate => Lookup::Forward(Fwd::Stale, Some(entry.clone())),
@@ -1174,6 +1184,7 @@ async fn fill(
     let mut status = CacheStatus::forward(fwd);
     let req = &client.req;
     let target = site.target(&client.host, client.peer.secure);
+    let for_peer = client.hop.is_some();
     match state.collapser.join(&key) {
         Join::Leader(leader) => {
             // Double-check: a fetch that finished between our lookup and our join stored it.
@@ -1192,10 +1203,9 @@ async fn fill(
                             filling: None,
                         });
                         let s = CacheStatus::hit(entry.ttl(age));
-                        return (
-                            response::from_entry(&entry, req.method(), req.headers(), s, age),
-                            s,
-                        );
+                        let resp =
+                            response::from_entry(&entry, req.method(), req.headers(), s, age);
+                        return (for_peer_from(resp, &entry, for_peer), s);
                     }
                 }
             }
@@ -1227,7 +1237,7 @@ async fn fill(
                 } => {
                     status.fwd_status = Some(fwd_status);
                     status.stored = stored;
-                    let mut resp = match answer_entry(&entry, tail, req, status).await {
+                    let mut resp = match answer_entry(&entry, tail, req, status, for_peer).await {
                         Ok(r) => r,
                         Err(e) => return (Refusal::Origin(e).response(status), status),
                     };
@@ -1244,20 +1254,24 @@ async fn fill(
                 Fetched::Response { resp, reason } => {
                     status.fwd_status = Some(resp.status().as_u16());
                     if policy::is_error_status(resp.status()) {
-                        if let Some(r) = serve_stale_on_error(&stale, req, directives, status) {
+                        if let Some(r) =
+                            serve_stale_on_error(&stale, req, directives, status, for_peer)
+                        {
                             return r;
                         }
                     }
                     status.detail = reason;
                     (
-                        response::from_origin(resp, req.method(), &state.via, status),
+                        response::from_origin(resp, req.method(), &state.via, status, for_peer),
                         status,
                     )
                 }
-                Fetched::Failed(e) => match serve_stale_on_error(&stale, req, directives, status) {
-                    Some(r) => r,
-                    None => (Refusal::Origin(e).response(status), status),
-                },
+                Fetched::Failed(e) => {
+                    match serve_stale_on_error(&stale, req, directives, status, for_peer) {
+                        Some(r) => r,
+                        None => (Refusal::Origin(e).response(status), status),
+                    }
+                }
             }
         }
         Join::Follower(follower) => {
@@ -1275,20 +1289,20 @@ async fn fill(
                         Some(Some(t)) => Some(t),
                         None => None,
                     };
-                    match answer_entry(&entry, tail, req, status).await {
+                    match answer_entry(&entry, tail, req, status, for_peer).await {
                         Ok(r) => (r, status),
                         Err(e) => (Refusal::Origin(e).response(status), status),
                     }
                 }
                 Some(Outcome::Failed(e)) => {
-                    match serve_stale_on_error(&stale, req, directives, status) {
+                    match serve_stale_on_error(&stale, req, directives, status, for_peer) {
                         Some(r) => r,
                         None => (Refusal::Origin(e).response(status), status),
                     }
                 }
                 Some(Outcome::OriginStatus(code)) => {
                     status.fwd_status = Some(code);
-                    match serve_stale_on_error(&stale, req, directives, status) {
+                    match serve_stale_on_error(&stale, req, directives, status, for_peer) {
                         Some(r) => r,
                         None => forward(state, site, client, status, false).await,
                     }
@@ -1302,53 +1316,57 @@ async fn fill(
 
 /// Answers a request from an entry, reading the body from `tail` while it is still being
 /// filled. A range of a body of unknown length waits for the whole body; if that fill fails,
-/// the error to answer with.
+/// the error to answer with. `for_peer`: a peer's hop, which gets the entry's cache-only
+/// fields ([`response::cache_only_for_peer`]).
 async fn answer_entry(
     entry: &Arc<Entry>,
     tail: Option<Tail>,
     req: &Request<RequestBody>,
     mut status: CacheStatus,
+    for_peer: bool,
 ) -> Result<Response<Body>, OriginError> {
     let age = entry.age(Instant::now());
     status.ttl = Some(entry.ttl(age));
-    let Some(tail) = tail else {
-        return Ok(response::from_entry(
-            entry,
-            req.method(),
-            req.headers(),
-            status,
-            age,
-        ));
-    };
-    let tail = match response::from_fill(entry, tail, req.method(), req.headers(), status, age) {
-        Ok(resp) => return Ok(resp),
-        Err(tail) => tail,
-    };
-    match tail.source().finished().await {
-        Some(stored) => {
-            let age = stored.age(Instant::now());
-            status.ttl = Some(stored.ttl(age));
-            Ok(response::from_entry(
-                &stored,
-                req.method(),
-                req.headers(),
-                status,
-                age,
-            ))
+    let resp = match tail {
+        None => response::from_entry(entry, req.method(), req.headers(), status, age),
+        Some(tail) => {
+            match response::from_fill(entry, tail, req.method(), req.headers(), status, age) {
+                Ok(resp) => resp,
+                Err(tail) => {
+                    let Some(stored) = tail.source().finished().await else {
+                        return Err(OriginError::Body {
+                            origin: "the shared fetch".into(),
+                            reason: FillFailed.to_string(),
+                        });
+                    };
+                    let age = stored.age(Instant::now());
+                    status.ttl = Some(stored.ttl(age));
+                    let resp =
+                        response::from_entry(&stored, req.method(), req.headers(), status, age);
+                    return Ok(for_peer_from(resp, &stored, for_peer));
+                }
+            }
         }
-        None => Err(OriginError::Body {
-            origin: "the shared fetch".into(),
-            reason: FillFailed.to_string(),
-        }),
-    }
+    };
+    Ok(for_peer_from(resp, entry, for_peer))
 }
 
-/// Answers from the stale entry if stale-if-error allows it (RFC 5861 §4).
+/// `resp`, with `entry`'s cache-only fields where it goes to a peer.
+fn for_peer_from(mut resp: Response<Body>, entry: &Entry, for_peer: bool) -> Response<Body> {
+    if for_peer {
+        response::cache_only_for_peer(resp.headers_mut(), entry);
+    }
+    resp
+}
+
+/// Answers from the stale entry if stale-if-error allows it (RFC 5861 §4); `for_peer` as in
+/// [`answer_entry`].
 fn serve_stale_on_error(
     stale: &Option<Arc<Entry>>,
     req: &Request<RequestBody>,
     directives: &RequestDirectives,
     mut status: CacheStatus,
+    for_peer: bool,
 ) -> Option<(Response<Body>, CacheStatus)> {
     let entry = stale.as_ref()?;
     let age = entry.age(Instant::now());
@@ -1358,10 +1376,8 @@ fn serve_stale_on_error(
     status.fwd = Some(Fwd::Stale);
     status.ttl = Some(entry.ttl(age));
     status.detail = Some("stale-if-error");
-    Some((
-        response::from_entry(entry, req.method(), req.headers(), status, age),
-        status,
-    ))
+    let resp = response::from_entry(entry, req.method(), req.headers(), status, age);
+    Some((for_peer_from(resp, entry, for_peer), status))
 }
 
 /// Response fields never kept in a stored copy: `Set-Cookie` belongs to the one client whose
@@ -1394,6 +1410,7 @@ fn new_entry(
     let vary = vary_names(&headers, &site.key_headers);
     strip_hop_by_hop(&mut headers);
     let tags = surrogate_keys(&headers);
+    let surrogate_control = response::surrogate_control(&headers);
     strip_cache_only(&mut headers);
     headers.remove(header::AGE);
     // An upstream cache's entry describes this one fetch, not later hits.
@@ -1423,6 +1440,7 @@ fn new_entry(
         tags,
         target_host: job.host.clone(),
         target_https: job.https,
+        surrogate_control,
         on_disk: None,
         residence: None,
     }
@@ -1539,7 +1557,9 @@ async fn fetch(
             let mut fresh_headers = resp.headers().clone();
             strip_hop_by_hop(&mut fresh_headers);
             let mut merged = old.refreshed_headers(&fresh_headers);
-            // Surrogate fields were stripped from the stored copy; the 304's own count.
+            // Surrogate fields were kept apart from the stored copy's: the 304's count, and
+            // where it has none, the stored response's (RFC 9111 §4.3.4: fields the 304 does
+            // not repeat stay as stored).
             for name in [
                 super::headers::SURROGATE_CONTROL,
                 super::headers::SURROGATE_KEY,
@@ -1548,6 +1568,15 @@ async fn fetch(
                     merged.append(name.clone(), v.clone());
                 }
             }
+            let surrogate_control = match response::surrogate_control(&fresh_headers) {
+                Some(v) => Some(v),
+                None => {
+                    if let Some(v) = &old.surrogate_control {
+                        merged.insert(super::headers::SURROGATE_CONTROL, (**v).clone());
+                    }
+                    old.surrogate_control.clone()
+                }
+            };
             let tags = if fresh_headers.contains_key(super::headers::SURROGATE_KEY) {
                 surrogate_keys(&fresh_headers)
             } else {
@@ -1573,6 +1602,7 @@ async fn fetch(
                 tags,
                 target_host: old.target_host.clone(),
                 target_https: old.target_https,
+                surrogate_control,
                 // The same body: its claim goes with it.
                 residence: old.residence.clone(),
             });

@@ -704,6 +704,25 @@ pub(crate) fn from_fill(
     Ok(build(code, headers, body))
 }
 
+/// The origin's `Surrogate-Control` as an entry keeps it: every field line, joined.
+pub(crate) fn surrogate_control(headers: &HeaderMap) -> Option<Box<HeaderValue>> {
+    joined(headers, &super::headers::SURROGATE_CONTROL).map(Box::new)
+}
+
+/// Gives a peer what the origin told caches of `entry` and this cache consumed
+/// (`Surrogate-Control`, and the tags as `Surrogate-Key`), so that it stores the copy by the
+/// same rules and a tag purge finds it there too. Clients never get these fields.
+pub(crate) fn cache_only_for_peer(headers: &mut HeaderMap, entry: &Entry) {
+    if let Some(v) = &entry.surrogate_control {
+        headers.insert(super::headers::SURROGATE_CONTROL, (**v).clone());
+    }
+    if !entry.tags.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&entry.tags.join(" ")) {
+            headers.insert(super::headers::SURROGATE_KEY, v);
+        }
+    }
+}
+
 /// Every value of a field as one list value.
 fn joined(headers: &HeaderMap, name: &http::HeaderName) -> Option<HeaderValue> {
     let mut values = headers.get_all(name).iter();
@@ -731,18 +750,21 @@ pub(crate) fn after_upstream(headers: &mut HeaderMap, upstream: &HeaderValue) {
     }
 }
 
-/// Passes an origin response through to the client: hop-by-hop and cache-only fields removed,
-/// `Via` and `Cache-Status` added (after any upstream cache's); the body streams (dropped for
-/// HEAD).
+/// Passes an origin response through to the client: hop-by-hop and cache-only fields removed
+/// (kept `for_peer`: a peer's hop judges them as this cache did), `Via` and `Cache-Status`
+/// added (after any upstream cache's); the body streams (dropped for HEAD).
 pub(crate) fn from_origin(
     mut resp: Response<Body>,
     method: &Method,
     via: &HeaderValue,
     status: CacheStatus,
+    for_peer: bool,
 ) -> Response<Body> {
     let h = resp.headers_mut();
     strip_hop_by_hop(h);
-    strip_cache_only(h);
+    if !for_peer {
+        strip_cache_only(h);
+    }
     h.append(header::VIA, via.clone());
     let upstream = joined(h, &CACHE_STATUS);
     h.insert(CACHE_STATUS, status.value());

@@ -1779,3 +1779,56 @@ async fn an_https_users_miss_is_an_https_miss_at_every_tier() {
         "both answered from the shield's store"
     );
 }
+
+/// What an origin says to the cache alone (`Surrogate-Key`, `Surrogate-Control`) reaches every
+/// tier, not only the edge that asked the origin: an edge that got an object from its peer
+/// stores it for as long as the origin told caches (before, only by `Cache-Control`, here
+/// `max-age=0`: so it stored nothing, marked the URL uncacheable and, as a region's owner,
+/// sent its peers' misses straight to the origin), and keeps its purge tags (before, a tag
+/// purge left the peers' copies).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_copy_keeps_its_purge_tags_and_cdn_freshness() {
+    let origin = Origin::start().await;
+    origin.script("/t", |_, n| {
+        Reply::ok(if n == 1 { "old" } else { "new" })
+            .header("cache-control", "max-age=0")
+            .header("surrogate-control", "max-age=60")
+            .header("surrogate-key", "t1 other")
+    });
+    let mut c = Cluster::new(
+        &[
+            ("edge-a1", "us-west", "127.0.0.11"),
+            ("edge-a2", "us-west", "127.0.0.14"),
+            ("edge-b", "eu-west", "127.0.0.12"),
+        ],
+        "",
+        "tags",
+    );
+    let edges = shielded(&mut c, origin.addr).await;
+    let host = "demo.meridian.test";
+    for (id, p, _) in &edges {
+        let r = get(p.http, host, "/t", &[]).await;
+        assert_eq!(r.text(), "old", "{id}");
+        assert!(
+            r.header("surrogate-key").is_empty(),
+            "{id}: clients never see it"
+        );
+        assert!(r.header("surrogate-control").is_empty(), "{id}");
+    }
+    assert_eq!(origin.count("/t"), 1, "one origin fetch for the cluster");
+    // Every edge stored it for the 60 s the origin gave caches, its peers' copies included.
+    for (id, p, _) in &edges {
+        let r = get(p.http, host, "/t", &[]).await;
+        assert!(r.is_hit(), "{id}: {}", r.cache_status());
+    }
+    // A tag purge, issued at one edge: no edge serves the old copy any more (and the new one
+    // is fetched once, for the whole cluster again).
+    let answer = purge_via(edges[0].1.admin, r#"{"tag": "t1"}"#).await;
+    let id = answer["id"].as_str().unwrap().to_string();
+    wait_applied(edges[0].1.admin, &id, Duration::from_secs(5)).await;
+    for (id, p, _) in &edges {
+        let r = get(p.http, host, "/t", &[]).await;
+        assert_eq!(r.text(), "new", "{id}: {}", r.cache_status());
+    }
+    assert_eq!(origin.count("/t"), 2);
+}

@@ -541,3 +541,40 @@ async fn unsafe_methods_are_forwarded_and_invalidate() {
         assert_eq!(o.last("/fail").method, m);
     }
 }
+
+/// A `304` that does not repeat `Surrogate-Control` leaves the stored one in force (RFC 9111
+/// §4.3.4: what a 304 leaves out stays as stored). Before, the cache kept no copy of it once
+/// consumed, and judged the refreshed response by its `Cache-Control` alone (here `max-age=0`:
+/// every later request revalidated again).
+#[tokio::test]
+async fn a_304_without_surrogate_control_keeps_the_stored_one() {
+    let (o, edge) = setup().await;
+    o.script("/sc304", |seen, n| {
+        if n > 1 && seen.headers.get("if-none-match").is_some() {
+            Reply::ok("")
+                .status(304)
+                .header("etag", "\"v1\"")
+                .header("cache-control", "max-age=0")
+        } else {
+            Reply::ok("body")
+                .header("etag", "\"v1\"")
+                .header("cache-control", "max-age=0")
+                .header("surrogate-control", "max-age=2")
+        }
+    });
+    let r = edge.get("/sc304").await;
+    assert!(r.cache_status().contains("stored"), "{}", r.cache_status());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = edge.get("/sc304").await;
+    assert_eq!(r.text(), "body");
+    assert!(
+        r.cache_status()
+            .contains("fwd=stale; fwd-status=304; stored"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(r.header("surrogate-control"), "");
+    let r = edge.get("/sc304").await;
+    assert!(r.is_hit(), "{}", r.cache_status());
+    assert_eq!(o.count("/sc304"), 2);
+}
