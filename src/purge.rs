@@ -122,31 +122,35 @@ pub(crate) async fn apply(
             None => Ok(None),
         }
     };
+    let at_ms = issued_ms.unwrap_or_else(unix_now_ms);
     let n = match purge {
         Purge::Url(url) => match site_of(url)? {
-            Some((site, uri)) => usize::from(
-                edge.store
-                    .purge(&site.key(&uri), issued_ms)
-                    .await
-                    .map_err(on_disk)?,
-            ),
+            Some((site, uri)) => {
+                let key = site.key(&uri);
+                edge.recent_purges.note(at_ms, Rule::Key(key.clone()));
+                usize::from(edge.store.purge(&key, issued_ms).await.map_err(on_disk)?)
+            }
             None => 0,
         },
         Purge::Prefix(prefix) => match site_of(prefix)? {
             Some((site, uri)) => {
                 let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                let prefix = key::prefix(&site.name, path);
+                edge.recent_purges.note(at_ms, Rule::Prefix(prefix.clone()));
                 edge.store
-                    .purge_prefix(&key::prefix(&site.name, path), issued_ms)
+                    .purge_prefix(&prefix, issued_ms)
                     .await
                     .map_err(on_disk)?
             }
             None => 0,
         },
-        Purge::Tag(tag) => edge
-            .store
-            .purge_tag(tag, issued_ms)
-            .await
-            .map_err(on_disk)?,
+        Purge::Tag(tag) => {
+            edge.recent_purges.note(at_ms, Rule::Tag(tag.clone()));
+            edge.store
+                .purge_tag(tag, issued_ms)
+                .await
+                .map_err(on_disk)?
+        }
     };
     edge.metrics.purged.increment(n as u64);
     if n > 0 {
@@ -175,6 +179,95 @@ fn unix_now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// What a recent purge removed: a cache key, the keys that start with a prefix, or the objects
+/// with a tag.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Rule {
+    Key(String),
+    Prefix(String),
+    Tag(String),
+}
+
+/// How long an edge remembers a purge after applying it, for judging the copies its peers hand
+/// it ([`Recent`]): far longer than a purge takes to reach every live edge.
+const RECENT_FOR_MS: u64 = 10 * 60 * 1000;
+
+/// Most purges an edge remembers for that.
+const MAX_RECENT: usize = 10_000;
+
+/// A purge applied here: when (here), when it was issued, and what it removed.
+struct Applied {
+    noted_ms: u64,
+    issued_ms: u64,
+    rule: Rule,
+}
+
+/// The purges this edge applied lately, with when each was issued: a peer that has not applied
+/// one yet (its push was lost, gossip is a round behind) still holds the purged copy, and would
+/// hand it back to an edge that has, which would then serve it until it expired. So a stored
+/// copy from a peer that may have left the origin before a purge this edge applied to it is not
+/// used: the edge asks the origin instead (`meridian_peer_requests_total{result="purged"}`).
+#[derive(Default)]
+pub(crate) struct Recent(std::sync::Mutex<std::collections::VecDeque<Applied>>);
+
+impl Recent {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Applied>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Notes a purge applied here now, issued at `issued_ms`.
+    pub(crate) fn note(&self, issued_ms: u64, rule: Rule) {
+        self.note_at(unix_now_ms(), issued_ms, rule);
+    }
+
+    fn note_at(&self, now_ms: u64, issued_ms: u64, rule: Rule) {
+        let mut q = self.lock();
+        q.push_back(Applied {
+            noted_ms: now_ms,
+            issued_ms,
+            rule,
+        });
+        let oldest = now_ms.saturating_sub(RECENT_FOR_MS);
+        while q.len() > MAX_RECENT || q.front().is_some_and(|a| a.noted_ms < oldest) {
+            q.pop_front();
+        }
+    }
+
+    /// Whether a copy of `key` tagged `tags`, which left the origin no earlier than
+    /// `earliest_ms` (see [`left_origin`]), may have left it before a purge applied here that
+    /// covers it.
+    pub(crate) fn predates(&self, key: &str, tags: &[Box<str>], earliest_ms: u64) -> bool {
+        let q = self.lock();
+        if q.is_empty() {
+            return false;
+        }
+        q.iter().any(|a| {
+            earliest_ms <= a.issued_ms
+                && match &a.rule {
+                    Rule::Key(k) => k == key,
+                    Rule::Prefix(p) => key.starts_with(p.as_str()),
+                    Rule::Tag(t) => tags.iter().any(|x| **x == **t),
+                }
+        })
+    }
+}
+
+/// How far apart the edges' clocks may be, for [`left_origin`].
+const CLOCK_SLACK_MS: u64 = 250;
+
+/// The earliest a peer's stored copy may have left the origin, from its answer's
+/// `Meridian-Fetched` (milliseconds, on the peer's clock: less [`CLOCK_SLACK_MS`]), or from its
+/// `Age` (whole seconds: less a second). A copy that left just after a purge may be judged to
+/// predate it, and is fetched again; one from before it never passes.
+pub(crate) fn left_origin(fetched_ms: Option<u64>, age: Duration) -> u64 {
+    match fetched_ms {
+        Some(ms) => ms.saturating_sub(CLOCK_SLACK_MS),
+        None => unix_now_ms().saturating_sub(age.as_millis() as u64 + 1000),
+    }
 }
 
 /// Most pushed purges an edge remembers until gossip brings them.
@@ -407,6 +500,55 @@ pub(crate) async fn follow(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_purges_judge_copies_by_key_prefix_tag_and_time() {
+        let recent = Recent::default();
+        let now = unix_now_ms();
+        let before = now - 20_000;
+        assert!(!recent.predates("demo/a", &[], before), "nothing purged");
+        recent.note(now - 10_000, Rule::Key("demo/a".into()));
+        recent.note(now - 10_000, Rule::Prefix("demo/static/".into()));
+        recent.note(now - 10_000, Rule::Tag("t".into()));
+        // Left the origin before the purges: refused where a rule covers it.
+        assert!(recent.predates("demo/a", &[], before));
+        assert!(!recent.predates("demo/a?x", &[], before), "another key");
+        assert!(recent.predates("demo/static/x.css", &[], before));
+        assert!(recent.predates("demo/b", &["u".into(), "t".into()], before));
+        assert!(!recent.predates("demo/b", &["u".into()], before));
+        // Left since: kept.
+        assert!(!recent.predates("demo/a", &[], now - 5_000));
+        // A purge issued long ago but applied only now (this edge was down) counts from its
+        // issue time.
+        recent.note(now - 3_600_000, Rule::Key("demo/late".into()));
+        assert!(recent.predates("demo/late", &[], now - 4_000_000));
+        assert!(!recent.predates("demo/late", &[], now - 60_000));
+        // Forgotten RECENT_FOR_MS after it was applied, and never more than MAX_RECENT kept.
+        let later = now + RECENT_FOR_MS + 1;
+        recent.note_at(later, later, Rule::Key("demo/new".into()));
+        assert_eq!(recent.lock().len(), 1, "the ones applied before went");
+        for i in 0..MAX_RECENT + 10 {
+            recent.note_at(later, later, Rule::Key(format!("demo/{i}")));
+        }
+        assert_eq!(recent.lock().len(), MAX_RECENT);
+        assert!(recent
+            .lock()
+            .iter()
+            .all(|a| a.rule != Rule::Key("demo/new".into())));
+    }
+
+    #[test]
+    fn a_copy_leaves_the_origin_no_earlier_than_its_answer_says() {
+        let now = unix_now_ms();
+        // The peer's own millisecond time, less the clock slack.
+        assert_eq!(
+            left_origin(Some(now), Duration::from_secs(30)),
+            now - CLOCK_SLACK_MS
+        );
+        // Else its Age, whole seconds: less a second for the rounding.
+        let e = left_origin(None, Duration::from_secs(3));
+        assert!(e <= now - 4_000 && e + 1_000 > now - 4_000, "{e} {now}");
+    }
 
     #[test]
     fn requests_and_ids_read_back() {

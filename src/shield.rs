@@ -268,6 +268,7 @@ struct PeerMetrics {
     hit: Counter,
     miss: Counter,
     failed: Counter,
+    purged: Counter,
     served: Counter,
     refused: Counter,
 }
@@ -309,6 +310,7 @@ impl Peers {
                 hit: c("hit"),
                 miss: c("miss"),
                 failed: c("failed"),
+                purged: c("purged"),
                 served: s("valid"),
                 refused: s("invalid"),
             },
@@ -331,6 +333,13 @@ impl Peers {
             key,
             came,
         )
+    }
+
+    /// Notes that `ask`'s answer was not used: its copy may predate a purge applied here (see
+    /// [`crate::purge::Recent`]).
+    pub(crate) fn purged_copy(&self, ask: &Ask) {
+        self.metrics.purged.increment(1);
+        tracing::info!(peer = %ask.id, tier = ask.hop.as_str(), "a peer's copy may predate a purge applied here; asking the origin");
     }
 
     /// The gossip agent the peers are known by.

@@ -161,7 +161,7 @@ fn describe() {
     );
     describe_counter!(
         "meridian_peer_requests_total",
-        "Shielded misses this edge sent to a peer: answered from the peer's cache (hit), fetched by it (miss), or passed over (failed: unreachable, slow or refusing; the next owner or the origin is asked)"
+        "Shielded misses this edge sent to a peer: answered from the peer's cache (hit), fetched by it (miss), or passed over (failed: unreachable, slow or refusing; the next owner or the origin is asked); purged counts, as well, answers not used because the peer's stored copy may predate a purge applied here (the origin is asked)"
     );
     describe_counter!(
         "meridian_peer_served_total",

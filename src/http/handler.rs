@@ -236,6 +236,8 @@ pub(crate) struct EdgeState {
     pub(crate) peers: std::sync::OnceLock<Arc<Peers>>,
     /// Cluster purges their issuers pushed here ahead of gossip.
     pub(crate) pushed: crate::purge::Pushed,
+    /// The purges applied here lately (see [`crate::purge::Recent`]).
+    pub(crate) recent_purges: crate::purge::Recent,
 }
 
 impl EdgeState {
@@ -277,6 +279,7 @@ impl EdgeState {
             access_log,
             peers: std::sync::OnceLock::new(),
             pushed: crate::purge::Pushed::default(),
+            recent_purges: crate::purge::Recent::default(),
         }
     }
 }
@@ -1446,6 +1449,20 @@ fn new_entry(
     }
 }
 
+/// Whether an answer came from a cache's store: some entry of its `Cache-Status` (each tier
+/// adds one) is a `hit`.
+fn from_store(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(super::headers::CACHE_STATUS)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|entry| {
+            entry
+                .split(|&b| b == b';')
+                .any(|p| p.trim_ascii() == b"hit")
+        })
+}
+
 /// Sends a fill's request upstream: to the key's owners among the peers first where the site
 /// shields (each in turn, passing over any that fails or is slow), then to the origin. Returns
 /// the response, what answered (for errors and logs), and its `Cache-Status` (a peer's, or an
@@ -1460,6 +1477,25 @@ async fn upstream(
             let limit = site.origins.first_byte_timeout();
             let https = job.https == Some(true);
             if let Some(resp) = peers.send(&ask, &job.parts, https, limit).await {
+                // A stored copy from before a purge applied here (one the peer has not applied
+                // yet): the next owner may hold it too, so the origin. A copy no tier had
+                // stored was fetched for this request, after the purge.
+                if from_store(resp.headers()) {
+                    let number = |name| {
+                        resp.headers()
+                            .get(name)
+                            .and_then(|v: &HeaderValue| v.to_str().ok()?.parse::<u64>().ok())
+                    };
+                    let earliest = crate::purge::left_origin(
+                        number(super::headers::FETCHED),
+                        std::time::Duration::from_secs(number(header::AGE).unwrap_or(0)),
+                    );
+                    let tags = surrogate_keys(resp.headers());
+                    if state.recent_purges.predates(&job.key, &tags, earliest) {
+                        peers.purged_copy(&ask);
+                        break;
+                    }
+                }
                 let status = resp.headers().get(super::headers::CACHE_STATUS).cloned();
                 return Ok((
                     resp.map(OriginBody::hyper),

@@ -25,6 +25,9 @@ pub(crate) const HOP_BY_HOP: [HeaderName; 9] = [
 /// consumed here; `Surrogate-Key` carries purge tags).
 pub(crate) const SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
 pub(crate) const SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
+/// When a peer's stored copy left the origin (Unix milliseconds), in its answer to a peer edge
+/// only (see `purge::Recent`): `Age` counts whole seconds.
+pub(crate) const FETCHED: HeaderName = HeaderName::from_static("meridian-fetched");
 pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
@@ -94,7 +97,7 @@ fn remove_present(headers: &mut HeaderMap, names: &[HeaderName]) {
 
 /// Removes the fields that must not reach clients.
 pub(crate) fn strip_cache_only(headers: &mut HeaderMap) {
-    remove_present(headers, &[SURROGATE_CONTROL, SURROGATE_KEY]);
+    remove_present(headers, &[SURROGATE_CONTROL, SURROGATE_KEY, FETCHED]);
 }
 
 /// Purge tags from `Surrogate-Key` (space-separated).
@@ -368,7 +371,10 @@ mod tests {
         }
         // The same for the claims a client may not make, and the fields for this cache only.
         let via = HeaderValue::from_static("1.1 edge-a");
-        for name in CLAIMS.iter().chain(&[SURROGATE_CONTROL, SURROGATE_KEY]) {
+        for name in CLAIMS
+            .iter()
+            .chain(&[SURROGATE_CONTROL, SURROGATE_KEY, FETCHED])
+        {
             let mut h = HeaderMap::new();
             h.insert(name.clone(), "x".parse().unwrap());
             h.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());

@@ -711,8 +711,18 @@ pub(crate) fn surrogate_control(headers: &HeaderMap) -> Option<Box<HeaderValue>>
 
 /// Gives a peer what the origin told caches of `entry` and this cache consumed
 /// (`Surrogate-Control`, and the tags as `Surrogate-Key`), so that it stores the copy by the
-/// same rules and a tag purge finds it there too. Clients never get these fields.
+/// same rules and a tag purge finds it there too; and when the copy left the origin, to the
+/// millisecond (`Meridian-Fetched`), so that it can tell a copy from before a purge it applied.
+/// Clients never get these fields.
 pub(crate) fn cache_only_for_peer(headers: &mut HeaderMap, entry: &Entry) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let fetched = now.saturating_sub(entry.age(tokio::time::Instant::now()));
+    headers.insert(
+        super::headers::FETCHED,
+        HeaderValue::from(fetched.as_millis() as u64),
+    );
     if let Some(v) = &entry.surrogate_control {
         headers.insert(super::headers::SURROGATE_CONTROL, (**v).clone());
     }

@@ -1826,9 +1826,103 @@ async fn a_peers_copy_keeps_its_purge_tags_and_cdn_freshness() {
     let answer = purge_via(edges[0].1.admin, r#"{"tag": "t1"}"#).await;
     let id = answer["id"].as_str().unwrap().to_string();
     wait_applied(edges[0].1.admin, &id, Duration::from_secs(5)).await;
+    // (Past the moment after it in which an edge refuses even a copy stored since: see
+    // `a_purged_copy_is_not_taken_back_from_a_peer_that_still_has_it`.)
+    tokio::time::sleep(Duration::from_millis(300)).await;
     for (id, p, _) in &edges {
         let r = get(p.http, host, "/t", &[]).await;
         assert_eq!(r.text(), "new", "{id}: {}", r.cache_status());
     }
     assert_eq!(origin.count("/t"), 2);
+}
+
+/// An edge that applied a purge does not take back, from a peer that has not applied it yet,
+/// the copy it purged: it asks the origin (`meridian_peer_requests_total{result="purged"}`).
+/// Before, the shield owner handed the old copy back, and the edge served it until it expired.
+/// Here the purge names the site by an alias that only the us-west edges' origin map has, so
+/// that edge-b (the shield owner) does not apply it, as a peer whose push was lost and whose
+/// gossip is a round behind would not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purged_copy_is_not_taken_back_from_a_peer_that_still_has_it() {
+    let origin = Origin::start().await;
+    origin.script("/p", |_, n| {
+        Reply::ok(if n == 1 { "old" } else { "new" }).header("cache-control", "max-age=600")
+    });
+    let mut c = Cluster::new(
+        &[
+            ("edge-a1", "us-west", "127.0.0.11"),
+            ("edge-a2", "us-west", "127.0.0.14"),
+            ("edge-b", "eu-west", "127.0.0.12"),
+        ],
+        "",
+        "recent",
+    );
+    let shield = "shield = \"region\"\nshield_region = \"eu-west\"";
+    let site = |hosts: &str| {
+        common::site(
+            "demo",
+            "demo.meridian.test",
+            &format!("http://{}", origin.addr),
+            shield,
+        )
+        .replace(
+            "hosts = [\"demo.meridian.test\"]",
+            &format!("hosts = [{hosts}]"),
+        )
+    };
+    std::fs::write(
+        c.path("origins.toml"),
+        site("\"demo.meridian.test\", \"alias.meridian.test\""),
+    )
+    .unwrap();
+    std::fs::write(c.path("origins-b.toml"), site("\"demo.meridian.test\"")).unwrap();
+    let mut edges = Vec::new();
+    for (id, region) in [
+        ("edge-a1", "us-west"),
+        ("edge-a2", "us-west"),
+        ("edge-b", "eu-west"),
+    ] {
+        let file = c.edge_file(id, region, "k1.key", "peer_timeout = \"500ms\"\n");
+        if id == "edge-b" {
+            let text = std::fs::read_to_string(&file).unwrap();
+            std::fs::write(&file, text.replace("origins.toml", "origins-b.toml")).unwrap();
+        }
+        edges.push(Proc::start(&file));
+    }
+    for p in &edges {
+        meridian::bench::wait_for_peers(p.admin, 3, Duration::from_secs(15))
+            .await
+            .unwrap();
+    }
+    let host = "demo.meridian.test";
+    for p in &edges {
+        assert_eq!(get(p.http, host, "/p", &[]).await.text(), "old");
+    }
+    assert_eq!(origin.count("/p"), 1);
+    // Purged by the alias: the us-west edges apply it, edge-b has no such host.
+    let answer = purge_via(edges[0].admin, r#"{"url": "http://alias.meridian.test/p"}"#).await;
+    let id = answer["id"].as_str().unwrap().to_string();
+    wait_applied(edges[0].admin, &id, Duration::from_secs(5)).await;
+    // (Peers' clocks may differ: for 250 ms after a purge, a copy stored after it is refused
+    // too, and fetched again. Past that, only the old one is.)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        get(edges[2].http, host, "/p", &[]).await.is_hit(),
+        "edge-b kept it"
+    );
+    for (p, name) in edges[..2].iter().zip(["edge-a1", "edge-a2"]) {
+        let r = get(p.http, host, "/p", &[]).await;
+        assert_eq!(r.text(), "new", "{name}: {}", r.cache_status());
+    }
+    assert_eq!(
+        origin.count("/p"),
+        2,
+        "one fetch for the region (its owner's)"
+    );
+    let m = get(edges[0].admin, "admin", "/metrics", &[]).await.text()
+        + &get(edges[1].admin, "admin", "/metrics", &[]).await.text();
+    assert!(
+        metric(&m, "meridian_peer_requests_total", "result=\"purged\"") >= 1.0,
+        "{m}"
+    );
 }
