@@ -1287,6 +1287,19 @@ async fn shielded(c: &mut Cluster, origin: SocketAddr) -> Vec<(String, Proc, Pat
     shielded_with(c, origin, "", "").await
 }
 
+/// The cluster map of the shielding tests: edge-a1 and edge-a2 in us-west, edge-b in eu-west.
+fn shield_cluster(name: &str) -> Cluster {
+    Cluster::new(
+        &[
+            ("edge-a1", "us-west", "127.0.0.11"),
+            ("edge-a2", "us-west", "127.0.0.14"),
+            ("edge-b", "eu-west", "127.0.0.12"),
+        ],
+        "",
+        name,
+    )
+}
+
 /// [`shielded`], with `site_extra` in the site and `edge_extra` in each edge's `[edge]`.
 async fn shielded_with(
     c: &mut Cluster,
@@ -1304,6 +1317,17 @@ async fn shielded_with(
         ),
     )
     .unwrap();
+    start_shielded(c, edge_extra, |_, _| {}).await
+}
+
+/// Starts the three edges of [`shield_cluster`] on the origin map already written, each node
+/// file passed to `edit` (its id, its path) first; returns once every edge hears the three
+/// alive with their peer addresses.
+async fn start_shielded(
+    c: &mut Cluster,
+    edge_extra: &str,
+    edit: impl Fn(&str, &Path),
+) -> Vec<(String, Proc, PathBuf)> {
     let mut edges = Vec::new();
     for (id, region) in [
         ("edge-a1", "us-west"),
@@ -1316,6 +1340,7 @@ async fn shielded_with(
             "k1.key",
             &format!("peer_timeout = \"500ms\"\n{edge_extra}"),
         );
+        edit(id, &file);
         edges.push((id.to_string(), Proc::start(&file), file));
     }
     for (_, p, _) in &edges {
@@ -1376,15 +1401,7 @@ async fn shielded_misses_make_one_origin_fetch_for_the_whole_cluster() {
                 .delay(Duration::from_millis(100)),
         );
     }
-    let mut c = Cluster::new(
-        &[
-            ("edge-a1", "us-west", "127.0.0.11"),
-            ("edge-a2", "us-west", "127.0.0.14"),
-            ("edge-b", "eu-west", "127.0.0.12"),
-        ],
-        "",
-        "shield",
-    );
+    let mut c = shield_cluster("shield");
     let edges = shielded(&mut c, origin.addr).await;
     let http: Vec<SocketAddr> = edges.iter().map(|(_, p, _)| p.http).collect();
 
@@ -1729,15 +1746,7 @@ async fn an_https_users_miss_is_an_https_miss_at_every_tier() {
         }
     };
     origin.script("/r", redirect);
-    let mut c = Cluster::new(
-        &[
-            ("edge-a1", "us-west", "127.0.0.11"),
-            ("edge-a2", "us-west", "127.0.0.14"),
-            ("edge-b", "eu-west", "127.0.0.12"),
-        ],
-        "",
-        "scheme",
-    );
+    let mut c = shield_cluster("scheme");
     let tls = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/local/tls");
     let site_tls = format!(
         "tls_cert = {:?}\ntls_key = {:?}",
@@ -1795,15 +1804,7 @@ async fn a_peers_copy_keeps_its_purge_tags_and_cdn_freshness() {
             .header("surrogate-control", "max-age=60")
             .header("surrogate-key", "t1 other")
     });
-    let mut c = Cluster::new(
-        &[
-            ("edge-a1", "us-west", "127.0.0.11"),
-            ("edge-a2", "us-west", "127.0.0.14"),
-            ("edge-b", "eu-west", "127.0.0.12"),
-        ],
-        "",
-        "tags",
-    );
+    let mut c = shield_cluster("tags");
     let edges = shielded(&mut c, origin.addr).await;
     let host = "demo.meridian.test";
     for (id, p, _) in &edges {
@@ -1848,15 +1849,7 @@ async fn a_purged_copy_is_not_taken_back_from_a_peer_that_still_has_it() {
     origin.script("/p", |_, n| {
         Reply::ok(if n == 1 { "old" } else { "new" }).header("cache-control", "max-age=600")
     });
-    let mut c = Cluster::new(
-        &[
-            ("edge-a1", "us-west", "127.0.0.11"),
-            ("edge-a2", "us-west", "127.0.0.14"),
-            ("edge-b", "eu-west", "127.0.0.12"),
-        ],
-        "",
-        "recent",
-    );
+    let mut c = shield_cluster("recent");
     let shield = "shield = \"region\"\nshield_region = \"eu-west\"";
     let site = |hosts: &str| {
         common::site(
@@ -1876,24 +1869,16 @@ async fn a_purged_copy_is_not_taken_back_from_a_peer_that_still_has_it() {
     )
     .unwrap();
     std::fs::write(c.path("origins-b.toml"), site("\"demo.meridian.test\"")).unwrap();
-    let mut edges = Vec::new();
-    for (id, region) in [
-        ("edge-a1", "us-west"),
-        ("edge-a2", "us-west"),
-        ("edge-b", "eu-west"),
-    ] {
-        let file = c.edge_file(id, region, "k1.key", "peer_timeout = \"500ms\"\n");
+    let edges: Vec<Proc> = start_shielded(&mut c, "", |id, file| {
         if id == "edge-b" {
-            let text = std::fs::read_to_string(&file).unwrap();
-            std::fs::write(&file, text.replace("origins.toml", "origins-b.toml")).unwrap();
+            let text = std::fs::read_to_string(file).unwrap();
+            std::fs::write(file, text.replace("origins.toml", "origins-b.toml")).unwrap();
         }
-        edges.push(Proc::start(&file));
-    }
-    for p in &edges {
-        meridian::bench::wait_for_peers(p.admin, 3, Duration::from_secs(15))
-            .await
-            .unwrap();
-    }
+    })
+    .await
+    .into_iter()
+    .map(|(_, p, _)| p)
+    .collect();
     let host = "demo.meridian.test";
     for p in &edges {
         assert_eq!(get(p.http, host, "/p", &[]).await.text(), "old");
