@@ -224,15 +224,22 @@ impl Recent {
         self.note_at(unix_now_ms(), issued_ms, rule);
     }
 
+    /// Kept in issue order (purges are rare; a shielded miss reads only those issued after
+    /// its copy left the origin).
     fn note_at(&self, now_ms: u64, issued_ms: u64, rule: Rule) {
         let mut q = self.lock();
-        q.push_back(Applied {
-            noted_ms: now_ms,
-            issued_ms,
-            rule,
-        });
         let oldest = now_ms.saturating_sub(RECENT_FOR_MS);
-        while q.len() > MAX_RECENT || q.front().is_some_and(|a| a.noted_ms < oldest) {
+        q.retain(|a| a.noted_ms >= oldest);
+        let at = q.partition_point(|a| a.issued_ms <= issued_ms);
+        q.insert(
+            at,
+            Applied {
+                noted_ms: now_ms,
+                issued_ms,
+                rule,
+            },
+        );
+        while q.len() > MAX_RECENT {
             q.pop_front();
         }
     }
@@ -245,14 +252,14 @@ impl Recent {
         if q.is_empty() {
             return false;
         }
-        q.iter().any(|a| {
-            earliest_ms <= a.issued_ms
-                && match &a.rule {
-                    Rule::Key(k) => k == key,
-                    Rule::Prefix(p) => key.starts_with(p.as_str()),
-                    Rule::Tag(t) => tags.iter().any(|x| **x == **t),
-                }
-        })
+        q.iter()
+            .rev()
+            .take_while(|a| earliest_ms <= a.issued_ms)
+            .any(|a| match &a.rule {
+                Rule::Key(k) => k == key,
+                Rule::Prefix(p) => key.starts_with(p.as_str()),
+                Rule::Tag(t) => tags.iter().any(|x| **x == **t),
+            })
     }
 }
 
