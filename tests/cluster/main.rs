@@ -1815,12 +1815,15 @@ async fn a_peers_copy_keeps_its_purge_tags_and_cdn_freshness() {
             "{id}: clients never see it"
         );
         assert!(r.header("surrogate-control").is_empty(), "{id}");
+        assert!(r.header("meridian-fetched").is_empty(), "{id}");
     }
     assert_eq!(origin.count("/t"), 1, "one origin fetch for the cluster");
     // Every edge stored it for the 60 s the origin gave caches, its peers' copies included.
     for (id, p, _) in &edges {
         let r = get(p.http, host, "/t", &[]).await;
         assert!(r.is_hit(), "{id}: {}", r.cache_status());
+        assert!(r.header("meridian-fetched").is_empty(), "{id}");
+        assert!(r.header("surrogate-key").is_empty(), "{id}");
     }
     // A tag purge, issued at one edge: no edge serves the old copy any more (and the new one
     // is fetched once, for the whole cluster again).
