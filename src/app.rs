@@ -3,9 +3,9 @@
 //!
 //! Receives a validated [`Config`] and has each role read and check the files it names beyond
 //! the configuration's own ([`RoleFiles`]: certificates, CA bundles, the GeoIP database, the
-//! gossip key file), the same way for a start, a reload and `meridian check`; hands each server a
-//! bound listener, its state and the shutdown token. Shutdown: stop accepting, let in-flight requests finish within the grace period, then
-//! return (every spawned task is tracked).
+//! gossip key file), the same way for a start, a reload and `meridian check`; hands each server
+//! a bound listener, its state and the shutdown token. Shutdown: stop accepting, let in-flight
+//! requests finish within the grace period, then return (every spawned task is tracked).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

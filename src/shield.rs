@@ -404,8 +404,9 @@ impl Peers {
     }
 
     /// Asks `member` for the object of `parts` (an origin-bound GET with its `Host`, for a
-    /// user who asked over HTTPS when `https`) over `hop`. A response head may take as long as the origin behind the owner does (up to
-    /// `limit`, the site's first-byte timeout), but every peer timeout without one the owner
+    /// user who asked over HTTPS when `https`) over `hop`. A response head may take as long as
+    /// the origin behind the owner does (up to `limit`, the site's first-byte timeout), but
+    /// every peer timeout without one the owner
     /// must answer a ping ([`PING_PATH`]) within a peer timeout: one that does not (dead, hung,
     /// cut off) is passed over then. A peer that refuses the request as misdirected or
     /// as a loop counts as failed too: `None`, logged and counted.
