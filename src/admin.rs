@@ -350,6 +350,7 @@ fn cluster(state: &AdminState) -> serde_json::Value {
                 "hit_ratio": m.hit_ratio,
                 "purged": m.purged,
                 "peer": m.peer.map(|a| a.to_string()),
+                "peer_tls": m.peer_tls.map(|a| a.to_string()),
                 "last_heard_ms": now.saturating_duration_since(m.last_heard).as_millis() as u64,
             })
         })
@@ -575,6 +576,7 @@ pub(crate) async fn members(
                 hit_ratio: m["hit_ratio"].as_f64(),
                 purged: serde_json::from_value(m["purged"].clone()).unwrap_or_default(),
                 peer: m["peer"].as_str().and_then(|a| a.parse().ok()),
+                peer_tls: m["peer_tls"].as_str().and_then(|a| a.parse().ok()),
                 last_heard: now
                     .checked_sub(std::time::Duration::from_millis(
                         m["last_heard_ms"].as_u64().unwrap_or(0),

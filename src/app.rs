@@ -308,6 +308,16 @@ fn build_dns(config: &Config, files: &RoleFiles) -> Result<Option<(Tables, Clust
     Ok(Some((Tables::new(map, files.geoip.clone())?, map.clone())))
 }
 
+/// Where peers reach a listener bound to `addr`: the gossip address's host where it listens on
+/// every address.
+fn reachable(addr: SocketAddr, gossip: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(gossip.ip(), addr.port())
+    } else {
+        addr
+    }
+}
+
 /// What a reload swaps, and the files it watches.
 struct Reloader {
     node_file: std::path::PathBuf,
@@ -703,15 +713,11 @@ impl Node {
                         .unwrap_or_default(),
                     weight,
                     capacity,
-                    // Peers reach the edge at its first plain HTTP listener, on the gossip
-                    // address's host where it listens on every address.
-                    peer: http_addrs.first().map(|a| {
-                        if a.ip().is_unspecified() {
-                            SocketAddr::new(g.advertise.ip(), a.port())
-                        } else {
-                            *a
-                        }
-                    }),
+                    // Peers reach the edge at its first plain HTTP listener, and at its first
+                    // TLS one where it has one, on the gossip address's host where it listens
+                    // on every address.
+                    peer: http_addrs.first().map(|a| reachable(*a, g.advertise)),
+                    peer_tls: https_addrs.first().map(|a| reachable(*a, g.advertise)),
                 },
             )
             .await?;
@@ -722,6 +728,9 @@ impl Node {
                     .as_ref()
                     .map_or(Duration::from_secs(1), |e| e.peer_timeout),
                 agent.clone(),
+                edge_role
+                    .as_ref()
+                    .map(|r: &EdgeRole| r.certificates.clone()),
             ));
             if let Some(state) = &edge_state {
                 let _ = state.peers.set(p.clone());

@@ -320,6 +320,7 @@ impl GossipNode {
             weight: 1.0,
             capacity: None,
             peer: None,
+            peer_tls: None,
         };
         let gossip = crate::gossip::Gossip::start(&config, me)
             .await

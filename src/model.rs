@@ -109,6 +109,8 @@ pub(crate) struct Member {
     pub(crate) purged: std::collections::BTreeMap<String, u64>,
     /// An edge's address for peer requests (`shield`), if it takes them.
     pub(crate) peer: Option<SocketAddr>,
+    /// Its TLS listener for them, if it has one (see `shield`).
+    pub(crate) peer_tls: Option<SocketAddr>,
     /// When this node last heard a new heartbeat of it (now, for itself).
     pub(crate) last_heard: Instant,
     pub(crate) is_self: bool,
@@ -135,6 +137,7 @@ impl Member {
             hit_ratio: None,
             purged: Default::default(),
             peer: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            peer_tls: None,
             last_heard: Instant::now(),
             is_self,
         }
@@ -277,6 +280,7 @@ mod tests {
             hit_ratio: None,
             purged: Default::default(),
             peer: None,
+            peer_tls: None,
             last_heard: Instant::now(),
             is_self: false,
         }

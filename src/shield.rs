@@ -35,10 +35,19 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use metrics::Counter;
 
+use arc_swap::ArcSwap;
+
 use crate::gossip::transport::Keyring;
 use crate::gossip::Gossip;
 use crate::http::body::Body;
 use crate::http::server::PerThread;
+use crate::http::tls::Certificates;
+
+/// How an edge connects to a peer's TLS listener.
+type PeerConnector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// A pool of TLS connections to peers per HTTP thread.
+type PeerClients = PerThread<Client<PeerConnector, Body>>;
 use crate::model::{Member, MemberState};
 
 /// The request field that marks (and authenticates) a peer hop.
@@ -217,11 +226,13 @@ pub(crate) fn owners<'a>(members: &'a [Member], region: &str, key: &str) -> Vec<
     m.into_iter().map(|(_, m)| m).collect()
 }
 
-/// A peer to ask: its id, where it takes peer requests, and over which tier.
+/// A peer to ask: its id, where it takes peer requests (and over TLS, if it does), and over
+/// which tier.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Ask {
     pub(crate) id: String,
     pub(crate) addr: SocketAddr,
+    pub(crate) tls: Option<SocketAddr>,
     pub(crate) hop: Hop,
 }
 
@@ -246,6 +257,7 @@ pub(crate) fn plan(
                 (false, Some(addr)) => out.push(Ask {
                     id: m.id.clone(),
                     addr,
+                    tls: m.peer_tls,
                     hop,
                 }),
                 _ => break,
@@ -280,24 +292,63 @@ pub(crate) struct Peers {
     timeout: Duration,
     /// A pool per HTTP thread (see [`PerThread`]).
     client: PerThread<Client<HttpConnector, Body>>,
+    /// The same over TLS, for peers with a TLS listener, where this edge has certificates to
+    /// know them by (see [`crate::http::tls::PeerVerifier`]).
+    tls: Option<(PeerClients, Arc<ArcSwap<Certificates>>)>,
     metrics: PeerMetrics,
     /// This edge's name in a `Cache-Status` entry it gives a peer.
     cache_name: HeaderValue,
 }
 
 impl Peers {
-    pub(crate) fn new(node: &str, region: &str, timeout: Duration, gossip: Arc<Gossip>) -> Peers {
+    pub(crate) fn new(
+        node: &str,
+        region: &str,
+        timeout: Duration,
+        gossip: Arc<Gossip>,
+        certificates: Option<Arc<ArcSwap<Certificates>>>,
+    ) -> Peers {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(timeout));
         http.set_nodelay(true);
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let client = PerThread::new(move || {
+        fn pooled<C>(connector: C) -> Client<C, Body>
+        where
+            C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+        {
             Client::builder(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .pool_timer(TokioTimer::new())
                 .pool_idle_timeout(Duration::from_secs(90))
                 .pool_max_idle_per_host(256)
-                .build(http.clone())
+                .build(connector)
+        }
+        let plain = http.clone();
+        let client = PerThread::new(move || pooled(plain.clone()));
+        let tls = certificates.map(|certificates| {
+            let config =
+                rustls::ClientConfig::builder_with_provider(Arc::new(crate::http::tls::provider()))
+                    .with_safe_default_protocol_versions()
+                    .expect("the provider's default versions")
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(
+                        crate::http::tls::PeerVerifier::new(certificates.clone()),
+                    ))
+                    .with_no_client_auth();
+            let name = rustls::pki_types::ServerName::try_from(crate::http::tls::PEER_NAME)
+                .expect("a server name");
+            let mut tcp = http.clone();
+            tcp.enforce_http(false);
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(config)
+                .https_only()
+                .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+                .enable_http1()
+                .wrap_connector(tcp);
+            (
+                PerThread::new(move || pooled(connector.clone())),
+                certificates,
+            )
         });
         let c = |result: &'static str| metrics::counter!("meridian_peer_requests_total", "node" => node.to_string(), "result" => result);
         let s = |signature: &'static str| metrics::counter!("meridian_peer_served_total", "node" => node.to_string(), "signature" => signature);
@@ -306,6 +357,7 @@ impl Peers {
             region: region.to_string(),
             timeout,
             client,
+            tls,
             metrics: PeerMetrics {
                 hit: c("hit"),
                 miss: c("miss"),
@@ -446,16 +498,26 @@ impl Peers {
         ) else {
             return fail("gossip has no key to sign with".into());
         };
+        // Over TLS where the peer has a listener for it and this edge certificates to know it by.
+        let tls = match (&self.tls, ask.tls) {
+            (Some((client, certificates)), Some(at)) if !certificates.load().is_empty() => {
+                Some((client, at))
+            }
+            _ => None,
+        };
         let mut req = Request::new(Body::empty());
         *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = match peer_uri(addr, &target) {
+        *req.uri_mut() = match peer_uri(tls.map_or(addr, |(_, at)| at), &target, tls.is_some()) {
             Ok(u) => u,
             Err(e) => return fail(e),
         };
         *req.headers_mut() = parts.headers.clone();
         req.headers_mut().insert(PEER, mark);
         let started = tokio::time::Instant::now();
-        let answer = self.client.get().request(req);
+        let answer = match tls {
+            Some((client, _)) => client.get().request(req),
+            None => self.client.get().request(req),
+        };
         tokio::pin!(answer);
         let got = loop {
             match tokio::time::timeout(timeout, &mut answer).await {
@@ -480,7 +542,9 @@ impl Peers {
             {
                 fail(format!("it answered {}", resp.status()))
             }
-            Some(Ok(resp)) => {
+            Some(Ok(mut resp)) => {
+                // The peer's own listeners are not this edge's to advertise.
+                resp.headers_mut().remove(header::ALT_SVC);
                 let hit = resp
                     .headers()
                     .get_all(crate::http::headers::CACHE_STATUS)
@@ -543,7 +607,7 @@ impl Peers {
         ) else {
             return false;
         };
-        let Ok(uri) = peer_uri(addr, &target) else {
+        let Ok(uri) = peer_uri(addr, &target, false) else {
             return false;
         };
         let mut req = Request::new(Body::full(body));
@@ -581,8 +645,9 @@ impl Peers {
     }
 }
 
-fn peer_uri(addr: SocketAddr, target: &str) -> Result<Uri, String> {
-    format!("http://{addr}{target}")
+fn peer_uri(addr: SocketAddr, target: &str, tls: bool) -> Result<Uri, String> {
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{addr}{target}")
         .parse()
         .map_err(|e: http::uri::InvalidUri| e.to_string())
 }

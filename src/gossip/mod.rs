@@ -52,6 +52,8 @@ mod key {
     /// Where an edge takes requests from its peers (`shield`): `ip:port` of a plain HTTP
     /// listener.
     pub(super) const PEER: &str = "peer";
+    /// Where an edge takes them over TLS: `ip:port` of its first TLS listener.
+    pub(super) const PEER_TLS: &str = "peer_tls";
 }
 
 /// Most purges one node keeps in its gossip state at once (within the retention).
@@ -92,6 +94,8 @@ pub(crate) struct SelfInfo {
     pub(crate) capacity: Option<Capacity>,
     /// An edge's address for peer requests (`shield`).
     pub(crate) peer: Option<SocketAddr>,
+    /// And its TLS listener for them.
+    pub(crate) peer_tls: Option<SocketAddr>,
 }
 
 /// Why gossip could not start.
@@ -192,6 +196,9 @@ impl Gossip {
         ];
         if let Some(p) = me.peer {
             values.push((key::PEER.to_string(), p.to_string()));
+        }
+        if let Some(p) = me.peer_tls {
+            values.push((key::PEER_TLS.to_string(), p.to_string()));
         }
         if let Some(c) = me.capacity {
             values.push((
@@ -748,6 +755,7 @@ fn member(
         started: get(key::STARTED).parse().unwrap_or(0),
         purged: parse_purged(get(key::PURGED)),
         peer: get(key::PEER).parse().ok(),
+        peer_tls: get(key::PEER_TLS).parse().ok(),
         requests_per_second: parse_traffic(get(key::TRAFFIC)).0,
         hit_ratio: parse_traffic(get(key::TRAFFIC)).1,
         last_heard: heard,

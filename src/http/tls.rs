@@ -119,7 +119,13 @@ pub(crate) struct Certificates {
     any: Option<Arc<CertifiedKey>>,
     /// For clients that send no SNI (or a name nobody serves); `None` refuses them.
     default: Option<Arc<CertifiedKey>>,
+    /// For the cluster's peers (SNI [`PEER_NAME`]): the first site's, whichever it is (a peer
+    /// takes any certificate of its own sites, see [`PeerVerifier`]).
+    peer: Option<Arc<CertifiedKey>>,
 }
+
+/// The server name a peer edge asks for on a TLS listener (`shield`).
+pub(crate) const PEER_NAME: &str = crate::shield::PURGE_HOST;
 
 impl Certificates {
     /// The certificates of `sites` (`keys`, from [`load_certificates`], in the same order);
@@ -142,13 +148,25 @@ impl Certificates {
             if default_site == Some(site.name.as_str()) {
                 c.default = Some(key.clone());
             }
+            c.peer.get_or_insert_with(|| key.clone());
         }
         c
+    }
+
+    /// Whether `leaf` (DER) is the leaf certificate of one of these.
+    pub(crate) fn holds(&self, leaf: &[u8]) -> bool {
+        self.by_name
+            .values()
+            .chain(&self.any)
+            .chain(&self.default)
+            .chain(&self.peer)
+            .any(|k| k.cert.first().is_some_and(|c| c.as_ref() == leaf))
     }
 
     /// The certificate for a client that asked for `sni` (`None`: no SNI).
     pub(crate) fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         match sni {
+            Some(PEER_NAME) => self.peer.clone(),
             Some(name) => {
                 let name = name.trim_end_matches('.').to_ascii_lowercase();
                 self.by_name
@@ -174,6 +192,78 @@ pub(crate) struct SniResolver(pub(crate) Arc<ArcSwap<Certificates>>);
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.0.load().pick(hello.server_name())
+    }
+}
+
+/// How an edge checks a peer it asks over TLS (`shield`): the peer must present, and prove it
+/// holds the key of, a leaf certificate that is one of this edge's own sites' (every edge has
+/// the same origin map, so the same certificates). No CA is trusted: a name a public CA would
+/// vouch for is not enough to be taken for a peer.
+#[derive(Debug)]
+pub(crate) struct PeerVerifier {
+    certificates: Arc<ArcSwap<Certificates>>,
+    provider: rustls::crypto::CryptoProvider,
+}
+
+impl PeerVerifier {
+    pub(crate) fn new(certificates: Arc<ArcSwap<Certificates>>) -> PeerVerifier {
+        PeerVerifier {
+            certificates,
+            provider: provider(),
+        }
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for PeerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if self.certificates.load().holds(end_entity.as_ref()) {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

@@ -1674,6 +1674,18 @@ async fn a_purge_outlives_its_issuer_for_an_edge_that_was_down() {
     .await;
 }
 
+/// An edge's TLS listener, for `edge_file`'s `edge_extra`.
+const TLS_LISTENER: &str = "[edge.tls]\nlisten = [\"IP:0\"]\n";
+
+/// A site's certificate lines.
+fn site_tls(cert: &Path, key: &Path) -> String {
+    format!(
+        "tls_cert = {:?}\ntls_key = {:?}",
+        cert.display().to_string(),
+        key.display().to_string()
+    )
+}
+
 /// `GET path` over HTTPS (HTTP/1.1) at `addr` for `demo.meridian.test`, trusting
 /// `config/local`'s CA: (status, `Location`, body).
 async fn get_https(addr: SocketAddr, path: &str) -> (u16, String, String) {
@@ -1748,16 +1760,11 @@ async fn an_https_users_miss_is_an_https_miss_at_every_tier() {
     origin.script("/r", redirect);
     let mut c = shield_cluster("scheme");
     let tls = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/local/tls");
-    let site_tls = format!(
-        "tls_cert = {:?}\ntls_key = {:?}",
-        tls.join("demo.pem").display().to_string(),
-        tls.join("demo.key").display().to_string()
-    );
     let edges = shielded_with(
         &mut c,
         origin.addr,
-        &site_tls,
-        "[edge.tls]\nlisten = [\"IP:0\"]\n",
+        &site_tls(&tls.join("demo.pem"), &tls.join("demo.key")),
+        TLS_LISTENER,
     )
     .await;
     let (a1, b) = (&edges[0].1, &edges[2].1);
@@ -1912,5 +1919,71 @@ async fn a_purged_copy_is_not_taken_back_from_a_peer_that_still_has_it() {
     assert!(
         metric(&m, "meridian_peer_requests_total", "result=\"purged\"") >= 1.0,
         "{m}"
+    );
+}
+
+/// Edges with a TLS listener ask each other over TLS, and take for a peer only an edge that
+/// proves it holds one of their own sites' certificates (every edge has the same origin map):
+/// no CA is trusted for it. Here edge-b, the shield owner, serves the site with a certificate
+/// of its own: the us-west edges refuse it, pass it over, and ask the origin. (Over plain HTTP,
+/// as before, they would have taken its answer.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_meet_over_tls_and_know_each_other_by_their_sites_certificates() {
+    let origin = Origin::start().await;
+    origin.always("/c", Reply::ok("c").header("cache-control", "max-age=60"));
+    let mut c = shield_cluster("peertls");
+    let tls = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/local/tls");
+    let other = rcgen::generate_simple_self_signed(vec!["demo.meridian.test".to_string()]).unwrap();
+    std::fs::write(c.path("other.pem"), other.cert.pem()).unwrap();
+    std::fs::write(c.path("other.key"), other.key_pair.serialize_pem()).unwrap();
+    let shield = "shield = \"region\"\nshield_region = \"eu-west\"\n";
+    let site = |tls: String| {
+        common::site(
+            "demo",
+            "demo.meridian.test",
+            &format!("http://{}", origin.addr),
+            &format!("{shield}{tls}"),
+        )
+    };
+    std::fs::write(
+        c.path("origins.toml"),
+        site(site_tls(&tls.join("demo.pem"), &tls.join("demo.key"))),
+    )
+    .unwrap();
+    std::fs::write(
+        c.path("origins-b.toml"),
+        site(site_tls(&c.path("other.pem"), &c.path("other.key"))),
+    )
+    .unwrap();
+    let edges = start_shielded(&mut c, TLS_LISTENER, |id, file| {
+        if id == "edge-b" {
+            let text = std::fs::read_to_string(file).unwrap();
+            std::fs::write(file, text.replace("origins.toml", "origins-b.toml")).unwrap();
+        }
+    })
+    .await;
+    let host = "demo.meridian.test";
+    // us-west's owner asks edge-b over TLS, refuses its certificate, and asks the origin.
+    let r = get(edges[0].1.http, host, "/c", &[]).await;
+    assert_eq!(r.text(), "c");
+    assert!(
+        !r.cache_status().contains("meridian-edge-b"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(origin.count("/c"), 1);
+    // edge-b was never given the object: asked itself, it fetches it.
+    assert_eq!(get(edges[2].1.http, host, "/c", &[]).await.text(), "c");
+    assert_eq!(origin.count("/c"), 2);
+    let west = get(edges[0].1.admin, "admin", "/metrics", &[]).await.text()
+        + &get(edges[1].1.admin, "admin", "/metrics", &[]).await.text();
+    assert!(
+        metric(&west, "meridian_peer_requests_total", "result=\"failed\"") >= 1.0,
+        "{west}"
+    );
+    let b = get(edges[2].1.admin, "admin", "/metrics", &[]).await.text();
+    assert!(
+        metric(&b, "meridian_tls_handshake_failures_total", "") >= 1.0,
+        "{b}"
     );
 }
