@@ -477,7 +477,7 @@ impl Node {
         let mut threads = Vec::new();
         let tracker = TaskTracker::new();
         let node = &config.node;
-        let files = RoleFiles::read(&config).map_err(StartError::Config)?;
+        let mut files = RoleFiles::read(&config).map_err(StartError::Config)?;
         let mut http_addrs = Vec::new();
         let mut https_addrs = Vec::new();
         let mut h3_addrs = Vec::new();
@@ -719,6 +719,7 @@ impl Node {
                     peer: http_addrs.first().map(|a| reachable(*a, g.advertise)),
                     peer_tls: https_addrs.first().map(|a| reachable(*a, g.advertise)),
                 },
+                files.keys.take(),
             )
             .await?;
             let p = Arc::new(crate::shield::Peers::new(

@@ -322,7 +322,7 @@ impl GossipNode {
             peer: None,
             peer_tls: None,
         };
-        let gossip = crate::gossip::Gossip::start(&config, me)
+        let gossip = crate::gossip::Gossip::start(&config, me, None)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         GossipNode { gossip }

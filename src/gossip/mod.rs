@@ -125,14 +125,17 @@ fn unix_now() -> Duration {
 }
 
 impl Gossip {
-    /// Binds the gossip listener, joins through the seeds and starts publishing.
+    /// Binds the gossip listener, joins through the seeds and starts publishing. `keys`: the
+    /// key file as already read and checked (else it is read here).
     pub(crate) async fn start(
         config: &GossipConfig,
         me: SelfInfo,
+        keys: Option<Keyring>,
     ) -> Result<Arc<Gossip>, GossipError> {
-        let keyring = match &config.key_file {
-            Some(path) => Keyring::load(path).map_err(GossipError)?,
-            None => {
+        let keyring = match (&config.key_file, keys) {
+            (Some(_), Some(keys)) => keys,
+            (Some(path), None) => Keyring::load(path).map_err(GossipError)?,
+            (None, _) => {
                 tracing::warn!("gossip runs in clear (insecure = true): anyone who can reach {} can join and change what this cluster sees", config.listen);
                 Keyring::insecure()
             }
