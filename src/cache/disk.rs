@@ -1193,6 +1193,7 @@ pub(crate) fn check_decode(data: &[u8]) {
         assert_eq!(a.entry.vary, b.entry.vary);
         assert_eq!(a.entry.vary_values, b.entry.vary_values);
         assert_eq!(a.entry.tags, b.entry.tags);
+        assert_eq!(a.entry.surrogate_control, b.entry.surrogate_control);
         assert_eq!(a.entry.target(), b.entry.target());
     }
 }
