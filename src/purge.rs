@@ -219,6 +219,11 @@ impl Recent {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Whether no purge was applied here lately (what a shielded miss checks first).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     /// Notes a purge applied here now, issued at `issued_ms`.
     pub(crate) fn note(&self, issued_ms: u64, rule: Rule) {
         self.note_at(unix_now_ms(), issued_ms, rule);
@@ -530,8 +535,18 @@ mod tests {
         recent.note(now - 3_600_000, Rule::Key("demo/late".into()));
         assert!(recent.predates("demo/late", &[], now - 4_000_000));
         assert!(!recent.predates("demo/late", &[], now - 60_000));
+        // Kept in issue order, not the order applied: the late one does not hide the others
+        // from a scan that stops at the first purge older than the copy.
+        assert!(recent.predates("demo/a", &[], before));
+        let q = recent.lock();
+        assert!(q
+            .iter()
+            .zip(q.iter().skip(1))
+            .all(|(a, b)| a.issued_ms <= b.issued_ms));
+        drop(q);
         // Forgotten RECENT_FOR_MS after it was applied, and never more than MAX_RECENT kept.
-        let later = now + RECENT_FOR_MS + 1;
+        // (From the clock now: the notes above took it as they went.)
+        let later = unix_now_ms() + RECENT_FOR_MS + 1;
         recent.note_at(later, later, Rule::Key("demo/new".into()));
         assert_eq!(recent.lock().len(), 1, "the ones applied before went");
         for i in 0..MAX_RECENT + 10 {

@@ -1480,7 +1480,7 @@ async fn upstream(
                 // A stored copy from before a purge applied here (one the peer has not applied
                 // yet): the next owner may hold it too, so the origin. A copy no tier had
                 // stored was fetched for this request, after the purge.
-                if from_store(resp.headers()) {
+                if !state.recent_purges.is_empty() && from_store(resp.headers()) {
                     let number = |name| {
                         resp.headers()
                             .get(name)

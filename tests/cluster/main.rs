@@ -1764,7 +1764,8 @@ async fn an_https_users_miss_is_an_https_miss_at_every_tier() {
         &mut c,
         origin.addr,
         &site_tls(&tls.join("demo.pem"), &tls.join("demo.key")),
-        TLS_LISTENER,
+        // HTTP/3 too, so that each edge advertises it (Alt-Svc) on its TLS answers, peers' included.
+        &format!("{TLS_LISTENER}[edge.quic]\nlisten = [\"IP:0\"]\n"),
     )
     .await;
     let (a1, b) = (&edges[0].1, &edges[2].1);
@@ -1773,6 +1774,9 @@ async fn an_https_users_miss_is_an_https_miss_at_every_tier() {
     // that for plain users.
     let r = get(a1.http, "demo.meridian.test", "/r", &[]).await;
     assert_eq!(r.status, 301, "{}", r.cache_status());
+    // A peer's Alt-Svc names its listeners, not this edge's: not kept (this user came over
+    // plain HTTP, where an edge advertises nothing of its own).
+    assert_eq!(r.header("alt-svc"), "", "{}", r.cache_status());
     assert_eq!(origin.count("/r"), 1);
     // Then an HTTPS user at the same edge: up the tiers as HTTPS, to the origin as HTTPS.
     let (status, location, body) = get_https(a1.https.unwrap(), "/r").await;
