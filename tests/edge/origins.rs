@@ -262,9 +262,8 @@ async fn an_origin_caches_cache_status_comes_first_and_is_not_stored() {
     );
     let edge = Edge::for_origin(&o).await;
     let r = edge.get("/c").await;
-    assert_eq!(
-        r.cache_status(),
-        "OriginCache; hit; ttl=100, meridian; fwd=miss; fwd-status=200; stored; ttl=60"
+    r.assert_cache_status(
+        "OriginCache; hit; ttl=100, meridian; fwd=miss; fwd-status=200; stored; ttl=60",
     );
     let r = edge.get("/c").await;
     assert!(r.is_hit());
