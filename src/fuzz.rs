@@ -79,22 +79,31 @@ pub fn client_head(data: &[u8]) {
 }
 
 /// An origin's response as the edge's HTTP/1.1 client reads it (the first byte's low bit: a
-/// `HEAD` request). Properties: the outcome (status, fields, body, how it ended, whether the
-/// connection could serve again) does not depend on how the bytes are split into reads, and
-/// the body is never more bytes than came.
+/// `HEAD` request; its next bit: a pass-through's, whose fields may come as lines). Properties:
+/// the outcome (status, fields, body, how it ended, whether the connection could serve again)
+/// does not depend on how the bytes are split into reads, the body is never more bytes than
+/// came, and a pass-through's lines are the fields the header map gives a client.
 pub fn origin_response(data: &[u8]) {
     let Some((&first, data)) = data.split_first() else {
         return;
     };
     let head_only = first & 1 == 1;
-    let whole = crate::h1::replay(&[data], head_only);
+    let pass = first & 2 == 2;
+    let whole = crate::h1::replay(&[data], head_only, pass);
     assert!(whole.body.len() <= data.len());
     for split in [Split::Growing, Split::Bytes] {
         let pieces = split.pieces(data);
         assert_eq!(
-            crate::h1::replay(&pieces, head_only),
+            crate::h1::replay(&pieces, head_only, pass),
             whole,
             "the outcome changed with the reads ({split:?})"
+        );
+    }
+    if pass {
+        assert_eq!(
+            crate::h1::replay(&[data], head_only, false),
+            whole,
+            "a pass-through's lines and the header map differ"
         );
     }
 }

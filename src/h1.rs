@@ -223,13 +223,16 @@ enum Sending {
 /// body is read from the connection as the returned response's body is polled, and the
 /// connection goes back to `home` once it has ended. `reused`: the connection served requests
 /// before (only then can a failure leave the request unsent). A complete body is left in
-/// `body` so that the request can go again.
+/// `body` so that the request can go again. `pass`: the answer is only passed on, to a client
+/// of the edge's own HTTP/1.1 server; one with a body then comes with its fields as lines (a
+/// `PassHead` extension, and no header map) where it can.
 pub(crate) async fn exchange(
     mut conn: Conn,
     parts: &Parts,
     body: &mut Body,
     reused: bool,
     home: Weak<Idle>,
+    pass: bool,
 ) -> Result<Response<ResponseBody>, Failure> {
     let head_only = parts.method == Method::HEAD;
     let mut reusable = !has_close(&parts.headers);
@@ -277,7 +280,7 @@ pub(crate) async fn exchange(
                     // The rest of the upload is not wanted: dropping it tells the caller the
                     // upload is over, which starts its first-byte timer for this answer.
                     *body = Body::empty();
-                    return match read_head(&mut conn, head_only).await {
+                    return match read_head(&mut conn, head_only, pass).await {
                         Ok((head, framing, _)) => Ok(respond(head, framing, conn, false, home)),
                         Err((e, _)) => Err(Failure::Failed(e)),
                     };
@@ -290,7 +293,7 @@ pub(crate) async fn exchange(
                     // The origin may have answered before the whole body and closed (a 413):
                     // that answer, if it came, is the response (the upload is over, as above).
                     *body = Body::empty();
-                    return match read_head(&mut conn, head_only).await {
+                    return match read_head(&mut conn, head_only, pass).await {
                         Ok((head, framing, _)) => Ok(respond(head, framing, conn, false, home)),
                         Err(_) => Err(Failure::Failed(e.into())),
                     };
@@ -307,7 +310,7 @@ pub(crate) async fn exchange(
             Failure::Failed(e.into())
         });
     }
-    match read_head(&mut conn, head_only).await {
+    match read_head(&mut conn, head_only, pass).await {
         Ok((head, framing, keep)) => {
             reusable &= keep;
             Ok(respond(head, framing, conn, reusable, home))
@@ -515,12 +518,19 @@ enum Chunk {
 async fn read_head(
     conn: &mut Conn,
     head_only: bool,
+    pass: bool,
 ) -> Result<(Response<()>, Framing, bool), (H1Error, bool)> {
     let mut any = false;
     let mut interim = 0;
     loop {
         any |= !conn.buf.is_empty();
-        match take_head(&mut conn.buf, &mut conn.names, head_only, &mut interim) {
+        match take_head(
+            &mut conn.buf,
+            &mut conn.names,
+            head_only,
+            pass,
+            &mut interim,
+        ) {
             Ok(Some(head)) => return Ok(head),
             Ok(None) => {}
             Err(e) => return Err((e, true)),
@@ -539,12 +549,13 @@ fn take_head(
     buf: &mut BytesMut,
     names: &mut Vec<(HeaderName, usize, usize)>,
     head_only: bool,
+    pass: bool,
     interim: &mut usize,
 ) -> Result<Option<(Response<()>, Framing, bool)>, H1Error> {
     let too_large = || invalid("response head larger than 64 KiB");
     while !buf.is_empty() {
         let before = buf.len();
-        match parse_head(buf, names, head_only)? {
+        match parse_head(buf, names, head_only, pass)? {
             Some(Parsed::Final(..)) if *interim + before - buf.len() > MAX_HEAD => {
                 return Err(too_large())
             }
@@ -574,6 +585,7 @@ fn parse_head(
     buf: &mut BytesMut,
     names: &mut Vec<(HeaderName, usize, usize)>,
     head_only: bool,
+    pass: bool,
 ) -> Result<Option<Parsed>, H1Error> {
     let mut fields =
         [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -611,13 +623,34 @@ fn parse_head(
     };
     // Names now (and the framing fields read on the way), values as slices of the head once it
     // is taken off the buffer.
+    let mut framing = Fields::default();
+    // A pass-through's answer with a body goes on as lines, without a header map (see
+    // `PassHead`); HEAD, 204 and 304 answers, whose framing fields the server reads from the
+    // map, take the map.
+    let bodied =
+        !head_only && status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED;
+    if pass && bodied {
+        for f in res.headers.iter() {
+            framing.see(f.name.as_bytes(), f.value)?;
+        }
+        if let Some(lines) = crate::http::headers::pass_lines(res.headers) {
+            buf.advance(len);
+            let (body, delimited) = framing.decide(status, head_only, version);
+            let keep = delimited && version == Version::HTTP_11 && !framing.close;
+            let mut resp = Response::new(());
+            *resp.status_mut() = status;
+            *resp.version_mut() = version;
+            resp.extensions_mut().insert(lines);
+            return Ok(Some(Parsed::Final(resp, body, keep)));
+        }
+        framing = Fields::default();
+    }
     let base = buf.as_ptr() as usize;
     names.clear();
-    let mut framing = Fields::default();
     for f in res.headers.iter() {
         let name = HeaderName::from_bytes(f.name.as_bytes())
             .map_err(|_| invalid(format!("field name {:?}", f.name)))?;
-        framing.see(&name, f.value)?;
+        framing.see(name.as_str().as_bytes(), f.value)?;
         let start = f.value.as_ptr() as usize - base;
         names.push((name, start, start + f.value.len()));
     }
@@ -651,8 +684,9 @@ struct Fields {
 }
 
 impl Fields {
-    fn see(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), H1Error> {
-        if name == header::CONTENT_LENGTH {
+    /// Reads one field (`name` in any case).
+    fn see(&mut self, name: &[u8], value: &[u8]) -> Result<(), H1Error> {
+        if name.eq_ignore_ascii_case(b"content-length") {
             for item in value.split(|&b| b == b',') {
                 let n = parse_decimal(item.trim_ascii()).ok_or_else(|| {
                     invalid(format!(
@@ -665,10 +699,10 @@ impl Fields {
                 }
                 self.length = Some(n);
             }
-        } else if name == header::TRANSFER_ENCODING {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
             self.codings = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name == header::CONNECTION {
+        } else if name.eq_ignore_ascii_case(b"connection") {
             self.close |= value
                 .split(|&b| b == b',')
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
@@ -939,6 +973,36 @@ fn line(buf: &mut BytesMut, limit: usize, what: &str) -> Result<Option<BytesMut>
     Ok(Some(line))
 }
 
+/// [`Replayed::fields`] of a parsed head: its lines', or its map's as `from_origin` strips it.
+fn passed_fields(head: Response<()>) -> Vec<(String, Vec<u8>)> {
+    let mut fields: Vec<(String, Vec<u8>)> =
+        match head.extensions().get::<crate::http::headers::PassHead>() {
+            Some(p) => p
+                .lines
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(|l| {
+                    let l = l.strip_suffix(b"\r").expect("a line ends with CRLF");
+                    let colon = l.iter().position(|&b| b == b':').expect("a name");
+                    let value = l[colon + 1..].strip_prefix(b" ").expect("a space");
+                    let name = String::from_utf8_lossy(&l[..colon]).to_ascii_lowercase();
+                    (name, value.to_vec())
+                })
+                .collect(),
+            None => {
+                let mut map = head.into_parts().0.headers;
+                crate::http::headers::strip_hop_by_hop(&mut map);
+                crate::http::headers::strip_cache_only(&mut map);
+                map.remove(header::CONTENT_LENGTH);
+                map.iter()
+                    .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+                    .collect()
+            }
+        };
+    fields.sort_by(|a, b| a.0.cmp(&b.0));
+    fields
+}
+
 fn show(b: &[u8]) -> String {
     String::from_utf8_lossy(&b[..b.len().min(40)]).into_owned()
 }
@@ -947,7 +1011,10 @@ fn show(b: &[u8]) -> String {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Replayed {
     pub(crate) status: Option<u16>,
-    pub(crate) fields: usize,
+    /// The fields a client would be handed of a pass-through (hop-by-hop, framing and
+    /// cache-only ones removed), names in lower case, sorted by name (the values of one name
+    /// in the order they came).
+    pub(crate) fields: Vec<(String, Vec<u8>)>,
     pub(crate) body: Vec<u8>,
     /// Once the body ended: whether the connection could serve again. Else why not: an error,
     /// or the input's end before the response's.
@@ -957,10 +1024,11 @@ pub(crate) struct Replayed {
 /// Reads a response to a `GET` (or `HEAD`, `head_only`) from `pieces` as the client does from
 /// reads of a connection that then closes (fuzzing: the outcome must not depend on the
 /// pieces).
-pub(crate) fn replay(pieces: &[&[u8]], head_only: bool) -> Replayed {
+/// `pass`: as for a pass-through (see [`exchange`]).
+pub(crate) fn replay(pieces: &[&[u8]], head_only: bool, pass: bool) -> Replayed {
     let mut out = Replayed {
         status: None,
-        fields: 0,
+        fields: Vec::new(),
         body: Vec::new(),
         end: Err("the connection closed first".into()),
     };
@@ -970,10 +1038,10 @@ pub(crate) fn replay(pieces: &[&[u8]], head_only: bool) -> Replayed {
     for (i, piece) in pieces.iter().enumerate() {
         buf.extend_from_slice(piece);
         if head.is_none() {
-            match take_head(&mut buf, &mut Vec::new(), head_only, &mut interim) {
+            match take_head(&mut buf, &mut Vec::new(), head_only, pass, &mut interim) {
                 Ok(Some((h, framing, keep))) => {
                     out.status = Some(h.status().as_u16());
-                    out.fields = h.headers().len();
+                    out.fields = passed_fields(h);
                     head = Some((framing, keep));
                 }
                 Ok(None) => continue,
@@ -1015,7 +1083,7 @@ mod tests {
     fn head(raw: &str, head_only: bool) -> Result<(Response<()>, Framing, bool), H1Error> {
         let mut buf = BytesMut::from(raw.as_bytes());
         loop {
-            match parse_head(&mut buf, &mut Vec::new(), head_only)? {
+            match parse_head(&mut buf, &mut Vec::new(), head_only, false)? {
                 Some(Parsed::Final(h, f, k)) => return Ok((h, f, k)),
                 Some(Parsed::Interim) => continue,
                 None => return Err(invalid("partial")),
@@ -1149,5 +1217,67 @@ mod tests {
             decimal(u64::MAX, &mut [0; 20]),
             u64::MAX.to_string().as_bytes()
         );
+    }
+
+    #[test]
+    fn a_pass_throughs_lines_are_the_fields_the_map_gives_a_client() {
+        let heads: [&str; 9] = [
+            // As nginx answers, and with every field a client must not see.
+            "HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sat, 05 Dec 2026 08:00:00 GMT\r\n\
+             Content-Length: 2\r\nConnection: keep-alive\r\nCache-Control: private\r\n\r\nok",
+            "HTTP/1.1 200 OK\r\nConnection: X-A, x-b ,, close\r\nX-A: 1\r\nX-B: 2\r\n\
+             Keep-Alive: timeout=5\r\nProxy-Connection: x\r\nTE: trailers\r\nTrailer: X-T\r\n\
+             Upgrade: h2c\r\nProxy-Authenticate: Basic\r\nProxy-Authorization: x\r\n\
+             Surrogate-Key: a b\r\nSURROGATE-CONTROL: no-store\r\nMeridian-Fetched: 1\r\n\
+             Set-Cookie: a=1\r\nX-Many: 1\r\nx-many: 2\r\nContent-Length: 2\r\n\r\nok",
+            // A Date that Connection names is the server's to write.
+            "HTTP/1.1 200 OK\r\nConnection: date\r\nDate: x\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nX: y\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            // Taken with a map: an upstream cache's Cache-Status, a Location.
+            "HTTP/1.1 200 OK\r\nCache-Status: up; hit\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 302 Found\r\nLocation: /x\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 201 Created\r\ncontent-location: /x\r\nContent-Length: 0\r\n\r\n",
+            // Bodiless answers, and a Connection that names more than the lines take.
+            "HTTP/1.1 304 Not Modified\r\nETag: \"a\"\r\nConnection: x-a\r\nX-A: 1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nConnection: a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q\r\nq: 1\r\nr: 2\r\n\
+             Content-Length: 0\r\n\r\n",
+        ];
+        for head in heads {
+            let map = replay(&[head.as_bytes()], false, false);
+            assert!(map.end.is_ok(), "{head}: {:?}", map.end);
+            assert_eq!(replay(&[head.as_bytes()], false, true), map, "{head}");
+        }
+        // The lines are what came, less what no client may see.
+        let lines = |head: &str| {
+            let mut buf = BytesMut::from(head);
+            match parse_head(&mut buf, &mut Vec::new(), false, true).unwrap() {
+                Some(Parsed::Final(h, ..)) => h
+                    .extensions()
+                    .get::<crate::http::headers::PassHead>()
+                    .map(|p| (String::from_utf8(p.lines.clone()).unwrap(), p.dated)),
+                _ => panic!("{head}"),
+            }
+        };
+        assert_eq!(
+            lines(heads[0]),
+            Some((
+                "Server: nginx\r\nDate: Sat, 05 Dec 2026 08:00:00 GMT\r\nCache-Control: private\r\n"
+                    .into(),
+                true
+            ))
+        );
+        assert_eq!(
+            lines(heads[1]),
+            Some((
+                "Set-Cookie: a=1\r\nX-Many: 1\r\nx-many: 2\r\n".into(),
+                false
+            ))
+        );
+        assert_eq!(lines(heads[2]), Some((String::new(), false)));
+        assert_eq!(lines(heads[3]), Some(("X: y\r\n".into(), false)));
+        for head in &heads[4..7] {
+            assert_eq!(lines(head), None, "{head}");
+        }
+        assert_eq!(lines(heads[8]), None);
     }
 }

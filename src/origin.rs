@@ -281,10 +281,15 @@ impl Origins {
     ///
     /// `client` is the address of the client the request is for (`None` for the cluster's own
     /// requests): it holds no more than its share of the site's origin slots.
+    ///
+    /// `pass`: the answer is only passed on, to a client of the edge's own HTTP/1.1 server; a
+    /// plain-HTTP origin's answer with a body may then come with its fields as lines instead of
+    /// in its header map (see `http::headers::PassHead`).
     pub(crate) async fn send(
         &self,
         req: Request<Body>,
         client: Option<std::net::IpAddr>,
+        pass: bool,
     ) -> Result<(Response<OriginBody>, &str), OriginError> {
         // The client's share first: a client past it waits without taking one of the site's.
         let share = match client {
@@ -365,7 +370,7 @@ impl Origins {
             let sent = tokio::select! {
                 r = async {
                     match plain {
-                        Some(pool) => match pool.send(req).await {
+                        Some(pool) => match pool.send(req, pass).await {
                             Ok(resp) => Ok(resp.map(OriginBody::plain)),
                             Err(PoolError::Connect(reason)) => Err(Failed::Connect(reason)),
                             Err(PoolError::Send(e)) => {
@@ -556,7 +561,8 @@ mod tests {
         runtime.block_on(async {
             for _ in 0..3 {
                 let req = Request::get("/x").body(Body::empty()).unwrap();
-                let answer = tokio::time::timeout(Duration::from_secs(3), origins.send(req, None));
+                let answer =
+                    tokio::time::timeout(Duration::from_secs(3), origins.send(req, None, false));
                 let (resp, _) = answer
                     .await
                     .map_err(|_| "no answer within 3 s".to_string())?

@@ -405,7 +405,7 @@ pub(crate) fn answer_now(
         )
     });
     let version = req.version();
-    let routed = route_now(state, req, peer, framing, fault);
+    let routed = route_now(state, req, peer, framing, fault, lines.is_some());
     let share = routed.share_client();
     let (mut resp, status) = match routed {
         Routed::Done(resp, status) => (resp, status),
@@ -544,6 +544,9 @@ pub(crate) struct ClientRequest {
     fault: BodyWatch,
     /// The tier a signed peer request asks (see `shield`); `None` for a client's.
     hop: Option<Hop>,
+    /// Answered by the edge's own HTTP/1.1 server (`direct`), which takes a pass-through's
+    /// fields as lines (`PassHead`).
+    direct: bool,
 }
 
 impl ClientRequest {
@@ -587,6 +590,7 @@ fn route_now(
     peer: Peer,
     framing: Option<&'static str>,
     fault: BodyWatch,
+    direct: bool,
 ) -> Routed {
     let refused = |r: Refusal| {
         let s = CacheStatus::default().detail(match r {
@@ -655,6 +659,7 @@ fn route_now(
             host,
             fault,
             hop: mark.map(|(h, _)| h),
+            direct,
         },
     }
 }
@@ -865,6 +870,7 @@ async fn forward(
         host,
         fault,
         hop,
+        direct,
     } = client;
     let (mut parts, body) = req.into_parts();
     let method = parts.method.clone();
@@ -890,6 +896,8 @@ async fn forward(
                 },
             ),
             for_client,
+            // A peer's hop keeps what this cache consumes (see `from_origin`): a header map.
+            direct && hop.is_none(),
         )
         .await;
     state
@@ -1512,6 +1520,7 @@ async fn upstream(
         .send(
             Request::from_parts(job.parts.clone(), Body::empty()),
             job.client,
+            false,
         )
         .await;
     state

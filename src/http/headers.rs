@@ -95,9 +95,101 @@ fn remove_present(headers: &mut HeaderMap, names: &[HeaderName]) {
     remove(headers, names, bits);
 }
 
+/// Fields meant for this cache (and its peers) only.
+const CACHE_ONLY: [HeaderName; 3] = [SURROGATE_CONTROL, SURROGATE_KEY, FETCHED];
+
 /// Removes the fields that must not reach clients.
 pub(crate) fn strip_cache_only(headers: &mut HeaderMap) {
-    remove_present(headers, &[SURROGATE_CONTROL, SURROGATE_KEY, FETCHED]);
+    remove_present(headers, &CACHE_ONLY);
+}
+
+/// An origin's answer that is only passed on (a pass-through), on its way to a client the
+/// edge's own HTTP/1.1 server answers (`direct`): the fields `response::from_origin` would
+/// keep of it, as header lines (`name: value\r\n`, names as the origin spelled them), with no
+/// header map built, filled and dropped for it (the map was about a fifth of the instructions
+/// of a forwarded request). The origin client makes it as it parses the head
+/// ([`pass_lines`]); `response::from_origin` adds `Via` and `Cache-Status`; the server writes
+/// the lines as they are.
+#[derive(Clone)]
+pub(crate) struct PassHead {
+    pub(crate) lines: Vec<u8>,
+    /// The lines hold a `Date`.
+    pub(crate) dated: bool,
+}
+
+/// Most names a `Connection` field may list for [`pass_lines`] (any more: a header map).
+const MAX_NAMED: usize = 16;
+
+/// Room for what the edge adds to a pass-through's lines (`Via`, `Cache-Status`).
+const PASS_ROOM: usize = 160;
+
+/// The fields of an origin's answer a pass-through keeps ([`PassHead`]): all but the
+/// hop-by-hop ones and those `Connection` names (as [`strip_hop_by_hop`]), `Content-Length`
+/// (the server writes the framing) and the cache-only ones (as [`strip_cache_only`]). `None`
+/// where the answer needs a header map after all: it carries `Cache-Status` (an upstream
+/// cache's, which ours joins), `Location` or `Content-Location` (by which an unsafe method's
+/// answer invalidates), or `Connection` lists more than [`MAX_NAMED`] names.
+pub(crate) fn pass_lines(fields: &[httparse::Header<'_>]) -> Option<PassHead> {
+    let mut named: [&[u8]; MAX_NAMED] = [&[]; MAX_NAMED];
+    let mut count = 0;
+    let mut len = PASS_ROOM;
+    for f in fields {
+        if f.name.eq_ignore_ascii_case("connection") {
+            for token in f.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.is_empty() {
+                    continue;
+                }
+                *named.get_mut(count)? = token;
+                count += 1;
+            }
+        }
+        len += f.name.len() + f.value.len() + 4;
+    }
+    let named = &named[..count];
+    let among = |list: &[&[u8]], name: &[u8]| list.iter().any(|n| n.eq_ignore_ascii_case(name));
+    let mut lines = Vec::with_capacity(len);
+    let mut dated = false;
+    for f in fields {
+        let name = f.name.as_bytes();
+        if among(&PASS_NEEDS_MAP, name) {
+            return None;
+        }
+        if among(&PASS_DROPS, name) || among(named, name) {
+            continue;
+        }
+        dated |= name.eq_ignore_ascii_case(b"date");
+        push_line(&mut lines, name, f.value);
+    }
+    Some(PassHead { lines, dated })
+}
+
+/// The names [`pass_lines`] drops: [`HOP_BY_HOP`], `Content-Length` and [`CACHE_ONLY`] (a
+/// test holds them to those lists), as bytes: a header name's spelling is a lookup of its own.
+const PASS_DROPS: [&[u8]; 13] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+    b"proxy-authorization",
+    b"proxy-authenticate",
+    b"content-length",
+    b"surrogate-control",
+    b"surrogate-key",
+    b"meridian-fetched",
+];
+
+/// The names for which [`pass_lines`] leaves an answer to a header map.
+const PASS_NEEDS_MAP: [&[u8]; 3] = [b"cache-status", b"location", b"content-location"];
+
+/// Appends `name: value\r\n`.
+pub(crate) fn push_line(lines: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    lines.extend_from_slice(name);
+    lines.extend_from_slice(b": ");
+    lines.extend_from_slice(value);
+    lines.extend_from_slice(b"\r\n");
 }
 
 /// Purge tags from `Surrogate-Key` (space-separated).
@@ -290,6 +382,27 @@ pub(crate) fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pass_through_drops_the_fields_the_map_rules_strip() {
+        let spelled = |names: &[HeaderName]| -> Vec<String> {
+            names.iter().map(|n| n.as_str().to_string()).collect()
+        };
+        let bytes = |names: &[&[u8]]| -> Vec<String> {
+            names
+                .iter()
+                .map(|n| String::from_utf8(n.to_vec()).unwrap())
+                .collect()
+        };
+        let mut rules = spelled(&HOP_BY_HOP);
+        rules.extend(spelled(&[header::CONTENT_LENGTH]));
+        rules.extend(spelled(&CACHE_ONLY));
+        assert_eq!(bytes(&PASS_DROPS), rules);
+        assert_eq!(
+            bytes(&PASS_NEEDS_MAP),
+            spelled(&[CACHE_STATUS, header::LOCATION, header::CONTENT_LOCATION])
+        );
+    }
 
     #[test]
     fn connection_named_fields_are_removed() {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 
 use super::body::Body;
-use super::headers::{strip_cache_only, strip_hop_by_hop, Line, CACHE_STATUS};
+use super::headers::{push_line, strip_cache_only, strip_hop_by_hop, Line, PassHead, CACHE_STATUS};
 use super::range::{self, Ranges};
 use crate::cache::entry::{Entry, Fields};
 use crate::cache::fill::Tail;
@@ -762,7 +762,8 @@ pub(crate) fn after_upstream(headers: &mut HeaderMap, upstream: &HeaderValue) {
 
 /// Passes an origin response through to the client: hop-by-hop and cache-only fields removed
 /// (kept `for_peer`: a peer's hop judges them as this cache did), `Via` and `Cache-Status`
-/// added (after any upstream cache's); the body streams (dropped for HEAD).
+/// added (after any upstream cache's); the body streams (dropped for HEAD). An answer whose
+/// fields came as lines, already stripped (`PassHead`), gets the two as lines.
 pub(crate) fn from_origin(
     mut resp: Response<Body>,
     method: &Method,
@@ -770,6 +771,15 @@ pub(crate) fn from_origin(
     status: CacheStatus,
     for_peer: bool,
 ) -> Response<Body> {
+    if let Some(pass) = resp.extensions_mut().get_mut::<PassHead>() {
+        debug_assert!(!for_peer, "a peer's hop keeps the cache-only fields");
+        push_line(&mut pass.lines, b"via", via.as_bytes());
+        push_line(&mut pass.lines, b"cache-status", status.value().as_bytes());
+        if *method == Method::HEAD {
+            *resp.body_mut() = Body::empty();
+        }
+        return resp;
+    }
     let h = resp.headers_mut();
     strip_hop_by_hop(h);
     if !for_peer {

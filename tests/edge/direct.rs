@@ -489,3 +489,129 @@ async fn on_shutdown_a_resting_connection_ends_and_one_in_flight_is_answered_wit
     assert!(busy.closes().await);
     assert!(done.await.unwrap(), "finished within the grace period");
 }
+
+/// The origin of the pass-through test: every answer `private`, with every kind of field a
+/// client must not see; `/chunked` without a length.
+async fn origin_of_fields_no_client_may_see() -> std::net::SocketAddr {
+    raw_origin(|mut s| async move {
+        let mut buf = Vec::new();
+        loop {
+            let head_end = loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                let mut chunk = [0u8; 4096];
+                match s.read(&mut chunk).await {
+                    Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                    _ => return,
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            while buf.len() < head_end + length {
+                let mut chunk = [0u8; 4096];
+                match s.read(&mut chunk).await {
+                    Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                    _ => return,
+                }
+            }
+            buf.drain(..head_end + length);
+            let (framing, body): (&str, &[u8]) = if head.starts_with("get /chunked ") {
+                (
+                    "Transfer-Encoding: chunked\r\n",
+                    b"3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n",
+                )
+            } else {
+                ("Content-Length: 5\r\n", b"hello")
+            };
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nServer: origin\r\nDate: {}\r\nContent-Type: text/plain\r\n\
+                 {framing}Cache-Control: private\r\nConnection: keep-alive, X-Secret\r\n\
+                 X-Secret: 1\r\nKeep-Alive: timeout=5\r\nProxy-Authenticate: Basic\r\n\
+                 Trailer: X-T\r\nSurrogate-Key: tag\r\nSurrogate-Control: no-store\r\n\
+                 Meridian-Fetched: 1\r\nSet-Cookie: a=b\r\nX-Kept: yes\r\nX-Kept: again\r\n\r\n",
+                httpdate::fmt_http_date(std::time::SystemTime::now())
+            );
+            let mut out = answer.into_bytes();
+            out.extend_from_slice(body);
+            if s.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_pass_through_answer_written_from_its_lines_says_what_one_from_the_map_says() {
+    let origin = origin_of_fields_no_client_may_see().await;
+    let edge = Edge::start(
+        &site("demo", "demo.test", &format!("http://{origin}"), ""),
+        "",
+    )
+    .await;
+    let mut s = Client::to(&edge).await;
+    // The first answer comes through the fill (a header map); the URL is then known
+    // uncacheable, and the later ones pass through (their fields as lines), as a POST does.
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(s.get("/p").await);
+    }
+    got.push(
+        s.ask(
+            b"POST /p HTTP/1.1\r\nHost: demo.test\r\nContent-Length: 3\r\n\r\nabc",
+            false,
+        )
+        .await,
+    );
+    got.push(s.get("/chunked").await);
+    got.push(s.get("/chunked").await);
+    fn names(a: &Answer) -> Vec<&str> {
+        let mut n: Vec<&str> = a.fields.iter().map(|(n, _)| n.as_str()).collect();
+        n.sort();
+        n
+    }
+    let want = [
+        "cache-control",
+        "cache-status",
+        "content-length",
+        "content-type",
+        "date",
+        "server",
+        "set-cookie",
+        "via",
+        "x-kept",
+        "x-kept",
+    ];
+    for (i, a) in got.iter().enumerate() {
+        assert_eq!(a.status, "HTTP/1.1 200 OK", "answer {i}");
+        assert_eq!(a.body, b"hello", "answer {i}");
+        let mut want = want.to_vec();
+        if i >= 4 {
+            want[2] = "transfer-encoding";
+            want.sort();
+        }
+        assert_eq!(names(a), want, "answer {i}: {:?}", a.fields);
+        assert_eq!(a.field("via"), Some(format!("1.1 {}", edge.id).as_str()));
+        let kept: Vec<&str> = a
+            .fields
+            .iter()
+            .filter(|(n, _)| n == "x-kept")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(kept, ["yes", "again"], "answer {i}");
+    }
+    let status = |i: usize| got[i].field("cache-status").unwrap();
+    assert!(status(0).contains("fwd=miss"), "{}", status(0));
+    assert!(
+        status(1).contains("fwd=uri-miss") && status(1).contains("detail=uncacheable"),
+        "{}",
+        status(1)
+    );
+    assert!(status(3).contains("fwd=method"), "{}", status(3));
+    assert!(status(5).contains("detail=uncacheable"), "{}", status(5));
+    assert_eq!(got[1].fields.len(), got[0].fields.len());
+}
