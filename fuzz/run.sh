@@ -14,7 +14,7 @@
 # storage decision on arbitrary response heads: no-store, private, Set-Cookie never stored),
 # disk_head (a disk tier head read back: fails to decode, or round-trips), origin_response (an
 # origin's response as the edge's HTTP/1.1 client reads it: the same outcome however the reads
-# split it), client_head (a client's request as the edge's own HTTP/1.1 path reads it, its short
+# split it, and a pass-through's header lines are the fields its header map gives), client_head (a client's request as the edge's own HTTP/1.1 path reads it, its short
 # body included: it ends where the framing guard ends the message, a request left to hyper is
 # left untouched, and a split read changes nothing).
 #
