@@ -37,7 +37,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::http::body::{Body, BodyError};
-use crate::http::headers::decimal;
+use crate::http::headers::{decimal, PassHead};
 
 /// Largest response head, 1xx heads before it included.
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
@@ -519,7 +519,7 @@ async fn read_head(
     conn: &mut Conn,
     head_only: bool,
     pass: bool,
-) -> Result<(Response<()>, Framing, bool), (H1Error, bool)> {
+) -> Result<(Head, Framing, bool), (H1Error, bool)> {
     let mut any = false;
     let mut interim = 0;
     loop {
@@ -551,7 +551,7 @@ fn take_head(
     head_only: bool,
     pass: bool,
     interim: &mut usize,
-) -> Result<Option<(Response<()>, Framing, bool)>, H1Error> {
+) -> Result<Option<(Head, Framing, bool)>, H1Error> {
     let too_large = || invalid("response head larger than 64 KiB");
     while !buf.is_empty() {
         let before = buf.len();
@@ -574,10 +574,14 @@ fn take_head(
     Ok(None)
 }
 
+/// A final response head; as its body, a pass-through's fields as lines, where they came so
+/// (then its header map is empty).
+type Head = Response<Option<PassHead>>;
+
 enum Parsed {
     /// A 1xx head, taken off the buffer.
     Interim,
-    Final(Response<()>, Framing, bool),
+    Final(Head, Framing, bool),
 }
 
 /// Parses a response head at the start of `buf` and takes it off; `None` while incomplete.
@@ -637,10 +641,9 @@ fn parse_head(
             buf.advance(len);
             let (body, delimited) = framing.decide(status, head_only, version);
             let keep = delimited && version == Version::HTTP_11 && !framing.close;
-            let mut resp = Response::new(());
+            let mut resp = Response::new(Some(lines));
             *resp.status_mut() = status;
             *resp.version_mut() = version;
-            resp.extensions_mut().insert(lines);
             return Ok(Some(Parsed::Final(resp, body, keep)));
         }
         framing = Fields::default();
@@ -665,7 +668,7 @@ fn parse_head(
     }
     let (body, delimited) = framing.decide(status, head_only, version);
     let keep = delimited && version == Version::HTTP_11 && !framing.close;
-    let mut resp = Response::new(());
+    let mut resp = Response::new(None);
     *resp.status_mut() = status;
     *resp.version_mut() = version;
     *resp.headers_mut() = headers;
@@ -740,22 +743,25 @@ pub(crate) fn parse_decimal(s: &[u8]) -> Option<u64> {
 }
 
 fn respond(
-    head: Response<()>,
+    head: Head,
     framing: Framing,
     conn: Conn,
     reusable: bool,
     home: Weak<Idle>,
 ) -> Response<ResponseBody> {
-    let mut body = ResponseBody {
-        conn: Some(conn),
-        framing,
-        reusable,
-        home,
-    };
-    if matches!(body.framing, Framing::Length(0)) {
-        body.finish();
-    }
-    head.map(|()| body)
+    head.map(|pass| {
+        let mut body = ResponseBody {
+            conn: Some(conn),
+            framing,
+            reusable,
+            home,
+            pass,
+        };
+        if matches!(body.framing, Framing::Length(0)) {
+            body.finish();
+        }
+        body
+    })
 }
 
 /// An origin's response body, read from its connection as it is polled. Dropped before its
@@ -767,9 +773,17 @@ pub(crate) struct ResponseBody {
     framing: Framing,
     reusable: bool,
     home: Weak<Idle>,
+    /// A pass-through's fields as lines (see `exchange`): they go with the body, which is
+    /// boxed on its way to the server anyway, where a carrier of their own would be allocated.
+    pass: Option<PassHead>,
 }
 
 impl ResponseBody {
+    /// A pass-through's fields, where they came as lines.
+    pub(crate) fn pass_head(&mut self) -> Option<&mut PassHead> {
+        self.pass.as_mut()
+    }
+
     /// The body has ended: the connection goes back to its list if it may serve again.
     fn finish(&mut self) {
         let Some(conn) = self.conn.take() else { return };
@@ -974,31 +988,30 @@ fn line(buf: &mut BytesMut, limit: usize, what: &str) -> Result<Option<BytesMut>
 }
 
 /// [`Replayed::fields`] of a parsed head: its lines', or its map's as `from_origin` strips it.
-fn passed_fields(head: Response<()>) -> Vec<(String, Vec<u8>)> {
-    let mut fields: Vec<(String, Vec<u8>)> =
-        match head.extensions().get::<crate::http::headers::PassHead>() {
-            Some(p) => p
-                .lines
-                .split(|&b| b == b'\n')
-                .filter(|l| !l.is_empty())
-                .map(|l| {
-                    let l = l.strip_suffix(b"\r").expect("a line ends with CRLF");
-                    let colon = l.iter().position(|&b| b == b':').expect("a name");
-                    let value = l[colon + 1..].strip_prefix(b" ").expect("a space");
-                    let name = String::from_utf8_lossy(&l[..colon]).to_ascii_lowercase();
-                    (name, value.to_vec())
-                })
-                .collect(),
-            None => {
-                let mut map = head.into_parts().0.headers;
-                crate::http::headers::strip_hop_by_hop(&mut map);
-                crate::http::headers::strip_cache_only(&mut map);
-                map.remove(header::CONTENT_LENGTH);
-                map.iter()
-                    .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
-                    .collect()
-            }
-        };
+fn passed_fields(head: Head) -> Vec<(String, Vec<u8>)> {
+    let mut fields: Vec<(String, Vec<u8>)> = match head.body() {
+        Some(p) => p
+            .lines
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let l = l.strip_suffix(b"\r").expect("a line ends with CRLF");
+                let colon = l.iter().position(|&b| b == b':').expect("a name");
+                let value = l[colon + 1..].strip_prefix(b" ").expect("a space");
+                let name = String::from_utf8_lossy(&l[..colon]).to_ascii_lowercase();
+                (name, value.to_vec())
+            })
+            .collect(),
+        None => {
+            let mut map = head.into_parts().0.headers;
+            crate::http::headers::strip_hop_by_hop(&mut map);
+            crate::http::headers::strip_cache_only(&mut map);
+            map.remove(header::CONTENT_LENGTH);
+            map.iter()
+                .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+                .collect()
+        }
+    };
     fields.sort_by(|a, b| a.0.cmp(&b.0));
     fields
 }
@@ -1080,7 +1093,7 @@ pub(crate) fn replay(pieces: &[&[u8]], head_only: bool, pass: bool) -> Replayed 
 mod tests {
     use super::*;
 
-    fn head(raw: &str, head_only: bool) -> Result<(Response<()>, Framing, bool), H1Error> {
+    fn head(raw: &str, head_only: bool) -> Result<(Head, Framing, bool), H1Error> {
         let mut buf = BytesMut::from(raw.as_bytes());
         loop {
             match parse_head(&mut buf, &mut Vec::new(), head_only, false)? {
@@ -1252,8 +1265,8 @@ mod tests {
             let mut buf = BytesMut::from(head);
             match parse_head(&mut buf, &mut Vec::new(), false, true).unwrap() {
                 Some(Parsed::Final(h, ..)) => h
-                    .extensions()
-                    .get::<crate::http::headers::PassHead>()
+                    .body()
+                    .as_ref()
                     .map(|p| (String::from_utf8(p.lines.clone()).unwrap(), p.dated)),
                 _ => panic!("{head}"),
             }

@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use super::framing::BodyFault;
+use super::headers::PassHead;
 use crate::cache::disk::{ChunkMissing, DiskTail};
 use crate::cache::fill::{FillFailed, Tail};
 
@@ -119,6 +120,14 @@ impl OriginBody {
         }
     }
 
+    /// A pass-through's fields, where they came as lines (`h1::exchange`).
+    fn pass_head(&mut self) -> Option<&mut PassHead> {
+        match &mut self.from {
+            FromOrigin::Plain(b) => b.pass_head(),
+            FromOrigin::Hyper(_) => None,
+        }
+    }
+
     /// The body, holding `slot` until it is done with.
     pub(crate) fn holding(mut self, slot: crate::origin::Slot) -> OriginBody {
         self.slot = Some(slot);
@@ -173,6 +182,9 @@ impl http_body::Body for OriginBody {
 }
 
 /// The other end of a stream: a client's upload or an origin's download.
+// An origin's is the larger (a pass-through's header lines ride in it); both live in the one
+// allocation of their `Streaming`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Rest {
     Client(RequestBody),
@@ -236,6 +248,19 @@ pub(crate) struct Streaming {
 }
 
 impl Body {
+    /// The fields of a pass-through from a plain-HTTP origin, as lines, when its client is
+    /// answered by the edge's own HTTP/1.1 server (see `PassHead`): they ride with the body
+    /// from the origin's connection to the server's.
+    pub(crate) fn pass_head(&mut self) -> Option<&mut PassHead> {
+        match self {
+            Body::Stream(s) => match &mut s.rest {
+                Rest::Origin(o) => o.pass_head(),
+                Rest::Client(_) => None,
+            },
+            _ => None,
+        }
+    }
+
     pub(crate) fn empty() -> Body {
         Body::Full(None)
     }

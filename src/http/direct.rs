@@ -57,7 +57,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::body::{Body, RequestBody};
 use super::handler::{answer_later, answer_now, EdgeState, Peer};
-use super::headers::PassHead;
 use super::response::Lines;
 use super::server::Activity;
 
@@ -376,7 +375,7 @@ async fn respond<S>(
 where
     S: AsyncWrite + Unpin,
 {
-    let (mut parts, mut body) = resp.into_parts();
+    let (parts, mut body) = resp.into_parts();
     let status = parts.status;
     let no_length = status.is_informational() || status.as_u16() == 204;
     let bodiless = head_only || no_length || status.as_u16() == 304;
@@ -400,7 +399,7 @@ where
         }
     }
     // A pass-through's fields, already lines (see `PassHead`): none of them is a framing one.
-    if let Some(pass) = parts.extensions.remove::<PassHead>() {
+    if let Some(pass) = body.pass_head() {
         out.extend_from_slice(&pass.lines);
         wrote_date |= pass.dated;
     }

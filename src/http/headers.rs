@@ -108,9 +108,10 @@ pub(crate) fn strip_cache_only(headers: &mut HeaderMap) {
 /// keep of it, as header lines (`name: value\r\n`, names as the origin spelled them), with no
 /// header map built, filled and dropped for it (the map was about a fifth of the instructions
 /// of a forwarded request). The origin client makes it as it parses the head
-/// ([`pass_lines`]); `response::from_origin` adds `Via` and `Cache-Status`; the server writes
+/// ([`pass_lines`]) and puts it in the response body (`Body::pass_head`), whose way to the
+/// server it follows; `response::from_origin` adds `Via` and `Cache-Status`; the server writes
 /// the lines as they are.
-#[derive(Clone)]
+#[derive(Debug)]
 pub(crate) struct PassHead {
     pub(crate) lines: Vec<u8>,
     /// The lines hold a `Date`.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 
 use super::body::Body;
-use super::headers::{push_line, strip_cache_only, strip_hop_by_hop, Line, PassHead, CACHE_STATUS};
+use super::headers::{push_line, strip_cache_only, strip_hop_by_hop, Line, CACHE_STATUS};
 use super::range::{self, Ranges};
 use crate::cache::entry::{Entry, Fields};
 use crate::cache::fill::Tail;
@@ -771,13 +771,11 @@ pub(crate) fn from_origin(
     status: CacheStatus,
     for_peer: bool,
 ) -> Response<Body> {
-    if let Some(pass) = resp.extensions_mut().get_mut::<PassHead>() {
+    // (Never for HEAD, whose answer has no body to carry them: `h1::exchange`.)
+    if let Some(pass) = resp.body_mut().pass_head() {
         debug_assert!(!for_peer, "a peer's hop keeps the cache-only fields");
         push_line(&mut pass.lines, b"via", via.as_bytes());
         push_line(&mut pass.lines, b"cache-status", status.value().as_bytes());
-        if *method == Method::HEAD {
-            *resp.body_mut() = Body::empty();
-        }
         return resp;
     }
     let h = resp.headers_mut();
