@@ -666,6 +666,11 @@ fn parse_head(
             .map_err(|_| invalid(format!("value of {name}")))?;
         headers.append(name, value);
     }
+    // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and a message that has both
+    // goes on without the length (the server would frame the decoded body by it).
+    if framing.codings.is_some() && framing.length.is_some() {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     let (body, delimited) = framing.decide(status, head_only, version);
     let keep = delimited && version == Version::HTTP_11 && !framing.close;
     let mut resp = Response::new(None);

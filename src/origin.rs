@@ -381,7 +381,15 @@ impl Origins {
                             }
                         },
                         None => match self.client.get().request(req).await {
-                            Ok(resp) => Ok(resp.map(OriginBody::hyper)),
+                            Ok(mut resp) => {
+                                // RFC 9112 §6.3: the chunks frame it, and the length goes
+                                // (hyper's client reads the one and keeps both fields).
+                                let h = resp.headers_mut();
+                                if h.contains_key(header::TRANSFER_ENCODING) {
+                                    h.remove(header::CONTENT_LENGTH);
+                                }
+                                Ok(resp.map(OriginBody::hyper))
+                            }
                             Err(e) if e.is_connect() => Err(Failed::Connect(error_chain(&e))),
                             Err(e) => Err(Failed::Other(OriginError::from_client_error(label, &e))),
                         },

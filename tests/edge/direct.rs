@@ -490,8 +490,8 @@ async fn on_shutdown_a_resting_connection_ends_and_one_in_flight_is_answered_wit
     assert!(done.await.unwrap(), "finished within the grace period");
 }
 
-/// The origin of the pass-through test: every answer `private`, with every kind of field a
-/// client must not see; `/chunked` without a length.
+/// The origin of the pass-through tests: every answer `private`, with every kind of field a
+/// client must not see; `/chunked` without a length, `/both` chunked with a length as well.
 async fn origin_of_fields_no_client_may_see() -> std::net::SocketAddr {
     raw_origin(|mut s| async move {
         let mut buf = Vec::new();
@@ -522,6 +522,11 @@ async fn origin_of_fields_no_client_may_see() -> std::net::SocketAddr {
             let (framing, body): (&str, &[u8]) = if head.starts_with("get /chunked ") {
                 (
                     "Transfer-Encoding: chunked\r\n",
+                    b"3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n",
+                )
+            } else if head.starts_with("get /both ") {
+                (
+                    "Transfer-Encoding: chunked\r\nContent-Length: 100\r\n",
                     b"3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n",
                 )
             } else {
@@ -614,4 +619,30 @@ async fn a_pass_through_answer_written_from_its_lines_says_what_one_from_the_map
     assert!(status(3).contains("fwd=method"), "{}", status(3));
     assert!(status(5).contains("detail=uncacheable"), "{}", status(5));
     assert_eq!(got[1].fields.len(), got[0].fields.len());
+}
+
+#[tokio::test]
+async fn an_answer_framed_by_both_chunks_and_a_length_reaches_the_client_without_the_length() {
+    // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and a proxy that forwards such
+    // a message removes the length first. Kept, it would frame the re-framed body wrongly.
+    let origin = origin_of_fields_no_client_may_see().await;
+    let edge = Edge::start(
+        &site("demo", "demo.test", &format!("http://{origin}"), ""),
+        "",
+    )
+    .await;
+    let mut s = Client::to(&edge).await;
+    // Through a header map (the fill), then as lines (a pass-through), on one connection.
+    for i in 0..2 {
+        let a = s.get("/both").await;
+        assert_eq!(a.status, "HTTP/1.1 200 OK", "answer {i}");
+        assert_eq!(
+            a.field("content-length"),
+            None,
+            "answer {i}: {:?}",
+            a.fields
+        );
+        assert_eq!(a.field("transfer-encoding"), Some("chunked"), "answer {i}");
+        assert_eq!(a.body, b"hello", "answer {i}");
+    }
 }

@@ -232,6 +232,61 @@ async fn https_origin_with_a_ca_file() {
 }
 
 #[tokio::test]
+async fn an_https_origins_answer_framed_by_both_chunks_and_a_length_loses_the_length() {
+    // RFC 9112 §6.3, as for plain-HTTP origins (`direct` tests): hyper's client reads the
+    // chunks and keeps both fields, and a length kept would frame the decoded body.
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (ca_pem, server_config) = server_signed_by_a_new_ca("localhost");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while let Ok(n @ 1..) = tls.read(&mut chunk).await {
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\nCache-Control: private\r\n\
+                            Transfer-Encoding: chunked\r\nContent-Length: 100\r\n\r\n\
+                            3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n";
+                        if tls.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca_pem).unwrap();
+    let edge = Edge::start(
+        &site(
+            "s",
+            "demo.test",
+            &format!("https://localhost:{port}"),
+            &format!("ca_file = {:?}", ca_path.display().to_string()),
+        ),
+        "",
+    )
+    .await;
+    for _ in 0..2 {
+        let r = edge.get("/both").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "hello");
+        assert_eq!(r.header("content-length"), "");
+    }
+}
+
+#[tokio::test]
 async fn a_post_that_timed_out_is_not_sent_to_the_next_origin() {
     // The first origin may have acted on it: sending it again elsewhere could apply it twice.
     let (_slow, fast, edge) = slow_then_fast("/pay", Duration::from_secs(3)).await;
