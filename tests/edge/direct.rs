@@ -490,10 +490,11 @@ async fn on_shutdown_a_resting_connection_ends_and_one_in_flight_is_answered_wit
     assert!(done.await.unwrap(), "finished within the grace period");
 }
 
-/// The origin of the pass-through tests: every answer `private`, with every kind of field a
-/// client must not see; `/chunked` without a length, `/both` chunked with a length as well.
-async fn origin_of_fields_no_client_may_see() -> std::net::SocketAddr {
-    raw_origin(|mut s| async move {
+/// An edge before the origin of the pass-through tests: every answer `private`, with every
+/// kind of field a client must not see; `/chunked` without a length, `/both` chunked with a
+/// length as well.
+async fn edge_before_fields_no_client_may_see() -> Edge {
+    let origin = raw_origin(|mut s| async move {
         let mut buf = Vec::new();
         loop {
             let head_end = loop {
@@ -547,17 +548,17 @@ async fn origin_of_fields_no_client_may_see() -> std::net::SocketAddr {
             }
         }
     })
+    .await;
+    Edge::start(
+        &site("demo", "demo.test", &format!("http://{origin}"), ""),
+        "",
+    )
     .await
 }
 
 #[tokio::test]
 async fn a_pass_through_answer_written_from_its_lines_says_what_one_from_the_map_says() {
-    let origin = origin_of_fields_no_client_may_see().await;
-    let edge = Edge::start(
-        &site("demo", "demo.test", &format!("http://{origin}"), ""),
-        "",
-    )
-    .await;
+    let edge = edge_before_fields_no_client_may_see().await;
     let mut s = Client::to(&edge).await;
     // The first answer comes through the fill (a header map); the URL is then known
     // uncacheable, and the later ones pass through (their fields as lines), as a POST does.
@@ -625,12 +626,7 @@ async fn a_pass_through_answer_written_from_its_lines_says_what_one_from_the_map
 async fn an_answer_framed_by_both_chunks_and_a_length_reaches_the_client_without_the_length() {
     // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and a proxy that forwards such
     // a message removes the length first. Kept, it would frame the re-framed body wrongly.
-    let origin = origin_of_fields_no_client_may_see().await;
-    let edge = Edge::start(
-        &site("demo", "demo.test", &format!("http://{origin}"), ""),
-        "",
-    )
-    .await;
+    let edge = edge_before_fields_no_client_may_see().await;
     let mut s = Client::to(&edge).await;
     // Through a header map (the fill), then as lines (a pass-through), on one connection.
     for i in 0..2 {

@@ -177,31 +177,26 @@ async fn a_request_that_loops_back_is_refused() {
     assert_eq!(o.total(), 0);
 }
 
-#[tokio::test]
-async fn https_origin_with_a_ca_file() {
+/// An HTTPS origin on `localhost` whose connections `serve` answers, with a certificate of a new
+/// CA; and an edge before it that trusts that CA (its `ca_file` lives as long as the `TempDir`).
+async fn edge_before_https_origin<F, Fut>(serve: F) -> (Edge, u16, tempfile::TempDir)
+where
+    F: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     use std::sync::Arc;
     let (ca_pem, server_config) = server_signed_by_a_new_ca("localhost");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
+    let serve = Arc::new(serve);
     tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = listener.accept().await else {
-                break;
-            };
-            let acceptor = acceptor.clone();
+        while let Ok((s, _)) = listener.accept().await {
+            let (acceptor, serve) = (acceptor.clone(), serve.clone());
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(s).await else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(http::Response::new(
-                        http_body_util::Full::new(bytes::Bytes::from_static(b"over tls")),
-                    ))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                    .await;
+                if let Ok(tls) = acceptor.accept(s).await {
+                    serve(tls).await;
+                }
             });
         }
     });
@@ -217,6 +212,22 @@ async fn https_origin_with_a_ca_file() {
         ),
         "",
     )
+    .await;
+    (edge, port, dir)
+}
+
+#[tokio::test]
+async fn https_origin_with_a_ca_file() {
+    let (edge, port, _dir) = edge_before_https_origin(|tls| async move {
+        let svc = hyper::service::service_fn(|_req| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                bytes::Bytes::from_static(b"over tls"),
+            )))
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+            .await;
+    })
     .await;
     let r = edge.get("/").await;
     assert_eq!(r.status, 200);
@@ -235,48 +246,23 @@ async fn https_origin_with_a_ca_file() {
 async fn an_https_origins_answer_framed_by_both_chunks_and_a_length_loses_the_length() {
     // RFC 9112 §6.3, as for plain-HTTP origins (`direct` tests): hyper's client reads the
     // chunks and keeps both fields, and a length kept would frame the decoded body.
-    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (ca_pem, server_config) = server_signed_by_a_new_ca("localhost");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(s).await else {
+    let (edge, _, _dir) = edge_before_https_origin(|mut tls| async move {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = tls.read(&mut chunk).await {
+            buf.extend_from_slice(&chunk[..n]);
+            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                buf.drain(..end + 4);
+                let answer = b"HTTP/1.1 200 OK\r\nCache-Control: private\r\n\
+                    Transfer-Encoding: chunked\r\nContent-Length: 100\r\n\r\n\
+                    3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n";
+                if tls.write_all(answer).await.is_err() {
                     return;
-                };
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while let Ok(n @ 1..) = tls.read(&mut chunk).await {
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        let answer = b"HTTP/1.1 200 OK\r\nCache-Control: private\r\n\
-                            Transfer-Encoding: chunked\r\nContent-Length: 100\r\n\r\n\
-                            3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n";
-                        if tls.write_all(answer).await.is_err() {
-                            return;
-                        }
-                    }
                 }
-            });
+            }
         }
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let ca_path = dir.path().join("ca.pem");
-    std::fs::write(&ca_path, ca_pem).unwrap();
-    let edge = Edge::start(
-        &site(
-            "s",
-            "demo.test",
-            &format!("https://localhost:{port}"),
-            &format!("ca_file = {:?}", ca_path.display().to_string()),
-        ),
-        "",
-    )
+    })
     .await;
     for _ in 0..2 {
         let r = edge.get("/both").await;
