@@ -714,3 +714,48 @@ async fn tls_to_a(
         .await
         .unwrap()
 }
+
+#[tokio::test]
+async fn a_pass_through_over_tls_reaches_the_client_without_hop_by_hop_fields() {
+    let site = OneSite::start().await;
+    site._origin.always(
+        "/p",
+        Reply::ok("private body")
+            .header("cache-control", "private")
+            .header("connection", "x-secret")
+            .header("x-secret", "1")
+            .header("surrogate-key", "tag")
+            .header("x-kept", "yes"),
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The first through the fill (a header map), the later ones as a pass-through's lines.
+    for i in 0..3 {
+        let config = Arc::new(site.ca.client(&[&rustls::version::TLS13]));
+        let mut tls = tls_to_a(https(&site.edge), config).await;
+        tls.write_all(b"GET /p HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tls.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("http/1.1 200 ok\r\n"), "{i}: {head}");
+        assert_eq!(body, "private body", "{i}");
+        let fields: Vec<&str> = head.lines().skip(1).collect();
+        let named = |n: &str| {
+            fields
+                .iter()
+                .filter(|l| l.starts_with(&format!("{n}:")))
+                .count()
+        };
+        for gone in ["x-secret", "surrogate-key"] {
+            assert_eq!(named(gone), 0, "{i}: {head}");
+        }
+        for once in ["x-kept", "date", "via", "cache-status", "content-length"] {
+            assert_eq!(named(once), 1, "{i}: {head}");
+        }
+        if i > 0 {
+            assert!(head.contains("detail=uncacheable"), "{i}: {head}");
+        }
+    }
+}
