@@ -46,19 +46,19 @@ pub(crate) fn strip_hop_by_hop_except(headers: &mut HeaderMap, keep: &[HeaderNam
         return;
     }
     // Names `Connection` lists, besides the hop-by-hop ones removed below anyway (so
-    // `keep-alive` costs no name of its own).
+    // `keep-alive` costs no name of its own). Read as bytes: a value with a byte past ASCII
+    // still names the fields beside it.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
         .filter(|n| {
             !HOP_BY_HOP
                 .iter()
-                .any(|h| h.as_str().eq_ignore_ascii_case(n))
+                .any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(n))
         })
-        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .filter_map(|n| HeaderName::from_bytes(n).ok())
         .filter(|n| !keep.contains(n))
         .collect();
     for name in &named {

@@ -110,6 +110,30 @@ async fn all_origins_down_is_502() {
 }
 
 #[tokio::test]
+async fn a_connection_value_with_a_byte_past_ascii_still_names_its_fields_both_ways() {
+    let o = Origin::start().await;
+    o.always(
+        "/h",
+        Reply::ok("x")
+            .header("cache-control", "max-age=60")
+            .header("connection", "x-origin-secret, caf\u{e9}")
+            .header("x-origin-secret", "1"),
+    );
+    let edge = Edge::for_origin(&o).await;
+    let asked = [
+        ("connection", "x-client-secret, caf\u{e9}"),
+        ("x-client-secret", "1"),
+    ];
+    // A miss (stored), then a hit of what was stored.
+    for _ in 0..2 {
+        let r = edge.get_with("/h", &asked).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-origin-secret"), "", "{}", r.cache_status());
+    }
+    assert!(o.last("/h").headers.get("x-client-secret").is_none());
+}
+
+#[tokio::test]
 async fn proxy_headers_added_and_hop_by_hop_removed_both_ways() {
     let o = Origin::start().await;
     o.always(
