@@ -57,6 +57,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::body::{Body, RequestBody};
 use super::handler::{answer_later, answer_now, EdgeState, Peer};
+use super::headers::push_line;
 use super::response::Lines;
 use super::server::Activity;
 
@@ -390,8 +391,8 @@ where
     // A hit's stored fields, already lines (see `response::Lines`).
     if let Some(kept) = lines {
         out.extend_from_slice(&kept.lines);
-        field(out, b"age", kept.age.as_bytes());
-        field(out, b"cache-status", kept.cache_status.as_bytes());
+        push_line(out, b"age", kept.age.as_bytes());
+        push_line(out, b"cache-status", kept.cache_status.as_bytes());
         wrote_date = kept.dated;
         if bodiless && !no_length {
             length(out, kept.length);
@@ -429,7 +430,7 @@ where
             header::DATE => wrote_date = true,
             _ => {}
         }
-        field(out, name.as_str().as_bytes(), value.as_bytes());
+        push_line(out, name.as_str().as_bytes(), value.as_bytes());
     }
     close |= says_close;
     let framing = if bodiless {
@@ -448,18 +449,18 @@ where
         close = true;
         Framing::UntilClose
     } else {
-        field(out, b"transfer-encoding", b"chunked");
+        push_line(out, b"transfer-encoding", b"chunked");
         Framing::Chunked
     };
     if v10 {
         if !close && !says_keep {
-            field(out, b"connection", b"keep-alive");
+            push_line(out, b"connection", b"keep-alive");
         }
     } else if close && !says_close {
-        field(out, b"connection", b"close");
+        push_line(out, b"connection", b"close");
     }
     if !wrote_date {
-        DATE.with(|d| field(out, b"date", &d.now()));
+        DATE.with(|d| push_line(out, b"date", &d.now()));
     }
     out.extend_from_slice(b"\r\n");
     if framing == Framing::None {
@@ -537,16 +538,9 @@ where
     Ok(close)
 }
 
-fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
 fn length(out: &mut Vec<u8>, n: u64) {
     let mut digits = [0u8; 20];
-    field(
+    push_line(
         out,
         b"content-length",
         super::headers::decimal(n, &mut digits),
