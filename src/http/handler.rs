@@ -1007,7 +1007,7 @@ async fn cache_path(
 /// the stack copies all of it there (6,200 bytes for `forward`), where the future's first state
 /// holds its arguments alone.
 #[inline(always)]
-fn boxed<F: std::future::Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
+pub(crate) fn boxed<F: std::future::Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
     Box::into_pin(Box::write(Box::new_uninit(), make()))
 }
 

@@ -649,13 +649,16 @@ where
             }
             Err(later) => later,
         };
+        // Boxed: hyper spawns a task per HTTP/2 stream with this future in it, and unboxed it
+        // made every answer's task, hits included, as large as the miss path's state machine
+        // (about 4 KiB, copied into each task).
         Answer::Later {
-            later: async move {
+            later: super::handler::boxed(|| async move {
                 let r = answer_later(state, later).await;
                 activity.in_flight.fetch_sub(1, Ordering::Relaxed);
                 activity.touch();
                 r.map(|resp| resp.map(|b| activity.stalls.watch(b)))
-            },
+            }),
         }
     });
     // What one poll of the connection writes leaves in one write (HTTP/2 flushes per frame).
