@@ -10,6 +10,7 @@
 #   CACHE=256MiB HITS=1000000 SETTLE=5 benches/memory.sh
 #   EDGE_ENV="MALLOC_ARENA_MAX=1" benches/memory.sh     environment of the edge (allocator tuning)
 #   EDGE_THREADS=0 benches/memory.sh                    the edge's edge.threads (default: unset, one per core)
+#   MERIDIAN_BIN=PATH benches/memory.sh                 run another build of meridian (an A/B; nothing is built)
 #
 # Needs nginx (origin) and wrk from Debian (installed if missing, as root). Loopback only; every
 # process started here is stopped on exit. Prints one markdown table.
@@ -23,8 +24,10 @@ ROOT=$(pwd)
 # shellcheck source=benches/lib.sh
 . "$ROOT/benches/lib.sh"
 need nginx:nginx wrk:wrk curl:curl
-cargo build --release --quiet --bin meridian
-MERIDIAN=$ROOT/target/release/meridian
+if [ -z "${MERIDIAN_BIN:-}" ]; then
+  cargo build --release --quiet --bin meridian
+fi
+MERIDIAN=${MERIDIAN_BIN:-$ROOT/target/release/meridian}
 
 workdir
 
