@@ -37,7 +37,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::http::body::{Body, BodyError};
-use crate::http::headers::{decimal, PassHead};
+use crate::http::headers::{decimal, Forwarding, PassHead};
 
 /// Largest response head, 1xx heads before it included.
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
@@ -211,6 +211,16 @@ impl Idle {
 }
 
 /// How the request body is delimited on the wire.
+/// What an exchange takes and gives as HTTP/1.1 lines instead of header map fields.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Lines<'a> {
+    /// The answer is only passed on, to a client of the edge's own HTTP/1.1 server; one with a
+    /// body then comes with its fields as lines (a `PassHead`, and no header map) where it can.
+    pub(crate) answer: bool,
+    /// This hop's forwarding fields, written after the request's own.
+    pub(crate) added: Option<&'a Forwarding>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Sending {
     /// No body and no `Content-Length` (a `GET`).
@@ -223,17 +233,17 @@ enum Sending {
 /// body is read from the connection as the returned response's body is polled, and the
 /// connection goes back to `home` once it has ended. `reused`: the connection served requests
 /// before (only then can a failure leave the request unsent). A complete body is left in
-/// `body` so that the request can go again. `pass`: the answer is only passed on, to a client
-/// of the edge's own HTTP/1.1 server; one with a body then comes with its fields as lines (a
-/// `PassHead` extension, and no header map) where it can.
+/// `body` so that the request can go again. `lines`: what goes as header lines instead of
+/// header map fields, either way.
 pub(crate) async fn exchange(
     mut conn: Conn,
     parts: &Parts,
     body: &mut Body,
     reused: bool,
     home: Weak<Idle>,
-    pass: bool,
+    lines: Lines<'_>,
 ) -> Result<Response<ResponseBody>, Failure> {
+    let pass = lines.answer;
     let head_only = parts.method == Method::HEAD;
     let mut reusable = !has_close(&parts.headers);
     // A complete body (or none) can be sent again; a stream cannot once a frame is taken.
@@ -252,7 +262,7 @@ pub(crate) async fn exchange(
     };
     let mut out = std::mem::take(&mut conn.out);
     out.clear();
-    encode_head(parts, sending, &mut out);
+    encode_head(parts, sending, lines.added, &mut out);
     let written = match whole {
         Some(Some(b)) if b.len() <= WRITE_TOGETHER => {
             out.extend_from_slice(&b);
@@ -345,9 +355,10 @@ fn has_close(headers: &HeaderMap) -> bool {
     })
 }
 
-/// The request line and fields, with the framing fields of `sending` (the request's own
-/// `Content-Length`, `Transfer-Encoding` and `Expect` are not sent: the body goes at once).
-fn encode_head(parts: &Parts, sending: Sending, out: &mut Vec<u8>) {
+/// The request line and fields, then `added`'s, with the framing fields of `sending` (the
+/// request's own `Content-Length`, `Transfer-Encoding` and `Expect` are not sent: the body goes
+/// at once).
+fn encode_head(parts: &Parts, sending: Sending, added: Option<&Forwarding>, out: &mut Vec<u8>) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -364,6 +375,9 @@ fn encode_head(parts: &Parts, sending: Sending, out: &mut Vec<u8>) {
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(added) = added {
+        added.write(out);
     }
     match sending {
         Sending::Nothing => {}
@@ -694,6 +708,14 @@ struct Fields {
 impl Fields {
     /// Reads one field (`name` in any case).
     fn see(&mut self, name: &[u8], value: &[u8]) -> Result<(), H1Error> {
+        // The length first: most names are none of the three.
+        let n = name.len();
+        if n != b"content-length".len()
+            && n != b"transfer-encoding".len()
+            && n != b"connection".len()
+        {
+            return Ok(());
+        }
         if name.eq_ignore_ascii_case(b"content-length") {
             for item in value.split(|&b| b == b',') {
                 let n = parse_decimal(item.trim_ascii()).ok_or_else(|| {
@@ -1225,7 +1247,7 @@ mod tests {
             .unwrap();
         let (parts, ()) = req.into_parts();
         let mut out = Vec::new();
-        encode_head(&parts, Sending::Length(12), &mut out);
+        encode_head(&parts, Sending::Length(12), None, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /up?x=1 HTTP/1.1\r\nhost: a.test\r\ncontent-length: 12\r\n\r\n"

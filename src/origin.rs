@@ -23,6 +23,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
 
 use crate::config::SiteConfig;
+use crate::h1::Lines;
 use crate::http::body::{Body, BodyError, OriginBody};
 use crate::http::server::PerThread;
 use crate::pool::{Http1Pool, PoolError};
@@ -282,14 +283,16 @@ impl Origins {
     /// `client` is the address of the client the request is for (`None` for the cluster's own
     /// requests): it holds no more than its share of the site's origin slots.
     ///
-    /// `pass`: the answer is only passed on, to a client of the edge's own HTTP/1.1 server; a
-    /// plain-HTTP origin's answer with a body may then come with its fields as lines instead of
-    /// in its header map (see `http::headers::PassHead`).
+    /// `lines`: what a plain-HTTP origin's exchange takes and gives as header lines (see
+    /// `h1::Lines`): with `answer`, an answer only passed on, to a client of the edge's own
+    /// HTTP/1.1 server, may come with its fields as lines instead of in its header map (see
+    /// `http::headers::PassHead`); `added`, this hop's forwarding fields, go into the header map
+    /// for the other origins.
     pub(crate) async fn send(
         &self,
         req: Request<Body>,
         client: Option<std::net::IpAddr>,
-        pass: bool,
+        lines: Lines<'_>,
     ) -> Result<(Response<OriginBody>, &str), OriginError> {
         // The client's share first: a client past it waits without taking one of the site's.
         let share = match client {
@@ -370,7 +373,7 @@ impl Origins {
             let sent = tokio::select! {
                 r = async {
                     match plain {
-                        Some(pool) => match pool.send(req, pass).await {
+                        Some(pool) => match pool.send(req, lines).await {
                             Ok(resp) => Ok(resp.map(OriginBody::plain)),
                             Err(PoolError::Connect(reason)) => Err(Failed::Connect(reason)),
                             Err(PoolError::Send(e)) => {
@@ -380,7 +383,12 @@ impl Origins {
                                 Err(Failed::Other(OriginError::from_client_error(label, &e)))
                             }
                         },
-                        None => match self.client.get().request(req).await {
+                        None => match self.client.get().request({
+                            if let Some(added) = lines.added {
+                                added.apply(req.headers_mut());
+                            }
+                            req
+                        }).await {
                             Ok(mut resp) => {
                                 // RFC 9112 §6.3: the chunks frame it, and the length goes
                                 // (hyper's client reads the one and keeps both fields).
@@ -569,8 +577,10 @@ mod tests {
         runtime.block_on(async {
             for _ in 0..3 {
                 let req = Request::get("/x").body(Body::empty()).unwrap();
-                let answer =
-                    tokio::time::timeout(Duration::from_secs(3), origins.send(req, None, false));
+                let answer = tokio::time::timeout(
+                    Duration::from_secs(3),
+                    origins.send(req, None, Lines::default()),
+                );
                 let (resp, _) = answer
                     .await
                     .map_err(|_| "no answer within 3 s".to_string())?

@@ -32,7 +32,7 @@ use http::{header, HeaderValue, Request, Response};
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service;
 
-use crate::h1::{self, Conn, Failure, H1Error, Idle, ResponseBody};
+use crate::h1::{self, Conn, Failure, H1Error, Idle, Lines, ResponseBody};
 use crate::http::body::{Body, BodyError};
 use crate::http::server::PerThread;
 
@@ -91,11 +91,11 @@ impl Http1Pool {
 
     /// Sends `req` (its target is taken as origin-form) and returns the response head; the
     /// body streams from the connection.
-    /// `pass`: see [`h1::exchange`].
+    /// `lines`: see [`h1::exchange`].
     pub(crate) async fn send(
         &self,
         req: Request<Body>,
-        pass: bool,
+        lines: Lines<'_>,
     ) -> Result<Response<ResponseBody>, PoolError> {
         let (parts, mut body) = self.origin_form(req).into_parts();
         let list = self.kept.get();
@@ -113,7 +113,7 @@ impl Http1Pool {
                 None => (self.connect().await?, false),
             };
             let home = Arc::downgrade(list);
-            match h1::exchange(conn, &parts, &mut body, was_reused, home, pass).await {
+            match h1::exchange(conn, &parts, &mut body, was_reused, home, lines).await {
                 Ok(resp) => return Ok(resp),
                 // Not taken: the connection had closed while idle. Once more, on a new one.
                 Err(Failure::Unsent(_)) if was_reused => {}
@@ -275,7 +275,7 @@ mod tests {
         let pool = pool(target);
         for _ in 0..3 {
             assert_eq!(
-                read(pool.send(get("/x"), false).await.unwrap()).await,
+                read(pool.send(get("/x"), Lines::default()).await.unwrap()).await,
                 b"ok"
             );
             // Bounded: let a late second answer arrive on the idle connection too.
@@ -293,7 +293,7 @@ mod tests {
         .await;
         let pool = pool(target);
         for i in 0..6 {
-            let body = read(pool.send(get("/x"), false).await.unwrap()).await;
+            let body = read(pool.send(get("/x"), Lines::default()).await.unwrap()).await;
             assert_eq!(body, if i % 2 == 0 { &b"ok"[..] } else { b"" });
         }
         assert_eq!(conns.load(Ordering::SeqCst), 1);
@@ -307,7 +307,11 @@ mod tests {
             std::sync::LazyLock::new(|| b"HTTP/1.1 100 Continue\r\n\r\n".repeat(4000));
         let (target, _) = scripted(|_| &INTERIM[..]).await;
         let pool = pool(target);
-        let sent = tokio::time::timeout(Duration::from_secs(5), pool.send(get("/x"), false)).await;
+        let sent = tokio::time::timeout(
+            Duration::from_secs(5),
+            pool.send(get("/x"), Lines::default()),
+        )
+        .await;
         match sent.expect("still waiting after 5 s") {
             Err(PoolError::Send(e)) => assert!(e.to_string().contains("64 KiB"), "{e}"),
             other => panic!("{:?}", other.map(|r| r.status())),
@@ -342,7 +346,7 @@ mod tests {
         let (target, conns) = origin(false, Duration::ZERO).await;
         let pool = pool(target);
         for _ in 0..20 {
-            let resp = pool.send(get("/x"), false).await.unwrap();
+            let resp = pool.send(get("/x"), Lines::default()).await.unwrap();
             assert_eq!(read(resp).await, b"ok");
         }
         assert_eq!(conns.load(Ordering::SeqCst), 1);
@@ -357,7 +361,9 @@ mod tests {
         let mut all = tokio::task::JoinSet::new();
         for _ in 0..8 {
             let pool = pool.clone();
-            all.spawn(async move { read(pool.send(get("/x"), false).await.unwrap()).await });
+            all.spawn(
+                async move { read(pool.send(get("/x"), Lines::default()).await.unwrap()).await },
+            );
         }
         while let Some(body) = all.join_next().await {
             assert_eq!(body.unwrap(), b"ok");
@@ -367,7 +373,7 @@ mod tests {
         // Idle again: the next ones reuse them.
         for _ in 0..8 {
             assert_eq!(
-                read(pool.send(get("/x"), false).await.unwrap()).await,
+                read(pool.send(get("/x"), Lines::default()).await.unwrap()).await,
                 b"ok"
             );
         }
@@ -382,7 +388,7 @@ mod tests {
         let (target, conns) = origin(true, Duration::ZERO).await;
         let pool = pool(target);
         for _ in 0..20 {
-            let resp = pool.send(get("/x"), false).await.unwrap();
+            let resp = pool.send(get("/x"), Lines::default()).await.unwrap();
             assert_eq!(read(resp).await, b"ok");
         }
         assert_eq!(conns.load(Ordering::SeqCst), 20);
@@ -392,24 +398,24 @@ mod tests {
     async fn a_connection_goes_back_once_its_body_has_ended_and_not_before() {
         let (target, conns) = origin(false, Duration::ZERO).await;
         let pool = pool(target);
-        let unread = pool.send(get("/x"), false).await.unwrap();
+        let unread = pool.send(get("/x"), Lines::default()).await.unwrap();
         // Its body not read yet: the next request needs a connection of its own.
         assert_eq!(pool.kept(), 0);
         assert_eq!(
-            read(pool.send(get("/x"), false).await.unwrap()).await,
+            read(pool.send(get("/x"), Lines::default()).await.unwrap()).await,
             b"ok"
         );
         assert_eq!((conns.load(Ordering::SeqCst), pool.kept()), (2, 1));
         assert_eq!(read(unread).await, b"ok");
         assert_eq!(pool.kept(), 2);
         // A body dropped before its end (8 of its 10 bytes never came) closes its connection.
-        let held = pool.send(get("/hold"), false).await.unwrap();
+        let held = pool.send(get("/hold"), Lines::default()).await.unwrap();
         assert_eq!(pool.kept(), 1);
         drop(held);
         assert_eq!(pool.kept(), 1);
         for _ in 0..4 {
             assert_eq!(
-                read(pool.send(get("/x"), false).await.unwrap()).await,
+                read(pool.send(get("/x"), Lines::default()).await.unwrap()).await,
                 b"ok"
             );
         }
@@ -428,7 +434,7 @@ mod tests {
             Duration::from_millis(100),
         );
         assert_eq!(
-            read(pool.send(get("/x"), false).await.unwrap()).await,
+            read(pool.send(get("/x"), Lines::default()).await.unwrap()).await,
             b"ok"
         );
         assert_eq!(pool.kept(), 1);
@@ -439,7 +445,7 @@ mod tests {
         }
         assert_eq!(pool.kept(), 0);
         assert_eq!(
-            read(pool.send(get("/x"), false).await.unwrap()).await,
+            read(pool.send(get("/x"), Lines::default()).await.unwrap()).await,
             b"ok"
         );
         assert_eq!(conns.load(Ordering::SeqCst), 2);
@@ -452,7 +458,7 @@ mod tests {
         drop(listener);
         let pool = pool(format!("http://{addr}").parse().unwrap());
         assert!(matches!(
-            pool.send(get("/x"), false).await,
+            pool.send(get("/x"), Lines::default()).await,
             Err(PoolError::Connect(_))
         ));
     }

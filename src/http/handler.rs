@@ -21,7 +21,10 @@ use tokio_util::task::TaskTracker;
 
 use super::body::{Body, OriginBody, RequestBody};
 use super::framing::BodyFault;
-use super::headers::{add_forwarding, is_loop, strip_cache_only, strip_hop_by_hop, surrogate_keys};
+use super::headers::{
+    forwarding, is_loop, strip_cache_only, strip_framing, strip_hop_by_hop, surrogate_keys,
+    Forwarding,
+};
 use super::request::{self, Rejected};
 use super::response::{self, CacheStatus, Fwd, Label, Refusal};
 use crate::cache::collapse::{Collapser, Join, Leader};
@@ -32,6 +35,7 @@ use crate::cache::key;
 use crate::cache::policy::{self, Exchange, RequestDirectives, Reuse, SitePolicy};
 use crate::cache::store::{Object, Store, Tier};
 use crate::config::{EdgeConfig, QueryKey, SiteConfig};
+use crate::h1::Lines;
 use crate::load::LoadCounters;
 use crate::origin::{OriginError, Origins};
 use crate::shield::{Hop, Peers, PEER};
@@ -821,7 +825,8 @@ async fn pushed_purge(
 /// leaves as HTTP/1.1. Hop-by-hop fields went at intake, and `Host` is the normalised one.
 ///
 /// A signed peer hop (`hop`) keeps the forwarding fields the first edge wrote: they name the
-/// user, and the peer only adds itself to `Via`.
+/// user, and the peer only adds itself to `Via`. A client's request is given back the fields
+/// this hop adds (see [`forwarding`]), for the caller to add or to have written as lines.
 fn to_origin(
     parts: &mut Parts,
     peer: Peer,
@@ -829,26 +834,28 @@ fn to_origin(
     site: &Site,
     state: &EdgeState,
     hop: Option<Hop>,
-) {
+) -> Option<Forwarding> {
     let via = match parts.version {
         http::Version::HTTP_2 => &state.via2,
         http::Version::HTTP_3 => &state.via3,
         _ => &state.via,
     };
     parts.version = http::Version::HTTP_11;
-    parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.remove(header::TRANSFER_ENCODING);
+    strip_framing(&mut parts.headers);
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        if let Some(pq) = parts.uri.path_and_query() {
+            if let Ok(u) = Uri::builder().path_and_query(pq.clone()).build() {
+                parts.uri = u;
+            }
+        }
+    }
     if hop.is_some() {
         parts.headers.append(header::VIA, via.clone());
+        None
     } else {
         // The origin learns of the host and the scheme only where the variant holds them.
         let target = site.target(host, peer.secure);
-        add_forwarding(&mut parts.headers, peer.addr.ip(), target, via);
-    }
-    if let Some(pq) = parts.uri.path_and_query() {
-        if let Ok(u) = Uri::builder().path_and_query(pq.clone()).build() {
-            parts.uri = u;
-        }
+        Some(forwarding(&mut parts.headers, peer.addr.ip(), target, via))
     }
 }
 
@@ -881,7 +888,7 @@ async fn forward(
     // connection (request smuggling). It is dropped, as most caches do.
     let no_body =
         method == Method::GET || method == Method::HEAD || http_body::Body::is_end_stream(&body);
-    to_origin(&mut parts, peer, &host, site, state, hop);
+    let added = to_origin(&mut parts, peer, &host, site, state, hop);
     state.metrics.origin_fetches.increment(1);
     let t = Instant::now();
     let sent = site
@@ -896,8 +903,11 @@ async fn forward(
                 },
             ),
             for_client,
-            // A peer's hop keeps what this cache consumes (see `from_origin`): a header map.
-            direct && hop.is_none(),
+            Lines {
+                // A peer's hop keeps what this cache consumes (see `from_origin`): a header map.
+                answer: direct && hop.is_none(),
+                added: added.as_ref(),
+            },
         )
         .await;
     state
@@ -1170,14 +1180,17 @@ impl Fill {
         ] {
             parts.headers.remove(name);
         }
-        to_origin(
+        // A fill's request may go to a peer too (see `shield`), which reads the header map.
+        if let Some(added) = to_origin(
             &mut parts,
             client.peer,
             &client.host,
             site,
             state,
             client.hop,
-        );
+        ) {
+            added.apply(&mut parts.headers);
+        }
         let target = site.target(&client.host, client.peer.secure);
         Fill {
             parts,
@@ -1528,7 +1541,7 @@ async fn upstream(
         .send(
             Request::from_parts(job.parts.clone(), Body::empty()),
             job.client,
-            false,
+            Lines::default(),
         )
         .await;
     state

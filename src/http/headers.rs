@@ -67,6 +67,14 @@ pub(crate) fn strip_hop_by_hop_except(headers: &mut HeaderMap, keep: &[HeaderNam
     remove(headers, &HOP_BY_HOP, present);
 }
 
+/// The framing fields of a message (`Content-Length`, `Transfer-Encoding`), for the next hop to
+/// frame what it sends itself.
+pub(crate) fn strip_framing(headers: &mut HeaderMap) {
+    remove_present(headers, &FRAMING);
+}
+
+const FRAMING: [HeaderName; 2] = [header::CONTENT_LENGTH, header::TRANSFER_ENCODING];
+
 /// Which of `names` (at most 32) `headers` holds, as bits: one pass over the names it holds.
 /// Removing an absent name still hashes it, which costs more than this for a short list.
 pub(crate) fn present(headers: &HeaderMap, names: &[HeaderName]) -> u32 {
@@ -147,16 +155,15 @@ pub(crate) fn pass_lines(fields: &[httparse::Header<'_>]) -> Option<PassHead> {
         len += f.name.len() + f.value.len() + 4;
     }
     let named = &named[..count];
-    let among = |list: &[&[u8]], name: &[u8]| list.iter().any(|n| n.eq_ignore_ascii_case(name));
     let mut lines = Vec::with_capacity(len);
     let mut dated = false;
     for f in fields {
         let name = f.name.as_bytes();
-        if among(&PASS_NEEDS_MAP, name) {
-            return None;
-        }
-        if among(&PASS_DROPS, name) || among(named, name) {
-            continue;
+        match pass_rule(name) {
+            PassRule::NeedsMap => return None,
+            PassRule::Drop => continue,
+            PassRule::Keep if named.iter().any(|n| n.eq_ignore_ascii_case(name)) => continue,
+            PassRule::Keep => {}
         }
         dated |= name.eq_ignore_ascii_case(b"date");
         push_line(&mut lines, name, f.value);
@@ -164,8 +171,58 @@ pub(crate) fn pass_lines(fields: &[httparse::Header<'_>]) -> Option<PassHead> {
     Some(PassHead { lines, dated })
 }
 
+/// What [`pass_lines`] does with a field of this name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PassRule {
+    Keep,
+    /// One of [`PASS_DROPS`].
+    Drop,
+    /// One of [`PASS_NEEDS_MAP`].
+    NeedsMap,
+}
+
+/// [`PASS_DROPS`] and [`PASS_NEEDS_MAP`] as a match on the name's length, then at most two
+/// comparisons (a test holds it to the lists): a walk of both lists for each field of each
+/// answer cost a pass-through 1,600 instructions.
+fn pass_rule(name: &[u8]) -> PassRule {
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    let drop = match name.len() {
+        2 => is(b"te"),
+        7 => is(b"trailer") || is(b"upgrade"),
+        8 => {
+            return if is(b"location") {
+                PassRule::NeedsMap
+            } else {
+                PassRule::Keep
+            }
+        }
+        10 => is(b"connection") || is(b"keep-alive"),
+        12 => {
+            return if is(b"cache-status") {
+                PassRule::NeedsMap
+            } else {
+                PassRule::Keep
+            }
+        }
+        13 => is(b"surrogate-key"),
+        14 => is(b"content-length"),
+        16 if is(b"content-location") => return PassRule::NeedsMap,
+        16 => is(b"proxy-connection") || is(b"meridian-fetched"),
+        17 => is(b"transfer-encoding") || is(b"surrogate-control"),
+        18 => is(b"proxy-authenticate"),
+        19 => is(b"proxy-authorization"),
+        _ => false,
+    };
+    if drop {
+        PassRule::Drop
+    } else {
+        PassRule::Keep
+    }
+}
+
 /// The names [`pass_lines`] drops: [`HOP_BY_HOP`], `Content-Length` and [`CACHE_ONLY`] (a
 /// test holds them to those lists), as bytes: a header name's spelling is a lookup of its own.
+#[cfg(test)]
 const PASS_DROPS: [&[u8]; 13] = [
     b"connection",
     b"keep-alive",
@@ -183,6 +240,7 @@ const PASS_DROPS: [&[u8]; 13] = [
 ];
 
 /// The names for which [`pass_lines`] leaves an answer to a header map.
+#[cfg(test)]
 const PASS_NEEDS_MAP: [&[u8]; 3] = [b"cache-status", b"location", b"content-location"];
 
 /// Appends `name: value\r\n`.
@@ -204,42 +262,45 @@ pub(crate) fn surrogate_keys(headers: &HeaderMap) -> Box<[Box<str>]> {
         .collect()
 }
 
-/// Client-sent fields that claim a host or a scheme for the request. The edge is where requests
-/// enter from the internet, so nothing before it can vouch for them; origins that trust them
-/// (redirects built from `X-Forwarded-Host`) would let one client choose what the cache stores
-/// for everyone.
-const CLAIMS: [HeaderName; 5] = [
-    FORWARDED,
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-forwarded-scheme"),
-];
-
 /// Adds this proxy's hop to a request bound for an origin: `Via`, `X-Forwarded-For` (appended
 /// to any the client sent) and `Forwarded` (RFC 7239; the client's own is replaced, along with
 /// the other fields that claim a host or scheme). `target` says which of the host and the scheme
-/// the origin may learn: exactly what the cached variant is selected by.
+/// the origin may learn: exactly what the cached variant is selected by. (Requests take
+/// [`forwarding`]'s fields, added or as lines: this is the two in one, for tests.)
+#[cfg(test)]
 pub(crate) fn add_forwarding(
     headers: &mut HeaderMap,
     client: IpAddr,
     target: Target<'_>,
     via: &HeaderValue,
 ) {
-    remove_present(headers, &CLAIMS);
-    headers.append(header::VIA, via.clone());
-    // Both values are built on the stack and copied once each (they are on every request to
-    // an origin).
+    forwarding(headers, client, target, via).apply(headers);
+}
+
+/// What [`add_forwarding`] adds, made without adding it: the claims and any `X-Forwarded-For`
+/// are taken out of `headers` (the first such value, if it is text, leads the new one), and the
+/// three fields wait in a [`Forwarding`], for the header map ([`Forwarding::apply`]) or, on the
+/// edge's own HTTP/1.1 client, for the request head's lines ([`Forwarding::write`]): there they
+/// cost neither a value on the heap nor an insert.
+pub(crate) fn forwarding(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    target: Target<'_>,
+    via: &HeaderValue,
+) -> Forwarding {
+    // The claims and `X-Forwarded-For` in one pass over the names.
+    let present = present(headers, &OVERWRITTEN);
     let mut xff = Line::default();
-    if let Some(prev) = headers.get(X_FORWARDED_FOR).filter(|v| v.to_str().is_ok()) {
-        xff.push(prev.as_bytes());
-        xff.push(b", ");
+    if present & (1 << XFF) != 0 {
+        // `to_str` admits visible ASCII, spaces and tabs only: nothing that ends a line.
+        if let Some(prev) = headers.get(X_FORWARDED_FOR).filter(|v| v.to_str().is_ok()) {
+            xff.push(prev.as_bytes());
+            xff.push(b", ");
+        }
     }
+    remove(headers, &OVERWRITTEN, present);
     let at = xff.as_bytes().len();
     push_ip(&mut xff, client);
-    if let Ok(v) = HeaderValue::from_bytes(xff.as_bytes()) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
     let ip = &xff.as_bytes()[at..];
     let mut fwd = Line::default();
     fwd.push(b"for=");
@@ -266,8 +327,54 @@ pub(crate) fn add_forwarding(
         fwd.push(h.as_bytes());
         fwd.push(b"\"");
     }
-    if let Ok(v) = HeaderValue::from_bytes(fwd.as_bytes()) {
-        headers.append(FORWARDED, v);
+    Forwarding {
+        via: via.clone(),
+        xff,
+        fwd,
+    }
+}
+
+/// Client-sent fields that claim a host or a scheme for the request. The edge is where requests
+/// enter from the internet, so nothing before it can vouch for them; origins that trust them
+/// (redirects built from `X-Forwarded-Host`) would let one client choose what the cache stores
+/// for everyone. Then `X-Forwarded-For`, which [`forwarding`] rewrites (the last bit).
+const OVERWRITTEN: [HeaderName; 6] = [
+    FORWARDED,
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    X_FORWARDED_FOR,
+];
+/// `X-Forwarded-For`'s place in [`OVERWRITTEN`], after the claims.
+const XFF: usize = 5;
+
+/// `Via`, `X-Forwarded-For` and `Forwarded` for a request bound for an origin (see
+/// [`forwarding`]). Every byte of the two built values is visible ASCII, a space or a tab.
+pub(crate) struct Forwarding {
+    via: HeaderValue,
+    xff: Line,
+    fwd: Line,
+}
+
+impl Forwarding {
+    /// Puts the fields into `headers`, after the fields there.
+    pub(crate) fn apply(&self, headers: &mut HeaderMap) {
+        headers.append(header::VIA, self.via.clone());
+        if let Ok(v) = HeaderValue::from_bytes(self.xff.as_bytes()) {
+            headers.append(X_FORWARDED_FOR, v);
+        }
+        if let Ok(v) = HeaderValue::from_bytes(self.fwd.as_bytes()) {
+            headers.append(FORWARDED, v);
+        }
+    }
+
+    /// Writes the fields as HTTP/1.1 header lines, as [`apply`](Self::apply) and a map's
+    /// encoding would.
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        push_line(out, b"via", self.via.as_bytes());
+        push_line(out, b"x-forwarded-for", self.xff.as_bytes());
+        push_line(out, b"forwarded", self.fwd.as_bytes());
     }
 }
 
@@ -406,6 +513,53 @@ mod tests {
     }
 
     #[test]
+    fn the_pass_rule_is_the_lists() {
+        let among = |list: &[&[u8]], name: &[u8]| list.iter().any(|n| n.eq_ignore_ascii_case(name));
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        for n in PASS_DROPS.iter().chain(&PASS_NEEDS_MAP) {
+            names.push(n.to_vec());
+            names.push(n.to_ascii_uppercase());
+            // One byte short, one byte more, one byte changed.
+            names.push(n[..n.len() - 1].to_vec());
+            names.push([*n, b"s"].concat());
+            let mut changed = n.to_vec();
+            changed[0] ^= 1;
+            names.push(changed);
+        }
+        for n in [
+            "server",
+            "date",
+            "content-type",
+            "last-modified",
+            "etag",
+            "cache-control",
+            "accept-ranges",
+            "vary",
+            "set-cookie",
+            "expires",
+            "age",
+            "x-cache",
+            "link",
+            "content-encoding",
+            "content-language",
+            "strict-transport-security",
+            "",
+        ] {
+            names.push(n.as_bytes().to_vec());
+        }
+        for name in &names {
+            let want = if among(&PASS_NEEDS_MAP, name) {
+                PassRule::NeedsMap
+            } else if among(&PASS_DROPS, name) {
+                PassRule::Drop
+            } else {
+                PassRule::Keep
+            };
+            assert_eq!(pass_rule(name), want, "{}", String::from_utf8_lossy(name));
+        }
+    }
+
+    #[test]
     fn connection_named_fields_are_removed() {
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, "keep-alive, x-secret".parse().unwrap());
@@ -432,6 +586,77 @@ mod tests {
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["host", "x-kept"]);
+    }
+
+    /// The edge's HTTP/1.1 client writes this hop's fields as lines (`h1::Lines`), the other
+    /// clients put them into the header map: an origin must see the same either way.
+    #[test]
+    fn forwarding_lines_are_the_fields_the_map_takes() {
+        let fields = |lines: &[u8]| {
+            let mut by_name = std::collections::BTreeMap::<String, Vec<Vec<u8>>>::new();
+            let text = lines.strip_suffix(b"\n").unwrap_or_default();
+            for line in text.split(|&b| b == b'\n') {
+                let line = line.strip_suffix(b"\r").expect("every line ends in CRLF");
+                assert!(!line.contains(&b'\r'), "a lone CR in {line:?}");
+                let colon = line.iter().position(|&b| b == b':').unwrap();
+                let name = String::from_utf8(line[..colon].to_vec()).unwrap();
+                let value = line[colon + 1..].strip_prefix(b" ").unwrap().to_vec();
+                by_name.entry(name).or_default().push(value);
+            }
+            by_name
+        };
+        let encode = |h: &HeaderMap, out: &mut Vec<u8>| {
+            for (name, value) in h {
+                push_line(out, name.as_str().as_bytes(), value.as_bytes());
+            }
+        };
+        let mut priors = Vec::new();
+        priors.push(HeaderMap::new());
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, "a.test".parse().unwrap());
+        h.append(X_FORWARDED_FOR, "10.0.0.1".parse().unwrap());
+        h.append(X_FORWARDED_FOR, "10.0.0.2".parse().unwrap());
+        h.insert(header::VIA, "1.1 upstream".parse().unwrap());
+        h.insert(FORWARDED, "for=1.2.3.4;host=evil.test".parse().unwrap());
+        for claim in &OVERWRITTEN[1..XFF] {
+            h.insert(claim.clone(), "evil.test".parse().unwrap());
+        }
+        h.insert(header::ACCEPT, "*/*".parse().unwrap());
+        priors.push(h);
+        let mut h = HeaderMap::new();
+        // A value that is not text leads nothing.
+        h.insert(
+            X_FORWARDED_FOR,
+            HeaderValue::from_bytes(b"10.0.0.1, caf\xc3\xa9").unwrap(),
+        );
+        priors.push(h);
+        let targets = [
+            Target::default(),
+            Target {
+                host: Some("a.test"),
+                https: Some(true),
+            },
+            Target {
+                host: Some("with \"quote\".test"),
+                https: Some(false),
+            },
+        ];
+        let via = HeaderValue::from_static("1.1 edge-a (meridian)");
+        for prior in &priors {
+            for ip in ["192.0.2.1", "2001:db8::1", "::ffff:192.0.2.1"] {
+                for target in targets {
+                    let mut map = prior.clone();
+                    let added = forwarding(&mut map, ip.parse().unwrap(), target, &via);
+                    let mut applied = map.clone();
+                    added.apply(&mut applied);
+                    let (mut want, mut got) = (Vec::new(), Vec::new());
+                    encode(&applied, &mut want);
+                    encode(&map, &mut got);
+                    added.write(&mut got);
+                    assert_eq!(fields(&got), fields(&want), "{prior:?} {ip} {target:?}");
+                }
+            }
+        }
     }
 
     #[test]
@@ -485,14 +710,14 @@ mod tests {
         }
         // The same for the claims a client may not make, and the fields for this cache only.
         let via = HeaderValue::from_static("1.1 edge-a");
-        for name in CLAIMS
+        for name in OVERWRITTEN[..XFF]
             .iter()
             .chain(&[SURROGATE_CONTROL, SURROGATE_KEY, FETCHED])
         {
             let mut h = HeaderMap::new();
             h.insert(name.clone(), "x".parse().unwrap());
             h.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
-            if CLAIMS.contains(name) {
+            if OVERWRITTEN[..XFF].contains(name) {
                 add_forwarding(
                     &mut h,
                     "192.0.2.1".parse().unwrap(),
