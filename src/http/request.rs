@@ -46,14 +46,15 @@ pub(crate) fn intake<B>(req: &mut Request<B>) -> Result<String, Rejected> {
         return Err(Rejected::Bad("the asterisk form is not served"));
     }
     strip_hop_by_hop_request(req.headers_mut());
-    let host = {
+    // The normalised host, and whether `Host` says it already (one lookup of the field).
+    let (host, unchanged) = {
         let headers = req.headers();
         let mut hosts = headers.get_all(header::HOST).iter();
         let first = hosts.next();
         if hosts.next().is_some() {
             return Err(Rejected::Bad("more than one Host field"));
         }
-        match (req.uri().authority(), first) {
+        let host = match (req.uri().authority(), first) {
             // An absolute-form target (or HTTP/2's :authority) names the host (RFC 9112 §3.2.2).
             (Some(a), _) if a.as_str().contains('@') => {
                 return Err(Rejected::Bad("userinfo in the request target"))
@@ -68,13 +69,10 @@ pub(crate) fn intake<B>(req: &mut Request<B>) -> Result<String, Rejected> {
                 return Err(Rejected::NoSite)
             }
             (None, None) => return Err(Rejected::Bad("no Host field")),
-        }
+        };
+        let unchanged = first.is_some_and(|h| h.as_bytes() == host.as_bytes());
+        (host.into_owned(), unchanged)
     };
-    let host = host.into_owned();
-    let unchanged = req
-        .headers()
-        .get(header::HOST)
-        .is_some_and(|h| h.as_bytes() == host.as_bytes());
     if !unchanged {
         // cannot fail: a normalised host is letters, digits and reg-name punctuation.
         let value = HeaderValue::from_str(&host).map_err(|_| Rejected::Bad("invalid Host"))?;
