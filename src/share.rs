@@ -25,11 +25,13 @@ pub(crate) struct Clients {
     waits: metrics::Counter,
 }
 
-/// What one client holds, and its waiters' bell.
+/// What one client holds, and its waiters' bell: made by the first take that finds the client
+/// at its share (most clients never wait, and a bell for each would cost every origin request
+/// an allocation).
 #[derive(Debug)]
 struct Held {
     n: usize,
-    freed: Arc<Notify>,
+    freed: Option<Arc<Notify>>,
 }
 
 /// One of a client's units; given back when dropped.
@@ -74,12 +76,9 @@ impl Clients {
     /// what tells when one of them is given back.
     fn try_take(self: &Arc<Self>, client: IpAddr) -> Result<Share, Arc<Notify>> {
         let mut held = self.held();
-        let h = held.entry(client).or_insert_with(|| Held {
-            n: 0,
-            freed: Arc::default(),
-        });
+        let h = held.entry(client).or_insert(Held { n: 0, freed: None });
         if h.n >= self.limit {
-            return Err(h.freed.clone());
+            return Err(h.freed.get_or_insert_with(Arc::default).clone());
         }
         h.n += 1;
         Ok(Share {
@@ -125,18 +124,19 @@ impl Drop for Share {
     fn drop(&mut self) {
         let (freed, last) = {
             let mut held = self.clients.held();
-            let Some(h) = held.get_mut(&self.client) else {
+            let std::collections::hash_map::Entry::Occupied(mut h) = held.entry(self.client) else {
                 return;
             };
-            h.n -= 1;
-            if h.n == 0 {
-                let Some(h) = held.remove(&self.client) else {
-                    return;
-                };
-                (h.freed, true)
+            h.get_mut().n -= 1;
+            if h.get().n == 0 {
+                (h.remove().freed, true)
             } else {
-                (h.freed.clone(), false)
+                (h.get().freed.clone(), false)
             }
+        };
+        // No bell: no take of this client ever waited.
+        let Some(freed) = freed else {
+            return;
         };
         if last {
             // Its waiters (if any) take a new entry's bell from here.
