@@ -114,7 +114,11 @@ impl Http1Pool {
             };
             let home = Arc::downgrade(list);
             match h1::exchange(conn, &parts, &mut body, was_reused, home, lines).await {
-                Ok(resp) => return Ok(resp),
+                Ok(resp) => {
+                    // Sent: the request's fields are done with.
+                    crate::http::headers::give_back_map(parts.headers);
+                    return Ok(resp);
+                }
                 // Not taken: the connection had closed while idle. Once more, on a new one.
                 Err(Failure::Unsent(_)) if was_reused => {}
                 Err(Failure::Unsent(e) | Failure::Failed(e)) => return Err(PoolError::Send(e)),

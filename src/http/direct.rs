@@ -51,7 +51,7 @@ use std::task::Poll;
 use std::time::SystemTime;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
+use http::{header, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -301,7 +301,7 @@ fn parse(buf: &mut BytesMut, names: &mut Vec<(HeaderName, usize, usize)>, max: u
     };
     // Room for what a forward adds (`Via`, `X-Forwarded-For`, `Forwarded`): a full map grows
     // (allocates and rehashes every field) at its next insert.
-    let mut headers = HeaderMap::with_capacity(names.len() + FORWARD_ROOM);
+    let mut headers = super::headers::request_map(names.len() + FORWARD_ROOM);
     for (name, from, len) in names.drain(..) {
         match HeaderValue::from_maybe_shared(head.slice(from..from + len)) {
             Ok(value) => {

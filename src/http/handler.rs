@@ -22,8 +22,8 @@ use tokio_util::task::TaskTracker;
 use super::body::{Body, OriginBody, RequestBody};
 use super::framing::BodyFault;
 use super::headers::{
-    forwarding, is_loop, strip_cache_only, strip_framing, strip_hop_by_hop, surrogate_keys,
-    Forwarding,
+    forwarding, give_back_map, is_loop, strip_cache_only, strip_framing, strip_hop_by_hop,
+    surrogate_keys, Forwarding,
 };
 use super::request::{self, Rejected};
 use super::response::{self, CacheStatus, Fwd, Label, Refusal};
@@ -414,7 +414,11 @@ pub(crate) fn answer_now(
     let (mut resp, status) = match routed {
         Routed::Done(resp, status) => (resp, status),
         Routed::Go { site, client } => match hit_now(state, &site, &client, lines) {
-            Ok(answered) => answered,
+            Ok(answered) => {
+                // Answered from what is stored: the request's fields are done with.
+                give_back_map(client.req.into_parts().0.headers);
+                answered
+            }
             Err(looked) => {
                 return Err(Later {
                     start,

@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 use std::net::IpAddr;
+use std::thread::LocalKey;
 
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 
@@ -129,24 +130,48 @@ pub(crate) struct PassHead {
 
 thread_local! {
     /// Buffers of the pass-through answers whose lines this thread wrote, for the next answers
-    /// it reads: with glibc's per-thread caches off (see `memory`), an allocation and its free
-    /// cost a pass-through about 450 instructions.
+    /// it reads, and the header maps of requests it answered, for the next requests it parses:
+    /// with glibc's per-thread caches off (see `memory`), an allocation and its free cost a
+    /// request about 450 instructions (a header map makes two).
     static SPARE_LINES: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static SPARE_MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Most buffers [`SPARE_LINES`] keeps, and the largest it keeps (a head of a few fields is a few
-/// hundred bytes): at most 128 KiB a thread.
+/// Most spares of a kind a thread keeps, and the largest it keeps (a head of a few fields is a
+/// few hundred bytes; a map of 32 fields about 2 KiB): at most 128 KiB of lines and 64 KiB of
+/// maps a thread.
 const SPARE_COUNT: usize = 32;
 const SPARE_CAPACITY: usize = 4096;
+const SPARE_MAP_FIELDS: usize = 32;
+
+/// A spare of `spares`, where this thread has one.
+fn take_spare<T: 'static>(spares: &'static LocalKey<RefCell<Vec<T>>>) -> Option<T> {
+    spares
+        .try_with(|s| s.try_borrow_mut().ok()?.pop())
+        .ok()
+        .flatten()
+}
+
+/// Keeps `spare` (emptied by the caller) for the next taker on this thread, unless the thread
+/// keeps enough already or is ending.
+fn keep_spare<T: 'static>(spares: &'static LocalKey<RefCell<Vec<T>>>, spare: T) {
+    let _ = spares.try_with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut() {
+            if s.len() < SPARE_COUNT {
+                s.push(spare);
+            }
+        }
+    });
+}
 
 /// An empty buffer with room for `len` bytes: a spare one where the thread has one.
 fn lines_buffer(len: usize) -> Vec<u8> {
-    match SPARE_LINES.try_with(|s| s.try_borrow_mut().ok()?.pop()) {
-        Ok(Some(mut spare)) => {
+    match take_spare(&SPARE_LINES) {
+        Some(mut spare) => {
             spare.reserve(len);
             spare
         }
-        _ => Vec::with_capacity(len),
+        None => Vec::with_capacity(len),
     }
 }
 
@@ -157,15 +182,29 @@ impl Drop for PassHead {
         }
         let mut lines = std::mem::take(&mut self.lines);
         lines.clear();
-        // Not at all while the thread ends.
-        let _ = SPARE_LINES.try_with(|s| {
-            if let Ok(mut s) = s.try_borrow_mut() {
-                if s.len() < SPARE_COUNT {
-                    s.push(lines);
-                }
-            }
-        });
+        keep_spare(&SPARE_LINES, lines);
     }
+}
+
+/// An empty header map with room for `fields`: a spare one where the thread has one (see
+/// [`give_back_map`]).
+pub(crate) fn request_map(fields: usize) -> HeaderMap {
+    match take_spare(&SPARE_MAPS) {
+        Some(mut spare) => {
+            spare.reserve(fields);
+            spare
+        }
+        None => HeaderMap::with_capacity(fields),
+    }
+}
+
+/// Keeps a request's header map, emptied, for the next request this thread parses.
+pub(crate) fn give_back_map(mut map: HeaderMap) {
+    if map.capacity() == 0 || map.capacity() > SPARE_MAP_FIELDS {
+        return;
+    }
+    map.clear();
+    keep_spare(&SPARE_MAPS, map);
 }
 
 /// Most names a `Connection` field may list for [`pass_lines`] (any more: a header map).
@@ -575,6 +614,20 @@ mod tests {
             at,
             "the first answer's buffer, again"
         );
+    }
+
+    #[test]
+    fn a_spare_header_map_carries_nothing_over() {
+        let mut map = request_map(8);
+        map.insert(header::COOKIE, "session=secret".parse().unwrap());
+        map.append(header::COOKIE, "other=1".parse().unwrap());
+        map.insert(header::HOST, "a.test".parse().unwrap());
+        let room = map.capacity();
+        give_back_map(map);
+        let again = request_map(2);
+        assert!(again.is_empty(), "{again:?}");
+        assert!(again.get(header::COOKIE).is_none());
+        assert_eq!(again.capacity(), room, "the map given back, again");
     }
 
     #[test]
