@@ -270,21 +270,9 @@ fn pass_rule(name: &[u8]) -> PassRule {
     let drop = match name.len() {
         2 => is(b"te"),
         7 => is(b"trailer") || is(b"upgrade"),
-        8 => {
-            return if is(b"location") {
-                PassRule::NeedsMap
-            } else {
-                PassRule::Keep
-            }
-        }
+        8 if is(b"location") => return PassRule::NeedsMap,
         10 => is(b"connection") || is(b"keep-alive"),
-        12 => {
-            return if is(b"cache-status") {
-                PassRule::NeedsMap
-            } else {
-                PassRule::Keep
-            }
-        }
+        12 if is(b"cache-status") => return PassRule::NeedsMap,
         13 => is(b"surrogate-key"),
         14 => is(b"content-length"),
         16 if is(b"content-location") => return PassRule::NeedsMap,
