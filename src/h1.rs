@@ -210,7 +210,6 @@ impl Idle {
     }
 }
 
-/// How the request body is delimited on the wire.
 /// What an exchange takes and gives as HTTP/1.1 lines instead of header map fields.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Lines<'a> {
@@ -221,6 +220,7 @@ pub(crate) struct Lines<'a> {
     pub(crate) added: Option<&'a Forwarding>,
 }
 
+/// How the request body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Sending {
     /// No body and no `Content-Length` (a `GET`).

@@ -138,8 +138,8 @@ thread_local! {
 }
 
 /// Most spares of a kind a thread keeps, and the largest it keeps (a head of a few fields is a
-/// few hundred bytes; a map of 32 fields about 2 KiB): at most 128 KiB of lines and 64 KiB of
-/// maps a thread.
+/// few hundred bytes; a map with room for 32 fields about 3.5 KiB, at about 100 bytes a field):
+/// at most 128 KiB of lines and 112 KiB of maps a thread.
 const SPARE_COUNT: usize = 32;
 const SPARE_CAPACITY: usize = 4096;
 const SPARE_MAP_FIELDS: usize = 32;
