@@ -639,11 +639,18 @@ fn route_now(
     let Some(site) = sites.lookup_normalized(&host).cloned() else {
         return refused(Refusal::Misdirected);
     };
-    if is_loop(req.headers(), &state.via) {
+    // Both fields are rare: one pass over the names costs less than looking up two absent ones.
+    let (mut via, mut marked) = (false, false);
+    for name in req.headers().keys() {
+        via |= name == header::VIA;
+        marked |= name == PEER;
+    }
+    if via && is_loop(req.headers(), &state.via) {
         return refused(Refusal::Loop);
     }
     // A peer's mark never goes further; it counts only where its signature holds.
-    let mark = req.headers_mut().remove(PEER).and_then(|mark| {
+    let mark = marked.then(|| req.headers_mut().remove(PEER)).flatten();
+    let mark = mark.and_then(|mark| {
         let peers = state.peers.get()?;
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         // A purge's mark is good for its endpoint alone (above).
