@@ -179,6 +179,26 @@ mod tests {
         assert!(clients.try_take(a).is_ok());
     }
 
+    /// A unit given back while the client still holds others wakes one waiter too (the bell
+    /// is made by the take that waits, not with the client's first unit).
+    #[tokio::test]
+    async fn a_unit_given_back_short_of_the_last_wakes_a_waiter() {
+        let clients = Clients::new(2, metrics::Counter::noop());
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let first = clients.take(a, None).await.unwrap();
+        let _second = clients.take(a, None).await.unwrap();
+        let waiting = tokio::spawn({
+            let clients = clients.clone();
+            async move { clients.take(a, None).await.is_some() }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(first);
+        assert!(tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("woken by the unit given back")
+            .unwrap());
+    }
+
     #[tokio::test]
     async fn a_wait_ends_at_its_deadline_or_with_a_unit_given_back() {
         let clients = Clients::new(1, metrics::Counter::noop());

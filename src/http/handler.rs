@@ -649,15 +649,17 @@ fn route_now(
         return refused(Refusal::Loop);
     }
     // A peer's mark never goes further; it counts only where its signature holds.
-    let mark = marked.then(|| req.headers_mut().remove(PEER)).flatten();
-    let mark = mark.and_then(|mark| {
-        let peers = state.peers.get()?;
-        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        // A purge's mark is good for its endpoint alone (above).
-        peers
-            .verify(&mark, req.method(), &host, target)
-            .filter(|(h, _)| *h != Hop::Purge)
-    });
+    let mark = marked
+        .then(|| req.headers_mut().remove(PEER))
+        .flatten()
+        .and_then(|mark| {
+            let peers = state.peers.get()?;
+            let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            // A purge's mark is good for its endpoint alone (above).
+            peers
+                .verify(&mark, req.method(), &host, target)
+                .filter(|(h, _)| *h != Hop::Purge)
+        });
     // A hop's scheme is its user's: the variant and the origin's request are theirs.
     let peer = match mark {
         Some((_, https)) => Peer {
