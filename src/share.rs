@@ -187,12 +187,17 @@ mod tests {
         let a: IpAddr = [10, 0, 0, 1].into();
         let first = clients.take(a, None).await.unwrap();
         let _second = clients.take(a, None).await.unwrap();
+        woken_when_given_back(&clients, a, first).await;
+    }
+
+    /// Starts a take of `a` that must wait, gives `held` back, and expects the take to end.
+    async fn woken_when_given_back(clients: &Arc<Clients>, a: IpAddr, held: Share) {
         let waiting = tokio::spawn({
             let clients = clients.clone();
             async move { clients.take(a, None).await.is_some() }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        drop(first);
+        drop(held);
         assert!(tokio::time::timeout(Duration::from_secs(1), waiting)
             .await
             .expect("woken by the unit given back")
@@ -209,16 +214,7 @@ mod tests {
             clients.take(a, Some(soon)).await.is_none(),
             "past its share until the deadline"
         );
-        let waiting = tokio::spawn({
-            let clients = clients.clone();
-            async move { clients.take(a, None).await.is_some() }
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        drop(held);
-        assert!(tokio::time::timeout(Duration::from_secs(1), waiting)
-            .await
-            .unwrap()
-            .unwrap());
+        woken_when_given_back(&clients, a, held).await;
     }
 
     #[test]
