@@ -22,6 +22,7 @@
 //! drops them for clients that did not ask for them.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
@@ -67,6 +68,9 @@ pub(crate) enum H1Error {
     Closed(&'static str),
     #[error("invalid response: {0}")]
     Invalid(String),
+    /// No response head within the first-byte timeout, counted from the request's end.
+    #[error("no answer within the first-byte timeout")]
+    Late,
 }
 
 fn invalid(why: impl Into<String>) -> H1Error {
@@ -97,6 +101,11 @@ pub(crate) struct Conn {
     /// written, and where a response head's fields lie while it is read.
     out: Vec<u8>,
     names: Vec<(HeaderName, usize, usize)>,
+    /// The first-byte timer, made for the connection's first request and moved on for each
+    /// next one: a timer moved later is one atomic update, where a new one takes the time
+    /// driver's lock to be registered and again to be dropped (`Conn`s stay on the thread, and
+    /// so the runtime, that made them: see `pool`).
+    first_byte: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Conn {
@@ -107,6 +116,16 @@ impl Conn {
             stall,
             out: Vec::new(),
             names: Vec::new(),
+            first_byte: None,
+        }
+    }
+
+    /// Starts the first-byte timer: the response head must have come within `limit`.
+    fn start_first_byte(&mut self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        match &mut self.first_byte {
+            Some(timer) => timer.as_mut().reset(deadline),
+            None => self.first_byte = Some(Box::pin(tokio::time::sleep_until(deadline))),
         }
     }
 
@@ -163,8 +182,23 @@ impl Conn {
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
-    async fn more(&mut self, want: usize) -> io::Result<usize> {
-        std::future::poll_fn(|cx| self.poll_more(cx, want)).await
+    /// Reads more of a response head; [`H1Error::Late`] once the first-byte timer (started by
+    /// [`Conn::start_first_byte`]) has run out.
+    async fn more_head(&mut self) -> Result<usize, H1Error> {
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(read) = self.poll_more(cx, HEAD_READ) {
+                return Poll::Ready(read.map_err(H1Error::from));
+            }
+            match self
+                .first_byte
+                .as_mut()
+                .map(|timer| timer.as_mut().poll(cx))
+            {
+                Some(Poll::Ready(())) => Poll::Ready(Err(H1Error::Late)),
+                _ => Poll::Pending,
+            }
+        })
+        .await
     }
 }
 
@@ -234,7 +268,8 @@ enum Sending {
 /// connection goes back to `home` once it has ended. `reused`: the connection served requests
 /// before (only then can a failure leave the request unsent). A complete body is left in
 /// `body` so that the request can go again. `lines`: what goes as header lines instead of
-/// header map fields, either way.
+/// header map fields, either way. The response head must begin within `first_byte` of the
+/// request's end (or of the origin's answer cutting its upload short): [`H1Error::Late`].
 pub(crate) async fn exchange(
     mut conn: Conn,
     parts: &Parts,
@@ -242,6 +277,7 @@ pub(crate) async fn exchange(
     reused: bool,
     home: Weak<Idle>,
     lines: Lines<'_>,
+    first_byte: Duration,
 ) -> Result<Response<ResponseBody>, Failure> {
     let pass = lines.answer;
     let head_only = parts.method == Method::HEAD;
@@ -290,6 +326,7 @@ pub(crate) async fn exchange(
                     // The rest of the upload is not wanted: dropping it tells the caller the
                     // upload is over, which starts its first-byte timer for this answer.
                     *body = Body::empty();
+                    conn.start_first_byte(first_byte);
                     return match read_head(&mut conn, head_only, pass).await {
                         Ok((head, framing, _)) => Ok(respond(head, framing, conn, false, home)),
                         Err((e, _)) => Err(Failure::Failed(e)),
@@ -303,6 +340,7 @@ pub(crate) async fn exchange(
                     // The origin may have answered before the whole body and closed (a 413):
                     // that answer, if it came, is the response (the upload is over, as above).
                     *body = Body::empty();
+                    conn.start_first_byte(first_byte);
                     return match read_head(&mut conn, head_only, pass).await {
                         Ok((head, framing, _)) => Ok(respond(head, framing, conn, false, home)),
                         Err(_) => Err(Failure::Failed(e.into())),
@@ -320,6 +358,7 @@ pub(crate) async fn exchange(
             Failure::Failed(e.into())
         });
     }
+    conn.start_first_byte(first_byte);
     match read_head(&mut conn, head_only, pass).await {
         Ok((head, framing, keep)) => {
             reusable &= keep;
@@ -327,8 +366,13 @@ pub(crate) async fn exchange(
         }
         // The origin closed a connection used before without a byte of an answer (its idle
         // timeout crossed the request): an idempotent request with a complete body goes again
-        // (RFC 9112 §9.3.1).
-        Err((e, false)) if reused && body_is_whole(body) && parts.method.is_idempotent() => {
+        // (RFC 9112 §9.3.1). One it is still working on (`Late`) does not.
+        Err((e, false))
+            if reused
+                && !matches!(e, H1Error::Late)
+                && body_is_whole(body)
+                && parts.method.is_idempotent() =>
+        {
             Err(Failure::Unsent(e))
         }
         Err((e, _)) => Err(Failure::Failed(e)),
@@ -549,10 +593,10 @@ async fn read_head(
             Ok(None) => {}
             Err(e) => return Err((e, true)),
         }
-        match conn.more(HEAD_READ).await {
+        match conn.more_head().await {
             Ok(0) => return Err((H1Error::Closed("response head"), any)),
             Ok(_) => {}
-            Err(e) => return Err((e.into(), any)),
+            Err(e) => return Err((e, any)),
         }
     }
 }

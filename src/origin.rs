@@ -226,9 +226,9 @@ impl Origins {
             .origins
             .iter()
             .map(|u| {
-                let stall = site.origin_read_timeout;
+                let (stall, first_byte) = (site.origin_read_timeout, site.first_byte_timeout);
                 (u.scheme() == Some(&Scheme::HTTP))
-                    .then(|| Http1Pool::new(u.clone(), http.clone(), stall))
+                    .then(|| Http1Pool::new(u.clone(), http.clone(), stall, first_byte))
             })
             .collect();
         let client = PerThread::new(move || pooled_client(connector.clone()));
@@ -356,7 +356,12 @@ impl Origins {
                 uri.build()
             };
             let mut this_body = this_body;
-            let uploaded = this_body.on_done();
+            // A plain origin's connection keeps its own first-byte timer (see `h1::exchange`).
+            let uploaded = if plain.is_none() {
+                this_body.on_done()
+            } else {
+                None
+            };
             let mut req = Request::from_parts(this_parts, this_body);
             *req.uri_mut() = match uri {
                 Ok(u) => u,
@@ -367,23 +372,25 @@ impl Origins {
                     })
                 }
             };
-            // The two futures are made inside `select!`: bound to names first, each took room
-            // twice in this future (rustc keeps a moved local's room until its scope ends) and
-            // was copied once more a request.
-            let sent = tokio::select! {
-                r = async {
-                    match plain {
-                        Some(pool) => match pool.send(req, lines).await {
-                            Ok(resp) => Ok(resp.map(OriginBody::plain)),
-                            Err(PoolError::Connect(reason)) => Err(Failed::Connect(reason)),
-                            Err(PoolError::Send(e)) => {
-                                Err(Failed::Other(OriginError::from_client_error(label, &e)))
-                            }
-                            Err(PoolError::Upload(e)) => {
-                                Err(Failed::Other(OriginError::from_client_error(label, &e)))
-                            }
-                        },
-                        None => match self.client.get().request({
+            // `Err(())`: no response head within the first-byte timeout.
+            let sent = match plain {
+                Some(pool) => match pool.send(req, lines).await {
+                    Ok(resp) => Ok(Ok(resp.map(OriginBody::plain))),
+                    Err(PoolError::Late) => Err(()),
+                    Err(PoolError::Connect(reason)) => Ok(Err(Failed::Connect(reason))),
+                    Err(PoolError::Send(e)) => Ok(Err(Failed::Other(
+                        OriginError::from_client_error(label, &e),
+                    ))),
+                    Err(PoolError::Upload(e)) => Ok(Err(Failed::Other(
+                        OriginError::from_client_error(label, &e),
+                    ))),
+                },
+                // The two futures are made inside `select!`: bound to names first, each took
+                // room twice in this future (rustc keeps a moved local's room until its scope
+                // ends) and was copied once more a request.
+                None => tokio::select! {
+                    r = async {
+                        match self.client.get().request({
                             if let Some(added) = lines.added {
                                 added.apply(req.headers_mut());
                             }
@@ -400,16 +407,16 @@ impl Origins {
                             }
                             Err(e) if e.is_connect() => Err(Failed::Connect(error_chain(&e))),
                             Err(e) => Err(Failed::Other(OriginError::from_client_error(label, &e))),
-                        },
-                    }
-                } => Ok(r),
-                () = async {
-                    if let Some(done) = uploaded {
-                        // Ends when the body has been read whole, failed or been dropped.
-                        let _ = done.await;
-                    }
-                    tokio::time::sleep(self.first_byte_timeout).await;
-                } => Err(()),
+                        }
+                    } => Ok(r),
+                    () = async {
+                        if let Some(done) = uploaded {
+                            // Ends when the body has been read whole, failed or been dropped.
+                            let _ = done.await;
+                        }
+                        tokio::time::sleep(self.first_byte_timeout).await;
+                    } => Err(()),
+                },
             };
             match sent {
                 Ok(Ok(resp)) => return Ok((resp.map(|b| b.holding(slot)), label)),

@@ -50,6 +50,8 @@ pub(crate) enum PoolError {
     Send(H1Error),
     /// The client's request body failed.
     Upload(BodyError),
+    /// No response head within the first-byte timeout.
+    Late,
 }
 
 /// The connections of one plain-HTTP origin.
@@ -61,19 +63,28 @@ pub(crate) struct Http1Pool {
     idle_timeout: Duration,
     /// Longest the origin may take no bytes of a request.
     stall: Duration,
+    /// Longest from a request's end to its response head (the site's `first_byte_timeout`).
+    first_byte: Duration,
 }
 
 impl Http1Pool {
     /// For `target` (`http://host:port`), connecting with `connector`; a request fails when
-    /// the origin takes none of its bytes for `stall`.
-    pub(crate) fn new(target: Uri, connector: HttpConnector, stall: Duration) -> Http1Pool {
-        Http1Pool::with_idle_timeout(target, connector, stall, IDLE_TIMEOUT)
+    /// the origin takes none of its bytes for `stall`, or sends no response head for
+    /// `first_byte` after it.
+    pub(crate) fn new(
+        target: Uri,
+        connector: HttpConnector,
+        stall: Duration,
+        first_byte: Duration,
+    ) -> Http1Pool {
+        Http1Pool::with_idle_timeout(target, connector, stall, first_byte, IDLE_TIMEOUT)
     }
 
     fn with_idle_timeout(
         target: Uri,
         connector: HttpConnector,
         stall: Duration,
+        first_byte: Duration,
         idle_timeout: Duration,
     ) -> Http1Pool {
         let host = target
@@ -86,6 +97,7 @@ impl Http1Pool {
             kept: PerThread::new(Arc::default),
             idle_timeout,
             stall,
+            first_byte,
         }
     }
 
@@ -113,7 +125,8 @@ impl Http1Pool {
                 None => (self.connect().await?, false),
             };
             let home = Arc::downgrade(list);
-            match h1::exchange(conn, &parts, &mut body, was_reused, home, lines).await {
+            let first_byte = self.first_byte;
+            match h1::exchange(conn, &parts, &mut body, was_reused, home, lines, first_byte).await {
                 Ok(resp) => {
                     // Sent: the request's fields are done with.
                     crate::http::headers::give_back_map(parts.headers);
@@ -121,6 +134,7 @@ impl Http1Pool {
                 }
                 // Not taken: the connection had closed while idle. Once more, on a new one.
                 Err(Failure::Unsent(_)) if was_reused => {}
+                Err(Failure::Failed(H1Error::Late)) => return Err(PoolError::Late),
                 Err(Failure::Unsent(e) | Failure::Failed(e)) => return Err(PoolError::Send(e)),
                 Err(Failure::Upload(e)) => return Err(PoolError::Upload(e)),
             }
@@ -322,6 +336,58 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn each_request_on_a_kept_connection_has_its_own_first_byte_time() {
+        // The timer is the connection's, moved on for each request: one that ran out while the
+        // connection was idle fails no later request, and a later request that gets no answer
+        // still ends at its own time.
+        let (target, conns) = listen(|mut s| async move {
+            let mut buf = vec![0u8; 4096];
+            let (mut have, mut n) = (0, 0);
+            while let Ok(got @ 1..) = s.read(&mut buf[have..]).await {
+                have += got;
+                while let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
+                    buf.copy_within(end + 4..have, 0);
+                    have -= end + 4;
+                    match n {
+                        0 => {}
+                        1 => tokio::time::sleep(Duration::from_millis(50)).await,
+                        // No answer: the connection stays open, bounded by the test's end.
+                        _ => tokio::time::sleep(Duration::from_secs(30)).await,
+                    }
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if s.write_all(ok).await.is_err() {
+                        return;
+                    }
+                    n += 1;
+                }
+            }
+        })
+        .await;
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        let limit = Duration::from_millis(300);
+        let pool = Http1Pool::new(target, http, Duration::from_secs(30), limit);
+        let body = read(pool.send(get("/x"), Lines::default()).await.unwrap()).await;
+        assert_eq!(body, b"ok");
+        // Idle past the first request's first-byte time.
+        tokio::time::sleep(limit * 2).await;
+        let body = read(pool.send(get("/x"), Lines::default()).await.unwrap()).await;
+        assert_eq!(body, b"ok");
+        let start = std::time::Instant::now();
+        let sent = tokio::time::timeout(
+            Duration::from_secs(5),
+            pool.send(get("/x"), Lines::default()),
+        )
+        .await;
+        match sent.expect("still waiting after 5 s") {
+            Err(PoolError::Late) => {}
+            other => panic!("{:?}", other.map(|r| r.status())),
+        }
+        assert!(start.elapsed() >= limit, "{:?}", start.elapsed());
+        assert_eq!(conns.load(Ordering::SeqCst), 1);
+    }
+
     fn get(path: &str) -> Request<Body> {
         Request::get(path)
             .header(header::HOST, "a.test")
@@ -342,7 +408,12 @@ mod tests {
     fn pool(target: Uri) -> Http1Pool {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
-        Http1Pool::new(target, http, Duration::from_secs(30))
+        Http1Pool::new(
+            target,
+            http,
+            Duration::from_secs(30),
+            Duration::from_secs(30),
+        )
     }
 
     #[tokio::test]
@@ -434,6 +505,7 @@ mod tests {
         let pool = Http1Pool::with_idle_timeout(
             target,
             http,
+            Duration::from_secs(30),
             Duration::from_secs(30),
             Duration::from_millis(100),
         );
