@@ -374,7 +374,7 @@ mod tests {
         tokio::time::sleep(limit * 2).await;
         let body = read(pool.send(get("/x"), Lines::default()).await.unwrap()).await;
         assert_eq!(body, b"ok");
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         let sent = tokio::time::timeout(
             Duration::from_secs(5),
             pool.send(get("/x"), Lines::default()),
