@@ -18,6 +18,7 @@
 //! resting connections short, and not at all before the first byte) is off. On shutdown it stops accepting and lets every connection
 //! finish its in-flight requests (hyper's graceful shutdown); `app` bounds the wait.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -691,7 +692,7 @@ struct Own<'a, F> {
     activity: &'a Activity,
 }
 
-impl<F: std::future::Future> Served for Own<'_, F> {
+impl<F: Future> Served for Own<'_, F> {
     type Out = F::Output;
 
     fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<F::Output> {
@@ -705,7 +706,7 @@ impl<F: std::future::Future> Served for Own<'_, F> {
 }
 
 /// hyper's connection, and the coalescing layer's writes it leaves behind.
-struct Hyper<'a, F: std::future::Future, S> {
+struct Hyper<'a, F: Future, S> {
     conn: Pin<&'a mut F>,
     drain: super::coalesce::Drain<S>,
     ended: Option<F::Output>,
@@ -715,7 +716,7 @@ struct Hyper<'a, F: std::future::Future, S> {
 
 impl<F, S> Served for Hyper<'_, F, S>
 where
-    F: std::future::Future<Output = Result<(), super::coalesce::ConnError>>,
+    F: Future<Output = Result<(), super::coalesce::ConnError>>,
     S: AsyncWrite + Unpin,
 {
     type Out = Result<(), super::coalesce::ConnError>;
@@ -779,16 +780,45 @@ impl Watch {
         if self.closing && served.close() {
             return None;
         }
+        let rare = Arc::new(RareWake::default());
+        let rare_waker = std::task::Waker::from(rare.clone());
         loop {
-            tokio::select! {
-                out = std::future::poll_fn(|cx| served.poll_serve(cx)) => return Some(out),
-                _ = shutdown.cancelled(), if !self.closing => {
+            let check = tokio::time::sleep_until(self.next_check);
+            let cancelled = shutdown.cancelled();
+            tokio::pin!(check, cancelled);
+            // The task's waker as the rare futures last saw it (`None`: not polled yet).
+            let mut task: Option<std::task::Waker> = None;
+            let closing = self.closing;
+            let event = std::future::poll_fn(|cx| {
+                if let Poll::Ready(out) = served.poll_serve(cx) {
+                    return Poll::Ready(Event::Served(out));
+                }
+                let moved = !task.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+                if moved {
+                    rare.task(cx.waker());
+                    task = Some(cx.waker().clone());
+                }
+                if moved || rare.fired.swap(false, Ordering::AcqRel) {
+                    let mut rare_cx = Context::from_waker(&rare_waker);
+                    if !closing && cancelled.as_mut().poll(&mut rare_cx).is_ready() {
+                        return Poll::Ready(Event::Shutdown);
+                    }
+                    if check.as_mut().poll(&mut rare_cx).is_ready() {
+                        return Poll::Ready(Event::Check);
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            match event {
+                Event::Served(out) => return Some(out),
+                Event::Shutdown => {
                     self.closing = true;
                     if served.close() {
                         return None;
                     }
                 }
-                _ = tokio::time::sleep_until(self.next_check) => {
+                Event::Check => {
                     let now = Instant::now();
                     let events = activity.events.load(Ordering::Relaxed);
                     let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
@@ -828,6 +858,46 @@ impl Watch {
     }
 }
 
+/// What ended a wait of [`Watch::run`].
+enum Event<T> {
+    Served(T),
+    Shutdown,
+    Check,
+}
+
+/// The waker [`Watch::run`] gives its rare futures (the shutdown signal, the next check): it
+/// notes that one of them fired, then wakes the connection's task. Every other wake of the
+/// task (its socket, its answers) then polls neither: polled on each, the two cost about 550
+/// instructions a request, and the shutdown signal takes two locks shared by every connection
+/// of the node (its token's and its waiters' list).
+#[derive(Default)]
+struct RareWake {
+    fired: AtomicBool,
+    /// The connection's task.
+    task: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl RareWake {
+    fn task(&self, waker: &std::task::Waker) {
+        let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        *task = Some(waker.clone());
+    }
+}
+
+impl std::task::Wake for RareWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(waker) = task.as_ref() {
+            waker.wake_by_ref();
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
     /// A request's answer as the service gives it to hyper: ready at once (a hit), or to come.
     #[project = AnswerProj]
@@ -837,8 +907,8 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<F: std::future::Future<Output = Result<hyper::Response<Sent>, std::convert::Infallible>>>
-    std::future::Future for Answer<F>
+impl<F: Future<Output = Result<hyper::Response<Sent>, std::convert::Infallible>>> Future
+    for Answer<F>
 {
     type Output = F::Output;
 
