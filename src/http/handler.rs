@@ -548,7 +548,7 @@ pub(crate) struct ClientRequest {
     req: Request<RequestBody>,
     /// Its client; for a signed peer hop, `secure` is the scheme the user asked with.
     peer: Peer,
-    host: String,
+    host: request::Host,
     fault: BodyWatch,
     /// The tier a signed peer request asks (see `shield`); `None` for a client's.
     hop: Option<Hop>,
@@ -618,7 +618,7 @@ fn route_now(
         Err(Rejected::Bad(why)) => return refused(Refusal::BadRequest(why)),
         Err(Rejected::NoSite) => return refused(Refusal::Misdirected),
     };
-    if host == crate::shield::PURGE_HOST
+    if *host == *crate::shield::PURGE_HOST
         && req.method() == Method::GET
         && req.uri().path() == crate::shield::PING_PATH
     {

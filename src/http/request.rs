@@ -31,12 +31,26 @@ pub(crate) enum Rejected {
     NoSite,
 }
 
+/// A request's host as [`intake`] normalised it: the value of its `Host` field, which holds
+/// the bytes the request came with where they were normal already (no copy of them).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Host(HeaderValue);
+
+impl std::ops::Deref for Host {
+    type Target = str;
+
+    /// The host: letters, digits and reg-name punctuation, or an IP literal (visible ASCII).
+    fn deref(&self) -> &str {
+        self.0.to_str().unwrap_or_default()
+    }
+}
+
 /// Methods the edge answers or forwards, for `Allow`.
 pub(crate) const ALLOWED: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS";
 
 /// Checks a request and normalises its headers in place (see the module documentation).
 /// Returns the normalised host.
-pub(crate) fn intake<B>(req: &mut Request<B>) -> Result<String, Rejected> {
+pub(crate) fn intake<B>(req: &mut Request<B>) -> Result<Host, Rejected> {
     // TRACE would echo the client's cookies and credentials back through a shared cache's
     // origin; CONNECT would make the edge a tunnel. Neither is forwarded (as Varnish and nginx).
     if req.method() == Method::TRACE || req.method() == Method::CONNECT {
@@ -70,15 +84,19 @@ pub(crate) fn intake<B>(req: &mut Request<B>) -> Result<String, Rejected> {
             }
             (None, None) => return Err(Rejected::Bad("no Host field")),
         };
-        let unchanged = first.is_some_and(|h| h.as_bytes() == host.as_bytes());
-        (host.into_owned(), unchanged)
+        match first.filter(|h| h.as_bytes() == host.as_bytes()) {
+            Some(h) => (h.clone(), true),
+            // cannot fail: a normalised host is letters, digits and reg-name punctuation.
+            None => (
+                HeaderValue::from_str(&host).map_err(|_| Rejected::Bad("invalid Host"))?,
+                false,
+            ),
+        }
     };
     if !unchanged {
-        // cannot fail: a normalised host is letters, digits and reg-name punctuation.
-        let value = HeaderValue::from_str(&host).map_err(|_| Rejected::Bad("invalid Host"))?;
-        req.headers_mut().insert(header::HOST, value);
+        req.headers_mut().insert(header::HOST, host.clone());
     }
-    Ok(host)
+    Ok(Host(host))
 }
 
 /// Removes hop-by-hop fields and those `Connection` names, but never `Host`: a client that
