@@ -465,9 +465,8 @@ impl Origins {
     /// One of `client`'s share of the slots: at once, else the first of its own to end within
     /// `slot_wait`.
     async fn share(&self, client: std::net::IpAddr) -> Result<Share, OriginError> {
-        let deadline = tokio::time::Instant::now() + self.slot_wait;
         self.clients
-            .take(client, Some(deadline))
+            .take(client, Some(self.slot_wait))
             .await
             .ok_or_else(|| OriginError::ClientBusy {
                 origin: self.labels.join(", "),

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -88,21 +89,23 @@ impl Clients {
     }
 
     /// One more unit for the client at `addr`: at once, else the first of its own given back
-    /// before `deadline` (none: however long that takes).
+    /// within `wait` (none: however long that takes).
     pub(crate) async fn take(
         self: &Arc<Self>,
         addr: IpAddr,
-        deadline: Option<Instant>,
+        wait: Option<Duration>,
     ) -> Option<Share> {
         let client = Clients::client(addr);
-        let mut first = true;
+        // Read the clock only for a take that waits (most do not).
+        let mut deadline = None;
         loop {
             let freed = match self.try_take(client) {
                 Ok(share) => return Some(share),
                 Err(freed) => freed,
             };
-            if std::mem::take(&mut first) {
+            if deadline.is_none() {
                 self.waits.increment(1);
+                deadline = Some(wait.map(|w| Instant::now() + w));
             }
             // Listening before looking again, so that a unit given back in between is not
             // missed.
@@ -112,7 +115,7 @@ impl Clients {
             if let Ok(share) = self.try_take(client) {
                 return Some(share);
             }
-            match deadline {
+            match deadline.flatten() {
                 Some(d) => tokio::time::timeout_at(d, notified).await.ok()?,
                 None => notified.await,
             }
@@ -150,8 +153,6 @@ impl Drop for Share {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[tokio::test]
@@ -209,7 +210,7 @@ mod tests {
         let clients = Clients::new(1, metrics::Counter::noop());
         let a: IpAddr = [10, 0, 0, 1].into();
         let held = clients.take(a, None).await.unwrap();
-        let soon = Instant::now() + Duration::from_millis(50);
+        let soon = Duration::from_millis(50);
         assert!(
             clients.take(a, Some(soon)).await.is_none(),
             "past its share until the deadline"
