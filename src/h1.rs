@@ -323,8 +323,8 @@ pub(crate) async fn exchange(
                 Ok(()) => Ok(()),
                 Err(Upload::Body(e)) => return Err(Failure::Upload(e)),
                 Err(Upload::Answered) => {
-                    // The rest of the upload is not wanted: dropping it tells the caller the
-                    // upload is over, which starts its first-byte timer for this answer.
+                    // The rest of the upload is not wanted: it is dropped (which ends the
+                    // client's body), and the first-byte time counts from here.
                     *body = Body::empty();
                     conn.start_first_byte(first_byte);
                     return match read_head(&mut conn, head_only, pass).await {
