@@ -263,6 +263,14 @@ mod tests {
     /// An origin that answers the `n`th request of each connection (from 0) with `answer(n)`,
     /// counting connections.
     async fn scripted(answer: fn(usize) -> &'static [u8]) -> (Uri, Arc<AtomicUsize>) {
+        scripted_after(answer, |_| Duration::ZERO).await
+    }
+
+    /// [`scripted`], each answer `delay(n)` after its request.
+    async fn scripted_after(
+        answer: fn(usize) -> &'static [u8],
+        delay: fn(usize) -> Duration,
+    ) -> (Uri, Arc<AtomicUsize>) {
         listen(move |mut s| async move {
             let mut buf = vec![0u8; 4096];
             let (mut have, mut n) = (0, 0);
@@ -271,6 +279,9 @@ mod tests {
                 while let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
                     buf.copy_within(end + 4..have, 0);
                     have -= end + 4;
+                    if !delay(n).is_zero() {
+                        tokio::time::sleep(delay(n)).await;
+                    }
                     if s.write_all(answer(n)).await.is_err() {
                         return;
                     }
@@ -341,28 +352,15 @@ mod tests {
         // The timer is the connection's, moved on for each request: one that ran out while the
         // connection was idle fails no later request, and a later request that gets no answer
         // still ends at its own time.
-        let (target, conns) = listen(|mut s| async move {
-            let mut buf = vec![0u8; 4096];
-            let (mut have, mut n) = (0, 0);
-            while let Ok(got @ 1..) = s.read(&mut buf[have..]).await {
-                have += got;
-                while let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
-                    buf.copy_within(end + 4..have, 0);
-                    have -= end + 4;
-                    match n {
-                        0 => {}
-                        1 => tokio::time::sleep(Duration::from_millis(50)).await,
-                        // No answer: the connection stays open, bounded by the test's end.
-                        _ => tokio::time::sleep(Duration::from_secs(30)).await,
-                    }
-                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                    if s.write_all(ok).await.is_err() {
-                        return;
-                    }
-                    n += 1;
-                }
-            }
-        })
+        let (target, conns) = scripted_after(
+            |_| b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            |n| match n {
+                0 => Duration::ZERO,
+                1 => Duration::from_millis(50),
+                // No answer: the connection stays open, bounded by the test's end.
+                _ => Duration::from_secs(30),
+            },
+        )
         .await;
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
