@@ -445,7 +445,12 @@ pub(crate) fn answer_now(
     Ok(finish(state, start, version, peer, logged, resp, status))
 }
 
-/// Answers what [`answer_now`] gave back.
+/// Answers what [`answer_now`] gave back: the rest of a request's way, the cache path or a
+/// forward (both may wait), or a pushed purge.
+///
+/// One async function for all of it: each level of them between here and the cache path or
+/// the forward was a copy or two of the request (about 350 bytes) and of what the store
+/// looked up, on every request that waits.
 pub(crate) async fn answer_later(
     state: Arc<EdgeState>,
     later: Later,
@@ -459,7 +464,33 @@ pub(crate) async fn answer_later(
         looked,
     } = later;
     let share = routed.share_client();
-    let (mut resp, status) = route_later(&state, routed, looked).await;
+    let (mut resp, status) = 'routed: {
+        let (site, incoming) = match routed {
+            Routed::Done(resp, status) => break 'routed (resp, status),
+            Routed::Purge(req) => {
+                let Some(peers) = state.peers.get() else {
+                    let s = CacheStatus::default().detail("bad-request");
+                    break 'routed (Refusal::BadRequest("no peers").response(s), s);
+                };
+                // Boxed, as the other rare paths: it reads a body, and its state machine would
+                // otherwise be part of every request's future.
+                break 'routed Box::pin(pushed_purge(&state, peers, req)).await;
+            }
+            Routed::Go { site, client } => (site, client),
+        };
+        let hop = incoming.hop;
+        if *incoming.req.method() == Method::GET || *incoming.req.method() == Method::HEAD {
+            let (mut resp, s) = cache_path(&state, &site, incoming, looked).await;
+            if let (Some(_), Some(peers)) = (hop, state.peers.get()) {
+                peers.rename_cache_status(resp.headers_mut());
+            }
+            (resp, s)
+        } else {
+            let invalidate = policy::invalidates(incoming.req.method());
+            let s = CacheStatus::forward(Fwd::Method);
+            boxed(|| forward(&state, &site, incoming, s, invalidate)).await
+        }
+    };
     resp.body_mut().held_for(share);
     Ok(finish(&state, start, version, peer, logged, resp, status))
 }
@@ -682,7 +713,7 @@ fn route_now(
 }
 
 /// A `GET` or `HEAD` answered from memory without waiting: a hit, or a stale one whose refresh
-/// starts in the background. Anything else is left to [`route_later`], with what was found
+/// starts in the background. Anything else is left to [`answer_later`], with what was found
 /// out for a `GET` or `HEAD` on the way.
 fn hit_now(
     state: &Arc<EdgeState>,
@@ -744,40 +775,6 @@ fn hit_now(
         peers.rename_cache_status(resp.headers_mut());
     }
     Ok((resp, s))
-}
-
-/// The rest of a request's way: the cache path or a forward (both may wait), or a pushed
-/// purge.
-async fn route_later(
-    state: &Arc<EdgeState>,
-    routed: Routed,
-    looked: Option<Looked>,
-) -> (Response<Body>, CacheStatus) {
-    let (site, incoming) = match routed {
-        Routed::Done(resp, status) => return (resp, status),
-        Routed::Purge(req) => {
-            let Some(peers) = state.peers.get() else {
-                let s = CacheStatus::default().detail("bad-request");
-                return (Refusal::BadRequest("no peers").response(s), s);
-            };
-            // Boxed, as the other rare paths: it reads a body, and its state machine would
-            // otherwise be part of every request's future.
-            return Box::pin(pushed_purge(state, peers, req)).await;
-        }
-        Routed::Go { site, client } => (site, client),
-    };
-    let hop = incoming.hop;
-    if *incoming.req.method() == Method::GET || *incoming.req.method() == Method::HEAD {
-        let (mut resp, s) = cache_path(state, &site, incoming, looked).await;
-        if let (Some(_), Some(peers)) = (hop, state.peers.get()) {
-            peers.rename_cache_status(resp.headers_mut());
-        }
-        (resp, s)
-    } else {
-        let invalidate = policy::invalidates(incoming.req.method());
-        let s = CacheStatus::forward(Fwd::Method);
-        boxed(|| forward(state, &site, incoming, s, invalidate)).await
-    }
 }
 
 async fn pushed_purge(
