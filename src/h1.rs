@@ -182,6 +182,18 @@ impl Conn {
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
+    /// Stops the first-byte timer from waking the task that read the head: it holds that
+    /// task's waker until it fires (up to `first_byte_timeout` later, while the connection
+    /// rests or serves another task), and the waker keeps the task's memory from being freed
+    /// once it ends. A no-op waker takes its place.
+    fn release_first_byte(&mut self) {
+        if let Some(timer) = self.first_byte.as_mut() {
+            let _ = timer
+                .as_mut()
+                .poll(&mut Context::from_waker(std::task::Waker::noop()));
+        }
+    }
+
     /// Reads more of a response head; [`H1Error::Late`] once the first-byte timer (started by
     /// [`Conn::start_first_byte`]) has run out.
     async fn more_head(&mut self) -> Result<usize, H1Error> {
@@ -589,7 +601,10 @@ async fn read_head(
             pass,
             &mut interim,
         ) {
-            Ok(Some(head)) => return Ok(head),
+            Ok(Some(head)) => {
+                conn.release_first_byte();
+                return Ok(head);
+            }
             Ok(None) => {}
             Err(e) => return Err((e, true)),
         }

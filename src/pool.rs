@@ -386,6 +386,42 @@ mod tests {
         assert_eq!(conns.load(Ordering::SeqCst), 1);
     }
 
+    #[tokio::test]
+    async fn a_kept_connection_holds_no_waker_of_the_task_that_used_it() {
+        // A waker held keeps its task's memory from being freed after the task ends: the
+        // connection's first-byte timer, polled while the head was awaited, must let go of it
+        // once the head is read, not when it fires a first-byte timeout later.
+        struct Counted(std::task::Waker);
+        impl std::task::Wake for Counted {
+            fn wake(self: Arc<Self>) {
+                self.0.wake_by_ref();
+            }
+            fn wake_by_ref(self: &Arc<Self>) {
+                self.0.wake_by_ref();
+            }
+        }
+        let (target, _) = origin(false, Duration::from_millis(20)).await;
+        let pool = pool(target);
+        let mut counted: Option<Arc<Counted>> = None;
+        let sent = pool.send(get("/x"), Lines::default());
+        tokio::pin!(sent);
+        let resp = std::future::poll_fn(|cx| {
+            let task = counted.get_or_insert_with(|| Arc::new(Counted(cx.waker().clone())));
+            let waker = std::task::Waker::from(task.clone());
+            std::future::Future::poll(sent.as_mut(), &mut std::task::Context::from_waker(&waker))
+        })
+        .await
+        .unwrap();
+        assert_eq!(read(resp).await, b"ok");
+        assert_eq!(pool.kept(), 1);
+        let task = counted.expect("polled");
+        assert_eq!(
+            Arc::strong_count(&task),
+            1,
+            "a waker of the task is still held"
+        );
+    }
+
     fn get(path: &str) -> Request<Body> {
         Request::get(path)
             .header(header::HOST, "a.test")

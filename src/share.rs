@@ -96,8 +96,9 @@ impl Clients {
         wait: Option<Duration>,
     ) -> Option<Share> {
         let client = Clients::client(addr);
-        // Read the clock only for a take that waits (most do not).
-        let mut deadline = None;
+        // Set at the first wait: when the wait ends (`None` inside: never). The clock is read
+        // only for a take that waits (most do not).
+        let mut deadline: Option<Option<Instant>> = None;
         loop {
             let freed = match self.try_take(client) {
                 Ok(share) => return Some(share),
