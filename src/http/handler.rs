@@ -378,7 +378,9 @@ pub(crate) enum Memory {
 }
 
 /// What the access log needs of a request, kept while it is answered (when there is a log).
-type Logged = Option<(Method, Uri, Option<HeaderValue>)>;
+/// Boxed: without a log it is one word of every `Later` (moved a few times a request that
+/// waits) instead of 150 bytes.
+type Logged = Option<Box<(Method, Uri, Option<HeaderValue>)>>;
 
 /// Answers a request if nothing has to wait for it: a refusal, or a hit from memory (most
 /// requests). Done in the call hyper makes with the request, this drops the request before
@@ -402,11 +404,11 @@ pub(crate) fn answer_now(
 ) -> Result<Response<Body>, Later> {
     let start = Instant::now();
     let logged = state.access_log.then(|| {
-        (
+        Box::new((
             req.method().clone(),
             req.uri().clone(),
             req.headers().get(header::HOST).cloned(),
-        )
+        ))
     });
     let version = req.version();
     let routed = route_now(state, req, peer, framing, fault, lines.is_some());
@@ -572,7 +574,7 @@ fn finish(
     if let Some(tier) = status.tier {
         state.metrics.tier_hit(tier);
     }
-    if let Some((method, uri, host)) = logged {
+    if let Some((method, uri, host)) = logged.map(|l| *l) {
         let bytes = http_body::Body::size_hint(resp.body()).exact();
         tracing::info!(
             target: "meridian::access",
