@@ -338,8 +338,7 @@ pub(crate) async fn exchange(
                     // The rest of the upload is not wanted: it is dropped (which ends the
                     // client's body), and the first-byte time counts from here.
                     *body = Body::empty();
-                    conn.start_first_byte(first_byte);
-                    return match read_head(&mut conn, head_only, pass).await {
+                    return match read_head(&mut conn, head_only, pass, first_byte).await {
                         Ok((head, framing, _)) => Ok(respond(head, framing, conn, false, home)),
                         Err((e, _)) => Err(Failure::Failed(e)),
                     };
@@ -352,8 +351,7 @@ pub(crate) async fn exchange(
                     // The origin may have answered before the whole body and closed (a 413):
                     // that answer, if it came, is the response (the upload is over, as above).
                     *body = Body::empty();
-                    conn.start_first_byte(first_byte);
-                    return match read_head(&mut conn, head_only, pass).await {
+                    return match read_head(&mut conn, head_only, pass, first_byte).await {
                         Ok((head, framing, _)) => Ok(respond(head, framing, conn, false, home)),
                         Err(_) => Err(Failure::Failed(e.into())),
                     };
@@ -370,8 +368,7 @@ pub(crate) async fn exchange(
             Failure::Failed(e.into())
         });
     }
-    conn.start_first_byte(first_byte);
-    match read_head(&mut conn, head_only, pass).await {
+    match read_head(&mut conn, head_only, pass, first_byte).await {
         Ok((head, framing, keep)) => {
             reusable &= keep;
             Ok(respond(head, framing, conn, reusable, home))
@@ -584,12 +581,15 @@ enum Chunk {
 }
 
 /// Reads a response head (after any 1xx ones), with its body's framing and whether the
-/// connection may be used again after it. On failure, whether any byte of a response came.
+/// connection may be used again after it; [`H1Error::Late`] if it has not come whole within
+/// `first_byte`. On failure, whether any byte of a response came.
 async fn read_head(
     conn: &mut Conn,
     head_only: bool,
     pass: bool,
+    first_byte: Duration,
 ) -> Result<(Head, Framing, bool), (H1Error, bool)> {
+    conn.start_first_byte(first_byte);
     let mut any = false;
     let mut interim = 0;
     loop {

@@ -212,10 +212,10 @@ mod tests {
         let a: IpAddr = [10, 0, 0, 1].into();
         let held = clients.take(a, None).await.unwrap();
         let soon = Duration::from_millis(50);
-        assert!(
-            clients.take(a, Some(soon)).await.is_none(),
-            "past its share until the deadline"
-        );
+        let taken = tokio::time::timeout(Duration::from_secs(5), clients.take(a, Some(soon)))
+            .await
+            .expect("the wait ended at its deadline, not 5 s later");
+        assert!(taken.is_none(), "past its share until the deadline");
         woken_when_given_back(&clients, a, held).await;
     }
 
