@@ -563,9 +563,11 @@ mod tests {
 
     #[tokio::test]
     async fn an_origin_that_refuses_is_a_connect_error() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        drop(listener);
+        // Bound but never listening, and held: a port closed again could be taken by a server
+        // of a test running beside this one.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
         let pool = pool(format!("http://{addr}").parse().unwrap());
         assert!(matches!(
             pool.send(get("/x"), Lines::default()).await,

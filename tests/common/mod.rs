@@ -576,6 +576,25 @@ pub struct Edge {
 
 pub const TOKEN: &str = "test-admin-token";
 
+/// A loopback address that refuses connections for as long as this lives: a socket bound to
+/// it that never listens. (A port bound and closed again could meanwhile be taken by a server
+/// of another test running beside this one, which would then answer for the "dead" origin.)
+pub struct Refusing {
+    pub addr: SocketAddr,
+    _socket: tokio::net::TcpSocket,
+}
+
+impl Refusing {
+    pub fn new() -> Refusing {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        Refusing {
+            addr: socket.local_addr().unwrap(),
+            _socket: socket,
+        }
+    }
+}
+
 impl Edge {
     /// Starts an edge on 127.0.0.1:0 whose origin map is `sites` (TOML `[[site]]` tables) and
     /// whose `[edge]` section gets `extra` lines.
@@ -835,17 +854,29 @@ pub fn param<'a>(cache_status: &'a str, key: &str) -> Option<&'a str> {
 /// The names of process `pid`'s HTTP threads (`meridian-http-N`), sorted; Linux only (read
 /// from `/proc`). A thread names itself once it runs.
 pub fn http_threads(pid: u32) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+    let mut names: Vec<String> = thread_names(pid)
+        .into_iter()
+        .filter(|n| n.starts_with("meridian-http"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// How many threads of process `pid` are named `name`; Linux only.
+pub fn threads_named(pid: u32, name: &str) -> usize {
+    thread_names(pid).iter().filter(|n| *n == name).count()
+}
+
+/// The names of process `pid`'s threads (Linux: read from `/proc`; none elsewhere).
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|tasks| {
             tasks
                 .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
                 .map(|n| n.trim().to_string())
-                .filter(|n| n.starts_with("meridian-http"))
                 .collect()
         })
-        .unwrap_or_default();
-    names.sort();
-    names
+        .unwrap_or_default()
 }
 
 /// Whether the `ttl` of a `Cache-Status` is `fresh` seconds, or one less: a `Date` header has

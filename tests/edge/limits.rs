@@ -164,7 +164,15 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn a_start_that_fails_half_way_leaves_no_http_thread_running() {
-    let http_threads = || http_threads(std::process::id()).len();
+    // A new thread names itself once it runs; until then it has the name of the thread that
+    // made it (this one). So this thread takes a name no other has, and a thread counts while
+    // it has either name: one not yet running cannot be missed.
+    const OURS: &str = "failed-start";
+    std::fs::write("/proc/thread-self/comm", OURS).unwrap();
+    let http_threads = || {
+        let unnamed = threads_named(std::process::id(), OURS).saturating_sub(1);
+        http_threads(std::process::id()).len() + unnamed
+    };
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = busy.local_addr().unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -5,30 +5,27 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 
 /// An edge whose site's first origin refuses connections (nothing listens on its port) and
-/// whose second is `live`.
-async fn dead_then(live: &Origin) -> Edge {
-    // A port with nothing listening: bind, note it, close.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    Edge::start(
+/// whose second is `live`; and what keeps the first refusing.
+async fn dead_then(live: &Origin) -> (Edge, Refusing) {
+    let dead = Refusing::new();
+    let edge = Edge::start(
         &site(
             "s",
             "demo.test",
-            &format!("http://{dead}, http://{}", live.addr),
+            &format!("http://{}, http://{}", dead.addr, live.addr),
             "",
         ),
         "",
     )
-    .await
+    .await;
+    (edge, dead)
 }
 
 #[tokio::test]
 async fn failover_to_the_next_origin_on_connect_failure() {
     let live = Origin::start().await;
     live.always("/", Reply::ok("live").header("cache-control", "max-age=60"));
-    let edge = dead_then(&live).await;
+    let (edge, _dead) = dead_then(&live).await;
     let r = edge.get("/").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "live");
@@ -38,7 +35,7 @@ async fn failover_to_the_next_origin_on_connect_failure() {
 async fn a_short_request_body_goes_to_the_next_origin_on_connect_failure() {
     let live = Origin::start().await;
     live.always("/form", Reply::ok("taken"));
-    let edge = dead_then(&live).await;
+    let (edge, _dead) = dead_then(&live).await;
     // Nothing reached the first origin, so even a POST goes on, its body with it.
     let r = request_body("POST", edge.addr, "demo.test", "/form", "a=1&b=2").await;
     assert_eq!(r.status, 200);
@@ -95,11 +92,12 @@ async fn failover_on_first_byte_timeout_then_504_when_all_time_out() {
 
 #[tokio::test]
 async fn all_origins_down_is_502() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let edge = Edge::start(&site("s", "demo.test", &format!("http://{dead}"), ""), "").await;
+    let dead = Refusing::new();
+    let edge = Edge::start(
+        &site("s", "demo.test", &format!("http://{}", dead.addr), ""),
+        "",
+    )
+    .await;
     let r = edge.get("/").await;
     assert_eq!(r.status, 502);
     assert!(
