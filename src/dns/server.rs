@@ -255,14 +255,20 @@ mod spread {
     /// `SO_ATTACH_REUSEPORT_CBPF` (the generic value, which these architectures use).
     const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
 
-    /// Spread when the first thread is busier than this (CPU time over wall time): before it
-    /// saturates, not before it must (a thread at 90% busy with answers of a few microseconds
-    /// queues a datagram for tens of microseconds).
+    /// Spread when the first thread is busier than this (CPU time over wall time) for
+    /// [`SPREAD_AFTER`] windows in a row: before it saturates, not before it must (a thread at
+    /// 90% busy with answers of a few microseconds queues a datagram for tens of microseconds).
     pub(super) const SPREAD_ABOVE: f64 = 0.9;
+    /// Windows in a row above [`SPREAD_ABOVE`] before spreading: one busy window (a burst, the
+    /// machine's hiccup) is not a load one thread cannot carry.
+    pub(super) const SPREAD_AFTER: u32 = 2;
     /// Gather onto the first thread when all of them together are less busy than this. Spread
-    /// threads spend about a fifth more per query than one gathered thread, so the gap to
-    /// `SPREAD_ABOVE` keeps a load from bouncing between the two.
-    pub(super) const GATHER_BELOW: f64 = 0.7;
+    /// threads spend a fifth to a third more per query than one gathered thread (on the 2-core
+    /// benchmark machine 7.2 µs against 5.5 at the same load), so one thread carries what they
+    /// carry at 0.85 at about 0.65–0.7 busy: below [`SPREAD_ABOVE`] with room, so a load does not
+    /// bounce between the two; and a port spread at a load one thread carries does not stay
+    /// spread (at 0.7, a load of 0.75 spread stayed spread at 1.3 times the cost per query).
+    pub(super) const GATHER_BELOW: f64 = 0.85;
 
     /// Where datagrams go.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,14 +279,52 @@ mod spread {
         Spread,
     }
 
-    /// The next mode, from the threads' busy fractions (the first's first).
-    pub(super) fn next(mode: Mode, busy: &[f64]) -> Mode {
-        let first = busy.first().copied().unwrap_or(0.0);
-        let total: f64 = busy.iter().sum();
-        match mode {
-            Mode::Gather if first > SPREAD_ABOVE => Mode::Spread,
-            Mode::Spread if total < GATHER_BELOW => Mode::Gather,
-            m => m,
+    /// A port's steering: its mode, and what its next decision waits for.
+    pub(super) struct Steer {
+        pub(super) mode: Mode,
+        /// Windows in a row the first thread was above [`SPREAD_ABOVE`] while gathered.
+        hot: u32,
+        /// Windows to let pass before deciding again: just after a change, the other threads'
+        /// figures still describe (part of) a window in the other mode.
+        settle: u32,
+    }
+
+    impl Steer {
+        pub(super) fn new(mode: Mode) -> Steer {
+            Steer {
+                mode,
+                hot: 0,
+                settle: 0,
+            }
+        }
+
+        /// The mode to change to, if any, after a window of the first thread in which the
+        /// threads were `busy` busy (the first's first).
+        pub(super) fn next(&mut self, busy: &[f64]) -> Option<Mode> {
+            if self.settle > 0 {
+                self.settle -= 1;
+                return None;
+            }
+            let first = busy.first().copied().unwrap_or(0.0);
+            let total: f64 = busy.iter().sum();
+            match self.mode {
+                Mode::Gather => {
+                    self.hot = if first > SPREAD_ABOVE {
+                        self.hot + 1
+                    } else {
+                        0
+                    };
+                    (self.hot >= SPREAD_AFTER).then_some(Mode::Spread)
+                }
+                Mode::Spread => (total < GATHER_BELOW).then_some(Mode::Gather),
+            }
+        }
+
+        /// Records that the port now runs in `mode`.
+        pub(super) fn set(&mut self, mode: Mode) {
+            self.mode = mode;
+            self.hot = 0;
+            self.settle = 1;
         }
     }
 
@@ -344,12 +388,23 @@ mod spread {
 
         #[test]
         fn gathers_below_and_spreads_above_with_a_gap_between() {
-            assert_eq!(next(Mode::Gather, &[0.8, 0.0]), Mode::Gather);
-            assert_eq!(next(Mode::Gather, &[0.95, 0.0]), Mode::Spread);
-            // Spread at 0.4 each: together 0.8, more than one should carry alone; stay.
-            assert_eq!(next(Mode::Spread, &[0.4, 0.4]), Mode::Spread);
-            assert_eq!(next(Mode::Spread, &[0.3, 0.3]), Mode::Gather);
-            assert_eq!(next(Mode::Gather, &[]), Mode::Gather);
+            let mut steer = Steer::new(Mode::Gather);
+            assert_eq!(steer.next(&[0.8, 0.0]), None);
+            // One busy window is not enough; a calm one in between starts the count again.
+            assert_eq!(steer.next(&[0.95, 0.0]), None);
+            assert_eq!(steer.next(&[0.8, 0.0]), None);
+            assert_eq!(steer.next(&[0.95, 0.0]), None);
+            assert_eq!(steer.next(&[0.95, 0.0]), Some(Mode::Spread));
+            steer.set(Mode::Spread);
+            // The window after a change is not judged: the second thread's figure is stale.
+            assert_eq!(steer.next(&[0.5, 0.0]), None);
+            // Spread at 0.45 each: together 0.9, one thread would be near its limit; stay.
+            assert_eq!(steer.next(&[0.45, 0.45]), None);
+            // At 0.4 each one thread carries it at about 0.65: gather.
+            assert_eq!(steer.next(&[0.4, 0.4]), Some(Mode::Gather));
+            steer.set(Mode::Gather);
+            assert_eq!(steer.next(&[0.95, 0.0]), None);
+            assert_eq!(steer.next(&[]), None);
         }
 
         /// Datagrams from 64 client sockets: which of the group's two sockets each reached.
@@ -432,8 +487,8 @@ fn udp_thread(
     let mut flushed = coarse_millis();
     // The busy fraction over windows of SPREAD_WINDOW_MILLIS; the first thread steers.
     let mut window = (coarse_millis(), spread::thread_cpu_micros());
-    let mut mode = spread::Mode::Spread;
-    let mut measure = |now: u64, mode: &mut spread::Mode| {
+    let mut steer = spread::Steer::new(spread::Mode::Spread);
+    let mut measure = |now: u64, steer: &mut spread::Steer| {
         let elapsed = now.wrapping_sub(window.0);
         if elapsed < SPREAD_WINDOW_MILLIS {
             return;
@@ -446,12 +501,11 @@ fn udp_thread(
         );
         window = (now, cpu);
         if index == 0 && busy.len() > 1 {
-            let next = spread::next(*mode, &spread::read(&busy));
-            if next != *mode {
+            if let Some(next) = steer.next(&spread::read(&busy)) {
                 match spread::set(fd, next) {
                     Ok(()) => {
                         tracing::debug!(?next, "UDP port steered");
-                        *mode = next;
+                        steer.set(next);
                     }
                     Err(e) => tracing::debug!(error = %e, "could not steer the UDP port"),
                 }
@@ -461,7 +515,7 @@ fn udp_thread(
     if index == 0 && busy.len() > 1 {
         // Start gathered: an idle port needs one thread.
         match spread::set(fd, spread::Mode::Gather) {
-            Ok(()) => mode = spread::Mode::Gather,
+            Ok(()) => steer.set(spread::Mode::Gather),
             Err(e) => tracing::debug!(error = %e, "could not steer the UDP port"),
         }
     }
@@ -474,7 +528,7 @@ fn udp_thread(
                 handler.metrics.flush(&mut worker.tally);
                 worker.begin(&handler);
                 flushed = coarse_millis();
-                measure(flushed, &mut mode);
+                measure(flushed, &mut steer);
                 continue;
             }
             Err(e) => {
@@ -510,7 +564,7 @@ fn udp_thread(
         if now.wrapping_sub(flushed) >= FLUSH_MILLIS {
             handler.metrics.flush(&mut worker.tally);
             flushed = now;
-            measure(now, &mut mode);
+            measure(now, &mut steer);
         }
         let mut sent = 0;
         while sent < outbox.len() {
