@@ -523,6 +523,7 @@ fn sighup_reloads_the_cluster_map_and_keeps_the_old_one_when_broken() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let _stop = KillOnPanic(child.id());
     let mut lines = BufReader::new(child.stderr.take().unwrap())
         .lines()
         .map_while(Result::ok);
@@ -545,6 +546,29 @@ fn sighup_reloads_the_cluster_map_and_keeps_the_old_one_when_broken() {
     let started = json();
     assert_eq!(started["message"], "node started", "{started}");
     let dns: std::net::SocketAddr = started["dns"].as_str().unwrap().parse().unwrap();
+    // Its UDP threads go by their own names (`top -H`): one a core, on one listen address.
+    #[cfg(target_os = "linux")]
+    {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 16));
+        let mut expected: Vec<String> = (0..cores).map(|i| format!("meridian-dns-{i}")).collect();
+        expected.sort();
+        let named = || {
+            let mut named: Vec<String> = thread_names(child.id())
+                .into_iter()
+                .filter(|n| n.starts_with("meridian-dns"))
+                .collect();
+            named.sort();
+            named
+        };
+        // A thread names itself once it runs, which may be after the start is logged.
+        for _ in 0..100 {
+            if named().len() >= cores {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(named(), expected);
+    }
     let hup = || {
         let cmd = format!("kill -HUP {}", child.id());
         assert!(Command::new("sh")

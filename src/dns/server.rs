@@ -605,7 +605,16 @@ pub(crate) async fn start(
             #[cfg(target_os = "linux")]
             {
                 let busy = busy.clone();
-                tracker.spawn_blocking(move || udp_thread(socket, _index, busy, handler, shutdown));
+                // A thread of its own, named (`top -H`, `/proc/PID/task/*/comm`), that the node
+                // waits for at shutdown through the tracker's token.
+                let tracked = tracker.token();
+                std::thread::Builder::new()
+                    .name(format!("meridian-dns-{_index}"))
+                    .spawn(move || {
+                        udp_thread(socket, _index, busy, handler, shutdown);
+                        drop(tracked);
+                    })
+                    .map_err(|e| (*addr, e))?;
             }
             #[cfg(not(target_os = "linux"))]
             {

@@ -868,7 +868,7 @@ pub fn threads_named(pid: u32, name: &str) -> usize {
 }
 
 /// The names of process `pid`'s threads (Linux: read from `/proc`; none elsewhere).
-fn thread_names(pid: u32) -> Vec<String> {
+pub fn thread_names(pid: u32) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|tasks| {
             tasks
