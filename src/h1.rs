@@ -185,11 +185,11 @@ impl Conn {
     /// Stops the first-byte timer from waking the task that read the head: it holds that
     /// task's waker until it fires (up to `first_byte_timeout` later, while the connection
     /// rests or serves another task), and the waker keeps the task's memory from being freed
-    /// once it ends. A no-op waker takes its place.
+    /// once it ends. A no-op waker takes its place. Polled outside tokio's budget: a task that
+    /// has used its budget up gets `Pending` from a timer without the waker being replaced.
     fn release_first_byte(&mut self) {
         if let Some(timer) = self.first_byte.as_mut() {
-            let _ = timer
-                .as_mut()
+            let _ = std::pin::pin!(tokio::task::unconstrained(timer.as_mut()))
                 .poll(&mut Context::from_waker(std::task::Waker::noop()));
         }
     }
@@ -1178,6 +1178,37 @@ pub(crate) fn replay(pieces: &[&[u8]], head_only: bool, pass: bool) -> Replayed 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The first-byte timer lets go of the task's waker once the head is read even when the
+    /// task has used up its tokio budget by then (a timer polled without budget does nothing,
+    /// so the waker it held stayed until it fired, with the task's memory).
+    #[tokio::test]
+    async fn the_first_byte_timer_lets_go_of_the_waker_without_budget_too() {
+        struct Counted;
+        impl std::task::Wake for Counted {
+            fn wake(self: std::sync::Arc<Self>) {}
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let mut conn = Conn::new(stream, Duration::from_secs(5));
+        conn.start_first_byte(Duration::from_secs(60));
+        let task = std::sync::Arc::new(Counted);
+        let waker = std::task::Waker::from(task.clone());
+        let timer = conn.first_byte.as_mut().unwrap();
+        assert!(timer
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending());
+        drop(waker);
+        assert_eq!(std::sync::Arc::strong_count(&task), 2, "the timer holds it");
+        while tokio::task::coop::has_budget_remaining() {
+            tokio::task::consume_budget().await;
+        }
+        conn.release_first_byte();
+        assert_eq!(std::sync::Arc::strong_count(&task), 1, "let go of");
+    }
 
     fn head(raw: &str, head_only: bool) -> Result<(Head, Framing, bool), H1Error> {
         let mut buf = BytesMut::from(raw.as_bytes());
