@@ -264,6 +264,9 @@ pub(crate) struct Lines<'a> {
     pub(crate) answer: bool,
     /// This hop's forwarding fields, written after the request's own.
     pub(crate) added: Option<&'a Forwarding>,
+    /// The `Host` field sent in place of the request's (the site's `host_header`, or the
+    /// origin's authority for a request without one).
+    pub(crate) host: Option<&'a HeaderValue>,
 }
 
 /// How the request body is delimited on the wire.
@@ -310,7 +313,7 @@ pub(crate) async fn exchange(
     };
     let mut out = std::mem::take(&mut conn.out);
     out.clear();
-    encode_head(parts, sending, lines.added, &mut out);
+    encode_head(parts, sending, lines, &mut out);
     let written = match whole {
         Some(Some(b)) if b.len() <= WRITE_TOGETHER => {
             out.extend_from_slice(&b);
@@ -408,19 +411,26 @@ fn has_close(headers: &HeaderMap) -> bool {
     })
 }
 
-/// The request line and fields, then `added`'s, with the framing fields of `sending` (the
-/// request's own `Content-Length`, `Transfer-Encoding` and `Expect` are not sent: the body goes
-/// at once).
-fn encode_head(parts: &Parts, sending: Sending, added: Option<&Forwarding>, out: &mut Vec<u8>) {
+/// The request line (origin-form, whatever form the head's target has) and fields, then
+/// `lines.added`'s, with the framing fields of `sending` (the request's own `Content-Length`,
+/// `Transfer-Encoding` and `Expect` are not sent: the body goes at once); `lines.host` in place
+/// of the request's `Host`.
+fn encode_head(parts: &Parts, sending: Sending, lines: Lines<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(host) = lines.host {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(host.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     for (name, value) in &parts.headers {
         if name == header::CONTENT_LENGTH
             || name == header::TRANSFER_ENCODING
             || name == header::EXPECT
+            || (lines.host.is_some() && name == header::HOST)
         {
             continue;
         }
@@ -429,7 +439,7 @@ fn encode_head(parts: &Parts, sending: Sending, added: Option<&Forwarding>, out:
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if let Some(added) = added {
+    if let Some(added) = lines.added {
         added.write(out);
     }
     match sending {
@@ -1337,10 +1347,30 @@ mod tests {
             .unwrap();
         let (parts, ()) = req.into_parts();
         let mut out = Vec::new();
-        encode_head(&parts, Sending::Length(12), None, &mut out);
+        encode_head(&parts, Sending::Length(12), Lines::default(), &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /up?x=1 HTTP/1.1\r\nhost: a.test\r\ncontent-length: 12\r\n\r\n"
+        );
+        // A head in absolute form goes in origin form; a `Host` given in the lines takes the
+        // place of the request's (every one of them).
+        let (parts, ()) = http::Request::get("http://a.test/up?x=1")
+            .header("host", "a.test")
+            .header("accept", "*/*")
+            .header("host", "b.test")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let host = HeaderValue::from_static("origin.test");
+        let lines = Lines {
+            host: Some(&host),
+            ..Lines::default()
+        };
+        let mut out = Vec::new();
+        encode_head(&parts, Sending::Nothing, lines, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /up?x=1 HTTP/1.1\r\nhost: origin.test\r\naccept: */*\r\n\r\n"
         );
         assert_eq!(decimal(0, &mut [0; 20]), b"0");
         assert_eq!(

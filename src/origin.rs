@@ -269,7 +269,10 @@ impl Origins {
         self.read_timeout
     }
 
-    /// Sends `req` (origin-form target) to the site's origins in order until one answers.
+    /// Sends the request of head `parts` (its target is taken as origin-form) and `body` to
+    /// the site's origins in order until one answers. The head is only read (a fill keeps it
+    /// for the answer's variants): a plain origin's exchange writes it as it is, the others
+    /// get a copy of it.
     ///
     /// Failover rules: a request without a body moves on to the next origin after a connect
     /// failure (nothing reached the origin); after a first-byte timeout it moves on only if its
@@ -287,10 +290,11 @@ impl Origins {
     /// `h1::Lines`): with `answer`, an answer only passed on, to a client of the edge's own
     /// HTTP/1.1 server, may come with its fields as lines instead of in its header map (see
     /// `http::headers::PassHead`); `added`, this hop's forwarding fields, go into the header map
-    /// for the other origins.
+    /// for the other origins; `host` is set here (the site's `host_header`).
     pub(crate) async fn send(
         &self,
-        req: Request<Body>,
+        parts: &http::request::Parts,
+        body: Body,
         client: Option<std::net::IpAddr>,
         lines: Lines<'_>,
     ) -> Result<(Response<OriginBody>, &str), OriginError> {
@@ -311,70 +315,36 @@ impl Origins {
 
         // A body the edge holds whole (or none) can go to the next origin too; a stream cannot
         // once the first has taken from it.
-        let whole = match req.body() {
+        let whole = match &body {
             Body::Full(b) => Some(b.clone()),
             _ => None,
         };
-        let idempotent = req.method().is_idempotent();
-        let (mut parts, body) = req.into_parts();
-        if let Some(host) = &self.host_header {
-            parts.headers.insert(header::HOST, host.clone());
-        }
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let idempotent = parts.method.is_idempotent();
+        // The request's head is only read: a plain origin's exchange writes it from here (with
+        // the site's `Host` in place of the request's); the others get a copy of their own.
+        let lines = Lines {
+            host: self.host_header.as_ref(),
+            ..lines
+        };
         let mut body = Some(body);
         let mut last_error = None;
-        // The last attempt takes the head itself; the ones before it send copies.
-        let last = self.targets.len().saturating_sub(1);
-        let mut parts = Some(parts);
         for (i, (target, label)) in self.targets.iter().zip(&self.labels).enumerate() {
-            let Some(this_body) = body.take() else { break };
-            let this_parts = if i == last {
-                parts.take()
-            } else {
-                parts.clone()
+            let Some(mut this_body) = body.take() else {
+                break;
             };
-            let Some(this_parts) = this_parts else { break };
             if let Some(b) = &whole {
                 body = Some(Body::Full(b.clone()));
             }
             let plain = self.plain.get(i).and_then(Option::as_ref);
-            let uri = if plain.is_some() {
-                // Origin-form: the connection is to this origin already.
-                Ok(Uri::from(path.clone()))
-            } else {
-                let mut uri = Uri::builder().path_and_query(path.clone());
-                if let Some(s) = target.scheme() {
-                    uri = uri.scheme(s.clone());
-                }
-                if let Some(a) = target.authority() {
-                    uri = uri.authority(a.clone());
-                }
-                uri.build()
-            };
-            let mut this_body = this_body;
             // A plain origin's connection keeps its own first-byte timer (see `h1::exchange`).
             let uploaded = if plain.is_none() {
                 this_body.on_done()
             } else {
                 None
             };
-            let mut req = Request::from_parts(this_parts, this_body);
-            *req.uri_mut() = match uri {
-                Ok(u) => u,
-                Err(e) => {
-                    return Err(OriginError::Protocol {
-                        origin: label.clone(),
-                        reason: e.to_string(),
-                    })
-                }
-            };
             // `Err(())`: no response head within the first-byte timeout.
             let sent = match plain {
-                Some(pool) => match pool.send(req, lines).await {
+                Some(pool) => match pool.send(parts, this_body, lines).await {
                     Ok(resp) => Ok(Ok(resp.map(OriginBody::plain))),
                     Err(PoolError::Late) => Err(()),
                     Err(PoolError::Connect(reason)) => Ok(Err(Failed::Connect(reason))),
@@ -390,12 +360,16 @@ impl Origins {
                 // ends) and was copied once more a request.
                 None => tokio::select! {
                     r = async {
-                        match self.client.get().request({
-                            if let Some(added) = lines.added {
-                                added.apply(req.headers_mut());
+                        let req = match self.hyper_request(parts, target, this_body, lines) {
+                            Ok(req) => req,
+                            Err(reason) => {
+                                return Err(Failed::Other(OriginError::Protocol {
+                                    origin: label.clone(),
+                                    reason,
+                                }))
                             }
-                            req
-                        }).await {
+                        };
+                        match self.client.get().request(req).await {
                             Ok(mut resp) => {
                                 // RFC 9112 §6.3: the chunks frame it, and the length goes
                                 // (hyper's client reads the one and keeps both fields).
@@ -445,6 +419,42 @@ impl Origins {
             origin: self.labels.join(", "),
             reason: "no origin could be tried".into(),
         }))
+    }
+
+    /// A copy of `parts` for hyper's client: absolute-form target at `target`, the site's
+    /// `Host`, and this hop's forwarding fields in the header map.
+    fn hyper_request(
+        &self,
+        parts: &http::request::Parts,
+        target: &Uri,
+        body: Body,
+        lines: Lines<'_>,
+    ) -> Result<Request<Body>, String> {
+        let mut uri = Uri::builder().path_and_query(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        if let Some(s) = target.scheme() {
+            uri = uri.scheme(s.clone());
+        }
+        if let Some(a) = target.authority() {
+            uri = uri.authority(a.clone());
+        }
+        let mut req = Request::new(body);
+        *req.method_mut() = parts.method.clone();
+        *req.version_mut() = parts.version;
+        *req.uri_mut() = uri.build().map_err(|e| e.to_string())?;
+        *req.headers_mut() = parts.headers.clone();
+        if let Some(host) = lines.host {
+            req.headers_mut().insert(header::HOST, host.clone());
+        }
+        if let Some(added) = lines.added {
+            added.apply(req.headers_mut());
+        }
+        Ok(req)
     }
 
     /// Requests that have waited for a site slot, and for their client's share, since the
@@ -582,10 +592,10 @@ mod tests {
             .unwrap();
         runtime.block_on(async {
             for _ in 0..3 {
-                let req = Request::get("/x").body(Body::empty()).unwrap();
+                let (parts, ()) = Request::get("/x").body(()).unwrap().into_parts();
                 let answer = tokio::time::timeout(
                     Duration::from_secs(3),
-                    origins.send(req, None, Lines::default()),
+                    origins.send(&parts, Body::empty(), None, Lines::default()),
                 );
                 let (resp, _) = answer
                     .await

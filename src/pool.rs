@@ -27,8 +27,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use http::uri::{PathAndQuery, Uri};
-use http::{header, HeaderValue, Request, Response};
+use http::request::Parts;
+use http::uri::Uri;
+use http::{header, HeaderValue, Response};
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service;
 
@@ -101,15 +102,23 @@ impl Http1Pool {
         }
     }
 
-    /// Sends `req` (its target is taken as origin-form) and returns the response head; the
-    /// body streams from the connection.
-    /// `lines`: see [`h1::exchange`].
+    /// Sends the request of head `parts` (its target is taken as origin-form) and `body`, and
+    /// returns the response head; the body streams from the connection.
+    /// `lines`: see [`h1::exchange`]; a request without `Host` (the handler always sets one)
+    /// gets the origin's authority, as hyper-util's client does.
     pub(crate) async fn send(
         &self,
-        req: Request<Body>,
+        parts: &Parts,
+        mut body: Body,
         lines: Lines<'_>,
     ) -> Result<Response<ResponseBody>, PoolError> {
-        let (parts, mut body) = self.origin_form(req).into_parts();
+        let lines = match (lines.host, &self.host) {
+            (None, Some(h)) if !parts.headers.contains_key(header::HOST) => Lines {
+                host: Some(h),
+                ..lines
+            },
+            _ => lines,
+        };
         let list = self.kept.get();
         let swept = &list.swept;
         // A load on every request, the swap (a locked write) only until it is set.
@@ -126,12 +135,8 @@ impl Http1Pool {
             };
             let home = Arc::downgrade(list);
             let first_byte = self.first_byte;
-            match h1::exchange(conn, &parts, &mut body, was_reused, home, lines, first_byte).await {
-                Ok(resp) => {
-                    // Sent: the request's fields are done with.
-                    crate::http::headers::give_back_map(parts.headers);
-                    return Ok(resp);
-                }
+            match h1::exchange(conn, parts, &mut body, was_reused, home, lines, first_byte).await {
+                Ok(resp) => return Ok(resp),
                 // Not taken: the connection had closed while idle. Once more, on a new one.
                 Err(Failure::Unsent(_)) if was_reused => {}
                 Err(Failure::Failed(H1Error::Late)) => return Err(PoolError::Late),
@@ -139,25 +144,6 @@ impl Http1Pool {
                 Err(Failure::Upload(e)) => return Err(PoolError::Upload(e)),
             }
         }
-    }
-
-    /// The request as sent: origin-form target, and a `Host` field (the handler always sets
-    /// one; the origin's authority otherwise, as hyper-util does).
-    fn origin_form(&self, mut req: Request<Body>) -> Request<Body> {
-        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-            let pq = req
-                .uri()
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/"));
-            *req.uri_mut() = Uri::from(pq);
-        }
-        if !req.headers().contains_key(header::HOST) {
-            if let Some(h) = &self.host {
-                req.headers_mut().insert(header::HOST, h.clone());
-            }
-        }
-        req
     }
 
     /// The most recent usable idle connection; the ones passed over (closed by the origin, or
@@ -304,7 +290,12 @@ mod tests {
         let pool = pool(target);
         for _ in 0..3 {
             assert_eq!(
-                read(pool.send(get("/x"), Lines::default()).await.unwrap()).await,
+                read(
+                    pool.send(&get("/x"), Body::empty(), Lines::default())
+                        .await
+                        .unwrap()
+                )
+                .await,
                 b"ok"
             );
             // Bounded: let a late second answer arrive on the idle connection too.
@@ -322,7 +313,12 @@ mod tests {
         .await;
         let pool = pool(target);
         for i in 0..6 {
-            let body = read(pool.send(get("/x"), Lines::default()).await.unwrap()).await;
+            let body = read(
+                pool.send(&get("/x"), Body::empty(), Lines::default())
+                    .await
+                    .unwrap(),
+            )
+            .await;
             assert_eq!(body, if i % 2 == 0 { &b"ok"[..] } else { b"" });
         }
         assert_eq!(conns.load(Ordering::SeqCst), 1);
@@ -338,7 +334,7 @@ mod tests {
         let pool = pool(target);
         let sent = tokio::time::timeout(
             Duration::from_secs(5),
-            pool.send(get("/x"), Lines::default()),
+            pool.send(&get("/x"), Body::empty(), Lines::default()),
         )
         .await;
         match sent.expect("still waiting after 5 s") {
@@ -366,16 +362,26 @@ mod tests {
         http.set_nodelay(true);
         let limit = Duration::from_millis(300);
         let pool = Http1Pool::new(target, http, Duration::from_secs(30), limit);
-        let body = read(pool.send(get("/x"), Lines::default()).await.unwrap()).await;
+        let body = read(
+            pool.send(&get("/x"), Body::empty(), Lines::default())
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(body, b"ok");
         // Idle past the first request's first-byte time.
         tokio::time::sleep(limit * 2).await;
-        let body = read(pool.send(get("/x"), Lines::default()).await.unwrap()).await;
+        let body = read(
+            pool.send(&get("/x"), Body::empty(), Lines::default())
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(body, b"ok");
         let start = Instant::now();
         let sent = tokio::time::timeout(
             Duration::from_secs(5),
-            pool.send(get("/x"), Lines::default()),
+            pool.send(&get("/x"), Body::empty(), Lines::default()),
         )
         .await;
         match sent.expect("still waiting after 5 s") {
@@ -403,7 +409,8 @@ mod tests {
         let (target, _) = origin(false, Duration::from_millis(20)).await;
         let pool = pool(target);
         let mut counted: Option<Arc<Counted>> = None;
-        let sent = pool.send(get("/x"), Lines::default());
+        let head = get("/x");
+        let sent = pool.send(&head, Body::empty(), Lines::default());
         tokio::pin!(sent);
         let resp = std::future::poll_fn(|cx| {
             let task = counted.get_or_insert_with(|| Arc::new(Counted(cx.waker().clone())));
@@ -422,11 +429,13 @@ mod tests {
         );
     }
 
-    fn get(path: &str) -> Request<Body> {
-        Request::get(path)
+    fn get(path: &str) -> Parts {
+        http::Request::get(path)
             .header(header::HOST, "a.test")
-            .body(Body::empty())
+            .body(())
             .unwrap()
+            .into_parts()
+            .0
     }
 
     async fn read(resp: Response<ResponseBody>) -> Vec<u8> {
@@ -455,7 +464,10 @@ mod tests {
         let (target, conns) = origin(false, Duration::ZERO).await;
         let pool = pool(target);
         for _ in 0..20 {
-            let resp = pool.send(get("/x"), Lines::default()).await.unwrap();
+            let resp = pool
+                .send(&get("/x"), Body::empty(), Lines::default())
+                .await
+                .unwrap();
             assert_eq!(read(resp).await, b"ok");
         }
         assert_eq!(conns.load(Ordering::SeqCst), 1);
@@ -470,9 +482,14 @@ mod tests {
         let mut all = tokio::task::JoinSet::new();
         for _ in 0..8 {
             let pool = pool.clone();
-            all.spawn(
-                async move { read(pool.send(get("/x"), Lines::default()).await.unwrap()).await },
-            );
+            all.spawn(async move {
+                read(
+                    pool.send(&get("/x"), Body::empty(), Lines::default())
+                        .await
+                        .unwrap(),
+                )
+                .await
+            });
         }
         while let Some(body) = all.join_next().await {
             assert_eq!(body.unwrap(), b"ok");
@@ -482,7 +499,12 @@ mod tests {
         // Idle again: the next ones reuse them.
         for _ in 0..8 {
             assert_eq!(
-                read(pool.send(get("/x"), Lines::default()).await.unwrap()).await,
+                read(
+                    pool.send(&get("/x"), Body::empty(), Lines::default())
+                        .await
+                        .unwrap()
+                )
+                .await,
                 b"ok"
             );
         }
@@ -497,7 +519,10 @@ mod tests {
         let (target, conns) = origin(true, Duration::ZERO).await;
         let pool = pool(target);
         for _ in 0..20 {
-            let resp = pool.send(get("/x"), Lines::default()).await.unwrap();
+            let resp = pool
+                .send(&get("/x"), Body::empty(), Lines::default())
+                .await
+                .unwrap();
             assert_eq!(read(resp).await, b"ok");
         }
         assert_eq!(conns.load(Ordering::SeqCst), 20);
@@ -507,24 +532,40 @@ mod tests {
     async fn a_connection_goes_back_once_its_body_has_ended_and_not_before() {
         let (target, conns) = origin(false, Duration::ZERO).await;
         let pool = pool(target);
-        let unread = pool.send(get("/x"), Lines::default()).await.unwrap();
+        let unread = pool
+            .send(&get("/x"), Body::empty(), Lines::default())
+            .await
+            .unwrap();
         // Its body not read yet: the next request needs a connection of its own.
         assert_eq!(pool.kept(), 0);
         assert_eq!(
-            read(pool.send(get("/x"), Lines::default()).await.unwrap()).await,
+            read(
+                pool.send(&get("/x"), Body::empty(), Lines::default())
+                    .await
+                    .unwrap()
+            )
+            .await,
             b"ok"
         );
         assert_eq!((conns.load(Ordering::SeqCst), pool.kept()), (2, 1));
         assert_eq!(read(unread).await, b"ok");
         assert_eq!(pool.kept(), 2);
         // A body dropped before its end (8 of its 10 bytes never came) closes its connection.
-        let held = pool.send(get("/hold"), Lines::default()).await.unwrap();
+        let held = pool
+            .send(&get("/hold"), Body::empty(), Lines::default())
+            .await
+            .unwrap();
         assert_eq!(pool.kept(), 1);
         drop(held);
         assert_eq!(pool.kept(), 1);
         for _ in 0..4 {
             assert_eq!(
-                read(pool.send(get("/x"), Lines::default()).await.unwrap()).await,
+                read(
+                    pool.send(&get("/x"), Body::empty(), Lines::default())
+                        .await
+                        .unwrap()
+                )
+                .await,
                 b"ok"
             );
         }
@@ -544,7 +585,12 @@ mod tests {
             Duration::from_millis(100),
         );
         assert_eq!(
-            read(pool.send(get("/x"), Lines::default()).await.unwrap()).await,
+            read(
+                pool.send(&get("/x"), Body::empty(), Lines::default())
+                    .await
+                    .unwrap()
+            )
+            .await,
             b"ok"
         );
         assert_eq!(pool.kept(), 1);
@@ -555,7 +601,12 @@ mod tests {
         }
         assert_eq!(pool.kept(), 0);
         assert_eq!(
-            read(pool.send(get("/x"), Lines::default()).await.unwrap()).await,
+            read(
+                pool.send(&get("/x"), Body::empty(), Lines::default())
+                    .await
+                    .unwrap()
+            )
+            .await,
             b"ok"
         );
         assert_eq!(conns.load(Ordering::SeqCst), 2);
@@ -570,7 +621,7 @@ mod tests {
         let addr = socket.local_addr().unwrap();
         let pool = pool(format!("http://{addr}").parse().unwrap());
         assert!(matches!(
-            pool.send(get("/x"), Lines::default()).await,
+            pool.send(&get("/x"), Body::empty(), Lines::default()).await,
             Err(PoolError::Connect(_))
         ));
     }

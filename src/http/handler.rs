@@ -938,36 +938,41 @@ async fn forward(
         direct,
     } = client;
     let (mut parts, body) = req.into_parts();
-    let method = parts.method.clone();
+    let method = &parts.method;
     // Only an unsafe method invalidates; a pass-through GET does not build the key.
     let key = invalidate.then(|| site.key(&parts.uri));
     // Hazard: a GET or HEAD body has no meaning (RFC 9110 §9.3.1); forwarding its framing
     // without it, or it to an origin that does not expect it, desynchronises the pooled
     // connection (request smuggling). It is dropped, as most caches do.
-    let no_body =
-        method == Method::GET || method == Method::HEAD || http_body::Body::is_end_stream(&body);
+    let body = if *method == Method::GET
+        || *method == Method::HEAD
+        || http_body::Body::is_end_stream(&body)
+    {
+        Body::empty()
+    } else {
+        Body::upload(body, state.client_body_timeout).watch_fault(fault)
+    };
     let added = to_origin(&mut parts, peer, &host, site, state, hop);
     state.metrics.origin_fetches.increment(1);
     let t = Instant::now();
+    // The head stays here (the origin's exchange reads it): it is not moved again.
     let sent = site
         .origins
         .send(
-            Request::from_parts(
-                parts,
-                if no_body {
-                    Body::empty()
-                } else {
-                    Body::upload(body, state.client_body_timeout).watch_fault(fault)
-                },
-            ),
+            &parts,
+            body,
             for_client,
             Lines {
                 // A peer's hop keeps what this cache consumes (see `from_origin`): a header map.
                 answer: direct && hop.is_none(),
                 added: added.as_ref(),
+                host: None,
             },
         )
         .await;
+    // Sent (or failed): the request's fields are done with.
+    give_back_map(std::mem::take(&mut parts.headers));
+    let method = &parts.method;
     state
         .metrics
         .origin_seconds
@@ -991,7 +996,7 @@ async fn forward(
             }
             let resp = resp.map(|b| Body::download(b, site.origins.read_timeout()));
             (
-                response::from_origin(resp, &method, &state.via, status, hop.is_some()),
+                response::from_origin(resp, method, &state.via, status, hop.is_some()),
                 status,
             )
         }
@@ -1545,11 +1550,7 @@ async fn upstream(
     state.metrics.origin_fetches.increment(1);
     let sent = site
         .origins
-        .send(
-            Request::from_parts(job.parts.clone(), Body::empty()),
-            job.client,
-            Lines::default(),
-        )
+        .send(&job.parts, Body::empty(), job.client, Lines::default())
         .await;
     state
         .metrics
