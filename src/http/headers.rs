@@ -359,7 +359,13 @@ pub(crate) fn forwarding(
 ) -> Forwarding {
     // The claims and `X-Forwarded-For` in one pass over the names.
     let present = present(headers, &OVERWRITTEN);
-    let mut xff = Line::default();
+    // Built where it is returned from (two lines built apart were copied into it).
+    let mut out = Forwarding {
+        via: via.clone(),
+        xff: Line::default(),
+        fwd: Line::default(),
+    };
+    let Forwarding { xff, fwd, .. } = &mut out;
     if present & (1 << XFF) != 0 {
         // `to_str` admits visible ASCII, spaces and tabs only: nothing that ends a line.
         if let Some(prev) = headers.get(X_FORWARDED_FOR).filter(|v| v.to_str().is_ok()) {
@@ -369,9 +375,8 @@ pub(crate) fn forwarding(
     }
     remove(headers, &OVERWRITTEN, present);
     let at = xff.as_bytes().len();
-    push_ip(&mut xff, client);
+    push_ip(xff, client);
     let ip = &xff.as_bytes()[at..];
-    let mut fwd = Line::default();
     fwd.push(b"for=");
     match client {
         IpAddr::V4(_) => fwd.push(ip),
@@ -396,11 +401,7 @@ pub(crate) fn forwarding(
         fwd.push(h.as_bytes());
         fwd.push(b"\"");
     }
-    Forwarding {
-        via: via.clone(),
-        xff,
-        fwd,
-    }
+    out
 }
 
 /// Client-sent fields that claim a host or a scheme for the request. The edge is where requests
@@ -451,12 +452,27 @@ impl Forwarding {
 fn push_ip(line: &mut Line, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
+            // Spelled into a buffer of its own and pushed once (a push a digit group took
+            // ~70 instructions, on every forwarded request).
+            let mut buf = [0u8; 15];
+            let mut len = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    line.push(b".");
+                    buf[len] = b'.';
+                    len += 1;
                 }
-                line.push_int(i64::from(octet));
+                if octet >= 100 {
+                    buf[len] = b'0' + octet / 100;
+                    len += 1;
+                }
+                if octet >= 10 {
+                    buf[len] = b'0' + octet / 10 % 10;
+                    len += 1;
+                }
+                buf[len] = b'0' + octet % 10;
+                len += 1;
             }
+            line.push(&buf[..len]);
         }
         IpAddr::V6(v6) => {
             use std::fmt::Write;
@@ -858,6 +874,8 @@ mod tests {
             "1.2.3.4",
             "10.0.9.99",
             "100.200.255.250",
+            "9.10.99.100",
+            "101.110.109.190",
             "255.255.255.255",
             "::1",
             "::ffff:192.0.2.1",
