@@ -21,7 +21,8 @@ use tokio::time::Instant;
 #[derive(Debug)]
 pub(crate) struct Clients {
     limit: usize,
-    held: Mutex<HashMap<IpAddr, Held>>,
+    /// By [`key`] of the client's address.
+    held: Mutex<HashMap<u128, Held>>,
     /// Takes that found their client at its share and waited.
     waits: metrics::Counter,
 }
@@ -39,7 +40,7 @@ struct Held {
 #[derive(Debug)]
 pub(crate) struct Share {
     clients: Arc<Clients>,
-    client: IpAddr,
+    client: u128,
 }
 
 impl Clients {
@@ -68,7 +69,7 @@ impl Clients {
         }
     }
 
-    fn held(&self) -> MutexGuard<'_, HashMap<IpAddr, Held>> {
+    fn held(&self) -> MutexGuard<'_, HashMap<u128, Held>> {
         // cannot fail in practice: nothing panics under this lock; recover the guard anyway.
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -76,6 +77,7 @@ impl Clients {
     /// One more unit for `client` (as [`Clients::client`] counts it); if it holds its share,
     /// what tells when one of them is given back.
     fn try_take(self: &Arc<Self>, client: IpAddr) -> Result<Share, Arc<Notify>> {
+        let client = key(client);
         let mut held = self.held();
         let h = held.entry(client).or_insert(Held { n: 0, freed: None });
         if h.n >= self.limit {
@@ -121,6 +123,16 @@ impl Clients {
                 None => notified.await,
             }
         }
+    }
+}
+
+/// A client (as [`Clients::client`] counts it) as the table's key: IPv4 as its IPv4-mapped
+/// IPv6 address, so that every address is one 16-byte value, hashed in one write (an `IpAddr`
+/// is three: ~80 instructions more, twice a request).
+fn key(client: IpAddr) -> u128 {
+    match client {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => u128::from(v6),
     }
 }
 
