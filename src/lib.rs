@@ -95,6 +95,7 @@ pub(crate) mod model;
 pub(crate) mod origin;
 pub(crate) mod pool;
 pub(crate) mod purge;
+pub(crate) mod reuse;
 pub mod route;
 pub(crate) mod share;
 pub(crate) mod shield;

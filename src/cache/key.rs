@@ -17,23 +17,40 @@ pub(crate) const SEP: char = '\0';
 /// The primary key for a request target of a site.
 pub(crate) fn primary(site: &str, path: &str, query: Option<&str>, mode: QueryKey) -> String {
     let mut key = String::with_capacity(site.len() + path.len() + query.map_or(0, str::len) + 2);
-    key.push_str(site);
-    key.push(SEP);
-    key.push_str(if path.is_empty() { "/" } else { path });
+    primary_into(&mut key, site, path, query, mode);
+    key
+}
+
+/// [`primary`], written into `key` (a buffer on the stack, where the key is only looked with).
+pub(crate) fn primary_into(
+    key: &mut impl std::fmt::Write,
+    site: &str,
+    path: &str,
+    query: Option<&str>,
+    mode: QueryKey,
+) {
+    // Neither `String` nor the edge's line buffers fail a write.
+    let _ = key.write_str(site);
+    let _ = key.write_char(SEP);
+    let _ = key.write_str(if path.is_empty() { "/" } else { path });
     match (query, mode) {
         (None, _) | (_, QueryKey::Ignore) => {}
         (Some(q), QueryKey::Keep) => {
-            key.push('?');
-            key.push_str(q);
+            let _ = key.write_char('?');
+            let _ = key.write_str(q);
         }
         (Some(q), QueryKey::Sort) => {
             let mut params: Vec<&str> = q.split('&').filter(|p| !p.is_empty()).collect();
             params.sort_unstable();
-            key.push('?');
-            key.push_str(&params.join("&"));
+            let _ = key.write_char('?');
+            for (i, p) in params.iter().enumerate() {
+                if i > 0 {
+                    let _ = key.write_char('&');
+                }
+                let _ = key.write_str(p);
+            }
         }
     }
-    key
 }
 
 /// The key prefix covering every object of `site` whose path starts with `path_prefix`.

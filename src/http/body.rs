@@ -71,7 +71,7 @@ pub(crate) enum Body {
     /// A complete body (a cache hit, a generated response); `None` once sent.
     Full(Option<Bytes>),
     /// A body still arriving from the other end.
-    Stream(Box<Streaming>),
+    Stream(crate::reuse::Reused<Streaming>),
     /// A body being filled into the cache, read as it arrives (shared with other clients).
     Fill(Box<Tail>),
     /// A stored body on disk, read a chunk at a time.
@@ -275,7 +275,7 @@ impl Body {
     }
 
     fn streaming(rest: Rest, idle: Duration) -> Body {
-        Body::Stream(Box::new(Streaming {
+        Body::Stream(crate::reuse::Reused::new(|| Streaming {
             rest,
             idle,
             timer: None,
@@ -371,7 +371,7 @@ impl http_body::Body for Body {
                     .poll_next(cx)
                     .map(|o| o.map(|r| r.map(Frame::data).map_err(BodyError::Disk)))
             }
-            Body::Stream(s) => s,
+            Body::Stream(s) => &mut **s,
         };
         let next = match &mut s.rest {
             Rest::Client(b) => Pin::new(b).poll_frame(cx),

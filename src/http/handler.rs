@@ -23,7 +23,7 @@ use super::body::{Body, OriginBody, RequestBody};
 use super::framing::BodyFault;
 use super::headers::{
     forwarding, give_back_map, is_loop, strip_cache_only, strip_framing, strip_hop_by_hop,
-    surrogate_keys, Forwarding,
+    surrogate_keys, Forwarding, Line,
 };
 use super::request::{self, Rejected};
 use super::response::{self, CacheStatus, Fwd, Label, Refusal};
@@ -38,6 +38,7 @@ use crate::config::{EdgeConfig, QueryKey, SiteConfig};
 use crate::h1::Lines;
 use crate::load::LoadCounters;
 use crate::origin::{OriginError, Origins};
+use crate::reuse::Reused;
 use crate::shield::{Hop, Peers, PEER};
 use crate::telemetry::EdgeMetrics;
 
@@ -107,6 +108,19 @@ impl Site {
         key::primary(&self.name, uri.path(), uri.query(), self.query_key)
     }
 
+    /// [`Site::key`] in a line on the stack (no allocation), for a key only looked with.
+    fn key_line(&self, uri: &Uri) -> Line {
+        let mut line = Line::default();
+        key::primary_into(
+            &mut line,
+            &self.name,
+            uri.path(),
+            uri.query(),
+            self.query_key,
+        );
+        line
+    }
+
     /// What of `host` (normalised) and the scheme reaches this site's origin, and so selects
     /// the variant.
     pub(crate) fn target<'a>(&self, host: &'a str, secure: bool) -> Target<'a> {
@@ -119,13 +133,14 @@ impl Site {
 
 /// Sites by host name.
 pub(crate) struct Sites {
-    by_host: HashMap<String, Arc<Site>>,
+    /// Fx-hashed: see `Cargo.toml` (the table is only read, and its keys are the operator's).
+    by_host: HashMap<String, Arc<Site>, rustc_hash::FxBuildHasher>,
     any: Option<Arc<Site>>,
 }
 
 impl Sites {
     pub(crate) fn new(configs: &[SiteConfig]) -> Result<Sites, String> {
-        let mut by_host = HashMap::new();
+        let mut by_host = HashMap::default();
         let mut any = None;
         for cfg in configs {
             let site = Arc::new(Site::new(cfg)?);
@@ -492,7 +507,8 @@ pub(crate) async fn answer_later(
                         let directives = site.request_directives(req.headers());
                         if directives.no_store {
                             let s = CacheStatus::forward(Fwd::Request).detail("no-store");
-                            break 'cache boxed(|| forward(&state, &site, client, s, false)).await;
+                            break 'cache Reused::pin(|| forward(&state, &site, client, s, false))
+                                .await;
                         }
                         (directives, site.key(req.uri()), Memory::Unknown)
                     }
@@ -523,11 +539,11 @@ pub(crate) async fn answer_later(
                 }
                 if stale.is_none() && state.store.is_pass(&key).await {
                     let s = CacheStatus::forward(Fwd::UriMiss).detail("uncacheable");
-                    break 'cache boxed(|| forward(&state, &site, client, s, false)).await;
+                    break 'cache Reused::pin(|| forward(&state, &site, client, s, false)).await;
                 }
                 // The miss path's state machine is large; boxing it keeps the future that
                 // hyper moves for every request (hits included) small.
-                boxed(|| fill(&state, &site, client, key, stale, fwd, &directives)).await
+                Reused::pin(|| fill(&state, &site, client, key, stale, fwd, &directives)).await
             };
             if let (Some(_), Some(peers)) = (hop, state.peers.get()) {
                 peers.rename_cache_status(resp.headers_mut());
@@ -536,7 +552,7 @@ pub(crate) async fn answer_later(
         } else {
             let invalidate = policy::invalidates(incoming.req.method());
             let s = CacheStatus::forward(Fwd::Method);
-            boxed(|| forward(&state, &site, incoming, s, invalidate)).await
+            Reused::pin(|| forward(&state, &site, incoming, s, invalidate)).await
         }
     };
     resp.body_mut().held_for(share);
@@ -939,8 +955,6 @@ async fn forward(
     } = client;
     let (mut parts, body) = req.into_parts();
     let method = &parts.method;
-    // Only an unsafe method invalidates; a pass-through GET does not build the key.
-    let key = invalidate.then(|| site.key(&parts.uri));
     // Hazard: a GET or HEAD body has no meaning (RFC 9110 §9.3.1); forwarding its framing
     // without it, or it to an origin that does not expect it, desynchronises the pooled
     // connection (request smuggling). It is dropped, as most caches do.
@@ -981,15 +995,18 @@ async fn forward(
         Ok((resp, _)) => {
             let code = resp.status();
             status.fwd_status = Some(code.as_u16());
-            if let Some(key) = key.filter(|_| code.is_success() || code.is_redirection()) {
-                let sites = state.sites.load_full();
-                state.store.invalidate(&key).await;
+            // Only an unsafe method invalidates (a pass-through GET builds no key).
+            if invalidate && (code.is_success() || code.is_redirection()) {
+                let key = site.key_line(&parts.uri);
+                if let Some(key) = key.as_str() {
+                    state.store.invalidate(key).await;
+                }
                 for name in [header::LOCATION, header::CONTENT_LOCATION] {
-                    if let Some(k) = resp
+                    let k = resp
                         .headers()
                         .get(name)
-                        .and_then(|v| same_site_key(v, site, &sites))
-                    {
+                        .and_then(|v| same_site_key(v, site, &state.sites.load()));
+                    if let Some(k) = k {
                         state.store.invalidate(&k).await;
                     }
                 }
@@ -1023,14 +1040,6 @@ fn same_site_key(value: &HeaderValue, site: &Arc<Site>, sites: &Sites) -> Option
         return None;
     }
     Some(site.key(&uri))
-}
-
-/// `Box::pin(make())`, with the future made in its allocation: `Box::pin` of a future made on
-/// the stack copies all of it there (6,200 bytes for `forward`), where the future's first state
-/// holds its arguments alone.
-#[inline(always)]
-pub(crate) fn boxed<F: std::future::Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
-    Box::into_pin(Box::write(Box::new_uninit(), make()))
 }
 
 /// What the store can do for a request.

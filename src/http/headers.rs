@@ -528,6 +528,11 @@ impl Line {
         self.push(decimal(v.unsigned_abs(), &mut [0; 20]));
     }
 
+    /// The line as text, if it is UTF-8 (it is, where only `&str`s were pushed).
+    pub(crate) fn as_str(&self) -> Option<&str> {
+        std::str::from_utf8(self.as_bytes()).ok()
+    }
+
     pub(crate) fn as_bytes(&self) -> &[u8] {
         if self.spilled.is_empty() {
             &self.buf[..self.len]

@@ -654,7 +654,7 @@ where
         // made every answer's task, hits included, as large as the miss path's state machine
         // (about 4 KiB, copied into each task).
         Answer::Later {
-            later: super::handler::boxed(|| async move {
+            later: crate::reuse::Reused::pin(|| async move {
                 let r = answer_later(state, later).await;
                 activity.in_flight.fetch_sub(1, Ordering::Relaxed);
                 activity.touch();

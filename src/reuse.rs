@@ -1,0 +1,225 @@
+//! A box whose memory its thread keeps for the next one of the same layout.
+//!
+//! Every forwarded request boxes its forward (or fill) future, 4–6 KB, and the streams of its
+//! bodies: glibc serves a block that large from its arena's bins (its per-thread caches stop at
+//! 1 KiB, and `meridian run` turns them off besides), about 600 instructions a request for the
+//! future's block alone, malloc and free, under the arena's lock. A [`Reused`] gives its block
+//! back to its thread's spares instead, and the next request's box on that thread takes it.
+//!
+//! Bounded: a thread keeps at most [`KEPT`] blocks (a few times the largest future, tens of
+//! KB); a block given back past that, or on a thread that is ending, goes back to the
+//! allocator.
+
+use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
+use std::cell::RefCell;
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
+use std::ptr::NonNull;
+
+/// Most blocks a thread keeps.
+pub(crate) const KEPT: usize = 16;
+
+/// A thread's spare blocks, each with its layout.
+struct Spares(Vec<(NonNull<u8>, Layout)>);
+
+impl Drop for Spares {
+    fn drop(&mut self) {
+        for (block, layout) in self.0.drain(..) {
+            // SAFETY: each block was allocated by `alloc` with its layout, and is no one's.
+            unsafe { dealloc(block.as_ptr(), layout) }
+        }
+    }
+}
+
+thread_local! {
+    static SPARES: RefCell<Spares> = const { RefCell::new(Spares(Vec::new())) };
+}
+
+/// A block of `layout` (whose size is not zero): a spare of this thread, else a new one.
+fn take(layout: Layout) -> NonNull<u8> {
+    let spare = SPARES
+        .try_with(|s| {
+            let mut s = s.borrow_mut();
+            let at = s.0.iter().rposition(|&(_, l)| l == layout)?;
+            Some(s.0.swap_remove(at).0)
+        })
+        .ok()
+        .flatten();
+    spare.unwrap_or_else(|| {
+        // SAFETY: the layout's size is not zero (see `Reused::new`).
+        let block = unsafe { alloc(layout) };
+        NonNull::new(block).unwrap_or_else(|| handle_alloc_error(layout))
+    })
+}
+
+/// Keeps `block` (of `layout`, holding no value) for this thread's next box, or frees it.
+fn give(block: NonNull<u8>, layout: Layout) {
+    let kept = SPARES
+        .try_with(|s| {
+            let mut s = s.borrow_mut();
+            if s.0.len() < KEPT {
+                s.0.push((block, layout));
+                true
+            } else {
+                false
+            }
+        })
+        .unwrap_or(false);
+    if !kept {
+        // SAFETY: the block came from `alloc` with this layout and no longer holds a value.
+        unsafe { dealloc(block.as_ptr(), layout) }
+    }
+}
+
+/// An owned `T` on the heap, as a `Box<T>`, whose memory goes to its thread's spares when it
+/// is dropped.
+pub(crate) struct Reused<T> {
+    value: NonNull<T>,
+    _owns: PhantomData<T>,
+}
+
+// SAFETY: a `Reused<T>` owns its `T` alone, as a `Box<T>` does.
+unsafe impl<T: Send> Send for Reused<T> {}
+// SAFETY: as above; `&Reused<T>` gives only `&T`.
+unsafe impl<T: Sync> Sync for Reused<T> {}
+
+impl<T> Reused<T> {
+    /// `make()`'s value, made in its block (a value made first and moved in is copied whole,
+    /// as `Box::new` copies a future of kilobytes).
+    #[inline(always)]
+    pub(crate) fn new(make: impl FnOnce() -> T) -> Reused<T> {
+        let layout = Layout::new::<T>();
+        if layout.size() == 0 {
+            let value = NonNull::<T>::dangling();
+            // SAFETY: any aligned non-null pointer is valid for a zero-sized write.
+            unsafe { value.as_ptr().write(make()) };
+            return Reused {
+                value,
+                _owns: PhantomData,
+            };
+        }
+        let value = take(layout).cast::<T>();
+        // SAFETY: the block is `T`'s layout and holds nothing. Should `make` panic, the block is
+        // lost to the allocator (never freed), which is safe.
+        unsafe { value.as_ptr().write(make()) };
+        Reused {
+            value,
+            _owns: PhantomData,
+        }
+    }
+
+    /// [`Reused::new`], pinned (a future to poll where it is).
+    #[inline(always)]
+    pub(crate) fn pin(make: impl FnOnce() -> T) -> Pin<Reused<T>> {
+        // SAFETY: the value stays in its block until it is dropped there: `Reused` has no way to
+        // move it out (as `Box::into_pin`).
+        unsafe { Pin::new_unchecked(Reused::new(make)) }
+    }
+}
+
+impl<T> Deref for Reused<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the block holds a `T` for as long as `self` lives.
+        unsafe { self.value.as_ref() }
+    }
+}
+
+impl<T> DerefMut for Reused<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in `deref`, and `self` is borrowed mutably.
+        unsafe { self.value.as_mut() }
+    }
+}
+
+impl<T> Drop for Reused<T> {
+    fn drop(&mut self) {
+        // SAFETY: the block holds a `T`, dropped once, here; nothing reads it afterwards.
+        unsafe { std::ptr::drop_in_place(self.value.as_ptr()) };
+        let layout = Layout::new::<T>();
+        if layout.size() != 0 {
+            give(self.value.cast(), layout);
+        }
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Reused<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// Counts its drops.
+    struct Counted(Arc<AtomicUsize>, [u8; 600]);
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn spares() -> usize {
+        SPARES.with(|s| s.borrow().0.len())
+    }
+
+    #[test]
+    fn a_dropped_box_drops_its_value_once_and_the_next_takes_its_block() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let first = Reused::new(|| Counted(drops.clone(), [7; 600]));
+        let block = first.value.as_ptr() as usize;
+        assert_eq!(first.1[599], 7);
+        let before = spares();
+        drop(first);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        assert_eq!(spares(), before + 1);
+        let second = Reused::new(|| Counted(drops.clone(), [9; 600]));
+        assert_eq!(
+            second.value.as_ptr() as usize,
+            block,
+            "the spare block is taken"
+        );
+        assert_eq!(second.1[0], 9);
+        assert_eq!(spares(), before);
+        // Another layout does not take it.
+        drop(second);
+        let other = Reused::new(|| [1u64; 3]);
+        assert_ne!(other.value.as_ptr() as usize, block);
+        assert_eq!(other[2], 1);
+        drop(other);
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_thread_keeps_no_more_than_its_bound() {
+        let boxes: Vec<_> = (0..KEPT + 5).map(|i| Reused::new(|| [i; 100])).collect();
+        for (i, b) in boxes.iter().enumerate() {
+            assert_eq!(b[99], i);
+        }
+        drop(boxes);
+        assert_eq!(spares(), KEPT);
+        // Zero-sized values take no block.
+        let none = Reused::new(|| ());
+        drop(none);
+        assert_eq!(spares(), KEPT);
+    }
+
+    #[test]
+    fn a_pinned_future_runs_in_its_block() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let n = rt.block_on(Reused::pin(|| async {
+            let big = [3u8; 2048];
+            tokio::task::yield_now().await;
+            big.iter().map(|&b| usize::from(b)).sum::<usize>()
+        }));
+        assert_eq!(n, 3 * 2048);
+    }
+}
