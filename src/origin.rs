@@ -448,6 +448,9 @@ impl Origins {
         *req.version_mut() = parts.version;
         *req.uri_mut() = uri.build().map_err(|e| e.to_string())?;
         *req.headers_mut() = parts.headers.clone();
+        // The body's framing is hyper's to write (a plain origin's exchange leaves the head's
+        // own out as it writes it).
+        crate::http::headers::strip_framing(req.headers_mut());
         if let Some(host) = lines.host {
             req.headers_mut().insert(header::HOST, host.clone());
         }

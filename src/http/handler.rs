@@ -893,8 +893,10 @@ async fn pushed_purge(
     }
 }
 
-/// Prepares a request for an origin: origin-form target, proxy headers added, and no framing
-/// fields of the client's (the origin client frames what it actually sends). `parts.version`
+/// Prepares a request for an origin: origin-form target and proxy headers added. The client's
+/// framing fields stay in the map (a header map removal each, on every upload): the origin
+/// client writes its own framing and leaves those out (`Origins::send`), and a fill, whose head
+/// may go to a peer, strips them itself. `parts.version`
 /// is the client's; the origin client picks its own (HTTP/2 where the origin offers it), so it
 /// leaves as HTTP/1.1. Hop-by-hop fields went at intake, and `Host` is the normalised one.
 ///
@@ -915,7 +917,6 @@ fn to_origin(
         _ => &state.via,
     };
     parts.version = http::Version::HTTP_11;
-    strip_framing(&mut parts.headers);
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         if let Some(pq) = parts.uri.path_and_query() {
             if let Ok(u) = Uri::builder().path_and_query(pq.clone()).build() {
@@ -1201,7 +1202,9 @@ impl Fill {
         ] {
             parts.headers.remove(name);
         }
-        // A fill's request may go to a peer too (see `shield`), which reads the header map.
+        // A fill's request may go to a peer too (see `shield`), which reads the header map:
+        // without the client's framing (the fill sends no body).
+        strip_framing(&mut parts.headers);
         if let Some(added) = to_origin(
             &mut parts,
             client.peer,

@@ -295,6 +295,58 @@ async fn an_https_origins_answer_framed_by_both_chunks_and_a_length_loses_the_le
 }
 
 #[tokio::test]
+async fn an_https_origin_gets_the_edges_framing_never_the_clients() {
+    // A GET's body is dropped on its way (RFC 9110 §9.3.1): the client's `Content-Length` must
+    // go with it, or hyper's client frames an empty body by it. An upload's length is the
+    // edge's to write.
+    let (edge, _, _dir) = edge_before_https_origin(|tls| async move {
+        let svc = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async {
+            let field = |name| {
+                req.headers()
+                    .get(name)
+                    .map_or("-".to_string(), |v: &http::HeaderValue| {
+                        v.to_str().unwrap().to_string()
+                    })
+            };
+            let framing = format!(
+                "{} {} ",
+                field(http::header::CONTENT_LENGTH),
+                field(http::header::TRANSFER_ENCODING)
+            );
+            let body = http_body_util::BodyExt::collect(req.into_body())
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let mut answer = framing.into_bytes();
+            answer.extend_from_slice(&body);
+            let mut resp =
+                http::Response::new(http_body_util::Full::new(bytes::Bytes::from(answer)));
+            resp.headers_mut()
+                .insert("cache-control", "private".parse().unwrap());
+            Ok::<_, std::convert::Infallible>(resp)
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+            .await;
+    })
+    .await;
+    let get = request_with_body(
+        "GET",
+        edge.addr,
+        "demo.test",
+        "/g",
+        &[("cache-control", "no-store")],
+        "hello",
+    )
+    .await;
+    assert_eq!(get.status, 200);
+    assert_eq!(get.text(), "- - ");
+    let post = request_body("POST", edge.addr, "demo.test", "/p", "payload").await;
+    assert_eq!(post.status, 200);
+    assert_eq!(post.text(), "7 - payload");
+}
+
+#[tokio::test]
 async fn a_post_that_timed_out_is_not_sent_to_the_next_origin() {
     // The first origin may have acted on it: sending it again elsewhere could apply it twice.
     let (_slow, fast, edge) = slow_then_fast("/pay", Duration::from_secs(3)).await;
