@@ -59,15 +59,33 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-/// Binds `count` UDP sockets and a TCP listener on the same port: for port 0, the port the
-/// first UDP socket got, retried a few times in case TCP's is taken.
+/// Binds `count` UDP sockets and a TCP listener on the same port: for port 0, a port no UDP
+/// socket holds, retried a few times in case it is taken meanwhile or TCP's is.
+///
+/// Hazard: the kernel's choice of a port for a `SO_REUSEPORT` socket bound to port 0 counts a
+/// port that another such group of the same user holds as free, and the two groups then share
+/// its datagrams (another node of the same process, say one still stopping: seen as a test's
+/// query answered by another test's node). A plain socket's choice counts every holder, so the
+/// port is found by one of those and bound by the group right after.
 async fn bind_all(
     addr: SocketAddr,
     count: usize,
 ) -> std::io::Result<(Vec<std::net::UdpSocket>, TcpListener)> {
     let mut last = None;
     for _ in 0..8 {
-        let first = udp_socket(addr)?;
+        let first = if addr.port() == 0 {
+            let free = std::net::UdpSocket::bind(addr)?.local_addr()?;
+            match udp_socket(free) {
+                Ok(s) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    last = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            udp_socket(addr)?
+        };
         let bound = first.local_addr()?;
         let tcp = match TcpListener::bind(bound).await {
             Ok(tcp) => tcp,
