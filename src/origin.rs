@@ -314,9 +314,9 @@ impl Origins {
         };
 
         // A body the edge holds whole (or none) can go to the next origin too; a stream cannot
-        // once the first has taken from it.
+        // once the first has taken from it. Kept only where there is a next origin.
         let whole = match &body {
-            Body::Full(b) => Some(b.clone()),
+            Body::Full(b) if self.targets.len() > 1 => Some(b.clone()),
             _ => None,
         };
         let idempotent = parts.method.is_idempotent();

@@ -3,11 +3,11 @@
 
 use std::cell::RefCell;
 use std::net::IpAddr;
-use std::thread::LocalKey;
 
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 
 use crate::cache::entry::Target;
+use crate::reuse::{keep_spare, take_spare};
 
 /// Fields that describe one connection, never forwarded either way (and `Proxy-Authenticate`,
 /// a proxy's own challenge).
@@ -144,29 +144,9 @@ const SPARE_COUNT: usize = 32;
 const SPARE_CAPACITY: usize = 4096;
 const SPARE_MAP_FIELDS: usize = 32;
 
-/// A spare of `spares`, where this thread has one.
-fn take_spare<T: 'static>(spares: &'static LocalKey<RefCell<Vec<T>>>) -> Option<T> {
-    spares
-        .try_with(|s| s.try_borrow_mut().ok()?.pop())
-        .ok()
-        .flatten()
-}
-
-/// Keeps `spare` (emptied by the caller) for the next taker on this thread, unless the thread
-/// keeps enough already or is ending.
-fn keep_spare<T: 'static>(spares: &'static LocalKey<RefCell<Vec<T>>>, spare: T) {
-    let _ = spares.try_with(|s| {
-        if let Ok(mut s) = s.try_borrow_mut() {
-            if s.len() < SPARE_COUNT {
-                s.push(spare);
-            }
-        }
-    });
-}
-
 /// An empty buffer with room for `len` bytes: a spare one where the thread has one.
 fn lines_buffer(len: usize) -> Vec<u8> {
-    match take_spare(&SPARE_LINES) {
+    match take_spare(&SPARE_LINES, |_| true) {
         Some(mut spare) => {
             spare.reserve(len);
             spare
@@ -182,14 +162,14 @@ impl Drop for PassHead {
         }
         let mut lines = std::mem::take(&mut self.lines);
         lines.clear();
-        keep_spare(&SPARE_LINES, lines);
+        keep_spare(&SPARE_LINES, lines, SPARE_COUNT);
     }
 }
 
 /// An empty header map with room for `fields`: a spare one where the thread has one (see
 /// [`give_back_map`]).
 pub(crate) fn request_map(fields: usize) -> HeaderMap {
-    match take_spare(&SPARE_MAPS) {
+    match take_spare(&SPARE_MAPS, |_| true) {
         Some(mut spare) => {
             spare.reserve(fields);
             spare
@@ -204,7 +184,7 @@ pub(crate) fn give_back_map(mut map: HeaderMap) {
         return;
     }
     map.clear();
-    keep_spare(&SPARE_MAPS, map);
+    keep_spare(&SPARE_MAPS, map, SPARE_COUNT);
 }
 
 /// Most names a `Connection` field may list for [`pass_lines`] (any more: a header map).
