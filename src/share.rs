@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -22,25 +23,40 @@ use tokio::time::Instant;
 pub(crate) struct Clients {
     limit: usize,
     /// By [`key`] of the client's address.
-    held: Mutex<HashMap<u128, Held>>,
+    held: Mutex<Table>,
     /// Takes that found their client at its share and waited.
     waits: metrics::Counter,
 }
 
-/// What one client holds, and its waiters' bell: made by the first take that finds the client
-/// at its share (most clients never wait, and a bell for each would cost every origin request
-/// an allocation).
+/// The clients seen lately, each with what it holds. A client stays in the table when it gives
+/// its last unit back (giving back takes no lock: a unit holds its client's entry itself); the
+/// clients that hold nothing and that no take waits for leave it when a new client finds the
+/// table at `sweep_at` entries, which then becomes twice the clients left (at least
+/// [`SWEEP_AT_LEAST`]). The table so holds at most about twice its most clients at once.
 #[derive(Debug)]
+struct Table {
+    by_client: HashMap<u128, Arc<Held>>,
+    sweep_at: usize,
+}
+
+/// The fewest entries at which the table is swept.
+const SWEEP_AT_LEAST: usize = 1024;
+
+/// What one client holds, and its waiters' bell.
+#[derive(Debug, Default)]
 struct Held {
-    n: usize,
-    freed: Option<Arc<Notify>>,
+    /// Units held: taken under the table's lock (so that no take passes the limit), given back
+    /// without it (it only falls meanwhile).
+    n: AtomicUsize,
+    /// Takes of this client waiting for a unit, counted before their last look at `n`.
+    waiting: AtomicUsize,
+    freed: Notify,
 }
 
 /// One of a client's units; given back when dropped.
 #[derive(Debug)]
 pub(crate) struct Share {
-    clients: Arc<Clients>,
-    client: u128,
+    held: Arc<Held>,
 }
 
 impl Clients {
@@ -48,7 +64,10 @@ impl Clients {
     pub(crate) fn new(limit: usize, waits: metrics::Counter) -> Arc<Clients> {
         Arc::new(Clients {
             limit,
-            held: Mutex::default(),
+            held: Mutex::new(Table {
+                by_client: HashMap::new(),
+                sweep_at: SWEEP_AT_LEAST,
+            }),
             waits,
         })
     }
@@ -69,50 +88,54 @@ impl Clients {
         }
     }
 
-    fn held(&self) -> MutexGuard<'_, HashMap<u128, Held>> {
+    fn table(&self) -> MutexGuard<'_, Table> {
         // cannot fail in practice: nothing panics under this lock; recover the guard anyway.
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// One more unit for `client` (as [`Clients::client`] counts it); if it holds its share,
-    /// what tells when one of them is given back.
-    fn try_take(self: &Arc<Self>, client: IpAddr) -> Result<Share, Arc<Notify>> {
+    /// its entry (whose bell rings when one of them is given back).
+    fn try_take(&self, client: IpAddr) -> Result<Share, Arc<Held>> {
         let client = key(client);
-        let mut held = self.held();
-        let h = held.entry(client).or_insert(Held { n: 0, freed: None });
-        if h.n >= self.limit {
-            return Err(h.freed.get_or_insert_with(Arc::default).clone());
+        let mut table = self.table();
+        let held = match table.by_client.get(&client) {
+            Some(held) => held,
+            None => {
+                table.sweep_if_due();
+                table.by_client.entry(client).or_default()
+            }
+        };
+        // Only takes, under this lock, raise `n`: it cannot pass the limit between the look
+        // and the raise.
+        if held.n.load(Ordering::SeqCst) >= self.limit {
+            return Err(held.clone());
         }
-        h.n += 1;
+        held.n.fetch_add(1, Ordering::SeqCst);
         Ok(Share {
-            clients: self.clone(),
-            client,
+            held: held.clone(),
         })
     }
 
     /// One more unit for the client at `addr`: at once, else the first of its own given back
     /// within `wait` (none: however long that takes).
-    pub(crate) async fn take(
-        self: &Arc<Self>,
-        addr: IpAddr,
-        wait: Option<Duration>,
-    ) -> Option<Share> {
+    pub(crate) async fn take(&self, addr: IpAddr, wait: Option<Duration>) -> Option<Share> {
         let client = Clients::client(addr);
         // Set at the first wait: when the wait ends (`None` inside: never). The clock is read
         // only for a take that waits (most do not).
         let mut deadline: Option<Option<Instant>> = None;
         loop {
-            let freed = match self.try_take(client) {
+            let held = match self.try_take(client) {
                 Ok(share) => return Some(share),
-                Err(freed) => freed,
+                Err(held) => held,
             };
             if deadline.is_none() {
                 self.waits.increment(1);
                 deadline = Some(wait.map(|w| Instant::now() + w));
             }
-            // Listening before looking again, so that a unit given back in between is not
-            // missed.
-            let notified = freed.notified();
+            // Counted, then listening, before looking again: a unit given back after the
+            // count rings the bell, one given back before it is seen by the look.
+            let _waiting = Waiting::on(&held);
+            let notified = held.freed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             if let Ok(share) = self.try_take(client) {
@@ -124,11 +147,46 @@ impl Clients {
             }
         }
     }
+
+    /// Clients in the table (tests).
+    #[cfg(test)]
+    fn in_table(&self) -> usize {
+        self.table().by_client.len()
+    }
+}
+
+impl Table {
+    /// At `sweep_at` entries, drops the clients that hold nothing and that no take waits for
+    /// (their entries are the table's alone).
+    fn sweep_if_due(&mut self) {
+        if self.by_client.len() < self.sweep_at {
+            return;
+        }
+        self.by_client
+            .retain(|_, held| Arc::strong_count(held) > 1 || held.n.load(Ordering::SeqCst) > 0);
+        self.sweep_at = (self.by_client.len() * 2).max(SWEEP_AT_LEAST);
+    }
+}
+
+/// A take counted among its client's waiters while it lives.
+struct Waiting<'a>(&'a Held);
+
+impl<'a> Waiting<'a> {
+    fn on(held: &'a Held) -> Waiting<'a> {
+        held.waiting.fetch_add(1, Ordering::SeqCst);
+        Waiting(held)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A client (as [`Clients::client`] counts it) as the table's key: IPv4 as its IPv4-mapped
 /// IPv6 address, so that every address is one 16-byte value, hashed in one write (an `IpAddr`
-/// is three: ~80 instructions more, twice a request).
+/// is three: ~80 instructions more a request).
 fn key(client: IpAddr) -> u128 {
     match client {
         IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
@@ -137,29 +195,14 @@ fn key(client: IpAddr) -> u128 {
 }
 
 impl Drop for Share {
+    /// No lock and no lookup: the unit's own entry, and its bell only when a take waits.
     fn drop(&mut self) {
-        let (freed, last) = {
-            let mut held = self.clients.held();
-            let std::collections::hash_map::Entry::Occupied(mut h) = held.entry(self.client) else {
-                return;
-            };
-            h.get_mut().n -= 1;
-            if h.get().n == 0 {
-                (h.remove().freed, true)
-            } else {
-                (h.get().freed.clone(), false)
-            }
-        };
-        // No bell: no take of this client ever waited.
-        let Some(freed) = freed else {
-            return;
-        };
-        if last {
-            // Its waiters (if any) take a new entry's bell from here.
-            freed.notify_waiters();
-        } else {
+        self.held.n.fetch_sub(1, Ordering::SeqCst);
+        // After the fall of `n` (both sequentially consistent): a waiter counted before this
+        // look is rung; one counted after it sees the fall in its own look.
+        if self.held.waiting.load(Ordering::SeqCst) > 0 {
             // One unit, one waiter (passed on if that one has gone meanwhile).
-            freed.notify_one();
+            self.held.freed.notify_one();
         }
     }
 }
@@ -175,8 +218,9 @@ mod tests {
         let b: IpAddr = [10, 0, 0, 2].into();
         let held_a = clients.try_take(a).unwrap();
         let held_b = clients.try_take(b).unwrap();
-        let freed = clients.try_take(a).unwrap_err();
-        let woken = freed.notified();
+        let held = clients.try_take(a).unwrap_err();
+        let _waiting = Waiting::on(&held);
+        let woken = held.freed.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
         drop(held_b);
@@ -193,8 +237,7 @@ mod tests {
         assert!(clients.try_take(a).is_ok());
     }
 
-    /// A unit given back while the client still holds others wakes one waiter too (the bell
-    /// is made by the take that waits, not with the client's first unit).
+    /// A unit given back while the client still holds others wakes one waiter too.
     #[tokio::test]
     async fn a_unit_given_back_short_of_the_last_wakes_a_waiter() {
         let clients = Clients::new(2, metrics::Counter::noop());
@@ -229,6 +272,77 @@ mod tests {
             .expect("the wait ended at its deadline, not 5 s later");
         assert!(taken.is_none(), "past its share until the deadline");
         woken_when_given_back(&clients, a, held).await;
+    }
+
+    /// Units are given back without the table's lock, so a client stays in the table after its
+    /// last one: the clients that hold nothing leave it when it grows, and it never holds many
+    /// more than twice the clients holding something (a flood of addresses cannot grow it).
+    #[test]
+    fn the_table_lets_go_of_clients_that_hold_nothing() {
+        let clients = Clients::new(1, metrics::Counter::noop());
+        let holding: Vec<Share> = (0..300u32)
+            .map(|i| clients.try_take(IpAddr::from((0x0a00_0000 + i).to_be_bytes())).unwrap())
+            .collect();
+        let mut most = 0;
+        for i in 0..20_000u32 {
+            let addr = IpAddr::from((0x0b00_0000 + i).to_be_bytes());
+            drop(clients.try_take(addr).unwrap());
+            most = most.max(clients.in_table());
+        }
+        assert!(
+            most <= SWEEP_AT_LEAST.max(2 * holding.len()) + 1,
+            "the table held {most} clients with {} holding units",
+            holding.len()
+        );
+        // The clients still holding their unit kept it through every sweep.
+        for i in 0..300u32 {
+            let addr = IpAddr::from((0x0a00_0000 + i).to_be_bytes());
+            assert!(clients.try_take(addr).is_err(), "client {i} lost its unit");
+        }
+        drop(holding);
+        let a: IpAddr = [10, 0, 0, 1].into();
+        assert!(clients.try_take(a).is_ok(), "given back when dropped");
+    }
+
+    /// Many takes of one client on several threads, each holding its unit a moment: never
+    /// more than the share at once, and every take ends (no unit given back is missed by a
+    /// waiter).
+    #[test]
+    fn racing_takes_never_pass_the_share_and_all_end() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        let clients = Clients::new(3, metrics::Counter::noop());
+        let now = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        rt.block_on(async {
+            let tasks: Vec<_> = (0..64)
+                .map(|_| {
+                    let (clients, now, most) = (clients.clone(), now.clone(), most.clone());
+                    tokio::spawn(async move {
+                        let a: IpAddr = [10, 0, 0, 1].into();
+                        for _ in 0..50 {
+                            let share = clients.take(a, None).await.unwrap();
+                            let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                            most.fetch_max(n, Ordering::SeqCst);
+                            tokio::task::yield_now().await;
+                            now.fetch_sub(1, Ordering::SeqCst);
+                            drop(share);
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                tokio::time::timeout(Duration::from_secs(20), t)
+                    .await
+                    .expect("every take ended")
+                    .unwrap();
+            }
+        });
+        let most = most.load(Ordering::SeqCst);
+        assert!((1..=3).contains(&most), "{most} units held at once");
     }
 
     #[test]
