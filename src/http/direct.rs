@@ -162,7 +162,7 @@ where
                 // second slot of the connection's future, and both stay there (rustc keeps a
                 // local's room until its scope ends), with a copy of the whole future a
                 // request.
-                let mut answer = std::pin::pin!(answer_later(state.clone(), later));
+                let mut answer = std::pin::pin!(answer_later(state, later));
                 // The connection is read meanwhile, for a client that goes away (its request
                 // is then dropped, and its origin request with it).
                 let resp = loop {

@@ -360,7 +360,7 @@ pub(crate) async fn handle(
 ) -> Result<Response<Body>, std::convert::Infallible> {
     match answer_now(&state, req, peer, framing, fault, None) {
         Ok(resp) => Ok(resp),
-        Err(later) => answer_later(state, later).await,
+        Err(later) => answer_later(&state, later).await,
     }
 }
 
@@ -469,7 +469,7 @@ pub(crate) fn answer_now(
 /// forward was a copy or two of the request (about 350 bytes) and of what the store looked
 /// up, on every request that waits (callgrind: about 450 instructions each).
 pub(crate) async fn answer_later(
-    state: Arc<EdgeState>,
+    state: &Arc<EdgeState>,
     later: Later,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let Later {

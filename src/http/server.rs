@@ -655,7 +655,7 @@ where
         // (about 4 KiB, copied into each task).
         Answer::Later {
             later: crate::reuse::Reused::pin(|| async move {
-                let r = answer_later(state, later).await;
+                let r = answer_later(&state, later).await;
                 activity.in_flight.fetch_sub(1, Ordering::Relaxed);
                 activity.touch();
                 r.map(|resp| resp.map(|b| activity.stalls.watch(b)))
