@@ -111,9 +111,7 @@ impl Clients {
             return Err(held.clone());
         }
         held.n.fetch_add(1, Ordering::SeqCst);
-        Ok(Share {
-            held: held.clone(),
-        })
+        Ok(Share { held: held.clone() })
     }
 
     /// One more unit for the client at `addr`: at once, else the first of its own given back
@@ -281,7 +279,11 @@ mod tests {
     fn the_table_lets_go_of_clients_that_hold_nothing() {
         let clients = Clients::new(1, metrics::Counter::noop());
         let holding: Vec<Share> = (0..300u32)
-            .map(|i| clients.try_take(IpAddr::from((0x0a00_0000 + i).to_be_bytes())).unwrap())
+            .map(|i| {
+                clients
+                    .try_take(IpAddr::from((0x0a00_0000 + i).to_be_bytes()))
+                    .unwrap()
+            })
             .collect();
         let mut most = 0;
         for i in 0..20_000u32 {

@@ -491,7 +491,7 @@ pub(crate) async fn answer_later(
                 };
                 // Boxed, as the other rare paths: it reads a body, and its state machine would
                 // otherwise be part of every request's future.
-                break 'routed Box::pin(pushed_purge(&state, peers, req)).await;
+                break 'routed Box::pin(pushed_purge(state, peers, req)).await;
             }
             Routed::Go { site, client } => (site, client),
         };
@@ -507,7 +507,7 @@ pub(crate) async fn answer_later(
                         let directives = site.request_directives(req.headers());
                         if directives.no_store {
                             let s = CacheStatus::forward(Fwd::Request).detail("no-store");
-                            break 'cache Reused::pin(|| forward(&state, &site, client, s, false))
+                            break 'cache Reused::pin(|| forward(state, &site, client, s, false))
                                 .await;
                         }
                         (directives, site.key(req.uri()), Memory::Unknown)
@@ -515,7 +515,7 @@ pub(crate) async fn answer_later(
                 };
                 let target = site.target(&client.host, client.peer.secure);
                 let (fwd, stale) = match lookup_in(
-                    &state,
+                    state,
                     &key,
                     memory,
                     req.method(),
@@ -528,7 +528,7 @@ pub(crate) async fn answer_later(
                 {
                     Lookup::Served(resp, s) => break 'cache (resp, s),
                     Lookup::Refresh(resp, s, entry) => {
-                        refresh_in_background(&state, &site, &client, &key, entry);
+                        refresh_in_background(state, &site, &client, &key, entry);
                         break 'cache (resp, s);
                     }
                     Lookup::Forward(fwd, stale) => (fwd, stale),
@@ -539,11 +539,11 @@ pub(crate) async fn answer_later(
                 }
                 if stale.is_none() && state.store.is_pass(&key).await {
                     let s = CacheStatus::forward(Fwd::UriMiss).detail("uncacheable");
-                    break 'cache Reused::pin(|| forward(&state, &site, client, s, false)).await;
+                    break 'cache Reused::pin(|| forward(state, &site, client, s, false)).await;
                 }
                 // The miss path's state machine is large; boxing it keeps the future that
                 // hyper moves for every request (hits included) small.
-                Reused::pin(|| fill(&state, &site, client, key, stale, fwd, &directives)).await
+                Reused::pin(|| fill(state, &site, client, key, stale, fwd, &directives)).await
             };
             if let (Some(_), Some(peers)) = (hop, state.peers.get()) {
                 peers.rename_cache_status(resp.headers_mut());
@@ -552,11 +552,11 @@ pub(crate) async fn answer_later(
         } else {
             let invalidate = policy::invalidates(incoming.req.method());
             let s = CacheStatus::forward(Fwd::Method);
-            Reused::pin(|| forward(&state, &site, incoming, s, invalidate)).await
+            Reused::pin(|| forward(state, &site, incoming, s, invalidate)).await
         }
     };
     resp.body_mut().held_for(share);
-    Ok(finish(&state, start, version, peer, logged, resp, status))
+    Ok(finish(state, start, version, peer, logged, resp, status))
 }
 
 /// What every answer gets last: `Alt-Svc`, the metrics and the access log line.
