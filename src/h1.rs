@@ -89,9 +89,14 @@ pub(crate) enum Failure {
     Upload(BodyError),
 }
 
-/// One connection to an origin, with what has been read from it and not yet used.
+/// One connection to an origin, boxed: it moves from the pool into an exchange, into the
+/// answer's body and back to the pool, and as the ~140 bytes of its state each was a copy (and
+/// the body, its answer and every result holding it as large).
+pub(crate) type Conn = Box<ConnState>;
+
+/// What a [`Conn`] holds: the connection, with what has been read from it and not yet used.
 #[derive(Debug)]
-pub(crate) struct Conn {
+pub(crate) struct ConnState {
     io: TcpStream,
     buf: BytesMut,
     /// Longest an origin may take no bytes of a request (the site's `origin_read_timeout`):
@@ -108,16 +113,16 @@ pub(crate) struct Conn {
     first_byte: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl Conn {
+impl ConnState {
     pub(crate) fn new(io: TcpStream, stall: Duration) -> Conn {
-        Conn {
+        Box::new(ConnState {
             io,
             buf: BytesMut::new(),
             stall,
             out: Vec::new(),
             names: Vec::new(),
             first_byte: None,
-        }
+        })
     }
 
     /// Starts the first-byte timer: the response head must have come within `limit`.
@@ -1205,7 +1210,7 @@ mod tests {
         let stream = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
-        let mut conn = Conn::new(stream, Duration::from_secs(5));
+        let mut conn = ConnState::new(stream, Duration::from_secs(5));
         conn.start_first_byte(Duration::from_secs(60));
         let task = std::sync::Arc::new(Counted);
         let waker = std::task::Waker::from(task.clone());

@@ -168,7 +168,7 @@ impl Http1Pool {
             .call(self.target.clone())
             .await
             .map_err(|e| PoolError::Connect(crate::origin::error_chain(&e)))?;
-        Ok(Conn::new(io.into_inner(), self.stall))
+        Ok(h1::ConnState::new(io.into_inner(), self.stall))
     }
 
     /// Idle connections this thread keeps (tests).
