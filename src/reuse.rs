@@ -137,6 +137,21 @@ impl<T> Reused<T> {
     }
 }
 
+impl<T> Reused<T> {
+    /// The value, moved out; its block goes to the thread's spares.
+    pub(crate) fn into_inner(this: Reused<T>) -> T {
+        let this = std::mem::ManuallyDrop::new(this);
+        // SAFETY: the block holds a `T`, read once here; `this` is never dropped, so nothing
+        // reads or drops it again.
+        let value = unsafe { this.value.as_ptr().read() };
+        let layout = Layout::new::<T>();
+        if layout.size() != 0 {
+            give(this.value.cast(), layout);
+        }
+        value
+    }
+}
+
 impl<T> Deref for Reused<T> {
     type Target = T;
     fn deref(&self) -> &T {
@@ -186,6 +201,19 @@ mod tests {
 
     fn spares() -> usize {
         SPARES.with(|s| s.borrow().len())
+    }
+
+    #[test]
+    fn a_value_moved_out_is_not_dropped_with_its_box_and_its_block_is_kept() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let boxed = Reused::new(|| Counted(drops.clone(), [5; 600]));
+        let before = spares();
+        let value = Reused::into_inner(boxed);
+        assert_eq!(drops.load(Ordering::SeqCst), 0, "moved out, not dropped");
+        assert_eq!(value.1[599], 5);
+        assert_eq!(spares(), before + 1, "its block kept for the next box");
+        drop(value);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
     }
 
     #[test]

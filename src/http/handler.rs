@@ -433,7 +433,8 @@ pub(crate) fn answer_now(
         Routed::Go { site, client } => match hit_now(state, &site, &client, lines) {
             Ok(answered) => {
                 // Answered from what is stored: the request's fields are done with.
-                give_back_map(client.req.into_parts().0.headers);
+                let mut req = client.req;
+                give_back_map(std::mem::take(req.headers_mut()));
                 answered
             }
             Err(looked) => {
@@ -640,7 +641,9 @@ pub(crate) type BodyWatch = Option<(Arc<BodyFault>, u64)>;
 /// A request as the handler passes it on: checked and normalised by `request::intake`, with
 /// the client end and the normalised host it named.
 pub(crate) struct ClientRequest {
-    req: Request<RequestBody>,
+    /// In a block of its own: a request moves through several futures and results on its way
+    /// (~260 bytes a copy), its box moves as a pointer.
+    req: Reused<Request<RequestBody>>,
     /// Its client; for a signed peer hop, `secure` is the scheme the user asked with.
     peer: Peer,
     host: request::Host,
@@ -766,7 +769,7 @@ fn route_now(
     Routed::Go {
         site,
         client: ClientRequest {
-            req,
+            req: Reused::new(|| req),
             peer,
             host,
             fault,
@@ -954,7 +957,7 @@ async fn forward(
         hop,
         direct,
     } = client;
-    let (mut parts, body) = req.into_parts();
+    let (mut parts, body) = Reused::into_inner(req).into_parts();
     let method = &parts.method;
     // Hazard: a GET or HEAD body has no meaning (RFC 9110 §9.3.1); forwarding its framing
     // without it, or it to an origin that does not expect it, desynchronises the pooled
