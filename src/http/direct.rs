@@ -60,6 +60,7 @@ use super::handler::{answer_later, answer_now, EdgeState, Peer};
 use super::headers::push_line;
 use super::response::Lines;
 use super::server::Activity;
+use crate::reuse::Reused;
 
 /// Most header fields in a request head (hyper's limit; past it hyper answers).
 const MAX_FIELDS: usize = 100;
@@ -85,14 +86,12 @@ pub(super) enum Ended {
 
 /// One request head, parsed.
 struct Head {
-    req: Request<RequestBody>,
+    /// Made in its block (see `handler::ClientRequest`).
+    req: Reused<Request<RequestBody>>,
     /// The client asked to close after this answer (or, on HTTP/1.0, did not ask to keep).
     close: bool,
 }
 
-// Returned once per head and taken apart at once: boxing `Done` would cost every request an
-// allocation.
-#[allow(clippy::large_enum_variant)]
 enum Parsed {
     /// Incomplete: at least this many bytes are needed (0 while the head is incomplete).
     Partial(usize),
@@ -310,7 +309,7 @@ fn parse(buf: &mut BytesMut, names: &mut Vec<(HeaderName, usize, usize)>, max: u
             Err(_) => return Parsed::Bad,
         }
     }
-    let mut req = Request::new(body);
+    let mut req = Reused::new(|| Request::new(body));
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = version;

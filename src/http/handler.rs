@@ -358,7 +358,7 @@ pub(crate) async fn handle(
     framing: Option<&'static str>,
     fault: BodyWatch,
 ) -> Result<Response<Body>, std::convert::Infallible> {
-    match answer_now(&state, req, peer, framing, fault, None) {
+    match answer_now(&state, Reused::new(|| req), peer, framing, fault, None) {
         Ok(resp) => Ok(resp),
         Err(later) => answer_later(&state, later).await,
     }
@@ -411,7 +411,7 @@ type Logged = Option<Box<(Method, Uri, Option<HeaderValue>)>>;
 /// header map.
 pub(crate) fn answer_now(
     state: &Arc<EdgeState>,
-    req: Request<RequestBody>,
+    req: Reused<Request<RequestBody>>,
     peer: Peer,
     framing: Option<&'static str>,
     fault: BodyWatch,
@@ -692,7 +692,7 @@ impl Routed {
 /// a peer's mark.
 fn route_now(
     state: &Arc<EdgeState>,
-    mut req: Request<RequestBody>,
+    mut req: Reused<Request<RequestBody>>,
     peer: Peer,
     framing: Option<&'static str>,
     fault: BodyWatch,
@@ -710,7 +710,7 @@ fn route_now(
     if let Err(why) = framing.map_or_else(|| check_framing(req.headers()), Err) {
         return refused(Refusal::BadRequest(why));
     }
-    let host = match request::intake(&mut req) {
+    let host = match request::intake(&mut *req) {
         Ok(h) => h,
         Err(Rejected::Method) => return refused(Refusal::MethodNotAllowed),
         Err(Rejected::Bad(why)) => return refused(Refusal::BadRequest(why)),
@@ -729,7 +729,7 @@ fn route_now(
         if let (Some(peers), Some(mark)) = (state.peers.get(), req.headers().get(PEER)) {
             let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
             if let Some((Hop::Purge, _)) = peers.verify(mark, req.method(), &host, target) {
-                return Routed::Purge(req);
+                return Routed::Purge(Reused::into_inner(req));
             }
         }
     }
@@ -769,7 +769,7 @@ fn route_now(
     Routed::Go {
         site,
         client: ClientRequest {
-            req: Reused::new(|| req),
+            req,
             peer,
             host,
             fault,

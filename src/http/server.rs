@@ -635,7 +635,7 @@ where
         // A hit is answered here, in hyper's call: see `answer_now`.
         let now = answer_now(
             &state,
-            req.map(RequestBody::Hyper),
+            crate::reuse::Reused::new(|| req.map(RequestBody::Hyper)),
             client,
             framing,
             fault,
