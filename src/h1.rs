@@ -268,7 +268,7 @@ pub(crate) struct Lines<'a> {
     /// body then comes with its fields as lines (a `PassHead`, and no header map) where it can.
     pub(crate) answer: bool,
     /// This hop's forwarding fields, written after the request's own.
-    pub(crate) added: Option<&'a Forwarding>,
+    pub(crate) added: Option<&'a Forwarding<'a>>,
     /// The `Host` field sent in place of the request's (the site's `host_header`, or the
     /// origin's authority for a request without one).
     pub(crate) host: Option<&'a HeaderValue>,

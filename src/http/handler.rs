@@ -906,14 +906,14 @@ async fn pushed_purge(
 /// A signed peer hop (`hop`) keeps the forwarding fields the first edge wrote: they name the
 /// user, and the peer only adds itself to `Via`. A client's request is given back the fields
 /// this hop adds (see [`forwarding`]), for the caller to add or to have written as lines.
-fn to_origin(
+fn to_origin<'s>(
     parts: &mut Parts,
     peer: Peer,
     host: &str,
     site: &Site,
-    state: &EdgeState,
+    state: &'s EdgeState,
     hop: Option<Hop>,
-) -> Option<Forwarding> {
+) -> Option<Forwarding<'s>> {
     let via = match parts.version {
         http::Version::HTTP_2 => &state.via2,
         http::Version::HTTP_3 => &state.via3,

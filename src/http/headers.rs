@@ -331,17 +331,17 @@ pub(crate) fn add_forwarding(
 /// three fields wait in a [`Forwarding`], for the header map ([`Forwarding::apply`]) or, on the
 /// edge's own HTTP/1.1 client, for the request head's lines ([`Forwarding::write`]): there they
 /// cost neither a value on the heap nor an insert.
-pub(crate) fn forwarding(
+pub(crate) fn forwarding<'v>(
     headers: &mut HeaderMap,
     client: IpAddr,
     target: Target<'_>,
-    via: &HeaderValue,
-) -> Forwarding {
+    via: &'v HeaderValue,
+) -> Forwarding<'v> {
     // The claims and `X-Forwarded-For` in one pass over the names.
     let present = present(headers, &OVERWRITTEN);
     // Built where it is returned from (two lines built apart were copied into it).
     let mut out = Forwarding {
-        via: via.clone(),
+        via,
         xff: Line::default(),
         fwd: Line::default(),
     };
@@ -401,13 +401,15 @@ const XFF: usize = 5;
 
 /// `Via`, `X-Forwarded-For` and `Forwarded` for a request bound for an origin (see
 /// [`forwarding`]). Every byte of the two built values is visible ASCII, a space or a tab.
-pub(crate) struct Forwarding {
-    via: HeaderValue,
+pub(crate) struct Forwarding<'v> {
+    /// Borrowed: the edge's value is one shared buffer, whose count both HTTP threads wrote
+    /// twice a request when each took a copy.
+    via: &'v HeaderValue,
     xff: Line,
     fwd: Line,
 }
 
-impl Forwarding {
+impl Forwarding<'_> {
     /// Puts the fields into `headers`, after the fields there.
     pub(crate) fn apply(&self, headers: &mut HeaderMap) {
         headers.append(header::VIA, self.via.clone());
