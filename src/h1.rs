@@ -794,6 +794,10 @@ impl Fields {
             return Ok(());
         }
         if name.eq_ignore_ascii_case(b"content-length") {
+            // Digits alone (nearly every answer) need no list split.
+            if let Some(n) = parse_decimal(value) {
+                return self.length_is(n);
+            }
             for item in value.split(|&b| b == b',') {
                 let n = parse_decimal(item.trim_ascii()).ok_or_else(|| {
                     invalid(format!(
@@ -801,19 +805,27 @@ impl Fields {
                         String::from_utf8_lossy(value)
                     ))
                 })?;
-                if self.length.is_some_and(|l| l != n) {
-                    return Err(invalid("Content-Length fields that differ"));
-                }
-                self.length = Some(n);
+                self.length_is(n)?;
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
             self.codings = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if name.eq_ignore_ascii_case(b"connection") {
-            self.close |= value
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            // `keep-alive` alone (most answers that send the field) names no `close`.
+            self.close |= !value.eq_ignore_ascii_case(b"keep-alive")
+                && value
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
         }
+        Ok(())
+    }
+
+    /// One `Content-Length` value: the same as any before it.
+    fn length_is(&mut self, n: u64) -> Result<(), H1Error> {
+        if self.length.is_some_and(|l| l != n) {
+            return Err(invalid("Content-Length fields that differ"));
+        }
+        self.length = Some(n);
         Ok(())
     }
 
@@ -1341,6 +1353,48 @@ mod tests {
             b"5;\x01\r\nhello\r\n0\r\n\r\n",
         ] {
             assert!(decode_all(bad).is_err(), "{:?}", show(bad));
+        }
+    }
+
+    #[test]
+    fn a_response_heads_framing_fields_are_read_in_any_spelling() {
+        let read = |fields: &[(&str, &str)]| {
+            let mut f = Fields::default();
+            for (name, value) in fields {
+                f.see(name.as_bytes(), value.as_bytes())?;
+            }
+            Ok::<_, H1Error>((f.length, f.close))
+        };
+        assert_eq!(
+            read(&[("Content-Length", "12")]).unwrap(),
+            (Some(12), false)
+        );
+        assert_eq!(
+            read(&[("content-length", "5, 5")]).unwrap(),
+            (Some(5), false)
+        );
+        assert_eq!(
+            read(&[("Content-Length", "5"), ("CONTENT-LENGTH", "5")]).unwrap(),
+            (Some(5), false)
+        );
+        for bad in [
+            &[("Content-Length", "5, 6")][..],
+            &[("Content-Length", "5"), ("Content-Length", "6")][..],
+            &[("Content-Length", "+5")][..],
+            &[("Content-Length", "")][..],
+            &[("Content-Length", "12345678901234567890")][..],
+        ] {
+            assert!(read(bad).is_err(), "{bad:?}");
+        }
+        for (value, close) in [
+            ("keep-alive", false),
+            ("Keep-Alive", false),
+            ("close", true),
+            ("keep-alive, Close", true),
+            ("x-a ,CLOSE", true),
+            ("closed", false),
+        ] {
+            assert_eq!(read(&[("Connection", value)]).unwrap().1, close, "{value}");
         }
     }
 
