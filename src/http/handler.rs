@@ -416,7 +416,7 @@ pub(crate) fn answer_now(
     framing: Option<&'static str>,
     fault: BodyWatch,
     lines: Option<&mut Option<response::Lines>>,
-) -> Result<Response<Body>, Later> {
+) -> Result<Response<Body>, Reused<Later>> {
     let start = Instant::now();
     let logged = state.access_log.then(|| {
         Box::new((
@@ -438,25 +438,25 @@ pub(crate) fn answer_now(
                 answered
             }
             Err(looked) => {
-                return Err(Later {
+                return Err(Reused::new(|| Later {
                     start,
                     version,
                     peer,
                     logged,
                     routed: Routed::Go { site, client },
                     looked,
-                })
+                }))
             }
         },
         routed => {
-            return Err(Later {
+            return Err(Reused::new(|| Later {
                 start,
                 version,
                 peer,
                 logged,
                 routed,
                 looked: None,
-            })
+            }))
         }
     };
     resp.body_mut().held_for(share);
@@ -471,7 +471,7 @@ pub(crate) fn answer_now(
 /// up, on every request that waits (callgrind: about 450 instructions each).
 pub(crate) async fn answer_later(
     state: &Arc<EdgeState>,
-    later: Later,
+    later: Reused<Later>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let Later {
         start,
@@ -480,7 +480,7 @@ pub(crate) async fn answer_later(
         logged,
         routed,
         looked,
-    } = later;
+    } = Reused::into_inner(later);
     let share = routed.share_client();
     let (mut resp, status) = 'routed: {
         let (site, incoming) = match routed {
