@@ -475,6 +475,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_request_that_says_close_leaves_its_connection_out_of_the_pool() {
+        let (target, conns) = origin(false, Duration::ZERO).await;
+        let pool = pool(target);
+        let mut closing = get("/x");
+        closing.headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Close"),
+        );
+        let resp = pool
+            .send(&closing, Body::empty(), Lines::default())
+            .await
+            .unwrap();
+        assert_eq!(read(resp).await, b"ok");
+        assert_eq!(
+            pool.kept(),
+            0,
+            "a connection its request closes is not kept"
+        );
+        let resp = pool
+            .send(&get("/x"), Body::empty(), Lines::default())
+            .await
+            .unwrap();
+        assert_eq!(read(resp).await, b"ok");
+        assert_eq!((conns.load(Ordering::SeqCst), pool.kept()), (2, 1));
+    }
+
+    #[tokio::test]
     async fn concurrent_requests_each_get_a_connection_and_all_are_kept() {
         // Answers take 100 ms: eight requests at once need eight connections.
         let (target, conns) = origin(false, Duration::from_millis(100)).await;
