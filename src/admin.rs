@@ -27,7 +27,6 @@ use crate::gossip::Gossip;
 use crate::http::handler::EdgeState;
 use crate::purge::{self, Purge};
 use crate::status::{History, RegionPoint};
-use crate::telemetry::prometheus;
 
 /// Largest admin request body.
 const MAX_BODY: usize = 64 << 10;
@@ -149,7 +148,7 @@ async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> AdminResponse 
                 edge.metrics.bytes_in.absolute(edge.load.bytes_in.get());
                 edge.metrics.bytes_out.absolute(edge.load.bytes_out.get());
             }
-            let mut text = prometheus().render();
+            let mut text = crate::telemetry::render();
             text.push_str(&crate::telemetry::process_metrics());
             reply(StatusCode::OK, "text/plain; version=0.0.4", text)
         }

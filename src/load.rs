@@ -22,18 +22,102 @@ struct Part(AtomicU64);
 
 impl Counter {
     pub(crate) fn add(&self, n: u64) {
-        let part = &self.parts.get_or_default().0;
-        // Only this thread writes its part: a load and a store, no locked instruction.
-        part.store(
-            part.load(Ordering::Relaxed).wrapping_add(n),
-            Ordering::Relaxed,
-        );
+        bump(&self.parts.get_or_default().0, n);
     }
 
     pub(crate) fn get(&self) -> u64 {
         self.parts
             .iter()
             .fold(0u64, |sum, p| sum.wrapping_add(p.0.load(Ordering::Relaxed)))
+    }
+}
+
+/// Upper bounds of the latency buckets (Prometheus' `le`), in nanoseconds: 0.5 ms to 10 s.
+pub(crate) const LATENCY_BOUNDS: [u64; 14] = [
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// A latency histogram each thread records into a part of its own, like [`Counter`]: the count
+/// of each bucket and the sum. The exporter's histogram took a clock reading, a shared
+/// generation count and a push onto a shared queue per sample (folded into buckets later), so
+/// both HTTP threads wrote the same lines at every request; here a sample is two additions on
+/// the recording thread's own line.
+#[derive(Debug, Default)]
+pub(crate) struct Latency {
+    parts: thread_local::ThreadLocal<LatencyPart>,
+}
+
+/// One thread's buckets (the last counts what is past every bound) and sum: 128 bytes.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct LatencyPart {
+    counts: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    nanos: AtomicU64,
+}
+
+/// What a [`Latency`] holds, summed over its threads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct LatencySnapshot {
+    /// Samples in each bucket alone (not cumulative); the last is past every bound.
+    pub(crate) counts: [u64; LATENCY_BOUNDS.len() + 1],
+    /// The sum of the samples, in nanoseconds.
+    pub(crate) nanos: u64,
+}
+
+/// Adds `n` to an atomic only this thread writes: a load and a store, no locked instruction.
+fn bump(part: &AtomicU64, n: u64) {
+    part.store(
+        part.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
+}
+
+impl Latency {
+    pub(crate) fn record(&self, took: std::time::Duration) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        // The first bucket whose bound is at least the sample (Prometheus: value <= le).
+        let bucket = LATENCY_BOUNDS.partition_point(|&bound| bound < nanos);
+        let part = self.parts.get_or_default();
+        bump(&part.counts[bucket], 1);
+        bump(&part.nanos, nanos);
+    }
+
+    pub(crate) fn snapshot(&self) -> LatencySnapshot {
+        let mut sum = LatencySnapshot::default();
+        for part in self.parts.iter() {
+            sum.add(&LatencySnapshot {
+                counts: std::array::from_fn(|i| part.counts[i].load(Ordering::Relaxed)),
+                nanos: part.nanos.load(Ordering::Relaxed),
+            });
+        }
+        sum
+    }
+}
+
+impl LatencySnapshot {
+    pub(crate) fn add(&mut self, other: &LatencySnapshot) {
+        for (mine, theirs) in self.counts.iter_mut().zip(other.counts) {
+            *mine = mine.wrapping_add(theirs);
+        }
+        self.nanos = self.nanos.wrapping_add(other.nanos);
+    }
+
+    /// Every sample.
+    pub(crate) fn count(&self) -> u64 {
+        self.counts.iter().fold(0u64, |n, c| n.wrapping_add(*c))
     }
 }
 
@@ -141,6 +225,46 @@ mod tests {
         assert_eq!(c.get(), 5 + 1000 * (1 + 2 + 3 + 4));
         c.add(1);
         assert_eq!(c.get(), 10_006);
+    }
+
+    #[test]
+    fn latency_counts_each_sample_in_the_first_bucket_at_or_above_it_on_every_thread() {
+        let l = std::sync::Arc::new(Latency::default());
+        let ms = Duration::from_millis;
+        // On a bound (0.5 ms), just past it, past every bound, zero.
+        for d in [
+            Duration::from_micros(500),
+            Duration::from_nanos(500_001),
+            ms(20_000),
+            ms(0),
+        ] {
+            l.record(d);
+        }
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let l = l.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        l.record(ms(30));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let s = l.snapshot();
+        let mut want = [0u64; LATENCY_BOUNDS.len() + 1];
+        want[0] = 2; // 0 and exactly 0.5 ms
+        want[1] = 1; // 0.500001 ms
+        want[6] = 300; // 30 ms: (25 ms, 50 ms]
+        want[LATENCY_BOUNDS.len()] = 1; // 20 s
+        assert_eq!(s.counts, want);
+        assert_eq!(s.count(), 304);
+        assert_eq!(
+            s.nanos,
+            500_000 + 500_001 + 20_000_000_000 + 300 * 30_000_000
+        );
     }
 
     #[test]

@@ -117,7 +117,7 @@ pub(crate) async fn sample(node: String, history: Arc<History>, stop: Cancellati
             _ = tick.tick() => {}
             _ = stop.cancelled() => break,
         }
-        let sample = crate::top::parse(&crate::telemetry::prometheus().render(), &node);
+        let sample = crate::top::parse(&crate::telemetry::render(), &node);
         history.record(unix_now(), sample);
     }
 }

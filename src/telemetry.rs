@@ -5,10 +5,17 @@
 //! than hashing a name and labels per request. Every series carries a `node` label, so several
 //! nodes in one process (the demo, the tests) keep their figures apart.
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram};
+use metrics::{Counter, Gauge};
+use metrics_exporter_prometheus::formatting::{
+    key_to_parts, write_help_line, write_metric_line, write_type_line,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::load::{Latency, LatencySnapshot, LATENCY_BOUNDS};
 
 use crate::config::{plain_filter, LogConfig};
 use crate::http::response::Label;
@@ -47,7 +54,31 @@ pub fn init_logging(log: &LogConfig) {
 }
 
 /// How often histogram samples are folded into their buckets when nobody scrapes.
-const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Nanoseconds as seconds (exact for the bucket bounds: each prints as its decimal).
+fn seconds(nanos: u64) -> f64 {
+    nanos as f64 / 1e9
+}
+
+/// The exposition of every metric: the exporter's, then the families the request path keeps per
+/// thread ([`Hot`]), whose counters are first moved into the exporter. Whatever shows metrics
+/// (`/metrics`, the status page's sampler, tests) reads them through this.
+pub(crate) fn render() -> String {
+    let hot: Vec<Arc<Hot>> = {
+        // Publishing under the list's lock: one render publishes at a time.
+        let mut all = HOT.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|h| h.strong_count() > 0);
+        let hot: Vec<Arc<Hot>> = all.iter().filter_map(Weak::upgrade).collect();
+        for h in &hot {
+            h.publish();
+        }
+        hot
+    };
+    let mut text = prometheus().render();
+    write_latencies(&mut text, &hot);
+    text
+}
 
 /// The process-wide Prometheus recorder, installed on first use.
 ///
@@ -57,9 +88,7 @@ const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 pub(crate) fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let latency = [
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ];
+        let latency = LATENCY_BOUNDS.map(seconds);
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
             .unwrap_or_else(|_| PrometheusBuilder::new());
@@ -100,11 +129,6 @@ fn describe() {
         "meridian_http_requests_total",
         "HTTP requests answered, by cache outcome and status code"
     );
-    describe_histogram!(
-        "meridian_http_request_duration_seconds",
-        Unit::Seconds,
-        "Time from a request's head to its response's head, by cache outcome and protocol (http/1.0, http/1.1, h2, h3)"
-    );
     describe_counter!("meridian_origin_fetches_total", "Requests sent to origins");
     describe_gauge!(
         "meridian_origin_requests",
@@ -117,11 +141,6 @@ fn describe() {
     describe_counter!(
         "meridian_origin_errors_total",
         "Origin requests that failed, by kind (connect, timeout, protocol, body; busy: the site's max_origin_requests were all taken)"
-    );
-    describe_histogram!(
-        "meridian_origin_fetch_duration_seconds",
-        Unit::Seconds,
-        "Time from sending an origin request to its response head"
     );
     describe_counter!(
         "meridian_http_received_bytes_total",
@@ -405,15 +424,158 @@ const CODES: usize = 500;
 /// The protocols requests are counted by, as their `protocol` label says them.
 const PROTOCOLS: [&str; 4] = ["http/1.0", "http/1.1", "h2", "h3"];
 
+/// Every edge's [`Hot`] metrics, for [`render`] to publish.
+static HOT: Mutex<Vec<Weak<Hot>>> = Mutex::new(Vec::new());
+
+/// A counter the request path adds to in a part per thread ([`crate::load::Counter`]); each
+/// render adds what came since the last one to the exporter's counter of the same series, so
+/// two edges of one name (a node restarted in one process) add up as the exporter's did.
+struct Batched {
+    local: crate::load::Counter,
+    published: AtomicU64,
+    exported: Counter,
+}
+
+impl Batched {
+    fn new(exported: Counter) -> Batched {
+        Batched {
+            local: crate::load::Counter::default(),
+            published: AtomicU64::new(0),
+            exported,
+        }
+    }
+
+    fn add(&self, n: u64) {
+        self.local.add(n);
+    }
+
+    fn publish(&self) {
+        let now = self.local.get();
+        // Renders publish one at a time (see `render`); were two to race, the one that raises
+        // the mark adds the difference and the other nothing.
+        let before = self.published.fetch_max(now, Ordering::Relaxed);
+        if now > before {
+            self.exported.increment(now - before);
+        }
+    }
+}
+
+/// A latency histogram of ours (the exporter does not hold it): its series' labels as the
+/// exposition writes them, and the per-thread buckets.
+struct Timed {
+    labels: Vec<String>,
+    latency: Latency,
+}
+
+impl Timed {
+    fn new(name: &'static str, labels: Vec<metrics::Label>) -> Timed {
+        let (_, labels) = key_to_parts(&metrics::Key::from_parts(name, labels), None);
+        Timed {
+            labels,
+            latency: Latency::default(),
+        }
+    }
+}
+
+const REQUEST_SECONDS: &str = "meridian_http_request_duration_seconds";
+const ORIGIN_SECONDS: &str = "meridian_origin_fetch_duration_seconds";
+
+/// What every request adds to, kept per thread and published at each [`render`]: with the
+/// exporter's own handles, both HTTP threads wrote the same cache lines several times a request
+/// (five locked additions, two histogram samples each with a clock reading and a shared queue).
+struct Hot {
+    /// By cache outcome and status code, made at first use (boxed: a made one is ~600 bytes,
+    /// and there are thousands of slots).
+    requests: Vec<OnceLock<Box<Batched>>>,
+    /// By cache outcome and protocol, made at first use.
+    request_seconds: Vec<OnceLock<Box<Timed>>>,
+    /// Requests by protocol: HTTP/1.0, HTTP/1.1, HTTP/2, HTTP/3.
+    protocols: [Batched; 4],
+    origin_fetches: Batched,
+    origin_seconds: Timed,
+}
+
+impl Hot {
+    fn publish(&self) {
+        let made = self.requests.iter().filter_map(|c| c.get().map(|c| &**c));
+        for c in made.chain(&self.protocols).chain([&self.origin_fetches]) {
+            c.publish();
+        }
+    }
+
+    /// The series of latency family `name` this edge has made.
+    fn timed(&self, name: &str) -> Vec<&Timed> {
+        if name == ORIGIN_SECONDS {
+            return vec![&self.origin_seconds];
+        }
+        let made = self.request_seconds.iter().filter_map(OnceLock::get);
+        made.map(|t| &**t).collect()
+    }
+}
+
+impl Drop for Hot {
+    /// An edge that stops keeps what it counted since the last render in the exporter.
+    fn drop(&mut self) {
+        self.publish();
+    }
+}
+
+/// Writes the latency families of `hot` (series of the same labels summed).
+fn write_latencies(out: &mut String, hot: &[Arc<Hot>]) {
+    type Series = std::collections::BTreeMap<Vec<String>, LatencySnapshot>;
+    let families = [
+        (
+            REQUEST_SECONDS,
+            "Time from a request's head to its response's head, by cache outcome and protocol (http/1.0, http/1.1, h2, h3)",
+        ),
+        (
+            ORIGIN_SECONDS,
+            "Time from sending an origin request to its response head",
+        ),
+    ];
+    for (name, help) in families {
+        let mut series = Series::new();
+        for t in hot.iter().flat_map(|h| h.timed(name)) {
+            series
+                .entry(t.labels.clone())
+                .or_default()
+                .add(&t.latency.snapshot());
+        }
+        if series.is_empty() {
+            continue;
+        }
+        write_help_line(out, name, help);
+        write_type_line(out, name, "histogram");
+        for (labels, s) in &series {
+            let mut below = 0u64;
+            for (bound, n) in LATENCY_BOUNDS.iter().zip(s.counts) {
+                below = below.wrapping_add(n);
+                let le = Some(("le", seconds(*bound)));
+                write_metric_line(out, name, Some("bucket"), labels, le, below, None);
+            }
+            let all = s.count();
+            write_metric_line(
+                out,
+                name,
+                Some("bucket"),
+                labels,
+                Some(("le", "+Inf")),
+                all,
+                None,
+            );
+            let sum = seconds(s.nanos);
+            write_metric_line::<&str, f64>(out, name, Some("sum"), labels, None, sum, None);
+            write_metric_line::<&str, u64>(out, name, Some("count"), labels, None, all, None);
+        }
+        out.push('\n');
+    }
+}
+
 /// The edge's metric handles.
 pub(crate) struct EdgeMetrics {
     node: String,
-    requests: Vec<OnceLock<Counter>>,
-    /// By cache outcome and protocol, made at first use.
-    request_seconds: Vec<OnceLock<Histogram>>,
-    pub(crate) origin_fetches: Counter,
+    hot: Arc<Hot>,
     origin_errors: [Counter; 5],
-    pub(crate) origin_seconds: Histogram,
     pub(crate) bytes_in: Counter,
     pub(crate) bytes_out: Counter,
     pub(crate) stored_bytes: Gauge,
@@ -428,8 +590,6 @@ pub(crate) struct EdgeMetrics {
     pub(crate) tls_handshake_failures: Counter,
     /// Hits served from the memory and the disk tier.
     tier_hits: [Counter; 2],
-    /// Requests by protocol: HTTP/1.0, HTTP/1.1, HTTP/2, HTTP/3.
-    protocols: [Counter; 4],
     /// QUIC connections accepted, failed in the handshake, refused at the limit.
     pub(crate) quic_accepted: Counter,
     pub(crate) quic_failed: Counter,
@@ -447,17 +607,26 @@ impl EdgeMetrics {
     pub(crate) fn new(node: &str) -> EdgeMetrics {
         prometheus();
         let n = || metrics::Label::new("node", node.to_string());
-        EdgeMetrics {
-            node: node.to_string(),
+        let hot = Arc::new(Hot {
             requests: (0..Label::ALL.len() * CODES).map(|_| OnceLock::new()).collect(),
             request_seconds: (0..Label::ALL.len() * PROTOCOLS.len())
                 .map(|_| OnceLock::new())
                 .collect(),
-            origin_fetches: metrics::counter!("meridian_origin_fetches_total", vec![n()]),
+            protocols: PROTOCOLS.map(|p| {
+                Batched::new(metrics::counter!("meridian_http_protocol_requests_total", "node" => node.to_string(), "protocol" => p))
+            }),
+            origin_fetches: Batched::new(metrics::counter!("meridian_origin_fetches_total", vec![n()])),
+            origin_seconds: Timed::new(ORIGIN_SECONDS, vec![n()]),
+        });
+        HOT.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(&hot));
+        EdgeMetrics {
+            node: node.to_string(),
+            hot,
             origin_errors: ["connect", "timeout", "protocol", "body", "busy"].map(|kind| {
                 metrics::counter!("meridian_origin_errors_total", "node" => node.to_string(), "kind" => kind)
             }),
-            origin_seconds: metrics::histogram!("meridian_origin_fetch_duration_seconds", vec![n()]),
             bytes_in: metrics::counter!("meridian_http_received_bytes_total", vec![n()]),
             bytes_out: metrics::counter!("meridian_http_sent_bytes_total", vec![n()]),
             tier_hits: ["memory", "disk"].map(|tier| {
@@ -470,9 +639,6 @@ impl EdgeMetrics {
             utilisation: metrics::gauge!("meridian_edge_utilisation", vec![n()]),
             purged: metrics::counter!("meridian_cache_purged_objects_total", vec![n()]),
             tls_handshake_failures: metrics::counter!("meridian_tls_handshake_failures_total", vec![n()]),
-            protocols: PROTOCOLS.map(|p| {
-                metrics::counter!("meridian_http_protocol_requests_total", "node" => node.to_string(), "protocol" => p)
-            }),
             quic_accepted: metrics::counter!("meridian_quic_connections_total", "node" => node.to_string(), "outcome" => "accepted"),
             quic_failed: metrics::counter!("meridian_quic_connections_total", "node" => node.to_string(), "outcome" => "failed"),
             quic_refused: metrics::counter!("meridian_quic_connections_total", "node" => node.to_string(), "outcome" => "refused"),
@@ -481,38 +647,50 @@ impl EdgeMetrics {
         }
     }
 
-    /// Counts one answered request and its latency.
-    /// Counts a request answered over `version` with `code`, `seconds` after its head came.
-    pub(crate) fn request(&self, label: Label, version: http::Version, code: u16, seconds: f64) {
+    /// Counts a request answered over `version` with `code`, `took` after its head came.
+    pub(crate) fn request(&self, label: Label, version: http::Version, code: u16, took: Duration) {
         let pi = match version {
             http::Version::HTTP_10 | http::Version::HTTP_09 => 0,
             http::Version::HTTP_2 => 2,
             http::Version::HTTP_3 => 3,
             _ => 1,
         };
-        self.protocols[pi].increment(1);
+        let hot = &*self.hot;
+        hot.protocols[pi].add(1);
         let li = label as usize;
         let ci = (code.clamp(100, 599) - 100) as usize;
-        self.requests[li * CODES + ci]
+        hot.requests[li * CODES + ci]
             .get_or_init(|| {
-                metrics::counter!(
+                Box::new(Batched::new(metrics::counter!(
                     "meridian_http_requests_total",
                     "node" => self.node.clone(),
                     "cache" => label.as_str(),
                     "code" => code.to_string()
-                )
+                )))
             })
-            .increment(1);
-        self.request_seconds[li * PROTOCOLS.len() + pi]
+            .add(1);
+        hot.request_seconds[li * PROTOCOLS.len() + pi]
             .get_or_init(|| {
-                metrics::histogram!(
-                    "meridian_http_request_duration_seconds",
-                    "node" => self.node.clone(),
-                    "cache" => label.as_str(),
-                    "protocol" => PROTOCOLS[pi]
-                )
+                let labels = [
+                    ("node", self.node.clone()),
+                    ("cache", label.as_str().to_string()),
+                    ("protocol", PROTOCOLS[pi].to_string()),
+                ];
+                let labels = labels.map(|(k, v)| metrics::Label::new(k, v));
+                Box::new(Timed::new(REQUEST_SECONDS, labels.to_vec()))
             })
-            .record(seconds);
+            .latency
+            .record(took);
+    }
+
+    /// Counts a request sent to an origin.
+    pub(crate) fn origin_fetch(&self) {
+        self.hot.origin_fetches.add(1);
+    }
+
+    /// Records the time from sending an origin request to its response head.
+    pub(crate) fn origin_took(&self, took: Duration) {
+        self.hot.origin_seconds.latency.record(took);
     }
 
     pub(crate) fn origin_error(&self, kind: &str) {
@@ -524,5 +702,96 @@ impl EdgeMetrics {
             _ => 3,
         };
         self.origin_errors[i].increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lines of `text` that start with `series` (a name and labels, without the value).
+    fn values(text: &str, series: &str) -> Vec<f64> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .collect()
+    }
+
+    #[test]
+    fn per_thread_counts_and_times_show_at_every_render_summed_over_edges_of_a_name() {
+        let node = "telemetry-unit-a";
+        let one = EdgeMetrics::new(node);
+        let ms = Duration::from_millis;
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..250 {
+                        one.request(Label::Miss, http::Version::HTTP_11, 200, ms(3));
+                        one.origin_fetch();
+                        one.origin_took(ms(2));
+                    }
+                });
+            }
+        });
+        let text = render();
+        let fetches = format!("meridian_origin_fetches_total{{node=\"{node}\"}}");
+        let misses =
+            format!("meridian_http_requests_total{{node=\"{node}\",cache=\"miss\",code=\"200\"}}");
+        let miss_labels = format!("node=\"{node}\",cache=\"miss\",protocol=\"http/1.1\"");
+        let count = format!("meridian_http_request_duration_seconds_count{{{miss_labels}}}");
+        let le = |b: &str| {
+            format!("meridian_http_request_duration_seconds_bucket{{{miss_labels},le=\"{b}\"}}")
+        };
+        assert_eq!(values(&text, &fetches), [1000.0], "{text}");
+        assert_eq!(values(&text, &misses), [1000.0]);
+        assert_eq!(values(&text, &count), [1000.0]);
+        assert_eq!(values(&text, &le("0.0025")), [0.0]);
+        assert_eq!(values(&text, &le("0.005")), [1000.0]);
+        assert_eq!(values(&text, &le("+Inf")), [1000.0]);
+        let sum = values(
+            &text,
+            &format!("meridian_http_request_duration_seconds_sum{{{miss_labels}}}"),
+        );
+        assert!((sum[0] - 3.0).abs() < 1e-9, "{sum:?}");
+        let origin_sum = format!("meridian_origin_fetch_duration_seconds_sum{{node=\"{node}\"}}");
+        assert!((values(&text, &origin_sum)[0] - 2.0).abs() < 1e-9);
+
+        // A second render adds nothing that did not happen.
+        assert_eq!(values(&render(), &fetches), [1000.0]);
+
+        // A second edge of the same name (a node restarted in one process): one series each,
+        // summed; what the first counted after its last render is kept when it stops.
+        let two = EdgeMetrics::new(node);
+        two.request(Label::Miss, http::Version::HTTP_11, 200, ms(3));
+        two.origin_fetch();
+        one.origin_fetch();
+        drop(one);
+        let text = render();
+        assert_eq!(values(&text, &fetches), [1002.0], "{text}");
+        assert_eq!(values(&text, &misses), [1001.0]);
+        assert_eq!(values(&text, &count), [1001.0], "{text}");
+        let family = "# TYPE meridian_http_request_duration_seconds histogram";
+        assert_eq!(text.matches(family).count(), 1);
+    }
+
+    #[test]
+    fn renders_at_once_never_count_twice() {
+        let node = "telemetry-unit-b";
+        let m = EdgeMetrics::new(node);
+        let fetches = format!("meridian_origin_fetches_total{{node=\"{node}\"}}");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for _ in 0..5000 {
+                    m.origin_fetch();
+                }
+            });
+            for _ in 0..2 {
+                s.spawn(|| {
+                    for _ in 0..20 {
+                        let _ = render();
+                    }
+                });
+            }
+        });
+        assert_eq!(values(&render(), &fetches), [5000.0]);
     }
 }

@@ -581,9 +581,7 @@ fn finish(
     let label = status.label();
     let code = resp.status().as_u16();
     let elapsed = start.elapsed();
-    state
-        .metrics
-        .request(label, version, code, elapsed.as_secs_f64());
+    state.metrics.request(label, version, code, elapsed);
     state.load.requests.add(1);
     if matches!(label, Label::Hit | Label::Stale | Label::Revalidated) {
         state.load.hits.add(1);
@@ -971,7 +969,7 @@ async fn forward(
         Body::upload(body, state.client_body_timeout).watch_fault(fault)
     };
     let added = to_origin(&mut parts, peer, &host, site, state, hop);
-    state.metrics.origin_fetches.increment(1);
+    state.metrics.origin_fetch();
     let t = Instant::now();
     // The head stays here (the origin's exchange reads it): it is not moved again.
     let sent = site
@@ -991,10 +989,7 @@ async fn forward(
     // Sent (or failed): the request's fields are done with.
     give_back_map(std::mem::take(&mut parts.headers));
     let method = &parts.method;
-    state
-        .metrics
-        .origin_seconds
-        .record(t.elapsed().as_secs_f64());
+    state.metrics.origin_took(t.elapsed());
     match sent {
         Ok((resp, _)) => {
             let code = resp.status();
@@ -1562,15 +1557,12 @@ async fn upstream(
         }
     }
     let t = Instant::now();
-    state.metrics.origin_fetches.increment(1);
+    state.metrics.origin_fetch();
     let sent = site
         .origins
         .send(&job.parts, Body::empty(), job.client, Lines::default())
         .await;
-    state
-        .metrics
-        .origin_seconds
-        .record(t.elapsed().as_secs_f64());
+    state.metrics.origin_took(t.elapsed());
     sent.map(|(resp, origin)| {
         // An origin that is a cache itself may say what it did, too.
         let status = resp.headers().get(super::headers::CACHE_STATUS).cloned();
