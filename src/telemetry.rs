@@ -6,7 +6,7 @@
 //! nodes in one process (the demo, the tests) keep their figures apart.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge};
@@ -65,16 +65,12 @@ fn seconds(nanos: u64) -> f64 {
 /// thread ([`Hot`]), whose counters are first moved into the exporter. Whatever shows metrics
 /// (`/metrics`, the status page's sampler, tests) reads them through this.
 pub(crate) fn render() -> String {
-    let hot: Vec<Arc<Hot>> = {
-        // Publishing under the list's lock: one render publishes at a time.
-        let mut all = HOT.lock().unwrap_or_else(|e| e.into_inner());
-        all.retain(|h| h.strong_count() > 0);
-        let hot: Vec<Arc<Hot>> = all.iter().filter_map(Weak::upgrade).collect();
-        for h in &hot {
-            h.publish();
-        }
-        hot
-    };
+    // Held to the end: an edge that stops (see `EdgeMetrics`' drop) is either live here or
+    // retired, never both or neither; and one render publishes at a time.
+    let hot = hot();
+    for h in hot.iter() {
+        h.publish();
+    }
     let mut text = prometheus().render();
     write_latencies(&mut text, &hot);
     text
@@ -425,7 +421,13 @@ const CODES: usize = 500;
 const PROTOCOLS: [&str; 4] = ["http/1.0", "http/1.1", "h2", "h3"];
 
 /// Every edge's [`Hot`] metrics, for [`render`] to publish.
-static HOT: Mutex<Vec<Weak<Hot>>> = Mutex::new(Vec::new());
+static HOT: Mutex<Vec<Arc<Hot>>> = Mutex::new(Vec::new());
+
+/// [`HOT`], locked (before [`RETIRED`] where both are).
+fn hot() -> MutexGuard<'static, Vec<Arc<Hot>>> {
+    // cannot fail in practice: nothing panics under this lock; recover the guard anyway.
+    HOT.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// A counter the request path adds to in a part per thread ([`crate::load::Counter`]); each
 /// render adds what came since the last one to the exporter's counter of the same series, so
@@ -513,16 +515,36 @@ impl Hot {
     }
 }
 
-impl Drop for Hot {
-    /// An edge that stops keeps what it counted since the last render in the exporter.
+impl Drop for EdgeMetrics {
+    /// What an edge that stops counted and timed stays in the exposition, as the exporter kept
+    /// its series: its counters' rest goes to the exporter, its latencies to [`RETIRED`].
     fn drop(&mut self) {
-        self.publish();
+        let mut live = hot();
+        live.retain(|h| !Arc::ptr_eq(h, &self.hot));
+        let this = &*self.hot;
+        this.publish();
+        let mut retired = RETIRED.lock().unwrap_or_else(|e| e.into_inner());
+        for name in [REQUEST_SECONDS, ORIGIN_SECONDS] {
+            for t in this.timed(name) {
+                let series = retired.entry(name).or_default();
+                let sum = series.entry(t.labels.clone()).or_default();
+                sum.add(&t.latency.snapshot());
+            }
+        }
     }
 }
 
-/// Writes the latency families of `hot` (series of the same labels summed).
+/// Latency series by their labels, summed.
+type Series = std::collections::BTreeMap<Vec<String>, LatencySnapshot>;
+
+/// The latencies of edges that stopped, by family: at most one entry per series the process
+/// ever had (the exporter keeps as many).
+static RETIRED: Mutex<std::collections::BTreeMap<&str, Series>> =
+    Mutex::new(std::collections::BTreeMap::new());
+
+/// Writes the latency families of `hot` and of the edges that stopped (series of the same labels
+/// summed).
 fn write_latencies(out: &mut String, hot: &[Arc<Hot>]) {
-    type Series = std::collections::BTreeMap<Vec<String>, LatencySnapshot>;
     let families = [
         (
             REQUEST_SECONDS,
@@ -534,7 +556,10 @@ fn write_latencies(out: &mut String, hot: &[Arc<Hot>]) {
         ),
     ];
     for (name, help) in families {
-        let mut series = Series::new();
+        let mut series = {
+            let retired = RETIRED.lock().unwrap_or_else(|e| e.into_inner());
+            retired.get(name).cloned().unwrap_or_default()
+        };
         for t in hot.iter().flat_map(|h| h.timed(name)) {
             series
                 .entry(t.labels.clone())
@@ -618,9 +643,7 @@ impl EdgeMetrics {
             origin_fetches: Batched::new(metrics::counter!("meridian_origin_fetches_total", vec![n()])),
             origin_seconds: Timed::new(ORIGIN_SECONDS, vec![n()]),
         });
-        HOT.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Arc::downgrade(&hot));
+        self::hot().push(hot.clone());
         EdgeMetrics {
             node: node.to_string(),
             hot,
