@@ -12,6 +12,10 @@
 //!   loopback connection to a running edge that must forward it (the origin answers 1 KiB
 //!   `private`; a 7-byte form `POST`, which the edge reads whole with its head), origin on the
 //!   same machine: issue 16's item 3 in process.
+//! - `hit_path/metrics/{exporter,per_thread}`: what a forwarded request counts and times (three
+//!   counters, two latency samples), recorded by two threads at once, one request each per
+//!   iteration: through the exporter's handles as before, and as the edge does now (a part per
+//!   thread, published when shown).
 //!
 //! Run: `cargo bench --bench hit_path`.
 
@@ -211,5 +215,63 @@ fn forward(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, lookup, loopback, tls_h2_frames, forward);
+fn metrics(c: &mut Criterion) {
+    use std::sync::{Arc, Barrier};
+    let mut g = c.benchmark_group("hit_path/metrics");
+    g.measurement_time(Duration::from_secs(5));
+    let edge = Arc::new(meridian::bench::RequestMetrics::new("bench-metrics"));
+    let took = Duration::from_micros(700);
+    // The same families and labels, through the exporter's handles (what the edge did before).
+    let h = Arc::new((
+        metrics::counter!("meridian_http_protocol_requests_total", "node" => "bench-metrics-exporter", "protocol" => "http/1.1"),
+        metrics::counter!("meridian_origin_fetches_total", "node" => "bench-metrics-exporter"),
+        metrics::histogram!("meridian_origin_fetch_duration_seconds", "node" => "bench-metrics-exporter"),
+        metrics::counter!("meridian_http_requests_total", "node" => "bench-metrics-exporter", "cache" => "pass", "code" => "200"),
+        metrics::histogram!("meridian_http_request_duration_seconds", "node" => "bench-metrics-exporter", "cache" => "pass", "protocol" => "http/1.1"),
+    ));
+    let kept = move || {
+        h.0.increment(1);
+        h.1.increment(1);
+        h.2.record(took.as_secs_f64());
+        h.3.increment(1);
+        h.4.record(took.as_secs_f64());
+    };
+    let ours = {
+        let edge = edge.clone();
+        move || edge.forwarded(took)
+    };
+    type Record = Arc<dyn Fn() + Send + Sync>;
+    let variants: [(&str, Record); 2] =
+        [("exporter", Arc::new(kept)), ("per_thread", Arc::new(ours))];
+    for (name, record) in variants {
+        g.throughput(Throughput::Elements(2));
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let start = Arc::new(Barrier::new(3));
+                let threads: Vec<_> = (0..2)
+                    .map(|_| {
+                        let (start, record) = (start.clone(), record.clone());
+                        std::thread::spawn(move || {
+                            start.wait();
+                            for _ in 0..iters {
+                                record();
+                            }
+                        })
+                    })
+                    .collect();
+                start.wait();
+                let t = std::time::Instant::now();
+                for th in threads {
+                    th.join().unwrap();
+                }
+                t.elapsed()
+            })
+        });
+    }
+    // Shown as `/metrics` would: what both recorded is there.
+    assert!(edge.render().contains("node=\"bench-metrics\""));
+    g.finish();
+}
+
+criterion_group!(benches, lookup, loopback, tls_h2_frames, forward, metrics);
 criterion_main!(benches);

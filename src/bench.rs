@@ -527,3 +527,28 @@ impl<S: tokio::io::AsyncWrite + Unpin> H2Frames<S> {
         Ok(sent)
     }
 }
+
+/// What one forwarded request counts and times in an edge's metrics (`hit_path/metrics`).
+pub struct RequestMetrics(crate::telemetry::EdgeMetrics);
+
+impl RequestMetrics {
+    /// The metrics of an edge named `node` (installs the process' recorder).
+    pub fn new(node: &str) -> RequestMetrics {
+        RequestMetrics(crate::telemetry::EdgeMetrics::new(node))
+    }
+
+    /// A forwarded request answered `took` after its head came (its origin fetch took as long):
+    /// what the handler records for it.
+    pub fn forwarded(&self, took: Duration) {
+        let m = &self.0;
+        m.origin_fetch();
+        m.origin_took(took);
+        let label = crate::http::response::Label::Pass;
+        m.request(label, http::Version::HTTP_11, 200, took);
+    }
+
+    /// The exposition, as `/metrics` shows it.
+    pub fn render(&self) -> String {
+        crate::telemetry::render()
+    }
+}

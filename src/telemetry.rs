@@ -2,8 +2,10 @@
 //! Prometheus recorder, plus the edge's metric handles.
 //!
 //! Metric handles are registered once and kept, so the request path increments an atomic rather
-//! than hashing a name and labels per request. Every series carries a `node` label, so several
-//! nodes in one process (the demo, the tests) keep their figures apart.
+//! than hashing a name and labels per request. What every request counts and times is kept in a
+//! part per thread and published when the metrics are shown ([`render`], which everything that
+//! shows them goes through). Every series carries a `node` label, so several nodes in one
+//! process (the demo, the tests) keep their figures apart.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -15,10 +17,9 @@ use metrics_exporter_prometheus::formatting::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::load::{Latency, LatencySnapshot, LATENCY_BOUNDS};
-
 use crate::config::{plain_filter, LogConfig};
 use crate::http::response::Label;
+use crate::load::{Latency, LatencySnapshot, LATENCY_BOUNDS};
 
 /// Installs the global tracing subscriber; later calls (more nodes in one process) are no-ops.
 pub fn init_logging(log: &LogConfig) {
