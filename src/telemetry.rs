@@ -798,24 +798,29 @@ mod tests {
     }
 
     #[test]
-    fn renders_at_once_never_count_twice() {
+    fn each_render_adds_only_what_came_since_the_last_while_others_render() {
+        use std::sync::atomic::AtomicBool;
         let node = "telemetry-unit-b";
         let m = EdgeMetrics::new(node);
         let fetches = format!("meridian_origin_fetches_total{{node=\"{node}\"}}");
+        let stop = AtomicBool::new(false);
         std::thread::scope(|s| {
+            // Another thread renders all the while, as a scrape and the status page's sampler do.
             s.spawn(|| {
-                for _ in 0..5000 {
-                    m.origin_fetch();
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = render();
                 }
             });
-            for _ in 0..2 {
-                s.spawn(|| {
-                    for _ in 0..20 {
-                        let _ = render();
-                    }
-                });
+            for round in 1..=10u32 {
+                for _ in 0..250 {
+                    m.origin_fetch();
+                }
+                let shown = values(&render(), &fetches);
+                let want = [f64::from(round) * 250.0];
+                // The other thread stops at the last round or a failed one (the scope waits).
+                stop.store(round == 10 || shown != want, Ordering::Relaxed);
+                assert_eq!(shown, want, "round {round}");
             }
         });
-        assert_eq!(values(&render(), &fetches), [5000.0]);
     }
 }
